@@ -1,0 +1,317 @@
+//! The one catalogue of every reply the server sends.
+//!
+//! Handlers never write reply bytes themselves: they pick a named constructor here, so every
+//! answer smtpgate can give is listed in one place with its code and RFC 3463 enhanced status.
+//! Per RFC 2034 section 3, the greeting and the replies to HELO and EHLO carry no enhanced
+//! status code; neither do the intermediate `334` and `354` replies.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// One SMTP reply: a code, an enhanced status (`""` for none), a first line and more lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    /// Enhanced status code such as `"2.1.0"`, or `""` for replies that carry none.
+    pub status: &'static str,
+    pub text: Cow<'static, str>,
+    pub extra_lines: Vec<String>,
+}
+
+impl Reply {
+    /// A one-line reply.
+    pub fn new(code: u16, status: &'static str, text: impl Into<Cow<'static, str>>) -> Self {
+        Reply {
+            code,
+            status,
+            text: text.into(),
+            extra_lines: Vec::new(),
+        }
+    }
+
+    /// Adds a line after the text (makes the reply multi-line).
+    pub fn with_line(mut self, line: impl Into<String>) -> Self {
+        self.extra_lines.push(line.into());
+        self
+    }
+
+    /// 2xx or 3xx.
+    pub fn is_positive(&self) -> bool {
+        (200..400).contains(&self.code)
+    }
+
+    /// 4xx.
+    pub fn is_transient(&self) -> bool {
+        (400..500).contains(&self.code)
+    }
+
+    /// 5xx.
+    pub fn is_permanent(&self) -> bool {
+        (500..600).contains(&self.code)
+    }
+
+    /// Appends the wire form, e.g. `250-2.0.0 line\r\n250 2.0.0 last\r\n`: multi-line when
+    /// `extra_lines` is non-empty, the status on every line, no status when it is `""`.
+    /// Control characters in the text (a CR or LF smuggled in from client input) become `?`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        self.write_with(out, self.status);
+    }
+
+    /// Like [`write_to`](Self::write_to) but without the enhanced status, for sessions that
+    /// began with HELO (RFC 2034: the client did not ask for enhanced status codes).
+    pub fn write_plain_to(&self, out: &mut Vec<u8>) {
+        self.write_with(out, "");
+    }
+
+    /// The wire form as a byte vector.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_to(&mut out);
+        out
+    }
+
+    fn write_with(&self, out: &mut Vec<u8>, status: &str) {
+        let lines = std::iter::once(&*self.text).chain(self.extra_lines.iter().map(|l| l.as_str()));
+        let last = self.extra_lines.len();
+        for (i, line) in lines.enumerate() {
+            let sep = if i == last { ' ' } else { '-' };
+            let head = if status.is_empty() {
+                format!("{:03}{sep}", self.code)
+            } else {
+                format!("{:03}{sep}{status} ", self.code)
+            };
+            out.extend_from_slice(head.as_bytes());
+            push_sanitized(out, line);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+fn push_sanitized(out: &mut Vec<u8>, line: &str) {
+    out.extend(
+        line.bytes()
+            .map(|b| if b < 0x20 || b == 0x7f { b'?' } else { b }),
+    );
+}
+
+impl fmt::Display for Reply {
+    /// The first line as it goes on the wire, without CRLF: `250 2.1.0 sender OK`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.status.is_empty() {
+            write!(f, "{} {}", self.code, self.text)
+        } else {
+            write!(f, "{} {} {}", self.code, self.status, self.text)
+        }
+    }
+}
+
+/// The catalogue. Codes and enhanced status codes follow RFC 5321 and RFC 3463/5248.
+impl Reply {
+    /// `220 {host} ESMTP smtpgate` (no enhanced status: RFC 5321 4.2 puts the domain first).
+    pub fn greeting(host: &str) -> Self {
+        Reply::new(220, "", format!("{host} ESMTP smtpgate"))
+    }
+
+    /// `250-{host} greets {client}` followed by one line per EHLO keyword; no status codes.
+    pub fn ehlo(host: &str, client: &str, keywords: &[String]) -> Self {
+        let mut r = Reply::new(250, "", format!("{host} greets {client}"));
+        r.extra_lines = keywords.to_vec();
+        r
+    }
+
+    /// `250 {host}`.
+    pub fn helo(host: &str) -> Self {
+        Reply::new(250, "", host.to_owned())
+    }
+
+    pub fn ok() -> Self {
+        Reply::new(250, "2.0.0", "OK")
+    }
+
+    pub fn sender_ok() -> Self {
+        Reply::new(250, "2.1.0", "sender OK")
+    }
+
+    pub fn recipient_ok() -> Self {
+        Reply::new(250, "2.1.5", "recipient OK")
+    }
+
+    pub fn start_data() -> Self {
+        Reply::new(354, "", "end data with <CR><LF>.<CR><LF>")
+    }
+
+    pub fn queued(id: &str) -> Self {
+        Reply::new(250, "2.0.0", format!("OK queued as {id}"))
+    }
+
+    pub fn chunk_ok(octets: u64) -> Self {
+        Reply::new(250, "2.0.0", format!("{octets} octets received"))
+    }
+
+    pub fn bye(host: &str) -> Self {
+        Reply::new(221, "2.0.0", format!("{host} closing connection"))
+    }
+
+    pub fn reset() -> Self {
+        Reply::new(250, "2.0.0", "reset")
+    }
+
+    pub fn vrfy() -> Self {
+        Reply::new(
+            252,
+            "2.5.0",
+            "cannot VRFY user, but will accept message and attempt delivery",
+        )
+    }
+
+    pub fn help() -> Self {
+        Reply::new(
+            214,
+            "2.0.0",
+            "commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH",
+        )
+    }
+
+    pub fn ready_tls() -> Self {
+        Reply::new(220, "2.0.0", "ready to start TLS")
+    }
+
+    pub fn auth_ok() -> Self {
+        Reply::new(235, "2.7.0", "authentication succeeded")
+    }
+
+    /// `334 {challenge}` (`334 ` for an empty challenge).
+    pub fn auth_continue(challenge_b64: &str) -> Self {
+        Reply::new(334, "", challenge_b64.to_owned())
+    }
+}
+
+/// Errors in what the client sent.
+impl Reply {
+    pub fn line_too_long() -> Self {
+        Reply::new(500, "5.5.2", "line too long")
+    }
+
+    pub fn unrecognized() -> Self {
+        Reply::new(500, "5.5.1", "command unrecognized")
+    }
+
+    pub fn syntax(what: &str) -> Self {
+        Reply::new(501, "5.5.4", format!("syntax error: {what}"))
+    }
+
+    pub fn bad_address(what: &str) -> Self {
+        Reply::new(501, "5.1.3", format!("bad address syntax: {what}"))
+    }
+
+    pub fn unknown_parameter(p: &str) -> Self {
+        Reply::new(555, "5.5.4", format!("unsupported parameter {p}"))
+    }
+
+    /// `503 5.5.1 {what}`, e.g. "MAIL first", "RCPT first", "send EHLO first".
+    pub fn bad_sequence(what: &str) -> Self {
+        Reply::new(503, "5.5.1", what.to_owned())
+    }
+
+    pub fn not_implemented() -> Self {
+        Reply::new(502, "5.5.1", "command not implemented")
+    }
+
+    pub fn bare_line_ending() -> Self {
+        Reply::new(550, "5.6.0", "message contains bare CR or LF")
+    }
+
+    pub fn pregreet() -> Self {
+        Reply::new(554, "5.5.0", "talked before the greeting")
+    }
+
+    pub fn bdat_mixed() -> Self {
+        Reply::new(503, "5.5.1", "DATA not allowed in a BDAT transaction")
+    }
+}
+
+/// Policy and limits.
+impl Reply {
+    pub fn too_many_recipients() -> Self {
+        Reply::new(452, "4.5.3", "too many recipients")
+    }
+
+    pub fn message_too_big() -> Self {
+        Reply::new(552, "5.3.4", "message size exceeds fixed limit")
+    }
+
+    pub fn relay_denied() -> Self {
+        Reply::new(554, "5.7.1", "relay access denied")
+    }
+
+    /// `553 5.1.3 {what}`: for `%`, `!` and source-route tricks aimed at local domains.
+    pub fn bad_recipient_address(what: &str) -> Self {
+        Reply::new(553, "5.1.3", what.to_owned())
+    }
+
+    pub fn need_smtputf8() -> Self {
+        Reply::new(553, "5.6.7", "non-ASCII address requires SMTPUTF8")
+    }
+
+    pub fn too_many_errors() -> Self {
+        Reply::new(421, "4.7.0", "too many errors, closing connection")
+    }
+
+    pub fn too_many_connections() -> Self {
+        Reply::new(421, "4.7.0", "too many connections, try again later")
+    }
+
+    pub fn timeout() -> Self {
+        Reply::new(421, "4.4.2", "timeout, closing connection")
+    }
+
+    pub fn tls_required() -> Self {
+        Reply::new(530, "5.7.0", "must issue STARTTLS first")
+    }
+}
+
+/// Our own trouble.
+impl Reply {
+    pub fn shutting_down(host: &str) -> Self {
+        Reply::new(421, "4.3.2", format!("{host} shutting down"))
+    }
+
+    pub fn low_disk() -> Self {
+        Reply::new(452, "4.3.1", "insufficient system storage")
+    }
+
+    pub fn local_error() -> Self {
+        Reply::new(451, "4.3.0", "local error, try again later")
+    }
+
+    pub fn tls_unavailable() -> Self {
+        Reply::new(454, "4.7.0", "TLS not available")
+    }
+}
+
+/// AUTH (RFC 4954).
+impl Reply {
+    pub fn auth_failed() -> Self {
+        Reply::new(535, "5.7.8", "authentication credentials invalid")
+    }
+
+    pub fn auth_unsupported() -> Self {
+        Reply::new(504, "5.5.4", "unrecognized authentication mechanism")
+    }
+
+    pub fn auth_cancelled() -> Self {
+        Reply::new(501, "5.7.0", "authentication cancelled")
+    }
+
+    pub fn auth_needs_tls() -> Self {
+        Reply::new(
+            538,
+            "5.7.11",
+            "encryption required for requested authentication mechanism",
+        )
+    }
+
+    pub fn already_authenticated() -> Self {
+        Reply::new(503, "5.5.1", "already authenticated")
+    }
+}

@@ -1,0 +1,526 @@
+//! Stage two: [`Config::from_raw`] checks a [`RawConfig`] and builds the typed [`Config`].
+//!
+//! Every check records its mistake in [`Issues`] and carries on with the default value, so one
+//! pass reports everything that is wrong. The half-built config is thrown away if anything was.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::raw::{RawAdmin, RawAuth, RawConfig, RawListener, RawPool, RawQueue, RawSpool, Text};
+use super::values::{
+    parse_domain, parse_duration, parse_nameserver, parse_net, parse_server_addr, parse_size,
+    parse_socket_addr,
+};
+use super::{
+    AdminConfig, AuthConfig, BareLineEndings, Config, ConfigError, ConfigIssue, DnsConfig,
+    ListenerConfig, PoolConfig, QueueConfig, RouteConfig, SpoolConfig, TlsFiles, TlsPolicy,
+};
+
+const MB: u64 = 1024 * 1024;
+const MINUTE: u64 = 60;
+const HOUR: u64 = 60 * MINUTE;
+const DAY: u64 = 24 * HOUR;
+const DEFAULT_RETRY_SECS: [u64; 7] = [
+    MINUTE,
+    5 * MINUTE,
+    15 * MINUTE,
+    30 * MINUTE,
+    HOUR,
+    2 * HOUR,
+    4 * HOUR,
+];
+
+impl Config {
+    /// Checks everything in `raw` and returns the typed config, or every mistake found.
+    /// Relative paths are resolved against `base_dir`; TLS and users files must exist.
+    pub fn from_raw(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
+        let mut issues = Issues::default();
+        let config = build(raw, base_dir, &mut issues);
+        match issues.0.is_empty() {
+            true => Ok(config),
+            false => Err(ConfigError { errors: issues.0 }),
+        }
+    }
+}
+
+/// Builds each part in the order of the file's layout, so issues come out in that order.
+fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Config {
+    let hostname = build_hostname(raw.hostname, issues);
+    let default_shutdown = Duration::from_secs(30);
+    let shutdown_timeout = issues.timeout(
+        "shutdown_timeout".into(),
+        raw.shutdown_timeout,
+        default_shutdown,
+    );
+    let spool = build_spool(raw.spool.unwrap_or_default(), base_dir, issues);
+    let admin = build_admin(raw.admin.unwrap_or_default(), issues);
+    let listeners = build_listeners(raw.listeners, base_dir, issues);
+    let pools = build_pools(raw.pools, issues);
+    let routes = raw
+        .routes
+        .into_iter()
+        .enumerate()
+        .map(|(index, route)| build_route(index, route.pool, &pools, issues))
+        .collect();
+    let queue = build_queue(raw.queue.unwrap_or_default(), issues);
+    let nameservers = raw.dns.and_then(|dns| dns.nameservers);
+    let dns = DnsConfig {
+        nameservers: issues.list("dns.nameservers", nameservers, parse_nameserver),
+    };
+    Config {
+        hostname,
+        spool,
+        admin,
+        listeners,
+        pools,
+        routes,
+        queue,
+        dns,
+        shutdown_timeout,
+    }
+}
+
+/// Mistakes found so far, with helpers that record one and return a stand-in value.
+#[derive(Default)]
+struct Issues(Vec<ConfigIssue>);
+
+impl Issues {
+    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigIssue::new(key, message));
+    }
+
+    /// Parses an optional text value, or gives `default` when it is absent or wrong.
+    fn parse<T>(
+        &mut self,
+        key: impl Into<String>,
+        raw: Option<Text>,
+        parse: fn(&str) -> Result<T, String>,
+        default: T,
+    ) -> T {
+        let Some(text) = raw else { return default };
+        parse(text.as_str()).unwrap_or_else(|message| {
+            self.push(key, message);
+            default
+        })
+    }
+
+    /// Parses each entry of an optional list; wrong entries are reported as `key[i]`.
+    fn list<T>(
+        &mut self,
+        key: &str,
+        raw: Option<Vec<Text>>,
+        parse: fn(&str) -> Result<T, String>,
+    ) -> Vec<T> {
+        let mut values = Vec::new();
+        for (index, text) in raw.unwrap_or_default().into_iter().enumerate() {
+            match parse(text.as_str()) {
+                Ok(value) => values.push(value),
+                Err(message) => self.push(format!("{key}[{index}]"), message),
+            }
+        }
+        values
+    }
+
+    /// A duration that must not be zero (timeouts, retry delays, ages).
+    fn timeout(&mut self, key: String, raw: Option<Text>, default: Duration) -> Duration {
+        let value = self.parse(key.clone(), raw, parse_duration, default);
+        if value.is_zero() {
+            self.push(key, "must be more than 0s");
+            return default;
+        }
+        value
+    }
+
+    /// An integer count of at least `min` that fits `T`.
+    fn count<T: TryFrom<i64>>(&mut self, key: String, raw: Option<i64>, min: i64, default: T) -> T {
+        let Some(number) = raw else { return default };
+        match T::try_from(number) {
+            Ok(value) if number >= min => value,
+            _ if number < min => {
+                self.push(key, format!("{number} is too small (at least {min})"));
+                default
+            }
+            _ => {
+                self.push(key, format!("{number} is too large"));
+                default
+            }
+        }
+    }
+
+    /// A file that must exist, relative to `base_dir`.
+    fn existing_file(&mut self, key: String, base_dir: &Path, raw: &str) -> PathBuf {
+        let path = resolve(base_dir, raw);
+        match std::fs::metadata(&path) {
+            _ if raw.trim().is_empty() => self.push(key, "must not be empty"),
+            Ok(meta) if meta.is_dir() => {
+                self.push(key, format!("{} is a folder, not a file", path.display()))
+            }
+            Ok(_) => {}
+            Err(error) => self.push(key, format!("cannot use {}: {error}", path.display())),
+        }
+        path
+    }
+}
+
+/// `raw` as a path; relative ones are taken relative to `base_dir`.
+fn resolve(base_dir: &Path, raw: &str) -> PathBuf {
+    let path = Path::new(raw);
+    match path.is_absolute() {
+        true => path.to_owned(),
+        false => base_dir.join(path),
+    }
+}
+
+fn build_hostname(raw: Option<String>, issues: &mut Issues) -> String {
+    let Some(name) = raw else {
+        return machine_hostname();
+    };
+    if !is_valid_hostname(&name) {
+        let message = format!("{name:?} is not a host name (it must be non-empty, without spaces)");
+        issues.push("hostname", message);
+    }
+    name
+}
+
+fn is_valid_hostname(name: &str) -> bool {
+    !name.is_empty() && !name.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// The machine's name from the kernel, or `localhost` when it is unavailable or unusable.
+fn machine_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| is_valid_hostname(name))
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+fn build_spool(raw: RawSpool, base_dir: &Path, issues: &mut Issues) -> SpoolConfig {
+    let dir = raw.dir.unwrap_or_else(|| "smtpgate-data".to_owned());
+    if dir.trim().is_empty() {
+        issues.push("spool.dir", "must not be empty");
+    }
+    SpoolConfig {
+        dir: resolve(base_dir, &dir),
+        min_free_space: issues.parse(
+            "spool.min_free_space",
+            raw.min_free_space,
+            parse_size,
+            100 * MB,
+        ),
+        segment_size: issues.parse("spool.segment_size", raw.segment_size, parse_size, 64 * MB),
+    }
+}
+
+fn build_admin(raw: RawAdmin, issues: &mut Issues) -> Option<AdminConfig> {
+    let default = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8025);
+    let address = issues.parse("admin.address", raw.address, parse_socket_addr, default);
+    raw.enabled
+        .unwrap_or(true)
+        .then_some(AdminConfig { address })
+}
+
+fn build_listeners(
+    raw: Vec<RawListener>,
+    base_dir: &Path,
+    issues: &mut Issues,
+) -> Vec<ListenerConfig> {
+    let raw = match raw.is_empty() {
+        true => vec![default_listener()],
+        false => raw,
+    };
+    let listeners: Vec<ListenerConfig> = raw
+        .into_iter()
+        .enumerate()
+        .map(|(index, listener)| build_listener(index, listener, base_dir, issues))
+        .collect();
+    check_listeners_unique(&listeners, issues);
+    listeners
+}
+
+/// The listener used when the file has none: loopback only, relaying for loopback clients.
+fn default_listener() -> RawListener {
+    RawListener {
+        name: Some("default".to_owned()),
+        address: Some(Text("127.0.0.1:2525".to_owned())),
+        relay_networks: Some(vec![
+            Text("127.0.0.0/8".to_owned()),
+            Text("::1/128".to_owned()),
+        ]),
+        ..RawListener::default()
+    }
+}
+
+fn build_listener(
+    index: usize,
+    raw: RawListener,
+    base_dir: &Path,
+    issues: &mut Issues,
+) -> ListenerConfig {
+    let key = |field: &str| format!("listener[{index}].{field}");
+    let default_address = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 2525);
+    let address = match raw.address {
+        Some(text) => issues.parse(
+            key("address"),
+            Some(text),
+            parse_socket_addr,
+            default_address,
+        ),
+        None => {
+            issues.push(key("address"), "is required (e.g. \"127.0.0.1:2525\")");
+            default_address
+        }
+    };
+    let tls = raw.tls.map(|tls| TlsFiles {
+        cert: issues.existing_file(key("tls.cert"), base_dir, &tls.cert),
+        key: issues.existing_file(key("tls.key"), base_dir, &tls.key),
+    });
+    let implicit_tls = raw.implicit_tls.unwrap_or(false);
+    let require_tls = raw.require_tls.unwrap_or(false);
+    for (field, wanted) in [("implicit_tls", implicit_tls), ("require_tls", require_tls)] {
+        if wanted && tls.is_none() {
+            issues.push(
+                key(field),
+                "needs tls = { cert = \"...\", key = \"...\" } on this listener",
+            );
+        }
+    }
+    ListenerConfig {
+        name: raw.name.unwrap_or_else(|| format!("listener{index}")),
+        address,
+        relay_networks: issues.list(&key("relay_networks"), raw.relay_networks, parse_net),
+        local_domains: build_domains(&key("local_domains"), raw.local_domains, issues),
+        tls,
+        implicit_tls,
+        max_message_size: issues.parse(
+            key("max_message_size"),
+            raw.max_message_size,
+            parse_size,
+            50 * MB,
+        ),
+        max_recipients: issues.count(key("max_recipients"), raw.max_recipients, 1, 1000),
+        max_connections: issues.count(key("max_connections"), raw.max_connections, 1, 1000),
+        max_connections_per_ip: issues.count(
+            key("max_connections_per_ip"),
+            raw.max_connections_per_ip,
+            1,
+            100,
+        ),
+        max_errors: issues.count(key("max_errors"), raw.max_errors, 1, 10),
+        command_timeout: issues.timeout(
+            key("command_timeout"),
+            raw.command_timeout,
+            Duration::from_secs(5 * MINUTE),
+        ),
+        data_timeout: issues.timeout(
+            key("data_timeout"),
+            raw.data_timeout,
+            Duration::from_secs(3 * MINUTE),
+        ),
+        greeting_delay: issues.parse(
+            key("greeting_delay"),
+            raw.greeting_delay,
+            parse_duration,
+            Duration::ZERO,
+        ),
+        bare_line_endings: build_bare_line_endings(
+            key("bare_line_endings"),
+            raw.bare_line_endings,
+            issues,
+        ),
+        auth: raw
+            .auth
+            .map(|auth| build_auth(&key("auth"), auth, base_dir, issues)),
+        submission: raw.submission.unwrap_or(false),
+        require_tls,
+    }
+}
+
+fn build_domains(key: &str, raw: Option<Vec<String>>, issues: &mut Issues) -> Vec<String> {
+    let texts = raw.map(|domains| domains.into_iter().map(Text).collect());
+    issues.list(key, texts, parse_domain)
+}
+
+fn build_bare_line_endings(
+    key: String,
+    raw: Option<String>,
+    issues: &mut Issues,
+) -> BareLineEndings {
+    match raw.as_deref() {
+        None | Some("normalize") => BareLineEndings::Normalize,
+        Some("reject") => BareLineEndings::Reject,
+        Some(other) => {
+            issues.push(
+                key,
+                format!("{other:?} is not one of \"reject\", \"normalize\""),
+            );
+            BareLineEndings::Normalize
+        }
+    }
+}
+
+fn build_auth(key: &str, raw: RawAuth, base_dir: &Path, issues: &mut Issues) -> AuthConfig {
+    AuthConfig {
+        users_file: issues.existing_file(format!("{key}.users_file"), base_dir, &raw.users_file),
+        allow_plaintext: raw.allow_plaintext.unwrap_or(false),
+    }
+}
+
+/// Listener names must be unique, and no two listeners may bind the same address (port 0,
+/// "any free port", excepted). A wildcard address clashes with every address of its family
+/// on the same port.
+fn check_listeners_unique(listeners: &[ListenerConfig], issues: &mut Issues) {
+    for (index, listener) in listeners.iter().enumerate() {
+        let earlier = &listeners[..index];
+        if let Some(other) = earlier.iter().position(|l| l.name == listener.name) {
+            let message = format!(
+                "{:?} is already the name of listener[{other}]",
+                listener.name
+            );
+            issues.push(format!("listener[{index}].name"), message);
+        }
+        if let Some(other) = earlier
+            .iter()
+            .position(|l| clashes(l.address, listener.address))
+        {
+            let message = format!(
+                "{} clashes with listener[{other}] on {}",
+                listener.address, listeners[other].address
+            );
+            issues.push(format!("listener[{index}].address"), message);
+        }
+    }
+}
+
+fn clashes(a: SocketAddr, b: SocketAddr) -> bool {
+    let wildcard = a.ip().is_unspecified() || b.ip().is_unspecified();
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || (wildcard && a.is_ipv4() == b.is_ipv4()))
+}
+
+fn build_pools(raw: Vec<RawPool>, issues: &mut Issues) -> Vec<PoolConfig> {
+    let pools: Vec<PoolConfig> = raw
+        .into_iter()
+        .enumerate()
+        .map(|(index, pool)| build_pool(index, pool, issues))
+        .collect();
+    for (index, pool) in pools.iter().enumerate() {
+        if let Some(other) = pools[..index].iter().position(|p| p.name == pool.name) {
+            let message = format!("{:?} is already the name of pool[{other}]", pool.name);
+            issues.push(format!("pool[{index}].name"), message);
+        }
+    }
+    pools
+}
+
+fn build_pool(index: usize, raw: RawPool, issues: &mut Issues) -> PoolConfig {
+    let key = |field: &str| format!("pool[{index}].{field}");
+    let name = raw.name.unwrap_or_default();
+    if name.trim().is_empty() {
+        issues.push(key("name"), "is required (routes refer to pools by name)");
+    }
+    let servers_given = raw.servers.as_ref().is_some_and(|s| !s.is_empty());
+    if !servers_given {
+        issues.push(
+            key("servers"),
+            "needs at least one server (e.g. [\"mx.example.com:25\"])",
+        );
+    }
+    PoolConfig {
+        name,
+        servers: issues.list(&key("servers"), raw.servers, parse_server_addr),
+        tls: build_tls_policy(key("tls"), raw.tls, issues),
+    }
+}
+
+fn build_tls_policy(key: String, raw: Option<String>, issues: &mut Issues) -> TlsPolicy {
+    match raw.as_deref() {
+        None | Some("opportunistic") => TlsPolicy::Opportunistic,
+        Some("none") => TlsPolicy::None,
+        Some("required") => TlsPolicy::Required,
+        Some(other) => {
+            let message =
+                format!("{other:?} is not one of \"none\", \"opportunistic\", \"required\"");
+            issues.push(key, message);
+            TlsPolicy::Opportunistic
+        }
+    }
+}
+
+fn build_route(
+    index: usize,
+    pool: Option<String>,
+    pools: &[PoolConfig],
+    issues: &mut Issues,
+) -> RouteConfig {
+    if let Some(name) = &pool
+        && !pools.iter().any(|p| &p.name == name)
+    {
+        issues.push(
+            format!("route[{index}].pool"),
+            format!("no pool named {name:?}"),
+        );
+    }
+    RouteConfig { pool }
+}
+
+fn build_queue(raw: RawQueue, issues: &mut Issues) -> QueueConfig {
+    let secs = Duration::from_secs;
+    QueueConfig {
+        retry: build_retry(raw.retry, issues),
+        max_age: issues.timeout("queue.max_age".into(), raw.max_age, secs(5 * DAY)),
+        connections_per_destination: issues.count(
+            "queue.connections_per_destination".into(),
+            raw.connections_per_destination,
+            1,
+            10,
+        ),
+        messages_per_connection: issues.count(
+            "queue.messages_per_connection".into(),
+            raw.messages_per_connection,
+            1,
+            100,
+        ),
+        connect_timeout: issues.timeout(
+            "queue.connect_timeout".into(),
+            raw.connect_timeout,
+            secs(30),
+        ),
+        command_timeout: issues.timeout(
+            "queue.command_timeout".into(),
+            raw.command_timeout,
+            secs(5 * MINUTE),
+        ),
+        data_timeout: issues.timeout(
+            "queue.data_timeout".into(),
+            raw.data_timeout,
+            secs(10 * MINUTE),
+        ),
+        smtp_port: issues.count("queue.smtp_port".into(), raw.smtp_port, 1, 25),
+    }
+}
+
+fn build_retry(raw: Option<Vec<Text>>, issues: &mut Issues) -> Vec<Duration> {
+    let Some(texts) = raw else {
+        return DEFAULT_RETRY_SECS.map(Duration::from_secs).to_vec();
+    };
+    if texts.is_empty() {
+        issues.push(
+            "queue.retry",
+            "needs at least one delay (the last one repeats)",
+        );
+    }
+    texts
+        .into_iter()
+        .enumerate()
+        .map(|(index, text)| {
+            issues.timeout(
+                format!("queue.retry[{index}]"),
+                Some(text),
+                Duration::from_secs(MINUTE),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,311 @@
+//! The daemon's configuration: read a TOML file, check all of it, hand out typed values.
+//!
+//! Loading happens in two stages. [`raw::RawConfig`] mirrors the file (serde,
+//! `deny_unknown_fields`, human values kept as text); [`Config::from_raw`] then checks every
+//! value, collects *every* mistake with the key it belongs to, and produces a [`Config`] made
+//! of typed values (`u64` bytes, [`Duration`]s, [`SocketAddr`]s, [`IpNet`]s). Nothing
+//! downstream ever parses `"50MB"` again.
+//!
+//! ```no_run
+//! # use std::path::Path;
+//! # use smtpgate::config::Config;
+//! match Config::load(Path::new("/etc/smtpgate/smtpgate.toml")) {
+//!     Ok(config) => println!("{} listener(s)", config.listeners.len()),
+//!     // One line per mistake, e.g.
+//!     // listener[0].max_message_size: "50XB" is not a size (use e.g. 50MB)
+//!     // route[0].pool: no pool named "upstrem"
+//!     Err(error) => eprintln!("{error}"),
+//! }
+//! ```
+//!
+//! Relative paths in the file (spool dir, TLS files, users file) are relative to the folder
+//! the file is in. Config is passed explicitly; there is no global.
+
+mod check;
+mod locate;
+pub mod raw;
+#[cfg(test)]
+mod tests;
+pub mod values;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// The whole, checked configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Our name in the greeting, EHLO and Received headers. Key `hostname`; defaults to the
+    /// machine's hostname, or `localhost`.
+    pub hostname: String,
+    pub spool: SpoolConfig,
+    /// The admin HTTP endpoint; `None` when `[admin] enabled = false`.
+    pub admin: Option<AdminConfig>,
+    /// At least one: without `[[listener]]` there is one named `default` on 127.0.0.1:2525.
+    pub listeners: Vec<ListenerConfig>,
+    pub pools: Vec<PoolConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub queue: QueueConfig,
+    pub dns: DnsConfig,
+    /// How long a graceful shutdown waits for sessions and deliveries. Key `shutdown_timeout`.
+    pub shutdown_timeout: Duration,
+}
+
+/// `[spool]`: where accepted messages are kept until delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolConfig {
+    /// Key `dir`, default `smtpgate-data` beside the config file.
+    pub dir: PathBuf,
+    /// Refuse new messages (4xx) when the disk has less free space than this, in bytes.
+    pub min_free_space: u64,
+    /// Size of one spool segment file, in bytes.
+    pub segment_size: u64,
+}
+
+/// `[admin]`: the HTTP endpoint for health, metrics and queue inspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+}
+
+/// What a listener does with a lone CR or LF in message data (`bare_line_endings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BareLineEndings {
+    /// Refuse the message (`"reject"`).
+    Reject,
+    /// Turn them into CRLF (`"normalize"`, the default).
+    Normalize,
+}
+
+/// A certificate chain and its private key, both PEM files that existed at load time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// SMTP AUTH on a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// The users file; it existed at load time.
+    pub users_file: PathBuf,
+    /// Allow AUTH before TLS. Only honoured for loopback clients.
+    pub allow_plaintext: bool,
+}
+
+/// One `[[listener]]`: an address we accept SMTP on, and its rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    /// Default `listener{index}`; unique among listeners.
+    pub name: String,
+    /// Port 0 means any free port (used by tests).
+    pub address: SocketAddr,
+    /// Clients in these networks may relay to any domain.
+    pub relay_networks: Vec<IpNet>,
+    /// Domains anyone may send to; lowercased, without trailing dot.
+    pub local_domains: Vec<String>,
+    pub tls: Option<TlsFiles>,
+    /// TLS from the first byte (port 465 style); requires `tls`.
+    pub implicit_tls: bool,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Disconnect after this many client errors in one session.
+    pub max_errors: u32,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub greeting_delay: Duration,
+    pub bare_line_endings: BareLineEndings,
+    pub auth: Option<AuthConfig>,
+    /// Add Message-ID and Date when missing.
+    pub submission: bool,
+    /// Refuse MAIL with 530 until STARTTLS; requires `tls`.
+    pub require_tls: bool,
+}
+
+/// How we use TLS towards a pool's servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsPolicy {
+    /// Never STARTTLS (`"none"`).
+    None,
+    /// STARTTLS when offered, plain otherwise (`"opportunistic"`, the default).
+    Opportunistic,
+    /// Fail (temporarily) unless STARTTLS succeeds (`"required"`).
+    Required,
+}
+
+/// An upstream server: a host name or IP address (without brackets) and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// One `[[pool]]`: a named set of upstream servers to relay through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub name: String,
+    /// At least one.
+    pub servers: Vec<ServerAddr>,
+    pub tls: TlsPolicy,
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// The name of an existing pool; `None` means delivery by MX lookup.
+    pub pool: Option<String>,
+}
+
+/// `[queue]`: retries and outbound connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Delays between attempts; never empty, the last one repeats.
+    pub retry: Vec<Duration>,
+    /// Bounce a message still undelivered after this long.
+    pub max_age: Duration,
+    pub connections_per_destination: usize,
+    pub messages_per_connection: usize,
+    pub connect_timeout: Duration,
+    /// Waiting for a reply to a command (RFC 5321 4.5.3.2).
+    pub command_timeout: Duration,
+    /// Waiting for the final reply after the end of data.
+    pub data_timeout: Duration,
+    /// The port MX deliveries connect to (25; Postfix calls this `smtp_tcp_port`).
+    pub smtp_port: u16,
+}
+
+/// `[dns]`
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DnsConfig {
+    /// Empty means the system resolver.
+    pub nameservers: Vec<SocketAddr>,
+}
+
+/// Everything wrong with a config file. Displayed as one line per issue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub errors: Vec<ConfigIssue>,
+}
+
+/// One mistake: the key path (`listener[0].max_message_size`; empty when the mistake is not
+/// about one key) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigIssue {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigIssue {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{issue}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl From<ConfigIssue> for ConfigError {
+    fn from(issue: ConfigIssue) -> Self {
+        ConfigError {
+            errors: vec![issue],
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks the file at `path`. Relative paths in it are relative to its folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            ConfigIssue::new("", format!("cannot read {}: {error}", path.display()))
+        })?;
+        let base_dir = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        Config::from_toml_str(&text, base_dir).map_err(|mut error| {
+            for issue in &mut error.errors {
+                if issue.key.is_empty() {
+                    issue.message = format!("{}: {}", path.display(), issue.message);
+                }
+            }
+            error
+        })
+    }
+
+    /// Parses and checks config text; relative paths in it are relative to `base_dir`.
+    pub fn from_toml_str(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig =
+            toml::from_str(text).map_err(|error| syntax_issue(text, &error))?;
+        Config::from_raw(raw, base_dir)
+    }
+
+    /// The configuration used when there is no file: the defaults of an empty file, relative
+    /// to the current directory. One listener `default` on 127.0.0.1:2525 relaying for
+    /// loopback clients, spool `./smtpgate-data`, admin on 127.0.0.1:8025, MX delivery.
+    pub fn builtin() -> Config {
+        match Config::from_toml_str("", Path::new(".")) {
+            Ok(config) => config,
+            // Every default is valid, and the tests check that this loads.
+            Err(error) => unreachable!("the built-in config is invalid: {error}"),
+        }
+    }
+}
+
+/// Turns a TOML syntax or serde error into one issue: toml's own message with its line and
+/// column, and the key path it points at when one can be found.
+fn syntax_issue(text: &str, error: &toml::de::Error) -> ConfigIssue {
+    let message = error.message().trim().replace('\n', " ");
+    let Some(span) = error.span() else {
+        return ConfigIssue::new("", message);
+    };
+    let (line, column) = line_column(text, span.start);
+    let key = locate::key_at(text, span.start).unwrap_or_default();
+    ConfigIssue::new(key, format!("line {line}, column {column}: {message}"))
+}
+
+/// 1-based line and column (in characters) of byte offset `at`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}

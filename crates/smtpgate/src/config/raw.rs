@@ -1,0 +1,164 @@
+//! The config file as written: serde structs that mirror the TOML layout one to one.
+//!
+//! Every field is optional (defaults are applied in [`super::Config::from_raw`]) and every
+//! human value (sizes, durations, addresses, networks) is kept as text, so that one bad value
+//! is reported by `from_raw` together with all the others instead of stopping the parse.
+//! Unknown keys are refused (`deny_unknown_fields`), so a misspelt key is never silently
+//! ignored.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub hostname: Option<String>,
+    pub shutdown_timeout: Option<Text>,
+    pub spool: Option<RawSpool>,
+    pub admin: Option<RawAdmin>,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<RawListener>,
+    #[serde(default, rename = "pool")]
+    pub pools: Vec<RawPool>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RawRoute>,
+    pub queue: Option<RawQueue>,
+    pub dns: Option<RawDns>,
+}
+
+/// `[spool]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpool {
+    pub dir: Option<String>,
+    pub min_free_space: Option<Text>,
+    pub segment_size: Option<Text>,
+}
+
+/// `[admin]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub enabled: Option<bool>,
+    pub address: Option<Text>,
+}
+
+/// One `[[listener]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: Option<String>,
+    pub address: Option<Text>,
+    pub relay_networks: Option<Vec<Text>>,
+    pub local_domains: Option<Vec<String>>,
+    pub tls: Option<RawTlsFiles>,
+    pub implicit_tls: Option<bool>,
+    pub max_message_size: Option<Text>,
+    pub max_recipients: Option<i64>,
+    pub max_connections: Option<i64>,
+    pub max_connections_per_ip: Option<i64>,
+    pub max_errors: Option<i64>,
+    pub command_timeout: Option<Text>,
+    pub data_timeout: Option<Text>,
+    pub greeting_delay: Option<Text>,
+    pub bare_line_endings: Option<String>,
+    pub auth: Option<RawAuth>,
+    pub submission: Option<bool>,
+    pub require_tls: Option<bool>,
+}
+
+/// `tls = { cert = "...", key = "..." }` in a listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsFiles {
+    pub cert: String,
+    pub key: String,
+}
+
+/// `auth = { users_file = "...", allow_plaintext = false }` in a listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub users_file: String,
+    pub allow_plaintext: Option<bool>,
+}
+
+/// One `[[pool]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub name: Option<String>,
+    pub servers: Option<Vec<Text>>,
+    pub tls: Option<String>,
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub pool: Option<String>,
+}
+
+/// `[queue]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueue {
+    pub retry: Option<Vec<Text>>,
+    pub max_age: Option<Text>,
+    pub connections_per_destination: Option<i64>,
+    pub messages_per_connection: Option<i64>,
+    pub connect_timeout: Option<Text>,
+    pub smtp_port: Option<i64>,
+    pub command_timeout: Option<Text>,
+    pub data_timeout: Option<Text>,
+}
+
+/// `[dns]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    pub nameservers: Option<Vec<Text>>,
+}
+
+/// A human value kept as text for `from_raw` to parse. Also accepts a TOML integer, so that
+/// `max_message_size = 1048576` means bytes; the integer is turned into its decimal text
+/// (and a duration written as a bare number is then refused for lacking a unit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text(pub String);
+
+impl Text {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(TextVisitor)
+    }
+}
+
+struct TextVisitor;
+
+impl Visitor<'_> for TextVisitor {
+    type Value = Text;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string such as \"50MB\", \"30s\" or \"127.0.0.1:25\"")
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Text, E> {
+        Ok(Text(value.to_owned()))
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Text, E> {
+        Ok(Text(value.to_string()))
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Text, E> {
+        Ok(Text(value.to_string()))
+    }
+}

@@ -1,0 +1,287 @@
+//! smtpgate as an SMTP client: one connection to a next hop, reused for several messages.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use smtpgate_proto::{Capabilities, ParsedReply, dot_stuff, parse_reply};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::config::{QueueConfig, TlsPolicy};
+use crate::envelope::{Envelope, Recipient, Ret};
+use crate::io::{BoxIo, TlsInfo};
+
+/// Why a connection or a transaction failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connection to {0} failed: {1}")]
+    Connect(String, std::io::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("timeout waiting for {0}")]
+    Timeout(&'static str),
+    #[error("{stage}: {}", reply.to_string_line())]
+    Reply { stage: &'static str, reply: ParsedReply },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("TLS required but {0}")]
+    TlsRequired(String),
+}
+
+impl ClientError {
+    /// A 5xx reply to a connection-level command is permanent; everything else is worth a retry.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, ClientError::Reply { reply, .. } if reply.is_permanent())
+    }
+}
+
+/// The reply to each recipient and to the end of data.
+#[derive(Debug)]
+pub struct TxnResult {
+    /// `Ok(reply)` if the RCPT was accepted, `Err(reply)` if refused.
+    pub rcpts: Vec<Result<ParsedReply, ParsedReply>>,
+    /// The reply to the end of data, if data was sent.
+    pub data: Option<ParsedReply>,
+}
+
+pub struct Client {
+    io: BoxIo,
+    buf: BytesMut,
+    caps: Capabilities,
+    pub remote: String,
+    pub tls: Option<TlsInfo>,
+    command_timeout: Duration,
+    data_timeout: Duration,
+}
+
+/// What a connection needs to know beyond the address.
+pub struct Connect<'a> {
+    pub addr: SocketAddr,
+    pub host: &'a str,
+    pub helo: &'a str,
+    pub tls: TlsPolicy,
+    pub tls_config: Arc<rustls::ClientConfig>,
+    pub queue: &'a QueueConfig,
+}
+
+impl Client {
+    pub async fn connect(c: Connect<'_>) -> Result<Client, ClientError> {
+        let remote = format!("{}[{}]", c.host, c.addr);
+        let tcp = match timeout(c.queue.connect_timeout, TcpStream::connect(c.addr)).await {
+            Ok(r) => r.map_err(|e| ClientError::Connect(remote.clone(), e))?,
+            Err(_) => return Err(ClientError::Timeout("connect")),
+        };
+        let _ = tcp.set_nodelay(true);
+        let mut client = Client {
+            io: Box::new(tcp),
+            buf: BytesMut::with_capacity(4096),
+            caps: Capabilities::default(),
+            remote,
+            tls: None,
+            command_timeout: c.queue.command_timeout,
+            data_timeout: c.queue.data_timeout,
+        };
+        client.expect("greeting", 2).await?;
+        client.ehlo(c.helo).await?;
+        client.maybe_starttls(&c).await?;
+        Ok(client)
+    }
+
+    async fn ehlo(&mut self, helo: &str) -> Result<(), ClientError> {
+        self.write(format!("EHLO {helo}\r\n").as_bytes()).await?;
+        let reply = self.read_reply(self.command_timeout).await?;
+        if reply.is_positive() {
+            self.caps = Capabilities::from_ehlo(&reply);
+            return Ok(());
+        }
+        self.write(format!("HELO {helo}\r\n").as_bytes()).await?;
+        self.caps = Capabilities::default();
+        self.expect("HELO", 2).await.map(|_| ())
+    }
+
+    async fn maybe_starttls(&mut self, c: &Connect<'_>) -> Result<(), ClientError> {
+        match (c.tls, self.caps.starttls) {
+            (TlsPolicy::None, _) | (TlsPolicy::Opportunistic, false) => return Ok(()),
+            (TlsPolicy::Required, false) => {
+                return Err(ClientError::TlsRequired(format!("{} does not offer STARTTLS", self.remote)));
+            }
+            _ => {}
+        }
+        self.write(b"STARTTLS\r\n").await?;
+        let reply = self.read_reply(self.command_timeout).await?;
+        if !reply.is_positive() {
+            if c.tls == TlsPolicy::Required {
+                return Err(ClientError::TlsRequired(reply.to_string_line()));
+            }
+            return Ok(());
+        }
+        self.upgrade(c).await?;
+        self.ehlo(c.helo).await
+    }
+
+    async fn upgrade(&mut self, c: &Connect<'_>) -> Result<(), ClientError> {
+        let name = server_name(c.host, c.addr);
+        let connector = tokio_rustls::TlsConnector::from(c.tls_config.clone());
+        let io = std::mem::replace(&mut self.io, crate::io::placeholder());
+        self.buf.clear();
+        let tls = timeout(self.command_timeout, connector.connect(name, io))
+            .await
+            .map_err(|_| ClientError::Timeout("TLS handshake"))??;
+        self.tls = Some(TlsInfo::from_conn(tls.get_ref().1));
+        self.io = Box::new(tls);
+        Ok(())
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        timeout(self.command_timeout, self.io.write_all(bytes)).await.map_err(|_| ClientError::Timeout("write"))??;
+        Ok(())
+    }
+
+    async fn read_reply(&mut self, limit: Duration) -> Result<ParsedReply, ClientError> {
+        loop {
+            match parse_reply(&self.buf) {
+                Ok(Some((reply, used))) => {
+                    self.buf.advance(used);
+                    return Ok(reply);
+                }
+                Ok(None) => {}
+                Err(_) => return Err(ClientError::Protocol("malformed reply".into())),
+            }
+            if self.buf.len() > 64 * 1024 {
+                return Err(ClientError::Protocol("reply too long".into()));
+            }
+            let n = timeout(limit, self.io.read_buf(&mut self.buf)).await.map_err(|_| ClientError::Timeout("reply"))??;
+            if n == 0 {
+                return Err(ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    async fn expect(&mut self, stage: &'static str, class: u16) -> Result<ParsedReply, ClientError> {
+        let reply = self.read_reply(self.command_timeout).await?;
+        if reply.code / 100 == class {
+            Ok(reply)
+        } else {
+            Err(ClientError::Reply { stage, reply })
+        }
+    }
+
+    /// Sends one message to some recipients; pipelines MAIL, RCPT and DATA when the server allows it.
+    pub async fn deliver(&mut self, env: &Envelope, rcpts: &[&Recipient], body: &[u8]) -> Result<TxnResult, ClientError> {
+        let mut cmds = vec![self.mail_command(env, body.len())];
+        cmds.extend(rcpts.iter().map(|r| self.rcpt_command(r)));
+        cmds.push("DATA\r\n".to_string());
+        let replies = self.send_commands(&cmds).await?;
+        let mail = &replies[0];
+        if !mail.is_positive() {
+            return Err(ClientError::Reply { stage: "MAIL", reply: mail.clone() });
+        }
+        let rcpt_replies: Vec<_> = replies[1..=rcpts.len()]
+            .iter()
+            .map(|r| if r.is_positive() { Ok(r.clone()) } else { Err(r.clone()) })
+            .collect();
+        let data = &replies[rcpts.len() + 1];
+        let any_ok = rcpt_replies.iter().any(|r| r.is_ok());
+        if data.code != 354 {
+            if any_ok {
+                return Err(ClientError::Reply { stage: "DATA", reply: data.clone() });
+            }
+            self.reset().await?;
+            return Ok(TxnResult { rcpts: rcpt_replies, data: None });
+        }
+        let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 8);
+        dot_stuff(if any_ok { body } else { b"" }, &mut out);
+        timeout(self.data_timeout, self.io.write_all(&out)).await.map_err(|_| ClientError::Timeout("data write"))??;
+        let final_reply = self.read_reply(self.data_timeout).await?;
+        Ok(TxnResult { rcpts: rcpt_replies, data: any_ok.then_some(final_reply) })
+    }
+
+    async fn send_commands(&mut self, cmds: &[String]) -> Result<Vec<ParsedReply>, ClientError> {
+        let mut replies = Vec::with_capacity(cmds.len());
+        if self.caps.pipelining {
+            self.write(cmds.concat().as_bytes()).await?;
+            for _ in cmds {
+                replies.push(self.read_reply(self.command_timeout).await?);
+            }
+            return Ok(replies);
+        }
+        for (i, cmd) in cmds.iter().enumerate() {
+            self.write(cmd.as_bytes()).await?;
+            let reply = self.read_reply(self.command_timeout).await?;
+            let stop = i == 0 && !reply.is_positive();
+            replies.push(reply);
+            if stop {
+                // MAIL failed: answer the rest as refused without sending them.
+                while replies.len() < cmds.len() {
+                    replies.push(replies[0].clone());
+                }
+                break;
+            }
+        }
+        Ok(replies)
+    }
+
+    fn mail_command(&self, env: &Envelope, size: usize) -> String {
+        let mut cmd = format!("MAIL FROM:<{}>", env.sender);
+        if self.caps.size.is_some() {
+            cmd.push_str(&format!(" SIZE={size}"));
+        }
+        if env.eight_bit && self.caps.eight_bit_mime {
+            cmd.push_str(" BODY=8BITMIME");
+        }
+        if env.smtputf8 && self.caps.smtputf8 {
+            cmd.push_str(" SMTPUTF8");
+        }
+        if self.caps.dsn {
+            match env.ret {
+                Some(Ret::Full) => cmd.push_str(" RET=FULL"),
+                Some(Ret::Hdrs) => cmd.push_str(" RET=HDRS"),
+                None => {}
+            }
+            if let Some(envid) = &env.envid {
+                cmd.push_str(&format!(" ENVID={envid}"));
+            }
+        }
+        cmd.push_str("\r\n");
+        cmd
+    }
+
+    fn rcpt_command(&self, r: &Recipient) -> String {
+        let mut cmd = format!("RCPT TO:<{}>", r.address);
+        if self.caps.dsn {
+            if let Some(n) = r.notify {
+                cmd.push_str(&format!(" NOTIFY={}", n.param()));
+            }
+            if let Some(o) = &r.orcpt {
+                cmd.push_str(&format!(" ORCPT={o}"));
+            }
+        }
+        cmd.push_str("\r\n");
+        cmd
+    }
+
+    /// Whether the server can take this envelope at all (SMTPUTF8).
+    pub fn can_take(&self, env: &Envelope) -> bool {
+        !env.smtputf8 || self.caps.smtputf8
+    }
+
+    pub async fn reset(&mut self) -> Result<(), ClientError> {
+        self.write(b"RSET\r\n").await?;
+        self.expect("RSET", 2).await.map(|_| ())
+    }
+
+    pub async fn quit(mut self) {
+        if self.write(b"QUIT\r\n").await.is_ok() {
+            let _ = self.read_reply(Duration::from_secs(5)).await;
+        }
+        let _ = self.io.shutdown().await;
+    }
+}
+
+fn server_name(host: &str, addr: SocketAddr) -> rustls_pki_types::ServerName<'static> {
+    rustls_pki_types::ServerName::try_from(host.to_string())
+        .unwrap_or_else(|_| rustls_pki_types::ServerName::IpAddress(addr.ip().into()))
+}

@@ -1,0 +1,172 @@
+//! Delivery: connecting to a next hop and turning SMTP replies into per-recipient outcomes.
+
+pub mod bounce;
+pub mod client;
+pub mod mx;
+
+use std::net::{IpAddr, SocketAddr};
+
+use smtpgate_proto::ParsedReply;
+
+use crate::config::TlsPolicy;
+use crate::context::Context;
+use crate::envelope::Recipient;
+use crate::queue::Delivery;
+use crate::route::NextHop;
+use client::{Client, ClientError, Connect};
+
+/// What became of one recipient in one attempt.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Delivered(String),
+    Transient { status: String, diagnostic: String },
+    Permanent { status: String, diagnostic: String },
+}
+
+impl Outcome {
+    fn from_reply(r: &ParsedReply) -> Outcome {
+        let class = if r.is_permanent() { "5" } else { "4" };
+        let status = r.status.clone().unwrap_or_else(|| format!("{class}.0.0"));
+        let diagnostic = r.to_string_line();
+        if r.is_positive() {
+            Outcome::Delivered(diagnostic)
+        } else if r.is_permanent() {
+            Outcome::Permanent { status, diagnostic }
+        } else {
+            Outcome::Transient { status, diagnostic }
+        }
+    }
+
+    fn from_error(e: &ClientError) -> Outcome {
+        match e {
+            ClientError::Reply { reply, .. } => Outcome::from_reply(reply),
+            ClientError::TlsRequired(_) => Outcome::Transient { status: "4.7.5".into(), diagnostic: e.to_string() },
+            _ => Outcome::Transient { status: "4.4.2".into(), diagnostic: e.to_string() },
+        }
+    }
+}
+
+/// Why no connection to a next hop could be had.
+#[derive(Debug, Clone)]
+pub struct ConnectFailure {
+    pub outcome: Outcome,
+}
+
+impl ConnectFailure {
+    fn transient(status: &str, text: String) -> Self {
+        ConnectFailure { outcome: Outcome::Transient { status: status.into(), diagnostic: text } }
+    }
+}
+
+/// Opens a connection to the first server of the hop that answers.
+pub async fn connect(ctx: &Context, hop: &NextHop) -> Result<Client, ConnectFailure> {
+    let (targets, tls) = targets(ctx, hop).await?;
+    let mut last = String::from("no server to try");
+    for (host, addr) in targets {
+        let c = Connect {
+            addr,
+            host: &host,
+            helo: &ctx.config.hostname,
+            tls,
+            tls_config: ctx.client_tls.clone(),
+            queue: &ctx.config.queue,
+        };
+        match Client::connect(c).await {
+            Ok(client) => return Ok(client),
+            Err(e) => {
+                tracing::debug!(hop = %hop, server = %addr, error = %e, "connection failed");
+                last = e.to_string();
+            }
+        }
+    }
+    Err(ConnectFailure::transient("4.4.1", last))
+}
+
+async fn targets(ctx: &Context, hop: &NextHop) -> Result<(Vec<(String, SocketAddr)>, TlsPolicy), ConnectFailure> {
+    match hop {
+        NextHop::Pool(name) => {
+            let pool = ctx.config.pools.iter().find(|p| &p.name == name).ok_or_else(|| {
+                ConnectFailure::transient("4.3.5", format!("pool {name} is not configured"))
+            })?;
+            let mut out = Vec::new();
+            for s in &pool.servers {
+                for addr in resolve_host(ctx, &s.host, s.port).await {
+                    out.push((s.host.clone(), addr));
+                }
+            }
+            Ok((out, pool.tls))
+        }
+        NextHop::Mx(domain) => {
+            let found = mx::targets(&ctx.resolver, domain, ctx.config.queue.smtp_port).await.map_err(|e| {
+                let (status, permanent) = match &e {
+                    mx::MxError::NullMx(_) => ("5.1.10", true),
+                    mx::MxError::NoSuchDomain(_) => ("5.1.2", true),
+                    _ => ("4.4.3", false),
+                };
+                let diagnostic = e.to_string();
+                let status = status.to_string();
+                ConnectFailure {
+                    outcome: if permanent {
+                        Outcome::Permanent { status, diagnostic }
+                    } else {
+                        Outcome::Transient { status, diagnostic }
+                    },
+                }
+            })?;
+            let out = found.into_iter().flat_map(|t| t.addrs.into_iter().map(move |a| (t.host.clone(), a))).collect();
+            Ok((out, TlsPolicy::Opportunistic))
+        }
+    }
+}
+
+async fn resolve_host(ctx: &Context, host: &str, port: u16) -> Vec<SocketAddr> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return vec![SocketAddr::new(ip, port)];
+    }
+    match ctx.resolver.lookup_ip(format!("{host}.").as_str()).await {
+        Ok(ips) => ips.iter().map(|ip| SocketAddr::new(ip, port)).collect(),
+        Err(e) => {
+            tracing::warn!(host, error = %e, "cannot resolve upstream server");
+            Vec::new()
+        }
+    }
+}
+
+/// Sends one delivery over an open connection. Returns each recipient's outcome and whether the
+/// connection can carry another message.
+pub async fn attempt(ctx: &Context, client: &mut Client, d: &Delivery) -> (Vec<(u32, Outcome)>, bool) {
+    let env = &d.msg.env;
+    let all = |o: Outcome| d.rcpts.iter().map(|&i| (i, o.clone())).collect::<Vec<_>>();
+    if !client.can_take(env) {
+        let diagnostic = "the destination does not support SMTPUTF8".to_string();
+        return (all(Outcome::Permanent { status: "5.6.7".into(), diagnostic }), true);
+    }
+    let body = match d.msg.body(&ctx.spool) {
+        Ok(b) => b,
+        Err(e) => {
+            let diagnostic = format!("cannot read message from spool: {e}");
+            return (all(Outcome::Transient { status: "4.3.0".into(), diagnostic }), true);
+        }
+    };
+    let rcpts: Vec<&Recipient> = d.rcpts.iter().map(|&i| &env.recipients[i as usize]).collect();
+    match client.deliver(env, &rcpts, &body).await {
+        Ok(res) => {
+            let outcomes = d.rcpts.iter().zip(res.rcpts).map(|(&i, r)| {
+                let o = match (r, &res.data) {
+                    (Err(refused), _) => Outcome::from_reply(&refused),
+                    (Ok(_), Some(data)) => Outcome::from_reply(data),
+                    (Ok(_), None) => Outcome::Transient {
+                        status: "4.4.2".into(),
+                        diagnostic: "no reply to end of data".into(),
+                    },
+                };
+                (i, o)
+            });
+            (outcomes.collect(), true)
+        }
+        Err(e) => {
+            let keep = matches!(e, ClientError::Reply { .. });
+            (all(Outcome::from_error(&e)), keep)
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! The byte stream a session or a delivery talks over: plain TCP, TLS, or an in-memory pipe in tests.
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Any bidirectional byte stream. Boxed so that STARTTLS can replace a stream in place.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+pub type BoxIo = Box<dyn Io>;
+
+/// What a TLS handshake settled, for logs and the `Received:` header.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    pub version: String,
+    pub cipher: String,
+}
+
+impl TlsInfo {
+    pub fn from_conn(conn: &rustls::CommonState) -> Self {
+        let version = conn.protocol_version().and_then(|v| v.as_str()).unwrap_or("TLS").replace('_', ".");
+        let version = version.replace("TLSv1.", "TLSv1.").replace("TLSV", "TLSv");
+        let cipher = conn
+            .negotiated_cipher_suite()
+            .and_then(|c| c.suite().as_str())
+            .unwrap_or("unknown")
+            .to_string();
+        TlsInfo { version, cipher }
+    }
+}
+
+/// A stream that reads nothing and discards writes: stands in while a stream is being upgraded.
+pub fn placeholder() -> BoxIo {
+    Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink()))
+}

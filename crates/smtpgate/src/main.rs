@@ -1,0 +1,132 @@
+//! The `smtpgate` command: parses the command line and calls into the library.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use smtpgate::{Config, Server};
+
+#[derive(Parser)]
+#[command(name = "smtpgate", version, about = "SMTP preprocessor and relay")]
+struct Cli {
+    /// Log format on standard error.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server (with the built-in default configuration when no file is given).
+    Serve {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file and report every mistake.
+    CheckConfig { file: PathBuf },
+    /// Read a password on standard input and print its hash for the users file.
+    Passwd,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Serve { config } => serve(config, cli.log_format),
+        Cmd::CheckConfig { file } => check_config(&file),
+        Cmd::Passwd => passwd(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("smtpgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SMTPGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn serve(path: Option<PathBuf>, format: LogFormat) -> anyhow::Result<ExitCode> {
+    let config = match &path {
+        Some(p) => Config::load(p)?,
+        None => Config::builtin(),
+    };
+    init_logging(format);
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        let server = Server::start(config).await?;
+        announce(&server, path.is_none())?;
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        server.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Says on standard output what the server listens on and where it spools.
+fn announce(server: &Server, builtin: bool) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if builtin {
+        writeln!(out, "smtpgate: no --config given, running the built-in default configuration")?;
+    }
+    for l in &server.listeners {
+        writeln!(out, "smtpgate listening: listener={} address={} tls={}", l.name, l.addr, l.tls)?;
+    }
+    if let Some(a) = server.admin {
+        writeln!(out, "smtpgate admin: address={a}")?;
+    }
+    writeln!(out, "smtpgate spool: dir={} recovered={}", server.spool_dir.display(), server.recovered)?;
+    writeln!(out, "smtpgate ready")?;
+    out.flush()
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+fn check_config(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    match Config::load(file) {
+        Ok(_) => {
+            println!("{}: OK", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn passwd() -> anyhow::Result<ExitCode> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).context("cannot read the password")?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    anyhow::ensure!(!password.is_empty(), "empty password");
+    let hash = smtpgate::session::hash_password(password).map_err(anyhow::Error::msg)?;
+    println!("{hash}");
+    Ok(ExitCode::SUCCESS)
+}

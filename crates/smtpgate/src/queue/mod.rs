@@ -1,0 +1,159 @@
+//! The in-memory queue: deliveries grouped by next hop, connection workers per hop, retries.
+//!
+//! Every message in here is also in the spool; the queue only decides what is tried when. A message
+//! is split into one [`Delivery`] per next hop; each hop has a ready list and up to
+//! `connections_per_destination` workers, each holding one connection that carries several messages.
+//!
+//! Architecture invariant: a recipient's final state is written to the spool before the message is
+//! dropped from memory, and a bounce is spooled before the failure that caused it is recorded.
+
+mod message;
+mod settle;
+mod worker;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::context::Context;
+use crate::envelope::Envelope;
+use crate::route::{NextHop, next_hop};
+use crate::spool::{Recovered, SpoolError};
+pub use message::QueuedMessage;
+
+/// Some recipients of one message, bound for one next hop.
+pub struct Delivery {
+    pub msg: Arc<QueuedMessage>,
+    pub rcpts: Vec<u32>,
+    pub attempts: u32,
+}
+
+#[derive(Default)]
+struct Dest {
+    ready: VecDeque<Delivery>,
+    workers: usize,
+    idle: usize,
+    wake: Arc<Notify>,
+}
+
+/// Handle to the queue; clones share it.
+#[derive(Clone)]
+pub struct Queue {
+    ctx: Arc<Context>,
+    dests: Arc<Mutex<HashMap<NextHop, Dest>>>,
+}
+
+/// How long an idle connection waits for more mail before it says QUIT.
+const IDLE: Duration = Duration::from_secs(2);
+
+impl Queue {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Queue { ctx, dests: Arc::default() }
+    }
+
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    /// Spools a new message durably, then schedules it. When this returns `Ok`, the message is safe.
+    pub async fn accept(&self, env: Envelope, body: Vec<u8>) -> Result<(), SpoolError> {
+        let body_ref = self.ctx.spool.store(&env, &body).await?;
+        let msg = QueuedMessage::new(env, body_ref, None, Some(body.into()));
+        self.schedule(Arc::new(msg));
+        Ok(())
+    }
+
+    /// Schedules what the spool held at start-up.
+    pub async fn restore(&self, found: Vec<Recovered>) -> usize {
+        let n = found.len();
+        for r in found {
+            let msg = Arc::new(QueuedMessage::new(r.env, r.body, Some(r.states), None));
+            if msg.pending().is_empty() {
+                settle::finish(&self.ctx, &msg).await;
+            } else {
+                self.schedule(msg);
+            }
+        }
+        n
+    }
+
+    fn schedule(&self, msg: Arc<QueuedMessage>) {
+        self.ctx.metrics.queue_depth.inc();
+        let mut by_hop: HashMap<NextHop, Vec<u32>> = HashMap::new();
+        for idx in msg.pending() {
+            let hop = next_hop(&self.ctx.config, &msg.env.recipients[idx as usize]);
+            by_hop.entry(hop).or_default().push(idx);
+        }
+        for (hop, rcpts) in by_hop {
+            self.push(hop, Delivery { msg: msg.clone(), rcpts, attempts: 0 });
+        }
+    }
+
+    /// Puts a delivery on its hop's ready list and starts a worker if none is free.
+    fn push(&self, hop: NextHop, d: Delivery) {
+        let mut dests = self.dests.lock().unwrap();
+        let dest = dests.entry(hop.clone()).or_default();
+        dest.ready.push_back(d);
+        let limit = self.ctx.config.queue.connections_per_destination;
+        if dest.ready.len() > dest.idle && dest.workers < limit {
+            dest.workers += 1;
+            tokio::spawn(worker::run(self.clone(), hop));
+        } else {
+            dest.wake.notify_one();
+        }
+    }
+
+    /// Retries a delivery after `delay`.
+    fn retry_later(&self, hop: NextHop, d: Delivery, delay: Duration) {
+        let queue = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            queue.push(hop, d);
+        });
+    }
+
+    /// The next delivery for a worker of `hop`, waiting a while for one; `None` means the worker should close.
+    async fn next_for(&self, hop: &NextHop) -> Option<Delivery> {
+        for _ in 0..2 {
+            let wake = {
+                let mut dests = self.dests.lock().unwrap();
+                let dest = dests.get_mut(hop)?;
+                if let Some(d) = dest.ready.pop_front() {
+                    return Some(d);
+                }
+                dest.idle += 1;
+                dest.wake.clone()
+            };
+            let _ = tokio::time::timeout(IDLE, wake.notified()).await;
+            let mut dests = self.dests.lock().unwrap();
+            let dest = dests.get_mut(hop)?;
+            dest.idle -= 1;
+            if let Some(d) = dest.ready.pop_front() {
+                return Some(d);
+            }
+        }
+        None
+    }
+
+    /// Takes every delivery waiting for `hop` (when its servers are unreachable).
+    fn drain(&self, hop: &NextHop) -> Vec<Delivery> {
+        let mut dests = self.dests.lock().unwrap();
+        dests.get_mut(hop).map(|d| d.ready.drain(..).collect()).unwrap_or_default()
+    }
+
+    /// A worker of `hop` is gone.
+    fn worker_done(&self, hop: &NextHop) {
+        let mut dests = self.dests.lock().unwrap();
+        if let Some(dest) = dests.get_mut(hop) {
+            dest.workers -= 1;
+            if dest.workers == 0 && dest.ready.is_empty() {
+                dests.remove(hop);
+            } else if !dest.ready.is_empty() && dest.workers == 0 {
+                dest.workers += 1;
+                tokio::spawn(worker::run(self.clone(), hop.clone()));
+            }
+        }
+    }
+}

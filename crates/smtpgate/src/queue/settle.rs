@@ -1,0 +1,147 @@
+//! Recording what an attempt achieved: final states to the spool, bounces, retries.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::{Delivery, Queue, QueuedMessage};
+use crate::context::Context;
+use crate::datetime::now_unix;
+use crate::deliver::Outcome;
+use crate::deliver::bounce::{self, Failure};
+use crate::envelope::{Envelope, Recipient};
+use crate::route::NextHop;
+use crate::spool::RcptState;
+
+pub(super) fn spawn(
+    queue: &Queue,
+    hop: &NextHop,
+    d: Delivery,
+    results: Vec<(u32, Outcome)>,
+    remote: Option<String>,
+    started: Instant,
+) {
+    let (queue, hop) = (queue.clone(), hop.clone());
+    tokio::spawn(async move { settle(queue, hop, d, results, remote, started).await });
+}
+
+async fn settle(queue: Queue, hop: NextHop, d: Delivery, results: Vec<(u32, Outcome)>, remote: Option<String>, started: Instant) {
+    let ctx = queue.ctx.clone();
+    let msg = d.msg.clone();
+    let expired = now_unix() >= msg.env.received_at + ctx.config.queue.max_age.as_secs();
+    let latency_ms = started.elapsed().as_millis() as u64;
+    let mut updates = Vec::new();
+    let mut failures = Vec::new();
+    let mut retry = Vec::new();
+    for (idx, outcome) in results {
+        let rcpt = &msg.env.recipients[idx as usize];
+        log_attempt(&msg, rcpt, &hop, &outcome, remote.as_deref(), latency_ms);
+        match outcome {
+            Outcome::Delivered(_) => updates.push((idx, RcptState::Delivered)),
+            Outcome::Permanent { status, diagnostic } => {
+                failures.push(failure(rcpt, status, diagnostic, &remote));
+                updates.push((idx, RcptState::Failed));
+            }
+            Outcome::Transient { diagnostic, .. } if expired => {
+                let diagnostic = format!("message expired in queue; last error: {diagnostic}");
+                failures.push(failure(rcpt, "4.4.7".into(), diagnostic, &remote));
+                updates.push((idx, RcptState::Failed));
+            }
+            Outcome::Transient { .. } => retry.push(idx),
+        }
+    }
+    let delivered = updates.iter().filter(|u| u.1 == RcptState::Delivered).count() as u64;
+    if delivered > 0 {
+        ctx.metrics.delivered.inc();
+        ctx.metrics.recipients_delivered.add(delivered);
+    }
+    if !failures.is_empty() {
+        bounce_for(&queue, &msg, &failures).await;
+    }
+    record(&ctx, &msg, &updates).await;
+    if !retry.is_empty() {
+        msg.drop_cache();
+        ctx.metrics.deferred.inc();
+        let retries = &ctx.config.queue.retry;
+        let delay = retries[(d.attempts as usize).min(retries.len() - 1)];
+        queue.retry_later(hop, Delivery { msg, rcpts: retry, attempts: d.attempts + 1 }, delay);
+    }
+}
+
+fn failure(rcpt: &Recipient, status: String, diagnostic: String, remote: &Option<String>) -> Failure {
+    Failure { recipient: rcpt.clone(), status, diagnostic, remote: remote.clone() }
+}
+
+fn log_attempt(msg: &QueuedMessage, rcpt: &Recipient, hop: &NextHop, o: &Outcome, remote: Option<&str>, ms: u64) {
+    let (result, reply) = match o {
+        Outcome::Delivered(r) => ("delivered", r.as_str()),
+        Outcome::Transient { diagnostic, .. } => ("deferred", diagnostic.as_str()),
+        Outcome::Permanent { diagnostic, .. } => ("failed", diagnostic.as_str()),
+    };
+    tracing::info!(
+        queue_id = %msg.env.id, recipient = %rcpt.address, next_hop = %hop, server = remote.unwrap_or("-"),
+        result, reply, latency_ms = ms, "delivery attempt"
+    );
+}
+
+/// Writes final states; when the message is finished, removes it from the spool.
+async fn record(ctx: &Context, msg: &Arc<QueuedMessage>, updates: &[(u32, RcptState)]) {
+    if updates.is_empty() {
+        return;
+    }
+    if let Err(e) = ctx.spool.update(msg.env.id, updates).await {
+        tracing::error!(queue_id = %msg.env.id, error = %e, "cannot record delivery state");
+    }
+    if msg.settle(updates) {
+        finish(ctx, msg).await;
+        ctx.metrics.queue_depth.dec();
+    }
+}
+
+/// Marks a message whose recipients are all final as done in the spool.
+pub(super) async fn finish(ctx: &Context, msg: &QueuedMessage) {
+    if let Err(e) = ctx.spool.done(msg.env.id, &msg.body_ref).await {
+        tracing::error!(queue_id = %msg.env.id, error = %e, "cannot mark message done");
+    }
+}
+
+/// Spools a DSN for `failures` to the sender; never for the null sender.
+async fn bounce_for(queue: &Queue, msg: &QueuedMessage, failures: &[Failure]) {
+    let ctx = &queue.ctx;
+    ctx.metrics.bounced.add(failures.len() as u64);
+    let env = &msg.env;
+    if env.is_null_sender() {
+        tracing::info!(queue_id = %env.id, "not bouncing a message from the null sender");
+        return;
+    }
+    let wanted: Vec<Failure> = failures.iter().filter(|f| f.recipient.wants_failure_report()).cloned().collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let body = match msg.body(&ctx.spool) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(queue_id = %env.id, error = %e, "cannot read message for its bounce");
+            return;
+        }
+    };
+    let id = ctx.ids.next();
+    let text = bounce::build(&ctx.config.hostname, env, &body, &wanted, id.0);
+    let dsn = Envelope {
+        id,
+        sender: String::new(),
+        recipients: vec![Recipient::new(env.sender.clone())],
+        received_at: now_unix(),
+        eight_bit: !text.is_ascii(),
+        smtputf8: env.smtputf8,
+        ret: None,
+        envid: None,
+    };
+    match queue.accept(dsn, text).await {
+        Ok(()) => {
+            ctx.metrics.dsn_sent.inc();
+            tracing::info!(queue_id = %env.id, dsn_id = %id, recipients = wanted.len(), "bounce queued");
+        }
+        Err(e) => tracing::error!(queue_id = %env.id, error = %e, "cannot spool bounce"),
+    }
+}

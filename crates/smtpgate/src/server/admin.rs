@@ -1,0 +1,43 @@
+//! The admin address: `/healthz` and `/metrics` (Prometheus text format).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use tokio::sync::watch;
+
+use super::StartError;
+use crate::context::Context;
+
+pub async fn start(addr: SocketAddr, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) -> Result<SocketAddr, StartError> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| StartError::Bind(addr, e))?;
+    let bound = listener.local_addr().map_err(|e| StartError::Bind(addr, e))?;
+    let app = Router::new().route("/healthz", get(|| async { "ok\n" })).route("/metrics", get(metrics)).with_state(ctx);
+    tokio::spawn(async move {
+        let stop = async move {
+            let _ = shutdown.changed().await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+    Ok(bound)
+}
+
+async fn metrics(State(ctx): State<Arc<Context>>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], render(&ctx))
+}
+
+fn render(ctx: &Context) -> String {
+    let (records, fsyncs) = ctx.spool.stats();
+    let mut out = ctx.metrics.render();
+    out.push_str(&format!(
+        "# HELP smtpgate_spool_records_total records written to the spool log\n\
+         # TYPE smtpgate_spool_records_total counter\nsmtpgate_spool_records_total {records}\n\
+         # HELP smtpgate_spool_fsyncs_total fsyncs of the spool log; records share them (group commit)\n\
+         # TYPE smtpgate_spool_fsyncs_total counter\nsmtpgate_spool_fsyncs_total {fsyncs}\n"
+    ));
+    out
+}

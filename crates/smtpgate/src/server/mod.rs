@@ -1,0 +1,204 @@
+//! Listeners, the admin endpoint, start-up and graceful shutdown.
+
+mod admin;
+mod limits;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{Config, ListenerConfig};
+use crate::context::Context;
+use crate::envelope::IdGen;
+use crate::io::{BoxIo, TlsInfo};
+use crate::metrics::Metrics;
+use crate::queue::Queue;
+use crate::session::{Session, Users};
+use crate::spool::Spool;
+use limits::{ConnLimits, Sessions};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open spool {0}: {1}")]
+    Spool(PathBuf, std::io::Error),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("listener {0}: TLS: {1}")]
+    Tls(String, String),
+    #[error("listener {0}: users file: {1}")]
+    Users(String, String),
+    #[error("cannot set up DNS resolver: {0}")]
+    Dns(std::io::Error),
+}
+
+/// What one listener's sessions share.
+pub struct ListenerState {
+    pub config: ListenerConfig,
+    pub ctx: Arc<Context>,
+    pub queue: Queue,
+    pub tls: Option<TlsAcceptor>,
+    pub users: Option<Arc<Users>>,
+    pub shutdown: watch::Receiver<bool>,
+    limits: ConnLimits,
+    sessions: Arc<Sessions>,
+}
+
+/// A bound listener, as reported at start-up.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub tls: &'static str,
+}
+
+/// A running server.
+pub struct Server {
+    pub listeners: Vec<Bound>,
+    pub admin: Option<SocketAddr>,
+    pub spool_dir: PathBuf,
+    pub recovered: usize,
+    pub queue: Queue,
+    shutdown: watch::Sender<bool>,
+    sessions: Arc<Sessions>,
+    grace: Duration,
+}
+
+impl Server {
+    /// Opens the spool, recovers it, binds every listener and starts serving.
+    pub async fn start(config: Config) -> Result<Server, StartError> {
+        let config = Arc::new(config);
+        let spool_dir = std::path::absolute(&config.spool.dir).unwrap_or(config.spool.dir.clone());
+        let (spool, found) =
+            Spool::open(&spool_dir, config.spool.segment_size).map_err(|e| StartError::Spool(spool_dir.clone(), e))?;
+        let ctx = Arc::new(Context {
+            config: config.clone(),
+            spool: Arc::new(spool),
+            metrics: Arc::new(Metrics::default()),
+            resolver: crate::deliver::mx::resolver(&config.dns.nameservers).map_err(StartError::Dns)?,
+            client_tls: crate::tls::client_config(),
+            ids: IdGen::default(),
+        });
+        let queue = Queue::new(ctx.clone());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let sessions = Arc::new(Sessions::default());
+        let mut listeners = Vec::new();
+        for lc in &config.listeners {
+            let state = listener_state(lc, &ctx, &queue, &shutdown_rx, &sessions)?;
+            let tcp = TcpListener::bind(lc.address).await.map_err(|e| StartError::Bind(lc.address, e))?;
+            let addr = tcp.local_addr().map_err(|e| StartError::Bind(lc.address, e))?;
+            let tls = match (&state.tls, lc.implicit_tls) {
+                (None, _) => "none",
+                (Some(_), false) => "starttls",
+                (Some(_), true) => "implicit",
+            };
+            listeners.push(Bound { name: lc.name.clone(), addr, tls });
+            tokio::spawn(accept_loop(tcp, Arc::new(state)));
+        }
+        let admin = match &config.admin {
+            Some(a) => Some(admin::start(a.address, ctx.clone(), shutdown_rx.clone()).await?),
+            None => None,
+        };
+        let recovered = queue.restore(found).await;
+        let grace = config.shutdown_timeout;
+        Ok(Server { listeners, admin, spool_dir, recovered, queue, shutdown, sessions, grace })
+    }
+
+    /// Stops accepting, lets sessions finish within the shutdown timeout, and returns.
+    /// Everything accepted is already on disk; deliveries in flight are retried after a restart.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        if !self.sessions.wait_idle(self.grace).await {
+            tracing::warn!(sessions = self.sessions.count(), "shutdown timeout: closing sessions still open");
+        }
+    }
+}
+
+fn listener_state(
+    lc: &ListenerConfig,
+    ctx: &Arc<Context>,
+    queue: &Queue,
+    shutdown: &watch::Receiver<bool>,
+    sessions: &Arc<Sessions>,
+) -> Result<ListenerState, StartError> {
+    let tls = match &lc.tls {
+        Some(files) => Some(TlsAcceptor::from(
+            crate::tls::server_config(&files.cert, &files.key).map_err(|e| StartError::Tls(lc.name.clone(), e))?,
+        )),
+        None => None,
+    };
+    let users = match &lc.auth {
+        Some(a) => Some(Arc::new(Users::load(&a.users_file).map_err(|e| StartError::Users(lc.name.clone(), e))?)),
+        None => None,
+    };
+    Ok(ListenerState {
+        config: lc.clone(),
+        ctx: ctx.clone(),
+        queue: queue.clone(),
+        tls,
+        users,
+        shutdown: shutdown.clone(),
+        limits: ConnLimits::new(lc.max_connections, lc.max_connections_per_ip),
+        sessions: sessions.clone(),
+    })
+}
+
+async fn accept_loop(tcp: TcpListener, state: Arc<ListenerState>) {
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = tcp.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        state.ctx.metrics.connections.inc();
+        match state.limits.admit(peer.ip().to_canonical()) {
+            Some(guard) => {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    serve_connection(state, stream, peer).await;
+                });
+            }
+            None => {
+                state.ctx.metrics.connections_refused.inc();
+                tokio::spawn(limits::refuse(stream));
+            }
+        }
+    }
+}
+
+async fn serve_connection(state: Arc<ListenerState>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let _active = state.sessions.enter();
+    let metrics = state.ctx.metrics.clone();
+    metrics.sessions_active.inc();
+    let (io, tls): (BoxIo, Option<TlsInfo>) = match (&state.tls, state.config.implicit_tls) {
+        (Some(acceptor), true) => {
+            match tokio::time::timeout(state.config.command_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => {
+                    let info = TlsInfo::from_conn(s.get_ref().1);
+                    (Box::new(s), Some(info))
+                }
+                _ => {
+                    metrics.sessions_active.dec();
+                    return;
+                }
+            }
+        }
+        _ => (Box::new(stream), None),
+    };
+    Session::new(state.clone(), io, peer, tls).run().await;
+    metrics.sessions_active.dec();
+}

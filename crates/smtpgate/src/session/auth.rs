@@ -1,0 +1,169 @@
+//! AUTH PLAIN and LOGIN (RFC 4954, RFC 4616) against a file of argon2 password hashes.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use argon2::password_hash::{PasswordHash, PasswordVerifier};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use smtpgate_proto::Reply;
+
+use super::conn::Line;
+use super::{Flow, Session, Txn};
+
+/// After this many failures the session is closed.
+const MAX_AUTH_FAILURES: u32 = 3;
+
+/// Users and their password hashes: one `name:$argon2id$...` per line, `#` for comments.
+#[derive(Debug, Default)]
+pub struct Users {
+    hashes: HashMap<String, String>,
+}
+
+impl Users {
+    pub fn load(path: &Path) -> Result<Users, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Users::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Users, String> {
+        let mut hashes = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (user, hash) = line.split_once(':').ok_or(format!("line {}: expected user:hash", n + 1))?;
+            PasswordHash::new(hash).map_err(|e| format!("line {}: bad password hash: {e}", n + 1))?;
+            hashes.insert(user.to_string(), hash.to_string());
+        }
+        Ok(Users { hashes })
+    }
+
+    /// Checks a password (slow by design: call off the async threads).
+    pub fn verify(&self, user: &str, password: &str) -> bool {
+        let Some(hash) = self.hashes.get(user) else { return false };
+        let Ok(parsed) = PasswordHash::new(hash) else { return false };
+        argon2::Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok()
+    }
+}
+
+/// Makes an argon2id hash for the users file (`smtpgate passwd`).
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    use std::io::Read;
+    let mut random = [0u8; 16];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut random)).map_err(|e| e.to_string())?;
+    let salt = SaltString::encode_b64(&random).map_err(|e| e.to_string())?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+impl Session {
+    /// AUTH is offered over TLS, or in plaintext only to loopback clients when the listener allows it.
+    pub(super) fn auth_offered(&self) -> bool {
+        let Some(auth) = &self.listener.config.auth else { return false };
+        self.tls.is_some() || (auth.allow_plaintext && self.peer.ip().is_loopback())
+    }
+
+    pub(super) async fn auth(&mut self, mechanism: String, initial: Option<String>) -> Flow {
+        if self.listener.users.is_none() {
+            return self.error(Reply::not_implemented());
+        }
+        if self.helo.is_none() || !matches!(self.txn, Txn::Idle) {
+            return self.error(Reply::bad_sequence("AUTH needs EHLO and no transaction in progress"));
+        }
+        if self.user.is_some() {
+            return self.error(Reply::already_authenticated());
+        }
+        if !self.auth_offered() {
+            return self.error(Reply::auth_needs_tls());
+        }
+        let creds = match mechanism.as_str() {
+            "PLAIN" => self.plain(initial).await,
+            "LOGIN" => self.login(initial).await,
+            _ => return self.error(Reply::auth_unsupported()),
+        };
+        match creds {
+            Ok(Some((user, password))) => self.check(user, password).await,
+            Ok(None) => self.error(Reply::auth_cancelled()),
+            Err(flow) => flow,
+        }
+    }
+
+    async fn check(&mut self, user: String, password: String) -> Flow {
+        let users = self.listener.users.clone().expect("checked in auth");
+        let name = user.clone();
+        let ok = tokio::task::spawn_blocking(move || users.verify(&name, &password)).await.unwrap_or(false);
+        if ok {
+            tracing::info!(client = %self.peer, user = %user, "authenticated");
+            self.user = Some(user);
+            return self.respond(Reply::auth_ok());
+        }
+        self.auth_failures += 1;
+        self.listener.ctx.metrics.auth_failures.inc();
+        tracing::warn!(client = %self.peer, user = %user, failures = self.auth_failures, "authentication failed");
+        if self.auth_failures >= MAX_AUTH_FAILURES {
+            self.conn.reply(&Reply::auth_failed());
+            self.conn.reply(&Reply::too_many_errors());
+            return Flow::Close;
+        }
+        self.error(Reply::auth_failed())
+    }
+
+    async fn plain(&mut self, initial: Option<String>) -> Result<Option<(String, String)>, Flow> {
+        let Some(resp) = self.response(initial, "").await? else { return Ok(None) };
+        let mut parts = resp.split(|&b| b == 0);
+        let (Some(_authz), Some(user), Some(pass), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err(self.error(Reply::syntax("malformed PLAIN response")));
+        };
+        Ok(Some((utf8(user), utf8(pass))))
+    }
+
+    async fn login(&mut self, initial: Option<String>) -> Result<Option<(String, String)>, Flow> {
+        let Some(user) = self.response(initial, "VXNlcm5hbWU6").await? else { return Ok(None) };
+        let Some(pass) = self.response(None, "UGFzc3dvcmQ6").await? else { return Ok(None) };
+        Ok(Some((utf8(&user), utf8(&pass))))
+    }
+
+    /// The client's base64 response: the initial one, or one asked for with a `334` challenge.
+    async fn response(&mut self, initial: Option<String>, challenge: &str) -> Result<Option<Vec<u8>>, Flow> {
+        let text = match initial {
+            Some(t) if t == "=" => String::new(),
+            Some(t) => t,
+            None => {
+                self.conn.reply(&Reply::auth_continue(challenge));
+                match self.conn.read_line(&mut self.framer, self.listener.config.command_timeout).await {
+                    Ok(Line::Command(l)) => String::from_utf8_lossy(&l).trim().to_string(),
+                    Ok(Line::TooLong) => return Err(self.error(Reply::line_too_long())),
+                    Err(_) => return Err(Flow::Close),
+                }
+            }
+        };
+        if text == "*" {
+            return Ok(None);
+        }
+        B64.decode(text.as_bytes()).map(Some).map_err(|_| self.error(Reply::syntax("invalid base64 in AUTH response")))
+    }
+}
+
+fn utf8(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifies_hashes_made_by_passwd() {
+        let hash = hash_password("s3cret").unwrap();
+        let users = Users::parse(&format!("# users\nalice:{hash}\n")).unwrap();
+        assert!(users.verify("alice", "s3cret"));
+        assert!(!users.verify("alice", "wrong"));
+        assert!(!users.verify("bob", "s3cret"));
+        assert!(Users::parse("alice:plaintext").is_err());
+    }
+}

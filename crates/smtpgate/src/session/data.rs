@@ -1,0 +1,171 @@
+//! DATA and BDAT: receiving the message, then spooling it before the `250`.
+
+use smtpgate_proto::{BareEol, BdatReceiver, DataOutcome, DataReceiver, Reply};
+
+use super::conn::ReadError;
+use super::headers::{self, Trace};
+use super::{Chunking, Draft, Flow, Session, Txn};
+use crate::config::BareLineEndings;
+use crate::datetime::now_unix;
+use crate::envelope::{Envelope, QueueId, Ret};
+
+impl Session {
+    pub(super) async fn data(&mut self) -> Flow {
+        let draft = match std::mem::replace(&mut self.txn, Txn::Idle) {
+            Txn::Mail(d) if !d.recipients.is_empty() => d,
+            Txn::Mail(d) => {
+                self.txn = Txn::Mail(d);
+                return self.error(Reply::bad_sequence("no valid recipients"));
+            }
+            other => {
+                self.txn = other;
+                return self.error(Reply::bad_sequence("need MAIL and RCPT before DATA"));
+            }
+        };
+        self.conn.reply(&Reply::start_data());
+        let id = self.listener.ctx.ids.next();
+        let mut body = self.trace_header(id, &draft).into_bytes();
+        let mut rx = DataReceiver::new(self.bare_eol(), self.listener.config.max_message_size);
+        let limit = self.listener.config.data_timeout;
+        loop {
+            let (used, done) = rx.feed(&self.conn.rbuf, &mut body);
+            bytes::Buf::advance(&mut self.conn.rbuf, used);
+            if done {
+                break;
+            }
+            if let Err(e) = self.conn.read_more(limit, false).await {
+                tracing::info!(client = %self.peer, error = ?e, "connection lost during DATA");
+                if let ReadError::Timeout = e {
+                    self.conn.reply(&Reply::timeout());
+                }
+                return Flow::Close;
+            }
+        }
+        self.complete(id, draft, body, rx.outcome()).await
+    }
+
+    pub(super) async fn bdat(&mut self, size: u64, last: bool) -> Flow {
+        let limit = self.listener.config.data_timeout;
+        let mut chunking = match std::mem::replace(&mut self.txn, Txn::Idle) {
+            Txn::Chunking(c) => c,
+            Txn::Mail(draft) if !draft.recipients.is_empty() => {
+                let id = self.listener.ctx.ids.next();
+                let body = self.trace_header(id, &draft).into_bytes();
+                let receiver = BdatReceiver::new(self.bare_eol(), self.listener.config.max_message_size);
+                Box::new(Chunking { draft, id, receiver, body })
+            }
+            other => {
+                // RFC 3030: the chunk is read and thrown away even when the command fails.
+                self.txn = other;
+                if self.conn.read_exact_with(size, limit, |_| {}).await.is_err() {
+                    return Flow::Close;
+                }
+                return self.error(Reply::bad_sequence("need MAIL and RCPT before BDAT"));
+            }
+        };
+        let Chunking { receiver, body, .. } = &mut *chunking;
+        if self.conn.read_exact_with(size, limit, |chunk| receiver.feed(chunk, body)).await.is_err() {
+            return Flow::Close;
+        }
+        if let DataOutcome::TooBig = chunking.receiver.outcome() {
+            return self.error(Reply::message_too_big());
+        }
+        if !last {
+            self.txn = Txn::Chunking(chunking);
+            return self.respond(Reply::chunk_ok(size));
+        }
+        let Chunking { draft, id, mut receiver, mut body } = *chunking;
+        receiver.finish(&mut body);
+        self.complete(id, draft, body, receiver.outcome()).await
+    }
+
+    fn bare_eol(&self) -> BareEol {
+        match self.listener.config.bare_line_endings {
+            BareLineEndings::Reject => BareEol::Reject,
+            BareLineEndings::Normalize => BareEol::Normalize,
+        }
+    }
+
+    fn trace_header(&self, id: QueueId, draft: &Draft) -> String {
+        let helo = self.helo.as_ref().expect("MAIL needs HELO");
+        let tls = self.tls.as_ref().map(|t| (t.version.as_str(), t.cipher.as_str()));
+        let single = (draft.recipients.len() == 1).then(|| draft.recipients[0].address.as_str());
+        headers::received(&Trace {
+            helo: &helo.name,
+            ip: self.peer.ip(),
+            host: &self.listener.ctx.config.hostname,
+            protocol: headers::protocol(helo.extended, self.tls.is_some(), self.user.is_some()),
+            id,
+            tls,
+            single_rcpt: single,
+        })
+    }
+
+    /// The end of a message: refuse it, or spool it and answer `250` once it is on disk.
+    async fn complete(&mut self, id: QueueId, draft: Draft, mut body: Vec<u8>, outcome: DataOutcome) -> Flow {
+        let metrics = &self.listener.ctx.metrics;
+        match outcome {
+            DataOutcome::TooBig => {
+                metrics.rejected.inc();
+                return self.respond(Reply::message_too_big());
+            }
+            DataOutcome::BareLineEnding => {
+                metrics.rejected.inc();
+                return self.respond(Reply::bare_line_ending());
+            }
+            DataOutcome::Ok => {}
+        }
+        if self.listener.config.submission || self.user.is_some() {
+            let at = received_len(&body);
+            let extra = headers::missing_submission_headers(&body[at..], id, &self.listener.ctx.config.hostname);
+            body.splice(at..at, extra.into_bytes());
+        }
+        let size = body.len();
+        let env = self.envelope(id, draft, &body);
+        let (sender, rcpts) = (env.sender.clone(), env.recipients.len());
+        match self.listener.queue.accept(env, body).await {
+            Ok(()) => {
+                metrics.received.inc();
+                tracing::info!(
+                    queue_id = %id, client = %self.peer, sender = %sender, recipients = rcpts, size,
+                    tls = self.tls.is_some(), user = self.user.as_deref().unwrap_or("-"), "message accepted"
+                );
+                self.respond(Reply::queued(&id.to_string()))
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %id, error = %e, "cannot spool message");
+                self.respond(Reply::local_error())
+            }
+        }
+    }
+
+    fn envelope(&self, id: QueueId, draft: Draft, body: &[u8]) -> Envelope {
+        let p = &draft.params;
+        Envelope {
+            id,
+            sender: draft.sender,
+            recipients: draft.recipients,
+            received_at: now_unix(),
+            eight_bit: !body.is_ascii(),
+            smtputf8: p.smtputf8,
+            ret: p.ret.as_ref().map(|r| match r {
+                smtpgate_proto::Ret::Full => Ret::Full,
+                smtpgate_proto::Ret::Hdrs => Ret::Hdrs,
+            }),
+            envid: p.envid.clone(),
+        }
+    }
+}
+
+/// Length of the leading `Received:` header that the session wrote (it ends at the first line that
+/// does not start with a tab).
+fn received_len(body: &[u8]) -> usize {
+    let mut pos = 0;
+    while let Some(i) = body[pos..].windows(2).position(|w| w == b"\r\n") {
+        pos += i + 2;
+        if body.get(pos) != Some(&b'\t') {
+            return pos;
+        }
+    }
+    body.len()
+}

@@ -1,0 +1,98 @@
+//! Headers the session adds: `Received:`, and `Message-ID:`/`Date:` on submission.
+
+use crate::datetime::{now_unix, rfc5322};
+use crate::envelope::QueueId;
+
+/// What a `Received:` header says about the session.
+pub struct Trace<'a> {
+    pub helo: &'a str,
+    pub ip: std::net::IpAddr,
+    pub host: &'a str,
+    pub protocol: &'static str,
+    pub id: QueueId,
+    pub tls: Option<(&'a str, &'a str)>,
+    pub single_rcpt: Option<&'a str>,
+}
+
+/// Builds the `Received:` header (RFC 5321 4.4, protocol names of RFC 3848).
+pub fn received(t: &Trace<'_>) -> String {
+    let helo: String = t.helo.chars().filter(|c| !c.is_control() && *c != '(' && *c != ')').take(100).collect();
+    let mut h = format!("Received: from {helo} ([{}])\r\n\tby {} (smtpgate) with {} id {}", t.ip, t.host, t.protocol, t.id);
+    if let Some((version, cipher)) = t.tls {
+        h.push_str(&format!("\r\n\t(using {version} with cipher {cipher})"));
+    }
+    if let Some(rcpt) = t.single_rcpt {
+        h.push_str(&format!("\r\n\tfor <{rcpt}>"));
+    }
+    h.push_str(&format!(";\r\n\t{}\r\n", rfc5322(now_unix())));
+    h
+}
+
+/// The protocol keyword: SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA.
+pub fn protocol(extended: bool, tls: bool, auth: bool) -> &'static str {
+    match (extended, tls, auth) {
+        (false, _, _) => "SMTP",
+        (true, false, false) => "ESMTP",
+        (true, true, false) => "ESMTPS",
+        (true, false, true) => "ESMTPA",
+        (true, true, true) => "ESMTPSA",
+    }
+}
+
+/// Headers missing from a submitted message (`Message-ID:`, `Date:`), ready to insert.
+pub fn missing_submission_headers(message: &[u8], id: QueueId, host: &str) -> String {
+    let (mut has_id, mut has_date) = (false, false);
+    for line in message.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        has_id |= starts_with_ci(line, b"message-id:");
+        has_date |= starts_with_ci(line, b"date:");
+    }
+    let mut out = String::new();
+    if !has_id {
+        out.push_str(&format!("Message-ID: <{id}.{}@{host}>\r\n", now_unix()));
+    }
+    if !has_date {
+        out.push_str(&format!("Date: {}\r\n", rfc5322(now_unix())));
+    }
+    out
+}
+
+fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
+    line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adds_only_what_is_missing() {
+        let id = QueueId(1);
+        let both = missing_submission_headers(b"Subject: x\r\n\r\nMessage-ID: in body\r\n", id, "h");
+        assert!(both.starts_with("Message-ID: <0000000000000001."));
+        assert!(both.contains("\r\nDate: "));
+        let none = missing_submission_headers(b"message-id: <a@b>\r\nDATE: today\r\n\r\nbody", id, "h");
+        assert_eq!(none, "");
+    }
+
+    #[test]
+    fn received_names_protocol_and_tls() {
+        let t = Trace {
+            helo: "client(evil)\r\nX-Injected: 1",
+            ip: "192.0.2.1".parse().unwrap(),
+            host: "gate.test",
+            protocol: protocol(true, true, true),
+            id: QueueId(2),
+            tls: Some(("TLSv1.3", "TLS13_AES_128_GCM_SHA256")),
+            single_rcpt: Some("a@b"),
+        };
+        let h = received(&t);
+        assert!(h.starts_with("Received: from clientevilX-Injected: 1 ([192.0.2.1])\r\n\tby gate.test (smtpgate) with ESMTPSA id 0000000000000002"));
+        assert!(h.contains("(using TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256)"));
+        assert!(h.contains("for <a@b>;"));
+        assert_eq!(h.matches("\r\n").count(), h.matches("\r\n\t").count() + 1, "no header injection");
+    }
+}

@@ -1,0 +1,215 @@
+//! One SMTP session, from the greeting to QUIT: one file per verb.
+//!
+//! A session owns its connection and the transaction in progress; the phase of a transaction is an
+//! enum whose variants carry only what is valid in that phase. Every reply comes from the catalogue
+//! in `smtpgate_proto::Reply`.
+
+mod auth;
+mod conn;
+mod data;
+mod ehlo;
+mod headers;
+mod mail;
+mod rcpt;
+mod starttls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use smtpgate_proto::{BdatReceiver, Command, LineFramer, Reply, parse_command};
+use tokio::io::AsyncReadExt;
+
+use crate::envelope::{QueueId, Recipient};
+use crate::io::{BoxIo, TlsInfo};
+use crate::server::ListenerState;
+pub use auth::{Users, hash_password};
+use conn::{Conn, Line, ReadError};
+
+/// RFC 5321 4.5.3.1.4: a command line is at most 512 octets with its CRLF.
+const MAX_LINE: usize = 512;
+
+/// What the client said in EHLO or HELO.
+struct Helo {
+    name: String,
+    extended: bool,
+}
+
+/// The transaction being built by MAIL and RCPT.
+struct Draft {
+    sender: String,
+    params: smtpgate_proto::MailParams,
+    recipients: Vec<Recipient>,
+}
+
+/// A BDAT transaction in progress.
+struct Chunking {
+    draft: Draft,
+    id: QueueId,
+    receiver: BdatReceiver,
+    body: Vec<u8>,
+}
+
+/// The phase of the mail transaction.
+enum Txn {
+    Idle,
+    Mail(Draft),
+    Chunking(Box<Chunking>),
+}
+
+/// Whether the session goes on.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
+}
+
+pub struct Session {
+    listener: Arc<ListenerState>,
+    conn: Conn,
+    peer: SocketAddr,
+    framer: LineFramer,
+    helo: Option<Helo>,
+    tls: Option<TlsInfo>,
+    user: Option<String>,
+    txn: Txn,
+    errors: u32,
+    auth_failures: u32,
+}
+
+impl Session {
+    pub fn new(listener: Arc<ListenerState>, io: BoxIo, peer: SocketAddr, tls: Option<TlsInfo>) -> Self {
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let conn = Conn::new(io, listener.shutdown.clone());
+        Session {
+            listener,
+            conn,
+            peer,
+            framer: LineFramer::new(MAX_LINE),
+            helo: None,
+            tls,
+            user: None,
+            txn: Txn::Idle,
+            errors: 0,
+            auth_failures: 0,
+        }
+    }
+
+    /// Runs the session to its end.
+    pub async fn run(mut self) {
+        if self.greet().await == Flow::Continue {
+            self.command_loop().await;
+        }
+        let _ = self.conn.flush().await;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.conn.io).await;
+    }
+
+    async fn greet(&mut self) -> Flow {
+        let delay = self.listener.config.greeting_delay;
+        if !delay.is_zero() {
+            // A client that talks before the greeting is not speaking SMTP (RFC 5321 3.1).
+            let mut probe = [0u8; 1];
+            match tokio::time::timeout(delay, self.conn.io.read(&mut probe)).await {
+                Err(_) => {}
+                Ok(Ok(0)) | Ok(Err(_)) => return Flow::Close,
+                Ok(Ok(_)) => {
+                    tracing::info!(client = %self.peer, "client talked before the greeting");
+                    self.conn.reply(&Reply::pregreet());
+                    return Flow::Close;
+                }
+            }
+        }
+        self.conn.reply(&Reply::greeting(&self.hostname()));
+        Flow::Continue
+    }
+
+    async fn command_loop(&mut self) {
+        let limit = self.listener.config.command_timeout;
+        loop {
+            let line = match self.conn.read_line(&mut self.framer, limit).await {
+                Ok(Line::Command(line)) => line,
+                Ok(Line::TooLong) => {
+                    if self.error(Reply::line_too_long()) == Flow::Close {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) => return self.end_on(e),
+            };
+            if self.dispatch(&line).await == Flow::Close {
+                return;
+            }
+        }
+    }
+
+    fn end_on(&mut self, e: ReadError) {
+        match e {
+            ReadError::Timeout => self.conn.reply(&Reply::timeout()),
+            ReadError::Shutdown => self.conn.reply(&Reply::shutting_down(&self.hostname())),
+            ReadError::Eof | ReadError::Io(_) => {}
+        }
+    }
+
+    async fn dispatch(&mut self, line: &[u8]) -> Flow {
+        let cmd = match parse_command(line) {
+            Ok(cmd) => cmd,
+            Err(e) => return self.error(e.reply()),
+        };
+        if matches!(self.txn, Txn::Chunking(_)) && !matches!(cmd, Command::Bdat { .. } | Command::Rset | Command::Quit | Command::Noop) {
+            self.txn = Txn::Idle;
+            return self.error(Reply::bdat_mixed());
+        }
+        match cmd {
+            Command::Ehlo(name) => self.ehlo(name, true),
+            Command::Helo(name) => self.ehlo(name, false),
+            Command::Mail { from, params } => self.mail(from, params),
+            Command::Rcpt { to, params } => self.rcpt(to, params),
+            Command::Data => self.data().await,
+            Command::Bdat { size, last } => self.bdat(size, last).await,
+            Command::Rset => self.reply(Reply::reset(), Txn::Idle),
+            Command::Noop => self.respond(Reply::ok()),
+            Command::Quit => {
+                self.conn.reply(&Reply::bye(&self.hostname()));
+                Flow::Close
+            }
+            Command::Vrfy(_) => self.respond(Reply::vrfy()),
+            Command::Expn(_) => self.error(Reply::not_implemented()),
+            Command::Help(_) => self.respond(Reply::help()),
+            Command::StartTls => self.starttls().await,
+            Command::Auth { mechanism, initial } => self.auth(mechanism, initial).await,
+        }
+    }
+
+    fn respond(&mut self, r: Reply) -> Flow {
+        self.conn.reply(&r);
+        Flow::Continue
+    }
+
+    fn reply(&mut self, r: Reply, txn: Txn) -> Flow {
+        self.txn = txn;
+        self.respond(r)
+    }
+
+    /// Sends an error reply and counts it; too many errors end the session.
+    fn error(&mut self, r: Reply) -> Flow {
+        self.errors += 1;
+        if self.errors >= self.listener.config.max_errors {
+            tracing::info!(client = %self.peer, errors = self.errors, "too many errors");
+            self.conn.reply(&r);
+            self.conn.reply(&Reply::too_many_errors());
+            return Flow::Close;
+        }
+        self.respond(r)
+    }
+
+    fn hostname(&self) -> String {
+        self.listener.ctx.config.hostname.clone()
+    }
+
+    /// Whether this client may send to any domain: from a relay network, or authenticated.
+    fn may_relay(&self) -> bool {
+        self.user.is_some() || self.listener.config.relay_networks.iter().any(|n| n.contains(&self.peer.ip()))
+    }
+}
+
+#[cfg(test)]
+mod tests;

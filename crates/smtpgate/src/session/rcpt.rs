@@ -1,0 +1,65 @@
+//! RCPT TO: relay control and recipient limits.
+//!
+//! Architecture invariant: a recipient outside `local_domains` is accepted only from a relay network
+//! or an authenticated client, whatever its form (address literals, `%` and `!` routing, source
+//! routes): smtpgate is never an open relay.
+
+use smtpgate_proto::{Domain, ForwardPath, Mailbox, RcptParams, Reply};
+
+use super::{Flow, Session, Txn};
+use crate::envelope::{Notify, Recipient};
+
+impl Session {
+    pub(super) fn rcpt(&mut self, to: ForwardPath, params: RcptParams) -> Flow {
+        let max = self.listener.config.max_recipients;
+        let Txn::Mail(draft) = &self.txn else {
+            return self.error(Reply::bad_sequence("need MAIL before RCPT"));
+        };
+        if draft.recipients.len() >= max {
+            return self.respond(Reply::too_many_recipients());
+        }
+        let smtputf8 = draft.params.smtputf8;
+        let address = match &to {
+            ForwardPath::Postmaster => self.postmaster(),
+            ForwardPath::Path(mb) => {
+                if mb.is_utf8() && !smtputf8 {
+                    return self.error(Reply::need_smtputf8());
+                }
+                if let Err(r) = self.relay_check(mb) {
+                    tracing::info!(client = %self.peer, recipient = %mb, reply = %r.code, "recipient refused");
+                    return self.error(r);
+                }
+                mb.to_string()
+            }
+        };
+        let notify = params.notify.map(|n| Notify { never: n.never, success: n.success, failure: n.failure, delay: n.delay });
+        let rcpt = Recipient { address, notify, orcpt: params.orcpt };
+        if let Txn::Mail(draft) = &mut self.txn {
+            draft.recipients.push(rcpt);
+        }
+        self.respond(Reply::recipient_ok())
+    }
+
+    fn postmaster(&self) -> String {
+        let domain = self.listener.config.local_domains.first().cloned();
+        format!("postmaster@{}", domain.unwrap_or_else(|| self.hostname()))
+    }
+
+    fn relay_check(&self, mb: &Mailbox) -> Result<(), Reply> {
+        if self.may_relay() {
+            return Ok(());
+        }
+        let name = match &mb.domain {
+            Domain::Literal(_) => return Err(Reply::relay_denied()),
+            Domain::Name(name) => name.trim_end_matches('.').to_ascii_lowercase(),
+        };
+        if !self.listener.config.local_domains.iter().any(|d| *d == name) {
+            return Err(Reply::relay_denied());
+        }
+        // `user%other@local` and `other!user@local` ask a later hop to relay: never for outsiders.
+        if mb.local.contains(['%', '!', '@']) {
+            return Err(Reply::bad_recipient_address("routing in the local part is not accepted"));
+        }
+        Ok(())
+    }
+}

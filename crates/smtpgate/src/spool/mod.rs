@@ -1,0 +1,164 @@
+//! The durable spool: an append-only log of segment files with group commit.
+//!
+//! Every accepted message is one record appended to the current segment; recipient outcomes and the
+//! end of a message are small records appended later. One committer thread owns the files: it takes
+//! every record that is waiting, writes them in one go and calls `fdatasync` once for the batch, so
+//! concurrent sessions share each fsync (group commit). A caller's future resolves only after its
+//! record is on disk, which is when a session may answer `250`.
+//!
+//! Architecture invariant: no record is acknowledged before the `fdatasync` that covers it has
+//! returned, and a segment file is deleted only when it and every older segment hold no live message
+//! (so a status record is never lost while its message still needs it).
+
+mod commit;
+pub mod record;
+mod recover;
+
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+
+use tokio::sync::oneshot;
+
+use crate::envelope::{Envelope, QueueId};
+pub use record::RcptState;
+
+/// Where a message body lives on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyRef {
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// A message found at start-up, with the state of each recipient.
+#[derive(Debug)]
+pub struct Recovered {
+    pub env: Envelope,
+    pub states: Vec<RcptState>,
+    pub body: BodyRef,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool write failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("spool is closed")]
+    Closed,
+}
+
+/// How a record changes the count of live messages in a segment.
+#[derive(Debug, Clone, Copy)]
+enum Liveness {
+    /// A new message record: its segment gains a live message.
+    Born,
+    /// A message whose data is in this segment is finished.
+    Died(u64),
+    Unchanged,
+}
+
+/// Where the committer put a record.
+#[derive(Debug, Clone, Copy)]
+struct Placement {
+    segment: u64,
+    offset: u64,
+}
+
+struct Job {
+    bytes: Vec<u8>,
+    liveness: Liveness,
+    reply: oneshot::Sender<io::Result<Placement>>,
+}
+
+/// Handle to the spool. Cheap to share behind an `Arc`.
+pub struct Spool {
+    dir: PathBuf,
+    tx: mpsc::Sender<Job>,
+    stats: Arc<SpoolStats>,
+}
+
+/// Counts kept by the committer: records written and the fsyncs they shared.
+#[derive(Debug, Default)]
+pub struct SpoolStats {
+    pub records: AtomicU64,
+    pub fsyncs: AtomicU64,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool in `dir`, recovers what it holds and starts the committer.
+    pub fn open(dir: &Path, segment_size: u64) -> io::Result<(Spool, Vec<Recovered>)> {
+        std::fs::create_dir_all(dir)?;
+        let found = recover::scan(dir)?;
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(SpoolStats::default());
+        let committer = commit::Committer::start(dir, segment_size, found.next_segment, found.live, rx, stats.clone())?;
+        std::thread::Builder::new().name("spool-commit".into()).spawn(move || committer.run())?;
+        Ok((Spool { dir: dir.to_path_buf(), tx, stats }, found.messages))
+    }
+
+    /// (records written, fsyncs) since start.
+    pub fn stats(&self) -> (u64, u64) {
+        (self.stats.records.load(Ordering::Relaxed), self.stats.fsyncs.load(Ordering::Relaxed))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    async fn append(&self, bytes: Vec<u8>, liveness: Liveness) -> Result<Placement, SpoolError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Job { bytes, liveness, reply }).map_err(|_| SpoolError::Closed)?;
+        Ok(rx.await.map_err(|_| SpoolError::Closed)??)
+    }
+
+    /// Stores a new message durably; resolves once it is fsynced.
+    pub async fn store(&self, env: &Envelope, body: &[u8]) -> Result<BodyRef, SpoolError> {
+        let states = vec![RcptState::Pending; env.recipients.len()];
+        let mut bytes = Vec::with_capacity(body.len() + 256);
+        let body_offset = record::encode_message(env, &states, body, &mut bytes);
+        let at = self.append(bytes, Liveness::Born).await?;
+        Ok(BodyRef { segment: at.segment, offset: at.offset + body_offset as u64, len: body.len() as u64 })
+    }
+
+    /// Records final states of some recipients durably.
+    pub async fn update(&self, id: QueueId, updates: &[(u32, RcptState)]) -> Result<(), SpoolError> {
+        let mut bytes = Vec::with_capacity(32 + updates.len() * 5);
+        record::encode_status(id, updates, &mut bytes);
+        self.append(bytes, Liveness::Unchanged).await.map(|_| ())
+    }
+
+    /// Marks a message finished; its segment may then be reclaimed.
+    pub async fn done(&self, id: QueueId, body: &BodyRef) -> Result<(), SpoolError> {
+        let mut bytes = Vec::with_capacity(32);
+        record::encode_done(id, &mut bytes);
+        self.append(bytes, Liveness::Died(body.segment)).await.map(|_| ())
+    }
+
+    /// Reads a body back from its segment (a blocking `pread`).
+    pub fn read_body(&self, at: &BodyRef) -> io::Result<Vec<u8>> {
+        let file = std::fs::File::open(segment_path(&self.dir, at.segment))?;
+        let mut buf = vec![0; at.len as usize];
+        file.read_exact_at(&mut buf, at.offset)?;
+        Ok(buf)
+    }
+
+    /// Bytes available to unprivileged writers on the spool's filesystem.
+    pub fn free_space(&self) -> io::Result<u64> {
+        let st = rustix::fs::statvfs(&self.dir)?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+}
+
+pub(crate) fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("seg-{id:016x}.log"))
+}
+
+pub(crate) fn segment_id(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix("seg-")?.strip_suffix(".log")?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
+#[cfg(test)]
+mod tests;

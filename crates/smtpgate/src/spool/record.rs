@@ -1,0 +1,159 @@
+//! The on-disk record format of the spool log.
+//!
+//! Every record is `magic(4) kind(1) len(4) crc32(4) payload(len)`; the CRC covers kind, len and
+//! payload, so a torn or corrupted record is detected and never taken for a message.
+
+use crate::envelope::{Envelope, QueueId, Reader};
+
+pub const MAGIC: &[u8; 4] = b"SGR1";
+pub const HEADER_LEN: usize = 13;
+
+/// The final or pending state of one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RcptState {
+    Pending = 0,
+    Delivered = 1,
+    Failed = 2,
+}
+
+impl RcptState {
+    fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(RcptState::Pending),
+            1 => Some(RcptState::Delivered),
+            2 => Some(RcptState::Failed),
+            _ => None,
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        self != RcptState::Pending
+    }
+}
+
+/// A decoded record.
+#[derive(Debug)]
+pub enum Record<'a> {
+    /// A message: envelope, recipient states, and the body (at `body_offset` within the record).
+    Message { env: Envelope, states: Vec<RcptState>, body: &'a [u8], body_offset: usize },
+    /// Recipients reached a final state.
+    Status { id: QueueId, updates: Vec<(u32, RcptState)> },
+    /// Every recipient is final: the message is gone.
+    Done { id: QueueId },
+}
+
+const KIND_MESSAGE: u8 = 1;
+const KIND_STATUS: u8 = 2;
+const KIND_DONE: u8 = 3;
+
+fn frame(kind: u8, payload_len: usize, out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(MAGIC);
+    out.push(kind);
+    out.extend_from_slice(&(payload_len as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    start
+}
+
+fn seal(out: &mut [u8], start: usize) {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&out[start + 4..start + 9]);
+    h.update(&out[start + HEADER_LEN..]);
+    let crc = h.finalize().to_le_bytes();
+    out[start + 9..start + 13].copy_from_slice(&crc);
+}
+
+/// Encodes a message record; returns where the body starts relative to the record's start.
+pub fn encode_message(env: &Envelope, states: &[RcptState], body: &[u8], out: &mut Vec<u8>) -> usize {
+    let mut meta = Vec::with_capacity(128);
+    env.encode(&mut meta);
+    let payload_len = 4 + meta.len() + states.len() + body.len();
+    let start = frame(KIND_MESSAGE, payload_len, out);
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(&meta);
+    out.extend(states.iter().map(|s| *s as u8));
+    let body_offset = out.len() - start;
+    out.extend_from_slice(body);
+    seal(out, start);
+    body_offset
+}
+
+pub fn encode_status(id: QueueId, updates: &[(u32, RcptState)], out: &mut Vec<u8>) {
+    let start = frame(KIND_STATUS, 12 + updates.len() * 5, out);
+    out.extend_from_slice(&id.0.to_le_bytes());
+    out.extend_from_slice(&(updates.len() as u32).to_le_bytes());
+    for (idx, st) in updates {
+        out.extend_from_slice(&idx.to_le_bytes());
+        out.push(*st as u8);
+    }
+    seal(out, start);
+}
+
+pub fn encode_done(id: QueueId, out: &mut Vec<u8>) {
+    let start = frame(KIND_DONE, 8, out);
+    out.extend_from_slice(&id.0.to_le_bytes());
+    seal(out, start);
+}
+
+/// What [`decode`] found at the front of a buffer.
+#[derive(Debug)]
+pub enum Decoded<'a> {
+    Record(Record<'a>, usize),
+    /// The buffer ends inside a record (a torn write).
+    Truncated,
+    /// The bytes are not a valid record.
+    Corrupt,
+}
+
+/// Decodes one record at the front of `buf`.
+pub fn decode(buf: &[u8]) -> Decoded<'_> {
+    if buf.len() < HEADER_LEN {
+        return Decoded::Truncated;
+    }
+    if &buf[..4] != MAGIC {
+        return Decoded::Corrupt;
+    }
+    let len = u32::from_le_bytes(buf[5..9].try_into().unwrap()) as usize;
+    let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
+        return Decoded::Truncated;
+    };
+    let mut h = crc32fast::Hasher::new();
+    h.update(&buf[4..9]);
+    h.update(payload);
+    if h.finalize().to_le_bytes() != buf[9..13] {
+        return Decoded::Corrupt;
+    }
+    match parse_payload(buf[4], payload) {
+        Some(rec) => Decoded::Record(rec, HEADER_LEN + len),
+        None => Decoded::Corrupt,
+    }
+}
+
+fn parse_payload(kind: u8, payload: &[u8]) -> Option<Record<'_>> {
+    let mut r = Reader { buf: payload, pos: 0 };
+    match kind {
+        KIND_MESSAGE => {
+            let meta_len = r.u32()? as usize;
+            let (env, used) = Envelope::decode(r.take(meta_len)?)?;
+            if used != meta_len {
+                return None;
+            }
+            let states = r.take(env.recipients.len())?;
+            let states = states.iter().map(|b| RcptState::from_u8(*b)).collect::<Option<Vec<_>>>()?;
+            let body_offset = HEADER_LEN + r.pos;
+            Some(Record::Message { env, states, body: &payload[r.pos..], body_offset })
+        }
+        KIND_STATUS => {
+            let id = QueueId(r.u64()?);
+            let n = r.u32()? as usize;
+            let mut updates = Vec::with_capacity(n.min(10_000));
+            for _ in 0..n {
+                let idx = r.u32()?;
+                updates.push((idx, RcptState::from_u8(r.take(1)?[0])?));
+            }
+            Some(Record::Status { id, updates })
+        }
+        KIND_DONE => Some(Record::Done { id: QueueId(r.u64()?) }),
+        _ => None,
+    }
+}

@@ -1,0 +1,33 @@
+//! Shared harness for smtpgate's end-to-end tests.
+//!
+//! Every e2e test file says `mod support;` and composes a scenario from these pieces:
+//!
+//! - [`Sink`]: Postfix's `smtp-sink` on a free loopback port, one dump file per message.
+//! - [`Upstream`]: a scriptable SMTP server whose behaviour is chosen per recipient local part
+//!   (`tempfail-rcpt@`, `reject-data@`, `disconnect-data@`, `slow@`, ...).
+//! - [`Gate`]: the `smtpgate` binary as a child process, started from a TOML config
+//!   ([`GateConfig`] writes the usual one), with its addresses read from its start-up lines.
+//! - Real clients: [`smtplib`] (Python), [`swaks`], [`smtp_source`] (Postfix).
+//! - [`wait_until`]: every wait is on a condition, with a deadline.
+//!
+//! Everything talks to 127.0.0.1 only and binds port 0 (or a port the OS just handed out).
+#![allow(dead_code, unused_imports)]
+
+mod clients;
+mod gate;
+mod mail;
+mod sink;
+mod upstream;
+mod wait;
+
+pub use clients::{PyTranscript, smtp_source, smtplib, smtplib_send, smtplib_send_many, swaks};
+pub use gate::{Gate, GateConfig};
+pub use mail::{Header, header_values, headers, message};
+pub use sink::{Sink, SinkFailure};
+pub use upstream::{Recipient, Upstream, UpstreamMessage};
+pub use wait::{run_with_deadline, wait_until};
+
+use std::time::Duration;
+
+/// Deadline for things that should happen at once on an idle machine (a relay hop, a reply).
+pub const SOON: Duration = Duration::from_secs(20);

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The project's one test command: ./scripts/test.sh [extra cargo test args]
+#
+# The end-to-end tests drive smtpgate with real SMTP tools: Postfix's smtp-sink and
+# smtp-source, swaks, and Python's smtplib. On a fresh Debian machine they are missing,
+# so this script installs them first (as root, or through sudo), making sure the postfix
+# package does not leave a mail daemon running, then runs every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing_packages() {
+    [[ -x /usr/sbin/smtp-sink && -x /usr/sbin/smtp-source ]] || echo postfix
+    command -v swaks >/dev/null 2>&1 || echo swaks
+    command -v python3 >/dev/null 2>&1 || echo python3
+}
+
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        echo "test.sh: need root (or sudo) to install: $*" >&2
+        return 1
+    fi
+}
+
+# Installs the named Debian packages without starting any service they ship:
+# postfix is only wanted for its smtp-sink/smtp-source test programs.
+install_packages() {
+    local created_policy=no
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+        as_root chmod 755 /usr/sbin/policy-rc.d
+        created_policy=yes
+    fi
+    local status=0
+    {
+        echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections &&
+            as_root apt-get update &&
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
+    } || status=$?
+    if [[ $created_policy == yes ]]; then
+        as_root rm -f /usr/sbin/policy-rc.d
+    fi
+    return "$status"
+}
+
+mapfile -t need < <(missing_packages)
+if ((${#need[@]} > 0)); then
+    echo "test.sh: installing test tools: ${need[*]}" >&2
+    install_packages "${need[@]}"
+    mapfile -t still < <(missing_packages)
+    if ((${#still[@]} > 0)); then
+        echo "test.sh: still missing after install: ${still[*]}" >&2
+        exit 1
+    fi
+fi
+
+exec cargo test --release --workspace "$@"
