@@ -89,12 +89,12 @@ async fn record(ctx: &Context, msg: &Arc<QueuedMessage>, updates: &[(u32, RcptSt
     if updates.is_empty() {
         return;
     }
-    if let Err(e) = ctx.spool.update(msg.env.id, updates).await {
-        tracing::error!(queue_id = %msg.env.id, error = %e, "cannot record delivery state");
-    }
     if msg.settle(updates) {
+        // The message is finished: one `done` record stands for every recipient's state.
         finish(ctx, msg).await;
         ctx.metrics.queue_depth.dec();
+    } else if let Err(e) = ctx.spool.update(msg.env.id, updates).await {
+        tracing::error!(queue_id = %msg.env.id, error = %e, "cannot record delivery state");
     }
 }
 
