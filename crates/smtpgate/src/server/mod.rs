@@ -73,17 +73,8 @@ impl Server {
     /// Opens the spool, recovers it, binds every listener and starts serving.
     pub async fn start(config: Config) -> Result<Server, StartError> {
         let config = Arc::new(config);
-        let spool_dir = std::path::absolute(&config.spool.dir).unwrap_or(config.spool.dir.clone());
-        let (spool, found) =
-            Spool::open(&spool_dir, config.spool.segment_size).map_err(|e| StartError::Spool(spool_dir.clone(), e))?;
-        let ctx = Arc::new(Context {
-            config: config.clone(),
-            spool: Arc::new(spool),
-            metrics: Arc::new(Metrics::default()),
-            resolver: crate::deliver::mx::resolver(&config.dns.nameservers).map_err(StartError::Dns)?,
-            client_tls: crate::tls::client_config(),
-            ids: IdGen::default(),
-        });
+        let (ctx, found) = context(config.clone())?;
+        let spool_dir = ctx.spool.dir().to_path_buf();
         let queue = Queue::new(ctx.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let sessions = Arc::new(Sessions::default());
@@ -116,6 +107,34 @@ impl Server {
         if !self.sessions.wait_idle(self.grace).await {
             tracing::warn!(sessions = self.sessions.count(), "shutdown timeout: closing sessions still open");
         }
+    }
+}
+
+/// Opens the spool and builds what every part of the server shares.
+pub fn context(config: Arc<Config>) -> Result<(Arc<Context>, Vec<crate::spool::Recovered>), StartError> {
+    let spool_dir = std::path::absolute(&config.spool.dir).unwrap_or(config.spool.dir.clone());
+    let (spool, found) =
+        Spool::open(&spool_dir, config.spool.segment_size).map_err(|e| StartError::Spool(spool_dir.clone(), e))?;
+    let ctx = Arc::new(Context {
+        config: config.clone(),
+        spool: Arc::new(spool),
+        metrics: Arc::new(Metrics::default()),
+        resolver: crate::deliver::mx::resolver(&config.dns.nameservers).map_err(StartError::Dns)?,
+        client_tls: crate::tls::client_config(),
+        ids: IdGen::default(),
+    });
+    Ok((ctx, found))
+}
+
+impl ListenerState {
+    /// A listener's shared state outside a running server (for driving sessions directly).
+    pub fn standalone(
+        lc: &ListenerConfig,
+        ctx: &Arc<Context>,
+        queue: &Queue,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<ListenerState, StartError> {
+        listener_state(lc, ctx, queue, shutdown, &Arc::default())
     }
 }
 

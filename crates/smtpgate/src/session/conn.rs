@@ -96,7 +96,10 @@ impl Conn {
                 }
                 Framed::NeedMore { consumed } => {
                     self.rbuf.advance(consumed);
-                    self.read_more(limit, true).await?;
+                    // The end of a discarded line may have pipelined commands behind it.
+                    if consumed == 0 {
+                        self.read_more(limit, true).await?;
+                    }
                 }
             }
         }
