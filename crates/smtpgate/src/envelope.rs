@@ -26,10 +26,18 @@ pub struct Notify {
 
 impl Notify {
     fn to_bits(self) -> u8 {
-        (self.never as u8) | (self.success as u8) << 1 | (self.failure as u8) << 2 | (self.delay as u8) << 3
+        (self.never as u8)
+            | (self.success as u8) << 1
+            | (self.failure as u8) << 2
+            | (self.delay as u8) << 3
     }
     fn from_bits(b: u8) -> Self {
-        Notify { never: b & 1 != 0, success: b & 2 != 0, failure: b & 4 != 0, delay: b & 8 != 0 }
+        Notify {
+            never: b & 1 != 0,
+            success: b & 2 != 0,
+            failure: b & 4 != 0,
+            delay: b & 8 != 0,
+        }
     }
     /// The `NOTIFY=` parameter value.
     pub fn param(&self) -> String {
@@ -62,12 +70,19 @@ pub struct Recipient {
 
 impl Recipient {
     pub fn new(address: impl Into<String>) -> Self {
-        Recipient { address: address.into(), notify: None, orcpt: None }
+        Recipient {
+            address: address.into(),
+            notify: None,
+            orcpt: None,
+        }
     }
 
     /// The recipient's domain, lowercased (empty for a bare `postmaster`).
     pub fn domain(&self) -> String {
-        self.address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default()
+        self.address
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default()
     }
 
     /// Whether the sender wants a failure report for this recipient.
@@ -145,9 +160,22 @@ impl Envelope {
             let bits = r.take(1)?[0];
             let notify = (bits != 0xff).then(|| Notify::from_bits(bits));
             let orcpt = r.opt()?;
-            recipients.push(Recipient { address, notify, orcpt });
+            recipients.push(Recipient {
+                address,
+                notify,
+                orcpt,
+            });
         }
-        let env = Envelope { id, sender, recipients, received_at, eight_bit, smtputf8, ret, envid };
+        let env = Envelope {
+            id,
+            sender,
+            recipients,
+            received_at,
+            eight_bit,
+            smtputf8,
+            ret,
+            envid,
+        };
         Some((env, r.pos))
     }
 }
@@ -212,7 +240,11 @@ mod tests {
                 Recipient::new("b@example.test"),
                 Recipient {
                     address: "c@example.test".into(),
-                    notify: Some(Notify { failure: true, delay: true, ..Default::default() }),
+                    notify: Some(Notify {
+                        failure: true,
+                        delay: true,
+                        ..Default::default()
+                    }),
                     orcpt: Some("rfc822;c@example.test".into()),
                 },
             ],
@@ -242,13 +274,18 @@ impl Default for IdGen {
     fn default() -> Self {
         use std::hash::{BuildHasher, RandomState};
         let seed = RandomState::new().hash_one(std::process::id());
-        IdGen { counter: std::sync::atomic::AtomicU64::new(seed) }
+        IdGen {
+            counter: std::sync::atomic::AtomicU64::new(seed),
+        }
     }
 }
 
 impl IdGen {
     pub fn next(&self) -> QueueId {
-        let n = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & 0xffff_ffff;
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            & 0xffff_ffff;
         QueueId(crate::datetime::now_unix() << 32 | n)
     }
 }

@@ -18,7 +18,11 @@ pub struct TlsInfo {
 
 impl TlsInfo {
     pub fn from_conn(conn: &rustls::CommonState) -> Self {
-        let version = conn.protocol_version().and_then(|v| v.as_str()).unwrap_or("TLS").replace('_', ".");
+        let version = conn
+            .protocol_version()
+            .and_then(|v| v.as_str())
+            .unwrap_or("TLS")
+            .replace('_', ".");
         let version = version.replace("TLSv1.", "TLSv1.").replace("TLSV", "TLSv");
         let cipher = conn
             .negotiated_cipher_suite()

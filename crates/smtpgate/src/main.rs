@@ -56,7 +56,9 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SMTPGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -84,15 +86,27 @@ fn serve(path: Option<PathBuf>, format: LogFormat) -> anyhow::Result<ExitCode> {
 fn announce(server: &Server, builtin: bool) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     if builtin {
-        writeln!(out, "smtpgate: no --config given, running the built-in default configuration")?;
+        writeln!(
+            out,
+            "smtpgate: no --config given, running the built-in default configuration"
+        )?;
     }
     for l in &server.listeners {
-        writeln!(out, "smtpgate listening: listener={} address={} tls={}", l.name, l.addr, l.tls)?;
+        writeln!(
+            out,
+            "smtpgate listening: listener={} address={} tls={}",
+            l.name, l.addr, l.tls
+        )?;
     }
     if let Some(a) = server.admin {
         writeln!(out, "smtpgate admin: address={a}")?;
     }
-    writeln!(out, "smtpgate spool: dir={} recovered={}", server.spool_dir.display(), server.recovered)?;
+    writeln!(
+        out,
+        "smtpgate spool: dir={} recovered={}",
+        server.spool_dir.display(),
+        server.recovered
+    )?;
     writeln!(out, "smtpgate ready")?;
     out.flush()
 }
@@ -123,7 +137,10 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<ExitCode> {
 
 fn passwd() -> anyhow::Result<ExitCode> {
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).context("cannot read the password")?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password")?;
     let password = line.trim_end_matches(['\r', '\n']);
     anyhow::ensure!(!password.is_empty(), "empty password");
     let hash = smtpgate::session::hash_password(password).map_err(anyhow::Error::msg)?;

@@ -234,6 +234,18 @@ fn rejected_message_from_the_null_sender_is_not_bounced() {
     assert_eq!(arrived[0].rcpt_addresses(), ["carol@example.org"]);
 }
 
+#[test]
+fn relative_spool_dir_is_announced_as_absolute_under_the_config_folder() {
+    let sink = Sink::start();
+    let gate = Gate::start(&GateConfig::relay_to(sink.addr()).to_toml());
+
+    let announced = gate.spool_dir();
+
+    assert!(announced.is_absolute(), "{announced:?}");
+    let expected = gate.dir().canonicalize().unwrap().join("spool");
+    assert_eq!(announced.canonicalize().unwrap(), expected);
+}
+
 /// Whether a delivery-status field `name: value` appears on a line of its own
 /// (field names are case-insensitive; extra text after the value is allowed).
 fn has_field(text: &str, name: &str, value: &str) -> bool {

@@ -24,7 +24,10 @@ pub enum ClientError {
     #[error("timeout waiting for {0}")]
     Timeout(&'static str),
     #[error("{stage}: {}", reply.to_string_line())]
-    Reply { stage: &'static str, reply: ParsedReply },
+    Reply {
+        stage: &'static str,
+        reply: ParsedReply,
+    },
     #[error("protocol error: {0}")]
     Protocol(String),
     #[error("TLS required but {0}")]
@@ -106,7 +109,10 @@ impl Client {
         match (c.tls, self.caps.starttls) {
             (TlsPolicy::None, _) | (TlsPolicy::Opportunistic, false) => return Ok(()),
             (TlsPolicy::Required, false) => {
-                return Err(ClientError::TlsRequired(format!("{} does not offer STARTTLS", self.remote)));
+                return Err(ClientError::TlsRequired(format!(
+                    "{} does not offer STARTTLS",
+                    self.remote
+                )));
             }
             _ => {}
         }
@@ -136,7 +142,9 @@ impl Client {
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        timeout(self.command_timeout, self.io.write_all(bytes)).await.map_err(|_| ClientError::Timeout("write"))??;
+        timeout(self.command_timeout, self.io.write_all(bytes))
+            .await
+            .map_err(|_| ClientError::Timeout("write"))??;
         Ok(())
     }
 
@@ -153,14 +161,20 @@ impl Client {
             if self.buf.len() > 64 * 1024 {
                 return Err(ClientError::Protocol("reply too long".into()));
             }
-            let n = timeout(limit, self.io.read_buf(&mut self.buf)).await.map_err(|_| ClientError::Timeout("reply"))??;
+            let n = timeout(limit, self.io.read_buf(&mut self.buf))
+                .await
+                .map_err(|_| ClientError::Timeout("reply"))??;
             if n == 0 {
                 return Err(ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()));
             }
         }
     }
 
-    async fn expect(&mut self, stage: &'static str, class: u16) -> Result<ParsedReply, ClientError> {
+    async fn expect(
+        &mut self,
+        stage: &'static str,
+        class: u16,
+    ) -> Result<ParsedReply, ClientError> {
         let reply = self.read_reply(self.command_timeout).await?;
         if reply.code / 100 == class {
             Ok(reply)
@@ -170,33 +184,58 @@ impl Client {
     }
 
     /// Sends one message to some recipients; pipelines MAIL, RCPT and DATA when the server allows it.
-    pub async fn deliver(&mut self, env: &Envelope, rcpts: &[&Recipient], body: &[u8]) -> Result<TxnResult, ClientError> {
+    pub async fn deliver(
+        &mut self,
+        env: &Envelope,
+        rcpts: &[&Recipient],
+        body: &[u8],
+    ) -> Result<TxnResult, ClientError> {
         let mut cmds = vec![self.mail_command(env, body.len())];
         cmds.extend(rcpts.iter().map(|r| self.rcpt_command(r)));
         cmds.push("DATA\r\n".to_string());
         let replies = self.send_commands(&cmds).await?;
         let mail = &replies[0];
         if !mail.is_positive() {
-            return Err(ClientError::Reply { stage: "MAIL", reply: mail.clone() });
+            return Err(ClientError::Reply {
+                stage: "MAIL",
+                reply: mail.clone(),
+            });
         }
         let rcpt_replies: Vec<_> = replies[1..=rcpts.len()]
             .iter()
-            .map(|r| if r.is_positive() { Ok(r.clone()) } else { Err(r.clone()) })
+            .map(|r| {
+                if r.is_positive() {
+                    Ok(r.clone())
+                } else {
+                    Err(r.clone())
+                }
+            })
             .collect();
         let data = &replies[rcpts.len() + 1];
         let any_ok = rcpt_replies.iter().any(|r| r.is_ok());
         if data.code != 354 {
             if any_ok {
-                return Err(ClientError::Reply { stage: "DATA", reply: data.clone() });
+                return Err(ClientError::Reply {
+                    stage: "DATA",
+                    reply: data.clone(),
+                });
             }
             self.reset().await?;
-            return Ok(TxnResult { rcpts: rcpt_replies, data: None });
+            return Ok(TxnResult {
+                rcpts: rcpt_replies,
+                data: None,
+            });
         }
         let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 8);
         dot_stuff(if any_ok { body } else { b"" }, &mut out);
-        timeout(self.data_timeout, self.io.write_all(&out)).await.map_err(|_| ClientError::Timeout("data write"))??;
+        timeout(self.data_timeout, self.io.write_all(&out))
+            .await
+            .map_err(|_| ClientError::Timeout("data write"))??;
         let final_reply = self.read_reply(self.data_timeout).await?;
-        Ok(TxnResult { rcpts: rcpt_replies, data: any_ok.then_some(final_reply) })
+        Ok(TxnResult {
+            rcpts: rcpt_replies,
+            data: any_ok.then_some(final_reply),
+        })
     }
 
     async fn send_commands(&mut self, cmds: &[String]) -> Result<Vec<ParsedReply>, ClientError> {

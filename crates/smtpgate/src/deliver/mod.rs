@@ -40,8 +40,14 @@ impl Outcome {
     fn from_error(e: &ClientError) -> Outcome {
         match e {
             ClientError::Reply { reply, .. } => Outcome::from_reply(reply),
-            ClientError::TlsRequired(_) => Outcome::Transient { status: "4.7.5".into(), diagnostic: e.to_string() },
-            _ => Outcome::Transient { status: "4.4.2".into(), diagnostic: e.to_string() },
+            ClientError::TlsRequired(_) => Outcome::Transient {
+                status: "4.7.5".into(),
+                diagnostic: e.to_string(),
+            },
+            _ => Outcome::Transient {
+                status: "4.4.2".into(),
+                diagnostic: e.to_string(),
+            },
         }
     }
 }
@@ -54,7 +60,12 @@ pub struct ConnectFailure {
 
 impl ConnectFailure {
     fn transient(status: &str, text: String) -> Self {
-        ConnectFailure { outcome: Outcome::Transient { status: status.into(), diagnostic: text } }
+        ConnectFailure {
+            outcome: Outcome::Transient {
+                status: status.into(),
+                diagnostic: text,
+            },
+        }
     }
 }
 
@@ -82,12 +93,20 @@ pub async fn connect(ctx: &Context, hop: &NextHop) -> Result<Client, ConnectFail
     Err(ConnectFailure::transient("4.4.1", last))
 }
 
-async fn targets(ctx: &Context, hop: &NextHop) -> Result<(Vec<(String, SocketAddr)>, TlsPolicy), ConnectFailure> {
+async fn targets(
+    ctx: &Context,
+    hop: &NextHop,
+) -> Result<(Vec<(String, SocketAddr)>, TlsPolicy), ConnectFailure> {
     match hop {
         NextHop::Pool(name) => {
-            let pool = ctx.config.pools.iter().find(|p| &p.name == name).ok_or_else(|| {
-                ConnectFailure::transient("4.3.5", format!("pool {name} is not configured"))
-            })?;
+            let pool = ctx
+                .config
+                .pools
+                .iter()
+                .find(|p| &p.name == name)
+                .ok_or_else(|| {
+                    ConnectFailure::transient("4.3.5", format!("pool {name} is not configured"))
+                })?;
             let mut out = Vec::new();
             for s in &pool.servers {
                 for addr in resolve_host(ctx, &s.host, s.port).await {
@@ -97,23 +116,28 @@ async fn targets(ctx: &Context, hop: &NextHop) -> Result<(Vec<(String, SocketAdd
             Ok((out, pool.tls))
         }
         NextHop::Mx(domain) => {
-            let found = mx::targets(&ctx.resolver, domain, ctx.config.queue.smtp_port).await.map_err(|e| {
-                let (status, permanent) = match &e {
-                    mx::MxError::NullMx(_) => ("5.1.10", true),
-                    mx::MxError::NoSuchDomain(_) => ("5.1.2", true),
-                    _ => ("4.4.3", false),
-                };
-                let diagnostic = e.to_string();
-                let status = status.to_string();
-                ConnectFailure {
-                    outcome: if permanent {
-                        Outcome::Permanent { status, diagnostic }
-                    } else {
-                        Outcome::Transient { status, diagnostic }
-                    },
-                }
-            })?;
-            let out = found.into_iter().flat_map(|t| t.addrs.into_iter().map(move |a| (t.host.clone(), a))).collect();
+            let found = mx::targets(&ctx.resolver, domain, ctx.config.queue.smtp_port)
+                .await
+                .map_err(|e| {
+                    let (status, permanent) = match &e {
+                        mx::MxError::NullMx(_) => ("5.1.10", true),
+                        mx::MxError::NoSuchDomain(_) => ("5.1.2", true),
+                        _ => ("4.4.3", false),
+                    };
+                    let diagnostic = e.to_string();
+                    let status = status.to_string();
+                    ConnectFailure {
+                        outcome: if permanent {
+                            Outcome::Permanent { status, diagnostic }
+                        } else {
+                            Outcome::Transient { status, diagnostic }
+                        },
+                    }
+                })?;
+            let out = found
+                .into_iter()
+                .flat_map(|t| t.addrs.into_iter().map(move |a| (t.host.clone(), a)))
+                .collect();
             Ok((out, TlsPolicy::Opportunistic))
         }
     }
@@ -134,21 +158,41 @@ async fn resolve_host(ctx: &Context, host: &str, port: u16) -> Vec<SocketAddr> {
 
 /// Sends one delivery over an open connection. Returns each recipient's outcome and whether the
 /// connection can carry another message.
-pub async fn attempt(ctx: &Context, client: &mut Client, d: &Delivery) -> (Vec<(u32, Outcome)>, bool) {
+pub async fn attempt(
+    ctx: &Context,
+    client: &mut Client,
+    d: &Delivery,
+) -> (Vec<(u32, Outcome)>, bool) {
     let env = &d.msg.env;
     let all = |o: Outcome| d.rcpts.iter().map(|&i| (i, o.clone())).collect::<Vec<_>>();
     if !client.can_take(env) {
         let diagnostic = "the destination does not support SMTPUTF8".to_string();
-        return (all(Outcome::Permanent { status: "5.6.7".into(), diagnostic }), true);
+        return (
+            all(Outcome::Permanent {
+                status: "5.6.7".into(),
+                diagnostic,
+            }),
+            true,
+        );
     }
     let body = match d.msg.body(&ctx.spool) {
         Ok(b) => b,
         Err(e) => {
             let diagnostic = format!("cannot read message from spool: {e}");
-            return (all(Outcome::Transient { status: "4.3.0".into(), diagnostic }), true);
+            return (
+                all(Outcome::Transient {
+                    status: "4.3.0".into(),
+                    diagnostic,
+                }),
+                true,
+            );
         }
     };
-    let rcpts: Vec<&Recipient> = d.rcpts.iter().map(|&i| &env.recipients[i as usize]).collect();
+    let rcpts: Vec<&Recipient> = d
+        .rcpts
+        .iter()
+        .map(|&i| &env.recipients[i as usize])
+        .collect();
     match client.deliver(env, &rcpts, &body).await {
         Ok(res) => {
             let outcomes = d.rcpts.iter().zip(res.rcpts).map(|(&i, r)| {

@@ -46,21 +46,42 @@ pub fn resolver(nameservers: &[SocketAddr]) -> std::io::Result<TokioResolver> {
 }
 
 /// Resolves the delivery targets of a domain (or an address literal like `[192.0.2.1]`) on `port`.
-pub async fn targets(resolver: &TokioResolver, domain: &str, port: u16) -> Result<Vec<Target>, MxError> {
+pub async fn targets(
+    resolver: &TokioResolver,
+    domain: &str,
+    port: u16,
+) -> Result<Vec<Target>, MxError> {
     if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
-        let ip: IpAddr = lit.trim_start_matches("IPv6:").parse().map_err(|_| MxError::NoSuchDomain(domain.into()))?;
-        return Ok(vec![Target { host: domain.into(), addrs: vec![SocketAddr::new(ip, port)] }]);
+        let ip: IpAddr = lit
+            .trim_start_matches("IPv6:")
+            .parse()
+            .map_err(|_| MxError::NoSuchDomain(domain.into()))?;
+        return Ok(vec![Target {
+            host: domain.into(),
+            addrs: vec![SocketAddr::new(ip, port)],
+        }]);
     }
     let fqdn = format!("{}.", domain.trim_end_matches('.'));
     let hosts = match resolver.mx_lookup(fqdn.as_str()).await {
         Ok(mx) => {
-            let mut records: Vec<(u16, String)> =
-                mx.iter().map(|r| (r.preference(), r.exchange().to_ascii().trim_end_matches('.').to_string())).collect();
+            let mut records: Vec<(u16, String)> = mx
+                .iter()
+                .map(|r| {
+                    (
+                        r.preference(),
+                        r.exchange().to_ascii().trim_end_matches('.').to_string(),
+                    )
+                })
+                .collect();
             records.sort_by_key(|r| r.0);
             if records.len() == 1 && records[0].1.is_empty() {
                 return Err(MxError::NullMx(domain.into()));
             }
-            records.into_iter().map(|r| r.1).filter(|h| !h.is_empty()).collect()
+            records
+                .into_iter()
+                .map(|r| r.1)
+                .filter(|h| !h.is_empty())
+                .collect()
         }
         Err(e) if e.is_nx_domain() => return Err(MxError::NoSuchDomain(domain.into())),
         Err(e) if e.is_no_records_found() => vec![domain.to_string()],

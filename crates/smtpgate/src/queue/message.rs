@@ -13,15 +13,27 @@ pub struct QueuedMessage {
 }
 
 impl QueuedMessage {
-    pub fn new(env: Envelope, body_ref: BodyRef, states: Option<Vec<RcptState>>, body: Option<Arc<[u8]>>) -> Self {
+    pub fn new(
+        env: Envelope,
+        body_ref: BodyRef,
+        states: Option<Vec<RcptState>>,
+        body: Option<Arc<[u8]>>,
+    ) -> Self {
         let states = states.unwrap_or_else(|| vec![RcptState::Pending; env.recipients.len()]);
-        QueuedMessage { env, body_ref, cache: Mutex::new(body), states: Mutex::new(states) }
+        QueuedMessage {
+            env,
+            body_ref,
+            cache: Mutex::new(body),
+            states: Mutex::new(states),
+        }
     }
 
     /// Indexes of recipients not yet final.
     pub fn pending(&self) -> Vec<u32> {
         let states = self.states.lock().unwrap();
-        (0..states.len() as u32).filter(|&i| !states[i as usize].is_final()).collect()
+        (0..states.len() as u32)
+            .filter(|&i| !states[i as usize].is_final())
+            .collect()
     }
 
     /// The body: from memory while fresh, else read back from the spool.

@@ -50,7 +50,10 @@ const IDLE: Duration = Duration::from_secs(2);
 
 impl Queue {
     pub fn new(ctx: Arc<Context>) -> Self {
-        Queue { ctx, dests: Arc::default() }
+        Queue {
+            ctx,
+            dests: Arc::default(),
+        }
     }
 
     pub fn context(&self) -> &Arc<Context> {
@@ -87,7 +90,14 @@ impl Queue {
             by_hop.entry(hop).or_default().push(idx);
         }
         for (hop, rcpts) in by_hop {
-            self.push(hop, Delivery { msg: msg.clone(), rcpts, attempts: 0 });
+            self.push(
+                hop,
+                Delivery {
+                    msg: msg.clone(),
+                    rcpts,
+                    attempts: 0,
+                },
+            );
         }
     }
 
@@ -140,7 +150,10 @@ impl Queue {
     /// Takes every delivery waiting for `hop` (when its servers are unreachable).
     fn drain(&self, hop: &NextHop) -> Vec<Delivery> {
         let mut dests = self.dests.lock().unwrap();
-        dests.get_mut(hop).map(|d| d.ready.drain(..).collect()).unwrap_or_default()
+        dests
+            .get_mut(hop)
+            .map(|d| d.ready.drain(..).collect())
+            .unwrap_or_default()
     }
 
     /// A worker of `hop` is gone.

@@ -25,7 +25,14 @@ pub(super) fn spawn(
     tokio::spawn(async move { settle(queue, hop, d, results, remote, started).await });
 }
 
-async fn settle(queue: Queue, hop: NextHop, d: Delivery, results: Vec<(u32, Outcome)>, remote: Option<String>, started: Instant) {
+async fn settle(
+    queue: Queue,
+    hop: NextHop,
+    d: Delivery,
+    results: Vec<(u32, Outcome)>,
+    remote: Option<String>,
+    started: Instant,
+) {
     let ctx = queue.ctx.clone();
     let msg = d.msg.clone();
     let expired = now_unix() >= msg.env.received_at + ctx.config.queue.max_age.as_secs();
@@ -50,7 +57,10 @@ async fn settle(queue: Queue, hop: NextHop, d: Delivery, results: Vec<(u32, Outc
             Outcome::Transient { .. } => retry.push(idx),
         }
     }
-    let delivered = updates.iter().filter(|u| u.1 == RcptState::Delivered).count() as u64;
+    let delivered = updates
+        .iter()
+        .filter(|u| u.1 == RcptState::Delivered)
+        .count() as u64;
     if delivered > 0 {
         ctx.metrics.delivered.inc();
         ctx.metrics.recipients_delivered.add(delivered);
@@ -64,15 +74,40 @@ async fn settle(queue: Queue, hop: NextHop, d: Delivery, results: Vec<(u32, Outc
         ctx.metrics.deferred.inc();
         let retries = &ctx.config.queue.retry;
         let delay = retries[(d.attempts as usize).min(retries.len() - 1)];
-        queue.retry_later(hop, Delivery { msg, rcpts: retry, attempts: d.attempts + 1 }, delay);
+        queue.retry_later(
+            hop,
+            Delivery {
+                msg,
+                rcpts: retry,
+                attempts: d.attempts + 1,
+            },
+            delay,
+        );
     }
 }
 
-fn failure(rcpt: &Recipient, status: String, diagnostic: String, remote: &Option<String>) -> Failure {
-    Failure { recipient: rcpt.clone(), status, diagnostic, remote: remote.clone() }
+fn failure(
+    rcpt: &Recipient,
+    status: String,
+    diagnostic: String,
+    remote: &Option<String>,
+) -> Failure {
+    Failure {
+        recipient: rcpt.clone(),
+        status,
+        diagnostic,
+        remote: remote.clone(),
+    }
 }
 
-fn log_attempt(msg: &QueuedMessage, rcpt: &Recipient, hop: &NextHop, o: &Outcome, remote: Option<&str>, ms: u64) {
+fn log_attempt(
+    msg: &QueuedMessage,
+    rcpt: &Recipient,
+    hop: &NextHop,
+    o: &Outcome,
+    remote: Option<&str>,
+    ms: u64,
+) {
     let (result, reply) = match o {
         Outcome::Delivered(r) => ("delivered", r.as_str()),
         Outcome::Transient { diagnostic, .. } => ("deferred", diagnostic.as_str()),
@@ -114,7 +149,11 @@ async fn bounce_for(queue: &Queue, msg: &QueuedMessage, failures: &[Failure]) {
         tracing::info!(queue_id = %env.id, "not bouncing a message from the null sender");
         return;
     }
-    let wanted: Vec<Failure> = failures.iter().filter(|f| f.recipient.wants_failure_report()).cloned().collect();
+    let wanted: Vec<Failure> = failures
+        .iter()
+        .filter(|f| f.recipient.wants_failure_report())
+        .cloned()
+        .collect();
     if wanted.is_empty() {
         return;
     }

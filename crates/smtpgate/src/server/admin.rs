@@ -11,23 +11,45 @@ use tokio::sync::watch;
 use super::StartError;
 use crate::context::Context;
 
-pub async fn start(addr: SocketAddr, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) -> Result<SocketAddr, StartError> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| StartError::Bind(addr, e))?;
-    let bound = listener.local_addr().map_err(|e| StartError::Bind(addr, e))?;
-    let app = Router::new().route("/healthz", get(|| async { "ok\n" })).route("/metrics", get(metrics)).with_state(ctx);
+pub async fn start(
+    addr: SocketAddr,
+    ctx: Arc<Context>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<SocketAddr, StartError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError::Bind(addr, e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| StartError::Bind(addr, e))?;
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .with_state(ctx);
     tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.changed().await;
         };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
             tracing::error!(error = %e, "admin server failed");
         }
     });
     Ok(bound)
 }
 
-async fn metrics(State(ctx): State<Arc<Context>>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], render(&ctx))
+async fn metrics(
+    State(ctx): State<Arc<Context>>,
+) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        render(&ctx),
+    )
 }
 
 fn render(ctx: &Context) -> String {

@@ -30,7 +30,13 @@ pub struct ConnGuard {
 
 impl ConnLimits {
     pub fn new(max_total: usize, max_per_ip: usize) -> Self {
-        ConnLimits { inner: Arc::new(Inner { max_total, max_per_ip, open: Mutex::default() }) }
+        ConnLimits {
+            inner: Arc::new(Inner {
+                max_total,
+                max_per_ip,
+                open: Mutex::default(),
+            }),
+        }
     }
 
     /// Takes a place for a connection from `ip`, or `None` if a cap is reached.
@@ -42,7 +48,10 @@ impl ConnLimits {
         }
         open.0 += 1;
         *open.1.entry(ip).or_default() += 1;
-        Some(ConnGuard { inner: self.inner.clone(), ip })
+        Some(ConnGuard {
+            inner: self.inner.clone(),
+            ip,
+        })
     }
 }
 

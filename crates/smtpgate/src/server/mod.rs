@@ -81,14 +81,22 @@ impl Server {
         let mut listeners = Vec::new();
         for lc in &config.listeners {
             let state = listener_state(lc, &ctx, &queue, &shutdown_rx, &sessions)?;
-            let tcp = TcpListener::bind(lc.address).await.map_err(|e| StartError::Bind(lc.address, e))?;
-            let addr = tcp.local_addr().map_err(|e| StartError::Bind(lc.address, e))?;
+            let tcp = TcpListener::bind(lc.address)
+                .await
+                .map_err(|e| StartError::Bind(lc.address, e))?;
+            let addr = tcp
+                .local_addr()
+                .map_err(|e| StartError::Bind(lc.address, e))?;
             let tls = match (&state.tls, lc.implicit_tls) {
                 (None, _) => "none",
                 (Some(_), false) => "starttls",
                 (Some(_), true) => "implicit",
             };
-            listeners.push(Bound { name: lc.name.clone(), addr, tls });
+            listeners.push(Bound {
+                name: lc.name.clone(),
+                addr,
+                tls,
+            });
             tokio::spawn(accept_loop(tcp, Arc::new(state)));
         }
         let admin = match &config.admin {
@@ -97,7 +105,16 @@ impl Server {
         };
         let recovered = queue.restore(found).await;
         let grace = config.shutdown_timeout;
-        Ok(Server { listeners, admin, spool_dir, recovered, queue, shutdown, sessions, grace })
+        Ok(Server {
+            listeners,
+            admin,
+            spool_dir,
+            recovered,
+            queue,
+            shutdown,
+            sessions,
+            grace,
+        })
     }
 
     /// Stops accepting, lets sessions finish within the shutdown timeout, and returns.
@@ -105,16 +122,21 @@ impl Server {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         if !self.sessions.wait_idle(self.grace).await {
-            tracing::warn!(sessions = self.sessions.count(), "shutdown timeout: closing sessions still open");
+            tracing::warn!(
+                sessions = self.sessions.count(),
+                "shutdown timeout: closing sessions still open"
+            );
         }
     }
 }
 
 /// Opens the spool and builds what every part of the server shares.
-pub fn context(config: Arc<Config>) -> Result<(Arc<Context>, Vec<crate::spool::Recovered>), StartError> {
+pub fn context(
+    config: Arc<Config>,
+) -> Result<(Arc<Context>, Vec<crate::spool::Recovered>), StartError> {
     let spool_dir = std::path::absolute(&config.spool.dir).unwrap_or(config.spool.dir.clone());
-    let (spool, found) =
-        Spool::open(&spool_dir, config.spool.segment_size).map_err(|e| StartError::Spool(spool_dir.clone(), e))?;
+    let (spool, found) = Spool::open(&spool_dir, config.spool.segment_size)
+        .map_err(|e| StartError::Spool(spool_dir.clone(), e))?;
     let ctx = Arc::new(Context {
         config: config.clone(),
         spool: Arc::new(spool),
@@ -147,12 +169,15 @@ fn listener_state(
 ) -> Result<ListenerState, StartError> {
     let tls = match &lc.tls {
         Some(files) => Some(TlsAcceptor::from(
-            crate::tls::server_config(&files.cert, &files.key).map_err(|e| StartError::Tls(lc.name.clone(), e))?,
+            crate::tls::server_config(&files.cert, &files.key)
+                .map_err(|e| StartError::Tls(lc.name.clone(), e))?,
         )),
         None => None,
     };
     let users = match &lc.auth {
-        Some(a) => Some(Arc::new(Users::load(&a.users_file).map_err(|e| StartError::Users(lc.name.clone(), e))?)),
+        Some(a) => Some(Arc::new(
+            Users::load(&a.users_file).map_err(|e| StartError::Users(lc.name.clone(), e))?,
+        )),
         None => None,
     };
     Ok(ListenerState {
@@ -205,7 +230,8 @@ async fn serve_connection(state: Arc<ListenerState>, stream: TcpStream, peer: So
     metrics.sessions_active.inc();
     let (io, tls): (BoxIo, Option<TlsInfo>) = match (&state.tls, state.config.implicit_tls) {
         (Some(acceptor), true) => {
-            match tokio::time::timeout(state.config.command_timeout, acceptor.accept(stream)).await {
+            match tokio::time::timeout(state.config.command_timeout, acceptor.accept(stream)).await
+            {
                 Ok(Ok(s)) => {
                     let info = TlsInfo::from_conn(s.get_ref().1);
                     (Box::new(s), Some(info))

@@ -33,8 +33,11 @@ impl Users {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (user, hash) = line.split_once(':').ok_or(format!("line {}: expected user:hash", n + 1))?;
-            PasswordHash::new(hash).map_err(|e| format!("line {}: bad password hash: {e}", n + 1))?;
+            let (user, hash) = line
+                .split_once(':')
+                .ok_or(format!("line {}: expected user:hash", n + 1))?;
+            PasswordHash::new(hash)
+                .map_err(|e| format!("line {}: bad password hash: {e}", n + 1))?;
             hashes.insert(user.to_string(), hash.to_string());
         }
         Ok(Users { hashes })
@@ -42,9 +45,15 @@ impl Users {
 
     /// Checks a password (slow by design: call off the async threads).
     pub fn verify(&self, user: &str, password: &str) -> bool {
-        let Some(hash) = self.hashes.get(user) else { return false };
-        let Ok(parsed) = PasswordHash::new(hash) else { return false };
-        argon2::Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok()
+        let Some(hash) = self.hashes.get(user) else {
+            return false;
+        };
+        let Ok(parsed) = PasswordHash::new(hash) else {
+            return false;
+        };
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
     }
 }
 
@@ -53,7 +62,9 @@ pub fn hash_password(password: &str) -> Result<String, String> {
     use argon2::password_hash::{PasswordHasher, SaltString};
     use std::io::Read;
     let mut random = [0u8; 16];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut random)).map_err(|e| e.to_string())?;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut random))
+        .map_err(|e| e.to_string())?;
     let salt = SaltString::encode_b64(&random).map_err(|e| e.to_string())?;
     argon2::Argon2::default()
         .hash_password(password.as_bytes(), &salt)
@@ -64,7 +75,9 @@ pub fn hash_password(password: &str) -> Result<String, String> {
 impl Session {
     /// AUTH is offered over TLS, or in plaintext only to loopback clients when the listener allows it.
     pub(super) fn auth_offered(&self) -> bool {
-        let Some(auth) = &self.listener.config.auth else { return false };
+        let Some(auth) = &self.listener.config.auth else {
+            return false;
+        };
         self.tls.is_some() || (auth.allow_plaintext && self.peer.ip().is_loopback())
     }
 
@@ -73,7 +86,9 @@ impl Session {
             return self.error(Reply::not_implemented());
         }
         if self.helo.is_none() || !matches!(self.txn, Txn::Idle) {
-            return self.error(Reply::bad_sequence("AUTH needs EHLO and no transaction in progress"));
+            return self.error(Reply::bad_sequence(
+                "AUTH needs EHLO and no transaction in progress",
+            ));
         }
         if self.user.is_some() {
             return self.error(Reply::already_authenticated());
@@ -96,7 +111,9 @@ impl Session {
     async fn check(&mut self, user: String, password: String) -> Flow {
         let users = self.listener.users.clone().expect("checked in auth");
         let name = user.clone();
-        let ok = tokio::task::spawn_blocking(move || users.verify(&name, &password)).await.unwrap_or(false);
+        let ok = tokio::task::spawn_blocking(move || users.verify(&name, &password))
+            .await
+            .unwrap_or(false);
         if ok {
             tracing::info!(client = %self.peer, user = %user, "authenticated");
             self.user = Some(user);
@@ -114,28 +131,44 @@ impl Session {
     }
 
     async fn plain(&mut self, initial: Option<String>) -> Result<Option<(String, String)>, Flow> {
-        let Some(resp) = self.response(initial, "").await? else { return Ok(None) };
+        let Some(resp) = self.response(initial, "").await? else {
+            return Ok(None);
+        };
         let mut parts = resp.split(|&b| b == 0);
-        let (Some(_authz), Some(user), Some(pass), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(_authz), Some(user), Some(pass), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(self.error(Reply::syntax("malformed PLAIN response")));
         };
         Ok(Some((utf8(user), utf8(pass))))
     }
 
     async fn login(&mut self, initial: Option<String>) -> Result<Option<(String, String)>, Flow> {
-        let Some(user) = self.response(initial, "VXNlcm5hbWU6").await? else { return Ok(None) };
-        let Some(pass) = self.response(None, "UGFzc3dvcmQ6").await? else { return Ok(None) };
+        let Some(user) = self.response(initial, "VXNlcm5hbWU6").await? else {
+            return Ok(None);
+        };
+        let Some(pass) = self.response(None, "UGFzc3dvcmQ6").await? else {
+            return Ok(None);
+        };
         Ok(Some((utf8(&user), utf8(&pass))))
     }
 
     /// The client's base64 response: the initial one, or one asked for with a `334` challenge.
-    async fn response(&mut self, initial: Option<String>, challenge: &str) -> Result<Option<Vec<u8>>, Flow> {
+    async fn response(
+        &mut self,
+        initial: Option<String>,
+        challenge: &str,
+    ) -> Result<Option<Vec<u8>>, Flow> {
         let text = match initial {
             Some(t) if t == "=" => String::new(),
             Some(t) => t,
             None => {
                 self.conn.reply(&Reply::auth_continue(challenge));
-                match self.conn.read_line(&mut self.framer, self.listener.config.command_timeout).await {
+                match self
+                    .conn
+                    .read_line(&mut self.framer, self.listener.config.command_timeout)
+                    .await
+                {
                     Ok(Line::Command(l)) => String::from_utf8_lossy(&l).trim().to_string(),
                     Ok(Line::TooLong) => return Err(self.error(Reply::line_too_long())),
                     Err(_) => return Err(Flow::Close),
@@ -145,7 +178,9 @@ impl Session {
         if text == "*" {
             return Ok(None);
         }
-        B64.decode(text.as_bytes()).map(Some).map_err(|_| self.error(Reply::syntax("invalid base64 in AUTH response")))
+        B64.decode(text.as_bytes())
+            .map(Some)
+            .map_err(|_| self.error(Reply::syntax("invalid base64 in AUTH response")))
     }
 }
 

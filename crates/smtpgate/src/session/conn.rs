@@ -37,7 +37,12 @@ pub struct Conn {
 
 impl Conn {
     pub fn new(io: BoxIo, shutdown: watch::Receiver<bool>) -> Self {
-        Conn { io, rbuf: BytesMut::with_capacity(8192), wbuf: Vec::with_capacity(1024), shutdown }
+        Conn {
+            io,
+            rbuf: BytesMut::with_capacity(8192),
+            wbuf: Vec::with_capacity(1024),
+            shutdown,
+        }
     }
 
     /// Queues a reply; it is sent at the next flush.
@@ -55,7 +60,11 @@ impl Conn {
 
     /// Flushes replies, then waits for more input. Between commands (`interruptible`), a server
     /// shutdown ends the wait.
-    pub async fn read_more(&mut self, limit: Duration, interruptible: bool) -> Result<(), ReadError> {
+    pub async fn read_more(
+        &mut self,
+        limit: Duration,
+        interruptible: bool,
+    ) -> Result<(), ReadError> {
         self.flush().await.map_err(ReadError::Io)?;
         if self.rbuf.capacity() - self.rbuf.len() < 4096 {
             self.rbuf.reserve(8192);
@@ -82,7 +91,11 @@ impl Conn {
     }
 
     /// Reads the next command line.
-    pub async fn read_line(&mut self, framer: &mut LineFramer, limit: Duration) -> Result<Line, ReadError> {
+    pub async fn read_line(
+        &mut self,
+        framer: &mut LineFramer,
+        limit: Duration,
+    ) -> Result<Line, ReadError> {
         loop {
             match framer.next(&self.rbuf) {
                 Framed::Line { len, consumed } => {

@@ -16,8 +16,16 @@ pub struct Trace<'a> {
 
 /// Builds the `Received:` header (RFC 5321 4.4, protocol names of RFC 3848).
 pub fn received(t: &Trace<'_>) -> String {
-    let helo: String = t.helo.chars().filter(|c| !c.is_control() && *c != '(' && *c != ')').take(100).collect();
-    let mut h = format!("Received: from {helo} ([{}])\r\n\tby {} (smtpgate) with {} id {}", t.ip, t.host, t.protocol, t.id);
+    let helo: String = t
+        .helo
+        .chars()
+        .filter(|c| !c.is_control() && *c != '(' && *c != ')')
+        .take(100)
+        .collect();
+    let mut h = format!(
+        "Received: from {helo} ([{}])\r\n\tby {} (smtpgate) with {} id {}",
+        t.ip, t.host, t.protocol, t.id
+    );
     if let Some((version, cipher)) = t.tls {
         h.push_str(&format!("\r\n\t(using {version} with cipher {cipher})"));
     }
@@ -71,10 +79,12 @@ mod tests {
     #[test]
     fn adds_only_what_is_missing() {
         let id = QueueId(1);
-        let both = missing_submission_headers(b"Subject: x\r\n\r\nMessage-ID: in body\r\n", id, "h");
+        let both =
+            missing_submission_headers(b"Subject: x\r\n\r\nMessage-ID: in body\r\n", id, "h");
         assert!(both.starts_with("Message-ID: <0000000000000001."));
         assert!(both.contains("\r\nDate: "));
-        let none = missing_submission_headers(b"message-id: <a@b>\r\nDATE: today\r\n\r\nbody", id, "h");
+        let none =
+            missing_submission_headers(b"message-id: <a@b>\r\nDATE: today\r\n\r\nbody", id, "h");
         assert_eq!(none, "");
     }
 
@@ -93,6 +103,10 @@ mod tests {
         assert!(h.starts_with("Received: from clientevilX-Injected: 1 ([192.0.2.1])\r\n\tby gate.test (smtpgate) with ESMTPSA id 0000000000000002"));
         assert!(h.contains("(using TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256)"));
         assert!(h.contains("for <a@b>;"));
-        assert_eq!(h.matches("\r\n").count(), h.matches("\r\n\t").count() + 1, "no header injection");
+        assert_eq!(
+            h.matches("\r\n").count(),
+            h.matches("\r\n\t").count() + 1,
+            "no header injection"
+        );
     }
 }

@@ -32,7 +32,14 @@ impl Session {
             return self.error(Reply::need_smtputf8());
         }
         let sender = from.to_string();
-        self.reply(Reply::sender_ok(), Txn::Mail(Draft { sender, params, recipients: Vec::new() }))
+        self.reply(
+            Reply::sender_ok(),
+            Txn::Mail(Draft {
+                sender,
+                params,
+                recipients: Vec::new(),
+            }),
+        )
     }
 
     /// Refuses a transaction while the spool's disk is short of space (RFC 5321 4.5.3.1.10).

@@ -77,7 +77,12 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(listener: Arc<ListenerState>, io: BoxIo, peer: SocketAddr, tls: Option<TlsInfo>) -> Self {
+    pub fn new(
+        listener: Arc<ListenerState>,
+        io: BoxIo,
+        peer: SocketAddr,
+        tls: Option<TlsInfo>,
+    ) -> Self {
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let conn = Conn::new(io, listener.shutdown.clone());
         Session {
@@ -154,7 +159,12 @@ impl Session {
             Ok(cmd) => cmd,
             Err(e) => return self.error(e.reply()),
         };
-        if matches!(self.txn, Txn::Chunking(_)) && !matches!(cmd, Command::Bdat { .. } | Command::Rset | Command::Quit | Command::Noop) {
+        if matches!(self.txn, Txn::Chunking(_))
+            && !matches!(
+                cmd,
+                Command::Bdat { .. } | Command::Rset | Command::Quit | Command::Noop
+            )
+        {
             self.txn = Txn::Idle;
             return self.error(Reply::bdat_mixed());
         }
@@ -207,7 +217,13 @@ impl Session {
 
     /// Whether this client may send to any domain: from a relay network, or authenticated.
     fn may_relay(&self) -> bool {
-        self.user.is_some() || self.listener.config.relay_networks.iter().any(|n| n.contains(&self.peer.ip()))
+        self.user.is_some()
+            || self
+                .listener
+                .config
+                .relay_networks
+                .iter()
+                .any(|n| n.contains(&self.peer.ip()))
     }
 }
 

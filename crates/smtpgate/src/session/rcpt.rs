@@ -32,8 +32,17 @@ impl Session {
                 mb.to_string()
             }
         };
-        let notify = params.notify.map(|n| Notify { never: n.never, success: n.success, failure: n.failure, delay: n.delay });
-        let rcpt = Recipient { address, notify, orcpt: params.orcpt };
+        let notify = params.notify.map(|n| Notify {
+            never: n.never,
+            success: n.success,
+            failure: n.failure,
+            delay: n.delay,
+        });
+        let rcpt = Recipient {
+            address,
+            notify,
+            orcpt: params.orcpt,
+        };
         if let Txn::Mail(draft) = &mut self.txn {
             draft.recipients.push(rcpt);
         }
@@ -53,12 +62,20 @@ impl Session {
             Domain::Literal(_) => return Err(Reply::relay_denied()),
             Domain::Name(name) => name.trim_end_matches('.').to_ascii_lowercase(),
         };
-        if !self.listener.config.local_domains.iter().any(|d| *d == name) {
+        if !self
+            .listener
+            .config
+            .local_domains
+            .iter()
+            .any(|d| *d == name)
+        {
             return Err(Reply::relay_denied());
         }
         // `user%other@local` and `other!user@local` ask a later hop to relay: never for outsiders.
         if mb.local.contains(['%', '!', '@']) {
-            return Err(Reply::bad_recipient_address("routing in the local part is not accepted"));
+            return Err(Reply::bad_recipient_address(
+                "routing in the local part is not accepted",
+            ));
         }
         Ok(())
     }

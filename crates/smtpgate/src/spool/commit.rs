@@ -41,7 +41,15 @@ impl Committer {
         stats: Arc<SpoolStats>,
     ) -> io::Result<Self> {
         let current = create_segment(dir, next)?;
-        let mut c = Committer { dir: dir.into(), segment_size, current, live, rx, buf: Vec::new(), stats };
+        let mut c = Committer {
+            dir: dir.into(),
+            segment_size,
+            current,
+            live,
+            rx,
+            buf: Vec::new(),
+            stats,
+        };
         c.live.insert(next, 0);
         c.reap();
         Ok(c)
@@ -71,7 +79,10 @@ impl Committer {
         self.buf.clear();
         let mut placements = Vec::with_capacity(batch.len());
         for job in &batch {
-            placements.push(Placement { segment: self.current.id, offset: base + self.buf.len() as u64 });
+            placements.push(Placement {
+                segment: self.current.id,
+                offset: base + self.buf.len() as u64,
+            });
             self.buf.extend_from_slice(&job.bytes);
         }
         if let Err(e) = self.write_and_sync() {
@@ -83,7 +94,9 @@ impl Committer {
         }
         self.current.len += total;
         self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.stats.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.stats
+            .records
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         for (job, at) in batch.into_iter().zip(placements) {
             self.account(job.liveness);
             let _ = job.reply.send(Ok(at));
@@ -141,7 +154,11 @@ fn fail_all(batch: Vec<Job>, e: &io::Error) {
 
 /// Creates a segment file and makes its directory entry durable.
 fn create_segment(dir: &Path, id: u64) -> io::Result<Segment> {
-    let file = OpenOptions::new().create_new(true).append(true).read(true).open(segment_path(dir, id))?;
+    let file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .read(true)
+        .open(segment_path(dir, id))?;
     File::open(dir)?.sync_all()?;
     Ok(Segment { id, file, len: 0 })
 }

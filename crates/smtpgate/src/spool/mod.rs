@@ -93,14 +93,33 @@ impl Spool {
         let found = recover::scan(dir)?;
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(SpoolStats::default());
-        let committer = commit::Committer::start(dir, segment_size, found.next_segment, found.live, rx, stats.clone())?;
-        std::thread::Builder::new().name("spool-commit".into()).spawn(move || committer.run())?;
-        Ok((Spool { dir: dir.to_path_buf(), tx, stats }, found.messages))
+        let committer = commit::Committer::start(
+            dir,
+            segment_size,
+            found.next_segment,
+            found.live,
+            rx,
+            stats.clone(),
+        )?;
+        std::thread::Builder::new()
+            .name("spool-commit".into())
+            .spawn(move || committer.run())?;
+        Ok((
+            Spool {
+                dir: dir.to_path_buf(),
+                tx,
+                stats,
+            },
+            found.messages,
+        ))
     }
 
     /// (records written, fsyncs) since start.
     pub fn stats(&self) -> (u64, u64) {
-        (self.stats.records.load(Ordering::Relaxed), self.stats.fsyncs.load(Ordering::Relaxed))
+        (
+            self.stats.records.load(Ordering::Relaxed),
+            self.stats.fsyncs.load(Ordering::Relaxed),
+        )
     }
 
     pub fn dir(&self) -> &Path {
@@ -109,7 +128,13 @@ impl Spool {
 
     async fn append(&self, bytes: Vec<u8>, liveness: Liveness) -> Result<Placement, SpoolError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Job { bytes, liveness, reply }).map_err(|_| SpoolError::Closed)?;
+        self.tx
+            .send(Job {
+                bytes,
+                liveness,
+                reply,
+            })
+            .map_err(|_| SpoolError::Closed)?;
         Ok(rx.await.map_err(|_| SpoolError::Closed)??)
     }
 
@@ -119,11 +144,19 @@ impl Spool {
         let mut bytes = Vec::with_capacity(body.len() + 256);
         let body_offset = record::encode_message(env, &states, body, &mut bytes);
         let at = self.append(bytes, Liveness::Born).await?;
-        Ok(BodyRef { segment: at.segment, offset: at.offset + body_offset as u64, len: body.len() as u64 })
+        Ok(BodyRef {
+            segment: at.segment,
+            offset: at.offset + body_offset as u64,
+            len: body.len() as u64,
+        })
     }
 
     /// Records final states of some recipients durably.
-    pub async fn update(&self, id: QueueId, updates: &[(u32, RcptState)]) -> Result<(), SpoolError> {
+    pub async fn update(
+        &self,
+        id: QueueId,
+        updates: &[(u32, RcptState)],
+    ) -> Result<(), SpoolError> {
         let mut bytes = Vec::with_capacity(32 + updates.len() * 5);
         record::encode_status(id, updates, &mut bytes);
         self.append(bytes, Liveness::Unchanged).await.map(|_| ())
@@ -133,7 +166,9 @@ impl Spool {
     pub async fn done(&self, id: QueueId, body: &BodyRef) -> Result<(), SpoolError> {
         let mut bytes = Vec::with_capacity(32);
         record::encode_done(id, &mut bytes);
-        self.append(bytes, Liveness::Died(body.segment)).await.map(|_| ())
+        self.append(bytes, Liveness::Died(body.segment))
+            .await
+            .map(|_| ())
     }
 
     /// Reads a body back from its segment (a blocking `pread`).
@@ -162,3 +197,17 @@ pub(crate) fn segment_id(name: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests;
+
+/// Reads every live message of a spool directory without changing it: envelopes and bodies.
+/// For looking at a spool (tests, inspection tools); a running server keeps writing to it.
+pub fn inspect(dir: &Path) -> io::Result<Vec<(Envelope, Vec<u8>)>> {
+    let found = recover::scan_readonly(dir)?;
+    let mut out = Vec::with_capacity(found.len());
+    for m in found {
+        let file = std::fs::File::open(segment_path(dir, m.body.segment))?;
+        let mut body = vec![0; m.body.len as usize];
+        file.read_exact_at(&mut body, m.body.offset)?;
+        out.push((m.env, body));
+    }
+    Ok(out)
+}

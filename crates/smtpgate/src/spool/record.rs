@@ -35,9 +35,17 @@ impl RcptState {
 #[derive(Debug)]
 pub enum Record<'a> {
     /// A message: envelope, recipient states, and the body (at `body_offset` within the record).
-    Message { env: Envelope, states: Vec<RcptState>, body: &'a [u8], body_offset: usize },
+    Message {
+        env: Envelope,
+        states: Vec<RcptState>,
+        body: &'a [u8],
+        body_offset: usize,
+    },
     /// Recipients reached a final state.
-    Status { id: QueueId, updates: Vec<(u32, RcptState)> },
+    Status {
+        id: QueueId,
+        updates: Vec<(u32, RcptState)>,
+    },
     /// Every recipient is final: the message is gone.
     Done { id: QueueId },
 }
@@ -64,7 +72,12 @@ fn seal(out: &mut [u8], start: usize) {
 }
 
 /// Encodes a message record; returns where the body starts relative to the record's start.
-pub fn encode_message(env: &Envelope, states: &[RcptState], body: &[u8], out: &mut Vec<u8>) -> usize {
+pub fn encode_message(
+    env: &Envelope,
+    states: &[RcptState],
+    body: &[u8],
+    out: &mut Vec<u8>,
+) -> usize {
     let mut meta = Vec::with_capacity(128);
     env.encode(&mut meta);
     let payload_len = 4 + meta.len() + states.len() + body.len();
@@ -130,7 +143,10 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
 }
 
 fn parse_payload(kind: u8, payload: &[u8]) -> Option<Record<'_>> {
-    let mut r = Reader { buf: payload, pos: 0 };
+    let mut r = Reader {
+        buf: payload,
+        pos: 0,
+    };
     match kind {
         KIND_MESSAGE => {
             let meta_len = r.u32()? as usize;
@@ -139,9 +155,17 @@ fn parse_payload(kind: u8, payload: &[u8]) -> Option<Record<'_>> {
                 return None;
             }
             let states = r.take(env.recipients.len())?;
-            let states = states.iter().map(|b| RcptState::from_u8(*b)).collect::<Option<Vec<_>>>()?;
+            let states = states
+                .iter()
+                .map(|b| RcptState::from_u8(*b))
+                .collect::<Option<Vec<_>>>()?;
             let body_offset = HEADER_LEN + r.pos;
-            Some(Record::Message { env, states, body: &payload[r.pos..], body_offset })
+            Some(Record::Message {
+                env,
+                states,
+                body: &payload[r.pos..],
+                body_offset,
+            })
         }
         KIND_STATUS => {
             let id = QueueId(r.u64()?);
@@ -153,7 +177,9 @@ fn parse_payload(kind: u8, payload: &[u8]) -> Option<Record<'_>> {
             }
             Some(Record::Status { id, updates })
         }
-        KIND_DONE => Some(Record::Done { id: QueueId(r.u64()?) }),
+        KIND_DONE => Some(Record::Done {
+            id: QueueId(r.u64()?),
+        }),
         _ => None,
     }
 }

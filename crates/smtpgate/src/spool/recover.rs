@@ -15,7 +15,23 @@ pub(super) struct Found {
     pub next_segment: u64,
 }
 
+/// How to treat a torn record at the end of a segment.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Torn {
+    Truncate,
+    Leave,
+}
+
+/// Replays the spool without modifying it.
+pub(super) fn scan_readonly(dir: &Path) -> io::Result<Vec<Recovered>> {
+    Ok(scan_with(dir, Torn::Leave)?.messages)
+}
+
 pub(super) fn scan(dir: &Path) -> io::Result<Found> {
+    scan_with(dir, Torn::Truncate)
+}
+
+fn scan_with(dir: &Path, torn: Torn) -> io::Result<Found> {
     let mut ids: Vec<u64> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
         .filter_map(|e| segment_id(e.file_name().to_str()?))
@@ -23,17 +39,26 @@ pub(super) fn scan(dir: &Path) -> io::Result<Found> {
     ids.sort_unstable();
     let mut map: BTreeMap<QueueId, Recovered> = BTreeMap::new();
     for &id in &ids {
-        replay_segment(dir, id, &mut map)?;
+        replay_segment(dir, id, &mut map, torn)?;
     }
     let mut live: BTreeMap<u64, u64> = ids.iter().map(|&id| (id, 0)).collect();
     for m in map.values() {
         *live.entry(m.body.segment).or_default() += 1;
     }
     let next_segment = ids.last().map_or(1, |l| l + 1);
-    Ok(Found { messages: map.into_values().collect(), live, next_segment })
+    Ok(Found {
+        messages: map.into_values().collect(),
+        live,
+        next_segment,
+    })
 }
 
-fn replay_segment(dir: &Path, seg: u64, map: &mut BTreeMap<QueueId, Recovered>) -> io::Result<()> {
+fn replay_segment(
+    dir: &Path,
+    seg: u64,
+    map: &mut BTreeMap<QueueId, Recovered>,
+    torn: Torn,
+) -> io::Result<()> {
     let path = segment_path(dir, seg);
     let data = std::fs::read(&path)?;
     let mut pos = 0;
@@ -45,8 +70,17 @@ fn replay_segment(dir: &Path, seg: u64, map: &mut BTreeMap<QueueId, Recovered>) 
             }
             Decoded::Truncated | Decoded::Corrupt => {
                 // A record that never completed: it was never acknowledged, so it is dropped.
-                tracing::warn!(segment = seg, offset = pos, "spool: dropping incomplete record at end of segment");
-                OpenOptions::new().write(true).open(&path)?.set_len(pos as u64)?;
+                if torn == Torn::Truncate {
+                    tracing::warn!(
+                        segment = seg,
+                        offset = pos,
+                        "spool: dropping incomplete record at end of segment"
+                    );
+                    OpenOptions::new()
+                        .write(true)
+                        .open(&path)?
+                        .set_len(pos as u64)?;
+                }
                 break;
             }
         }
@@ -56,8 +90,17 @@ fn replay_segment(dir: &Path, seg: u64, map: &mut BTreeMap<QueueId, Recovered>) 
 
 fn apply(rec: Record<'_>, seg: u64, at: u64, map: &mut BTreeMap<QueueId, Recovered>) {
     match rec {
-        Record::Message { env, states, body, body_offset } => {
-            let body = BodyRef { segment: seg, offset: at + body_offset as u64, len: body.len() as u64 };
+        Record::Message {
+            env,
+            states,
+            body,
+            body_offset,
+        } => {
+            let body = BodyRef {
+                segment: seg,
+                offset: at + body_offset as u64,
+                len: body.len() as u64,
+            };
             map.insert(env.id, Recovered { env, states, body });
         }
         Record::Status { id, updates } => {

@@ -263,6 +263,7 @@ fn spawn(config: &Path) -> (Child, Announced) {
         .arg("--config")
         .arg(config)
         .current_dir(config.parent().expect("config dir"))
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -328,18 +329,29 @@ fn read_announcements(lines: &mpsc::Receiver<String>) -> Result<Announced, Strin
     })
 }
 
-/// The value of `key=value` in a start-up line. `dir=` takes the rest of the line, since
-/// a path may hold spaces.
+/// The value of `key=value` in a start-up line. A `dir=` value runs up to the next
+/// ` key=` field, since a path may hold spaces; later fields (e.g. `recovered=0`) are ignored.
 fn field(rest: &str, key: &str) -> Result<String, String> {
     let marker = format!("{key}=");
     let missing = || format!("no {marker} in {rest:?}");
-    if key == "dir" {
-        let at = rest.find(&marker).ok_or_else(missing)?;
-        return Ok(rest[at + marker.len()..].trim().to_string());
+    let mut tokens = rest.split(' ').filter(|t| !t.is_empty());
+    let first = tokens
+        .find_map(|t| t.strip_prefix(marker.as_str()))
+        .ok_or_else(missing)?;
+    if key != "dir" {
+        return Ok(first.to_string());
     }
-    let mut tokens = rest.split_whitespace();
-    let value = tokens.find_map(|t| t.strip_prefix(marker.as_str()));
-    value.map(str::to_string).ok_or_else(missing)
+    let more = tokens.take_while(|t| !is_field(t));
+    Ok(std::iter::once(first)
+        .chain(more)
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
+fn is_field(token: &str) -> bool {
+    token.split_once('=').is_some_and(|(k, _)| {
+        !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+    })
 }
 
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
