@@ -14,6 +14,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod clients;
+mod dns; pub use dns::{DnsQuery, DnsServer, DnsTable};
 mod gate;
 mod mail;
 mod sink;

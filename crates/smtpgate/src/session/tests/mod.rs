@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::Session;
@@ -51,7 +51,7 @@ retry = ["1h"]
 }
 
 pub struct Harness {
-    pub client: DuplexStream,
+    pub client: crate::io::BoxIo,
     pub ctx: Arc<Context>,
     pub _dir: tempfile::TempDir,
     buf: Vec<u8>,
@@ -61,7 +61,11 @@ pub struct Harness {
 impl Harness {
     /// A session with a client at `peer`, on a listener configured with `toml`.
     pub async fn start(toml: &str, peer: &str) -> Harness {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), toml, peer).await
+    }
+
+    /// Like `start`, with files (certificates, users) already placed in `dir`.
+    pub async fn start_in(dir: tempfile::TempDir, toml: &str, peer: &str) -> Harness {
         let config = Config::from_toml_str(toml, dir.path()).unwrap();
         Self::with_config(config, dir, peer).await
     }
@@ -77,7 +81,7 @@ impl Harness {
         let peer: SocketAddr = peer.parse().unwrap();
         tokio::spawn(Session::new(state, Box::new(server), peer, None).run());
         let mut h = Harness {
-            client,
+            client: Box::new(client),
             ctx,
             _dir: dir,
             buf: Vec::new(),

@@ -1,0 +1,305 @@
+//! End-to-end MX delivery: no pool and no route, so every recipient goes to the mail servers
+//! of its domain, found through a test DNS server ([`DnsServer`]) named in `[dns]`. Every
+//! MX host's address is on loopback and `[queue] smtp_port` points at the [`Upstream`]'s port.
+
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use hickory_proto::rr::RecordType;
+use support::{
+    DnsServer, DnsTable, Gate, SOON, Upstream, UpstreamMessage, message, smtplib_send, wait_until,
+};
+
+const UPSTREAM_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+/// Also loopback, but the upstream is bound to 127.0.0.1 only: nothing answers here unless a
+/// test puts a [`ClosingListener`] on it.
+const DEAD_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+/// How long a DNS server that never answers may keep the gate waiting before it defers
+/// (hickory's default is a 5 s timeout, 2 attempts).
+const DNS_TIMEOUT_DEADLINE: Duration = Duration::from_secs(90);
+
+/// A gate with a listener for loopback clients, no pool and no route (MX delivery), the given
+/// name server, MX deliveries to `smtp_port`, and a retry every second.
+fn mx_config(dns: SocketAddr, smtp_port: u16) -> String {
+    format!(
+        "hostname = \"gate.example.test\"\n\
+         shutdown_timeout = \"5s\"\n\
+         \n\
+         [spool]\n\
+         dir = \"spool\"\n\
+         \n\
+         [admin]\n\
+         address = \"127.0.0.1:0\"\n\
+         \n\
+         [[listener]]\n\
+         name = \"inbound\"\n\
+         address = \"127.0.0.1:0\"\n\
+         relay_networks = [\"127.0.0.0/8\"]\n\
+         \n\
+         [dns]\n\
+         nameservers = [\"{dns}\"]\n\
+         \n\
+         [queue]\n\
+         retry = [\"1s\"]\n\
+         smtp_port = {smtp_port}\n"
+    )
+}
+
+/// The usual domains: `mx.test` (a working MX host at preference 5 and a dead one at 10),
+/// with `extra` applied on top.
+fn start(upstream: &Upstream, extra: impl FnOnce(DnsTable) -> DnsTable) -> (DnsServer, Gate) {
+    let table = DnsTable::new()
+        .mx("mx.test", 10, "a.mx.test")
+        .mx("mx.test", 5, "b.mx.test")
+        .a("a.mx.test", DEAD_IP)
+        .a("b.mx.test", UPSTREAM_IP);
+    let dns = DnsServer::start(extra(table));
+    let gate = Gate::start(&mx_config(dns.addr(), upstream.addr().port()));
+    (dns, gate)
+}
+
+fn metric(gate: &Gate, name: &str) -> f64 {
+    gate.try_metric(name).unwrap_or(0.0)
+}
+
+/// Sends one message through the gate and checks that it was queued.
+fn send(gate: &Gate, from: &str, to: &str, message_id: &str) {
+    let sent = smtplib_send(
+        gate.smtp_addr(),
+        from,
+        &[to],
+        &message(message_id, "mx test", "Hello by MX."),
+    );
+    let end_of_data = sent.reply("END-OF-DATA");
+    assert!(end_of_data.starts_with("250 "), "{sent}");
+}
+
+fn wait_for_metric(gate: &Gate, name: &str, at_least: f64, within: Duration) {
+    let reached = wait_until(within, || metric(gate, name) >= at_least);
+    assert!(
+        reached,
+        "{name} did not reach {at_least} within {within:?}:\n{}",
+        gate.metrics()
+    );
+}
+
+/// Waits for the DSN about `failed_rcpt` to reach the upstream and checks its envelope and
+/// its status.
+fn expect_dsn(upstream: &Upstream, sender: &str, failed_rcpt: &str, status: &str) {
+    let arrived = upstream.wait_for(1, SOON);
+    assert_eq!(arrived.len(), 1, "one message (the DSN) expected: {arrived:#?}");
+    let dsn: &UpstreamMessage = &arrived[0];
+    assert_eq!(dsn.mail_from, "", "a DSN goes from the null sender: {dsn:#?}");
+    assert_eq!(dsn.rcpt_addresses(), [sender]);
+    let text = dsn.text();
+    assert!(
+        text.contains(&format!("Status: {status}\r\n")),
+        "no `Status: {status}` in the DSN:\n{text}"
+    );
+    assert!(
+        text.contains(&format!("Final-Recipient: rfc822; {failed_rcpt}")),
+        "no Final-Recipient {failed_rcpt} in the DSN:\n{text}"
+    );
+}
+
+/// A TCP listener that counts connections and closes each at once (before any greeting).
+struct ClosingListener {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl ClosingListener {
+    fn start(addr: SocketAddr) -> ClosingListener {
+        let listener =
+            TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind closing listener {addr}: {e}"));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, stopped) = (accepted.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                if stream.is_ok() {
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        ClosingListener {
+            addr,
+            accepted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for ClosingListener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn mx_with_lowest_preference_is_tried_first() {
+    let upstream = Upstream::start();
+    // Something listens on the preference-10 host, so a connection to it would be seen.
+    let dead = ClosingListener::start(SocketAddr::from((DEAD_IP, upstream.addr().port())));
+    let (dns, gate) = start(&upstream, |t| t);
+
+    send(&gate, "alice@example.test", "user@mx.test", "mx-order@example.test");
+
+    let arrived = upstream.wait_for(1, SOON);
+    assert_eq!(arrived[0].rcpt_addresses(), ["user@mx.test"]);
+    assert!(arrived[0].text().contains("Message-ID: <mx-order@example.test>"));
+    wait_for_metric(&gate, "smtpgate_messages_delivered_total", 1.0, SOON);
+    assert_eq!(metric(&gate, "smtpgate_recipients_delivered_total"), 1.0);
+    assert_eq!(metric(&gate, "smtpgate_messages_deferred_total"), 0.0);
+    assert_eq!(metric(&gate, "smtpgate_messages_bounced_total"), 0.0);
+    assert!(dns.query_count("mx.test", RecordType::MX) >= 1, "{:?}", dns.queries());
+    assert_eq!(
+        dead.accepted(),
+        0,
+        "the gate connected to the preference-10 host before the preference-5 one"
+    );
+}
+
+#[test]
+fn unreachable_lowest_preference_mx_falls_back_to_the_next() {
+    let upstream = Upstream::start();
+    let dead = ClosingListener::start(SocketAddr::from((DEAD_IP, upstream.addr().port())));
+    let (_dns, gate) = start(&upstream, |t| {
+        // fallback.test: the preferred host closes every connection; the next one works.
+        t.mx("fallback.test", 5, "down.fallback.test")
+            .mx("fallback.test", 10, "up.fallback.test")
+            .a("down.fallback.test", DEAD_IP)
+            .a("up.fallback.test", UPSTREAM_IP)
+    });
+
+    send(&gate, "alice@example.test", "user@fallback.test", "mx-fallback@example.test");
+
+    let arrived = upstream.wait_for(1, SOON);
+    assert_eq!(arrived[0].rcpt_addresses(), ["user@fallback.test"]);
+    wait_for_metric(&gate, "smtpgate_messages_delivered_total", 1.0, SOON);
+    assert!(
+        dead.accepted() >= 1,
+        "the preference-5 host was never tried before the fallback"
+    );
+    assert_eq!(metric(&gate, "smtpgate_messages_bounced_total"), 0.0);
+}
+
+#[test]
+fn unreachable_lowest_preference_mx_with_nothing_listening_falls_back() {
+    let upstream = Upstream::start();
+    let (_dns, gate) = start(&upstream, |t| {
+        t.mx("refused.test", 5, "down.refused.test")
+            .mx("refused.test", 10, "up.refused.test")
+            .a("down.refused.test", DEAD_IP)
+            .a("up.refused.test", UPSTREAM_IP)
+    });
+
+    send(&gate, "alice@example.test", "user@refused.test", "mx-refused@example.test");
+
+    let arrived = upstream.wait_for(1, SOON);
+    assert_eq!(arrived[0].rcpt_addresses(), ["user@refused.test"]);
+    wait_for_metric(&gate, "smtpgate_messages_delivered_total", 1.0, SOON);
+    assert_eq!(metric(&gate, "smtpgate_messages_bounced_total"), 0.0);
+}
+
+#[test]
+fn domain_without_mx_is_its_own_mail_server() {
+    let upstream = Upstream::start();
+    let (dns, gate) = start(&upstream, |t| t.a("implicit.test", UPSTREAM_IP));
+
+    send(&gate, "alice@example.test", "user@implicit.test", "mx-implicit@example.test");
+
+    let arrived = upstream.wait_for(1, SOON);
+    assert_eq!(arrived[0].rcpt_addresses(), ["user@implicit.test"]);
+    wait_for_metric(&gate, "smtpgate_messages_delivered_total", 1.0, SOON);
+    assert_eq!(metric(&gate, "smtpgate_messages_bounced_total"), 0.0);
+    assert!(dns.query_count("implicit.test", RecordType::MX) >= 1, "{:?}", dns.queries());
+    assert!(dns.query_count("implicit.test", RecordType::A) >= 1, "{:?}", dns.queries());
+}
+
+#[test]
+fn null_mx_bounces_at_once_with_5_1_10() {
+    let upstream = Upstream::start();
+    let (dns, gate) = start(&upstream, |t| t.mx("nullmx.test", 0, "."));
+
+    send(&gate, "sender@mx.test", "user@nullmx.test", "mx-null@example.test");
+
+    expect_dsn(&upstream, "sender@mx.test", "user@nullmx.test", "5.1.10");
+    assert_eq!(metric(&gate, "smtpgate_messages_bounced_total"), 1.0);
+    assert_eq!(metric(&gate, "smtpgate_dsn_generated_total"), 1.0);
+    assert_eq!(
+        metric(&gate, "smtpgate_messages_deferred_total"),
+        0.0,
+        "a null MX is permanent: no retry\n{}",
+        gate.metrics()
+    );
+    assert!(dns.query_count("nullmx.test", RecordType::MX) >= 1, "{:?}", dns.queries());
+    assert_eq!(
+        dns.query_count("nullmx.test", RecordType::A),
+        0,
+        "no implicit MX for a null MX domain: {:?}",
+        dns.queries()
+    );
+}
+
+#[test]
+fn nonexistent_domain_bounces_with_5_1_2() {
+    let upstream = Upstream::start();
+    let (_dns, gate) = start(&upstream, |t| t.nxdomain("nosuch.test"));
+
+    send(&gate, "sender@mx.test", "user@nosuch.test", "mx-nxdomain@example.test");
+
+    expect_dsn(&upstream, "sender@mx.test", "user@nosuch.test", "5.1.2");
+    assert_eq!(metric(&gate, "smtpgate_messages_bounced_total"), 1.0);
+    assert_eq!(
+        metric(&gate, "smtpgate_messages_deferred_total"),
+        0.0,
+        "NXDOMAIN is permanent: no retry\n{}",
+        gate.metrics()
+    );
+}
+
+#[test]
+fn dns_timeout_defers_and_never_bounces() {
+    let upstream = Upstream::start();
+    let (dns, gate) = start(&upstream, |t| t.silent("silent.test"));
+
+    send(&gate, "sender@mx.test", "user@silent.test", "mx-timeout@example.test");
+
+    // Watch until the gate has deferred twice (the first attempt and the retry a second
+    // later), checking at every look that nothing bounced.
+    let mut bounced = 0.0;
+    let deferred_twice = wait_until(2 * DNS_TIMEOUT_DEADLINE, || {
+        bounced = metric(&gate, "smtpgate_messages_bounced_total");
+        bounced > 0.0 || metric(&gate, "smtpgate_messages_deferred_total") >= 2.0
+    });
+    assert_eq!(bounced, 0.0, "a DNS timeout bounced:\n{}", gate.metrics());
+    assert!(
+        deferred_twice,
+        "not deferred twice within {:?}:\n{}",
+        2 * DNS_TIMEOUT_DEADLINE,
+        gate.metrics()
+    );
+    assert_eq!(metric(&gate, "smtpgate_dsn_generated_total"), 0.0);
+    assert!(upstream.messages().is_empty(), "{:#?}", upstream.messages());
+    assert!(dns.query_count("silent.test", RecordType::MX) >= 2, "{:?}", dns.queries());
+}
