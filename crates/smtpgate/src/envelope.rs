@@ -227,6 +227,31 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Makes queue ids unique within a process and, through the clock and a random start, across restarts.
+pub struct IdGen {
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl Default for IdGen {
+    fn default() -> Self {
+        use std::hash::{BuildHasher, RandomState};
+        let seed = RandomState::new().hash_one(std::process::id());
+        IdGen {
+            counter: std::sync::atomic::AtomicU64::new(seed),
+        }
+    }
+}
+
+impl IdGen {
+    pub fn next(&self) -> QueueId {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            & 0xffff_ffff;
+        QueueId(crate::datetime::now_unix() << 32 | n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,30 +287,5 @@ mod tests {
         for cut in 0..buf.len() {
             assert!(Envelope::decode(&buf[..cut]).is_none(), "cut at {cut}");
         }
-    }
-}
-
-/// Makes queue ids unique within a process and, through the clock and a random start, across restarts.
-pub struct IdGen {
-    counter: std::sync::atomic::AtomicU64,
-}
-
-impl Default for IdGen {
-    fn default() -> Self {
-        use std::hash::{BuildHasher, RandomState};
-        let seed = RandomState::new().hash_one(std::process::id());
-        IdGen {
-            counter: std::sync::atomic::AtomicU64::new(seed),
-        }
-    }
-}
-
-impl IdGen {
-    pub fn next(&self) -> QueueId {
-        let n = self
-            .counter
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            & 0xffff_ffff;
-        QueueId(crate::datetime::now_unix() << 32 | n)
     }
 }

@@ -23,7 +23,6 @@ impl TlsInfo {
             .and_then(|v| v.as_str())
             .unwrap_or("TLS")
             .replace('_', ".");
-        let version = version.replace("TLSv1.", "TLSv1.").replace("TLSV", "TLSv");
         let cipher = conn
             .negotiated_cipher_suite()
             .and_then(|c| c.suite().as_str())

@@ -38,10 +38,10 @@ pub(super) async fn run(queue: Queue, hop: NextHop) {
         sent += 1;
         if !keep {
             conn = None;
-        } else if sent >= per_conn {
-            if let Some(c) = conn.take() {
-                c.quit().await;
-            }
+        } else if sent >= per_conn
+            && let Some(c) = conn.take()
+        {
+            c.quit().await;
         }
     }
     if let Some(c) = conn {

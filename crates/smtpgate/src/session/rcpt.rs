@@ -62,13 +62,7 @@ impl Session {
             Domain::Literal(_) => return Err(Reply::relay_denied()),
             Domain::Name(name) => name.trim_end_matches('.').to_ascii_lowercase(),
         };
-        if !self
-            .listener
-            .config
-            .local_domains
-            .iter()
-            .any(|d| *d == name)
-        {
+        if !self.listener.config.local_domains.contains(&name) {
             return Err(Reply::relay_denied());
         }
         // `user%other@local` and `other!user@local` ask a later hop to relay: never for outsiders.

@@ -70,10 +70,11 @@ impl Committer {
 
     fn commit(&mut self, batch: Vec<Job>) {
         let total: u64 = batch.iter().map(|j| j.bytes.len() as u64).sum();
-        if self.current.len > 0 && self.current.len + total > self.segment_size {
-            if let Err(e) = self.rotate() {
-                return fail_all(batch, &e);
-            }
+        if self.current.len > 0
+            && self.current.len + total > self.segment_size
+            && let Err(e) = self.rotate()
+        {
+            return fail_all(batch, &e);
         }
         let base = self.current.len;
         self.buf.clear();
@@ -135,11 +136,11 @@ impl Committer {
                 break;
             }
             let path = segment_path(&self.dir, id);
-            if let Err(e) = std::fs::remove_file(&path) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(error = %e, path = %path.display(), "cannot remove spool segment");
-                    break;
-                }
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(error = %e, path = %path.display(), "cannot remove spool segment");
+                break;
             }
             self.live.remove(&id);
         }

@@ -19,10 +19,14 @@ fn tls_files() -> Tls {
     std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
     let hash = crate::session::hash_password("s3cret").unwrap();
     std::fs::write(dir.path().join("users"), format!("alice:{hash}\n")).unwrap();
-    Tls { dir, root: ck.cert.der().clone() }
+    Tls {
+        dir,
+        root: ck.cert.der().clone(),
+    }
 }
 
-const TLS_AUTH: &str = "tls = { cert = \"cert.pem\", key = \"key.pem\" }\nauth = { users_file = \"users\" }";
+const TLS_AUTH: &str =
+    "tls = { cert = \"cert.pem\", key = \"key.pem\" }\nauth = { users_file = \"users\" }";
 
 async fn start(extra: &str, peer: &str) -> (Harness, CertificateDer<'static>) {
     let files = tls_files();
@@ -35,7 +39,9 @@ impl Harness {
     async fn handshake(&mut self, root: &CertificateDer<'static>) {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(root.clone()).unwrap();
-        let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let io = std::mem::replace(&mut self.client, crate::io::placeholder());
         let name = ServerName::try_from("gate.test").unwrap();
@@ -50,13 +56,17 @@ async fn plaintext_pipelined_after_starttls_is_discarded() {
     let ehlo = h.ehlo().await;
     assert!(ehlo.contains("STARTTLS"));
     assert!(!ehlo.contains("AUTH"), "no AUTH before TLS: {ehlo}");
-    h.send(b"STARTTLS\r\nMAIL FROM:<injected@evil.test>\r\nRCPT TO:<x@foreign.test>\r\n").await;
+    h.send(b"STARTTLS\r\nMAIL FROM:<injected@evil.test>\r\nRCPT TO:<x@foreign.test>\r\n")
+        .await;
     h.expect("220 2.0.0").await;
     h.handshake(&root).await;
     h.cmd("NOOP", "250 2.0.0").await;
     h.cmd("MAIL FROM:<a@local.test>", "503 5.5.1").await;
     let ehlo = h.ehlo().await;
-    assert!(!ehlo.contains("STARTTLS"), "STARTTLS is not offered twice: {ehlo}");
+    assert!(
+        !ehlo.contains("STARTTLS"),
+        "STARTTLS is not offered twice: {ehlo}"
+    );
     assert!(ehlo.contains("AUTH PLAIN LOGIN"));
     h.cmd("STARTTLS", "503 5.5.1").await;
 }
@@ -73,7 +83,10 @@ async fn auth_needs_tls_unless_allowed_for_loopback() {
     h.cmd("AUTH PLAIN AGFsaWNlAHMzY3JldA==", "235 2.7.0").await;
 
     let (mut h, _) = start(extra, OUTSIDE).await;
-    assert!(!h.ehlo().await.contains("AUTH"), "plaintext AUTH is for loopback clients only");
+    assert!(
+        !h.ehlo().await.contains("AUTH"),
+        "plaintext AUTH is for loopback clients only"
+    );
     h.cmd("AUTH PLAIN AGFsaWNlAHMzY3JldA==", "538 5.7.11").await;
 }
 
@@ -97,7 +110,10 @@ async fn authenticated_client_may_relay_and_is_marked_esmtpsa() {
     let body = String::from_utf8(h.spooled().remove(0).1).unwrap();
     assert!(body.contains("with ESMTPSA id"), "{body}");
     assert!(body.contains("(using TLSv1.3 with cipher "), "{body}");
-    assert!(body.contains("\r\nMessage-ID: <"), "authenticated submission gets a Message-ID");
+    assert!(
+        body.contains("\r\nMessage-ID: <"),
+        "authenticated submission gets a Message-ID"
+    );
 }
 
 #[tokio::test]
