@@ -3,9 +3,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Formats Unix seconds as `Sun, 22 Nov 2026 17:03:20 +0000`.
@@ -45,13 +43,7 @@ mod tests {
     #[test]
     fn formats_known_dates() {
         assert_eq!(super::rfc5322(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(
-            super::rfc5322(1_795_366_400),
-            "Sun, 22 Nov 2026 16:53:20 +0000"
-        );
-        assert_eq!(
-            super::rfc5322(951_782_400),
-            "Tue, 29 Feb 2000 00:00:00 +0000"
-        );
+        assert_eq!(super::rfc5322(1_795_366_400), "Sun, 22 Nov 2026 16:53:20 +0000");
+        assert_eq!(super::rfc5322(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
     }
 }

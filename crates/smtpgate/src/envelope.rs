@@ -26,10 +26,7 @@ pub struct Notify {
 
 impl Notify {
     fn to_bits(self) -> u8 {
-        (self.never as u8)
-            | (self.success as u8) << 1
-            | (self.failure as u8) << 2
-            | (self.delay as u8) << 3
+        (self.never as u8) | (self.success as u8) << 1 | (self.failure as u8) << 2 | (self.delay as u8) << 3
     }
     fn from_bits(b: u8) -> Self {
         Notify {
@@ -160,11 +157,7 @@ impl Envelope {
             let bits = r.take(1)?[0];
             let notify = (bits != 0xff).then(|| Notify::from_bits(bits));
             let orcpt = r.opt()?;
-            recipients.push(Recipient {
-                address,
-                notify,
-                orcpt,
-            });
+            recipients.push(Recipient { address, notify, orcpt });
         }
         let env = Envelope {
             id,
@@ -244,10 +237,7 @@ impl Default for IdGen {
 
 impl IdGen {
     pub fn next(&self) -> QueueId {
-        let n = self
-            .counter
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            & 0xffff_ffff;
+        let n = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & 0xffff_ffff;
         QueueId(crate::datetime::now_unix() << 32 | n)
     }
 }

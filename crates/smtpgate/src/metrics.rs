@@ -76,9 +76,7 @@ mod tests {
         m.received.add(3);
         m.queue_depth.inc();
         let text = m.render();
-        assert!(text.contains(
-            "# TYPE smtpgate_messages_received_total counter\nsmtpgate_messages_received_total 3\n"
-        ));
+        assert!(text.contains("# TYPE smtpgate_messages_received_total counter\nsmtpgate_messages_received_total 3\n"));
         assert!(text.contains("smtpgate_queue_depth 1\n"));
     }
 }

@@ -9,27 +9,18 @@ use std::time::Duration;
 
 use super::raw::{RawAdmin, RawAuth, RawConfig, RawListener, RawPool, RawQueue, RawSpool, Text};
 use super::values::{
-    parse_domain, parse_duration, parse_nameserver, parse_net, parse_server_addr, parse_size,
-    parse_socket_addr,
+    parse_domain, parse_duration, parse_nameserver, parse_net, parse_server_addr, parse_size, parse_socket_addr,
 };
 use super::{
-    AdminConfig, AuthConfig, BareLineEndings, Config, ConfigError, ConfigIssue, DnsConfig,
-    ListenerConfig, PoolConfig, QueueConfig, RouteConfig, SpoolConfig, TlsFiles, TlsPolicy,
+    AdminConfig, AuthConfig, BareLineEndings, Config, ConfigError, ConfigIssue, DnsConfig, ListenerConfig, PoolConfig,
+    QueueConfig, RouteConfig, SpoolConfig, TlsFiles, TlsPolicy,
 };
 
 const MB: u64 = 1024 * 1024;
 const MINUTE: u64 = 60;
 const HOUR: u64 = 60 * MINUTE;
 const DAY: u64 = 24 * HOUR;
-const DEFAULT_RETRY_SECS: [u64; 7] = [
-    MINUTE,
-    5 * MINUTE,
-    15 * MINUTE,
-    30 * MINUTE,
-    HOUR,
-    2 * HOUR,
-    4 * HOUR,
-];
+const DEFAULT_RETRY_SECS: [u64; 7] = [MINUTE, 5 * MINUTE, 15 * MINUTE, 30 * MINUTE, HOUR, 2 * HOUR, 4 * HOUR];
 
 impl Config {
     /// Checks everything in `raw` and returns the typed config, or every mistake found.
@@ -48,11 +39,7 @@ impl Config {
 fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Config {
     let hostname = build_hostname(raw.hostname, issues);
     let default_shutdown = Duration::from_secs(30);
-    let shutdown_timeout = issues.timeout(
-        "shutdown_timeout".into(),
-        raw.shutdown_timeout,
-        default_shutdown,
-    );
+    let shutdown_timeout = issues.timeout("shutdown_timeout".into(), raw.shutdown_timeout, default_shutdown);
     let spool = build_spool(raw.spool.unwrap_or_default(), base_dir, issues);
     let admin = build_admin(raw.admin.unwrap_or_default(), issues);
     let listeners = build_listeners(raw.listeners, base_dir, issues);
@@ -106,12 +93,7 @@ impl Issues {
     }
 
     /// Parses each entry of an optional list; wrong entries are reported as `key[i]`.
-    fn list<T>(
-        &mut self,
-        key: &str,
-        raw: Option<Vec<Text>>,
-        parse: fn(&str) -> Result<T, String>,
-    ) -> Vec<T> {
+    fn list<T>(&mut self, key: &str, raw: Option<Vec<Text>>, parse: fn(&str) -> Result<T, String>) -> Vec<T> {
         let mut values = Vec::new();
         for (index, text) in raw.unwrap_or_default().into_iter().enumerate() {
             match parse(text.as_str()) {
@@ -153,9 +135,7 @@ impl Issues {
         let path = resolve(base_dir, raw);
         match std::fs::metadata(&path) {
             _ if raw.trim().is_empty() => self.push(key, "must not be empty"),
-            Ok(meta) if meta.is_dir() => {
-                self.push(key, format!("{} is a folder, not a file", path.display()))
-            }
+            Ok(meta) if meta.is_dir() => self.push(key, format!("{} is a folder, not a file", path.display())),
             Ok(_) => {}
             Err(error) => self.push(key, format!("cannot use {}: {error}", path.display())),
         }
@@ -203,12 +183,7 @@ fn build_spool(raw: RawSpool, base_dir: &Path, issues: &mut Issues) -> SpoolConf
     }
     SpoolConfig {
         dir: resolve(base_dir, &dir),
-        min_free_space: issues.parse(
-            "spool.min_free_space",
-            raw.min_free_space,
-            parse_size,
-            100 * MB,
-        ),
+        min_free_space: issues.parse("spool.min_free_space", raw.min_free_space, parse_size, 100 * MB),
         segment_size: issues.parse("spool.segment_size", raw.segment_size, parse_size, 64 * MB),
     }
 }
@@ -216,16 +191,10 @@ fn build_spool(raw: RawSpool, base_dir: &Path, issues: &mut Issues) -> SpoolConf
 fn build_admin(raw: RawAdmin, issues: &mut Issues) -> Option<AdminConfig> {
     let default = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8025);
     let address = issues.parse("admin.address", raw.address, parse_socket_addr, default);
-    raw.enabled
-        .unwrap_or(true)
-        .then_some(AdminConfig { address })
+    raw.enabled.unwrap_or(true).then_some(AdminConfig { address })
 }
 
-fn build_listeners(
-    raw: Vec<RawListener>,
-    base_dir: &Path,
-    issues: &mut Issues,
-) -> Vec<ListenerConfig> {
+fn build_listeners(raw: Vec<RawListener>, base_dir: &Path, issues: &mut Issues) -> Vec<ListenerConfig> {
     let raw = match raw.is_empty() {
         true => vec![default_listener()],
         false => raw,
@@ -244,29 +213,16 @@ fn default_listener() -> RawListener {
     RawListener {
         name: Some("default".to_owned()),
         address: Some(Text("127.0.0.1:2525".to_owned())),
-        relay_networks: Some(vec![
-            Text("127.0.0.0/8".to_owned()),
-            Text("::1/128".to_owned()),
-        ]),
+        relay_networks: Some(vec![Text("127.0.0.0/8".to_owned()), Text("::1/128".to_owned())]),
         ..RawListener::default()
     }
 }
 
-fn build_listener(
-    index: usize,
-    raw: RawListener,
-    base_dir: &Path,
-    issues: &mut Issues,
-) -> ListenerConfig {
+fn build_listener(index: usize, raw: RawListener, base_dir: &Path, issues: &mut Issues) -> ListenerConfig {
     let key = |field: &str| format!("listener[{index}].{field}");
     let default_address = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 2525);
     let address = match raw.address {
-        Some(text) => issues.parse(
-            key("address"),
-            Some(text),
-            parse_socket_addr,
-            default_address,
-        ),
+        Some(text) => issues.parse(key("address"), Some(text), parse_socket_addr, default_address),
         None => {
             issues.push(key("address"), "is required (e.g. \"127.0.0.1:2525\")");
             default_address
@@ -293,45 +249,25 @@ fn build_listener(
         local_domains: build_domains(&key("local_domains"), raw.local_domains, issues),
         tls,
         implicit_tls,
-        max_message_size: issues.parse(
-            key("max_message_size"),
-            raw.max_message_size,
-            parse_size,
-            50 * MB,
-        ),
+        max_message_size: issues.parse(key("max_message_size"), raw.max_message_size, parse_size, 50 * MB),
         max_recipients: issues.count(key("max_recipients"), raw.max_recipients, 1, 1000),
         max_connections: issues.count(key("max_connections"), raw.max_connections, 1, 1000),
-        max_connections_per_ip: issues.count(
-            key("max_connections_per_ip"),
-            raw.max_connections_per_ip,
-            1,
-            100,
-        ),
+        max_connections_per_ip: issues.count(key("max_connections_per_ip"), raw.max_connections_per_ip, 1, 100),
         max_errors: issues.count(key("max_errors"), raw.max_errors, 1, 10),
         command_timeout: issues.timeout(
             key("command_timeout"),
             raw.command_timeout,
             Duration::from_secs(5 * MINUTE),
         ),
-        data_timeout: issues.timeout(
-            key("data_timeout"),
-            raw.data_timeout,
-            Duration::from_secs(3 * MINUTE),
-        ),
+        data_timeout: issues.timeout(key("data_timeout"), raw.data_timeout, Duration::from_secs(3 * MINUTE)),
         greeting_delay: issues.parse(
             key("greeting_delay"),
             raw.greeting_delay,
             parse_duration,
             Duration::ZERO,
         ),
-        bare_line_endings: build_bare_line_endings(
-            key("bare_line_endings"),
-            raw.bare_line_endings,
-            issues,
-        ),
-        auth: raw
-            .auth
-            .map(|auth| build_auth(&key("auth"), auth, base_dir, issues)),
+        bare_line_endings: build_bare_line_endings(key("bare_line_endings"), raw.bare_line_endings, issues),
+        auth: raw.auth.map(|auth| build_auth(&key("auth"), auth, base_dir, issues)),
         submission: raw.submission.unwrap_or(false),
         require_tls,
     }
@@ -342,19 +278,12 @@ fn build_domains(key: &str, raw: Option<Vec<String>>, issues: &mut Issues) -> Ve
     issues.list(key, texts, parse_domain)
 }
 
-fn build_bare_line_endings(
-    key: String,
-    raw: Option<String>,
-    issues: &mut Issues,
-) -> BareLineEndings {
+fn build_bare_line_endings(key: String, raw: Option<String>, issues: &mut Issues) -> BareLineEndings {
     match raw.as_deref() {
         None | Some("normalize") => BareLineEndings::Normalize,
         Some("reject") => BareLineEndings::Reject,
         Some(other) => {
-            issues.push(
-                key,
-                format!("{other:?} is not one of \"reject\", \"normalize\""),
-            );
+            issues.push(key, format!("{other:?} is not one of \"reject\", \"normalize\""));
             BareLineEndings::Normalize
         }
     }
@@ -374,16 +303,10 @@ fn check_listeners_unique(listeners: &[ListenerConfig], issues: &mut Issues) {
     for (index, listener) in listeners.iter().enumerate() {
         let earlier = &listeners[..index];
         if let Some(other) = earlier.iter().position(|l| l.name == listener.name) {
-            let message = format!(
-                "{:?} is already the name of listener[{other}]",
-                listener.name
-            );
+            let message = format!("{:?} is already the name of listener[{other}]", listener.name);
             issues.push(format!("listener[{index}].name"), message);
         }
-        if let Some(other) = earlier
-            .iter()
-            .position(|l| clashes(l.address, listener.address))
-        {
+        if let Some(other) = earlier.iter().position(|l| clashes(l.address, listener.address)) {
             let message = format!(
                 "{} clashes with listener[{other}] on {}",
                 listener.address, listeners[other].address
@@ -395,9 +318,7 @@ fn check_listeners_unique(listeners: &[ListenerConfig], issues: &mut Issues) {
 
 fn clashes(a: SocketAddr, b: SocketAddr) -> bool {
     let wildcard = a.ip().is_unspecified() || b.ip().is_unspecified();
-    a.port() != 0
-        && a.port() == b.port()
-        && (a.ip() == b.ip() || (wildcard && a.is_ipv4() == b.is_ipv4()))
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || (wildcard && a.is_ipv4() == b.is_ipv4()))
 }
 
 fn build_pools(raw: Vec<RawPool>, issues: &mut Issues) -> Vec<PoolConfig> {
@@ -441,27 +362,18 @@ fn build_tls_policy(key: String, raw: Option<String>, issues: &mut Issues) -> Tl
         Some("none") => TlsPolicy::None,
         Some("required") => TlsPolicy::Required,
         Some(other) => {
-            let message =
-                format!("{other:?} is not one of \"none\", \"opportunistic\", \"required\"");
+            let message = format!("{other:?} is not one of \"none\", \"opportunistic\", \"required\"");
             issues.push(key, message);
             TlsPolicy::Opportunistic
         }
     }
 }
 
-fn build_route(
-    index: usize,
-    pool: Option<String>,
-    pools: &[PoolConfig],
-    issues: &mut Issues,
-) -> RouteConfig {
+fn build_route(index: usize, pool: Option<String>, pools: &[PoolConfig], issues: &mut Issues) -> RouteConfig {
     if let Some(name) = &pool
         && !pools.iter().any(|p| &p.name == name)
     {
-        issues.push(
-            format!("route[{index}].pool"),
-            format!("no pool named {name:?}"),
-        );
+        issues.push(format!("route[{index}].pool"), format!("no pool named {name:?}"));
     }
     RouteConfig { pool }
 }
@@ -483,21 +395,9 @@ fn build_queue(raw: RawQueue, issues: &mut Issues) -> QueueConfig {
             1,
             100,
         ),
-        connect_timeout: issues.timeout(
-            "queue.connect_timeout".into(),
-            raw.connect_timeout,
-            secs(30),
-        ),
-        command_timeout: issues.timeout(
-            "queue.command_timeout".into(),
-            raw.command_timeout,
-            secs(5 * MINUTE),
-        ),
-        data_timeout: issues.timeout(
-            "queue.data_timeout".into(),
-            raw.data_timeout,
-            secs(10 * MINUTE),
-        ),
+        connect_timeout: issues.timeout("queue.connect_timeout".into(), raw.connect_timeout, secs(30)),
+        command_timeout: issues.timeout("queue.command_timeout".into(), raw.command_timeout, secs(5 * MINUTE)),
+        data_timeout: issues.timeout("queue.data_timeout".into(), raw.data_timeout, secs(10 * MINUTE)),
         smtp_port: issues.count("queue.smtp_port".into(), raw.smtp_port, 1, 25),
     }
 }
@@ -507,20 +407,11 @@ fn build_retry(raw: Option<Vec<Text>>, issues: &mut Issues) -> Vec<Duration> {
         return DEFAULT_RETRY_SECS.map(Duration::from_secs).to_vec();
     };
     if texts.is_empty() {
-        issues.push(
-            "queue.retry",
-            "needs at least one delay (the last one repeats)",
-        );
+        issues.push("queue.retry", "needs at least one delay (the last one repeats)");
     }
     texts
         .into_iter()
         .enumerate()
-        .map(|(index, text)| {
-            issues.timeout(
-                format!("queue.retry[{index}]"),
-                Some(text),
-                Duration::from_secs(MINUTE),
-            )
-        })
+        .map(|(index, text)| issues.timeout(format!("queue.retry[{index}]"), Some(text), Duration::from_secs(MINUTE)))
         .collect()
 }

@@ -245,18 +245,15 @@ impl std::error::Error for ConfigError {}
 
 impl From<ConfigIssue> for ConfigError {
     fn from(issue: ConfigIssue) -> Self {
-        ConfigError {
-            errors: vec![issue],
-        }
+        ConfigError { errors: vec![issue] }
     }
 }
 
 impl Config {
     /// Reads and checks the file at `path`. Relative paths in it are relative to its folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| {
-            ConfigIssue::new("", format!("cannot read {}: {error}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| ConfigIssue::new("", format!("cannot read {}: {error}", path.display())))?;
         let base_dir = match path.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent,
             _ => Path::new("."),
@@ -273,8 +270,7 @@ impl Config {
 
     /// Parses and checks config text; relative paths in it are relative to `base_dir`.
     pub fn from_toml_str(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        let raw: raw::RawConfig =
-            toml::from_str(text).map_err(|error| syntax_issue(text, &error))?;
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|error| syntax_issue(text, &error))?;
         Config::from_raw(raw, base_dir)
     }
 

@@ -86,10 +86,7 @@ fn documented_example_loads() {
     let listener = &config.listeners[0];
     assert_eq!(listener.name, "relay");
     assert_eq!(listener.address, addr("127.0.0.1:2525"));
-    assert_eq!(
-        listener.relay_networks,
-        vec!["127.0.0.0/8".parse().unwrap()]
-    );
+    assert_eq!(listener.relay_networks, vec!["127.0.0.0/8".parse().unwrap()]);
     assert_eq!(listener.local_domains, vec!["example.test".to_owned()]);
     let tls = TlsFiles {
         cert: dir.0.join("cert.pem"),
@@ -153,14 +150,8 @@ fn config_error_displays_one_line_per_issue() {
     let error = Config::from_toml_str(text, Path::new(".")).unwrap_err();
     let shown = error.to_string();
     assert_eq!(shown.lines().count(), 2, "{shown}");
-    assert!(
-        shown.starts_with("hostname: \"\" is not a host name"),
-        "{shown}"
-    );
-    assert!(
-        shown.contains("pool[0].servers: needs at least one server"),
-        "{shown}"
-    );
+    assert!(shown.starts_with("hostname: \"\" is not a host name"), "{shown}");
+    assert!(shown.contains("pool[0].servers: needs at least one server"), "{shown}");
 }
 
 #[test]
@@ -172,10 +163,7 @@ fn unknown_key_is_an_error_naming_the_key() {
         got[0].starts_with("listener[0].max_mesage_size: line 3, column 1: "),
         "{got:?}"
     );
-    assert!(
-        got[0].contains("unknown field `max_mesage_size`"),
-        "{got:?}"
-    );
+    assert!(got[0].contains("unknown field `max_mesage_size`"), "{got:?}");
 }
 
 #[test]
@@ -223,12 +211,7 @@ fn builtin_has_the_documented_defaults() {
     );
     assert_eq!(config.pools, vec![]);
     assert_eq!(config.routes, vec![]);
-    assert_eq!(
-        config.dns,
-        DnsConfig {
-            nameservers: vec![]
-        }
-    );
+    assert_eq!(config.dns, DnsConfig { nameservers: vec![] });
     assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
 
     let want_listener = ListenerConfig {
@@ -328,14 +311,8 @@ fn tls_options_require_tls_files() {
     let text = "[[listener]]\naddress = \"127.0.0.1:0\"\nimplicit_tls = true\nrequire_tls = true\n";
     let got = errors(text, Path::new("."));
     assert_eq!(got.len(), 2, "{got:?}");
-    assert!(
-        got[0].starts_with("listener[0].implicit_tls: needs tls"),
-        "{got:?}"
-    );
-    assert!(
-        got[1].starts_with("listener[0].require_tls: needs tls"),
-        "{got:?}"
-    );
+    assert!(got[0].starts_with("listener[0].implicit_tls: needs tls"), "{got:?}");
+    assert!(got[1].starts_with("listener[0].require_tls: needs tls"), "{got:?}");
 }
 
 #[test]
@@ -405,10 +382,7 @@ submission = true
     assert_eq!(listener.local_domains, ["example.test", "b.example"]);
     assert_eq!(
         listener.relay_networks,
-        vec![
-            "192.0.2.1/32".parse().unwrap(),
-            "2001:db8::/32".parse().unwrap()
-        ]
+        vec!["192.0.2.1/32".parse().unwrap(), "2001:db8::/32".parse().unwrap()]
     );
     assert_eq!(listener.max_message_size, MB);
     assert_eq!(listener.max_errors, 3);
@@ -474,16 +448,10 @@ tls = "required"
 "#;
     let config = Config::from_toml_str(text, Path::new(".")).unwrap();
     assert_eq!(config.shutdown_timeout, Duration::from_secs(60));
-    assert_eq!(
-        config.queue.retry,
-        [Duration::from_secs(30), Duration::from_secs(120)]
-    );
+    assert_eq!(config.queue.retry, [Duration::from_secs(30), Duration::from_secs(120)]);
     assert_eq!(config.queue.max_age, Duration::from_secs(2 * 86_400));
     assert_eq!(config.queue.connections_per_destination, 3);
-    assert_eq!(
-        config.dns.nameservers,
-        [addr("127.0.0.1:5353"), addr("[::1]:53")]
-    );
+    assert_eq!(config.dns.nameservers, [addr("127.0.0.1:5353"), addr("[::1]:53")]);
     assert_eq!(config.pools[0].tls, TlsPolicy::Required);
     assert_eq!(config.pools[0].servers[1].host, "2001:db8::1");
     assert_eq!(config.routes, [RouteConfig { pool: None }]);

@@ -54,15 +54,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     while !rest.is_empty() {
         let (number, after) = split_number(rest);
-        let unit_len = after
-            .find(|c: char| !c.is_ascii_alphabetic())
-            .unwrap_or(after.len());
+        let unit_len = after.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(after.len());
         let (unit, after) = after.split_at(unit_len);
         let number: u64 = number.parse().map_err(|_| error())?;
         let part = duration_part(number, unit).ok_or_else(error)?;
-        total = total
-            .checked_add(part)
-            .ok_or_else(|| format!("{text:?} is too long"))?;
+        total = total.checked_add(part).ok_or_else(|| format!("{text:?} is too long"))?;
         rest = after.trim_start();
     }
     Ok(total)
@@ -78,16 +74,12 @@ fn duration_part(number: u64, unit: &str) -> Option<Duration> {
         "d" => 86_400,
         _ => return None,
     };
-    number
-        .checked_mul(seconds_per_unit)
-        .map(Duration::from_secs)
+    number.checked_mul(seconds_per_unit).map(Duration::from_secs)
 }
 
 /// Splits `"50MB"` into `("50", "MB")`: the leading ASCII digits and the rest.
 fn split_number(text: &str) -> (&str, &str) {
-    let digits = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     text.split_at(digits)
 }
 
@@ -117,25 +109,18 @@ pub fn parse_nameserver(text: &str) -> Result<SocketAddr, String> {
     if let Ok(ip) = IpAddr::from_str(text) {
         return Ok(SocketAddr::new(ip, 53));
     }
-    SocketAddr::from_str(text)
-        .map_err(|_| format!("{text:?} is not a name server (use e.g. 127.0.0.1:53)"))
+    SocketAddr::from_str(text).map_err(|_| format!("{text:?} is not a name server (use e.g. 127.0.0.1:53)"))
 }
 
 /// Parses an upstream server: `"127.0.0.1:2600"`, `"mx.example.com:25"`, `"[::1]:25"`; without
 /// a port (`"mx.example.com"`, `"[::1]"`, `"::1"`) the port is 25. The host is kept without
 /// brackets and lowercased.
 pub fn parse_server_addr(text: &str) -> Result<ServerAddr, String> {
-    let error = || {
-        format!("{text:?} is not a server address (use e.g. mx.example.com:25 or 127.0.0.1:2600)")
-    };
+    let error = || format!("{text:?} is not a server address (use e.g. mx.example.com:25 or 127.0.0.1:2600)");
     let (host, port) = split_host_port(text.trim()).ok_or_else(error)?;
     let port = match port {
         None => 25,
-        Some(port) => port
-            .parse::<u16>()
-            .ok()
-            .filter(|&p| p != 0)
-            .ok_or_else(error)?,
+        Some(port) => port.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(error)?,
     };
     let bracketed = text.trim().starts_with('[');
     let valid = match bracketed {
@@ -262,17 +247,7 @@ mod tests {
         for &(text, want) in ok {
             assert_eq!(parse_duration(text), Ok(want), "{text:?}");
         }
-        for text in [
-            "",
-            "30",
-            "s",
-            "5x",
-            "1.5h",
-            "-5s",
-            "5 s",
-            "h1",
-            "99999999999999999999s",
-        ] {
+        for text in ["", "30", "s", "5x", "1.5h", "-5s", "5 s", "h1", "99999999999999999999s"] {
             assert!(parse_duration(text).is_err(), "{text:?} should be refused");
         }
         assert_eq!(
@@ -294,14 +269,7 @@ mod tests {
         for &(text, want) in ok {
             assert_eq!(parse_net(text), Ok(want.parse().unwrap()), "{text:?}");
         }
-        for text in [
-            "",
-            "10.0.0.0/33",
-            "10.0.0",
-            "example.com",
-            "10.0.0.0/",
-            "::1/129",
-        ] {
+        for text in ["", "10.0.0.0/33", "10.0.0", "example.com", "10.0.0.0/", "::1/129"] {
             assert!(parse_net(text).is_err(), "{text:?} should be refused");
         }
     }
@@ -340,19 +308,13 @@ mod tests {
             "[nonsense]:25",
         ];
         for text in refused {
-            assert!(
-                parse_server_addr(text).is_err(),
-                "{text:?} should be refused"
-            );
+            assert!(parse_server_addr(text).is_err(), "{text:?} should be refused");
         }
     }
 
     #[test]
     fn server_addr_displays_with_brackets_for_ipv6() {
-        assert_eq!(
-            parse_server_addr("[::1]:25").unwrap().to_string(),
-            "[::1]:25"
-        );
+        assert_eq!(parse_server_addr("[::1]:25").unwrap().to_string(), "[::1]:25");
         assert_eq!(
             parse_server_addr("mx.example.com").unwrap().to_string(),
             "mx.example.com:25"

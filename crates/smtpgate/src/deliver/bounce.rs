@@ -16,24 +16,14 @@ pub struct Failure {
 }
 
 /// Builds the bounce message text for `failed` recipients of the message `env`/`body`.
-pub fn build(
-    hostname: &str,
-    env: &Envelope,
-    body: &[u8],
-    failed: &[Failure],
-    boundary_seed: u64,
-) -> Vec<u8> {
+pub fn build(hostname: &str, env: &Envelope, body: &[u8], failed: &[Failure], boundary_seed: u64) -> Vec<u8> {
     let boundary = format!("{boundary_seed:016X}/{hostname}");
     let mut m = String::with_capacity(2048);
-    m.push_str(&format!(
-        "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n"
-    ));
+    m.push_str(&format!("From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n"));
     m.push_str(&format!("To: <{}>\r\n", env.sender));
     m.push_str("Subject: Undelivered Mail Returned to Sender\r\n");
     m.push_str(&format!("Date: {}\r\n", rfc5322(now_unix())));
-    m.push_str(&format!(
-        "Message-ID: <{boundary_seed:016X}.dsn@{hostname}>\r\n"
-    ));
+    m.push_str(&format!("Message-ID: <{boundary_seed:016X}.dsn@{hostname}>\r\n"));
     m.push_str("Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n");
     m.push_str(&format!(
         "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\r\n"
@@ -51,9 +41,7 @@ fn human_part(m: &mut String, hostname: &str, boundary: &str, failed: &[Failure]
     m.push_str(&format!(
         "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
     ));
-    m.push_str(&format!(
-        "This is the mail system at host {hostname}.\r\n\r\n"
-    ));
+    m.push_str(&format!("This is the mail system at host {hostname}.\r\n\r\n"));
     m.push_str("Your message could not be delivered to one or more recipients.\r\n\r\n");
     for f in failed {
         m.push_str(&format!("<{}>: {}\r\n", f.recipient.address, f.diagnostic));
@@ -74,15 +62,9 @@ fn status_part(m: &mut String, hostname: &str, boundary: &str, env: &Envelope, f
     for f in failed {
         m.push_str("\r\n");
         if let Some(orcpt) = &f.recipient.orcpt {
-            m.push_str(&format!(
-                "Original-Recipient: {}\r\n",
-                orcpt.replacen(';', "; ", 1)
-            ));
+            m.push_str(&format!("Original-Recipient: {}\r\n", orcpt.replacen(';', "; ", 1)));
         }
-        m.push_str(&format!(
-            "Final-Recipient: rfc822; {}\r\n",
-            f.recipient.address
-        ));
+        m.push_str(&format!("Final-Recipient: rfc822; {}\r\n", f.recipient.address));
         m.push_str(&format!("Action: failed\r\nStatus: {}\r\n", f.status));
         if let Some(remote) = &f.remote {
             m.push_str(&format!("Remote-MTA: dns; {remote}\r\n"));
@@ -140,14 +122,9 @@ mod tests {
         let body = b"Subject: hi\r\n\r\nsecret body\r\n";
         let out = String::from_utf8(build("gate.test", &env, body, &failed, 9)).unwrap();
         assert!(out.contains("report-type=delivery-status"));
-        assert!(out.contains(
-            "Final-Recipient: rfc822; r@example.test\r\nAction: failed\r\nStatus: 5.1.1"
-        ));
+        assert!(out.contains("Final-Recipient: rfc822; r@example.test\r\nAction: failed\r\nStatus: 5.1.1"));
         assert!(out.contains("Original-Envelope-Id: E1"));
         assert!(out.contains("text/rfc822-headers\r\n\r\nSubject: hi\r\n"));
-        assert!(
-            !out.contains("secret body"),
-            "RET=HDRS returns headers only"
-        );
+        assert!(!out.contains("secret body"), "RET=HDRS returns headers only");
     }
 }

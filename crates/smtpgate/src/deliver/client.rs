@@ -24,10 +24,7 @@ pub enum ClientError {
     #[error("timeout waiting for {0}")]
     Timeout(&'static str),
     #[error("{stage}: {}", reply.to_string_line())]
-    Reply {
-        stage: &'static str,
-        reply: ParsedReply,
-    },
+    Reply { stage: &'static str, reply: ParsedReply },
     #[error("protocol error: {0}")]
     Protocol(String),
     #[error("TLS required but {0}")]
@@ -170,11 +167,7 @@ impl Client {
         }
     }
 
-    async fn expect(
-        &mut self,
-        stage: &'static str,
-        class: u16,
-    ) -> Result<ParsedReply, ClientError> {
+    async fn expect(&mut self, stage: &'static str, class: u16) -> Result<ParsedReply, ClientError> {
         let reply = self.read_reply(self.command_timeout).await?;
         if reply.code / 100 == class {
             Ok(reply)
@@ -203,13 +196,7 @@ impl Client {
         }
         let rcpt_replies: Vec<_> = replies[1..=rcpts.len()]
             .iter()
-            .map(|r| {
-                if r.is_positive() {
-                    Ok(r.clone())
-                } else {
-                    Err(r.clone())
-                }
-            })
+            .map(|r| if r.is_positive() { Ok(r.clone()) } else { Err(r.clone()) })
             .collect();
         let data = &replies[rcpts.len() + 1];
         let any_ok = rcpt_replies.iter().any(|r| r.is_ok());

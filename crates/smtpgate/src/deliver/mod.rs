@@ -93,10 +93,7 @@ pub async fn connect(ctx: &Context, hop: &NextHop) -> Result<Client, ConnectFail
     Err(ConnectFailure::transient("4.4.1", last))
 }
 
-async fn targets(
-    ctx: &Context,
-    hop: &NextHop,
-) -> Result<(Vec<(String, SocketAddr)>, TlsPolicy), ConnectFailure> {
+async fn targets(ctx: &Context, hop: &NextHop) -> Result<(Vec<(String, SocketAddr)>, TlsPolicy), ConnectFailure> {
     match hop {
         NextHop::Pool(name) => {
             let pool = ctx
@@ -104,9 +101,7 @@ async fn targets(
                 .pools
                 .iter()
                 .find(|p| &p.name == name)
-                .ok_or_else(|| {
-                    ConnectFailure::transient("4.3.5", format!("pool {name} is not configured"))
-                })?;
+                .ok_or_else(|| ConnectFailure::transient("4.3.5", format!("pool {name} is not configured")))?;
             let mut out = Vec::new();
             for s in &pool.servers {
                 for addr in resolve_host(ctx, &s.host, s.port).await {
@@ -158,11 +153,7 @@ async fn resolve_host(ctx: &Context, host: &str, port: u16) -> Vec<SocketAddr> {
 
 /// Sends one delivery over an open connection. Returns each recipient's outcome and whether the
 /// connection can carry another message.
-pub async fn attempt(
-    ctx: &Context,
-    client: &mut Client,
-    d: &Delivery,
-) -> (Vec<(u32, Outcome)>, bool) {
+pub async fn attempt(ctx: &Context, client: &mut Client, d: &Delivery) -> (Vec<(u32, Outcome)>, bool) {
     let env = &d.msg.env;
     let all = |o: Outcome| d.rcpts.iter().map(|&i| (i, o.clone())).collect::<Vec<_>>();
     if !client.can_take(env) {
@@ -188,11 +179,7 @@ pub async fn attempt(
             );
         }
     };
-    let rcpts: Vec<&Recipient> = d
-        .rcpts
-        .iter()
-        .map(|&i| &env.recipients[i as usize])
-        .collect();
+    let rcpts: Vec<&Recipient> = d.rcpts.iter().map(|&i| &env.recipients[i as usize]).collect();
     match client.deliver(env, &rcpts, &body).await {
         Ok(res) => {
             let outcomes = d.rcpts.iter().zip(res.rcpts).map(|(&i, r)| {

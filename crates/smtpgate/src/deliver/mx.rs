@@ -46,11 +46,7 @@ pub fn resolver(nameservers: &[SocketAddr]) -> std::io::Result<TokioResolver> {
 }
 
 /// Resolves the delivery targets of a domain (or an address literal like `[192.0.2.1]`) on `port`.
-pub async fn targets(
-    resolver: &TokioResolver,
-    domain: &str,
-    port: u16,
-) -> Result<Vec<Target>, MxError> {
+pub async fn targets(resolver: &TokioResolver, domain: &str, port: u16) -> Result<Vec<Target>, MxError> {
     if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
         let ip: IpAddr = lit
             .trim_start_matches("IPv6:")
@@ -77,11 +73,7 @@ pub async fn targets(
             if records.len() == 1 && records[0].1.is_empty() {
                 return Err(MxError::NullMx(domain.into()));
             }
-            records
-                .into_iter()
-                .map(|r| r.1)
-                .filter(|h| !h.is_empty())
-                .collect()
+            records.into_iter().map(|r| r.1).filter(|h| !h.is_empty()).collect()
         }
         Err(e) if e.is_nx_domain() => return Err(MxError::NoSuchDomain(domain.into())),
         Err(e) if e.is_no_records_found() => vec![domain.to_string()],

@@ -1,31 +1,84 @@
 //! A message while it is queued: envelope, where its body is, and each recipient's state.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::envelope::Envelope;
 use crate::spool::{BodyRef, RcptState, Spool};
 
+/// Bodies kept in memory between acceptance and delivery, up to a limit; the rest is read back
+/// from the spool when it is needed, so a backlog costs disk, not memory.
+pub struct BodyCache {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl BodyCache {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(BodyCache {
+            used: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// Keeps `body` in memory if the budget allows.
+    pub fn admit(self: &Arc<Self>, body: Vec<u8>) -> Option<Cached> {
+        let len = body.len();
+        let prev = self.used.fetch_add(len, Ordering::Relaxed);
+        if prev + len > self.limit {
+            self.used.fetch_sub(len, Ordering::Relaxed);
+            return None;
+        }
+        Some(Cached {
+            bytes: body.into(),
+            cache: self.clone(),
+        })
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// A body held in memory; gives its bytes back to the budget when dropped.
+pub struct Cached {
+    bytes: Arc<[u8]>,
+    cache: Arc<BodyCache>,
+}
+
+impl Drop for Cached {
+    fn drop(&mut self) {
+        self.cache.used.fetch_sub(self.bytes.len(), Ordering::Relaxed);
+    }
+}
+
 pub struct QueuedMessage {
     pub env: Envelope,
-    pub body_ref: BodyRef,
-    cache: Mutex<Option<Arc<[u8]>>>,
+    body_ref: Mutex<BodyRef>,
+    cache: Mutex<Option<Cached>>,
     states: Mutex<Vec<RcptState>>,
+    /// Serialises the spool records that move or finish the message; true once finished.
+    pub(super) spool_lock: tokio::sync::Mutex<bool>,
 }
 
 impl QueuedMessage {
-    pub fn new(
-        env: Envelope,
-        body_ref: BodyRef,
-        states: Option<Vec<RcptState>>,
-        body: Option<Arc<[u8]>>,
-    ) -> Self {
+    pub fn new(env: Envelope, body_ref: BodyRef, states: Option<Vec<RcptState>>, body: Option<Cached>) -> Self {
         let states = states.unwrap_or_else(|| vec![RcptState::Pending; env.recipients.len()]);
         QueuedMessage {
             env,
-            body_ref,
+            body_ref: Mutex::new(body_ref),
             cache: Mutex::new(body),
             states: Mutex::new(states),
+            spool_lock: tokio::sync::Mutex::new(false),
         }
+    }
+
+    pub fn body_ref(&self) -> BodyRef {
+        *self.body_ref.lock().unwrap()
+    }
+
+    pub(super) fn set_body_ref(&self, r: BodyRef) {
+        *self.body_ref.lock().unwrap() = r;
     }
 
     /// Indexes of recipients not yet final.
@@ -36,12 +89,16 @@ impl QueuedMessage {
             .collect()
     }
 
+    pub fn states(&self) -> Vec<RcptState> {
+        self.states.lock().unwrap().clone()
+    }
+
     /// The body: from memory while fresh, else read back from the spool.
     pub fn body(&self, spool: &Spool) -> std::io::Result<Arc<[u8]>> {
-        if let Some(b) = self.cache.lock().unwrap().clone() {
-            return Ok(b);
+        if let Some(c) = self.cache.lock().unwrap().as_ref() {
+            return Ok(c.bytes.clone());
         }
-        Ok(spool.read_body(&self.body_ref)?.into())
+        Ok(spool.read_body(&self.body_ref())?.into())
     }
 
     /// Frees the in-memory copy (the message waits for a retry).

@@ -7,6 +7,7 @@
 //! Architecture invariant: a recipient's final state is written to the spool before the message is
 //! dropped from memory, and a bounce is spooled before the failure that caused it is recorded.
 
+mod compact;
 mod message;
 mod settle;
 mod worker;
@@ -18,10 +19,13 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::context::Context;
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, QueueId};
 use crate::route::{NextHop, next_hop};
 use crate::spool::{Recovered, SpoolError};
-pub use message::QueuedMessage;
+pub use message::{BodyCache, QueuedMessage};
+
+/// Memory for bodies waiting for their first delivery attempt.
+const BODY_CACHE_BYTES: usize = 256 << 20;
 
 /// Some recipients of one message, bound for one next hop.
 pub struct Delivery {
@@ -43,6 +47,9 @@ struct Dest {
 pub struct Queue {
     ctx: Arc<Context>,
     dests: Arc<Mutex<HashMap<NextHop, Dest>>>,
+    /// Every message in the queue, by id.
+    messages: Arc<Mutex<HashMap<QueueId, Arc<QueuedMessage>>>>,
+    cache: Arc<BodyCache>,
 }
 
 /// How long an idle connection waits for more mail before it says QUIT.
@@ -53,6 +60,8 @@ impl Queue {
         Queue {
             ctx,
             dests: Arc::default(),
+            messages: Arc::default(),
+            cache: BodyCache::new(BODY_CACHE_BYTES),
         }
     }
 
@@ -63,7 +72,7 @@ impl Queue {
     /// Spools a new message durably, then schedules it. When this returns `Ok`, the message is safe.
     pub async fn accept(&self, env: Envelope, body: Vec<u8>) -> Result<(), SpoolError> {
         let body_ref = self.ctx.spool.store(&env, &body).await?;
-        let msg = QueuedMessage::new(env, body_ref, None, Some(body.into()));
+        let msg = QueuedMessage::new(env, body_ref, None, self.cache.admit(body));
         self.schedule(Arc::new(msg));
         Ok(())
     }
@@ -84,6 +93,7 @@ impl Queue {
 
     fn schedule(&self, msg: Arc<QueuedMessage>) {
         self.ctx.metrics.queue_depth.inc();
+        self.messages.lock().unwrap().insert(msg.env.id, msg.clone());
         let mut by_hop: HashMap<NextHop, Vec<u32>> = HashMap::new();
         for idx in msg.pending() {
             let hop = next_hop(&self.ctx.config, &msg.env.recipients[idx as usize]);
@@ -113,6 +123,27 @@ impl Queue {
         } else {
             dest.wake.notify_one();
         }
+    }
+
+    /// A finished message leaves the queue.
+    fn forget(&self, id: QueueId) {
+        self.messages.lock().unwrap().remove(&id);
+        self.ctx.metrics.queue_depth.dec();
+    }
+
+    /// Messages whose body is in spool segment `segment`.
+    fn in_segment(&self, segment: u64) -> Vec<Arc<QueuedMessage>> {
+        let messages = self.messages.lock().unwrap();
+        messages
+            .values()
+            .filter(|m| m.body_ref().segment == segment)
+            .cloned()
+            .collect()
+    }
+
+    /// Starts the background task that moves long-queued messages out of old spool segments.
+    pub fn start_compaction(&self, every: Duration) {
+        tokio::spawn(compact::run(self.clone(), every));
     }
 
     /// Retries a delivery after `delay`.

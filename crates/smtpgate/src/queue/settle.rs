@@ -57,10 +57,7 @@ async fn settle(
             Outcome::Transient { .. } => retry.push(idx),
         }
     }
-    let delivered = updates
-        .iter()
-        .filter(|u| u.1 == RcptState::Delivered)
-        .count() as u64;
+    let delivered = updates.iter().filter(|u| u.1 == RcptState::Delivered).count() as u64;
     if delivered > 0 {
         ctx.metrics.delivered.inc();
         ctx.metrics.recipients_delivered.add(delivered);
@@ -68,7 +65,7 @@ async fn settle(
     if !failures.is_empty() {
         bounce_for(&queue, &msg, &failures).await;
     }
-    record(&ctx, &msg, &updates).await;
+    record(&queue, &msg, &updates).await;
     if !retry.is_empty() {
         msg.drop_cache();
         ctx.metrics.deferred.inc();
@@ -86,12 +83,7 @@ async fn settle(
     }
 }
 
-fn failure(
-    rcpt: &Recipient,
-    status: String,
-    diagnostic: String,
-    remote: &Option<String>,
-) -> Failure {
+fn failure(rcpt: &Recipient, status: String, diagnostic: String, remote: &Option<String>) -> Failure {
     Failure {
         recipient: rcpt.clone(),
         status,
@@ -100,14 +92,7 @@ fn failure(
     }
 }
 
-fn log_attempt(
-    msg: &QueuedMessage,
-    rcpt: &Recipient,
-    hop: &NextHop,
-    o: &Outcome,
-    remote: Option<&str>,
-    ms: u64,
-) {
+fn log_attempt(msg: &QueuedMessage, rcpt: &Recipient, hop: &NextHop, o: &Outcome, remote: Option<&str>, ms: u64) {
     let (result, reply) = match o {
         Outcome::Delivered(r) => ("delivered", r.as_str()),
         Outcome::Transient { diagnostic, .. } => ("deferred", diagnostic.as_str()),
@@ -120,14 +105,15 @@ fn log_attempt(
 }
 
 /// Writes final states; when the message is finished, removes it from the spool.
-async fn record(ctx: &Context, msg: &Arc<QueuedMessage>, updates: &[(u32, RcptState)]) {
+async fn record(queue: &Queue, msg: &Arc<QueuedMessage>, updates: &[(u32, RcptState)]) {
+    let ctx = &queue.ctx;
     if updates.is_empty() {
         return;
     }
     if msg.settle(updates) {
         // The message is finished: one `done` record stands for every recipient's state.
         finish(ctx, msg).await;
-        ctx.metrics.queue_depth.dec();
+        queue.forget(msg.env.id);
     } else if let Err(e) = ctx.spool.update(msg.env.id, updates).await {
         tracing::error!(queue_id = %msg.env.id, error = %e, "cannot record delivery state");
     }
@@ -135,9 +121,11 @@ async fn record(ctx: &Context, msg: &Arc<QueuedMessage>, updates: &[(u32, RcptSt
 
 /// Marks a message whose recipients are all final as done in the spool.
 pub(super) async fn finish(ctx: &Context, msg: &QueuedMessage) {
-    if let Err(e) = ctx.spool.done(msg.env.id, &msg.body_ref).await {
+    let mut finished = msg.spool_lock.lock().await;
+    if let Err(e) = ctx.spool.done(msg.env.id, &msg.body_ref()).await {
         tracing::error!(queue_id = %msg.env.id, error = %e, "cannot mark message done");
     }
+    *finished = true;
 }
 
 /// Spools a DSN for `failures` to the sender; never for the null sender.

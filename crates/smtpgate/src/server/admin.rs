@@ -19,9 +19,7 @@ pub async fn start(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| StartError::Bind(addr, e))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| StartError::Bind(addr, e))?;
+    let bound = listener.local_addr().map_err(|e| StartError::Bind(addr, e))?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
@@ -30,24 +28,16 @@ pub async fn start(
         let stop = async move {
             let _ = shutdown.changed().await;
         };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
             tracing::error!(error = %e, "admin server failed");
         }
     });
     Ok(bound)
 }
 
-async fn metrics(
-    State(ctx): State<Arc<Context>>,
-) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+async fn metrics(State(ctx): State<Arc<Context>>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         render(&ctx),
     )
 }

@@ -84,9 +84,7 @@ impl Server {
             let tcp = TcpListener::bind(lc.address)
                 .await
                 .map_err(|e| StartError::Bind(lc.address, e))?;
-            let addr = tcp
-                .local_addr()
-                .map_err(|e| StartError::Bind(lc.address, e))?;
+            let addr = tcp.local_addr().map_err(|e| StartError::Bind(lc.address, e))?;
             let tls = match (&state.tls, lc.implicit_tls) {
                 (None, _) => "none",
                 (Some(_), false) => "starttls",
@@ -104,6 +102,7 @@ impl Server {
             None => None,
         };
         let recovered = queue.restore(found).await;
+        queue.start_compaction(Duration::from_secs(30));
         let grace = config.shutdown_timeout;
         Ok(Server {
             listeners,
@@ -131,12 +130,10 @@ impl Server {
 }
 
 /// Opens the spool and builds what every part of the server shares.
-pub fn context(
-    config: Arc<Config>,
-) -> Result<(Arc<Context>, Vec<crate::spool::Recovered>), StartError> {
+pub fn context(config: Arc<Config>) -> Result<(Arc<Context>, Vec<crate::spool::Recovered>), StartError> {
     let spool_dir = std::path::absolute(&config.spool.dir).unwrap_or(config.spool.dir.clone());
-    let (spool, found) = Spool::open(&spool_dir, config.spool.segment_size)
-        .map_err(|e| StartError::Spool(spool_dir.clone(), e))?;
+    let (spool, found) =
+        Spool::open(&spool_dir, config.spool.segment_size).map_err(|e| StartError::Spool(spool_dir.clone(), e))?;
     let ctx = Arc::new(Context {
         config: config.clone(),
         spool: Arc::new(spool),
@@ -169,8 +166,7 @@ fn listener_state(
 ) -> Result<ListenerState, StartError> {
     let tls = match &lc.tls {
         Some(files) => Some(TlsAcceptor::from(
-            crate::tls::server_config(&files.cert, &files.key)
-                .map_err(|e| StartError::Tls(lc.name.clone(), e))?,
+            crate::tls::server_config(&files.cert, &files.key).map_err(|e| StartError::Tls(lc.name.clone(), e))?,
         )),
         None => None,
     };
@@ -230,8 +226,7 @@ async fn serve_connection(state: Arc<ListenerState>, stream: TcpStream, peer: So
     metrics.sessions_active.inc();
     let (io, tls): (BoxIo, Option<TlsInfo>) = match (&state.tls, state.config.implicit_tls) {
         (Some(acceptor), true) => {
-            match tokio::time::timeout(state.config.command_timeout, acceptor.accept(stream)).await
-            {
+            match tokio::time::timeout(state.config.command_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => {
                     let info = TlsInfo::from_conn(s.get_ref().1);
                     (Box::new(s), Some(info))

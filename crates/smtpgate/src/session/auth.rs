@@ -36,8 +36,7 @@ impl Users {
             let (user, hash) = line
                 .split_once(':')
                 .ok_or(format!("line {}: expected user:hash", n + 1))?;
-            PasswordHash::new(hash)
-                .map_err(|e| format!("line {}: bad password hash: {e}", n + 1))?;
+            PasswordHash::new(hash).map_err(|e| format!("line {}: bad password hash: {e}", n + 1))?;
             hashes.insert(user.to_string(), hash.to_string());
         }
         Ok(Users { hashes })
@@ -86,9 +85,7 @@ impl Session {
             return self.error(Reply::not_implemented());
         }
         if self.helo.is_none() || !matches!(self.txn, Txn::Idle) {
-            return self.error(Reply::bad_sequence(
-                "AUTH needs EHLO and no transaction in progress",
-            ));
+            return self.error(Reply::bad_sequence("AUTH needs EHLO and no transaction in progress"));
         }
         if self.user.is_some() {
             return self.error(Reply::already_authenticated());
@@ -135,8 +132,7 @@ impl Session {
             return Ok(None);
         };
         let mut parts = resp.split(|&b| b == 0);
-        let (Some(_authz), Some(user), Some(pass), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(_authz), Some(user), Some(pass), None) = (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(self.error(Reply::syntax("malformed PLAIN response")));
         };
@@ -154,11 +150,7 @@ impl Session {
     }
 
     /// The client's base64 response: the initial one, or one asked for with a `334` challenge.
-    async fn response(
-        &mut self,
-        initial: Option<String>,
-        challenge: &str,
-    ) -> Result<Option<Vec<u8>>, Flow> {
+    async fn response(&mut self, initial: Option<String>, challenge: &str) -> Result<Option<Vec<u8>>, Flow> {
         let text = match initial {
             Some(t) if t == "=" => String::new(),
             Some(t) => t,

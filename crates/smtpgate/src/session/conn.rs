@@ -60,11 +60,7 @@ impl Conn {
 
     /// Flushes replies, then waits for more input. Between commands (`interruptible`), a server
     /// shutdown ends the wait.
-    pub async fn read_more(
-        &mut self,
-        limit: Duration,
-        interruptible: bool,
-    ) -> Result<(), ReadError> {
+    pub async fn read_more(&mut self, limit: Duration, interruptible: bool) -> Result<(), ReadError> {
         self.flush().await.map_err(ReadError::Io)?;
         if self.rbuf.capacity() - self.rbuf.len() < 4096 {
             self.rbuf.reserve(8192);
@@ -91,11 +87,7 @@ impl Conn {
     }
 
     /// Reads the next command line.
-    pub async fn read_line(
-        &mut self,
-        framer: &mut LineFramer,
-        limit: Duration,
-    ) -> Result<Line, ReadError> {
+    pub async fn read_line(&mut self, framer: &mut LineFramer, limit: Duration) -> Result<Line, ReadError> {
         loop {
             match framer.next(&self.rbuf) {
                 Framed::Line { len, consumed } => {

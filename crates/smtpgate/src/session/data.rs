@@ -51,8 +51,7 @@ impl Session {
             Txn::Mail(draft) if !draft.recipients.is_empty() => {
                 let id = self.listener.ctx.ids.next();
                 let body = self.trace_header(id, &draft).into_bytes();
-                let receiver =
-                    BdatReceiver::new(self.bare_eol(), self.listener.config.max_message_size);
+                let receiver = BdatReceiver::new(self.bare_eol(), self.listener.config.max_message_size);
                 Box::new(Chunking {
                     draft,
                     id,
@@ -63,12 +62,7 @@ impl Session {
             other => {
                 // RFC 3030: the chunk is read and thrown away even when the command fails.
                 self.txn = other;
-                if self
-                    .conn
-                    .read_exact_with(size, limit, |_| {})
-                    .await
-                    .is_err()
-                {
+                if self.conn.read_exact_with(size, limit, |_| {}).await.is_err() {
                     return Flow::Close;
                 }
                 return self.error(Reply::bad_sequence("need MAIL and RCPT before BDAT"));
@@ -109,10 +103,7 @@ impl Session {
 
     fn trace_header(&self, id: QueueId, draft: &Draft) -> String {
         let helo = self.helo.as_ref().expect("MAIL needs HELO");
-        let tls = self
-            .tls
-            .as_ref()
-            .map(|t| (t.version.as_str(), t.cipher.as_str()));
+        let tls = self.tls.as_ref().map(|t| (t.version.as_str(), t.cipher.as_str()));
         let single = (draft.recipients.len() == 1).then(|| draft.recipients[0].address.as_str());
         headers::received(&Trace {
             helo: &helo.name,
@@ -126,13 +117,7 @@ impl Session {
     }
 
     /// The end of a message: refuse it, or spool it and answer `250` once it is on disk.
-    async fn complete(
-        &mut self,
-        id: QueueId,
-        draft: Draft,
-        mut body: Vec<u8>,
-        outcome: DataOutcome,
-    ) -> Flow {
+    async fn complete(&mut self, id: QueueId, draft: Draft, mut body: Vec<u8>, outcome: DataOutcome) -> Flow {
         let metrics = &self.listener.ctx.metrics;
         match outcome {
             DataOutcome::TooBig => {
@@ -147,11 +132,7 @@ impl Session {
         }
         if self.listener.config.submission || self.user.is_some() {
             let at = received_len(&body);
-            let extra = headers::missing_submission_headers(
-                &body[at..],
-                id,
-                &self.listener.ctx.config.hostname,
-            );
+            let extra = headers::missing_submission_headers(&body[at..], id, &self.listener.ctx.config.hostname);
             body.splice(at..at, extra.into_bytes());
         }
         let size = body.len();

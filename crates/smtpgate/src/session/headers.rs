@@ -79,12 +79,10 @@ mod tests {
     #[test]
     fn adds_only_what_is_missing() {
         let id = QueueId(1);
-        let both =
-            missing_submission_headers(b"Subject: x\r\n\r\nMessage-ID: in body\r\n", id, "h");
+        let both = missing_submission_headers(b"Subject: x\r\n\r\nMessage-ID: in body\r\n", id, "h");
         assert!(both.starts_with("Message-ID: <0000000000000001."));
         assert!(both.contains("\r\nDate: "));
-        let none =
-            missing_submission_headers(b"message-id: <a@b>\r\nDATE: today\r\n\r\nbody", id, "h");
+        let none = missing_submission_headers(b"message-id: <a@b>\r\nDATE: today\r\n\r\nbody", id, "h");
         assert_eq!(none, "");
     }
 

@@ -77,12 +77,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(
-        listener: Arc<ListenerState>,
-        io: BoxIo,
-        peer: SocketAddr,
-        tls: Option<TlsInfo>,
-    ) -> Self {
+    pub fn new(listener: Arc<ListenerState>, io: BoxIo, peer: SocketAddr, tls: Option<TlsInfo>) -> Self {
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let conn = Conn::new(io, listener.shutdown.clone());
         Session {

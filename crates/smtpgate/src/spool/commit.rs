@@ -95,9 +95,7 @@ impl Committer {
         }
         self.current.len += total;
         self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .records
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.stats.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
         for (job, at) in batch.into_iter().zip(placements) {
             self.account(job.liveness);
             let _ = job.reply.send(Ok(at));
@@ -115,6 +113,12 @@ impl Committer {
             Liveness::Born => *self.live.entry(self.current.id).or_default() += 1,
             Liveness::Died(seg) => {
                 if let Some(n) = self.live.get_mut(&seg) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            Liveness::Moved(from) => {
+                *self.live.entry(self.current.id).or_default() += 1;
+                if let Some(n) = self.live.get_mut(&from) {
                     *n = n.saturating_sub(1);
                 }
             }
@@ -144,6 +148,9 @@ impl Committer {
             }
             self.live.remove(&id);
         }
+        let oldest = self.live.first_key_value().map_or(self.current.id, |(&id, _)| id);
+        self.stats.oldest_segment.store(oldest, Ordering::Relaxed);
+        self.stats.current_segment.store(self.current.id, Ordering::Relaxed);
     }
 }
 

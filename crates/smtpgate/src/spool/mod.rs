@@ -56,6 +56,8 @@ enum Liveness {
     Born,
     /// A message whose data is in this segment is finished.
     Died(u64),
+    /// A message was rewritten into the current segment from this one.
+    Moved(u64),
     Unchanged,
 }
 
@@ -84,6 +86,9 @@ pub struct Spool {
 pub struct SpoolStats {
     pub records: AtomicU64,
     pub fsyncs: AtomicU64,
+    /// The oldest segment file that still exists, and the one being written.
+    pub oldest_segment: AtomicU64,
+    pub current_segment: AtomicU64,
 }
 
 impl Spool {
@@ -93,14 +98,7 @@ impl Spool {
         let found = recover::scan(dir)?;
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(SpoolStats::default());
-        let committer = commit::Committer::start(
-            dir,
-            segment_size,
-            found.next_segment,
-            found.live,
-            rx,
-            stats.clone(),
-        )?;
+        let committer = commit::Committer::start(dir, segment_size, found.next_segment, found.live, rx, stats.clone())?;
         std::thread::Builder::new()
             .name("spool-commit".into())
             .spawn(move || committer.run())?;
@@ -129,11 +127,7 @@ impl Spool {
     async fn append(&self, bytes: Vec<u8>, liveness: Liveness) -> Result<Placement, SpoolError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job {
-                bytes,
-                liveness,
-                reply,
-            })
+            .send(Job { bytes, liveness, reply })
             .map_err(|_| SpoolError::Closed)?;
         Ok(rx.await.map_err(|_| SpoolError::Closed)??)
     }
@@ -151,12 +145,35 @@ impl Spool {
         })
     }
 
-    /// Records final states of some recipients durably.
-    pub async fn update(
+    /// Rewrites a live message, with its recipients' current states, into the current segment, so
+    /// that an old segment it pins can be reclaimed. Replay takes the newest copy.
+    pub async fn relocate(
         &self,
-        id: QueueId,
-        updates: &[(u32, RcptState)],
-    ) -> Result<(), SpoolError> {
+        env: &Envelope,
+        states: &[RcptState],
+        body: &[u8],
+        from: &BodyRef,
+    ) -> Result<BodyRef, SpoolError> {
+        let mut bytes = Vec::with_capacity(body.len() + 256);
+        let body_offset = record::encode_message(env, states, body, &mut bytes);
+        let at = self.append(bytes, Liveness::Moved(from.segment)).await?;
+        Ok(BodyRef {
+            segment: at.segment,
+            offset: at.offset + body_offset as u64,
+            len: body.len() as u64,
+        })
+    }
+
+    /// A segment worth compacting: the oldest one, when it is kept alive by a few long-queued
+    /// messages while at least two newer segments exist.
+    pub fn compaction_candidate(&self) -> Option<u64> {
+        let oldest = self.stats.oldest_segment.load(Ordering::Relaxed);
+        let current = self.stats.current_segment.load(Ordering::Relaxed);
+        (current >= oldest + 2).then_some(oldest)
+    }
+
+    /// Records final states of some recipients durably.
+    pub async fn update(&self, id: QueueId, updates: &[(u32, RcptState)]) -> Result<(), SpoolError> {
         let mut bytes = Vec::with_capacity(32 + updates.len() * 5);
         record::encode_status(id, updates, &mut bytes);
         self.append(bytes, Liveness::Unchanged).await.map(|_| ())
@@ -166,9 +183,7 @@ impl Spool {
     pub async fn done(&self, id: QueueId, body: &BodyRef) -> Result<(), SpoolError> {
         let mut bytes = Vec::with_capacity(32);
         record::encode_done(id, &mut bytes);
-        self.append(bytes, Liveness::Died(body.segment))
-            .await
-            .map(|_| ())
+        self.append(bytes, Liveness::Died(body.segment)).await.map(|_| ())
     }
 
     /// Reads a body back from its segment (a blocking `pread`).

@@ -72,12 +72,7 @@ fn seal(out: &mut [u8], start: usize) {
 }
 
 /// Encodes a message record; returns where the body starts relative to the record's start.
-pub fn encode_message(
-    env: &Envelope,
-    states: &[RcptState],
-    body: &[u8],
-    out: &mut Vec<u8>,
-) -> usize {
+pub fn encode_message(env: &Envelope, states: &[RcptState], body: &[u8], out: &mut Vec<u8>) -> usize {
     let mut meta = Vec::with_capacity(128);
     env.encode(&mut meta);
     let payload_len = 4 + meta.len() + states.len() + body.len();
@@ -143,10 +138,7 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
 }
 
 fn parse_payload(kind: u8, payload: &[u8]) -> Option<Record<'_>> {
-    let mut r = Reader {
-        buf: payload,
-        pos: 0,
-    };
+    let mut r = Reader { buf: payload, pos: 0 };
     match kind {
         KIND_MESSAGE => {
             let meta_len = r.u32()? as usize;
@@ -177,9 +169,7 @@ fn parse_payload(kind: u8, payload: &[u8]) -> Option<Record<'_>> {
             }
             Some(Record::Status { id, updates })
         }
-        KIND_DONE => Some(Record::Done {
-            id: QueueId(r.u64()?),
-        }),
+        KIND_DONE => Some(Record::Done { id: QueueId(r.u64()?) }),
         _ => None,
     }
 }

@@ -53,12 +53,7 @@ fn scan_with(dir: &Path, torn: Torn) -> io::Result<Found> {
     })
 }
 
-fn replay_segment(
-    dir: &Path,
-    seg: u64,
-    map: &mut BTreeMap<QueueId, Recovered>,
-    torn: Torn,
-) -> io::Result<()> {
+fn replay_segment(dir: &Path, seg: u64, map: &mut BTreeMap<QueueId, Recovered>, torn: Torn) -> io::Result<()> {
     let path = segment_path(dir, seg);
     let data = std::fs::read(&path)?;
     let mut pos = 0;
@@ -76,10 +71,7 @@ fn replay_segment(
                         offset = pos,
                         "spool: dropping incomplete record at end of segment"
                     );
-                    OpenOptions::new()
-                        .write(true)
-                        .open(&path)?
-                        .set_len(pos as u64)?;
+                    OpenOptions::new().write(true).open(&path)?.set_len(pos as u64)?;
                 }
                 break;
             }

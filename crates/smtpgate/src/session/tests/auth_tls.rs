@@ -25,8 +25,7 @@ fn tls_files() -> Tls {
     }
 }
 
-const TLS_AUTH: &str =
-    "tls = { cert = \"cert.pem\", key = \"key.pem\" }\nauth = { users_file = \"users\" }";
+const TLS_AUTH: &str = "tls = { cert = \"cert.pem\", key = \"key.pem\" }\nauth = { users_file = \"users\" }";
 
 async fn start(extra: &str, peer: &str) -> (Harness, CertificateDer<'static>) {
     let files = tls_files();
@@ -63,10 +62,7 @@ async fn plaintext_pipelined_after_starttls_is_discarded() {
     h.cmd("NOOP", "250 2.0.0").await;
     h.cmd("MAIL FROM:<a@local.test>", "503 5.5.1").await;
     let ehlo = h.ehlo().await;
-    assert!(
-        !ehlo.contains("STARTTLS"),
-        "STARTTLS is not offered twice: {ehlo}"
-    );
+    assert!(!ehlo.contains("STARTTLS"), "STARTTLS is not offered twice: {ehlo}");
     assert!(ehlo.contains("AUTH PLAIN LOGIN"));
     h.cmd("STARTTLS", "503 5.5.1").await;
 }

@@ -20,14 +20,11 @@ fn stored_body(h: &Harness) -> String {
 async fn message_is_spooled_with_a_received_header_before_250() {
     let mut h = ready_for_data("").await;
     h.cmd("DATA", "354").await;
-    h.send(b"Subject: hello\r\n\r\n..leading dot\r\nbody\r\n.\r\n")
-        .await;
+    h.send(b"Subject: hello\r\n\r\n..leading dot\r\nbody\r\n.\r\n").await;
     let r = h.expect("250 2.0.0 OK queued as ").await;
     let body = stored_body(&h);
     let id = r.trim_end().rsplit(' ').next().unwrap();
-    assert!(body.starts_with(
-        "Received: from client.test ([127.0.0.1])\r\n\tby gate.test (smtpgate) with ESMTP id "
-    ));
+    assert!(body.starts_with("Received: from client.test ([127.0.0.1])\r\n\tby gate.test (smtpgate) with ESMTP id "));
     assert!(body.contains(id));
     assert!(
         body.ends_with("Subject: hello\r\n\r\n.leading dot\r\nbody\r\n"),
@@ -83,15 +80,14 @@ async fn bare_line_endings_can_be_refused() {
 async fn pipelined_transaction_gets_all_replies() {
     let mut h = Harness::start(&config_with(""), INSIDE).await;
     h.ehlo().await;
-    h.send(
-        b"MAIL FROM:<a@local.test>\r\nRCPT TO:<b@local.test>\r\nRCPT TO:<c@local.test>\r\nDATA\r\n",
-    )
-    .await;
+    h.send(b"MAIL FROM:<a@local.test>\r\nRCPT TO:<b@local.test>\r\nRCPT TO:<c@local.test>\r\nDATA\r\n")
+        .await;
     h.expect("250 2.1.0").await;
     h.expect("250 2.1.5").await;
     h.expect("250 2.1.5").await;
     h.expect("354").await;
-    h.send(b"Subject: p\r\n\r\nx\r\n.\r\nMAIL FROM:<a@local.test>\r\nRCPT TO:<d@local.test>\r\nDATA\r\n").await;
+    h.send(b"Subject: p\r\n\r\nx\r\n.\r\nMAIL FROM:<a@local.test>\r\nRCPT TO:<d@local.test>\r\nDATA\r\n")
+        .await;
     h.expect("250 2.0.0").await;
     h.expect("250 2.1.0").await;
     h.expect("250 2.1.5").await;
@@ -138,8 +134,7 @@ async fn data_inside_bdat_transaction_is_refused() {
 async fn bdat_over_the_limit_is_refused() {
     let mut h = ready_for_data("").await;
     let chunk = "x".repeat(11_000);
-    h.send(format!("BDAT {} LAST\r\n{chunk}", chunk.len()).as_bytes())
-        .await;
+    h.send(format!("BDAT {} LAST\r\n{chunk}", chunk.len()).as_bytes()).await;
     h.expect("552 5.3.4").await;
     h.cmd("NOOP", "250").await;
     assert!(h.spooled().is_empty());
@@ -171,8 +166,7 @@ async fn relay_without_submission_leaves_headers_alone() {
 async fn dsn_parameters_are_stored() {
     let mut h = Harness::start(&config_with(""), INSIDE).await;
     h.ehlo().await;
-    h.cmd("MAIL FROM:<a@local.test> RET=HDRS ENVID=QQ+2B1", "250")
-        .await;
+    h.cmd("MAIL FROM:<a@local.test> RET=HDRS ENVID=QQ+2B1", "250").await;
     h.cmd(
         "RCPT TO:<b@local.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;b@local.test",
         "250",
@@ -186,8 +180,5 @@ async fn dsn_parameters_are_stored() {
     assert_eq!(env.envid.as_deref(), Some("QQ+2B1"));
     let n = env.recipients[0].notify.unwrap();
     assert!(n.failure && n.delay && !n.success && !n.never);
-    assert_eq!(
-        env.recipients[0].orcpt.as_deref(),
-        Some("rfc822;b@local.test")
-    );
+    assert_eq!(env.recipients[0].orcpt.as_deref(), Some("rfc822;b@local.test"));
 }

@@ -47,11 +47,7 @@ async fn bad_sequence_unknown_and_syntax() {
 
 #[tokio::test]
 async fn too_many_errors_closes_with_421() {
-    let mut h = Harness::start(
-        &config_with("").replace("max_errors = 20", "max_errors = 5"),
-        INSIDE,
-    )
-    .await;
+    let mut h = Harness::start(&config_with("").replace("max_errors = 20", "max_errors = 5"), INSIDE).await;
     for _ in 0..4 {
         h.cmd("FROB", "500 5.5.1").await;
     }
@@ -76,8 +72,7 @@ async fn recipients_over_the_limit_get_452_and_earlier_ones_stay() {
     h.ehlo().await;
     h.cmd("MAIL FROM:<a@local.test>", "250").await;
     for i in 0..3 {
-        h.cmd(&format!("RCPT TO:<r{i}@local.test>"), "250 2.1.5")
-            .await;
+        h.cmd(&format!("RCPT TO:<r{i}@local.test>"), "250 2.1.5").await;
     }
     h.cmd("RCPT TO:<r4@local.test>", "452 4.5.3").await;
     h.cmd("DATA", "354").await;
@@ -92,8 +87,7 @@ async fn recipients_over_the_limit_get_452_and_earlier_ones_stay() {
 async fn declared_size_over_the_limit_is_refused() {
     let mut h = session().await;
     h.ehlo().await;
-    h.cmd("MAIL FROM:<a@local.test> SIZE=10241", "552 5.3.4")
-        .await;
+    h.cmd("MAIL FROM:<a@local.test> SIZE=10241", "552 5.3.4").await;
     h.cmd("MAIL FROM:<a@local.test> SIZE=10240", "250").await;
 }
 
@@ -104,24 +98,17 @@ async fn body_over_the_limit_is_read_to_its_end_then_refused() {
     h.cmd("MAIL FROM:<a@local.test>", "250").await;
     h.cmd("RCPT TO:<b@local.test>", "250").await;
     h.cmd("DATA", "354").await;
-    let big = format!(
-        "Subject: big\r\n\r\n{}\r\n.\r\nNOOP\r\n",
-        "x".repeat(20_000)
-    );
+    let big = format!("Subject: big\r\n\r\n{}\r\n.\r\nNOOP\r\n", "x".repeat(20_000));
     h.send(big.as_bytes()).await;
     h.expect("552 5.3.4").await;
     h.expect("250 2.0.0").await;
-    assert!(
-        h.spooled().is_empty(),
-        "nothing of a refused message is spooled"
-    );
+    assert!(h.spooled().is_empty(), "nothing of a refused message is spooled");
 }
 
 #[tokio::test]
 async fn low_disk_space_refuses_mail_with_452() {
     let dir = tempfile::tempdir().unwrap();
-    let toml =
-        config_with("").replace("min_free_space = \"1KB\"", "min_free_space = \"1000000GB\"");
+    let toml = config_with("").replace("min_free_space = \"1KB\"", "min_free_space = \"1000000GB\"");
     let config = crate::config::Config::from_toml_str(&toml, dir.path()).unwrap();
     let mut h = Harness::with_config(config, dir, INSIDE).await;
     h.ehlo().await;
@@ -131,17 +118,11 @@ async fn low_disk_space_refuses_mail_with_452() {
 #[tokio::test]
 async fn talking_before_the_greeting_gets_554() {
     let dir = tempfile::tempdir().unwrap();
-    let config = crate::config::Config::from_toml_str(
-        &config_with("greeting_delay = \"300ms\""),
-        dir.path(),
-    )
-    .unwrap();
+    let config = crate::config::Config::from_toml_str(&config_with("greeting_delay = \"300ms\""), dir.path()).unwrap();
     let (ctx, _) = crate::server::context(std::sync::Arc::new(config)).unwrap();
     let queue = crate::queue::Queue::new(ctx.clone());
     let (_tx, rx) = tokio::sync::watch::channel(false);
-    let state =
-        crate::server::ListenerState::standalone(&ctx.config.listeners[0], &ctx, &queue, &rx)
-            .unwrap();
+    let state = crate::server::ListenerState::standalone(&ctx.config.listeners[0], &ctx, &queue, &rx).unwrap();
     let (mut client, server) = tokio::io::duplex(4096);
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     client.write_all(b"EHLO eager.test\r\n").await.unwrap();

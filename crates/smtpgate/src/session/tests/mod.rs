@@ -74,9 +74,7 @@ impl Harness {
         let (ctx, _) = context(Arc::new(config)).unwrap();
         let queue = Queue::new(ctx.clone());
         let (tx, rx) = watch::channel(false);
-        let state = Arc::new(
-            ListenerState::standalone(&ctx.config.listeners[0], &ctx, &queue, &rx).unwrap(),
-        );
+        let state = Arc::new(ListenerState::standalone(&ctx.config.listeners[0], &ctx, &queue, &rx).unwrap());
         let (client, server) = tokio::io::duplex(1 << 20);
         let peer: SocketAddr = peer.parse().unwrap();
         tokio::spawn(Session::new(state, Box::new(server), peer, None).run());

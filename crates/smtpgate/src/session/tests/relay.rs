@@ -5,19 +5,15 @@ use super::{Harness, INSIDE, OUTSIDE, config_with};
 async fn outsider() -> Harness {
     let mut h = Harness::start(&config_with(""), OUTSIDE).await;
     h.ehlo().await;
-    h.cmd("MAIL FROM:<someone@elsewhere.test>", "250 2.1.0")
-        .await;
+    h.cmd("MAIL FROM:<someone@elsewhere.test>", "250 2.1.0").await;
     h
 }
 
 #[tokio::test]
 async fn outsider_cannot_relay_to_a_foreign_domain() {
     let mut h = outsider().await;
-    h.cmd(
-        "RCPT TO:<victim@foreign.test>",
-        "554 5.7.1 relay access denied",
-    )
-    .await;
+    h.cmd("RCPT TO:<victim@foreign.test>", "554 5.7.1 relay access denied")
+        .await;
 }
 
 #[tokio::test]
