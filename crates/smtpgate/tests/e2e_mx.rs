@@ -11,9 +11,7 @@ use std::thread;
 use std::time::Duration;
 
 use hickory_proto::rr::RecordType;
-use support::{
-    DnsServer, DnsTable, Gate, SOON, Upstream, UpstreamMessage, message, smtplib_send, wait_until,
-};
+use support::{DnsServer, DnsTable, Gate, SOON, Upstream, UpstreamMessage, message, smtplib_send, wait_until};
 
 const UPSTREAM_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 /// Also loopback, but the upstream is bound to 127.0.0.1 only: nothing answers here unless a
@@ -117,8 +115,7 @@ struct ClosingListener {
 
 impl ClosingListener {
     fn start(addr: SocketAddr) -> ClosingListener {
-        let listener =
-            TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind closing listener {addr}: {e}"));
+        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind closing listener {addr}: {e}"));
         let accepted = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (count, stopped) = (accepted.clone(), stop.clone());
@@ -191,7 +188,12 @@ fn unreachable_lowest_preference_mx_falls_back_to_the_next() {
             .a("up.fallback.test", UPSTREAM_IP)
     });
 
-    send(&gate, "alice@example.test", "user@fallback.test", "mx-fallback@example.test");
+    send(
+        &gate,
+        "alice@example.test",
+        "user@fallback.test",
+        "mx-fallback@example.test",
+    );
 
     let arrived = upstream.wait_for(1, SOON);
     assert_eq!(arrived[0].rcpt_addresses(), ["user@fallback.test"]);
@@ -213,7 +215,12 @@ fn unreachable_lowest_preference_mx_with_nothing_listening_falls_back() {
             .a("up.refused.test", UPSTREAM_IP)
     });
 
-    send(&gate, "alice@example.test", "user@refused.test", "mx-refused@example.test");
+    send(
+        &gate,
+        "alice@example.test",
+        "user@refused.test",
+        "mx-refused@example.test",
+    );
 
     let arrived = upstream.wait_for(1, SOON);
     assert_eq!(arrived[0].rcpt_addresses(), ["user@refused.test"]);
@@ -226,14 +233,27 @@ fn domain_without_mx_is_its_own_mail_server() {
     let upstream = Upstream::start();
     let (dns, gate) = start(&upstream, |t| t.a("implicit.test", UPSTREAM_IP));
 
-    send(&gate, "alice@example.test", "user@implicit.test", "mx-implicit@example.test");
+    send(
+        &gate,
+        "alice@example.test",
+        "user@implicit.test",
+        "mx-implicit@example.test",
+    );
 
     let arrived = upstream.wait_for(1, SOON);
     assert_eq!(arrived[0].rcpt_addresses(), ["user@implicit.test"]);
     wait_for_metric(&gate, "smtpgate_messages_delivered_total", 1.0, SOON);
     assert_eq!(metric(&gate, "smtpgate_messages_bounced_total"), 0.0);
-    assert!(dns.query_count("implicit.test", RecordType::MX) >= 1, "{:?}", dns.queries());
-    assert!(dns.query_count("implicit.test", RecordType::A) >= 1, "{:?}", dns.queries());
+    assert!(
+        dns.query_count("implicit.test", RecordType::MX) >= 1,
+        "{:?}",
+        dns.queries()
+    );
+    assert!(
+        dns.query_count("implicit.test", RecordType::A) >= 1,
+        "{:?}",
+        dns.queries()
+    );
 }
 
 #[test]
@@ -252,7 +272,11 @@ fn null_mx_bounces_at_once_with_5_1_10() {
         "a null MX is permanent: no retry\n{}",
         gate.metrics()
     );
-    assert!(dns.query_count("nullmx.test", RecordType::MX) >= 1, "{:?}", dns.queries());
+    assert!(
+        dns.query_count("nullmx.test", RecordType::MX) >= 1,
+        "{:?}",
+        dns.queries()
+    );
     assert_eq!(
         dns.query_count("nullmx.test", RecordType::A),
         0,
@@ -301,5 +325,111 @@ fn dns_timeout_defers_and_never_bounces() {
     );
     assert_eq!(metric(&gate, "smtpgate_dsn_generated_total"), 0.0);
     assert!(upstream.messages().is_empty(), "{:#?}", upstream.messages());
-    assert!(dns.query_count("silent.test", RecordType::MX) >= 2, "{:?}", dns.queries());
+    assert!(
+        dns.query_count("silent.test", RecordType::MX) >= 2,
+        "{:?}",
+        dns.queries()
+    );
+}
+
+/// RFC 5321 5.1: the implicit MX applies only when the domain has no MX records (NODATA);
+/// a failed MX lookup (SERVFAIL) is temporary and must not send the mail to the domain's
+/// own address instead.
+#[test]
+fn servfail_on_mx_lookup_defers_instead_of_using_the_domain_address() {
+    let upstream = Upstream::start();
+    let (_dns, gate) = start(&upstream, |t| {
+        t.servfail("servfail.test", RecordType::MX)
+            .a("servfail.test", UPSTREAM_IP)
+    });
+
+    send(
+        &gate,
+        "sender@mx.test",
+        "user@servfail.test",
+        "mx-servfail@example.test",
+    );
+
+    let settled = wait_until(DNS_TIMEOUT_DEADLINE, || {
+        !upstream.messages().is_empty() || metric(&gate, "smtpgate_messages_deferred_total") >= 1.0
+    });
+    assert!(
+        settled,
+        "no attempt within {DNS_TIMEOUT_DEADLINE:?}:\n{}",
+        gate.metrics()
+    );
+    assert!(
+        upstream.messages().is_empty(),
+        "delivered to the A record of a domain whose MX lookup failed (SERVFAIL):\n{}",
+        upstream
+            .messages()
+            .iter()
+            .map(|m| format!("RCPT {:?}\n{}", m.rcpt_addresses(), m.text()))
+            .collect::<String>()
+    );
+    assert_eq!(metric(&gate, "smtpgate_messages_bounced_total"), 0.0);
+}
+
+/// The test DNS server itself: the same answers over UDP and over TCP on one port.
+#[test]
+fn test_dns_server_answers_over_udp_and_tcp() {
+    use hickory_proto::op::{Message, Query, ResponseCode};
+    use hickory_proto::rr::Name;
+    use std::io::{Read, Write};
+    use std::net::UdpSocket;
+
+    let dns = DnsServer::start(
+        DnsTable::new()
+            .mx("mx.test", 10, "a.mx.test")
+            .mx("mx.test", 5, "b.mx.test")
+            .a("b.mx.test", UPSTREAM_IP),
+    );
+    let question = |id: u16, name: &str, qtype: RecordType| {
+        let mut m = Message::new();
+        m.set_id(id).set_recursion_desired(true);
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        m.to_vec().unwrap()
+    };
+    let over_udp = |bytes: &[u8]| {
+        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        socket.set_read_timeout(Some(SOON)).unwrap();
+        socket.send_to(bytes, dns.addr()).unwrap();
+        let mut buf = [0u8; 4096];
+        let (n, _) = socket.recv_from(&mut buf).expect("UDP reply");
+        Message::from_vec(&buf[..n]).unwrap()
+    };
+    let over_tcp = |bytes: &[u8]| {
+        let mut stream = TcpStream::connect_timeout(&dns.addr(), SOON).unwrap();
+        stream.set_read_timeout(Some(SOON)).unwrap();
+        let len = u16::try_from(bytes.len()).unwrap().to_be_bytes();
+        stream.write_all(&len).unwrap();
+        stream.write_all(bytes).unwrap();
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).expect("TCP reply length");
+        let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
+        stream.read_exact(&mut reply).expect("TCP reply");
+        Message::from_vec(&reply).unwrap()
+    };
+
+    for (transport, ask) in [("udp", &over_udp as &dyn Fn(&[u8]) -> Message), ("tcp", &over_tcp)] {
+        let mx = ask(&question(1, "MX.test.", RecordType::MX));
+        assert_eq!(mx.id(), 1, "{transport}");
+        assert_eq!(mx.response_code(), ResponseCode::NoError, "{transport}");
+        let mut prefs: Vec<u16> = mx
+            .answers()
+            .iter()
+            .filter_map(|r| r.data().as_mx().map(|m| m.preference()))
+            .collect();
+        prefs.sort_unstable();
+        assert_eq!(prefs, [5, 10], "{transport}: {mx:?}");
+
+        let nodata = ask(&question(2, "b.mx.test.", RecordType::AAAA));
+        assert_eq!(nodata.response_code(), ResponseCode::NoError, "{transport}");
+        assert!(nodata.answers().is_empty(), "{transport}: {nodata:?}");
+
+        let nx = ask(&question(3, "nosuch.test.", RecordType::A));
+        assert_eq!(nx.response_code(), ResponseCode::NXDomain, "{transport}");
+    }
+    assert!(dns.queries().iter().any(|q| q.tcp));
+    assert!(dns.queries().iter().any(|q| !q.tcp));
 }

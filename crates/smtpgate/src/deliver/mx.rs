@@ -45,6 +45,22 @@ pub fn resolver(nameservers: &[SocketAddr]) -> std::io::Result<TokioResolver> {
     Ok(TokioResolver::builder_with_config(config, TokioConnectionProvider::default()).build())
 }
 
+/// True for an answer that says the name exists but has no MX records (NOERROR, no data): only
+/// then does the implicit MX apply (RFC 5321 5.1). SERVFAIL and REFUSED are failures to retry.
+fn is_nodata(e: &hickory_resolver::ResolveError) -> bool {
+    use hickory_resolver::proto::ProtoErrorKind;
+    use hickory_resolver::proto::op::ResponseCode;
+    e.proto().is_some_and(|p| {
+        matches!(
+            p.kind(),
+            ProtoErrorKind::NoRecordsFound {
+                response_code: ResponseCode::NoError,
+                ..
+            }
+        )
+    })
+}
+
 /// Resolves the delivery targets of a domain (or an address literal like `[192.0.2.1]`) on `port`.
 pub async fn targets(resolver: &TokioResolver, domain: &str, port: u16) -> Result<Vec<Target>, MxError> {
     if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
@@ -76,7 +92,7 @@ pub async fn targets(resolver: &TokioResolver, domain: &str, port: u16) -> Resul
             records.into_iter().map(|r| r.1).filter(|h| !h.is_empty()).collect()
         }
         Err(e) if e.is_nx_domain() => return Err(MxError::NoSuchDomain(domain.into())),
-        Err(e) if e.is_no_records_found() => vec![domain.to_string()],
+        Err(e) if is_nodata(&e) => vec![domain.to_string()],
         Err(e) => return Err(MxError::Temporary(domain.into(), e.to_string())),
     };
     let mut out = Vec::new();

@@ -8,6 +8,7 @@
 //! - a name with records of other types only, or declared with [`DnsTable::nodata`]:
 //!   NOERROR/NODATA (no answer, an SOA in the authority section);
 //! - a name declared [`DnsTable::silent`]: no reply at all, over UDP or TCP (a timeout);
+//! - a (name, type) declared with [`DnsTable::servfail`]: SERVFAIL;
 //! - any other name (or one declared with [`DnsTable::nxdomain`]): NXDOMAIN.
 //!
 //! Every question it receives is recorded (see [`DnsServer::queries`]).
@@ -35,6 +36,7 @@ pub struct DnsTable {
     nodata: HashSet<String>,
     nxdomain: HashSet<String>,
     silent: HashSet<String>,
+    servfail: HashSet<(String, RecordType)>,
 }
 
 /// One question the server received.
@@ -99,6 +101,12 @@ impl DnsTable {
         self
     }
 
+    /// Questions about `name` of type `qtype` get SERVFAIL (a temporary failure).
+    pub fn servfail(mut self, name: &str, qtype: RecordType) -> Self {
+        self.servfail.insert((key(name), qtype));
+        self
+    }
+
     /// The reply to `request`, or None to stay silent.
     fn answer(&self, request: &Message) -> Option<Message> {
         let mut response = Message::new();
@@ -120,6 +128,10 @@ impl DnsTable {
         let name = key(&query.name().to_ascii());
         if self.silent.contains(&name) {
             return None;
+        }
+        if self.servfail.contains(&(name.clone(), query.query_type())) {
+            response.set_response_code(ResponseCode::ServFail);
+            return Some(response);
         }
         let records = self.records.get(&name).filter(|_| !self.nxdomain.contains(&name));
         let exists = records.is_some() || self.nodata.contains(&name);
@@ -149,15 +161,7 @@ impl DnsTable {
 fn soa(name: &str) -> Record {
     let zone = name.split_once('.').map_or(name, |(_, parent)| parent);
     let zone = fqdn(if zone.is_empty() { "test" } else { zone });
-    let rdata = SOA::new(
-        fqdn("ns.test"),
-        fqdn("hostmaster.test"),
-        1,
-        3600,
-        600,
-        86400,
-        TTL,
-    );
+    let rdata = SOA::new(fqdn("ns.test"), fqdn("hostmaster.test"), 1, 3600, 600, 86400, TTL);
     Record::from_rdata(zone, TTL, RData::SOA(rdata))
 }
 
@@ -246,10 +250,7 @@ impl DnsServer {
     pub fn query_count(&self, name: &str, qtype: RecordType) -> usize {
         let name = key(name);
         let queries = self.shared.queries.lock().unwrap();
-        queries
-            .iter()
-            .filter(|q| q.name == name && q.qtype == qtype)
-            .count()
+        queries.iter().filter(|q| q.name == name && q.qtype == qtype).count()
     }
 }
 
