@@ -3,14 +3,22 @@
 #
 #   ./scripts/bench.sh              # 20000 messages of 5000 bytes, 20 parallel sessions
 #   BENCH_MESSAGES=2000 ./scripts/bench.sh
+#   BENCH_POSTFIX=0 ./scripts/bench.sh  # skip phase 3 (the Postfix comparison)
 #   (also BENCH_SESSIONS, BENCH_SIZE, BENCH_PHASE_TIMEOUT seconds, SMTPGATE_BIN)
 #
 # Phase 1 sends the load with Postfix's smtp-source straight to smtp-sink; phase 2 sends the
-# same load to smtpgate, whose pool points at a fresh smtp-sink. Each phase is timed from the
-# first connection until the sink has counted every message (smtp-sink -c, no dump files, so
-# the sink costs the same in both runs). Prints both rates, their ratio and smtpgate's peak
+# same load to smtpgate, whose pool points at a fresh smtp-sink. Phase 3 (on by default when
+# Postfix is installed) sends it to a private Postfix instance relaying to a fresh smtp-sink
+# (relayhost), so smtpgate and Postfix are measured in the same run. Each phase is timed from
+# the first connection until the sink has counted every message (smtp-sink -c, no dump files,
+# so the sink costs the same in every run). Prints the rates, their ratios and smtpgate's peak
 # RSS. Everything listens on 127.0.0.1; every phase has a time limit; all processes are
 # stopped on exit.
+#
+# The Postfix instance lives entirely under the bench's work dir (its own config, queue and
+# data directories, started with `postfix -c DIR`); /etc/postfix is only read (postfix-files,
+# the stock master.cf it is derived from) and the system's queue is never used. If it fails
+# to start, phase 3 is skipped with the reason and phases 1-2 are still reported.
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
@@ -21,6 +29,7 @@ SESSIONS=${BENCH_SESSIONS:-20}
 SIZE=${BENCH_SIZE:-5000}
 PHASE_TIMEOUT=${BENCH_PHASE_TIMEOUT:-600}
 START_TIMEOUT=30
+POSTFIX_PHASE=${BENCH_POSTFIX:-1}
 
 for tool in /usr/sbin/smtp-sink /usr/sbin/smtp-source python3; do
     command -v "$tool" >/dev/null || { echo "bench.sh: $tool missing (./scripts/test.sh installs it)" >&2; exit 1; }
@@ -28,8 +37,10 @@ done
 
 WORK=$(mktemp -d "$ROOT/target/bench.XXXXXX")   # same disk as the work tree
 PIDS=()
+PF_CONF=""   # set once the private Postfix instance has been configured
 cleanup() {
     local pid
+    [[ -n $PF_CONF ]] && stop_postfix
     for pid in "${PIDS[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
@@ -98,13 +109,171 @@ run_load() {
     local port=$1 log=$2 start end
     start=$(now)
     timeout "$PHASE_TIMEOUT" /usr/sbin/smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -d \
-        -f bench-from@example.test -t bench-to@example.test "127.0.0.1:$port" >&2
-    wait_for "the sink to count $MESSAGES messages" "$PHASE_TIMEOUT" sink_has_all "$log" >&2
+        -f bench-from@example.test -t bench-to@example.test "127.0.0.1:$port" >&2 || return 1
+    wait_for "the sink to count $MESSAGES messages" "$PHASE_TIMEOUT" sink_has_all "$log" >&2 \
+        || return 1
     end=$(now)
     awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }'
 }
 
 rate() { awk -v n="$MESSAGES" -v s="$1" 'BEGIN { printf "%.1f", n / s }'; }
+
+# --- phase 3: a private Postfix instance as the relay --------------------------------------
+#
+# Everything lives under $WORK/postfix: etc/ (main.cf, master.cf; `postfix -c`), spool/
+# (queue_directory), data/ (data_directory) and maillog (written by postlogd, no syslog).
+# Postfix runs as root with mail_owner=postfix and setgid_group=postdrop (created by the
+# Debian package). Its only listener is smtpd on 127.0.0.1:$PF_PORT; it relays everything to
+# relayhost = [127.0.0.1]:sink. No local delivery.
+PF_BIN=/usr/sbin/postfix
+PF_POSTCONF=/usr/sbin/postconf
+PF_DIR=$WORK/postfix
+PF_MASTER_PID=""
+PF_WHY=""
+
+# log_tail FILE...: the last lines of the files that exist, on one line (for error messages).
+log_tail() {
+    tail -q -n 5 "$@" 2>/dev/null | tr '\n' ' ' | sed 's/ *$//' || true
+}
+
+# postfix_available: whether phase 3 can be attempted; sets PF_WHY when it can't.
+postfix_available() {
+    local bin
+    if [[ $POSTFIX_PHASE == 0 ]]; then
+        PF_WHY="BENCH_POSTFIX=0"
+        return 1
+    fi
+    for bin in "$PF_BIN" "$PF_POSTCONF" /etc/postfix/master.cf; do
+        [[ -e $bin ]] || { PF_WHY="$bin missing (apt-get install postfix)"; return 1; }
+    done
+    id postfix >/dev/null 2>&1 || { PF_WHY="no 'postfix' user (mail_owner)"; return 1; }
+    getent group postdrop >/dev/null 2>&1 || { PF_WHY="no 'postdrop' group (setgid_group)"; return 1; }
+}
+
+# our_postfix_master PID: whether PID is the master process of the private instance.
+our_postfix_master() {
+    local pid=$1
+    [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+    [[ $(readlink "/proc/$pid/exe" 2>/dev/null) == */master ]] || return 1
+    tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qxF "MAIL_CONFIG=$PF_DIR/etc"
+}
+
+# stop_postfix: `postfix stop`, then kills whatever is left of the instance's master and its
+# process group (master runs setsid(), so its daemons share its process group).
+stop_postfix() {
+    local pid=$PF_MASTER_PID i
+    if [[ -z $pid && -f $PF_DIR/spool/pid/master.pid ]]; then
+        pid=$(awk '{ print $1; exit }' "$PF_DIR/spool/pid/master.pid" 2>/dev/null || true)
+    fi
+    PF_CONF=""
+    timeout 20 "$PF_BIN" -c "$PF_DIR/etc" stop >>"$PF_DIR/stop.log" 2>&1 || true
+    our_postfix_master "$pid" || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in 1 2 3 4 5 6 7 8 9 10; do
+        our_postfix_master "$pid" || return 0
+        sleep 0.5
+    done
+    echo "bench.sh: postfix master $pid still running, killing its process group" >&2
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+}
+
+# write_postfix_master_cf: the stock master.cf without chroot (the private queue has no
+# chroot files), with the smtp/inet service renamed to 127.0.0.1:$PF_PORT and every other inet
+# service (and the pipe(8) examples) dropped; refuses anything else that would listen.
+write_postfix_master_cf() {
+    local inet
+    awk -v listen="127.0.0.1:$PF_PORT" '
+        /^#/ || /^[[:space:]]*$/ { print; next }
+        /^[[:space:]]/ { if (!skip) print; next }   # -o/argv continuation of the last service
+        {
+            skip = 0
+            if ($2 == "inet" && $1 != "smtp") { skip = 1; print "# bench.sh dropped: " $1 " inet"; next }
+            if ($8 == "pipe") { skip = 1; next }
+            if ($2 == "inet") $1 = listen
+            $5 = "n"
+            print
+        }' /etc/postfix/master.cf >"$PF_DIR/etc/master.cf" || { PF_WHY="cannot write master.cf"; return 1; }
+    inet=$("$PF_POSTCONF" -c "$PF_DIR/etc" -M 2>&1 | awk '$2 == "inet" { print $1 }' | sort -u | tr '\n' ' ')
+    if [[ $inet != "127.0.0.1:$PF_PORT " ]]; then
+        PF_WHY="unexpected inet services in the generated master.cf: '${inet% }'"
+        return 1
+    fi
+}
+
+# start_postfix SINK_PORT: configures and starts the private instance relaying to
+# 127.0.0.1:SINK_PORT; sets PF_PORT. On failure sets PF_WHY and returns 1 (never exits).
+start_postfix() {
+    local sink_port=$1 attempt
+    mkdir -p "$PF_DIR/etc" "$PF_DIR/spool" || { PF_WHY="cannot create $PF_DIR"; return 1; }
+    # mktemp made $WORK 0700; Postfix's unprivileged daemons (user postfix) must be able to
+    # reach data_directory and the maillog by absolute path.
+    chmod 755 "$WORK" "$PF_DIR" "$PF_DIR/etc" "$PF_DIR/spool" || { PF_WHY="chmod failed"; return 1; }
+    cat >"$PF_DIR/etc/main.cf" <<MAINCF || { PF_WHY="cannot write main.cf"; return 1; }
+# Private Postfix instance of scripts/bench.sh: relays everything to smtp-sink.
+compatibility_level = 3.6
+queue_directory = $PF_DIR/spool
+data_directory = $PF_DIR/data
+mail_owner = postfix
+setgid_group = postdrop
+maillog_file = $PF_DIR/maillog
+maillog_file_prefixes = $PF_DIR
+myhostname = postfix-bench.example.test
+mydomain = example.test
+myorigin = \$myhostname
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+mydestination =
+relay_domains =
+relayhost = [127.0.0.1]:$sink_port
+local_transport = error:local delivery is disabled
+alias_maps =
+alias_database =
+local_recipient_maps =
+biff = no
+smtputf8_enable = no
+smtpd_peername_lookup = no
+smtpd_tls_security_level = none
+smtp_tls_security_level = none
+# relay tuning: up to 20 parallel deliveries to the sink (smtp-source uses $SESSIONS sessions)
+default_destination_concurrency_limit = 20
+default_process_limit = 100
+MAINCF
+    PF_CONF=$PF_DIR/etc   # from here on, cleanup stops the instance
+    for attempt in 1 2 3; do
+        PF_PORT=$(free_port)
+        write_postfix_master_cf || return 1
+        if ((attempt == 1)); then
+            if ! timeout "$START_TIMEOUT" "$PF_BIN" -c "$PF_DIR/etc" check >"$PF_DIR/check.log" 2>&1; then
+                PF_WHY="postfix check failed: $(log_tail "$PF_DIR/check.log")"
+                return 1
+            fi
+            [[ -s $PF_DIR/check.log ]] && sed 's/^/   postfix check: /' "$PF_DIR/check.log" >&2
+        fi
+        if timeout "$START_TIMEOUT" "$PF_BIN" -c "$PF_DIR/etc" start >"$PF_DIR/start.log" 2>&1; then
+            break
+        fi
+        PF_WHY="postfix start failed: $(log_tail "$PF_DIR/start.log" "$PF_DIR/maillog")"
+        # free_port races with other programs binding ports; retry on another one.
+        if ((attempt == 3)) || ! grep -q 'Address already in use' "$PF_DIR/maillog" 2>/dev/null; then
+            return 1
+        fi
+        echo "bench.sh: port $PF_PORT was taken before postfix bound it, retrying" >&2
+    done
+    PF_MASTER_PID=$(awk '{ print $1; exit }' "$PF_DIR/spool/pid/master.pid" 2>/dev/null || true)
+    if ! our_postfix_master "$PF_MASTER_PID"; then
+        PF_WHY="postfix master not running after start: $(log_tail "$PF_DIR/maillog")"
+        return 1
+    fi
+    if ! wait_for "postfix smtpd on port $PF_PORT" "$START_TIMEOUT" postfix_port_open; then
+        PF_WHY="smtpd not listening on 127.0.0.1:$PF_PORT: $(log_tail "$PF_DIR/maillog")"
+        return 1
+    fi
+}
+
+postfix_port_open() {
+    our_postfix_master "$PF_MASTER_PID" && (exec 3<>"/dev/tcp/127.0.0.1/$PF_PORT") 2>/dev/null
+}
 
 echo "== building smtpgate (release)" >&2
 cargo build --release -p smtpgate >&2
@@ -163,6 +332,29 @@ GATE_PORT=$(sed -n 's/^smtpgate listening: .*address=[^ ]*:\([0-9]*\) .*/\1/p' "
 [[ -n $GATE_PORT ]] || { echo "bench.sh: no listener address in smtpgate's stdout" >&2; exit 1; }
 GATE_SECONDS=$(run_load "$GATE_PORT" "$WORK/sink-gate.log")
 GATE_PEAK_RSS=$(awk '/^VmHWM:/ {print $2, $3}' "/proc/$GATE_PID/status")
+echo "   smtpgate: $(rate "$GATE_SECONDS") msg/s ($GATE_SECONDS s)" >&2
+kill "$GATE_PID" "$SINK_PID" 2>/dev/null || true   # leave the CPU to phase 3
+
+PF_SECONDS=""
+if postfix_available; then
+    echo "== phase 3: smtp-source -> postfix (private instance, relayhost) -> smtp-sink" >&2
+    start_sink "$WORK/sink-postfix.log"
+    if ! start_postfix "$SINK_PORT"; then
+        echo "bench.sh: skipping phase 3: $PF_WHY" >&2
+        PF_WHY="postfix did not start: $PF_WHY"
+    elif PF_SECONDS=$(run_load "$PF_PORT" "$WORK/sink-postfix.log"); then
+        echo "   postfix: $(rate "$PF_SECONDS") msg/s ($PF_SECONDS s)" >&2
+    else
+        PF_SECONDS=""
+        PF_WHY="phase 3 failed (sink counted $(sink_count "$WORK/sink-postfix.log") of $MESSAGES)"
+        echo "bench.sh: $PF_WHY; last lines of postfix's log:" >&2
+        tail -n 20 "$PF_DIR/maillog" >&2 2>/dev/null || true
+    fi
+    [[ -n $PF_CONF ]] && stop_postfix
+    kill "$SINK_PID" 2>/dev/null || true
+else
+    echo "== phase 3 skipped: $PF_WHY" >&2
+fi
 
 DIRECT_RATE=$(rate "$DIRECT_SECONDS")
 GATE_RATE=$(rate "$GATE_SECONDS")
@@ -170,4 +362,11 @@ printf '\nmessages: %d x %d bytes, %d sessions\n' "$MESSAGES" "$SIZE" "$SESSIONS
 printf 'direct:   %8.1f msg/s (%.2f s)\n' "$DIRECT_RATE" "$DIRECT_SECONDS"
 printf 'smtpgate: %8.1f msg/s (%.2f s)\n' "$GATE_RATE" "$GATE_SECONDS"
 printf 'ratio gate/direct: %s\n' "$(awk -v g="$GATE_RATE" -v d="$DIRECT_RATE" 'BEGIN { printf "%.3f", g / d }')"
+if [[ -n $PF_SECONDS ]]; then
+    PF_RATE=$(rate "$PF_SECONDS")
+    printf 'postfix:  %8.1f msg/s (%.2f s)\n' "$PF_RATE" "$PF_SECONDS"
+    printf 'ratio smtpgate/postfix: %s\n' "$(awk -v g="$GATE_RATE" -v p="$PF_RATE" 'BEGIN { printf "%.3f", g / p }')"
+else
+    printf 'postfix:  skipped (%s)\n' "$PF_WHY"
+fi
 printf 'smtpgate peak RSS (VmHWM): %s\n' "$GATE_PEAK_RSS"

@@ -66,3 +66,23 @@ fn contains<T>(spanned: &Spanned<T>, at: usize) -> bool {
     let span = spanned.span();
     span.start <= at && at < span.end.max(span.start + 1)
 }
+
+/// The byte offset of the key at `path` (segments as serde_ignored gives them: keys, and array
+/// indexes as numbers), for pointing at an unknown key.
+pub fn offset_of(text: &str, path: &[String]) -> Option<usize> {
+    let table = DeTable::parse(text).ok()?;
+    let mut current = table.get_ref();
+    let (last, parents) = path.split_last()?;
+    let mut parents = parents.iter().peekable();
+    while let Some(key) = parents.next() {
+        let (_, value) = current.iter().find(|(k, _)| k.get_ref() == key)?;
+        let mut value = value.get_ref();
+        if let (DeValue::Array(items), Some(index)) = (value, parents.peek().and_then(|i| i.parse::<usize>().ok())) {
+            parents.next();
+            value = items.into_iter().nth(index)?.get_ref();
+        }
+        let DeValue::Table(inner) = value else { return None };
+        current = inner;
+    }
+    current.iter().find(|(k, _)| k.get_ref() == last).map(|(k, _)| k.span().start)
+}

@@ -50,7 +50,9 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub queue: QueueConfig,
     pub dns: DnsConfig,
-    /// How long a graceful shutdown waits for sessions and deliveries. Key `shutdown_timeout`.
+    /// How long a graceful shutdown waits for open sessions to finish their transaction. Deliveries
+    /// in flight are not waited for: their state is on disk and they are retried after a restart.
+    /// Key `shutdown_timeout`.
     pub shutdown_timeout: Duration,
 }
 
@@ -270,8 +272,31 @@ impl Config {
 
     /// Parses and checks config text; relative paths in it are relative to `base_dir`.
     pub fn from_toml_str(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        let raw: raw::RawConfig = toml::from_str(text).map_err(|error| syntax_issue(text, &error))?;
-        Config::from_raw(raw, base_dir)
+        let mut unknown = Vec::new();
+        let deserializer = toml::Deserializer::parse(text).map_err(|error| syntax_issue(text, &error))?;
+        let raw: raw::RawConfig = serde_ignored::deserialize(deserializer, |path| {
+            let dotted = path.to_string();
+            let segments: Vec<String> = dotted.split('.').map(str::to_owned).collect();
+            let name = segments.last().cloned().unwrap_or_default();
+            let message = match locate::offset_of(text, &segments) {
+                Some(at) => {
+                    let (line, column) = line_column(text, at);
+                    format!("line {line}, column {column}: unknown field `{name}`")
+                }
+                None => format!("unknown field `{name}`"),
+            };
+            unknown.push(ConfigIssue::new(key_path(&dotted), message))
+        })
+        .map_err(|error| syntax_issue(text, &error))?;
+        // Unknown keys are reported together with every other mistake, not instead of them.
+        match (Config::from_raw(raw, base_dir), unknown.is_empty()) {
+            (result, true) => result,
+            (Ok(_), false) => Err(ConfigError { errors: unknown }),
+            (Err(mut error), false) => {
+                unknown.append(&mut error.errors);
+                Err(ConfigError { errors: unknown })
+            }
+        }
     }
 
     /// The configuration used when there is no file: the defaults of an empty file, relative
@@ -284,6 +309,22 @@ impl Config {
             Err(error) => unreachable!("the built-in config is invalid: {error}"),
         }
     }
+}
+
+/// `listener.0.max_size` (as serde_ignored writes paths) to `listener[0].max_size`.
+fn key_path(dotted: &str) -> String {
+    let mut out = String::new();
+    for part in dotted.split('.') {
+        if part.chars().all(|c| c.is_ascii_digit()) && !out.is_empty() {
+            out.push_str(&format!("[{part}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(part);
+        }
+    }
+    out
 }
 
 /// Turns a TOML syntax or serde error into one issue: toml's own message with its line and

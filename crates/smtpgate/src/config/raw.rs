@@ -3,8 +3,8 @@
 //! Every field is optional (defaults are applied in [`super::Config::from_raw`]) and every
 //! human value (sizes, durations, addresses, networks) is kept as text, so that one bad value
 //! is reported by `from_raw` together with all the others instead of stopping the parse.
-//! Unknown keys are refused (`deny_unknown_fields`), so a misspelt key is never silently
-//! ignored.
+//! Unknown keys are collected while parsing (`serde_ignored`) and reported with the other
+//! mistakes, so a misspelt key is never silently ignored.
 
 use std::fmt;
 
@@ -13,7 +13,6 @@ use serde::de::{self, Deserializer, Visitor};
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub hostname: Option<String>,
     pub shutdown_timeout: Option<Text>,
@@ -31,7 +30,6 @@ pub struct RawConfig {
 
 /// `[spool]`
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawSpool {
     pub dir: Option<String>,
     pub min_free_space: Option<Text>,
@@ -40,7 +38,6 @@ pub struct RawSpool {
 
 /// `[admin]`
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub enabled: Option<bool>,
     pub address: Option<Text>,
@@ -48,7 +45,6 @@ pub struct RawAdmin {
 
 /// One `[[listener]]`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawListener {
     pub name: Option<String>,
     pub address: Option<Text>,
@@ -72,7 +68,6 @@ pub struct RawListener {
 
 /// `tls = { cert = "...", key = "..." }` in a listener.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawTlsFiles {
     pub cert: String,
     pub key: String,
@@ -80,7 +75,6 @@ pub struct RawTlsFiles {
 
 /// `auth = { users_file = "...", allow_plaintext = false }` in a listener.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawAuth {
     pub users_file: String,
     pub allow_plaintext: Option<bool>,
@@ -88,7 +82,6 @@ pub struct RawAuth {
 
 /// One `[[pool]]`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawPool {
     pub name: Option<String>,
     pub servers: Option<Vec<Text>>,
@@ -97,14 +90,12 @@ pub struct RawPool {
 
 /// One `[[route]]`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub pool: Option<String>,
 }
 
 /// `[queue]`
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawQueue {
     pub retry: Option<Vec<Text>>,
     pub max_age: Option<Text>,
@@ -118,7 +109,6 @@ pub struct RawQueue {
 
 /// `[dns]`
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawDns {
     pub nameservers: Option<Vec<Text>>,
 }

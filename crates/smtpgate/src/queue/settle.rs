@@ -114,8 +114,12 @@ async fn record(queue: &Queue, msg: &Arc<QueuedMessage>, updates: &[(u32, RcptSt
         // The message is finished: one `done` record stands for every recipient's state.
         finish(ctx, msg).await;
         queue.forget(msg.env.id);
-    } else if let Err(e) = ctx.spool.update(msg.env.id, updates).await {
-        tracing::error!(queue_id = %msg.env.id, error = %e, "cannot record delivery state");
+    } else {
+        // Serialised with compaction, which copies the states into a new record.
+        let _moving = msg.spool_lock.lock().await;
+        if let Err(e) = ctx.spool.update(msg.env.id, updates).await {
+            tracing::error!(queue_id = %msg.env.id, error = %e, "cannot record delivery state");
+        }
     }
 }
 

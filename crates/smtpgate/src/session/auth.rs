@@ -156,11 +156,8 @@ impl Session {
             Some(t) => t,
             None => {
                 self.conn.reply(&Reply::auth_continue(challenge));
-                match self
-                    .conn
-                    .read_line(&mut self.framer, self.listener.config.command_timeout)
-                    .await
-                {
+                let limit = self.listener.config.command_timeout;
+                match self.conn.read_line(&mut self.framer, limit, false).await {
                     Ok(Line::Command(l)) => String::from_utf8_lossy(&l).trim().to_string(),
                     Ok(Line::TooLong) => return Err(self.error(Reply::line_too_long())),
                     Err(_) => return Err(Flow::Close),

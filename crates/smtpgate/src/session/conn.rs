@@ -87,7 +87,13 @@ impl Conn {
     }
 
     /// Reads the next command line.
-    pub async fn read_line(&mut self, framer: &mut LineFramer, limit: Duration) -> Result<Line, ReadError> {
+    /// A server shutdown interrupts the wait only when `between_transactions`.
+    pub async fn read_line(
+        &mut self,
+        framer: &mut LineFramer,
+        limit: Duration,
+        between_transactions: bool,
+    ) -> Result<Line, ReadError> {
         loop {
             match framer.next(&self.rbuf) {
                 Framed::Line { len, consumed } => {
@@ -103,7 +109,7 @@ impl Conn {
                     self.rbuf.advance(consumed);
                     // The end of a discarded line may have pipelined commands behind it.
                     if consumed == 0 {
-                        self.read_more(limit, true).await?;
+                        self.read_more(limit, between_transactions).await?;
                     }
                 }
             }

@@ -125,7 +125,9 @@ impl Session {
     async fn command_loop(&mut self) {
         let limit = self.listener.config.command_timeout;
         loop {
-            let line = match self.conn.read_line(&mut self.framer, limit).await {
+            // On shutdown, a transaction in progress may still finish; an idle session gets 421.
+            let idle = matches!(self.txn, Txn::Idle);
+            let line = match self.conn.read_line(&mut self.framer, limit, idle).await {
                 Ok(Line::Command(line)) => line,
                 Ok(Line::TooLong) => {
                     if self.error(Reply::line_too_long()) == Flow::Close {

@@ -377,10 +377,10 @@ async fn a_corrupted_byte_inside_a_record_is_never_returned_as_a_message() {
             found.contains_key(&QueueId(1)),
             "{what}: the record before it is intact"
         );
-        // Everything that does come back is exactly what was stored (C, behind the corrupted
-        // record, is cut away with it: recovery cannot find record boundaries past a bad one).
+        // Recovery skips the damaged record and finds the next one: C, behind it, survives.
+        assert!(found.contains_key(&QueueId(3)), "{what}: the record after it is recovered");
         assert_matches_stored(&spool, &found, &stored);
-        assert_eq!(file_len(&path), b_start, "{what}: truncated at the bad record");
+        assert_eq!(file_len(&path), data.len() as u64, "{what}: a damaged middle is not truncated away");
         eprintln!("{what}: recovered {:?}", found.keys().map(|k| k.0).collect::<Vec<_>>());
     }
 }
@@ -485,4 +485,42 @@ async fn many_messages_over_tiny_segments_are_all_recovered() {
         };
         assert_eq!(r.states, want, "states of {id}");
     }
+}
+
+#[tokio::test]
+async fn relocated_message_is_recovered_once_with_later_states_and_frees_its_old_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (spool, _) = open(dir, 4096);
+    let env = envelope(1, &["a@example.org", "b@example.org", "c@example.org"]);
+    let b = body(1, 3000);
+    let first = spool.store(&env, &b).await.unwrap();
+    spool.update(env.id, &[(0, RcptState::Delivered)]).await.unwrap();
+    // Traffic that comes and goes pushes the current segment on.
+    for id in 2..6u64 {
+        let r = spool
+            .store(&envelope(id, &["x@example.org"]), &body(id, 3000))
+            .await
+            .unwrap();
+        spool.done(QueueId(id), &r).await.unwrap();
+    }
+    let states = [RcptState::Delivered, RcptState::Pending, RcptState::Pending];
+    let moved = spool.relocate(&env, &states, &b, &first).await.unwrap();
+    assert!(moved.segment > first.segment);
+    // A state written after the move applies to the new copy.
+    spool.update(env.id, &[(2, RcptState::Failed)]).await.unwrap();
+    barrier(&spool).await;
+    assert!(
+        !segments(dir).contains(&first.segment),
+        "the old segment is freed: {:?}",
+        segments(dir)
+    );
+    drop(spool);
+
+    let (spool, found) = open(dir, 4096);
+    assert_eq!(found.keys().copied().collect::<Vec<_>>(), [env.id], "recovered once");
+    let r = &found[&env.id];
+    assert_eq!(r.body, moved);
+    assert_eq!(r.states, [RcptState::Delivered, RcptState::Pending, RcptState::Failed]);
+    assert_eq!(spool.read_body(&r.body).unwrap(), b);
 }

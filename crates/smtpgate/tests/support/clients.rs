@@ -128,13 +128,7 @@ pub fn smtplib_send(addr: SocketAddr, from: &str, to: &[&str], message: &str) ->
 }
 
 /// Sends `n` messages over one connection; `{i}` in `message` becomes 0, 1, ...
-pub fn smtplib_send_many(
-    addr: SocketAddr,
-    n: usize,
-    from: &str,
-    to: &[&str],
-    message: &str,
-) -> PyTranscript {
+pub fn smtplib_send_many(addr: SocketAddr, n: usize, from: &str, to: &[&str], message: &str) -> PyTranscript {
     smtplib(
         addr,
         &format!(

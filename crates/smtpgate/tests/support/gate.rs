@@ -105,11 +105,7 @@ impl GateConfig {
         let _ = writeln!(toml, "address = \"127.0.0.1:0\"");
         let _ = writeln!(toml, "relay_networks = [\"127.0.0.0/8\"]");
         lines(&mut toml, &self.listener);
-        let servers: Vec<String> = self
-            .pool_servers
-            .iter()
-            .map(|s| format!("\"{s}\""))
-            .collect();
+        let servers: Vec<String> = self.pool_servers.iter().map(|s| format!("\"{s}\"")).collect();
         let _ = writeln!(toml, "\n[[pool]]\nname = \"upstream\"");
         let _ = writeln!(toml, "servers = [{}]\ntls = \"none\"", servers.join(", "));
         lines(&mut toml, &self.pool);
@@ -160,9 +156,7 @@ impl Gate {
 
     pub fn listener_addr(&self, name: &str) -> SocketAddr {
         let found = self.announced.listeners.iter().find(|(n, _, _)| n == name);
-        found
-            .unwrap_or_else(|| panic!("no listener {name:?} announced"))
-            .1
+        found.unwrap_or_else(|| panic!("no listener {name:?} announced")).1
     }
 
     /// The `tls=` a listener was announced with.
@@ -269,10 +263,7 @@ fn spawn(config: &Path) -> (Child, Announced) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run smtpgate");
-    forward_stderr(
-        child.stderr.take().expect("stderr"),
-        "smtpgate stderr".into(),
-    );
+    forward_stderr(child.stderr.take().expect("stderr"), "smtpgate stderr".into());
     let lines = follow_stdout(child.stdout.take().expect("stdout"));
     match read_announcements(&lines) {
         Ok(announced) => (child, announced),
@@ -342,30 +333,24 @@ fn field(rest: &str, key: &str) -> Result<String, String> {
         return Ok(first.to_string());
     }
     let more = tokens.take_while(|t| !is_field(t));
-    Ok(std::iter::once(first)
-        .chain(more)
-        .collect::<Vec<_>>()
-        .join(" "))
+    Ok(std::iter::once(first).chain(more).collect::<Vec<_>>().join(" "))
 }
 
 fn is_field(token: &str) -> bool {
-    token.split_once('=').is_some_and(|(k, _)| {
-        !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-    })
+    token
+        .split_once('=')
+        .is_some_and(|(k, _)| !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
 }
 
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
-    text.parse()
-        .map_err(|e| format!("bad address {text:?}: {e}"))
+    text.parse().map_err(|e| format!("bad address {text:?}: {e}"))
 }
 
 /// A one-shot HTTP/1.1 GET over a plain TcpStream: (status, body).
 pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("connect to admin {addr}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).expect("send request");
     let mut response = Vec::new();
@@ -383,11 +368,7 @@ pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         let l = l.to_ascii_lowercase();
         l.starts_with("transfer-encoding:") && l.contains("chunked")
     });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
+    let body = if chunked { dechunk(body) } else { body.to_string() };
     (status, body)
 }
 
@@ -406,14 +387,12 @@ fn dechunk(mut body: &str) -> String {
 /// The value of an unlabeled sample `name value` (or `name{} value`) in a Prometheus text
 /// exposition.
 pub(crate) fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            let rest = rest.strip_prefix("{}").unwrap_or(rest);
-            if !rest.starts_with([' ', '\t']) {
-                return None;
-            }
-            rest.split_whitespace().next()?.parse().ok()
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let rest = rest.strip_prefix("{}").unwrap_or(rest);
+        if !rest.starts_with([' ', '\t']) {
+            return None;
+        }
+        rest.split_whitespace().next()?.parse().ok()
+    })
 }

@@ -14,10 +14,15 @@
 #![allow(dead_code, unused_imports)]
 
 mod clients;
-mod dns; pub use dns::{DnsQuery, DnsServer, DnsTable};
+mod dns;
+pub use dns::{DnsQuery, DnsServer, DnsTable};
+mod durability;
+pub use durability::*;
 mod gate;
 mod mail;
 mod sink;
+mod tls;
+pub use tls::*;
 mod upstream;
 mod wait;
 

@@ -94,10 +94,7 @@ impl Sink {
             .map_err(|e| format!("cannot run {SMTP_SINK}: {e}"))?;
         let ended_data = Arc::new(AtomicUsize::new(0));
         follow_counters(child.stdout.take().expect("stdout"), ended_data.clone());
-        forward_stderr(
-            child.stderr.take().expect("stderr"),
-            format!("smtp-sink {port}"),
-        );
+        forward_stderr(child.stderr.take().expect("stderr"), format!("smtp-sink {port}"));
         let up = wait_until(Duration::from_secs(10), || {
             matches!(child.try_wait(), Ok(None)) && greets_as(addr, &greeting_name)
         });

@@ -145,10 +145,7 @@ impl Upstream {
     /// How many RCPT commands named `rcpt` (case-insensitive), whatever their answer.
     pub fn attempts_for(&self, rcpt: &str) -> usize {
         let attempts = self.shared.rcpt_attempts.lock().unwrap();
-        attempts
-            .get(&rcpt.to_ascii_lowercase())
-            .copied()
-            .unwrap_or(0)
+        attempts.get(&rcpt.to_ascii_lowercase()).copied().unwrap_or(0)
     }
 }
 
@@ -275,8 +272,7 @@ enum Next {
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
     async fn run(mut self) -> std::io::Result<()> {
-        self.reply("220 upstream.test ESMTP scriptable upstream")
-            .await?;
+        self.reply("220 upstream.test ESMTP scriptable upstream").await?;
         while let Some(line) = self.input.line().await? {
             if let Next::Close = self.command(&line).await? {
                 break;
@@ -345,10 +341,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             _ => Behaviour::of(&address),
         };
         match behaviour {
-            Behaviour::TempfailRcpt => {
-                self.reply("450 4.2.0 Mailbox temporarily unavailable (script)")
-                    .await
-            }
+            Behaviour::TempfailRcpt => self.reply("450 4.2.0 Mailbox temporarily unavailable (script)").await,
             Behaviour::RejectRcpt => self.reply("550 5.1.1 No such user (script)").await,
             _ => {
                 self.slow |= behaviour == Behaviour::Slow;
@@ -391,8 +384,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             DataOutcome::Reply(reply) => self.reply(reply).await?,
             DataOutcome::Accept => {
                 let id = self.record(transaction, unstuff(&raw));
-                self.reply(&format!("250 2.0.0 Ok: queued as U{id}"))
-                    .await?
+                self.reply(&format!("250 2.0.0 Ok: queued as U{id}")).await?
             }
         }
         Ok(Next::Continue)
@@ -456,10 +448,7 @@ struct Input<R> {
 
 impl<R: AsyncRead + Unpin> Input<R> {
     fn new(read: R) -> Self {
-        Input {
-            read,
-            buf: Vec::new(),
-        }
+        Input { read, buf: Vec::new() }
     }
 
     /// Reads more input; false at end of stream.
