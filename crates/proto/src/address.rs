@@ -205,9 +205,7 @@ fn write_quoted(f: &mut fmt::Formatter<'_>, local: &str) -> fmt::Result {
 
 /// True if `s` can be written without quotes (RFC 5321 Dot-string, UTF-8 allowed).
 fn is_dot_string(s: &str) -> bool {
-    !s.is_empty()
-        && s.split('.')
-            .all(|atom| !atom.is_empty() && atom.bytes().all(is_atext))
+    !s.is_empty() && s.split('.').all(|atom| !atom.is_empty() && atom.bytes().all(is_atext))
 }
 
 /// RFC 5322 atext, plus any non-ASCII byte (RFC 6531 UTF-8 characters, checked later).
@@ -309,8 +307,7 @@ impl<'a> Parser<'a> {
     /// `postmaster>` (case-insensitive) right here: consumes `postmaster` and returns true.
     fn eat_postmaster(&mut self) -> bool {
         let rest = &self.s[self.pos..];
-        let hit =
-            rest.len() > 10 && rest[..10].eq_ignore_ascii_case(b"postmaster") && rest[10] == b'>';
+        let hit = rest.len() > 10 && rest[..10].eq_ignore_ascii_case(b"postmaster") && rest[10] == b'>';
         if hit {
             self.pos += 10;
         }

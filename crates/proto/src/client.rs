@@ -112,11 +112,7 @@ fn next_line(buf: &[u8]) -> Result<Option<(&[u8], usize)>, ReplyError> {
     if lf + 1 > MAX_REPLY_LINE {
         return Err(ReplyError::Malformed);
     }
-    let end = if lf > 0 && buf[lf - 1] == b'\r' {
-        lf - 1
-    } else {
-        lf
-    };
+    let end = if lf > 0 && buf[lf - 1] == b'\r' { lf - 1 } else { lf };
     Ok(Some((&buf[..end], lf + 1)))
 }
 
@@ -166,11 +162,7 @@ fn build_reply(code: u16, texts: &[&[u8]]) -> ParsedReply {
             String::from_utf8_lossy(text).into_owned()
         })
         .collect();
-    ParsedReply {
-        code,
-        status,
-        lines,
-    }
+    ParsedReply { code, status, lines }
 }
 
 /// An RFC 3463 `class.subject.detail` at the start of `text`, whose class matches the code;

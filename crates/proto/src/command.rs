@@ -6,9 +6,7 @@
 
 mod params;
 
-use crate::address::{
-    ForwardPath, ReversePath, parse_forward_path_prefix, parse_reverse_path_prefix,
-};
+use crate::address::{ForwardPath, ReversePath, parse_forward_path_prefix, parse_reverse_path_prefix};
 use crate::reply::Reply;
 use std::fmt;
 
@@ -122,10 +120,7 @@ fn parse_simple(verb: &str, args: &str) -> Result<Command> {
 }
 
 fn trim_end(line: &[u8]) -> &[u8] {
-    let end = line
-        .iter()
-        .rposition(|&b| b != b' ' && b != b'\t')
-        .map_or(0, |i| i + 1);
+    let end = line.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(0, |i| i + 1);
     &line[..end]
 }
 
@@ -209,9 +204,7 @@ fn parse_auth(args: &str) -> Result<Command> {
 
 /// RFC 4422: 1 to 20 of upper-case letters, digits, `-` and `_` (lower case tolerated).
 fn is_sasl_mechanism(m: &str) -> bool {
-    (1..=20).contains(&m.len())
-        && m.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    (1..=20).contains(&m.len()) && m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn is_base64(s: &str) -> bool {

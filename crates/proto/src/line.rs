@@ -58,9 +58,7 @@ impl LineFramer {
             Some(lf) => Framed::TooLong { consumed: lf + 1 },
             None if buf.len() >= self.max => {
                 self.discarding = true;
-                Framed::TooLong {
-                    consumed: buf.len(),
-                }
+                Framed::TooLong { consumed: buf.len() }
             }
             None => Framed::NeedMore { consumed: 0 },
         }
@@ -72,9 +70,7 @@ impl LineFramer {
                 self.discarding = false;
                 Framed::NeedMore { consumed: lf + 1 }
             }
-            None => Framed::NeedMore {
-                consumed: buf.len(),
-            },
+            None => Framed::NeedMore { consumed: buf.len() },
         }
     }
 }
@@ -85,9 +81,5 @@ fn find_lf(buf: &[u8]) -> Option<usize> {
 
 /// Length of the line ending at the LF at `lf`, without a CR just before it.
 fn strip_cr(buf: &[u8], lf: usize) -> usize {
-    if lf > 0 && buf[lf - 1] == b'\r' {
-        lf - 1
-    } else {
-        lf
-    }
+    if lf > 0 && buf[lf - 1] == b'\r' { lf - 1 } else { lf }
 }

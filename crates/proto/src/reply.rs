@@ -88,10 +88,7 @@ impl Reply {
 }
 
 fn push_sanitized(out: &mut Vec<u8>, line: &str) {
-    out.extend(
-        line.bytes()
-            .map(|b| if b < 0x20 || b == 0x7f { b'?' } else { b }),
-    );
+    out.extend(line.bytes().map(|b| if b < 0x20 || b == 0x7f { b'?' } else { b }));
 }
 
 impl fmt::Display for Reply {

@@ -48,8 +48,7 @@ pub fn is_valid(s: &str) -> bool {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'+' {
-            let ok =
-                b.len() > i + 2 && hex_value(b[i + 1]).is_some() && hex_value(b[i + 2]).is_some();
+            let ok = b.len() > i + 2 && hex_value(b[i + 1]).is_some() && hex_value(b[i + 2]).is_some();
             if !ok {
                 return false;
             }
@@ -81,15 +80,7 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        for s in [
-            "",
-            "plain",
-            "a+b=c",
-            "with space",
-            "bücher",
-            "\u{1F600}",
-            "~!",
-        ] {
+        for s in ["", "plain", "a+b=c", "with space", "bücher", "\u{1F600}", "~!"] {
             assert_eq!(decode(&encode(s)).as_deref(), Some(s), "{s:?}");
             assert!(is_valid(&encode(s)));
         }

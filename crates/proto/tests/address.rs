@@ -8,10 +8,7 @@ fn good_paths() {
         ("<a@b.example>", "a@b.example"),
         ("<first.last@sub.b-c.example>", "first.last@sub.b-c.example"),
         ("<a+tag@B.Example>", "a+tag@B.Example"),
-        (
-            "<!#$%&'*+-/=?^_`{|}~@x.example>",
-            "!#$%&'*+-/=?^_`{|}~@x.example",
-        ),
+        ("<!#$%&'*+-/=?^_`{|}~@x.example>", "!#$%&'*+-/=?^_`{|}~@x.example"),
         ("<\"john doe\"@x.example>", "\"john doe\"@x.example"),
         ("<\"plain\"@x.example>", "plain@x.example"),
         ("<\"a\\\\b\"@x.example>", "\"a\\\\b\"@x.example"),
@@ -23,10 +20,7 @@ fn good_paths() {
         ("<a@[x-tag:stuff]>", "a@[x-tag:stuff]"),
         ("<@r1.example:a@b.example>", "a@b.example"),
         ("<@r1.example,@r2.example:a@b.example>", "a@b.example"),
-        (
-            "<\u{fc}ser@b\u{fc}cher.example>",
-            "\u{fc}ser@b\u{fc}cher.example",
-        ),
+        ("<\u{fc}ser@b\u{fc}cher.example>", "\u{fc}ser@b\u{fc}cher.example"),
         (
             "<\u{7528}\u{6237}@\u{4f8b}\u{3048}.\u{30c6}\u{30b9}\u{30c8}>",
             "\u{7528}\u{6237}@\u{4f8b}\u{3048}.\u{30c6}\u{30b9}\u{30c8}",
@@ -126,14 +120,8 @@ fn limits_are_inclusive() {
 
 #[test]
 fn postmaster() {
-    assert_eq!(
-        ForwardPath::parse("<postmaster>"),
-        Ok(ForwardPath::Postmaster)
-    );
-    assert_eq!(
-        ForwardPath::parse("<POSTMASTER>"),
-        Ok(ForwardPath::Postmaster)
-    );
+    assert_eq!(ForwardPath::parse("<postmaster>"), Ok(ForwardPath::Postmaster));
+    assert_eq!(ForwardPath::parse("<POSTMASTER>"), Ok(ForwardPath::Postmaster));
     assert_eq!(ForwardPath::Postmaster.to_string(), "postmaster");
     assert!(matches!(
         ForwardPath::parse("<postmaster@x.example>"),

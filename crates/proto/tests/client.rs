@@ -46,14 +46,7 @@ fn multi_line() {
 
 #[test]
 fn incomplete() {
-    for buf in [
-        &b""[..],
-        b"25",
-        b"250",
-        b"250 ok",
-        b"250-a\r\n",
-        b"250-a\r\n250 b",
-    ] {
+    for buf in [&b""[..], b"25", b"250", b"250 ok", b"250-a\r\n", b"250-a\r\n250 b"] {
         assert_eq!(parse_reply(buf), Ok(None), "{buf:?}");
     }
 }
@@ -86,8 +79,7 @@ fn malformed() {
 
 #[test]
 fn ehlo_capabilities() {
-    let buf =
-        b"250-mx.example greets us\r\n250-PIPELINING\r\n250-SIZE 35882577\r\n250-STARTTLS\r\n\
+    let buf = b"250-mx.example greets us\r\n250-PIPELINING\r\n250-SIZE 35882577\r\n250-STARTTLS\r\n\
 250-8BITMIME\r\n250-SMTPUTF8\r\n250-DSN\r\n250-CHUNKING\r\n250-ENHANCEDSTATUSCODES\r\n\
 250-AUTH PLAIN login\r\n250-AUTH=LOGIN XOAUTH2\r\n250 X-UNKNOWN\r\n";
     let (r, _) = parsed(buf);

@@ -2,8 +2,7 @@
 
 use smtpgate_proto::command::{Body, Notify, Ret};
 use smtpgate_proto::{
-    Command, CommandError, Domain, ForwardPath, MailParams, Mailbox, RcptParams, ReversePath,
-    parse_command,
+    Command, CommandError, Domain, ForwardPath, MailParams, Mailbox, RcptParams, ReversePath, parse_command,
 };
 
 fn mb(local: &str, domain: &str) -> Mailbox {
@@ -36,15 +35,9 @@ fn parse(line: &str) -> Result<Command, CommandError> {
 #[test]
 fn simple_verbs() {
     let cases: Vec<(&str, Command)> = vec![
-        (
-            "EHLO client.example",
-            Command::Ehlo("client.example".into()),
-        ),
+        ("EHLO client.example", Command::Ehlo("client.example".into())),
         ("ehlo [192.0.2.1]", Command::Ehlo("[192.0.2.1]".into())),
-        (
-            "HELO client.example",
-            Command::Helo("client.example".into()),
-        ),
+        ("HELO client.example", Command::Helo("client.example".into())),
         ("HeLo x ", Command::Helo("x".into())),
         ("DATA", Command::Data),
         ("data", Command::Data),
@@ -65,20 +58,8 @@ fn simple_verbs() {
                 last: false,
             },
         ),
-        (
-            "BDAT 1000 LAST",
-            Command::Bdat {
-                size: 1000,
-                last: true,
-            },
-        ),
-        (
-            "bdat 0 last",
-            Command::Bdat {
-                size: 0,
-                last: true,
-            },
-        ),
+        ("BDAT 1000 LAST", Command::Bdat { size: 1000, last: true }),
+        ("bdat 0 last", Command::Bdat { size: 0, last: true }),
         (
             "AUTH PLAIN",
             Command::Auth {
@@ -128,44 +109,23 @@ fn simple_verbs_bad() {
             "EHLO b\u{fc}cher.example",
             CommandError::Syntax("non-ASCII or control character"),
         ),
-        (
-            "EHLO a\rb",
-            CommandError::Syntax("non-ASCII or control character"),
-        ),
+        ("EHLO a\rb", CommandError::Syntax("non-ASCII or control character")),
         ("DATA x", CommandError::Syntax("no arguments allowed")),
         ("RSET x", CommandError::Syntax("no arguments allowed")),
         ("QUIT now", CommandError::Syntax("no arguments allowed")),
         ("STARTTLS x", CommandError::Syntax("no arguments allowed")),
         ("VRFY", CommandError::Syntax("VRFY needs an argument")),
         ("EXPN", CommandError::Syntax("EXPN needs an argument")),
-        (
-            "NOOP \u{e9}",
-            CommandError::Syntax("non-ASCII or control character"),
-        ),
+        ("NOOP \u{e9}", CommandError::Syntax("non-ASCII or control character")),
         ("BDAT", CommandError::Syntax("BDAT needs a size")),
         ("BDAT x", CommandError::Syntax("bad BDAT size")),
         ("BDAT -1", CommandError::Syntax("bad BDAT size")),
-        (
-            "BDAT 99999999999999999999999",
-            CommandError::Syntax("bad BDAT size"),
-        ),
-        (
-            "BDAT 10 FIRST",
-            CommandError::Syntax("BDAT takes a size and LAST"),
-        ),
-        (
-            "BDAT 10 LAST x",
-            CommandError::Syntax("BDAT takes a size and LAST"),
-        ),
+        ("BDAT 99999999999999999999999", CommandError::Syntax("bad BDAT size")),
+        ("BDAT 10 FIRST", CommandError::Syntax("BDAT takes a size and LAST")),
+        ("BDAT 10 LAST x", CommandError::Syntax("BDAT takes a size and LAST")),
         ("AUTH", CommandError::Syntax("AUTH needs a mechanism")),
-        (
-            "AUTH PLAIN a b",
-            CommandError::Syntax("too many AUTH arguments"),
-        ),
-        (
-            "AUTH PL@IN",
-            CommandError::Syntax("bad SASL mechanism name"),
-        ),
+        ("AUTH PLAIN a b", CommandError::Syntax("too many AUTH arguments")),
+        ("AUTH PL@IN", CommandError::Syntax("bad SASL mechanism name")),
         (
             "AUTH PLAIN not*base64",
             CommandError::Syntax("initial response is not base64"),
@@ -186,10 +146,7 @@ fn mail_from() {
     let cases: Vec<(&str, Command)> = vec![
         ("MAIL FROM:<a@b.example>", mail(from("a", "b.example"), p())),
         ("mail from:<a@b.example>", mail(from("a", "b.example"), p())),
-        (
-            "MAIL FROM: <a@b.example>",
-            mail(from("a", "b.example"), p()),
-        ),
+        ("MAIL FROM: <a@b.example>", mail(from("a", "b.example"), p())),
         ("MAIL FROM:<>", mail(ReversePath::Null, p())),
         ("MAIL FROM:<> ", mail(ReversePath::Null, p())),
         (
@@ -261,10 +218,7 @@ fn mail_from() {
             "MAIL FROM:<\u{fc}ser@b\u{fc}cher.example> SMTPUTF8",
             mail(
                 from("\u{fc}ser", "b\u{fc}cher.example"),
-                MailParams {
-                    smtputf8: true,
-                    ..p()
-                },
+                MailParams { smtputf8: true, ..p() },
             ),
         ),
         (
@@ -297,22 +251,10 @@ fn mail_from_bad() {
         ("MAIL FROM:<a@b.c> SIZE=", Syntax("bad parameter value")),
         ("MAIL FROM:<a@b.c> SIZE=x", Syntax("bad SIZE value")),
         ("MAIL FROM:<a@b.c> SIZE=-1", Syntax("bad SIZE value")),
-        (
-            "MAIL FROM:<a@b.c> SIZE=99999999999999999999",
-            Syntax("bad SIZE value"),
-        ),
-        (
-            "MAIL FROM:<a@b.c> SIZE=1 SIZE=2",
-            Syntax("duplicate parameter"),
-        ),
-        (
-            "MAIL FROM:<a@b.c> SMTPUTF8 smtputf8",
-            Syntax("duplicate parameter"),
-        ),
-        (
-            "MAIL FROM:<a@b.c> SMTPUTF8=yes",
-            Syntax("SMTPUTF8 takes no value"),
-        ),
+        ("MAIL FROM:<a@b.c> SIZE=99999999999999999999", Syntax("bad SIZE value")),
+        ("MAIL FROM:<a@b.c> SIZE=1 SIZE=2", Syntax("duplicate parameter")),
+        ("MAIL FROM:<a@b.c> SMTPUTF8 smtputf8", Syntax("duplicate parameter")),
+        ("MAIL FROM:<a@b.c> SMTPUTF8=yes", Syntax("SMTPUTF8 takes no value")),
         ("MAIL FROM:<a@b.c> BODY=9BIT", Syntax("bad BODY value")),
         ("MAIL FROM:<a@b.c> RET=ALL", Syntax("bad RET value")),
         ("MAIL FROM:<a@b.c> ENVID=a b", UnknownParameter("b".into())),
@@ -322,18 +264,12 @@ fn mail_from_bad() {
         ("MAIL FROM:<a@b.c> -X=1", Syntax("bad parameter name")),
         ("MAIL FROM:<a@b.c> =1", Syntax("bad parameter name")),
         ("MAIL FROM:<a@b.c> XFOO=1", UnknownParameter("XFOO".into())),
-        (
-            "MAIL FROM:<a@b.c> NOTIFY=NEVER",
-            UnknownParameter("NOTIFY".into()),
-        ),
+        ("MAIL FROM:<a@b.c> NOTIFY=NEVER", UnknownParameter("NOTIFY".into())),
         (
             "MAIL FROM:<a@b.c> SIZE=1\u{e9}",
             Syntax("non-ASCII or control character"),
         ),
-        (
-            "MAIL FROM:<a@b.c> SIZE=1\x01",
-            Syntax("non-ASCII or control character"),
-        ),
+        ("MAIL FROM:<a@b.c> SIZE=1\x01", Syntax("non-ASCII or control character")),
     ];
     for (line, want) in cases {
         assert_eq!(parse(line).as_ref(), Err(want), "{line:?}");
@@ -399,10 +335,7 @@ fn rcpt_to() {
             "RCPT TO:<\"john doe\"@y.example>",
             rcpt(to("john doe", "y.example"), p()),
         ),
-        (
-            "RCPT TO:<\"a\\\"b\"@y.example>",
-            rcpt(to("a\"b", "y.example"), p()),
-        ),
+        ("RCPT TO:<\"a\\\"b\"@y.example>", rcpt(to("a\"b", "y.example"), p())),
         (
             "RCPT TO:<x@[192.0.2.1]>",
             rcpt(
@@ -438,46 +371,28 @@ fn rcpt_to_bad() {
         ("RCPT FROM:<x@y.z>", Syntax("expected RCPT TO:<address>")),
         ("RCPT TO:<>", BadAddress("empty recipient")),
         ("RCPT TO:x@y.z", BadAddress("missing <")),
-        (
-            "RCPT TO:<x@y.z> garbage",
-            UnknownParameter("garbage".into()),
-        ),
-        (
-            "RCPT TO:<x@y.z>garbage",
-            BadAddress("garbage after address"),
-        ),
+        ("RCPT TO:<x@y.z> garbage", UnknownParameter("garbage".into())),
+        ("RCPT TO:<x@y.z>garbage", BadAddress("garbage after address")),
         ("RCPT TO:<x y@z.z>", BadAddress("space inside address")),
         ("RCPT TO:<@y.z>", BadAddress("bad source route")),
         ("RCPT TO:<x>", BadAddress("missing @domain")),
         ("RCPT TO:<x@>", BadAddress("missing domain")),
         ("RCPT TO:<x@y..z>", BadAddress("empty domain label")),
         ("RCPT TO:<x@[1.2.3]>", BadAddress("bad address literal")),
-        (
-            "RCPT TO:<x\x01@y.z>",
-            BadAddress("control character in address"),
-        ),
+        ("RCPT TO:<x\x01@y.z>", BadAddress("control character in address")),
         (&long_local, BadAddress("local part too long")),
         (
             "RCPT TO:<x@y.z> NOTIFY=NEVER,SUCCESS",
             Syntax("NOTIFY=NEVER cannot be combined"),
         ),
-        (
-            "RCPT TO:<x@y.z> NOTIFY=SOMETIMES",
-            Syntax("bad NOTIFY value"),
-        ),
+        ("RCPT TO:<x@y.z> NOTIFY=SOMETIMES", Syntax("bad NOTIFY value")),
         ("RCPT TO:<x@y.z> NOTIFY=", Syntax("bad parameter value")),
-        (
-            "RCPT TO:<x@y.z> NOTIFY=SUCCESS,",
-            Syntax("bad NOTIFY value"),
-        ),
+        ("RCPT TO:<x@y.z> NOTIFY=SUCCESS,", Syntax("bad NOTIFY value")),
         (
             "RCPT TO:<x@y.z> NOTIFY=DELAY NOTIFY=DELAY",
             Syntax("duplicate parameter"),
         ),
-        (
-            "RCPT TO:<x@y.z> ORCPT=x@y.z",
-            Syntax("ORCPT needs addr-type;address"),
-        ),
+        ("RCPT TO:<x@y.z> ORCPT=x@y.z", Syntax("ORCPT needs addr-type;address")),
         ("RCPT TO:<x@y.z> ORCPT=rfc822;", Syntax("bad ORCPT value")),
         ("RCPT TO:<x@y.z> ORCPT=rfc822;+Q", Syntax("bad ORCPT value")),
         (
@@ -500,8 +415,5 @@ fn errors_know_their_reply() {
     assert_eq!(code(CommandError::Unrecognized), (500, "5.5.1"));
     assert_eq!(code(CommandError::Syntax("x")), (501, "5.5.4"));
     assert_eq!(code(CommandError::BadAddress("x")), (501, "5.1.3"));
-    assert_eq!(
-        code(CommandError::UnknownParameter("X".into())),
-        (555, "5.5.4")
-    );
+    assert_eq!(code(CommandError::UnknownParameter("X".into())), (555, "5.5.4"));
 }

@@ -28,11 +28,7 @@ fn feed_parts(parts: &[&[u8]], policy: BareEol, max: u64) -> Run {
         if done {
             break;
         }
-        assert_eq!(
-            used,
-            part.len(),
-            "a receiver that is not done consumes everything"
-        );
+        assert_eq!(used, part.len(), "a receiver that is not done consumes everything");
     }
     Run {
         out,
@@ -48,18 +44,10 @@ fn data_all_splits(input: &[u8], policy: BareEol, max: u64) -> Run {
     let whole = feed_parts(&[input], policy, max);
     for cut in 0..=input.len() {
         let (a, b) = input.split_at(cut);
-        assert_eq!(
-            feed_parts(&[a, b], policy, max),
-            whole,
-            "cut at {cut} of {input:?}"
-        );
+        assert_eq!(feed_parts(&[a, b], policy, max), whole, "cut at {cut} of {input:?}");
     }
     let bytes: Vec<&[u8]> = input.chunks(1).collect();
-    assert_eq!(
-        feed_parts(&bytes, policy, max),
-        whole,
-        "byte at a time: {input:?}"
-    );
+    assert_eq!(feed_parts(&bytes, policy, max), whole, "byte at a time: {input:?}");
     whole
 }
 
@@ -70,12 +58,7 @@ const CASES: &[Case] = &[
     (b"hello\r\n.\r\n", b"hello\r\n", false, b""),
     (b".\r\n", b"", false, b""),
     (b"\r\n.\r\n", b"\r\n", false, b""),
-    (
-        b".\r\nMAIL FROM:<a@b>\r\n",
-        b"",
-        false,
-        b"MAIL FROM:<a@b>\r\n",
-    ),
+    (b".\r\nMAIL FROM:<a@b>\r\n", b"", false, b"MAIL FROM:<a@b>\r\n"),
     (b"a\r\n.\r\nQUIT\r\n", b"a\r\n", false, b"QUIT\r\n"),
     (b"a\r\n.\r\n.\r\n", b"a\r\n", false, b".\r\n"),
     // Dot-unstuffing.
@@ -207,11 +190,7 @@ fn too_big_reads_to_the_end_and_stops_storing() {
         assert!(run.done);
         assert_eq!(&input[run.consumed..], b"QUIT\r\n");
         assert_eq!(run.outcome, DataOutcome::TooBig, "max {max}");
-        assert_eq!(
-            run.out.len() as u64,
-            max,
-            "out is exactly the first max octets"
-        );
+        assert_eq!(run.out.len() as u64, max, "out is exactly the first max octets");
         assert_eq!(run.received, 120);
     }
     let run = feed_parts(&[&input], BareEol::Normalize, 120);
@@ -293,22 +272,11 @@ fn bdat_all_splits(input: &[u8], policy: BareEol, max: u64) -> (Vec<u8>, DataOut
     let whole = bdat_parts(&[input], policy, max);
     for cut in 0..=input.len() {
         let (a, b) = input.split_at(cut);
-        assert_eq!(
-            bdat_parts(&[a, b], policy, max),
-            whole,
-            "cut at {cut} of {input:?}"
-        );
-        assert_eq!(
-            bdat_parts(&[a, b""], policy, max),
-            bdat_parts(&[a], policy, max)
-        );
+        assert_eq!(bdat_parts(&[a, b], policy, max), whole, "cut at {cut} of {input:?}");
+        assert_eq!(bdat_parts(&[a, b""], policy, max), bdat_parts(&[a], policy, max));
     }
     let bytes: Vec<&[u8]> = input.chunks(1).collect();
-    assert_eq!(
-        bdat_parts(&bytes, policy, max),
-        whole,
-        "byte at a time: {input:?}"
-    );
+    assert_eq!(bdat_parts(&bytes, policy, max), whole, "byte at a time: {input:?}");
     whole
 }
 

@@ -33,56 +33,20 @@ fn frame(max: usize, chunks: &[&[u8]]) -> Vec<String> {
 #[test]
 fn crlf_and_bare_lf_lines() {
     let mut f = LineFramer::new(512);
-    assert_eq!(
-        f.next(b"NOOP\r\nQUIT"),
-        Framed::Line {
-            len: 4,
-            consumed: 6
-        }
-    );
-    assert_eq!(
-        f.next(b"NOOP\nQUIT"),
-        Framed::Line {
-            len: 4,
-            consumed: 5
-        }
-    );
-    assert_eq!(
-        f.next(b"\r\n"),
-        Framed::Line {
-            len: 0,
-            consumed: 2
-        }
-    );
+    assert_eq!(f.next(b"NOOP\r\nQUIT"), Framed::Line { len: 4, consumed: 6 });
+    assert_eq!(f.next(b"NOOP\nQUIT"), Framed::Line { len: 4, consumed: 5 });
+    assert_eq!(f.next(b"\r\n"), Framed::Line { len: 0, consumed: 2 });
     assert_eq!(f.next(b"QUIT"), Framed::NeedMore { consumed: 0 });
     assert_eq!(f.next(b"QUIT\r"), Framed::NeedMore { consumed: 0 });
     assert_eq!(f.next(b""), Framed::NeedMore { consumed: 0 });
-    assert_eq!(
-        f.next(b"a\rb\r\n"),
-        Framed::Line {
-            len: 3,
-            consumed: 5
-        }
-    );
+    assert_eq!(f.next(b"a\rb\r\n"), Framed::Line { len: 3, consumed: 5 });
 }
 
 #[test]
 fn limit_includes_the_crlf() {
     let mut f = LineFramer::new(8);
-    assert_eq!(
-        f.next(b"123456\r\n"),
-        Framed::Line {
-            len: 6,
-            consumed: 8
-        }
-    );
-    assert_eq!(
-        f.next(b"1234567\n"),
-        Framed::Line {
-            len: 7,
-            consumed: 8
-        }
-    );
+    assert_eq!(f.next(b"123456\r\n"), Framed::Line { len: 6, consumed: 8 });
+    assert_eq!(f.next(b"1234567\n"), Framed::Line { len: 7, consumed: 8 });
     assert_eq!(f.next(b"1234567\r\n"), Framed::TooLong { consumed: 9 });
     assert!(!f.is_discarding(), "a whole long line needs no discarding");
     assert_eq!(f.next(b"1234567"), Framed::NeedMore { consumed: 0 });
@@ -103,18 +67,9 @@ fn discarding_across_calls() {
     let mut f = LineFramer::new(10);
     assert_eq!(f.next(b"0123456789ab"), Framed::TooLong { consumed: 12 });
     assert_eq!(f.next(b"more"), Framed::NeedMore { consumed: 4 });
-    assert_eq!(
-        f.next(b"tail\r\nQUIT\r\n"),
-        Framed::NeedMore { consumed: 6 }
-    );
+    assert_eq!(f.next(b"tail\r\nQUIT\r\n"), Framed::NeedMore { consumed: 6 });
     assert!(!f.is_discarding());
-    assert_eq!(
-        f.next(b"QUIT\r\n"),
-        Framed::Line {
-            len: 4,
-            consumed: 6
-        }
-    );
+    assert_eq!(f.next(b"QUIT\r\n"), Framed::Line { len: 4, consumed: 6 });
 }
 
 #[test]

@@ -9,34 +9,20 @@ fn wire(r: &Reply) -> String {
 #[test]
 fn single_line() {
     assert_eq!(wire(&Reply::ok()), "250 2.0.0 OK\r\n");
-    assert_eq!(
-        wire(&Reply::queued("ABC123")),
-        "250 2.0.0 OK queued as ABC123\r\n"
-    );
-    assert_eq!(
-        wire(&Reply::start_data()),
-        "354 end data with <CR><LF>.<CR><LF>\r\n"
-    );
+    assert_eq!(wire(&Reply::queued("ABC123")), "250 2.0.0 OK queued as ABC123\r\n");
+    assert_eq!(wire(&Reply::start_data()), "354 end data with <CR><LF>.<CR><LF>\r\n");
     assert_eq!(wire(&Reply::auth_continue("")), "334 \r\n");
     assert_eq!(
         wire(&Reply::greeting("mx.example")),
         "220 mx.example ESMTP smtpgate\r\n"
     );
-    assert_eq!(
-        wire(&Reply::syntax("bad")),
-        "501 5.5.4 syntax error: bad\r\n"
-    );
+    assert_eq!(wire(&Reply::syntax("bad")), "501 5.5.4 syntax error: bad\r\n");
 }
 
 #[test]
 fn multi_line_carries_status_on_every_line() {
-    let r = Reply::new(250, "2.0.0", "first")
-        .with_line("second")
-        .with_line("last");
-    assert_eq!(
-        wire(&r),
-        "250-2.0.0 first\r\n250-2.0.0 second\r\n250 2.0.0 last\r\n"
-    );
+    let r = Reply::new(250, "2.0.0", "first").with_line("second").with_line("last");
+    assert_eq!(wire(&r), "250-2.0.0 first\r\n250-2.0.0 second\r\n250 2.0.0 last\r\n");
     let mut plain = Vec::new();
     r.write_plain_to(&mut plain);
     assert_eq!(plain, b"250-first\r\n250-second\r\n250 last\r\n");

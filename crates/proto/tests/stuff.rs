@@ -88,10 +88,7 @@ fn no_lax_end_of_data_before_the_end() {
         // Only a sequence using the final dot may look like an end of data.
         let early = &out[..out.len() - 3];
         for lax in LAX_ENDS {
-            assert!(
-                !contains(early, lax),
-                "{body:?} -> {out:?} contains {lax:?}"
-            );
+            assert!(!contains(early, lax), "{body:?} -> {out:?} contains {lax:?}");
         }
         assert!(out.ends_with(b".\r\n"));
         if out.len() > 3 {

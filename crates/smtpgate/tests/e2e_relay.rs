@@ -6,8 +6,7 @@ mod support;
 use std::time::Duration;
 
 use support::{
-    Gate, GateConfig, SOON, Sink, Upstream, header_values, message, smtp_source, smtplib_send,
-    swaks, wait_until,
+    Gate, GateConfig, SOON, Sink, Upstream, header_values, message, smtp_source, smtplib_send, swaks, wait_until,
 };
 
 const LOAD: Duration = Duration::from_secs(120);
@@ -86,32 +85,17 @@ fn smtp_source_load_of_200_messages_all_arrive_and_are_counted() {
         LOAD,
     );
 
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "smtp-source: {status:?}\n{output}"
-    );
+    assert!(status.is_some_and(|s| s.success()), "smtp-source: {status:?}\n{output}");
     sink.wait_for_messages(200, LOAD);
     let counted = |name| wait_until(SOON, || gate.try_metric(name).unwrap_or(0.0) >= 200.0);
-    assert!(
-        counted("smtpgate_messages_received_total"),
-        "{}",
-        gate.metrics()
-    );
-    assert!(
-        counted("smtpgate_messages_delivered_total"),
-        "{}",
-        gate.metrics()
-    );
+    assert!(counted("smtpgate_messages_received_total"), "{}", gate.metrics());
+    assert!(counted("smtpgate_messages_delivered_total"), "{}", gate.metrics());
 }
 
 #[test]
 fn tempfail_at_rcpt_is_retried_until_the_upstream_accepts() {
     let upstream = Upstream::fail_first(2);
-    let gate = Gate::start(
-        &GateConfig::relay_to(upstream.addr())
-            .retry(&["1s"])
-            .to_toml(),
-    );
+    let gate = Gate::start(&GateConfig::relay_to(upstream.addr()).retry(&["1s"]).to_toml());
 
     let sent = smtplib_send(
         gate.smtp_addr(),
@@ -130,11 +114,7 @@ fn tempfail_at_rcpt_is_retried_until_the_upstream_accepts() {
 #[test]
 fn tempfail_after_data_is_retried_until_the_upstream_accepts() {
     let upstream = Upstream::fail_first(2);
-    let gate = Gate::start(
-        &GateConfig::relay_to(upstream.addr())
-            .retry(&["1s"])
-            .to_toml(),
-    );
+    let gate = Gate::start(&GateConfig::relay_to(upstream.addr()).retry(&["1s"]).to_toml());
 
     let sent = smtplib_send(
         gate.smtp_addr(),
@@ -146,11 +126,7 @@ fn tempfail_after_data_is_retried_until_the_upstream_accepts() {
     assert!(sent.reply("END-OF-DATA").starts_with("250 "), "{sent}");
     let delivered = upstream.wait_for(1, Duration::from_secs(30));
     assert_eq!(delivered.len(), 1, "delivered more than once");
-    assert!(
-        delivered[0]
-            .text()
-            .contains("Message-ID: <retry-data@example.test>")
-    );
+    assert!(delivered[0].text().contains("Message-ID: <retry-data@example.test>"));
     assert_eq!(upstream.attempts_for("tempfail-data@example.org"), 3);
     let delivered_metric = |gate: &Gate| gate.try_metric("smtpgate_messages_delivered_total");
     assert!(
@@ -177,9 +153,7 @@ fn rejected_rcpt_bounces_a_delivery_status_report_to_the_sender() {
     let text = bounce.text();
     assert_eq!(bounce.mail_from, "", "a bounce comes from the null sender");
     assert_eq!(bounce.rcpt_addresses(), ["alice@example.test"]);
-    let content_type = header_values(&text, "Content-Type")
-        .join(" ")
-        .to_ascii_lowercase();
+    let content_type = header_values(&text, "Content-Type").join(" ").to_ascii_lowercase();
     assert!(content_type.contains("multipart/report"), "{text}");
     assert!(
         content_type.contains("report-type=delivery-status")
@@ -201,18 +175,12 @@ fn rejected_message_from_the_null_sender_is_not_bounced() {
         gate.smtp_addr(),
         "",
         &["reject-rcpt@example.org"],
-        &message(
-            "null-sender@example.test",
-            "a bounce",
-            "Bounces are never bounced.",
-        ),
+        &message("null-sender@example.test", "a bounce", "Bounces are never bounced."),
     );
 
     assert!(sent.reply("END-OF-DATA").starts_with("250 "), "{sent}");
     let failed_and_gone = wait_until(SOON, || {
-        gate.try_metric("smtpgate_messages_bounced_total")
-            .unwrap_or(0.0)
-            >= 1.0
+        gate.try_metric("smtpgate_messages_bounced_total").unwrap_or(0.0) >= 1.0
             && gate.try_metric("smtpgate_queue_depth") == Some(0.0)
     });
     assert!(failed_and_gone, "{}", gate.metrics());
@@ -225,10 +193,7 @@ fn rejected_message_from_the_null_sender_is_not_bounced() {
         &["carol@example.org"],
         &message("sentinel@example.test", "after", "Only me."),
     );
-    assert!(
-        sentinel.reply("END-OF-DATA").starts_with("250 "),
-        "{sentinel}"
-    );
+    assert!(sentinel.reply("END-OF-DATA").starts_with("250 "), "{sentinel}");
     let arrived = upstream.wait_for(1, SOON);
     assert_eq!(arrived.len(), 1, "unexpected extra message: {arrived:#?}");
     assert_eq!(arrived[0].rcpt_addresses(), ["carol@example.org"]);

@@ -5,9 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{
-    SOON, Sink, SinkFailure, Upstream, message, smtp_source, smtplib, smtplib_send, swaks,
-};
+use support::{SOON, Sink, SinkFailure, Upstream, message, smtp_source, smtplib, smtplib_send, swaks};
 
 #[test]
 fn sink_records_each_message_as_a_dump_with_its_message_id() {
@@ -84,9 +82,7 @@ fn failing_sink_tempfails_end_of_data() {
 fn upstream_answers_per_recipient_local_part() {
     let upstream = Upstream::start();
     let script = |rcpt: &str| {
-        format!(
-            "s = connect()\nsend(s, 'a@example.test', ['{rcpt}'], 'Subject: x\\r\\n\\r\\nx\\r\\n')\nquit(s)\n"
-        )
+        format!("s = connect()\nsend(s, 'a@example.test', ['{rcpt}'], 'Subject: x\\r\\n\\r\\nx\\r\\n')\nquit(s)\n")
     };
 
     let cases = [
@@ -160,9 +156,7 @@ fn upstream_takes_pipelined_transactions_and_unstuffs_dots() {
     let got = upstream.wait_for(1, SOON);
     assert_eq!(got[0].rcpt_addresses(), ["b@example.org", "c@example.org"]);
     assert!(
-        got[0]
-            .text()
-            .contains("\r\n.starts with a dot\r\n..two dots\r\n"),
+        got[0].text().contains("\r\n.starts with a dot\r\n..two dots\r\n"),
         "{}",
         got[0].text()
     );
@@ -206,10 +200,7 @@ quit(s)
 
     assert!(sent.reply("END-OF-DATA").starts_with("250 "), "{sent}");
     let text = upstream.messages()[0].text();
-    assert!(
-        text.ends_with("bare\n.\nstill data\r.\rand more\r\n"),
-        "{text:?}"
-    );
+    assert!(text.ends_with("bare\n.\nstill data\r.\rand more\r\n"), "{text:?}");
 }
 
 #[test]
@@ -226,9 +217,5 @@ fn upstream_answers_slowly_after_a_slow_recipient() {
 
     assert!(sent.reply("END-OF-DATA").starts_with("250 "), "{sent}");
     // RCPT, DATA, end of data and QUIT each wait 2 s.
-    assert!(
-        started.elapsed() >= Duration::from_secs(8),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() >= Duration::from_secs(8), "{:?}", started.elapsed());
 }

@@ -92,10 +92,7 @@ fn apply_mail_param(p: &mut MailParams, param: &Param<'_>) -> Result<()> {
 }
 
 fn split_params(text: &str) -> Result<Vec<Param<'_>>> {
-    text.split(' ')
-        .filter(|w| !w.is_empty())
-        .map(parse_param)
-        .collect()
+    text.split(' ').filter(|w| !w.is_empty()).map(parse_param).collect()
 }
 
 /// RFC 5321 `esmtp-param = esmtp-keyword ["=" esmtp-value]`.
@@ -104,13 +101,8 @@ fn parse_param(word: &str) -> Result<Param<'_>> {
         Some((k, v)) => (k, Some(v)),
         None => (word, None),
     };
-    let keyword_ok = keyword
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_alphanumeric())
-        && keyword
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let keyword_ok = keyword.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && keyword.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if !keyword_ok {
         return Err(CommandError::Syntax("bad parameter name"));
     }
@@ -121,9 +113,7 @@ fn parse_param(word: &str) -> Result<Param<'_>> {
 }
 
 fn value<'a>(param: &Param<'a>) -> Result<&'a str> {
-    param
-        .value
-        .ok_or(CommandError::Syntax("parameter needs a value"))
+    param.value.ok_or(CommandError::Syntax("parameter needs a value"))
 }
 
 fn set_once<T>(slot: &mut Option<T>, v: T) -> Result<()> {
@@ -212,10 +202,7 @@ fn parse_orcpt(v: &str) -> Result<String> {
     let Some((addr_type, addr)) = v.split_once(';') else {
         return Err(CommandError::Syntax("ORCPT needs addr-type;address"));
     };
-    let type_ok = !addr_type.is_empty()
-        && addr_type
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let type_ok = !addr_type.is_empty() && addr_type.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if !type_ok || addr.is_empty() || v.len() > MAX_ORCPT || !xtext::is_valid(addr) {
         return Err(CommandError::Syntax("bad ORCPT value"));
     }

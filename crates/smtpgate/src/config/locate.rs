@@ -84,5 +84,8 @@ pub fn offset_of(text: &str, path: &[String]) -> Option<usize> {
         let DeValue::Table(inner) = value else { return None };
         current = inner;
     }
-    current.iter().find(|(k, _)| k.get_ref() == last).map(|(k, _)| k.span().start)
+    current
+        .iter()
+        .find(|(k, _)| k.get_ref() == last)
+        .map(|(k, _)| k.span().start)
 }

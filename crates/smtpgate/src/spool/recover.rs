@@ -66,13 +66,22 @@ fn replay_segment(dir: &Path, seg: u64, map: &mut BTreeMap<QueueId, Recovered>, 
             Decoded::Truncated | Decoded::Corrupt => match next_valid(&data, pos + 1) {
                 // Damage in the middle of a segment: skip the bad bytes, keep what follows.
                 Some(next) => {
-                    tracing::error!(segment = seg, offset = pos, skipped = next - pos, "spool: skipping a damaged record");
+                    tracing::error!(
+                        segment = seg,
+                        offset = pos,
+                        skipped = next - pos,
+                        "spool: skipping a damaged record"
+                    );
                     pos = next;
                 }
                 // A record that never completed at the end: it was never acknowledged, so it is dropped.
                 None => {
                     if torn == Torn::Truncate {
-                        tracing::warn!(segment = seg, offset = pos, "spool: dropping incomplete record at end of segment");
+                        tracing::warn!(
+                            segment = seg,
+                            offset = pos,
+                            "spool: dropping incomplete record at end of segment"
+                        );
                         OpenOptions::new().write(true).open(&path)?.set_len(pos as u64)?;
                     }
                     break;
@@ -87,7 +96,9 @@ fn replay_segment(dir: &Path, seg: u64, map: &mut BTreeMap<QueueId, Recovered>, 
 fn next_valid(data: &[u8], from: usize) -> Option<usize> {
     let mut at = from;
     while at < data.len() {
-        let found = data[at..].windows(record::MAGIC.len()).position(|w| w == record::MAGIC)?;
+        let found = data[at..]
+            .windows(record::MAGIC.len())
+            .position(|w| w == record::MAGIC)?;
         at += found;
         if let Decoded::Record(..) = record::decode(&data[at..]) {
             return Some(at);

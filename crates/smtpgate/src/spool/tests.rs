@@ -378,9 +378,16 @@ async fn a_corrupted_byte_inside_a_record_is_never_returned_as_a_message() {
             "{what}: the record before it is intact"
         );
         // Recovery skips the damaged record and finds the next one: C, behind it, survives.
-        assert!(found.contains_key(&QueueId(3)), "{what}: the record after it is recovered");
+        assert!(
+            found.contains_key(&QueueId(3)),
+            "{what}: the record after it is recovered"
+        );
         assert_matches_stored(&spool, &found, &stored);
-        assert_eq!(file_len(&path), data.len() as u64, "{what}: a damaged middle is not truncated away");
+        assert_eq!(
+            file_len(&path),
+            data.len() as u64,
+            "{what}: a damaged middle is not truncated away"
+        );
         eprintln!("{what}: recovered {:?}", found.keys().map(|k| k.0).collect::<Vec<_>>());
     }
 }
