@@ -25,8 +25,8 @@ impl fmt::Display for NextHop {
 
 /// The first route decides; a route without a pool, or no route at all, means delivery by MX.
 pub fn next_hop(config: &Config, rcpt: &Recipient) -> NextHop {
-    match config.routes.first().and_then(|r| r.pool.clone()) {
-        Some(pool) => NextHop::Pool(pool),
-        None => NextHop::Mx(rcpt.domain()),
+    match config.routes.first().and_then(|r| r.action.clone()) {
+        Some(crate::config::RouteAction::Pool(pool)) => NextHop::Pool(pool),
+        _ => NextHop::Mx(rcpt.domain()),
     }
 }

@@ -7,13 +7,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{RawAdmin, RawAuth, RawConfig, RawListener, RawPool, RawQueue, RawSpool, Text};
-use super::values::{
-    parse_domain, parse_duration, parse_nameserver, parse_net, parse_server_addr, parse_size, parse_socket_addr,
-};
+use super::raw::{RawAdmin, RawAuth, RawConfig, RawListener, RawQueue, RawSpool, Text};
+use super::values::{parse_domain, parse_duration, parse_nameserver, parse_net, parse_size, parse_socket_addr};
 use super::{
-    AdminConfig, AuthConfig, BareLineEndings, Config, ConfigError, ConfigIssue, DnsConfig, ListenerConfig, PoolConfig,
-    QueueConfig, RouteConfig, SpoolConfig, TlsFiles, TlsPolicy,
+    AdminConfig, AuthConfig, BareLineEndings, Config, ConfigError, ConfigIssue, DnsConfig, ListenerConfig, QueueConfig,
+    SpoolConfig, TlsFiles,
 };
 
 const MB: u64 = 1024 * 1024;
@@ -43,13 +41,9 @@ fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Config {
     let spool = build_spool(raw.spool.unwrap_or_default(), base_dir, issues);
     let admin = build_admin(raw.admin.unwrap_or_default(), issues);
     let listeners = build_listeners(raw.listeners, base_dir, issues);
-    let pools = build_pools(raw.pools, issues);
-    let routes = raw
-        .routes
-        .into_iter()
-        .enumerate()
-        .map(|(index, route)| build_route(index, route.pool, &pools, issues))
-        .collect();
+    let pools = super::pool::build_pools(raw.pools, base_dir, issues);
+    let routes = super::route::build_routes(raw.routes, &pools, base_dir, issues);
+    let routing = super::route::build_routing(raw.routing.unwrap_or_default(), base_dir, issues);
     let queue = build_queue(raw.queue.unwrap_or_default(), issues);
     let nameservers = raw.dns.and_then(|dns| dns.nameservers);
     let dns = DnsConfig {
@@ -64,21 +58,22 @@ fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Config {
         routes,
         queue,
         dns,
+        routing,
         shutdown_timeout,
     }
 }
 
 /// Mistakes found so far, with helpers that record one and return a stand-in value.
 #[derive(Default)]
-struct Issues(Vec<ConfigIssue>);
+pub(super) struct Issues(pub(super) Vec<ConfigIssue>);
 
 impl Issues {
-    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigIssue::new(key, message));
     }
 
     /// Parses an optional text value, or gives `default` when it is absent or wrong.
-    fn parse<T>(
+    pub(super) fn parse<T>(
         &mut self,
         key: impl Into<String>,
         raw: Option<Text>,
@@ -93,7 +88,12 @@ impl Issues {
     }
 
     /// Parses each entry of an optional list; wrong entries are reported as `key[i]`.
-    fn list<T>(&mut self, key: &str, raw: Option<Vec<Text>>, parse: fn(&str) -> Result<T, String>) -> Vec<T> {
+    pub(super) fn list<T>(
+        &mut self,
+        key: &str,
+        raw: Option<Vec<Text>>,
+        parse: fn(&str) -> Result<T, String>,
+    ) -> Vec<T> {
         let mut values = Vec::new();
         for (index, text) in raw.unwrap_or_default().into_iter().enumerate() {
             match parse(text.as_str()) {
@@ -105,7 +105,7 @@ impl Issues {
     }
 
     /// A duration that must not be zero (timeouts, retry delays, ages).
-    fn timeout(&mut self, key: String, raw: Option<Text>, default: Duration) -> Duration {
+    pub(super) fn timeout(&mut self, key: String, raw: Option<Text>, default: Duration) -> Duration {
         let value = self.parse(key.clone(), raw, parse_duration, default);
         if value.is_zero() {
             self.push(key, "must be more than 0s");
@@ -115,7 +115,7 @@ impl Issues {
     }
 
     /// An integer count of at least `min` that fits `T`.
-    fn count<T: TryFrom<i64>>(&mut self, key: String, raw: Option<i64>, min: i64, default: T) -> T {
+    pub(super) fn count<T: TryFrom<i64>>(&mut self, key: String, raw: Option<i64>, min: i64, default: T) -> T {
         let Some(number) = raw else { return default };
         match T::try_from(number) {
             Ok(value) if number >= min => value,
@@ -131,7 +131,7 @@ impl Issues {
     }
 
     /// A file that must exist, relative to `base_dir`.
-    fn existing_file(&mut self, key: String, base_dir: &Path, raw: &str) -> PathBuf {
+    pub(super) fn existing_file(&mut self, key: String, base_dir: &Path, raw: &str) -> PathBuf {
         let path = resolve(base_dir, raw);
         match std::fs::metadata(&path) {
             _ if raw.trim().is_empty() => self.push(key, "must not be empty"),
@@ -319,63 +319,6 @@ fn check_listeners_unique(listeners: &[ListenerConfig], issues: &mut Issues) {
 fn clashes(a: SocketAddr, b: SocketAddr) -> bool {
     let wildcard = a.ip().is_unspecified() || b.ip().is_unspecified();
     a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || (wildcard && a.is_ipv4() == b.is_ipv4()))
-}
-
-fn build_pools(raw: Vec<RawPool>, issues: &mut Issues) -> Vec<PoolConfig> {
-    let pools: Vec<PoolConfig> = raw
-        .into_iter()
-        .enumerate()
-        .map(|(index, pool)| build_pool(index, pool, issues))
-        .collect();
-    for (index, pool) in pools.iter().enumerate() {
-        if let Some(other) = pools[..index].iter().position(|p| p.name == pool.name) {
-            let message = format!("{:?} is already the name of pool[{other}]", pool.name);
-            issues.push(format!("pool[{index}].name"), message);
-        }
-    }
-    pools
-}
-
-fn build_pool(index: usize, raw: RawPool, issues: &mut Issues) -> PoolConfig {
-    let key = |field: &str| format!("pool[{index}].{field}");
-    let name = raw.name.unwrap_or_default();
-    if name.trim().is_empty() {
-        issues.push(key("name"), "is required (routes refer to pools by name)");
-    }
-    let servers_given = raw.servers.as_ref().is_some_and(|s| !s.is_empty());
-    if !servers_given {
-        issues.push(
-            key("servers"),
-            "needs at least one server (e.g. [\"mx.example.com:25\"])",
-        );
-    }
-    PoolConfig {
-        name,
-        servers: issues.list(&key("servers"), raw.servers, parse_server_addr),
-        tls: build_tls_policy(key("tls"), raw.tls, issues),
-    }
-}
-
-fn build_tls_policy(key: String, raw: Option<String>, issues: &mut Issues) -> TlsPolicy {
-    match raw.as_deref() {
-        None | Some("opportunistic") => TlsPolicy::Opportunistic,
-        Some("none") => TlsPolicy::None,
-        Some("required") => TlsPolicy::Required,
-        Some(other) => {
-            let message = format!("{other:?} is not one of \"none\", \"opportunistic\", \"required\"");
-            issues.push(key, message);
-            TlsPolicy::Opportunistic
-        }
-    }
-}
-
-fn build_route(index: usize, pool: Option<String>, pools: &[PoolConfig], issues: &mut Issues) -> RouteConfig {
-    if let Some(name) = &pool
-        && !pools.iter().any(|p| &p.name == name)
-    {
-        issues.push(format!("route[{index}].pool"), format!("no pool named {name:?}"));
-    }
-    RouteConfig { pool }
 }
 
 fn build_queue(raw: RawQueue, issues: &mut Issues) -> QueueConfig {

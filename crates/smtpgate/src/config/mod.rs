@@ -23,10 +23,15 @@
 
 mod check;
 mod locate;
+pub mod pool;
 pub mod raw;
+pub mod route;
 #[cfg(test)]
 mod tests;
 pub mod values;
+
+pub use pool::{Balance, CircuitBreaker, HealthCheck, PoolConfig, PoolServer, UpstreamAuth};
+pub use route::{Pattern, RouteAction, RouteConfig, RoutingConfig, SrsConfig, When};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -36,7 +41,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 /// The whole, checked configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Our name in the greeting, EHLO and Received headers. Key `hostname`; defaults to the
     /// machine's hostname, or `localhost`.
@@ -50,6 +55,7 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub queue: QueueConfig,
     pub dns: DnsConfig,
+    pub routing: RoutingConfig,
     /// How long a graceful shutdown waits for open sessions to finish their transaction. Deliveries
     /// in flight are not waited for: their state is on disk and they are retried after a restart.
     /// Key `shutdown_timeout`.
@@ -155,22 +161,6 @@ impl fmt::Display for ServerAddr {
             write!(f, "{}:{}", self.host, self.port)
         }
     }
-}
-
-/// One `[[pool]]`: a named set of upstream servers to relay through.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolConfig {
-    pub name: String,
-    /// At least one.
-    pub servers: Vec<ServerAddr>,
-    pub tls: TlsPolicy,
-}
-
-/// One `[[route]]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteConfig {
-    /// The name of an existing pool; `None` means delivery by MX lookup.
-    pub pool: Option<String>,
 }
 
 /// `[queue]`: retries and outbound connections.

@@ -21,11 +21,12 @@ pub struct RawConfig {
     #[serde(default, rename = "listener")]
     pub listeners: Vec<RawListener>,
     #[serde(default, rename = "pool")]
-    pub pools: Vec<RawPool>,
+    pub pools: Vec<super::pool::RawPool>,
     #[serde(default, rename = "route")]
-    pub routes: Vec<RawRoute>,
+    pub routes: Vec<super::route::RawRoute>,
     pub queue: Option<RawQueue>,
     pub dns: Option<RawDns>,
+    pub routing: Option<super::route::RawRouting>,
 }
 
 /// `[spool]`
@@ -78,20 +79,6 @@ pub struct RawTlsFiles {
 pub struct RawAuth {
     pub users_file: String,
     pub allow_plaintext: Option<bool>,
-}
-
-/// One `[[pool]]`.
-#[derive(Debug, Default, Deserialize)]
-pub struct RawPool {
-    pub name: Option<String>,
-    pub servers: Option<Vec<Text>>,
-    pub tls: Option<String>,
-}
-
-/// One `[[route]]`.
-#[derive(Debug, Default, Deserialize)]
-pub struct RawRoute {
-    pub pool: Option<String>,
 }
 
 /// `[queue]`

@@ -99,18 +99,15 @@ fn documented_example_loads() {
         host: "127.0.0.1".to_owned(),
         port: 2600,
     };
-    let pool = PoolConfig {
-        name: "upstream".into(),
-        servers: vec![upstream],
-        tls: TlsPolicy::Opportunistic,
-    };
-    assert_eq!(config.pools, vec![pool]);
+    let pool = &config.pools[0];
+    assert_eq!(pool.name, "upstream");
     assert_eq!(
-        config.routes,
-        vec![RouteConfig {
-            pool: Some("upstream".into())
-        }]
+        pool.servers.iter().map(|s| s.addr.clone()).collect::<Vec<_>>(),
+        vec![upstream]
     );
+    assert_eq!(pool.tls, TlsPolicy::Opportunistic);
+    assert_eq!(config.routes.len(), 1);
+    assert_eq!(config.routes[0].action, Some(RouteAction::Pool("upstream".into())));
 }
 
 #[test]
@@ -210,7 +207,7 @@ fn builtin_has_the_documented_defaults() {
         })
     );
     assert_eq!(config.pools, vec![]);
-    assert_eq!(config.routes, vec![]);
+    assert!(config.routes.is_empty());
     assert_eq!(config.dns, DnsConfig { nameservers: vec![] });
     assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
 
@@ -453,8 +450,8 @@ tls = "required"
     assert_eq!(config.queue.connections_per_destination, 3);
     assert_eq!(config.dns.nameservers, [addr("127.0.0.1:5353"), addr("[::1]:53")]);
     assert_eq!(config.pools[0].tls, TlsPolicy::Required);
-    assert_eq!(config.pools[0].servers[1].host, "2001:db8::1");
-    assert_eq!(config.routes, [RouteConfig { pool: None }]);
+    assert_eq!(config.pools[0].servers[1].addr.host, "2001:db8::1");
+    assert_eq!(config.routes[0].action, Some(RouteAction::Mx));
 }
 
 #[test]

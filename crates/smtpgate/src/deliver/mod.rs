@@ -104,8 +104,8 @@ async fn targets(ctx: &Context, hop: &NextHop) -> Result<(Vec<(String, SocketAdd
                 .ok_or_else(|| ConnectFailure::transient("4.3.5", format!("pool {name} is not configured")))?;
             let mut out = Vec::new();
             for s in &pool.servers {
-                for addr in resolve_host(ctx, &s.host, s.port).await {
-                    out.push((s.host.clone(), addr));
+                for addr in resolve_host(ctx, &s.addr.host, s.addr.port).await {
+                    out.push((s.addr.host.clone(), addr));
                 }
             }
             Ok((out, pool.tls))
