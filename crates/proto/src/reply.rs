@@ -13,7 +13,7 @@ use std::fmt;
 pub struct Reply {
     pub code: u16,
     /// Enhanced status code such as `"2.1.0"`, or `""` for replies that carry none.
-    pub status: &'static str,
+    pub status: Cow<'static, str>,
     pub text: Cow<'static, str>,
     pub extra_lines: Vec<String>,
 }
@@ -23,10 +23,15 @@ impl Reply {
     pub fn new(code: u16, status: &'static str, text: impl Into<Cow<'static, str>>) -> Self {
         Reply {
             code,
-            status,
+            status: Cow::Borrowed(status),
             text: text.into(),
             extra_lines: Vec::new(),
         }
+    }
+
+    /// A reply an administrator wrote in the configuration (a routing rule's `reject`).
+    pub fn policy(code: u16, status: String, text: String) -> Self {
+        Reply { code, status: Cow::Owned(status), text: Cow::Owned(text), extra_lines: Vec::new() }
     }
 
     /// Adds a line after the text (makes the reply multi-line).
@@ -54,7 +59,7 @@ impl Reply {
     /// `extra_lines` is non-empty, the status on every line, no status when it is `""`.
     /// Control characters in the text (a CR or LF smuggled in from client input) become `?`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        self.write_with(out, self.status);
+        self.write_with(out, &self.status);
     }
 
     /// Like [`write_to`](Self::write_to) but without the enhanced status, for sessions that

@@ -1,10 +1,11 @@
-//! What every part of a running server shares: configuration, spool, metrics, resolver.
+//! What every part of a running server shares: configuration, spool, metrics, resolver, pools.
 
 use std::sync::Arc;
 
 use hickory_resolver::TokioResolver;
 
 use crate::config::Config;
+use crate::deliver::pool::Pools;
 use crate::envelope::IdGen;
 use crate::metrics::Metrics;
 use crate::spool::Spool;
@@ -16,4 +17,8 @@ pub struct Context {
     pub resolver: TokioResolver,
     pub client_tls: Arc<rustls::ClientConfig>,
     pub ids: IdGen,
+    /// Routing rules, aliases and Sieve scripts, compiled from `config`.
+    pub router: Arc<crate::route::Router>,
+    /// Run-time state of the upstream pools: health, circuit breakers, idle connections.
+    pub pools: Pools,
 }

@@ -109,6 +109,8 @@ pub struct Envelope {
     pub ret: Option<Ret>,
     /// The raw `ENVID=` xtext.
     pub envid: Option<String>,
+    /// The pool the routing rules chose; `None` means delivery by MX lookup.
+    pub pool: Option<String>,
 }
 
 impl Envelope {
@@ -128,6 +130,7 @@ impl Envelope {
         };
         out.extend_from_slice(&[self.eight_bit as u8, self.smtputf8 as u8, ret]);
         put_opt(out, self.envid.as_deref());
+        put_opt(out, self.pool.as_deref());
         out.extend_from_slice(&(self.recipients.len() as u32).to_le_bytes());
         for r in &self.recipients {
             put_str(out, &r.address);
@@ -150,6 +153,7 @@ impl Envelope {
             _ => None,
         };
         let envid = r.opt()?;
+        let pool = r.opt()?;
         let n = r.u32()? as usize;
         let mut recipients = Vec::with_capacity(n.min(10_000));
         for _ in 0..n {
@@ -159,16 +163,7 @@ impl Envelope {
             let orcpt = r.opt()?;
             recipients.push(Recipient { address, notify, orcpt });
         }
-        let env = Envelope {
-            id,
-            sender,
-            recipients,
-            received_at,
-            eight_bit,
-            smtputf8,
-            ret,
-            envid,
-        };
+        let env = Envelope { id, sender, recipients, received_at, eight_bit, smtputf8, ret, envid, pool };
         Some((env, r.pos))
     }
 }
@@ -268,6 +263,7 @@ mod tests {
             smtputf8: false,
             ret: Some(Ret::Hdrs),
             envid: Some("abc".into()),
+            pool: Some("up".into()),
         };
         let mut buf = Vec::new();
         env.encode(&mut buf);

@@ -35,6 +35,46 @@ enum Cmd {
     CheckConfig { file: PathBuf },
     /// Read a password on standard input and print its hash for the users file.
     Passwd,
+    /// Routing tools.
+    Route {
+        #[command(subcommand)]
+        command: RouteCmd,
+    },
+    /// Ask the running server (its PID from the spool) to reload its configuration (SIGHUP).
+    Reload {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RouteCmd {
+    /// Show, without sending anything, where a message would go and why.
+    Test {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Envelope sender (empty for the null sender).
+        #[arg(long)]
+        from: String,
+        /// Envelope recipient (repeat for several).
+        #[arg(long, required = true)]
+        to: Vec<String>,
+        /// A header line such as "Subject: hi" (repeat for several).
+        #[arg(long)]
+        header: Vec<String>,
+        /// A whole message file to route instead of --header lines.
+        #[arg(long)]
+        message: Option<PathBuf>,
+        /// The client's IP address.
+        #[arg(long)]
+        client: Option<std::net::IpAddr>,
+        /// The authenticated user.
+        #[arg(long)]
+        user: Option<String>,
+        /// The listener the message arrives on (default: the first).
+        #[arg(long)]
+        listener: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,6 +83,10 @@ fn main() -> ExitCode {
         Cmd::Serve { config } => serve(config, cli.log_format),
         Cmd::CheckConfig { file } => check_config(&file),
         Cmd::Passwd => passwd(),
+        Cmd::Route { command: RouteCmd::Test { config, from, to, header, message, client, user, listener } } => {
+            route_test(&config, from, to, header, message, client, user, listener)
+        }
+        Cmd::Reload { config } => reload(config),
     };
     match result {
         Ok(code) => code,
@@ -145,5 +189,43 @@ fn passwd() -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!password.is_empty(), "empty password");
     let hash = smtpgate::session::hash_password(password).map_err(anyhow::Error::msg)?;
     println!("{hash}");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn route_test(
+    config: &std::path::Path,
+    from: String,
+    to: Vec<String>,
+    headers: Vec<String>,
+    message: Option<PathBuf>,
+    client: Option<std::net::IpAddr>,
+    user: Option<String>,
+    listener: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let config = std::sync::Arc::new(Config::load(config)?);
+    let message = match message {
+        Some(path) => Some(std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?),
+        None => None,
+    };
+    let input = smtpgate::route::dryrun::DryRun { from, to, headers, message, client, user, listener };
+    let report = smtpgate::route::dryrun::run(config, &input).map_err(anyhow::Error::msg)?;
+    print!("{report}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sends SIGHUP to the server whose PID file is in the configured spool directory.
+fn reload(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = match &config {
+        Some(p) => Config::load(p)?,
+        None => Config::builtin(),
+    };
+    let pid_file = config.spool.dir.join("smtpgate.pid");
+    let text = std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("cannot read {} (is smtpgate running?)", pid_file.display()))?;
+    let pid: i32 = text.trim().parse().with_context(|| format!("{} does not hold a PID", pid_file.display()))?;
+    let status = std::process::Command::new("kill").args(["-HUP", &pid.to_string()]).status()?;
+    anyhow::ensure!(status.success(), "cannot signal process {pid}");
+    println!("smtpgate: asked process {pid} to reload its configuration");
     Ok(ExitCode::SUCCESS)
 }

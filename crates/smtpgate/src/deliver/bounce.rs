@@ -112,6 +112,7 @@ mod tests {
             smtputf8: false,
             ret: Some(Ret::Hdrs),
             envid: Some("E1".into()),
+            pool: None,
         };
         let failed = [Failure {
             recipient: Recipient::new("r@example.test"),

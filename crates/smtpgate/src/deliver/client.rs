@@ -1,16 +1,18 @@
 //! smtpgate as an SMTP client: one connection to a next hop, reused for several messages.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use bytes::{Buf, BytesMut};
 use smtpgate_proto::{Capabilities, ParsedReply, dot_stuff, parse_reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 
-use crate::config::{QueueConfig, TlsPolicy};
+use crate::config::{QueueConfig, TlsPolicy, UpstreamAuth};
 use crate::envelope::{Envelope, Recipient, Ret};
 use crate::io::{BoxIo, TlsInfo};
 
@@ -29,6 +31,8 @@ pub enum ClientError {
     Protocol(String),
     #[error("TLS required but {0}")]
     TlsRequired(String),
+    #[error("{0}")]
+    Auth(String),
 }
 
 impl ClientError {
@@ -65,12 +69,16 @@ pub struct Connect<'a> {
     pub tls: TlsPolicy,
     pub tls_config: Arc<rustls::ClientConfig>,
     pub queue: &'a QueueConfig,
+    /// Credentials to AUTH with, when the server offers PLAIN or LOGIN.
+    pub auth: Option<&'a UpstreamAuth>,
+    /// Local address to bind the socket to (port 0).
+    pub source: Option<IpAddr>,
 }
 
 impl Client {
     pub async fn connect(c: Connect<'_>) -> Result<Client, ClientError> {
         let remote = format!("{}[{}]", c.host, c.addr);
-        let tcp = match timeout(c.queue.connect_timeout, TcpStream::connect(c.addr)).await {
+        let tcp = match timeout(c.queue.connect_timeout, tcp_connect(c.addr, c.source)).await {
             Ok(r) => r.map_err(|e| ClientError::Connect(remote.clone(), e))?,
             Err(_) => return Err(ClientError::Timeout("connect")),
         };
@@ -87,7 +95,50 @@ impl Client {
         client.expect("greeting", 2).await?;
         client.ehlo(c.helo).await?;
         client.maybe_starttls(&c).await?;
+        if let Some(auth) = c.auth {
+            client.authenticate(auth, c.addr).await?;
+        }
         Ok(client)
+    }
+
+    /// AUTH PLAIN (or LOGIN) after EHLO and any STARTTLS. Credentials go in the clear only to a
+    /// server on loopback; a server that offers neither mechanism gets the mail unauthenticated.
+    async fn authenticate(&mut self, auth: &UpstreamAuth, addr: SocketAddr) -> Result<(), ClientError> {
+        let offers = |m: &str| self.caps.auth.iter().any(|a| a == m);
+        let (plain, login) = (offers("PLAIN"), offers("LOGIN"));
+        if !plain && !login {
+            tracing::warn!(server = %self.remote, offered = ?self.caps.auth, "server offers no AUTH PLAIN or LOGIN: sending without authenticating");
+            return Ok(());
+        }
+        if self.tls.is_none() && !addr.ip().to_canonical().is_loopback() {
+            let why = format!("refusing to send credentials to {} without TLS", self.remote);
+            tracing::error!(server = %self.remote, "{why}");
+            return Err(ClientError::Auth(why));
+        }
+        let reply = if plain {
+            let token = B64.encode(format!("\0{}\0{}", auth.username, auth.password));
+            self.write(format!("AUTH PLAIN {token}\r\n").as_bytes()).await?;
+            self.read_reply(self.command_timeout).await?
+        } else {
+            self.write(b"AUTH LOGIN\r\n").await?;
+            self.expect("AUTH", 3).await?;
+            self.write(format!("{}\r\n", B64.encode(&auth.username)).as_bytes())
+                .await?;
+            self.expect("AUTH", 3).await?;
+            self.write(format!("{}\r\n", B64.encode(&auth.password)).as_bytes())
+                .await?;
+            self.read_reply(self.command_timeout).await?
+        };
+        if reply.code == 235 {
+            return Ok(());
+        }
+        if reply.code == 535 {
+            tracing::error!(
+                server = %self.remote, username = %auth.username, reply = %reply.to_string_line(),
+                "upstream refused our credentials: check the pool's auth settings"
+            );
+        }
+        Err(ClientError::Reply { stage: "AUTH", reply })
     }
 
     async fn ehlo(&mut self, helo: &str) -> Result<(), ClientError> {
@@ -305,6 +356,20 @@ impl Client {
         }
         let _ = self.io.shutdown().await;
     }
+}
+
+/// A TCP connection, from `source` (any port) when given.
+async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(ip) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(addr).await
 }
 
 fn server_name(host: &str, addr: SocketAddr) -> rustls_pki_types::ServerName<'static> {

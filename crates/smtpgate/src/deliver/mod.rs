@@ -3,6 +3,7 @@
 pub mod bounce;
 pub mod client;
 pub mod mx;
+pub mod pool;
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -59,7 +60,7 @@ pub struct ConnectFailure {
 }
 
 impl ConnectFailure {
-    fn transient(status: &str, text: String) -> Self {
+    pub(crate) fn transient(status: &str, text: String) -> Self {
         ConnectFailure {
             outcome: Outcome::Transient {
                 status: status.into(),
@@ -69,23 +70,16 @@ impl ConnectFailure {
     }
 }
 
-/// Opens a connection to the first server of the hop that answers.
-pub async fn connect(ctx: &Context, hop: &NextHop) -> Result<Client, ConnectFailure> {
-    let (targets, tls) = targets(ctx, hop).await?;
+/// Opens a connection to the first mail server of `domain` that answers (MX delivery; pools go
+/// through [`pool::Pools::lease`]).
+pub async fn connect_mx(ctx: &Context, domain: &str) -> Result<Client, ConnectFailure> {
+    let targets = mx_targets(ctx, domain).await?;
     let mut last = String::from("no server to try");
     for (host, addr) in targets {
-        let c = Connect {
-            addr,
-            host: &host,
-            helo: &ctx.config.hostname,
-            tls,
-            tls_config: ctx.client_tls.clone(),
-            queue: &ctx.config.queue,
-        };
-        match Client::connect(c).await {
+        match Client::connect(connect_params(ctx, &host, addr, TlsPolicy::Opportunistic)).await {
             Ok(client) => return Ok(client),
             Err(e) => {
-                tracing::debug!(hop = %hop, server = %addr, error = %e, "connection failed");
+                tracing::debug!(hop = %NextHop::Mx(domain.to_string()), server = %addr, error = %e, "connection failed");
                 last = e.to_string();
             }
         }
@@ -93,49 +87,43 @@ pub async fn connect(ctx: &Context, hop: &NextHop) -> Result<Client, ConnectFail
     Err(ConnectFailure::transient("4.4.1", last))
 }
 
-async fn targets(ctx: &Context, hop: &NextHop) -> Result<(Vec<(String, SocketAddr)>, TlsPolicy), ConnectFailure> {
-    match hop {
-        NextHop::Pool(name) => {
-            let pool = ctx
-                .config
-                .pools
-                .iter()
-                .find(|p| &p.name == name)
-                .ok_or_else(|| ConnectFailure::transient("4.3.5", format!("pool {name} is not configured")))?;
-            let mut out = Vec::new();
-            for s in &pool.servers {
-                for addr in resolve_host(ctx, &s.addr.host, s.addr.port).await {
-                    out.push((s.addr.host.clone(), addr));
-                }
-            }
-            Ok((out, pool.tls))
-        }
-        NextHop::Mx(domain) => {
-            let found = mx::targets(&ctx.resolver, domain, ctx.config.queue.smtp_port)
-                .await
-                .map_err(|e| {
-                    let (status, permanent) = match &e {
-                        mx::MxError::NullMx(_) => ("5.1.10", true),
-                        mx::MxError::NoSuchDomain(_) => ("5.1.2", true),
-                        _ => ("4.4.3", false),
-                    };
-                    let diagnostic = e.to_string();
-                    let status = status.to_string();
-                    ConnectFailure {
-                        outcome: if permanent {
-                            Outcome::Permanent { status, diagnostic }
-                        } else {
-                            Outcome::Transient { status, diagnostic }
-                        },
-                    }
-                })?;
-            let out = found
-                .into_iter()
-                .flat_map(|t| t.addrs.into_iter().map(move |a| (t.host.clone(), a)))
-                .collect();
-            Ok((out, TlsPolicy::Opportunistic))
-        }
+/// How to connect to `addr`, without AUTH or a source address.
+fn connect_params<'a>(ctx: &'a Context, host: &'a str, addr: SocketAddr, tls: TlsPolicy) -> Connect<'a> {
+    Connect {
+        addr,
+        host,
+        helo: &ctx.config.hostname,
+        tls,
+        tls_config: ctx.client_tls.clone(),
+        queue: &ctx.config.queue,
+        auth: None,
+        source: None,
     }
+}
+
+async fn mx_targets(ctx: &Context, domain: &str) -> Result<Vec<(String, SocketAddr)>, ConnectFailure> {
+    let found = mx::targets(&ctx.resolver, domain, ctx.config.queue.smtp_port)
+        .await
+        .map_err(|e| {
+            let (status, permanent) = match &e {
+                mx::MxError::NullMx(_) => ("5.1.10", true),
+                mx::MxError::NoSuchDomain(_) => ("5.1.2", true),
+                _ => ("4.4.3", false),
+            };
+            let diagnostic = e.to_string();
+            let status = status.to_string();
+            ConnectFailure {
+                outcome: if permanent {
+                    Outcome::Permanent { status, diagnostic }
+                } else {
+                    Outcome::Transient { status, diagnostic }
+                },
+            }
+        })?;
+    Ok(found
+        .into_iter()
+        .flat_map(|t| t.addrs.into_iter().map(move |a| (t.host.clone(), a)))
+        .collect())
 }
 
 async fn resolve_host(ctx: &Context, host: &str, port: u16) -> Vec<SocketAddr> {

@@ -72,6 +72,7 @@ mod tests {
             smtputf8: false,
             ret: None,
             envid: None,
+            pool: Some("closed".into()),
         }
     }
 

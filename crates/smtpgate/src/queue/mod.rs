@@ -96,7 +96,7 @@ impl Queue {
         self.messages.lock().unwrap().insert(msg.env.id, msg.clone());
         let mut by_hop: HashMap<NextHop, Vec<u32>> = HashMap::new();
         for idx in msg.pending() {
-            let hop = next_hop(&self.ctx.config, &msg.env.recipients[idx as usize]);
+            let hop = next_hop(&msg.env, &msg.env.recipients[idx as usize]);
             by_hop.entry(hop).or_default().push(idx);
         }
         for (hop, rcpts) in by_hop {
@@ -116,7 +116,12 @@ impl Queue {
         let mut dests = self.dests.lock().unwrap();
         let dest = dests.entry(hop.clone()).or_default();
         dest.ready.push_back(d);
-        let limit = self.ctx.config.queue.connections_per_destination;
+        let limit = match &hop {
+            // A pool caps itself: each server's `max_connections`.
+            NextHop::Pool(name) => self.ctx.pools.worker_limit(name),
+            NextHop::Mx(_) => None,
+        }
+        .unwrap_or(self.ctx.config.queue.connections_per_destination);
         if dest.ready.len() > dest.idle && dest.workers < limit {
             dest.workers += 1;
             tokio::spawn(worker::run(self.clone(), hop));

@@ -167,6 +167,7 @@ async fn bounce_for(queue: &Queue, msg: &QueuedMessage, failures: &[Failure]) {
         smtputf8: env.smtputf8,
         ret: None,
         envid: None,
+        pool: bounce_pool(ctx, &env.sender),
     };
     match queue.accept(dsn, text).await {
         Ok(()) => {
@@ -175,4 +176,11 @@ async fn bounce_for(queue: &Queue, msg: &QueuedMessage, failures: &[Failure]) {
         }
         Err(e) => tracing::error!(queue_id = %env.id, error = %e, "cannot spool bounce"),
     }
+}
+
+/// Bounces are routed like any message from the null sender to the original sender.
+fn bounce_pool(ctx: &Context, sender: &str) -> Option<String> {
+    let view = crate::route::MessageView { listener: "bounce".into(), ..Default::default() };
+    let plan = ctx.router.plan(&view, &[Recipient::new(sender)]);
+    plan.groups.into_iter().next().and_then(|g| g.pool)
 }

@@ -51,5 +51,6 @@ fn render(ctx: &Context) -> String {
          # HELP smtpgate_spool_fsyncs_total fsyncs of the spool log; records share them (group commit)\n\
          # TYPE smtpgate_spool_fsyncs_total counter\nsmtpgate_spool_fsyncs_total {fsyncs}\n"
     ));
+    out.push_str(&ctx.pools.render());
     out
 }

@@ -35,6 +35,8 @@ pub enum StartError {
     Users(String, String),
     #[error("cannot set up DNS resolver: {0}")]
     Dns(std::io::Error),
+    #[error("routing: {0}")]
+    Routing(String),
 }
 
 /// What one listener's sessions share.
@@ -103,6 +105,7 @@ impl Server {
         };
         let recovered = queue.restore(found).await;
         queue.start_compaction(Duration::from_secs(30));
+        crate::deliver::pool::Pools::start(&ctx);
         let grace = config.shutdown_timeout;
         Ok(Server {
             listeners,
@@ -141,6 +144,8 @@ pub fn context(config: Arc<Config>) -> Result<(Arc<Context>, Vec<crate::spool::R
         resolver: crate::deliver::mx::resolver(&config.dns.nameservers).map_err(StartError::Dns)?,
         client_tls: crate::tls::client_config(),
         ids: IdGen::default(),
+        pools: crate::deliver::pool::Pools::new(&config),
+        router: Arc::new(crate::route::Router::new(config.clone()).map_err(StartError::Routing)?),
     });
     Ok((ctx, found))
 }

@@ -8,6 +8,7 @@ use super::{Chunking, Draft, Flow, Session, Txn};
 use crate::config::BareLineEndings;
 use crate::datetime::now_unix;
 use crate::envelope::{Envelope, QueueId, Ret};
+use crate::route::{Group, MessageView};
 
 impl Session {
     pub(super) async fn data(&mut self) -> Flow {
@@ -118,7 +119,7 @@ impl Session {
 
     /// The end of a message: refuse it, or spool it and answer `250` once it is on disk.
     async fn complete(&mut self, id: QueueId, draft: Draft, mut body: Vec<u8>, outcome: DataOutcome) -> Flow {
-        let metrics = &self.listener.ctx.metrics;
+        let metrics = self.listener.ctx.metrics.clone();
         match outcome {
             DataOutcome::TooBig => {
                 metrics.rejected.inc();
@@ -135,14 +136,22 @@ impl Session {
             let extra = headers::missing_submission_headers(&body[at..], id, &self.listener.ctx.config.hostname);
             body.splice(at..at, extra.into_bytes());
         }
+        let plan = self.plan(&draft, &body);
+        if let Some(r) = plan.reject {
+            metrics.rejected.inc();
+            tracing::info!(queue_id = %id, client = %self.peer, reply = %r.code, "message refused by routing");
+            return self.respond(Reply::policy(r.code, r.status, r.text));
+        }
+        if !plan.discarded.is_empty() {
+            tracing::info!(queue_id = %id, discarded = ?plan.discarded, "recipients discarded by routing");
+        }
         let size = body.len();
-        let env = self.envelope(id, draft, &body);
-        let (sender, rcpts) = (env.sender.clone(), env.recipients.len());
-        match self.listener.queue.accept(env, body).await {
-            Ok(()) => {
+        let (sender, rcpts) = (draft.sender.clone(), draft.recipients.len());
+        match self.spool_groups(id, &draft, &body, plan.groups).await {
+            Ok(copies) => {
                 metrics.received.inc();
                 tracing::info!(
-                    queue_id = %id, client = %self.peer, sender = %sender, recipients = rcpts, size,
+                    queue_id = %id, client = %self.peer, sender = %sender, recipients = rcpts, size, copies,
                     tls = self.tls.is_some(), user = self.user.as_deref().unwrap_or("-"), "message accepted"
                 );
                 self.respond(Reply::queued(&id.to_string()))
@@ -154,12 +163,53 @@ impl Session {
         }
     }
 
-    fn envelope(&self, id: QueueId, draft: Draft, body: &[u8]) -> Envelope {
+    /// What routing makes of this message.
+    fn plan(&self, draft: &Draft, body: &[u8]) -> crate::route::Plan {
+        let ctx = &self.listener.ctx;
+        let view = self.view(&draft.sender).with_message(body, ctx.config.routing.body_scan_limit);
+        ctx.router.plan(&view, &draft.recipients)
+    }
+
+    /// The message as routing sees it, before its content is known.
+    pub(super) fn view(&self, sender: &str) -> MessageView<'static> {
+        MessageView {
+            sender: sender.to_owned(),
+            client: Some(self.peer.ip()),
+            user: self.user.clone(),
+            listener: self.listener.config.name.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Spools one copy per routing group; the first keeps the session's queue id. Returns how many.
+    async fn spool_groups(
+        &mut self,
+        id: QueueId,
+        draft: &Draft,
+        body: &[u8],
+        groups: Vec<Group>,
+    ) -> Result<usize, crate::spool::SpoolError> {
+        let copies = groups.len();
+        for (n, group) in groups.into_iter().enumerate() {
+            let id = if n == 0 { id } else { self.listener.ctx.ids.next() };
+            let copy = headers::apply_changes(body, &group.add_headers, &group.remove_headers);
+            let mut env = self.envelope(id, draft, &copy);
+            env.recipients = group.recipients;
+            env.pool = group.pool;
+            if let Some(sender) = group.srs_sender {
+                env.sender = sender;
+            }
+            self.listener.queue.accept(env, copy).await?;
+        }
+        Ok(copies)
+    }
+
+    fn envelope(&self, id: QueueId, draft: &Draft, body: &[u8]) -> Envelope {
         let p = &draft.params;
         Envelope {
             id,
-            sender: draft.sender,
-            recipients: draft.recipients,
+            sender: draft.sender.clone(),
+            recipients: draft.recipients.clone(),
             received_at: now_unix(),
             eight_bit: !body.is_ascii(),
             smtputf8: p.smtputf8,
@@ -168,6 +218,7 @@ impl Session {
                 smtpgate_proto::Ret::Hdrs => Ret::Hdrs,
             }),
             envid: p.envid.clone(),
+            pool: None,
         }
     }
 }

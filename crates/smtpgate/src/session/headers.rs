@@ -68,6 +68,42 @@ pub fn missing_submission_headers(message: &[u8], id: QueueId, host: &str) -> St
     out
 }
 
+/// A copy of `message` without the header fields named in `remove` and with `add` inserted after
+/// the first field (the session's own `Received:`).
+pub fn apply_changes(message: &[u8], add: &[(String, String)], remove: &[String]) -> Vec<u8> {
+    if add.is_empty() && remove.is_empty() {
+        return message.to_vec();
+    }
+    let mut out = Vec::with_capacity(message.len() + 128);
+    let mut fields = 0;
+    let mut dropping = false;
+    let mut pos = 0;
+    while pos < message.len() {
+        let end = message[pos..].iter().position(|&b| b == b'\n').map_or(message.len(), |i| pos + i + 1);
+        let line = &message[pos..end];
+        pos = end;
+        if line == b"\r\n" || line == b"\n" {
+            out.extend_from_slice(line);
+            break;
+        }
+        let continuation = line.starts_with(b" ") || line.starts_with(b"\t");
+        if !continuation {
+            if fields == 1 {
+                for (name, value) in add {
+                    out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+                }
+            }
+            fields += 1;
+            dropping = remove.iter().any(|r| starts_with_ci(line, format!("{r}:").as_bytes()));
+        }
+        if !dropping {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(&message[pos..]);
+    out
+}
+
 fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
     line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
@@ -75,6 +111,16 @@ fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_changes_keep_the_trace_header_first() {
+        let msg = b"Received: from x\r\n\tby y\r\nX-Internal: a\r\n b\r\nSubject: s\r\n\r\nX-Internal: body\r\n";
+        let out = apply_changes(msg, &[("X-Routed".into(), "yes".into())], &["x-internal".into()]);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "Received: from x\r\n\tby y\r\nX-Routed: yes\r\nSubject: s\r\n\r\nX-Internal: body\r\n"
+        );
+    }
 
     #[test]
     fn adds_only_what_is_missing() {

@@ -32,6 +32,9 @@ impl Session {
                 mb.to_string()
             }
         };
+        if let Some(r) = self.routing_refusal(&address) {
+            return self.error(r);
+        }
         let notify = params.notify.map(|n| Notify {
             never: n.never,
             success: n.success,
@@ -72,5 +75,13 @@ impl Session {
             ));
         }
         Ok(())
+    }
+
+    /// A routing rule that refuses this recipient on the envelope alone answers at RCPT time.
+    fn routing_refusal(&self, address: &str) -> Option<Reply> {
+        let Txn::Mail(draft) = &self.txn else { return None };
+        let view = self.view(&draft.sender);
+        let r = self.listener.ctx.router.check_rcpt(&view, address)?;
+        Some(Reply::policy(r.code, r.status, r.text))
     }
 }

@@ -1,0 +1,345 @@
+//! The routing plan of one message: recipients grouped by where they go and how the copy looks.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use smtpgate_sieve::Action;
+
+use super::aliases::Aliases;
+use super::lists::AddressList;
+use super::message::MessageView;
+use super::reload::Reloading;
+use super::rules::{self, Subject};
+use super::srs::Srs;
+use crate::config::{Config, RouteAction};
+use crate::datetime::now_unix;
+use crate::envelope::Recipient;
+
+/// How deep aliases, redirects and copies may nest before a recipient is given up.
+const MAX_DEPTH: usize = 12;
+/// Most recipients one message may expand to.
+const MAX_EXPANDED: usize = 10_000;
+
+/// Recipients that go the same way and get the same copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// `None`: delivery by MX lookup.
+    pub pool: Option<String>,
+    pub recipients: Vec<Recipient>,
+    pub add_headers: Vec<(String, String)>,
+    pub remove_headers: Vec<String>,
+    /// Rewrite the envelope sender with SRS (the message is forwarded to another domain).
+    pub srs_sender: Option<String>,
+}
+
+/// A refusal decided by routing, as an SMTP reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: u16,
+    pub status: String,
+    pub text: String,
+}
+
+/// The outcome of routing one message.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub groups: Vec<Group>,
+    pub reject: Option<Rejection>,
+    /// Addresses dropped by a discard (logged, not delivered).
+    pub discarded: Vec<String>,
+    /// What happened, step by step, for logs and `smtpgate route test`.
+    pub trace: Vec<String>,
+}
+
+/// The compiled routing configuration with its reloading files.
+pub struct Router {
+    config: Arc<Config>,
+    aliases: Option<Reloading<Aliases>>,
+    lists: Vec<Option<Reloading<AddressList>>>,
+    srs: Option<Srs>,
+}
+
+impl Router {
+    pub fn new(config: Arc<Config>) -> Result<Router, String> {
+        let aliases = match &config.routing.aliases {
+            Some(path) => Some(Reloading::new(path.clone(), Aliases::load)?),
+            None => None,
+        };
+        let mut lists = Vec::new();
+        for route in &config.routes {
+            lists.push(match &route.when.recipient_file {
+                Some(path) => Some(Reloading::new(path.clone(), AddressList::load)?),
+                None => None,
+            });
+        }
+        let srs = config.routing.srs.as_ref().map(|s| Srs::new(&s.secret, &s.domain));
+        Ok(Router { config, aliases, lists, srs })
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// Routes every recipient of a message.
+    pub fn plan(&self, msg: &MessageView<'_>, recipients: &[Recipient]) -> Plan {
+        let mut st = State::default();
+        for r in recipients {
+            st.plan.trace.push(format!("recipient <{}>", r.address));
+            self.route(msg, r.clone(), 0, false, &mut st);
+        }
+        st.plan
+    }
+
+    /// The rejection a recipient gets at RCPT time, when the rules can tell from the envelope alone.
+    pub fn check_rcpt(&self, msg: &MessageView<'_>, address: &str) -> Option<Rejection> {
+        for (i, rule) in self.config.routes.iter().enumerate() {
+            if rule.when.needs_content() {
+                return None;
+            }
+            let list = self.lists[i].as_ref().map(|l| l.get());
+            let s = Subject { msg, recipient: address, tags: &msg.tags, list: list.as_deref() };
+            if !rules::matches(&rule.when, &s) {
+                continue;
+            }
+            match &rule.action {
+                None => continue,
+                Some(RouteAction::Reject { code, status, text }) => {
+                    return Some(Rejection { code: *code, status: status.clone(), text: text.clone() });
+                }
+                Some(_) => return None,
+            }
+        }
+        None
+    }
+
+    fn route(&self, msg: &MessageView<'_>, rcpt: Recipient, depth: usize, forwarded: bool, st: &mut State) {
+        let addr = rcpt.address.clone();
+        if depth > MAX_DEPTH || st.expanded >= MAX_EXPANDED {
+            st.plan.trace.push(format!("  <{addr}>: too many levels of forwarding"));
+            st.reject(554, "5.4.6", "too many levels of forwarding");
+            return;
+        }
+        st.expanded += 1;
+        if self.reverse_srs(msg, &rcpt, depth, st) || self.expand_alias(msg, &rcpt, depth, st) == Expanded::Replaced {
+            return;
+        }
+        if !self.run_sieve(msg, &rcpt, depth, st) {
+            return;
+        }
+        self.apply_rules(msg, rcpt, depth, forwarded, st);
+    }
+
+    /// `SRS0=...@<our srs domain>`: a bounce coming back to a forwarded message's original sender.
+    fn reverse_srs(&self, msg: &MessageView<'_>, rcpt: &Recipient, depth: usize, st: &mut State) -> bool {
+        let Some(srs) = &self.srs else { return false };
+        match srs.reverse(&rcpt.address, now_unix()) {
+            None => false,
+            Some(Ok(original)) => {
+                st.plan.trace.push(format!("  SRS <{}> -> <{original}>", rcpt.address));
+                self.route(msg, with_address(rcpt, original), depth + 1, false, st);
+                true
+            }
+            Some(Err(e)) => {
+                st.plan.trace.push(format!("  SRS <{}>: {e:?}", rcpt.address));
+                st.reject(550, "5.1.1", "invalid SRS address");
+                true
+            }
+        }
+    }
+
+    fn expand_alias(&self, msg: &MessageView<'_>, rcpt: &Recipient, depth: usize, st: &mut State) -> Expanded {
+        let Some(aliases) = self.aliases.as_ref().map(|a| a.get()) else { return Expanded::No };
+        match aliases.expand(&rcpt.address) {
+            None => Expanded::No,
+            Some(Err(e)) => {
+                st.plan.trace.push(format!("  alias <{}>: {e:?}", rcpt.address));
+                st.reject(554, "5.4.6", "mail forwarding loop in aliases");
+                Expanded::Replaced
+            }
+            Some(Ok(targets)) => {
+                let list: Vec<&str> = targets.iter().map(|t| t.address.as_str()).collect();
+                st.plan.trace.push(format!("  alias <{}> -> {}", rcpt.address, list.join(", ")));
+                let mut keep_self = false;
+                for t in &targets {
+                    if t.address.eq_ignore_ascii_case(&rcpt.address) {
+                        keep_self = true;
+                    } else {
+                        self.route(msg, with_address(rcpt, t.address.clone()), depth + 1, true, st);
+                    }
+                }
+                if keep_self { Expanded::Kept } else { Expanded::Replaced }
+            }
+        }
+    }
+
+    /// Runs the recipient's Sieve script; false when the script took the recipient away.
+    fn run_sieve(&self, msg: &MessageView<'_>, rcpt: &Recipient, depth: usize, st: &mut State) -> bool {
+        let Some(dir) = &self.config.routing.sieve_dir else { return true };
+        let outcome = match super::sieve::run(dir, msg, &rcpt.address) {
+            None => return true,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "Sieve script ignored");
+                st.plan.trace.push(format!("  sieve: {e} (ignored, mail kept)"));
+                return true;
+            }
+            Some(Ok(o)) => o,
+        };
+        st.plan.trace.extend(outcome.trace.iter().map(|t| format!("  sieve {t}")));
+        let mut keep = false;
+        for action in outcome.actions {
+            match action {
+                Action::Keep => keep = true,
+                Action::Discard => {}
+                Action::FileInto(folder) => {
+                    st.tags.push(format!("fileinto:{folder}"));
+                    keep = true;
+                }
+                Action::Redirect { address, .. } => {
+                    self.route(msg, with_address(rcpt, address), depth + 1, true, st);
+                }
+                Action::Reject(reason) => {
+                    st.reject(550, "5.7.1", &reason);
+                    return false;
+                }
+            }
+        }
+        if !keep {
+            st.plan.trace.push(format!("  sieve: <{}> not kept", rcpt.address));
+            st.plan.discarded.push(rcpt.address.clone());
+        }
+        keep
+    }
+
+    fn apply_rules(&self, msg: &MessageView<'_>, rcpt: Recipient, depth: usize, forwarded: bool, st: &mut State) {
+        let mut changes = Changes::default();
+        let mut tags = msg.tags.clone();
+        tags.extend(st.tags.iter().cloned());
+        for (i, rule) in self.config.routes.iter().enumerate() {
+            let list = self.lists[i].as_ref().map(|l| l.get());
+            let s = Subject { msg, recipient: &rcpt.address, tags: &tags, list: list.as_deref() };
+            if !rules::matches(&rule.when, &s) {
+                continue;
+            }
+            st.plan.trace.push(format!("  rule {:?} matched", rule.name));
+            for copy in &rule.copy_to {
+                st.plan.trace.push(format!("  copy to <{copy}>"));
+                self.route(msg, with_address(&rcpt, copy.clone()), depth + 1, true, st);
+            }
+            changes.add.extend(rule.add_headers.iter().cloned());
+            changes.remove.extend(rule.remove_headers.iter().cloned());
+            tags.extend(rule.tags.iter().cloned());
+            if let Some(action) = &rule.action {
+                return self.act(msg, rcpt, action.clone(), changes, depth, forwarded, st);
+            }
+        }
+        st.plan.trace.push("  no rule decided: MX delivery".into());
+        self.deliver(msg, rcpt, None, changes, forwarded, st);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn act(
+        &self,
+        msg: &MessageView<'_>,
+        rcpt: Recipient,
+        action: RouteAction,
+        changes: Changes,
+        depth: usize,
+        forwarded: bool,
+        st: &mut State,
+    ) {
+        match action {
+            RouteAction::Pool(pool) => self.deliver(msg, rcpt, Some(pool), changes, forwarded, st),
+            RouteAction::Mx => self.deliver(msg, rcpt, None, changes, forwarded, st),
+            RouteAction::Reject { code, status, text } => {
+                st.plan.trace.push(format!("  reject: {code} {status} {text}"));
+                st.reject(code, &status, &text);
+            }
+            RouteAction::Discard => {
+                st.plan.trace.push(format!("  discard <{}>", rcpt.address));
+                st.plan.discarded.push(rcpt.address);
+            }
+            RouteAction::Redirect(targets) => {
+                st.plan.trace.push(format!("  redirect <{}> -> {}", rcpt.address, targets.join(", ")));
+                for t in targets {
+                    self.route(msg, with_address(&rcpt, t), depth + 1, true, st);
+                }
+            }
+        }
+    }
+
+    fn deliver(
+        &self,
+        msg: &MessageView<'_>,
+        rcpt: Recipient,
+        pool: Option<String>,
+        changes: Changes,
+        forwarded: bool,
+        st: &mut State,
+    ) {
+        let key = rcpt.address.to_ascii_lowercase();
+        if !st.delivered.insert(key) {
+            st.plan.trace.push(format!("  <{}> already routed (duplicate)", rcpt.address));
+            return;
+        }
+        let srs_sender = match (&self.srs, forwarded) {
+            (Some(srs), true) if !msg.sender.is_empty() && !self.is_local(&rcpt.domain()) => {
+                Some(srs.forward(&msg.sender, now_unix()))
+            }
+            _ => None,
+        };
+        let target = pool.as_ref().map_or_else(|| format!("MX of {}", rcpt.domain()), |p| format!("pool {p:?}"));
+        st.plan.trace.push(format!("  deliver <{}> via {target}", rcpt.address));
+        let group = st.plan.groups.iter_mut().find(|g| {
+            g.pool == pool && g.add_headers == changes.add && g.remove_headers == changes.remove && g.srs_sender == srs_sender
+        });
+        match group {
+            Some(g) => g.recipients.push(rcpt),
+            None => st.plan.groups.push(Group {
+                pool,
+                recipients: vec![rcpt],
+                add_headers: changes.add,
+                remove_headers: changes.remove,
+                srs_sender,
+            }),
+        }
+    }
+
+    fn is_local(&self, domain: &str) -> bool {
+        self.config.listeners.iter().any(|l| l.local_domains.iter().any(|d| d == domain))
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Expanded {
+    No,
+    /// The alias includes itself: deliver to it as well.
+    Kept,
+    /// The recipient was replaced by its targets.
+    Replaced,
+}
+
+#[derive(Default)]
+struct Changes {
+    add: Vec<(String, String)>,
+    remove: Vec<String>,
+}
+
+#[derive(Default)]
+struct State {
+    plan: Plan,
+    delivered: HashSet<String>,
+    tags: Vec<String>,
+    expanded: usize,
+}
+
+impl State {
+    fn reject(&mut self, code: u16, status: &str, text: &str) {
+        if self.plan.reject.is_none() {
+            self.plan.reject = Some(Rejection { code, status: status.into(), text: text.into() });
+        }
+    }
+}
+
+fn with_address(original: &Recipient, address: String) -> Recipient {
+    Recipient { address, notify: original.notify, orcpt: original.orcpt.clone() }
+}
