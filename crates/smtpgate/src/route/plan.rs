@@ -20,6 +20,28 @@ const MAX_DEPTH: usize = 12;
 /// Most recipients one message may expand to.
 const MAX_EXPANDED: usize = 10_000;
 
+/// How a recipient came to be routed.
+#[derive(Debug, Clone, Copy, Default)]
+struct Origin {
+    depth: usize,
+    /// Reached through an alias, a redirect or a copy: the message is forwarded.
+    forwarded: bool,
+    /// Made by `copy_to`: a copy is never copied again.
+    copy: bool,
+}
+
+impl Origin {
+    fn forward(self) -> Origin {
+        Origin { depth: self.depth + 1, forwarded: true, copy: self.copy }
+    }
+    fn copy(self) -> Origin {
+        Origin { depth: self.depth + 1, forwarded: true, copy: true }
+    }
+    fn deeper(self) -> Origin {
+        Origin { depth: self.depth + 1, ..self }
+    }
+}
+
 /// Recipients that go the same way and get the same copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
@@ -85,7 +107,7 @@ impl Router {
         let mut st = State::default();
         for r in recipients {
             st.plan.trace.push(format!("recipient <{}>", r.address));
-            self.route(msg, r.clone(), 0, false, &mut st);
+            self.route(msg, r.clone(), Origin::default(), &mut st);
         }
         st.plan
     }
@@ -112,31 +134,35 @@ impl Router {
         None
     }
 
-    fn route(&self, msg: &MessageView<'_>, rcpt: Recipient, depth: usize, forwarded: bool, st: &mut State) {
+    fn route(&self, msg: &MessageView<'_>, rcpt: Recipient, origin: Origin, st: &mut State) {
         let addr = rcpt.address.clone();
-        if depth > MAX_DEPTH || st.expanded >= MAX_EXPANDED {
+        if origin.depth > MAX_DEPTH || st.expanded >= MAX_EXPANDED {
             st.plan.trace.push(format!("  <{addr}>: too many levels of forwarding"));
             st.reject(554, "5.4.6", "too many levels of forwarding");
             return;
         }
         st.expanded += 1;
-        if self.reverse_srs(msg, &rcpt, depth, st) || self.expand_alias(msg, &rcpt, depth, st) == Expanded::Replaced {
+        if st.delivered.contains(&addr.to_ascii_lowercase()) {
+            st.plan.trace.push(format!("  <{addr}> already routed"));
             return;
         }
-        if !self.run_sieve(msg, &rcpt, depth, st) {
+        if self.reverse_srs(msg, &rcpt, origin, st) || self.expand_alias(msg, &rcpt, origin, st) == Expanded::Replaced {
             return;
         }
-        self.apply_rules(msg, rcpt, depth, forwarded, st);
+        if !self.run_sieve(msg, &rcpt, origin, st) {
+            return;
+        }
+        self.apply_rules(msg, rcpt, origin, st);
     }
 
     /// `SRS0=...@<our srs domain>`: a bounce coming back to a forwarded message's original sender.
-    fn reverse_srs(&self, msg: &MessageView<'_>, rcpt: &Recipient, depth: usize, st: &mut State) -> bool {
+    fn reverse_srs(&self, msg: &MessageView<'_>, rcpt: &Recipient, origin: Origin, st: &mut State) -> bool {
         let Some(srs) = &self.srs else { return false };
         match srs.reverse(&rcpt.address, now_unix()) {
             None => false,
             Some(Ok(original)) => {
                 st.plan.trace.push(format!("  SRS <{}> -> <{original}>", rcpt.address));
-                self.route(msg, with_address(rcpt, original), depth + 1, false, st);
+                self.route(msg, with_address(rcpt, original), origin.deeper(), st);
                 true
             }
             Some(Err(e)) => {
@@ -147,7 +173,7 @@ impl Router {
         }
     }
 
-    fn expand_alias(&self, msg: &MessageView<'_>, rcpt: &Recipient, depth: usize, st: &mut State) -> Expanded {
+    fn expand_alias(&self, msg: &MessageView<'_>, rcpt: &Recipient, origin: Origin, st: &mut State) -> Expanded {
         let Some(aliases) = self.aliases.as_ref().map(|a| a.get()) else { return Expanded::No };
         match aliases.expand(&rcpt.address) {
             None => Expanded::No,
@@ -164,7 +190,7 @@ impl Router {
                     if t.address.eq_ignore_ascii_case(&rcpt.address) {
                         keep_self = true;
                     } else {
-                        self.route(msg, with_address(rcpt, t.address.clone()), depth + 1, true, st);
+                        self.route(msg, with_address(rcpt, t.address.clone()), origin.forward(), st);
                     }
                 }
                 if keep_self { Expanded::Kept } else { Expanded::Replaced }
@@ -173,7 +199,7 @@ impl Router {
     }
 
     /// Runs the recipient's Sieve script; false when the script took the recipient away.
-    fn run_sieve(&self, msg: &MessageView<'_>, rcpt: &Recipient, depth: usize, st: &mut State) -> bool {
+    fn run_sieve(&self, msg: &MessageView<'_>, rcpt: &Recipient, origin: Origin, st: &mut State) -> bool {
         let Some(dir) = &self.config.routing.sieve_dir else { return true };
         let outcome = match super::sieve::run(dir, msg, &rcpt.address) {
             None => return true,
@@ -195,7 +221,7 @@ impl Router {
                     keep = true;
                 }
                 Action::Redirect { address, .. } => {
-                    self.route(msg, with_address(rcpt, address), depth + 1, true, st);
+                    self.route(msg, with_address(rcpt, address), origin.forward(), st);
                 }
                 Action::Reject(reason) => {
                     st.reject(550, "5.7.1", &reason);
@@ -210,7 +236,7 @@ impl Router {
         keep
     }
 
-    fn apply_rules(&self, msg: &MessageView<'_>, rcpt: Recipient, depth: usize, forwarded: bool, st: &mut State) {
+    fn apply_rules(&self, msg: &MessageView<'_>, rcpt: Recipient, origin: Origin, st: &mut State) {
         let mut changes = Changes::default();
         let mut tags = msg.tags.clone();
         tags.extend(st.tags.iter().cloned());
@@ -221,35 +247,33 @@ impl Router {
                 continue;
             }
             st.plan.trace.push(format!("  rule {:?} matched", rule.name));
-            for copy in &rule.copy_to {
+            for copy in rule.copy_to.iter().filter(|_| !origin.copy) {
                 st.plan.trace.push(format!("  copy to <{copy}>"));
-                self.route(msg, with_address(&rcpt, copy.clone()), depth + 1, true, st);
+                self.route(msg, with_address(&rcpt, copy.clone()), origin.copy(), st);
             }
             changes.add.extend(rule.add_headers.iter().cloned());
             changes.remove.extend(rule.remove_headers.iter().cloned());
             tags.extend(rule.tags.iter().cloned());
             if let Some(action) = &rule.action {
-                return self.act(msg, rcpt, action.clone(), changes, depth, forwarded, st);
+                return self.act(msg, rcpt, action.clone(), changes, origin, st);
             }
         }
         st.plan.trace.push("  no rule decided: MX delivery".into());
-        self.deliver(msg, rcpt, None, changes, forwarded, st);
+        self.deliver(msg, rcpt, None, changes, origin.forwarded, st);
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn act(
         &self,
         msg: &MessageView<'_>,
         rcpt: Recipient,
         action: RouteAction,
         changes: Changes,
-        depth: usize,
-        forwarded: bool,
+        origin: Origin,
         st: &mut State,
     ) {
         match action {
-            RouteAction::Pool(pool) => self.deliver(msg, rcpt, Some(pool), changes, forwarded, st),
-            RouteAction::Mx => self.deliver(msg, rcpt, None, changes, forwarded, st),
+            RouteAction::Pool(pool) => self.deliver(msg, rcpt, Some(pool), changes, origin.forwarded, st),
+            RouteAction::Mx => self.deliver(msg, rcpt, None, changes, origin.forwarded, st),
             RouteAction::Reject { code, status, text } => {
                 st.plan.trace.push(format!("  reject: {code} {status} {text}"));
                 st.reject(code, &status, &text);
@@ -261,7 +285,7 @@ impl Router {
             RouteAction::Redirect(targets) => {
                 st.plan.trace.push(format!("  redirect <{}> -> {}", rcpt.address, targets.join(", ")));
                 for t in targets {
-                    self.route(msg, with_address(&rcpt, t), depth + 1, true, st);
+                    self.route(msg, with_address(&rcpt, t), origin.forward(), st);
                 }
             }
         }

@@ -134,10 +134,11 @@ when = { tag = "journaled" }
 pool = "old"
 "#,
     );
-    let p = plan(&r, "a@example.test", &["b@example.test"], MSG);
+    let p = plan(&r, "a@example.test", &["b@example.test", "c@example.test"], MSG);
+    assert!(p.reject.is_none(), "a copy is not copied again: {:?}", p.trace);
     let c = copies(&p);
-    assert!(c.contains(&(Some("archive"), vec!["journal@archive.test"])), "{c:?}");
-    assert!(c.contains(&(Some("old"), vec!["b@example.test"])), "{c:?}");
+    assert!(c.contains(&(Some("archive"), vec!["journal@archive.test"])), "one archive copy: {c:?}");
+    assert!(c.contains(&(Some("old"), vec!["b@example.test", "c@example.test"])), "{c:?}");
     let old = p.groups.iter().find(|g| g.pool.as_deref() == Some("old")).unwrap();
     assert_eq!(old.add_headers, vec![("X-Journaled".to_string(), "yes".to_string())]);
 }

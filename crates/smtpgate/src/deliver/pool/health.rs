@@ -73,7 +73,7 @@ pub(super) async fn sweep(ctx: Arc<Context>) {
         for pool in &ctx.pools.pools {
             for server in &pool.servers {
                 for client in server.sweep(now) {
-                    tokio::spawn(super::close(server.clone(), client));
+                    tokio::spawn(super::close(server.clone(), client.into_client()));
                 }
             }
         }

@@ -48,7 +48,7 @@ pub struct PoolState {
 /// [`Lease::finish`].
 pub struct Lease {
     server: Arc<ServerState>,
-    client: Client,
+    client: Box<Client>,
     sent: usize,
 }
 
@@ -235,7 +235,7 @@ impl PoolState {
             let mut stale = Vec::new();
             let took = server.take(Instant::now(), &mut stale);
             for client in stale {
-                tokio::spawn(close(server.clone(), client));
+                tokio::spawn(close(server.clone(), client.into_client()));
             }
             match took {
                 Take::Idle(client, sent) => return Some(Lease::new(server, client, sent)),
@@ -245,7 +245,7 @@ impl PoolState {
                     return match self.connect(ctx, server).await {
                         Ok(client) => {
                             server.connected(Ok(()));
-                            Some(Lease::new(server, client, 0))
+                            Some(Lease::new(server, Box::new(client), 0))
                         }
                         Err(why) => {
                             tracing::info!(pool = %self.config.name, server = %server.addr, error = %why, "cannot connect to upstream server");
@@ -287,7 +287,7 @@ impl PoolState {
 }
 
 impl Lease {
-    fn new(server: &Arc<ServerState>, client: Client, sent: usize) -> Self {
+    fn new(server: &Arc<ServerState>, client: Box<Client>, sent: usize) -> Self {
         Lease {
             server: server.clone(),
             client,
@@ -323,7 +323,7 @@ impl Lease {
 }
 
 /// Says QUIT on a connection taken out of the idle list, then frees its slot.
-async fn close(server: Arc<ServerState>, client: Client) {
+async fn close(server: Arc<ServerState>, client: Box<Client>) {
     client.quit().await;
     server.closed();
 }

@@ -40,7 +40,7 @@ pub enum Avail {
 /// What [`ServerState::take`] found.
 pub enum Take {
     /// An idle connection, and how many messages it has carried.
-    Idle(Client, usize),
+    Idle(Box<Client>, usize),
     /// A slot for a new connection (the caller connects and reports with [`ServerState::connected`]).
     Open,
     /// Every slot is in use: wait for [`ServerState::released`].
@@ -49,8 +49,9 @@ pub enum Take {
     Down,
 }
 
-struct Idle {
-    client: Client,
+/// A connection waiting for its next delivery.
+pub struct Idle {
+    client: Box<Client>,
     since: Instant,
     sent: usize,
 }
@@ -121,7 +122,7 @@ impl ServerState {
     /// Claims a connection: an idle one, or a slot for a new one. A probe always opens a new one.
     /// Idle connections past [`IDLE`] are handed back in `stale`; they keep their slot until the
     /// caller has closed them and said so with [`closed`](Self::closed).
-    pub fn take(&self, now: Instant, stale: &mut Vec<Client>) -> Take {
+    pub fn take(&self, now: Instant, stale: &mut Vec<Idle>) -> Take {
         let mut inner = self.inner.lock().unwrap();
         let state = avail(&inner, now);
         if state == Avail::Down {
@@ -132,7 +133,7 @@ impl ServerState {
                 inner.busy += 1;
                 return Take::Idle(idle.client, idle.sent);
             }
-            stale.push(idle.client);
+            stale.push(idle);
         }
         if inner.open >= self.max {
             return Take::Full;
@@ -172,7 +173,7 @@ impl ServerState {
 
     /// Gives a connection back after a delivery: kept idle when `client` is `Some`; otherwise it has
     /// been closed and its slot is free.
-    pub fn release(&self, client: Option<(Client, usize)>) {
+    pub fn release(&self, client: Option<(Box<Client>, usize)>) {
         {
             let mut inner = self.inner.lock().unwrap();
             inner.busy -= 1;
@@ -245,14 +246,14 @@ impl ServerState {
 
     /// Takes out the idle connections that have waited [`IDLE`], or all of them if the server is down.
     /// They keep their slots until [`closed`](Self::closed).
-    pub fn sweep(&self, now: Instant) -> Vec<Client> {
+    pub fn sweep(&self, now: Instant) -> Vec<Idle> {
         let mut inner = self.inner.lock().unwrap();
         let down = avail(&inner, now) == Avail::Down;
         let (keep, gone): (Vec<Idle>, Vec<Idle>) = std::mem::take(&mut inner.idle)
             .into_iter()
             .partition(|i| !down && now.duration_since(i.since) < IDLE);
         inner.idle = keep;
-        gone.into_iter().map(|i| i.client).collect()
+        gone
     }
 
     pub fn snapshot(&self, now: Instant) -> Snapshot {
@@ -265,6 +266,12 @@ impl ServerState {
             ok: self.ok.load(Relaxed),
             failed: self.failed.load(Relaxed),
         }
+    }
+}
+
+impl Idle {
+    pub fn into_client(self) -> Box<Client> {
+        self.client
     }
 }
 
