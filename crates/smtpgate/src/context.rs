@@ -16,7 +16,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub resolver: TokioResolver,
     pub client_tls: Arc<rustls::ClientConfig>,
-    pub ids: IdGen,
+    pub ids: Arc<IdGen>,
     /// Routing rules, aliases and Sieve scripts, compiled from `config`.
     pub router: Arc<crate::route::Router>,
     /// Run-time state of the upstream pools: health, circuit breakers, idle connections.

@@ -86,7 +86,7 @@ fn main() -> ExitCode {
         Cmd::Route { command: RouteCmd::Test { config, from, to, header, message, client, user, listener } } => {
             route_test(&config, from, to, header, message, client, user, listener)
         }
-        Cmd::Reload { config } => reload(config),
+        Cmd::Reload { config } => signal_reload(config),
     };
     match result {
         Ok(code) => code,
@@ -117,11 +117,15 @@ fn serve(path: Option<PathBuf>, format: LogFormat) -> anyhow::Result<ExitCode> {
     init_logging(format);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
     runtime.block_on(async move {
-        let server = Server::start(config).await?;
+        let mut server = Server::start(config).await?;
         announce(&server, path.is_none())?;
-        wait_for_signal().await?;
+        let pid_file = server.spool_dir.join("smtpgate.pid");
+        std::fs::write(&pid_file, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot write {}", pid_file.display()))?;
+        serve_until_stopped(&mut server, path.as_deref()).await?;
         tracing::info!("shutting down");
         server.shutdown().await;
+        let _ = std::fs::remove_file(&pid_file);
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -135,7 +139,7 @@ fn announce(server: &Server, builtin: bool) -> std::io::Result<()> {
             "smtpgate: no --config given, running the built-in default configuration"
         )?;
     }
-    for l in &server.listeners {
+    for l in &server.listeners() {
         writeln!(
             out,
             "smtpgate listening: listener={} address={} tls={}",
@@ -155,15 +159,45 @@ fn announce(server: &Server, builtin: bool) -> std::io::Result<()> {
     out.flush()
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
+/// Runs until SIGTERM or SIGINT; SIGHUP reloads the configuration file.
+async fn serve_until_stopped(server: &mut Server, path: Option<&std::path::Path>) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => reload(server, path).await,
+        }
     }
-    Ok(())
+}
+
+async fn reload(server: &mut Server, path: Option<&std::path::Path>) {
+    let Some(path) = path else {
+        tracing::info!("SIGHUP: running the built-in configuration, nothing to reload");
+        return;
+    };
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            for issue in &e.errors {
+                tracing::error!(key = %issue.key, "{}", issue.message);
+            }
+            tracing::error!(errors = e.errors.len(), "reload refused: the configuration has errors; the old one stays");
+            return;
+        }
+    };
+    match server.reload(config).await {
+        Ok(()) => {
+            for l in server.listeners() {
+                println!("smtpgate listening: listener={} address={} tls={}", l.name, l.addr, l.tls);
+            }
+            println!("smtpgate reloaded");
+        }
+        Err(e) => tracing::error!(error = %e, "reload refused; the old configuration stays"),
+    }
 }
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<ExitCode> {
@@ -215,7 +249,7 @@ fn route_test(
 }
 
 /// Sends SIGHUP to the server whose PID file is in the configured spool directory.
-fn reload(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+fn signal_reload(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let config = match &config {
         Some(p) => Config::load(p)?,
         None => Config::builtin(),
@@ -224,8 +258,9 @@ fn reload(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&pid_file)
         .with_context(|| format!("cannot read {} (is smtpgate running?)", pid_file.display()))?;
     let pid: i32 = text.trim().parse().with_context(|| format!("{} does not hold a PID", pid_file.display()))?;
-    let status = std::process::Command::new("kill").args(["-HUP", &pid.to_string()]).status()?;
-    anyhow::ensure!(status.success(), "cannot signal process {pid}");
+    let target = rustix::process::Pid::from_raw(pid).context("not a process id")?;
+    rustix::process::kill_process(target, rustix::process::Signal::HUP)
+        .with_context(|| format!("cannot signal process {pid}"))?;
     println!("smtpgate: asked process {pid} to reload its configuration");
     Ok(ExitCode::SUCCESS)
 }

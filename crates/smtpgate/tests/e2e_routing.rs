@@ -43,11 +43,6 @@ impl Pools {
         &found.unwrap_or_else(|| panic!("no pool {name:?}")).1
     }
 
-    /// The one upstream of a single-server pool.
-    fn up(&self, name: &str) -> &Upstream {
-        &self.servers(name)[0]
-    }
-
     /// Every message the pool's servers accepted.
     fn messages(&self, name: &str) -> Vec<UpstreamMessage> {
         self.servers(name).iter().flat_map(|u| u.messages()).collect()
@@ -80,7 +75,8 @@ impl Pools {
 }
 
 /// The usual listener: relays for loopback clients.
-const LISTENER: &str = "[[listener]]\nname = \"inbound\"\naddress = \"127.0.0.1:0\"\nrelay_networks = [\"127.0.0.0/8\"]\n";
+const LISTENER: &str =
+    "[[listener]]\nname = \"inbound\"\naddress = \"127.0.0.1:0\"\nrelay_networks = [\"127.0.0.0/8\"]\n";
 
 /// A whole config: `listeners` (TOML tables), the pools, `routes` (`[[route]]` tables), then
 /// `tail` (more tables such as `[routing]` or `[dns]`) and `queue` lines for `[queue]`.
@@ -115,7 +111,9 @@ fn msg(id: &str, subject: &str, extra_headers: &str, body: &str) -> String {
 
 fn message_id_of(m: &UpstreamMessage) -> String {
     let ids = header_values(&m.text(), "Message-ID");
-    ids.first().map(|v| v.trim_matches(['<', '>']).to_string()).unwrap_or_default()
+    ids.first()
+        .map(|v| v.trim_matches(['<', '>']).to_string())
+        .unwrap_or_default()
 }
 
 /// A Python string literal (JSON string syntax).
@@ -190,7 +188,11 @@ fn wait_id(pools: &Pools, id: &str) {
 
 /// The one copy with `id` a pool received; panics if there is not exactly one.
 fn copy_at(pools: &Pools, pool: &str, id: &str) -> UpstreamMessage {
-    let copies: Vec<UpstreamMessage> = pools.messages(pool).into_iter().filter(|m| message_id_of(m) == id).collect();
+    let copies: Vec<UpstreamMessage> = pools
+        .messages(pool)
+        .into_iter()
+        .filter(|m| message_id_of(m) == id)
+        .collect();
     assert_eq!(copies.len(), 1, "copies of {id} at pool {pool}: {copies:#?}");
     copies.into_iter().next().unwrap()
 }
@@ -326,7 +328,7 @@ pool = "tag"
 
 [[route]]
 name = "body"
-when = { body = '(?m)^magic-word$' }
+when = { body = '\bmagic-word\b' }
 pool = "body"
 
 [[route]]
@@ -396,7 +398,11 @@ impl Probe {
 fn each_match_kind_routes_to_its_pool_and_near_misses_fall_through_to_the_default() {
     let pools = Pools::new(KIND_POOLS);
     let dir = files();
-    let list = write(dir.path(), "migrated.txt", "# moved so far\nmoved@corp.test\nAlso.Moved@Corp.Test\n");
+    let list = write(
+        dir.path(),
+        "migrated.txt",
+        "# moved so far\nmoved@corp.test\nAlso.Moved@Corp.Test\n",
+    );
     let users = UsersFile::create(&[("alice", "alice-pw"), ("bob", "bob-pw")]);
     let listeners = format!(
         "{LISTENER}auth = {{ users_file = {}, allow_plaintext = true }}\n\n\
@@ -449,14 +455,16 @@ fn each_match_kind_routes_to_its_pool_and_near_misses_fall_through_to_the_defaul
         probe("listener", "listener").listener("second"),
         probe("size-over", "size_over").body(filler(30_000)),
         probe("size-under", "size_under").to("x@size.test"),
-        probe("size-under-miss", "default").to("x@size.test").body(filler(6_000)),
+        probe("size-under-miss", "default")
+            .to("x@size.test")
+            .body(filler(6_000)),
         probe("header", "header").headers("X-Route: sure\r\n"),
         probe("header-miss", "default").headers("X-Route: not sure\r\n"),
         probe("subject", "subject").subject("[URGENT] help"),
         probe("subject-miss", "default").subject("not [urgent]"),
         probe("tag", "tag").from("x@tagger.test"),
         probe("body", "body").body("first line\r\nmagic-word\r\nlast line".into()),
-        probe("body-miss", "default").body("no magic-words here".into()),
+        probe("body-miss", "default").body("no magicword here, nor magic-wording".into()),
     ];
 
     for p in &probes {
@@ -466,7 +474,11 @@ fn each_match_kind_routes_to_its_pool_and_near_misses_fall_through_to_the_defaul
         if p.client.login.is_some() {
             assert!(t.reply("AUTH").starts_with("235"), "{}: AUTH failed:\n{t}", p.id);
         }
-        assert!(t.reply("END-OF-DATA").starts_with("250 "), "{}: not accepted:\n{t}", p.id);
+        assert!(
+            t.reply("END-OF-DATA").starts_with("250 "),
+            "{}: not accepted:\n{t}",
+            p.id
+        );
     }
     for p in &probes {
         wait_id(&pools, p.id);
@@ -480,4 +492,691 @@ fn each_match_kind_routes_to_its_pool_and_near_misses_fall_through_to_the_defaul
         }
     }
     assert!(wrong.is_empty(), "misrouted:\n{}", wrong.join("\n"));
+}
+
+/// Body rules see the message as it travels, with CRLF line ends: a multi-line regex anchored
+/// with `^...$` must still match a whole line.
+#[test]
+fn body_rule_line_anchors_match_crlf_lines() {
+    let pools = Pools::new(&["body", "default"]);
+    let routes = "[[route]]\nname = \"body\"\nwhen = { body = '(?m)^magic-word$' }\npool = \"body\"\n\n\
+                  [[route]]\nname = \"default\"\npool = \"default\"\n";
+    let gate = Gate::start(&config(LISTENER, &pools, routes, "", ""));
+
+    let message = msg("anchored", "neutral", "", "first line\r\nmagic-word\r\nlast line");
+    send_ok(gate.smtp_addr(), "a@neutral.test", &["b@neutral.test"], &message);
+
+    wait_id(&pools, "anchored");
+    assert_eq!(pools.where_is("anchored"), ["body"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Actions
+
+const ACTION_ROUTES: &str = r#"
+[[route]]
+name = "refuse-envelope"
+when = { recipient = "blocked@actions.test" }
+reject = "550 5.7.1 envelope says no"
+
+[[route]]
+name = "drop"
+when = { recipient = "void@actions.test" }
+discard = true
+
+[[route]]
+name = "forward"
+when = { recipient = "old@actions.test" }
+redirect = ["new@other.test"]
+
+[[route]]
+name = "by-mx"
+when = { recipient_domain = "mx.test" }
+mx = true
+
+[[route]]
+name = "other"
+when = { recipient_domain = "other.test" }
+pool = "other"
+
+[[route]]
+name = "archive-box"
+when = { recipient_domain = "archive.test" }
+pool = "archive"
+
+[[route]]
+name = "refuse-content"
+when = { subject = "forbidden" }
+reject = "550 5.7.1 content says no"
+
+[[route]]
+name = "main"
+when = { recipient_domain = "actions.test" }
+copy_to = "keep@archive.test"
+add_headers = { X-Routed = "main" }
+remove_headers = ["X-Secret"]
+pool = "main"
+"#;
+
+/// A gate with [`ACTION_ROUTES`], MX delivery through a test DNS server to the `mx` upstream.
+fn actions_gate(pools: &Pools, mx: &Upstream) -> (DnsServer, Gate) {
+    let dns = DnsServer::start(
+        DnsTable::new()
+            .mx("mx.test", 10, "mail.mx.test")
+            .a("mail.mx.test", Ipv4Addr::LOCALHOST),
+    );
+    let tail = format!("[dns]\nnameservers = [\"{}\"]\n", dns.addr());
+    let queue = format!("smtp_port = {}\n", mx.addr().port());
+    let gate = Gate::start(&config(LISTENER, pools, ACTION_ROUTES, &tail, &queue));
+    (dns, gate)
+}
+
+#[test]
+fn pool_mx_and_redirect_actions_deliver_where_the_rule_says() {
+    let pools = Pools::new(&["main", "other", "archive"]);
+    let mx = Upstream::start();
+    let (_dns, gate) = actions_gate(&pools, &mx);
+    let addr = gate.smtp_addr();
+
+    send_ok(addr, "a@src.test", &["user@mx.test"], &msg("by-mx", "hello", "", "x"));
+    send_ok(
+        addr,
+        "a@src.test",
+        &["old@actions.test"],
+        &msg("redirected", "hello", "", "x"),
+    );
+    send_ok(addr, "a@src.test", &["x@other.test"], &msg("pooled", "hello", "", "x"));
+
+    let at_mx = mx.wait_for(1, SOON);
+    assert_eq!(message_id_of(&at_mx[0]), "by-mx");
+    assert_eq!(at_mx[0].rcpt_addresses(), ["user@mx.test"]);
+    wait_id(&pools, "redirected");
+    wait_id(&pools, "pooled");
+    wait_drained(&gate);
+    assert_eq!(
+        copy_at(&pools, "other", "redirected").rcpt_addresses(),
+        ["new@other.test"]
+    );
+    assert_eq!(pools.where_is("redirected"), ["other"]);
+    assert_eq!(copy_at(&pools, "other", "pooled").rcpt_addresses(), ["x@other.test"]);
+    assert_eq!(pools.where_is("by-mx"), Vec::<&str>::new());
+    assert_eq!(mx.messages().len(), 1);
+}
+
+#[test]
+fn reject_answers_at_rcpt_for_envelope_rules_and_at_end_of_data_for_content_rules() {
+    let pools = Pools::new(&["main", "other", "archive"]);
+    let mx = Upstream::start();
+    let (_dns, gate) = actions_gate(&pools, &mx);
+    let addr = gate.smtp_addr();
+
+    let t = send(
+        addr,
+        "a@src.test",
+        &["blocked@actions.test"],
+        &msg("blocked", "hello", "", "x"),
+    );
+    assert_eq!(t.reply("RCPT"), "550 5.7.1 envelope says no", "{t}");
+    assert!(t.replies("END-OF-DATA").is_empty(), "{t}");
+
+    let t = send(
+        addr,
+        "a@src.test",
+        &["x@actions.test"],
+        &msg("forbidden", "forbidden", "", "x"),
+    );
+    assert_eq!(t.reply("RCPT").split(' ').next(), Some("250"), "{t}");
+    assert_eq!(t.reply("END-OF-DATA"), "550 5.7.1 content says no", "{t}");
+
+    send_ok(
+        addr,
+        "a@src.test",
+        &["x@actions.test"],
+        &msg("marker", "hello", "", "x"),
+    );
+    wait_id(&pools, "marker");
+    wait_drained(&gate);
+    assert!(pools.where_is("blocked").is_empty());
+    assert!(pools.where_is("forbidden").is_empty());
+    assert!(mx.messages().is_empty());
+}
+
+#[test]
+fn discard_answers_250_and_delivers_nothing_for_that_recipient() {
+    let pools = Pools::new(&["main", "other", "archive"]);
+    let mx = Upstream::start();
+    let (_dns, gate) = actions_gate(&pools, &mx);
+    let addr = gate.smtp_addr();
+
+    send_ok(
+        addr,
+        "a@src.test",
+        &["void@actions.test"],
+        &msg("void-only", "hello", "", "x"),
+    );
+    send_ok(
+        addr,
+        "a@src.test",
+        &["void@actions.test", "kept@other.test"],
+        &msg("void-and-kept", "hello", "", "x"),
+    );
+
+    wait_id(&pools, "void-and-kept");
+    wait_drained(&gate);
+    assert!(
+        pools.where_is("void-only").is_empty(),
+        "{:?}",
+        pools.where_is("void-only")
+    );
+    assert_eq!(pools.where_is("void-and-kept"), ["other"]);
+    assert_eq!(
+        copy_at(&pools, "other", "void-and-kept").rcpt_addresses(),
+        ["kept@other.test"]
+    );
+    assert!(mx.messages().is_empty());
+}
+
+#[test]
+fn copy_to_adds_an_archive_copy_and_header_changes_apply_to_the_deciding_route_only() {
+    let pools = Pools::new(&["main", "other", "archive"]);
+    let mx = Upstream::start();
+    let (_dns, gate) = actions_gate(&pools, &mx);
+
+    let message = msg("archived", "hello", "X-Secret: do not forward\r\nX-Keep: yes\r\n", "x");
+    send_ok(gate.smtp_addr(), "a@src.test", &["someone@actions.test"], &message);
+
+    wait_until(SOON, || pools.where_is("archived").len() >= 2);
+    wait_drained(&gate);
+    assert_eq!(sorted(pools.where_is("archived")), ["archive", "main"]);
+
+    let original = copy_at(&pools, "main", "archived");
+    assert_eq!(original.rcpt_addresses(), ["someone@actions.test"]);
+    assert_eq!(
+        header_values(&original.text(), "X-Routed"),
+        ["main"],
+        "{}",
+        original.text()
+    );
+    assert!(
+        header_values(&original.text(), "X-Secret").is_empty(),
+        "{}",
+        original.text()
+    );
+    assert_eq!(header_values(&original.text(), "X-Keep"), ["yes"]);
+
+    let archive = copy_at(&pools, "archive", "archived");
+    assert_eq!(archive.rcpt_addresses(), ["keep@archive.test"]);
+    assert!(
+        header_values(&archive.text(), "X-Routed").is_empty(),
+        "{}",
+        archive.text()
+    );
+    assert_eq!(
+        header_values(&archive.text(), "X-Secret"),
+        ["do not forward"],
+        "{}",
+        archive.text()
+    );
+    assert_eq!(archive.mail_from, "a@src.test");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Split
+
+#[test]
+fn three_recipients_in_two_routes_become_two_copies_each_with_its_own_recipients() {
+    let pools = Pools::new(&["one", "two"]);
+    let routes = "[[route]]\nname = \"one\"\nwhen = { recipient_domain = \"one.test\" }\npool = \"one\"\n\n\
+                  [[route]]\nname = \"two\"\nwhen = { recipient_domain = \"two.test\" }\npool = \"two\"\n";
+    let gate = Gate::start(&config(LISTENER, &pools, routes, "", ""));
+
+    send_ok(
+        gate.smtp_addr(),
+        "a@src.test",
+        &["a@one.test", "b@two.test", "c@one.test"],
+        &msg("split", "hello", "", "x"),
+    );
+
+    wait_until(SOON, || pools.where_is("split").len() >= 2);
+    wait_drained(&gate);
+    assert_eq!(sorted(pools.where_is("split")), ["one", "two"]);
+    let one = copy_at(&pools, "one", "split");
+    let two = copy_at(&pools, "two", "split");
+    assert_eq!(sorted(one.rcpt_addresses()), ["a@one.test", "c@one.test"]);
+    assert_eq!(two.rcpt_addresses(), ["b@two.test"]);
+    assert_eq!(one.mail_from, "a@src.test");
+    assert_eq!(two.mail_from, "a@src.test");
+    assert_eq!(one.text().split("\r\n\r\n").nth(1), two.text().split("\r\n\r\n").nth(1));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Aliases
+
+const DOMAIN_ROUTES: &str = r#"
+[[route]]
+name = "corp"
+when = { recipient_domain = "corp.test" }
+pool = "corp"
+
+[[route]]
+name = "ext"
+when = { recipient_domain = "ext.test" }
+pool = "ext"
+
+[[route]]
+name = "new"
+when = { recipient_domain = "new.test" }
+pool = "new"
+
+[[route]]
+name = "default"
+pool = "default"
+"#;
+
+const ALIASES: &str = "# test aliases\n\
+    team@corp.test: alice@corp.test, devs@corp.test\n\
+    devs@corp.test: bob@corp.test,\n    carol@ext.test\n\
+    loop1@corp.test: loop2@corp.test\n\
+    loop2@corp.test: loop1@corp.test\n\
+    @old.test: @new.test\n";
+
+fn aliases_gate(pools: &Pools, aliases: &Path) -> Gate {
+    let tail = format!("[routing]\naliases = {}\n", toml_path(aliases));
+    Gate::start(&config(LISTENER, pools, DOMAIN_ROUTES, &tail, ""))
+}
+
+#[test]
+fn nested_alias_and_domain_alias_reach_every_member_by_its_own_route() {
+    let pools = Pools::new(&["corp", "ext", "new", "default"]);
+    let dir = files();
+    let aliases = write(dir.path(), "aliases", ALIASES);
+    let gate = aliases_gate(&pools, &aliases);
+    let addr = gate.smtp_addr();
+
+    send_ok(addr, "a@src.test", &["team@corp.test"], &msg("team", "hello", "", "x"));
+    send_ok(
+        addr,
+        "a@src.test",
+        &["someone@old.test"],
+        &msg("moved-domain", "hello", "", "x"),
+    );
+
+    wait_until(SOON, || pools.where_is("team").len() >= 2);
+    wait_id(&pools, "moved-domain");
+    wait_drained(&gate);
+    assert_eq!(sorted(pools.where_is("team")), ["corp", "ext"]);
+    assert_eq!(
+        sorted(copy_at(&pools, "corp", "team").rcpt_addresses()),
+        ["alice@corp.test", "bob@corp.test"]
+    );
+    assert_eq!(copy_at(&pools, "ext", "team").rcpt_addresses(), ["carol@ext.test"]);
+    assert_eq!(pools.where_is("moved-domain"), ["new"]);
+    assert_eq!(
+        copy_at(&pools, "new", "moved-domain").rcpt_addresses(),
+        ["someone@new.test"]
+    );
+}
+
+#[test]
+fn alias_loop_refuses_the_message_with_5_4_6_and_delivers_nothing() {
+    let pools = Pools::new(&["corp", "ext", "new", "default"]);
+    let dir = files();
+    let aliases = write(dir.path(), "aliases", ALIASES);
+    let gate = aliases_gate(&pools, &aliases);
+    let addr = gate.smtp_addr();
+
+    let t = send(
+        addr,
+        "a@src.test",
+        &["loop1@corp.test", "x@corp.test"],
+        &msg("looped", "hello", "", "x"),
+    );
+    let reply = t.reply("END-OF-DATA");
+    assert!(reply.starts_with("554 5.4.6 "), "{t}");
+
+    send_ok(addr, "a@src.test", &["x@corp.test"], &msg("marker", "hello", "", "x"));
+    wait_id(&pools, "marker");
+    wait_drained(&gate);
+    assert!(pools.where_is("looped").is_empty(), "{:?}", pools.where_is("looped"));
+}
+
+#[test]
+fn aliases_file_changed_while_running_is_picked_up() {
+    let pools = Pools::new(&["corp", "ext", "new", "default"]);
+    let dir = files();
+    let aliases = write(dir.path(), "aliases", ALIASES);
+    let gate = aliases_gate(&pools, &aliases);
+    let addr = gate.smtp_addr();
+
+    send_ok(
+        addr,
+        "a@src.test",
+        &["late@corp.test"],
+        &msg("before", "hello", "", "x"),
+    );
+    wait_id(&pools, "before");
+    assert_eq!(pools.where_is("before"), ["corp"]);
+
+    write(
+        dir.path(),
+        "aliases",
+        &format!("{ALIASES}late@corp.test: late@ext.test\n"),
+    );
+    let mut n = 0;
+    let picked_up = wait_until(RELOAD_DEADLINE, || {
+        n += 1;
+        let id = format!("after-{n}");
+        send_ok(addr, "a@src.test", &["late@corp.test"], &msg(&id, "hello", "", "x"));
+        wait_id(&pools, &id);
+        pools.where_is(&id) == ["ext"]
+    });
+    assert!(picked_up, "after {n} messages the new alias was still not used");
+    let last = copy_at(&pools, "ext", &format!("after-{n}"));
+    assert_eq!(last.rcpt_addresses(), ["late@ext.test"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Sieve
+
+#[test]
+fn sieve_redirect_copy_discard_and_reject_act_per_user() {
+    let pools = Pools::new(&["corp", "ext", "new", "default"]);
+    let dir = files();
+    let sieve = dir.path().join("sieve");
+    fs::create_dir(&sieve).expect("sieve dir");
+    write(
+        &sieve,
+        "alice@corp.test.sieve",
+        "require [\"copy\"];\nredirect :copy \"bob@ext.test\";\n",
+    );
+    write(&sieve, "carol@corp.test.sieve", "discard;\n");
+    write(
+        &sieve,
+        "erin@corp.test.sieve",
+        "require [\"reject\"];\nreject \"erin does not want this\";\n",
+    );
+    let tail = format!("[routing]\nsieve_dir = {}\n", toml_path(&sieve));
+    let gate = Gate::start(&config(LISTENER, &pools, DOMAIN_ROUTES, &tail, ""));
+    let addr = gate.smtp_addr();
+
+    send_ok(
+        addr,
+        "a@src.test",
+        &["alice@corp.test"],
+        &msg("copied", "hello", "", "x"),
+    );
+    send_ok(
+        addr,
+        "a@src.test",
+        &["carol@corp.test", "dave@corp.test"],
+        &msg("half", "hello", "", "x"),
+    );
+    send_ok(
+        addr,
+        "a@src.test",
+        &["carol@corp.test"],
+        &msg("dropped", "hello", "", "x"),
+    );
+    let t = send(
+        addr,
+        "a@src.test",
+        &["erin@corp.test"],
+        &msg("refused", "hello", "", "x"),
+    );
+    let reply = t.reply("END-OF-DATA");
+    assert!(reply.starts_with("550 5.7.1 "), "{t}");
+    assert!(reply.contains("erin does not want this"), "{t}");
+
+    wait_until(SOON, || pools.where_is("copied").len() >= 2);
+    wait_id(&pools, "half");
+    wait_drained(&gate);
+    assert_eq!(sorted(pools.where_is("copied")), ["corp", "ext"]);
+    assert_eq!(copy_at(&pools, "corp", "copied").rcpt_addresses(), ["alice@corp.test"]);
+    assert_eq!(copy_at(&pools, "ext", "copied").rcpt_addresses(), ["bob@ext.test"]);
+    assert_eq!(pools.where_is("half"), ["corp"]);
+    assert_eq!(copy_at(&pools, "corp", "half").rcpt_addresses(), ["dave@corp.test"]);
+    assert!(pools.where_is("dropped").is_empty());
+    assert!(pools.where_is("refused").is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. SRS
+
+#[test]
+fn forwarding_to_another_domain_rewrites_the_sender_with_srs_and_the_bounce_finds_the_sender() {
+    let pools = Pools::new(&["far", "origin", "default"]);
+    let dir = files();
+    let aliases = write(dir.path(), "aliases", "fwd@corp.test: someone@far.test\n");
+    let routes = "[[route]]\nname = \"far\"\nwhen = { recipient_domain = \"far.test\" }\npool = \"far\"\n\n\
+                  [[route]]\nname = \"origin\"\nwhen = { recipient_domain = \"origin.test\" }\npool = \"origin\"\n\n\
+                  [[route]]\nname = \"default\"\npool = \"default\"\n";
+    let tail = format!(
+        "[routing]\naliases = {}\nsrs = {{ secret = \"a-test-secret-of-some-length\", domain = \"srs.corp.test\" }}\n",
+        toml_path(&aliases)
+    );
+    let listener = format!("{LISTENER}local_domains = [\"corp.test\"]\n");
+    let gate = Gate::start(&config(&listener, &pools, routes, &tail, ""));
+    let addr = gate.smtp_addr();
+
+    send_ok(
+        addr,
+        "alice@origin.test",
+        &["fwd@corp.test"],
+        &msg("forwarded", "hello", "", "x"),
+    );
+    wait_id(&pools, "forwarded");
+    let forwarded = copy_at(&pools, "far", "forwarded");
+    assert_eq!(forwarded.rcpt_addresses(), ["someone@far.test"]);
+    let srs = forwarded.mail_from.clone();
+    assert!(
+        srs.starts_with("SRS0=") && srs.to_ascii_lowercase().ends_with("@srs.corp.test"),
+        "MAIL FROM:<{srs}>"
+    );
+    assert!(srs.contains("=origin.test=alice@"), "MAIL FROM:<{srs}>");
+
+    let bounce = msg("bounce", "Undelivered Mail Returned to Sender", "", "it bounced");
+    send_ok(addr, "", &[&srs], &bounce);
+    wait_id(&pools, "bounce");
+    wait_drained(&gate);
+    assert_eq!(pools.where_is("bounce"), ["origin"]);
+    let back = copy_at(&pools, "origin", "bounce");
+    assert_eq!(back.rcpt_addresses(), ["alice@origin.test"]);
+    assert_eq!(back.mail_from, "");
+
+    // A forged SRS address (hash altered) is refused, not relayed.
+    let mut forged: Vec<char> = srs.chars().collect();
+    forged[5] = if forged[5] == 'a' { 'b' } else { 'a' };
+    let forged: String = forged.into_iter().collect();
+    let t = send(addr, "", &[&forged], &msg("forged", "x", "", "x"));
+    let refused = t
+        .replies("RCPT")
+        .iter()
+        .chain(t.replies("END-OF-DATA").iter())
+        .any(|r| r.starts_with('5'));
+    assert!(refused, "{t}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Dry run
+
+const DRY_ROUTES: &str = r#"
+[[route]]
+name = "tag-vip"
+when = { sender_domain = "vip.test" }
+tag = "vip"
+continue = true
+
+[[route]]
+name = "to-other"
+when = { recipient_domain = "other.test" }
+pool = "other"
+
+[[route]]
+name = "vip-first"
+when = { tag = "vip" }
+pool = "other"
+
+[[route]]
+name = "urgent"
+when = { subject = "urgent" }
+add_headers = { X-Priority = "1" }
+pool = "other"
+
+[[route]]
+name = "rest"
+pool = "main"
+"#;
+
+/// The pool `route test` names for `rcpt`: from its `deliver <rcpt> via pool "NAME"` line.
+fn dry_pool(report: &str, rcpt: &str) -> String {
+    let prefix = format!("deliver <{rcpt}> via pool \"");
+    let line = report.lines().map(str::trim).find(|l| l.starts_with(&prefix));
+    let line = line.unwrap_or_else(|| panic!("no `{prefix}` in:\n{report}"));
+    line[prefix.len()..].trim_end_matches('"').to_string()
+}
+
+fn route_test(gate: &Gate, args: &[&str]) -> String {
+    let config = gate.dir().join("smtpgate.toml");
+    let mut all = vec!["route", "test", "--config", config.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let ran = run_smtpgate(&all, None, Some(gate.dir()));
+    assert!(
+        ran.status.is_some_and(|s| s.success()),
+        "smtpgate {all:?}: {:?}\n{}{}",
+        ran.status,
+        ran.stdout,
+        ran.stderr
+    );
+    ran.stdout
+}
+
+#[test]
+fn route_test_names_the_same_pool_per_recipient_as_delivery_with_rules_and_servers_in_order() {
+    let pools = Pools::new(&["other"]).with_servers("main", 2);
+    let gate = Gate::start(&config(LISTENER, &pools, DRY_ROUTES, "", ""));
+    let addr = gate.smtp_addr();
+
+    struct Case {
+        id: &'static str,
+        from: &'static str,
+        to: &'static [&'static str],
+        subject: &'static str,
+    }
+    let cases = [
+        Case {
+            id: "plain",
+            from: "a@src.test",
+            to: &["x@other.test", "y@main.test"],
+            subject: "hello",
+        },
+        Case {
+            id: "vip",
+            from: "boss@vip.test",
+            to: &["y@main.test"],
+            subject: "hello",
+        },
+        Case {
+            id: "urgent",
+            from: "a@src.test",
+            to: &["z@main.test", "w@other.test"],
+            subject: "very urgent",
+        },
+    ];
+    for c in &cases {
+        send_ok(addr, c.from, c.to, &msg(c.id, c.subject, "", "x"));
+    }
+    for c in &cases {
+        wait_until(SOON, || {
+            let rcpts: usize = ["other", "main"]
+                .iter()
+                .flat_map(|p| pools.messages(p))
+                .filter(|m| message_id_of(m) == c.id)
+                .map(|m| m.rcpts.len())
+                .sum();
+            rcpts >= c.to.len()
+        });
+    }
+    wait_drained(&gate);
+
+    let main_servers = format!(
+        "via pool \"main\", servers in this order: {}, {}",
+        pools.servers("main")[0].addr(),
+        pools.servers("main")[1].addr()
+    );
+    for c in &cases {
+        let subject = format!("Subject: {}", c.subject);
+        let mut args = vec!["--from", c.from, "--header", &subject];
+        for t in c.to {
+            args.extend_from_slice(&["--to", t]);
+        }
+        let report = route_test(&gate, &args);
+        for rcpt in c.to {
+            let delivered: Vec<&str> = ["other", "main"]
+                .into_iter()
+                .filter(|p| {
+                    pools
+                        .messages(p)
+                        .iter()
+                        .any(|m| message_id_of(m) == c.id && m.rcpt_addresses().contains(rcpt))
+                })
+                .collect();
+            assert_eq!(
+                delivered,
+                [dry_pool(&report, rcpt)],
+                "{}: <{rcpt}>; dry run:\n{report}",
+                c.id
+            );
+        }
+        if report.contains("via pool \"main\"") {
+            assert!(
+                report.contains(&main_servers),
+                "{}: no `{main_servers}` in:\n{report}",
+                c.id
+            );
+        }
+        let expected_rules: &[&str] = match c.id {
+            "plain" => &["to-other", "rest"],
+            "vip" => &["tag-vip", "vip-first"],
+            _ => &["urgent"],
+        };
+        for rule in expected_rules {
+            assert!(
+                report.contains(&format!("rule \"{rule}\" matched")),
+                "{}: rule {rule} not named:\n{report}",
+                c.id
+            );
+        }
+    }
+    // `urgent` goes to pool "other" twice: z@ by the rule that adds a header, w@ by the rule
+    // before it, which adds none; so two copies, as the dry run says.
+    let urgent = route_test(
+        &gate,
+        &[
+            "--from",
+            "a@src.test",
+            "--to",
+            "z@main.test",
+            "--to",
+            "w@other.test",
+            "--header",
+            "Subject: urgent",
+        ],
+    );
+    assert!(urgent.contains("copy 1 to <z@main.test>\n"), "{urgent}");
+    assert!(urgent.contains("add header X-Priority: 1"), "{urgent}");
+    assert!(urgent.contains("copy 2 to <w@other.test>\n"), "{urgent}");
+    let copies: Vec<UpstreamMessage> = pools
+        .messages("other")
+        .into_iter()
+        .filter(|m| message_id_of(m) == "urgent")
+        .collect();
+    assert_eq!(copies.len(), 2, "{copies:#?}");
+    for copy in &copies {
+        let priority = header_values(&copy.text(), "X-Priority");
+        match copy.rcpt_addresses()[..] {
+            ["z@main.test"] => assert_eq!(priority, ["1"]),
+            ["w@other.test"] => assert!(priority.is_empty(), "{}", copy.text()),
+            ref other => panic!("unexpected recipients {other:?}"),
+        }
+    }
 }

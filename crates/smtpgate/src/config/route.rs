@@ -128,6 +128,7 @@ impl Pattern {
 pub fn compile(re: &str) -> Result<Regex, String> {
     regex::RegexBuilder::new(re)
         .case_insensitive(true)
+        .crlf(true)
         .size_limit(1 << 20)
         .build()
         .map_err(|e| format!("bad regular expression: {e}"))
@@ -304,7 +305,11 @@ fn build_route(index: usize, raw: RawRoute, pools: &[PoolConfig], base_dir: &Pat
 fn build_when(key: &str, raw: RawWhen, base_dir: &Path, issues: &mut Issues) -> When {
     let k = |field: &str| format!("{key}.{field}");
     let mut patterns = |field: &str, v: Option<OneOrMany>| -> Vec<Pattern> {
-        let list = v.map(OneOrMany::into_vec).unwrap_or_default();
+        let mut list = v.map(OneOrMany::into_vec).unwrap_or_default();
+        if field.ends_with("_domain") {
+            // A domain field holds domains: `@example.com` means `example.com` there.
+            list.iter_mut().filter(|p| p.starts_with('@')).for_each(|p| *p = p[1..].to_owned());
+        }
         list.iter()
             .enumerate()
             .filter_map(|(i, p)| {

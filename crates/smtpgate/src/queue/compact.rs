@@ -11,7 +11,7 @@ pub(super) async fn run(queue: Queue, every: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Some(segment) = queue.ctx.spool.compaction_candidate() {
+        if let Some(segment) = queue.ctx().spool.compaction_candidate() {
             compact(&queue, segment).await;
         }
     }
@@ -19,7 +19,7 @@ pub(super) async fn run(queue: Queue, every: Duration) {
 
 /// Moves every live message of `segment` to the current segment.
 async fn compact(queue: &Queue, segment: u64) {
-    let ctx = &queue.ctx;
+    let ctx = &queue.ctx();
     let mut moved = 0;
     for msg in queue.in_segment(segment) {
         let finished = msg.spool_lock.lock().await;

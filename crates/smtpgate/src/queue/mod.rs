@@ -45,7 +45,8 @@ struct Dest {
 /// Handle to the queue; clones share it.
 #[derive(Clone)]
 pub struct Queue {
-    ctx: Arc<Context>,
+    /// Swapped on reload; every attempt takes the one current when it starts.
+    ctx: Arc<std::sync::RwLock<Arc<Context>>>,
     dests: Arc<Mutex<HashMap<NextHop, Dest>>>,
     /// Every message in the queue, by id.
     messages: Arc<Mutex<HashMap<QueueId, Arc<QueuedMessage>>>>,
@@ -58,20 +59,26 @@ const IDLE: Duration = Duration::from_secs(2);
 impl Queue {
     pub fn new(ctx: Arc<Context>) -> Self {
         Queue {
-            ctx,
+            ctx: Arc::new(std::sync::RwLock::new(ctx)),
             dests: Arc::default(),
             messages: Arc::default(),
             cache: BodyCache::new(BODY_CACHE_BYTES),
         }
     }
 
-    pub fn context(&self) -> &Arc<Context> {
-        &self.ctx
+    /// The current context.
+    pub fn ctx(&self) -> Arc<Context> {
+        self.ctx.read().unwrap().clone()
+    }
+
+    /// Switches to a reloaded configuration.
+    pub fn set_context(&self, ctx: Arc<Context>) {
+        *self.ctx.write().unwrap() = ctx;
     }
 
     /// Spools a new message durably, then schedules it. When this returns `Ok`, the message is safe.
     pub async fn accept(&self, env: Envelope, body: Vec<u8>) -> Result<(), SpoolError> {
-        let body_ref = self.ctx.spool.store(&env, &body).await?;
+        let body_ref = self.ctx().spool.store(&env, &body).await?;
         let msg = QueuedMessage::new(env, body_ref, None, self.cache.admit(body));
         self.schedule(Arc::new(msg));
         Ok(())
@@ -83,7 +90,7 @@ impl Queue {
         for r in found {
             let msg = Arc::new(QueuedMessage::new(r.env, r.body, Some(r.states), None));
             if msg.pending().is_empty() {
-                settle::finish(&self.ctx, &msg).await;
+                settle::finish(&self.ctx(), &msg).await;
             } else {
                 self.schedule(msg);
             }
@@ -92,7 +99,7 @@ impl Queue {
     }
 
     fn schedule(&self, msg: Arc<QueuedMessage>) {
-        self.ctx.metrics.queue_depth.inc();
+        self.ctx().metrics.queue_depth.inc();
         self.messages.lock().unwrap().insert(msg.env.id, msg.clone());
         let mut by_hop: HashMap<NextHop, Vec<u32>> = HashMap::new();
         for idx in msg.pending() {
@@ -118,10 +125,10 @@ impl Queue {
         dest.ready.push_back(d);
         let limit = match &hop {
             // A pool caps itself: each server's `max_connections`.
-            NextHop::Pool(name) => self.ctx.pools.worker_limit(name),
+            NextHop::Pool(name) => self.ctx().pools.worker_limit(name),
             NextHop::Mx(_) => None,
         }
-        .unwrap_or(self.ctx.config.queue.connections_per_destination);
+        .unwrap_or(self.ctx().config.queue.connections_per_destination);
         if dest.ready.len() > dest.idle && dest.workers < limit {
             dest.workers += 1;
             tokio::spawn(worker::run(self.clone(), hop));
@@ -133,7 +140,7 @@ impl Queue {
     /// A finished message leaves the queue.
     fn forget(&self, id: QueueId) {
         self.messages.lock().unwrap().remove(&id);
-        self.ctx.metrics.queue_depth.dec();
+        self.ctx().metrics.queue_depth.dec();
     }
 
     /// Messages whose body is in spool segment `segment`.

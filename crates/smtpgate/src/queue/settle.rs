@@ -33,7 +33,7 @@ async fn settle(
     remote: Option<String>,
     started: Instant,
 ) {
-    let ctx = queue.ctx.clone();
+    let ctx = queue.ctx();
     let msg = d.msg.clone();
     let expired = now_unix() >= msg.env.received_at + ctx.config.queue.max_age.as_secs();
     let latency_ms = started.elapsed().as_millis() as u64;
@@ -106,7 +106,7 @@ fn log_attempt(msg: &QueuedMessage, rcpt: &Recipient, hop: &NextHop, o: &Outcome
 
 /// Writes final states; when the message is finished, removes it from the spool.
 async fn record(queue: &Queue, msg: &Arc<QueuedMessage>, updates: &[(u32, RcptState)]) {
-    let ctx = &queue.ctx;
+    let ctx = &queue.ctx();
     if updates.is_empty() {
         return;
     }
@@ -134,7 +134,7 @@ pub(super) async fn finish(ctx: &Context, msg: &QueuedMessage) {
 
 /// Spools a DSN for `failures` to the sender; never for the null sender.
 async fn bounce_for(queue: &Queue, msg: &QueuedMessage, failures: &[Failure]) {
-    let ctx = &queue.ctx;
+    let ctx = &queue.ctx();
     ctx.metrics.bounced.add(failures.len() as u64);
     let env = &msg.env;
     if env.is_null_sender() {

@@ -19,7 +19,7 @@ pub(super) async fn run(queue: Queue, hop: NextHop) {
 }
 
 async fn run_mx(queue: &Queue, hop: &NextHop, domain: &str) {
-    let ctx = queue.ctx.clone();
+    let ctx = queue.ctx();
     let per_conn = ctx.config.queue.messages_per_connection;
     let mut conn: Option<Client> = None;
     let mut sent = 0;
@@ -53,7 +53,7 @@ async fn run_mx(queue: &Queue, hop: &NextHop, domain: &str) {
 }
 
 async fn run_pool(queue: &Queue, hop: &NextHop, pool: &str) {
-    let ctx = queue.ctx.clone();
+    let ctx = queue.ctx();
     let per_conn = ctx.config.queue.messages_per_connection;
     while let Some(d) = queue.next_for(hop).await {
         let started = Instant::now();

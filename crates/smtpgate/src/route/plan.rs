@@ -114,6 +114,9 @@ impl Router {
 
     /// The rejection a recipient gets at RCPT time, when the rules can tell from the envelope alone.
     pub fn check_rcpt(&self, msg: &MessageView<'_>, address: &str) -> Option<Rejection> {
+        if self.rewritten_before_rules(address) {
+            return None;
+        }
         for (i, rule) in self.config.routes.iter().enumerate() {
             if rule.when.needs_content() {
                 return None;
@@ -132,6 +135,14 @@ impl Router {
             }
         }
         None
+    }
+
+    /// Whether SRS, an alias or a Sieve script acts on `address` before the rules see it.
+    fn rewritten_before_rules(&self, address: &str) -> bool {
+        let srs = self.srs.as_ref().is_some_and(|s| s.reverse(address, now_unix()).is_some());
+        let alias = self.aliases.as_ref().is_some_and(|a| a.get().expand(address).is_some());
+        let sieve = self.config.routing.sieve_dir.as_ref().is_some_and(|d| super::sieve::has_script(d, address));
+        srs || alias || sieve
     }
 
     fn route(&self, msg: &MessageView<'_>, rcpt: Recipient, origin: Origin, st: &mut State) {

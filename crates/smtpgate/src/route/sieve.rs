@@ -37,6 +37,11 @@ fn script_path(dir: &Path, address: &str) -> Option<std::path::PathBuf> {
     path.is_file().then_some(path)
 }
 
+/// Whether the recipient has a script.
+pub fn has_script(dir: &Path, address: &str) -> bool {
+    script_path(dir, address).is_some()
+}
+
 /// Runs the recipient's script; `None` when there is none. A script that does not parse is
 /// logged and treated as absent (mail is kept, never lost).
 pub fn run(dir: &Path, msg: &MessageView<'_>, address: &str) -> Option<Result<Outcome, String>> {

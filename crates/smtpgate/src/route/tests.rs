@@ -197,6 +197,25 @@ reject = "550 5.7.1 decided at DATA"
 }
 
 #[test]
+fn rcpt_time_rejection_waits_for_aliases() {
+    let s = Setup::new();
+    s.file("aliases", "team@example.test: a@x.test\n");
+    let r = s.router("[routing]\naliases = \"aliases\"\n[[route]]\nwhen = { recipient = \"team@example.test\" }\nreject = \"550 5.7.1 closed\"\n");
+    let view = MessageView { sender: "s@example.test".into(), ..Default::default() };
+    assert_eq!(r.check_rcpt(&view, "team@example.test"), None, "the rules see a@x.test, not the alias");
+}
+
+#[test]
+fn domain_fields_accept_a_leading_at_and_body_anchors_see_crlf_lines() {
+    let r = Setup::new().router(
+        "[[route]]\nwhen = { recipient_domain = \"@d.test\" }\npool = \"new\"\n[[route]]\nwhen = { body = \"(?m)^magic$\" }\npool = \"old\"\n",
+    );
+    assert_eq!(copies(&plan(&r, "s@x.test", &["c@d.test"], MSG)), vec![(Some("new"), vec!["c@d.test"])]);
+    let p = plan(&r, "s@x.test", &["c@e.test"], b"Subject: x\r\n\r\nfirst\r\nmagic\r\nlast\r\n");
+    assert_eq!(copies(&p), vec![(Some("old"), vec!["c@e.test"])]);
+}
+
+#[test]
 fn aliases_expand_nested_lists_and_detect_loops() {
     let s = Setup::new();
     s.file(

@@ -1,7 +1,6 @@
 //! The admin address: `/healthz` and `/metrics` (Prometheus text format).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
@@ -10,10 +9,11 @@ use tokio::sync::watch;
 
 use super::StartError;
 use crate::context::Context;
+use crate::queue::Queue;
 
 pub async fn start(
     addr: SocketAddr,
-    ctx: Arc<Context>,
+    queue: Queue,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<SocketAddr, StartError> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -23,7 +23,7 @@ pub async fn start(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
-        .with_state(ctx);
+        .with_state(queue);
     tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.changed().await;
@@ -35,10 +35,11 @@ pub async fn start(
     Ok(bound)
 }
 
-async fn metrics(State(ctx): State<Arc<Context>>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+/// Renders from the current context, so a reload shows the new pools.
+async fn metrics(State(queue): State<Queue>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
     (
         [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        render(&ctx),
+        render(&queue.ctx()),
     )
 }
 

@@ -17,8 +17,8 @@ pub struct ConnLimits {
 }
 
 struct Inner {
-    max_total: usize,
-    max_per_ip: usize,
+    /// (total, per address); a reload may change them while connections are open.
+    caps: Mutex<(usize, usize)>,
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
 
@@ -30,20 +30,20 @@ pub struct ConnGuard {
 
 impl ConnLimits {
     pub fn new(max_total: usize, max_per_ip: usize) -> Self {
-        ConnLimits {
-            inner: Arc::new(Inner {
-                max_total,
-                max_per_ip,
-                open: Mutex::default(),
-            }),
-        }
+        ConnLimits { inner: Arc::new(Inner { caps: Mutex::new((max_total, max_per_ip)), open: Mutex::default() }) }
+    }
+
+    /// New caps for the same open connections (after a reload).
+    pub fn set_caps(&self, max_total: usize, max_per_ip: usize) {
+        *self.inner.caps.lock().unwrap() = (max_total, max_per_ip);
     }
 
     /// Takes a place for a connection from `ip`, or `None` if a cap is reached.
     pub fn admit(&self, ip: IpAddr) -> Option<ConnGuard> {
+        let (max_total, max_per_ip) = *self.inner.caps.lock().unwrap();
         let mut open = self.inner.open.lock().unwrap();
         let per_ip = open.1.get(&ip).copied().unwrap_or(0);
-        if open.0 >= self.inner.max_total || per_ip >= self.inner.max_per_ip {
+        if open.0 >= max_total || per_ip >= max_per_ip {
             return None;
         }
         open.0 += 1;

@@ -2,23 +2,25 @@
 
 mod admin;
 mod limits;
+mod listeners;
+mod reload;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ListenerConfig};
 use crate::context::Context;
 use crate::envelope::IdGen;
-use crate::io::{BoxIo, TlsInfo};
+
 use crate::metrics::Metrics;
 use crate::queue::Queue;
-use crate::session::{Session, Users};
+use crate::session::Users;
 use crate::spool::Spool;
 use limits::{ConnLimits, Sessions};
 
@@ -61,7 +63,7 @@ pub struct Bound {
 
 /// A running server.
 pub struct Server {
-    pub listeners: Vec<Bound>,
+    listeners: listeners::Listeners,
     pub admin: Option<SocketAddr>,
     pub spool_dir: PathBuf,
     pub recovered: usize,
@@ -69,6 +71,7 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     sessions: Arc<Sessions>,
     grace: Duration,
+    ctx: Arc<Context>,
 }
 
 impl Server {
@@ -80,27 +83,15 @@ impl Server {
         let queue = Queue::new(ctx.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let sessions = Arc::new(Sessions::default());
-        let mut listeners = Vec::new();
-        for lc in &config.listeners {
-            let state = listener_state(lc, &ctx, &queue, &shutdown_rx, &sessions)?;
-            let tcp = TcpListener::bind(lc.address)
-                .await
-                .map_err(|e| StartError::Bind(lc.address, e))?;
-            let addr = tcp.local_addr().map_err(|e| StartError::Bind(lc.address, e))?;
-            let tls = match (&state.tls, lc.implicit_tls) {
-                (None, _) => "none",
-                (Some(_), false) => "starttls",
-                (Some(_), true) => "implicit",
-            };
-            listeners.push(Bound {
-                name: lc.name.clone(),
-                addr,
-                tls,
-            });
-            tokio::spawn(accept_loop(tcp, Arc::new(state)));
-        }
+        let states = config
+            .listeners
+            .iter()
+            .map(|lc| listener_state(lc, &ctx, &queue, &shutdown_rx, &sessions))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut listeners = listeners::Listeners::default();
+        listeners.apply(states).await?;
         let admin = match &config.admin {
-            Some(a) => Some(admin::start(a.address, ctx.clone(), shutdown_rx.clone()).await?),
+            Some(a) => Some(admin::start(a.address, queue.clone(), shutdown_rx.clone()).await?),
             None => None,
         };
         let recovered = queue.restore(found).await;
@@ -116,7 +107,13 @@ impl Server {
             shutdown,
             sessions,
             grace,
+            ctx,
         })
+    }
+
+    /// What is listening.
+    pub fn listeners(&self) -> Vec<Bound> {
+        self.listeners.bound()
     }
 
     /// Stops accepting, lets sessions finish within the shutdown timeout, and returns.
@@ -143,7 +140,7 @@ pub fn context(config: Arc<Config>) -> Result<(Arc<Context>, Vec<crate::spool::R
         metrics: Arc::new(Metrics::default()),
         resolver: crate::deliver::mx::resolver(&config.dns.nameservers).map_err(StartError::Dns)?,
         client_tls: crate::tls::client_config(),
-        ids: IdGen::default(),
+        ids: Arc::new(IdGen::default()),
         pools: crate::deliver::pool::Pools::new(&config),
         router: Arc::new(crate::route::Router::new(config.clone()).map_err(StartError::Routing)?),
     });
@@ -191,59 +188,4 @@ fn listener_state(
         limits: ConnLimits::new(lc.max_connections, lc.max_connections_per_ip),
         sessions: sessions.clone(),
     })
-}
-
-async fn accept_loop(tcp: TcpListener, state: Arc<ListenerState>) {
-    let mut shutdown = state.shutdown.clone();
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = tcp.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        state.ctx.metrics.connections.inc();
-        match state.limits.admit(peer.ip().to_canonical()) {
-            Some(guard) => {
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let _guard = guard;
-                    serve_connection(state, stream, peer).await;
-                });
-            }
-            None => {
-                state.ctx.metrics.connections_refused.inc();
-                tokio::spawn(limits::refuse(stream));
-            }
-        }
-    }
-}
-
-async fn serve_connection(state: Arc<ListenerState>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
-    let _active = state.sessions.enter();
-    let metrics = state.ctx.metrics.clone();
-    metrics.sessions_active.inc();
-    let (io, tls): (BoxIo, Option<TlsInfo>) = match (&state.tls, state.config.implicit_tls) {
-        (Some(acceptor), true) => {
-            match tokio::time::timeout(state.config.command_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => {
-                    let info = TlsInfo::from_conn(s.get_ref().1);
-                    (Box::new(s), Some(info))
-                }
-                _ => {
-                    metrics.sessions_active.dec();
-                    return;
-                }
-            }
-        }
-        _ => (Box::new(stream), None),
-    };
-    Session::new(state.clone(), io, peer, tls).run().await;
-    metrics.sessions_active.dec();
 }
