@@ -31,7 +31,12 @@ impl Reply {
 
     /// A reply an administrator wrote in the configuration (a routing rule's `reject`).
     pub fn policy(code: u16, status: String, text: String) -> Self {
-        Reply { code, status: Cow::Owned(status), text: Cow::Owned(text), extra_lines: Vec::new() }
+        Reply {
+            code,
+            status: Cow::Owned(status),
+            text: Cow::Owned(text),
+            extra_lines: Vec::new(),
+        }
     }
 
     /// Adds a line after the text (makes the reply multi-line).

@@ -410,10 +410,13 @@ fn rcpt_to_bad() {
 fn errors_know_their_reply() {
     let code = |e: CommandError| {
         let r = e.reply();
-        (r.code, r.status)
+        (r.code, r.status.into_owned())
     };
-    assert_eq!(code(CommandError::Unrecognized), (500, "5.5.1"));
-    assert_eq!(code(CommandError::Syntax("x")), (501, "5.5.4"));
-    assert_eq!(code(CommandError::BadAddress("x")), (501, "5.1.3"));
-    assert_eq!(code(CommandError::UnknownParameter("X".into())), (555, "5.5.4"));
+    assert_eq!(code(CommandError::Unrecognized), (500, "5.5.1".to_string()));
+    assert_eq!(code(CommandError::Syntax("x")), (501, "5.5.4".to_string()));
+    assert_eq!(code(CommandError::BadAddress("x")), (501, "5.1.3".to_string()));
+    assert_eq!(
+        code(CommandError::UnknownParameter("X".into())),
+        (555, "5.5.4".to_string())
+    );
 }

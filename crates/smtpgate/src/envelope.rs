@@ -163,7 +163,17 @@ impl Envelope {
             let orcpt = r.opt()?;
             recipients.push(Recipient { address, notify, orcpt });
         }
-        let env = Envelope { id, sender, recipients, received_at, eight_bit, smtputf8, ret, envid, pool };
+        let env = Envelope {
+            id,
+            sender,
+            recipients,
+            received_at,
+            eight_bit,
+            smtputf8,
+            ret,
+            envid,
+            pool,
+        };
         Some((env, r.pos))
     }
 }

@@ -83,9 +83,19 @@ fn main() -> ExitCode {
         Cmd::Serve { config } => serve(config, cli.log_format),
         Cmd::CheckConfig { file } => check_config(&file),
         Cmd::Passwd => passwd(),
-        Cmd::Route { command: RouteCmd::Test { config, from, to, header, message, client, user, listener } } => {
-            route_test(&config, from, to, header, message, client, user, listener)
-        }
+        Cmd::Route {
+            command:
+                RouteCmd::Test {
+                    config,
+                    from,
+                    to,
+                    header,
+                    message,
+                    client,
+                    user,
+                    listener,
+                },
+        } => route_test(&config, from, to, header, message, client, user, listener),
         Cmd::Reload { config } => signal_reload(config),
     };
     match result {
@@ -185,14 +195,20 @@ async fn reload(server: &mut Server, path: Option<&std::path::Path>) {
             for issue in &e.errors {
                 tracing::error!(key = %issue.key, "{}", issue.message);
             }
-            tracing::error!(errors = e.errors.len(), "reload refused: the configuration has errors; the old one stays");
+            tracing::error!(
+                errors = e.errors.len(),
+                "reload refused: the configuration has errors; the old one stays"
+            );
             return;
         }
     };
     match server.reload(config).await {
         Ok(()) => {
             for l in server.listeners() {
-                println!("smtpgate listening: listener={} address={} tls={}", l.name, l.addr, l.tls);
+                println!(
+                    "smtpgate listening: listener={} address={} tls={}",
+                    l.name, l.addr, l.tls
+                );
             }
             println!("smtpgate reloaded");
         }
@@ -242,7 +258,15 @@ fn route_test(
         Some(path) => Some(std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?),
         None => None,
     };
-    let input = smtpgate::route::dryrun::DryRun { from, to, headers, message, client, user, listener };
+    let input = smtpgate::route::dryrun::DryRun {
+        from,
+        to,
+        headers,
+        message,
+        client,
+        user,
+        listener,
+    };
     let report = smtpgate::route::dryrun::run(config, &input).map_err(anyhow::Error::msg)?;
     print!("{report}");
     Ok(ExitCode::SUCCESS)
@@ -257,7 +281,10 @@ fn signal_reload(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let pid_file = config.spool.dir.join("smtpgate.pid");
     let text = std::fs::read_to_string(&pid_file)
         .with_context(|| format!("cannot read {} (is smtpgate running?)", pid_file.display()))?;
-    let pid: i32 = text.trim().parse().with_context(|| format!("{} does not hold a PID", pid_file.display()))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("{} does not hold a PID", pid_file.display()))?;
     let target = rustix::process::Pid::from_raw(pid).context("not a process id")?;
     rustix::process::kill_process(target, rustix::process::Signal::HUP)
         .with_context(|| format!("cannot signal process {pid}"))?;

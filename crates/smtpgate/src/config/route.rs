@@ -308,7 +308,9 @@ fn build_when(key: &str, raw: RawWhen, base_dir: &Path, issues: &mut Issues) -> 
         let mut list = v.map(OneOrMany::into_vec).unwrap_or_default();
         if field.ends_with("_domain") {
             // A domain field holds domains: `@example.com` means `example.com` there.
-            list.iter_mut().filter(|p| p.starts_with('@')).for_each(|p| *p = p[1..].to_owned());
+            list.iter_mut()
+                .filter(|p| p.starts_with('@'))
+                .for_each(|p| *p = p[1..].to_owned());
         }
         list.iter()
             .enumerate()

@@ -180,7 +180,10 @@ async fn bounce_for(queue: &Queue, msg: &QueuedMessage, failures: &[Failure]) {
 
 /// Bounces are routed like any message from the null sender to the original sender.
 fn bounce_pool(ctx: &Context, sender: &str) -> Option<String> {
-    let view = crate::route::MessageView { listener: "bounce".into(), ..Default::default() };
+    let view = crate::route::MessageView {
+        listener: "bounce".into(),
+        ..Default::default()
+    };
     let plan = ctx.router.plan(&view, &[Recipient::new(sender)]);
     plan.groups.into_iter().next().and_then(|g| g.pool)
 }

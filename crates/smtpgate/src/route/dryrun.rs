@@ -28,9 +28,17 @@ pub fn run(config: Arc<Config>, input: &DryRun) -> Result<String, String> {
     let router = Router::new(config.clone())?;
     let body = match &input.message {
         Some(m) => m.clone(),
-        None => input.headers.iter().map(|h| format!("{h}\r\n")).collect::<String>().into_bytes(),
+        None => input
+            .headers
+            .iter()
+            .map(|h| format!("{h}\r\n"))
+            .collect::<String>()
+            .into_bytes(),
     };
-    let listener = input.listener.clone().or_else(|| config.listeners.first().map(|l| l.name.clone()));
+    let listener = input
+        .listener
+        .clone()
+        .or_else(|| config.listeners.first().map(|l| l.name.clone()));
     let view = MessageView {
         sender: input.from.clone(),
         client: input.client,
@@ -72,7 +80,10 @@ fn describe_group(config: &Config, n: usize, g: &Group, out: &mut String) {
     match &g.pool {
         Some(pool) => describe_pool(config, pool, out),
         None => {
-            let _ = writeln!(out, "    via MX lookup of each recipient's domain (lowest preference first)");
+            let _ = writeln!(
+                out,
+                "    via MX lookup of each recipient's domain (lowest preference first)"
+            );
         }
     }
     for (name, value) in &g.add_headers {

@@ -19,7 +19,9 @@ impl AddressList {
     }
 
     pub fn load(path: &Path) -> Result<AddressList, String> {
-        std::fs::read_to_string(path).map(|t| AddressList::parse(&t)).map_err(|e| format!("{}: {e}", path.display()))
+        std::fs::read_to_string(path)
+            .map(|t| AddressList::parse(&t))
+            .map_err(|e| format!("{}: {e}", path.display()))
     }
 
     pub fn contains(&self, address: &str) -> bool {

@@ -32,7 +32,10 @@ impl<'a> MessageView<'a> {
 
     /// Every value of a header, case-insensitive name.
     pub fn header(&self, name: &str) -> impl Iterator<Item = &str> {
-        self.headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -41,7 +44,10 @@ pub fn parse_headers(message: &[u8]) -> (Vec<(String, String)>, usize) {
     let mut headers: Vec<(String, String)> = Vec::new();
     let mut pos = 0;
     while pos < message.len() {
-        let end = message[pos..].iter().position(|&b| b == b'\n').map_or(message.len(), |i| pos + i + 1);
+        let end = message[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(message.len(), |i| pos + i + 1);
         let line = String::from_utf8_lossy(&message[pos..end]);
         let line = line.trim_end_matches(['\r', '\n']);
         pos = end;
@@ -68,7 +74,10 @@ mod tests {
     fn unfolds_headers_and_finds_the_body() {
         let msg = b"Subject: hello\r\n world\r\nX-A: 1\r\n\r\nbody here";
         let (h, at) = super::parse_headers(msg);
-        assert_eq!(h, vec![("Subject".into(), "hello world".into()), ("X-A".into(), "1".into())]);
+        assert_eq!(
+            h,
+            vec![("Subject".into(), "hello world".into()), ("X-A".into(), "1".into())]
+        );
         assert_eq!(&msg[at..], b"body here");
     }
 }

@@ -32,13 +32,24 @@ struct Origin {
 
 impl Origin {
     fn forward(self) -> Origin {
-        Origin { depth: self.depth + 1, forwarded: true, copy: self.copy }
+        Origin {
+            depth: self.depth + 1,
+            forwarded: true,
+            copy: self.copy,
+        }
     }
     fn copy(self) -> Origin {
-        Origin { depth: self.depth + 1, forwarded: true, copy: true }
+        Origin {
+            depth: self.depth + 1,
+            forwarded: true,
+            copy: true,
+        }
     }
     fn deeper(self) -> Origin {
-        Origin { depth: self.depth + 1, ..self }
+        Origin {
+            depth: self.depth + 1,
+            ..self
+        }
     }
 }
 
@@ -95,7 +106,12 @@ impl Router {
             });
         }
         let srs = config.routing.srs.as_ref().map(|s| Srs::new(&s.secret, &s.domain));
-        Ok(Router { config, aliases, lists, srs })
+        Ok(Router {
+            config,
+            aliases,
+            lists,
+            srs,
+        })
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -122,14 +138,23 @@ impl Router {
                 return None;
             }
             let list = self.lists[i].as_ref().map(|l| l.get());
-            let s = Subject { msg, recipient: address, tags: &msg.tags, list: list.as_deref() };
+            let s = Subject {
+                msg,
+                recipient: address,
+                tags: &msg.tags,
+                list: list.as_deref(),
+            };
             if !rules::matches(&rule.when, &s) {
                 continue;
             }
             match &rule.action {
                 None => continue,
                 Some(RouteAction::Reject { code, status, text }) => {
-                    return Some(Rejection { code: *code, status: status.clone(), text: text.clone() });
+                    return Some(Rejection {
+                        code: *code,
+                        status: status.clone(),
+                        text: text.clone(),
+                    });
                 }
                 Some(_) => return None,
             }
@@ -139,9 +164,17 @@ impl Router {
 
     /// Whether SRS, an alias or a Sieve script acts on `address` before the rules see it.
     fn rewritten_before_rules(&self, address: &str) -> bool {
-        let srs = self.srs.as_ref().is_some_and(|s| s.reverse(address, now_unix()).is_some());
+        let srs = self
+            .srs
+            .as_ref()
+            .is_some_and(|s| s.reverse(address, now_unix()).is_some());
         let alias = self.aliases.as_ref().is_some_and(|a| a.get().expand(address).is_some());
-        let sieve = self.config.routing.sieve_dir.as_ref().is_some_and(|d| super::sieve::has_script(d, address));
+        let sieve = self
+            .config
+            .routing
+            .sieve_dir
+            .as_ref()
+            .is_some_and(|d| super::sieve::has_script(d, address));
         srs || alias || sieve
     }
 
@@ -185,7 +218,9 @@ impl Router {
     }
 
     fn expand_alias(&self, msg: &MessageView<'_>, rcpt: &Recipient, origin: Origin, st: &mut State) -> Expanded {
-        let Some(aliases) = self.aliases.as_ref().map(|a| a.get()) else { return Expanded::No };
+        let Some(aliases) = self.aliases.as_ref().map(|a| a.get()) else {
+            return Expanded::No;
+        };
         match aliases.expand(&rcpt.address) {
             None => Expanded::No,
             Some(Err(e)) => {
@@ -195,7 +230,9 @@ impl Router {
             }
             Some(Ok(targets)) => {
                 let list: Vec<&str> = targets.iter().map(|t| t.address.as_str()).collect();
-                st.plan.trace.push(format!("  alias <{}> -> {}", rcpt.address, list.join(", ")));
+                st.plan
+                    .trace
+                    .push(format!("  alias <{}> -> {}", rcpt.address, list.join(", ")));
                 let mut keep_self = false;
                 for t in &targets {
                     if t.address.eq_ignore_ascii_case(&rcpt.address) {
@@ -211,7 +248,9 @@ impl Router {
 
     /// Runs the recipient's Sieve script; false when the script took the recipient away.
     fn run_sieve(&self, msg: &MessageView<'_>, rcpt: &Recipient, origin: Origin, st: &mut State) -> bool {
-        let Some(dir) = &self.config.routing.sieve_dir else { return true };
+        let Some(dir) = &self.config.routing.sieve_dir else {
+            return true;
+        };
         let outcome = match super::sieve::run(dir, msg, &rcpt.address) {
             None => return true,
             Some(Err(e)) => {
@@ -221,7 +260,9 @@ impl Router {
             }
             Some(Ok(o)) => o,
         };
-        st.plan.trace.extend(outcome.trace.iter().map(|t| format!("  sieve {t}")));
+        st.plan
+            .trace
+            .extend(outcome.trace.iter().map(|t| format!("  sieve {t}")));
         let mut keep = false;
         for action in outcome.actions {
             match action {
@@ -253,7 +294,12 @@ impl Router {
         tags.extend(st.tags.iter().cloned());
         for (i, rule) in self.config.routes.iter().enumerate() {
             let list = self.lists[i].as_ref().map(|l| l.get());
-            let s = Subject { msg, recipient: &rcpt.address, tags: &tags, list: list.as_deref() };
+            let s = Subject {
+                msg,
+                recipient: &rcpt.address,
+                tags: &tags,
+                list: list.as_deref(),
+            };
             if !rules::matches(&rule.when, &s) {
                 continue;
             }
@@ -294,7 +340,9 @@ impl Router {
                 st.plan.discarded.push(rcpt.address);
             }
             RouteAction::Redirect(targets) => {
-                st.plan.trace.push(format!("  redirect <{}> -> {}", rcpt.address, targets.join(", ")));
+                st.plan
+                    .trace
+                    .push(format!("  redirect <{}> -> {}", rcpt.address, targets.join(", ")));
                 for t in targets {
                     self.route(msg, with_address(&rcpt, t), origin.forward(), st);
                 }
@@ -313,7 +361,9 @@ impl Router {
     ) {
         let key = rcpt.address.to_ascii_lowercase();
         if !st.delivered.insert(key) {
-            st.plan.trace.push(format!("  <{}> already routed (duplicate)", rcpt.address));
+            st.plan
+                .trace
+                .push(format!("  <{}> already routed (duplicate)", rcpt.address));
             return;
         }
         let srs_sender = match (&self.srs, forwarded) {
@@ -322,10 +372,15 @@ impl Router {
             }
             _ => None,
         };
-        let target = pool.as_ref().map_or_else(|| format!("MX of {}", rcpt.domain()), |p| format!("pool {p:?}"));
+        let target = pool
+            .as_ref()
+            .map_or_else(|| format!("MX of {}", rcpt.domain()), |p| format!("pool {p:?}"));
         st.plan.trace.push(format!("  deliver <{}> via {target}", rcpt.address));
         let group = st.plan.groups.iter_mut().find(|g| {
-            g.pool == pool && g.add_headers == changes.add && g.remove_headers == changes.remove && g.srs_sender == srs_sender
+            g.pool == pool
+                && g.add_headers == changes.add
+                && g.remove_headers == changes.remove
+                && g.srs_sender == srs_sender
         });
         match group {
             Some(g) => g.recipients.push(rcpt),
@@ -340,7 +395,10 @@ impl Router {
     }
 
     fn is_local(&self, domain: &str) -> bool {
-        self.config.listeners.iter().any(|l| l.local_domains.iter().any(|d| d == domain))
+        self.config
+            .listeners
+            .iter()
+            .any(|l| l.local_domains.iter().any(|d| d == domain))
     }
 }
 
@@ -370,11 +428,19 @@ struct State {
 impl State {
     fn reject(&mut self, code: u16, status: &str, text: &str) {
         if self.plan.reject.is_none() {
-            self.plan.reject = Some(Rejection { code, status: status.into(), text: text.into() });
+            self.plan.reject = Some(Rejection {
+                code,
+                status: status.into(),
+                text: text.into(),
+            });
         }
     }
 }
 
 fn with_address(original: &Recipient, address: String) -> Recipient {
-    Recipient { address, notify: original.notify, orcpt: original.orcpt.clone() }
+    Recipient {
+        address,
+        notify: original.notify,
+        orcpt: original.orcpt.clone(),
+    }
 }

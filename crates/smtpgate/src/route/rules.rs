@@ -47,8 +47,17 @@ fn content_matches(when: &When, s: &Subject<'_, '_>) -> bool {
     let msg = s.msg;
     when.size_over.is_none_or(|n| msg.size > n)
         && when.size_under.is_none_or(|n| msg.size < n)
-        && when.headers.iter().all(|(name, re)| msg.header(name).any(|v| re.is_match(v)))
-        && when.subject.as_ref().is_none_or(|re| msg.header("subject").any(|v| re.is_match(v)))
+        && when
+            .headers
+            .iter()
+            .all(|(name, re)| msg.header(name).any(|v| re.is_match(v)))
+        && when
+            .subject
+            .as_ref()
+            .is_none_or(|re| msg.header("subject").any(|v| re.is_match(v)))
         && (when.tags.is_empty() || when.tags.iter().any(|t| s.tags.contains(t)))
-        && when.body.as_ref().is_none_or(|re| re.is_match(&String::from_utf8_lossy(msg.body)))
+        && when
+            .body
+            .as_ref()
+            .is_none_or(|re| re.is_match(&String::from_utf8_lossy(msg.body)))
 }

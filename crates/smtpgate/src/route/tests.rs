@@ -13,7 +13,9 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
-        Setup { dir: tempfile::tempdir().unwrap() }
+        Setup {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn file(&self, name: &str, text: &str) -> &Self {
@@ -50,14 +52,27 @@ servers = ["127.0.0.1:2603"]
 }
 
 fn plan(router: &Router, from: &str, to: &[&str], message: &[u8]) -> Plan {
-    let view = MessageView { sender: from.into(), listener: "in".into(), ..Default::default() }.with_message(message, 1 << 20);
+    let view = MessageView {
+        sender: from.into(),
+        listener: "in".into(),
+        ..Default::default()
+    }
+    .with_message(message, 1 << 20);
     let rcpts: Vec<Recipient> = to.iter().map(|a| Recipient::new(*a)).collect();
     router.plan(&view, &rcpts)
 }
 
 /// (pool, recipients) of each copy.
 fn copies(p: &Plan) -> Vec<(Option<&str>, Vec<&str>)> {
-    p.groups.iter().map(|g| (g.pool.as_deref(), g.recipients.iter().map(|r| r.address.as_str()).collect())).collect()
+    p.groups
+        .iter()
+        .map(|g| {
+            (
+                g.pool.as_deref(),
+                g.recipients.iter().map(|r| r.address.as_str()).collect(),
+            )
+        })
+        .collect()
 }
 
 const MSG: &[u8] = b"Subject: quarterly invoice\r\nX-Priority: 1 (Highest)\r\n\r\nplease pay\r\n";
@@ -76,8 +91,18 @@ pool = "old"
 "#,
     );
     let p = plan(&r, "a@example.test", &["x@partner.example", "y@other.example"], MSG);
-    assert_eq!(copies(&p), vec![(Some("new"), vec!["x@partner.example"]), (None, vec!["y@other.example"])]);
-    assert!(p.trace.iter().any(|t| t.contains("rule \"partners\" matched")), "{:?}", p.trace);
+    assert_eq!(
+        copies(&p),
+        vec![
+            (Some("new"), vec!["x@partner.example"]),
+            (None, vec!["y@other.example"])
+        ]
+    );
+    assert!(
+        p.trace.iter().any(|t| t.contains("rule \"partners\" matched")),
+        "{:?}",
+        p.trace
+    );
     let p = plan(&r, "a@example.test", &["x@partner.example"], b"Subject: hi\r\n\r\n");
     assert_eq!(copies(&p), vec![(Some("old"), vec!["x@partner.example"])]);
 }
@@ -108,11 +133,22 @@ pool = "old"
     let p = plan(&r, "boss@corp.test", &["u@example.test"], MSG);
     assert_eq!(copies(&p), vec![(Some("archive"), vec!["u@example.test"])]);
     let p = plan(&r, "x@corp.test", &["moved@example.test", "stays@example.test"], MSG);
-    assert_eq!(copies(&p), vec![(Some("new"), vec!["moved@example.test"]), (Some("old"), vec!["stays@example.test"])]);
+    assert_eq!(
+        copies(&p),
+        vec![
+            (Some("new"), vec!["moved@example.test"]),
+            (Some("old"), vec!["stays@example.test"])
+        ]
+    );
     let big = [b"Subject: x\r\n\r\n".as_slice(), &vec![b'a'; 1_100_000]].concat();
     let p = plan(&r, "x@corp.test", &["stays@example.test"], &big);
     assert_eq!(p.reject.as_ref().map(|r| r.code), Some(552));
-    let p = plan(&r, "x@corp.test", &["stays@example.test"], b"Subject: x\r\n\r\nthe secret plan\r\n");
+    let p = plan(
+        &r,
+        "x@corp.test",
+        &["stays@example.test"],
+        b"Subject: x\r\n\r\nthe secret plan\r\n",
+    );
     assert!(p.groups.is_empty());
     assert_eq!(p.discarded, vec!["stays@example.test"]);
 }
@@ -137,8 +173,14 @@ pool = "old"
     let p = plan(&r, "a@example.test", &["b@example.test", "c@example.test"], MSG);
     assert!(p.reject.is_none(), "a copy is not copied again: {:?}", p.trace);
     let c = copies(&p);
-    assert!(c.contains(&(Some("archive"), vec!["journal@archive.test"])), "one archive copy: {c:?}");
-    assert!(c.contains(&(Some("old"), vec!["b@example.test", "c@example.test"])), "{c:?}");
+    assert!(
+        c.contains(&(Some("archive"), vec!["journal@archive.test"])),
+        "one archive copy: {c:?}"
+    );
+    assert!(
+        c.contains(&(Some("old"), vec!["b@example.test", "c@example.test"])),
+        "{c:?}"
+    );
     let old = p.groups.iter().find(|g| g.pool.as_deref() == Some("old")).unwrap();
     assert_eq!(old.add_headers, vec![("X-Journaled".to_string(), "yes".to_string())]);
 }
@@ -172,7 +214,10 @@ redirect = "a@example.test"
 "#,
     );
     let p = plan(&r, "s@x.test", &["a@example.test"], MSG);
-    assert_eq!(p.reject.as_ref().map(|r| (r.code, r.status.as_str())), Some((554, "5.4.6")));
+    assert_eq!(
+        p.reject.as_ref().map(|r| (r.code, r.status.as_str())),
+        Some((554, "5.4.6"))
+    );
 }
 
 #[test]
@@ -190,10 +235,17 @@ when = { recipient = "late@blocked2.test" }
 reject = "550 5.7.1 decided at DATA"
 "#,
     );
-    let view = MessageView { sender: "a@example.test".into(), ..Default::default() };
+    let view = MessageView {
+        sender: "a@example.test".into(),
+        ..Default::default()
+    };
     let r1 = r.check_rcpt(&view, "x@blocked.test").expect("refused at RCPT");
     assert_eq!((r1.code, r1.text.as_str()), (550, "we do not send there"));
-    assert_eq!(r.check_rcpt(&view, "late@blocked2.test"), None, "a content rule comes first: wait for DATA");
+    assert_eq!(
+        r.check_rcpt(&view, "late@blocked2.test"),
+        None,
+        "a content rule comes first: wait for DATA"
+    );
 }
 
 #[test]
@@ -201,8 +253,15 @@ fn rcpt_time_rejection_waits_for_aliases() {
     let s = Setup::new();
     s.file("aliases", "team@example.test: a@x.test\n");
     let r = s.router("[routing]\naliases = \"aliases\"\n[[route]]\nwhen = { recipient = \"team@example.test\" }\nreject = \"550 5.7.1 closed\"\n");
-    let view = MessageView { sender: "s@example.test".into(), ..Default::default() };
-    assert_eq!(r.check_rcpt(&view, "team@example.test"), None, "the rules see a@x.test, not the alias");
+    let view = MessageView {
+        sender: "s@example.test".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        r.check_rcpt(&view, "team@example.test"),
+        None,
+        "the rules see a@x.test, not the alias"
+    );
 }
 
 #[test]
@@ -210,8 +269,16 @@ fn domain_fields_accept_a_leading_at_and_body_anchors_see_crlf_lines() {
     let r = Setup::new().router(
         "[[route]]\nwhen = { recipient_domain = \"@d.test\" }\npool = \"new\"\n[[route]]\nwhen = { body = \"(?m)^magic$\" }\npool = \"old\"\n",
     );
-    assert_eq!(copies(&plan(&r, "s@x.test", &["c@d.test"], MSG)), vec![(Some("new"), vec!["c@d.test"])]);
-    let p = plan(&r, "s@x.test", &["c@e.test"], b"Subject: x\r\n\r\nfirst\r\nmagic\r\nlast\r\n");
+    assert_eq!(
+        copies(&plan(&r, "s@x.test", &["c@d.test"], MSG)),
+        vec![(Some("new"), vec!["c@d.test"])]
+    );
+    let p = plan(
+        &r,
+        "s@x.test",
+        &["c@e.test"],
+        b"Subject: x\r\n\r\nfirst\r\nmagic\r\nlast\r\n",
+    );
     assert_eq!(copies(&p), vec![(Some("old"), vec!["c@e.test"])]);
 }
 
@@ -225,7 +292,11 @@ fn aliases_expand_nested_lists_and_detect_loops() {
     );
     let r = s.router("[routing]\naliases = \"aliases\"\n");
     let p = plan(&r, "s@x.test", &["team@example.test"], MSG);
-    let mut all: Vec<&str> = p.groups.iter().flat_map(|g| g.recipients.iter().map(|r| r.address.as_str())).collect();
+    let mut all: Vec<&str> = p
+        .groups
+        .iter()
+        .flat_map(|g| g.recipients.iter().map(|r| r.address.as_str()))
+        .collect();
     all.sort();
     assert_eq!(all, vec!["alice@example.test", "bob@elsewhere.test"]);
     let p = plan(&r, "s@x.test", &["someone@old.test"], MSG);
@@ -254,7 +325,9 @@ fn sieve_redirect_copy_keeps_and_forwards() {
 fn forwarding_to_another_domain_rewrites_the_sender_with_srs() {
     let s = Setup::new();
     s.file("aliases", "fwd@example.test: me@gmail.example\n");
-    let r = s.router("[routing]\naliases = \"aliases\"\nsrs = { secret = \"0123456789abcdef0123\", domain = \"example.test\" }\n");
+    let r = s.router(
+        "[routing]\naliases = \"aliases\"\nsrs = { secret = \"0123456789abcdef0123\", domain = \"example.test\" }\n",
+    );
     let p = plan(&r, "sender@origin.test", &["fwd@example.test"], MSG);
     let srs = p.groups[0].srs_sender.clone().expect("rewritten");
     assert!(srs.starts_with("SRS0=") && srs.ends_with("@example.test"), "{srs}");

@@ -30,7 +30,12 @@ pub struct ConnGuard {
 
 impl ConnLimits {
     pub fn new(max_total: usize, max_per_ip: usize) -> Self {
-        ConnLimits { inner: Arc::new(Inner { caps: Mutex::new((max_total, max_per_ip)), open: Mutex::default() }) }
+        ConnLimits {
+            inner: Arc::new(Inner {
+                caps: Mutex::new((max_total, max_per_ip)),
+                open: Mutex::default(),
+            }),
+        }
     }
 
     /// New caps for the same open connections (after a reload).

@@ -42,7 +42,9 @@ impl Listeners {
         for mut state in states {
             let name = state.config.name.clone();
             let configured = state.config.address;
-            let same = old.iter().position(|r| r.bound.name == name && r.configured == configured);
+            let same = old
+                .iter()
+                .position(|r| r.bound.name == name && r.configured == configured);
             match same {
                 Some(i) => {
                     let r = old.remove(i);
@@ -82,13 +84,24 @@ fn tls_mode(state: &ListenerState) -> &'static str {
 
 async fn bind(state: ListenerState) -> Result<Running, StartError> {
     let configured = state.config.address;
-    let tcp = TcpListener::bind(configured).await.map_err(|e| StartError::Bind(configured, e))?;
+    let tcp = TcpListener::bind(configured)
+        .await
+        .map_err(|e| StartError::Bind(configured, e))?;
     let addr = tcp.local_addr().map_err(|e| StartError::Bind(configured, e))?;
-    let bound = Bound { name: state.config.name.clone(), addr, tls: tls_mode(&state) };
+    let bound = Bound {
+        name: state.config.name.clone(),
+        addr,
+        tls: tls_mode(&state),
+    };
     let (state_tx, state_rx) = watch::channel(Arc::new(state));
     let (stop, stop_rx) = watch::channel(false);
     tokio::spawn(accept_loop(tcp, state_rx, stop_rx));
-    Ok(Running { bound, configured, state: state_tx, stop })
+    Ok(Running {
+        bound,
+        configured,
+        state: state_tx,
+        stop,
+    })
 }
 
 async fn accept_loop(tcp: TcpListener, states: watch::Receiver<Arc<ListenerState>>, mut stop: watch::Receiver<bool>) {
@@ -129,16 +142,18 @@ async fn serve_connection(state: Arc<ListenerState>, stream: TcpStream, peer: So
     let metrics = state.ctx.metrics.clone();
     metrics.sessions_active.inc();
     let (io, tls): (BoxIo, Option<TlsInfo>) = match (&state.tls, state.config.implicit_tls) {
-        (Some(acceptor), true) => match tokio::time::timeout(state.config.command_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(s)) => {
-                let info = TlsInfo::from_conn(s.get_ref().1);
-                (Box::new(s), Some(info))
+        (Some(acceptor), true) => {
+            match tokio::time::timeout(state.config.command_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => {
+                    let info = TlsInfo::from_conn(s.get_ref().1);
+                    (Box::new(s), Some(info))
+                }
+                _ => {
+                    metrics.sessions_active.dec();
+                    return;
+                }
             }
-            _ => {
-                metrics.sessions_active.dec();
-                return;
-            }
-        },
+        }
         _ => (Box::new(stream), None),
     };
     Session::new(state.clone(), io, peer, tls).run().await;

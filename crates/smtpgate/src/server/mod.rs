@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 

@@ -29,7 +29,11 @@ impl Server {
         self.listeners.apply(states).await.map_err(|e| e.to_string())?;
         self.ctx = ctx;
         self.grace = config.shutdown_timeout;
-        tracing::info!(listeners = config.listeners.len(), routes = config.routes.len(), "configuration reloaded");
+        tracing::info!(
+            listeners = config.listeners.len(),
+            routes = config.routes.len(),
+            "configuration reloaded"
+        );
         Ok(())
     }
 }

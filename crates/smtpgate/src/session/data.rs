@@ -166,7 +166,9 @@ impl Session {
     /// What routing makes of this message.
     fn plan(&self, draft: &Draft, body: &[u8]) -> crate::route::Plan {
         let ctx = &self.listener.ctx;
-        let view = self.view(&draft.sender).with_message(body, ctx.config.routing.body_scan_limit);
+        let view = self
+            .view(&draft.sender)
+            .with_message(body, ctx.config.routing.body_scan_limit);
         ctx.router.plan(&view, &draft.recipients)
     }
 

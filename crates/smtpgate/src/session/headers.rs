@@ -79,7 +79,10 @@ pub fn apply_changes(message: &[u8], add: &[(String, String)], remove: &[String]
     let mut dropping = false;
     let mut pos = 0;
     while pos < message.len() {
-        let end = message[pos..].iter().position(|&b| b == b'\n').map_or(message.len(), |i| pos + i + 1);
+        let end = message[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(message.len(), |i| pos + i + 1);
         let line = &message[pos..end];
         pos = end;
         if line == b"\r\n" || line == b"\n" {

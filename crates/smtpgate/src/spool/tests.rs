@@ -24,7 +24,7 @@ fn envelope(id: u64, recipients: &[&str]) -> Envelope {
         smtputf8: false,
         ret: None,
         envid: None,
-            pool: None,
+        pool: None,
     }
 }
 

@@ -15,13 +15,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::sink::forward_stderr;
 use super::wait::wait_until;
 
 const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -117,20 +116,28 @@ impl GateConfig {
     }
 }
 
-/// What smtpgate announced at start-up.
+/// What smtpgate announced at start-up (listeners: again after each reload).
 #[derive(Debug, Clone)]
-struct Announced {
-    listeners: Vec<(String, SocketAddr, String)>,
-    admin: SocketAddr,
-    spool: PathBuf,
+pub(super) struct Announced {
+    pub(super) listeners: Vec<(String, SocketAddr, String)>,
+    pub(super) admin: SocketAddr,
+    pub(super) spool: PathBuf,
+}
+
+/// Every line smtpgate printed so far, on stdout and on stderr (also forwarded to the test's stderr).
+#[derive(Debug, Default)]
+pub(super) struct Output {
+    pub(super) stdout: Mutex<Vec<String>>,
+    pub(super) stderr: Mutex<Vec<String>>,
 }
 
 /// A running smtpgate; killed on drop.
 pub struct Gate {
     dir: TempDir,
-    config: PathBuf,
+    pub(super) config: PathBuf,
     child: Option<Child>,
-    announced: Announced,
+    pub(super) announced: Announced,
+    pub(super) output: Arc<Output>,
 }
 
 impl Gate {
@@ -140,12 +147,13 @@ impl Gate {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("smtpgate.toml");
         fs::write(&config, config_toml).expect("write smtpgate.toml");
-        let (child, announced) = spawn(&config);
+        let (child, announced, output) = spawn(&config);
         Gate {
             dir,
             config,
             child: Some(child),
             announced,
+            output,
         }
     }
 
@@ -221,9 +229,10 @@ impl Gate {
         if self.child.is_some() {
             self.terminate();
         }
-        let (child, announced) = spawn(&self.config);
+        let (child, announced, output) = spawn(&self.config);
         self.child = Some(child);
         self.announced = announced;
+        self.output = output;
     }
 
     /// The admin endpoint's `/metrics` text.
@@ -251,7 +260,7 @@ impl Drop for Gate {
     }
 }
 
-fn spawn(config: &Path) -> (Child, Announced) {
+fn spawn(config: &Path) -> (Child, Announced, Arc<Output>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_smtpgate"))
         .arg("serve")
         .arg("--config")
@@ -263,10 +272,11 @@ fn spawn(config: &Path) -> (Child, Announced) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run smtpgate");
-    forward_stderr(child.stderr.take().expect("stderr"), "smtpgate stderr".into());
-    let lines = follow_stdout(child.stdout.take().expect("stdout"));
+    let output = Arc::new(Output::default());
+    follow_stderr(child.stderr.take().expect("stderr"), output.clone());
+    let lines = follow_stdout(child.stdout.take().expect("stdout"), output.clone());
     match read_announcements(&lines) {
-        Ok(announced) => (child, announced),
+        Ok(announced) => (child, announced, output),
         Err(why) => {
             let _ = child.kill();
             let status = child.wait();
@@ -276,16 +286,27 @@ fn spawn(config: &Path) -> (Child, Announced) {
     }
 }
 
-/// Forwards every stdout line to the test's stderr and to the returned channel.
-fn follow_stdout(stdout: ChildStdout) -> mpsc::Receiver<String> {
+/// Forwards every stdout line to the test's stderr, to `output` and to the returned channel.
+fn follow_stdout(stdout: ChildStdout, output: Arc<Output>) -> mpsc::Receiver<String> {
     let (send, receive) = mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             eprintln!("[smtpgate stdout] {line}");
+            output.stdout.lock().unwrap().push(line.clone());
             let _ = send.send(line);
         }
     });
     receive
+}
+
+/// Forwards every stderr line to the test's stderr and to `output`.
+fn follow_stderr(stderr: impl Read + Send + 'static, output: Arc<Output>) {
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[smtpgate stderr] {line}");
+            output.stderr.lock().unwrap().push(line);
+        }
+    });
 }
 
 fn read_announcements(lines: &mpsc::Receiver<String>) -> Result<Announced, String> {

@@ -20,6 +20,8 @@ mod durability;
 pub use durability::*;
 mod gate;
 mod mail;
+mod reload;
+pub use reload::{OutputMark, RELOAD_DEADLINE, Reloaded};
 mod sink;
 mod tls;
 pub use tls::*;

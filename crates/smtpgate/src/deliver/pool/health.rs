@@ -1,7 +1,7 @@
 //! Active health checks (connect, greeting, EHLO, QUIT within the timeout, every interval) and the
 //! sweeper that closes idle connections.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::time::{Instant, MissedTickBehavior, timeout};
@@ -12,12 +12,13 @@ use crate::config::{HealthCheck, TlsPolicy};
 use crate::context::Context;
 use crate::deliver::client::{Client, Connect};
 
-/// Checks every server of `pool` every `check.interval`, for as long as the process runs.
-pub(super) async fn run(ctx: Arc<Context>, pool: Arc<PoolState>, check: HealthCheck) {
+/// Checks every server of `pool` every `check.interval`, for as long as the context is in use.
+pub(super) async fn run(ctx: Weak<Context>, pool: Arc<PoolState>, check: HealthCheck) {
     let mut ticks = tokio::time::interval(check.interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
+        let Some(ctx) = ctx.upgrade() else { return };
         let checks = pool.servers.iter().map(|server| {
             let (ctx, pool, server) = (ctx.clone(), pool.clone(), server.clone());
             tokio::spawn(async move {
@@ -63,12 +64,14 @@ async fn probe(ctx: &Context, pool: &PoolState, server: &ServerState) -> Result<
     Err(last)
 }
 
-/// Closes idle connections that have waited too long, or whose server went down.
-pub(super) async fn sweep(ctx: Arc<Context>) {
+/// Closes idle connections that have waited too long, or whose server went down. Ends once the
+/// context is gone (its idle connections close with it).
+pub(super) async fn sweep(ctx: Weak<Context>) {
     let mut ticks = tokio::time::interval(Duration::from_millis(500));
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
+        let Some(ctx) = ctx.upgrade() else { return };
         let now = Instant::now();
         for pool in &ctx.pools.pools {
             for server in &pool.servers {

@@ -108,13 +108,14 @@ impl Pools {
     }
 
     /// Starts the active health checks of every pool that has them, and the idle-connection sweeper.
+    /// They end when `ctx` is dropped (replaced by a reload and no longer used).
     pub fn start(ctx: &Arc<Context>) {
         for pool in &ctx.pools.pools {
             if let Some(check) = pool.config.health {
-                tokio::spawn(health::run(ctx.clone(), pool.clone(), check));
+                tokio::spawn(health::run(Arc::downgrade(ctx), pool.clone(), check));
             }
         }
-        tokio::spawn(health::sweep(ctx.clone()));
+        tokio::spawn(health::sweep(Arc::downgrade(ctx)));
     }
 
     /// The per-server metrics, in the Prometheus text format.
