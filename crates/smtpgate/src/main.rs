@@ -128,11 +128,13 @@ fn serve(path: Option<PathBuf>, format: LogFormat) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
     runtime.block_on(async move {
         let mut server = Server::start(config).await?;
+        // Handlers first: a signal sent as soon as the server says it is ready must not kill it.
+        let signals = Signals::install()?;
         announce(&server, path.is_none())?;
         let pid_file = server.spool_dir.join("smtpgate.pid");
         std::fs::write(&pid_file, format!("{}\n", std::process::id()))
             .with_context(|| format!("cannot write {}", pid_file.display()))?;
-        serve_until_stopped(&mut server, path.as_deref()).await?;
+        serve_until_stopped(&mut server, path.as_deref(), signals).await;
         tracing::info!("shutting down");
         server.shutdown().await;
         let _ = std::fs::remove_file(&pid_file);
@@ -169,17 +171,30 @@ fn announce(server: &Server, builtin: bool) -> std::io::Result<()> {
     out.flush()
 }
 
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// Runs until SIGTERM or SIGINT; SIGHUP reloads the configuration file.
-async fn serve_until_stopped(server: &mut Server, path: Option<&std::path::Path>) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
+async fn serve_until_stopped(server: &mut Server, path: Option<&std::path::Path>, mut s: Signals) {
     loop {
         tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => reload(server, path).await,
+            _ = s.term.recv() => return,
+            _ = s.int.recv() => return,
+            _ = s.hup.recv() => reload(server, path).await,
         }
     }
 }

@@ -379,7 +379,6 @@ fn metric_at_least(gate: &Gate, name: &str, least: f64) -> bool {
 /// A pool's new server list applies to the next message even when the pool was busy a moment
 /// before the reload (its delivery worker still waiting for more work).
 #[test]
-#[ignore = "product bug: a pool worker keeps the context it started with (queue/worker.rs run_pool)"]
 fn a_pool_server_change_applies_to_the_next_message() {
     let (a, b) = (Upstream::start(), Upstream::start());
     let with = |server: SocketAddr| config(&[listener("inbound")], &[pool("upstream", &[server])], "upstream");
@@ -396,7 +395,6 @@ fn a_pool_server_change_applies_to_the_next_message() {
 /// A reload that cannot bind a new listener is refused, and the listeners that were running
 /// keep running.
 #[test]
-#[ignore = "product bug: a failed bind in Listeners::apply drops every running listener (server/listeners.rs)"]
 fn a_listener_that_cannot_bind_refuses_the_reload_and_keeps_the_old_listeners() {
     let (a, b) = (Upstream::start(), Upstream::start());
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -19,12 +19,20 @@ pub(super) async fn run(queue: Queue, hop: NextHop) {
 }
 
 async fn run_mx(queue: &Queue, hop: &NextHop, domain: &str) {
-    let ctx = queue.ctx();
-    let per_conn = ctx.config.queue.messages_per_connection;
+    let mut ctx = queue.ctx();
     let mut conn: Option<Client> = None;
     let mut sent = 0;
     while let Some(d) = queue.next_for(hop).await {
         let started = Instant::now();
+        // A reload applies from the next delivery: a new connection under the new configuration.
+        let current = queue.ctx();
+        if !std::sync::Arc::ptr_eq(&current, &ctx) {
+            ctx = current;
+            if let Some(c) = conn.take() {
+                c.quit().await;
+            }
+        }
+        let per_conn = ctx.config.queue.messages_per_connection;
         if conn.is_none() {
             match deliver::connect_mx(&ctx, domain).await {
                 Ok(c) => {
@@ -53,10 +61,11 @@ async fn run_mx(queue: &Queue, hop: &NextHop, domain: &str) {
 }
 
 async fn run_pool(queue: &Queue, hop: &NextHop, pool: &str) {
-    let ctx = queue.ctx();
-    let per_conn = ctx.config.queue.messages_per_connection;
     while let Some(d) = queue.next_for(hop).await {
         let started = Instant::now();
+        // Each delivery leases from the pools of the configuration current now.
+        let ctx = queue.ctx();
+        let per_conn = ctx.config.queue.messages_per_connection;
         let mut lease = match ctx.pools.lease(&ctx, pool).await {
             Ok(lease) => lease,
             Err(fail) => return unreachable(queue, hop, d, &fail, started),

@@ -35,43 +35,52 @@ impl Listeners {
     }
 
     /// Makes the running listeners match `states`: new ones are bound, removed ones stop
-    /// accepting, moved ones are rebound, unchanged ones get the new state.
+    /// accepting, moved ones are rebound, unchanged ones get the new state. Every new address is
+    /// bound before anything changes: if one cannot be, nothing changes.
     pub async fn apply(&mut self, states: Vec<ListenerState>) -> Result<(), StartError> {
-        let mut next = Vec::with_capacity(states.len());
-        let mut old = std::mem::take(&mut self.running);
-        for mut state in states {
-            let name = state.config.name.clone();
-            let configured = state.config.address;
-            let same = old
+        let mut plan = Vec::with_capacity(states.len());
+        for state in states {
+            let (name, configured) = (state.config.name.clone(), state.config.address);
+            match self
+                .running
                 .iter()
-                .position(|r| r.bound.name == name && r.configured == configured);
-            match same {
-                Some(i) => {
-                    let r = old.remove(i);
-                    let caps = (state.config.max_connections, state.config.max_connections_per_ip);
-                    state.limits = r.state.borrow().limits.clone();
-                    state.limits.set_caps(caps.0, caps.1);
-                    let mut r = r;
-                    r.bound.tls = tls_mode(&state);
-                    let _ = r.state.send(Arc::new(state));
-                    next.push(r);
-                }
-                None => {
-                    // A moved listener frees its old address first.
-                    if let Some(i) = old.iter().position(|r| r.bound.name == name) {
-                        let _ = old.remove(i).stop.send(true);
-                    }
-                    next.push(bind(state).await?);
-                }
+                .position(|r| r.bound.name == name && r.configured == configured)
+            {
+                Some(i) => plan.push(Step::Keep(i, Box::new(state))),
+                None => plan.push(Step::New(bind(state).await?)),
             }
         }
-        for r in old {
-            tracing::info!(listener = %r.bound.name, address = %r.bound.addr, "listener removed");
+        let mut old: Vec<Option<Running>> = std::mem::take(&mut self.running).into_iter().map(Some).collect();
+        for step in plan {
+            match step {
+                Step::Keep(i, state) => self.running.push(update(old[i].take().expect("kept once"), *state)),
+                Step::New(r) => self.running.push(r),
+            }
+        }
+        for r in old.into_iter().flatten() {
+            tracing::info!(listener = %r.bound.name, address = %r.bound.addr, "listener stopped");
             let _ = r.stop.send(true);
         }
-        self.running = next;
         Ok(())
     }
+}
+
+/// What a reload does with one configured listener.
+enum Step {
+    Keep(usize, Box<ListenerState>),
+    New(Running),
+}
+
+/// Gives a running listener its new state; open connections stay counted against its caps.
+fn update(r: Running, mut state: ListenerState) -> Running {
+    state.limits = r.state.borrow().limits.clone();
+    state
+        .limits
+        .set_caps(state.config.max_connections, state.config.max_connections_per_ip);
+    let mut r = r;
+    r.bound.tls = tls_mode(&state);
+    let _ = r.state.send(Arc::new(state));
+    r
 }
 
 fn tls_mode(state: &ListenerState) -> &'static str {
@@ -117,7 +126,8 @@ async fn accept_loop(tcp: TcpListener, states: watch::Receiver<Arc<ListenerState
                 }
             },
             _ = shutdown.changed() => return,
-            _ = stop.changed() => return,
+            // Stopped by a reload, or no longer managed by anyone.
+            r = stop.changed() => if r.is_err() || *stop.borrow() { return } else { continue },
         };
         let state = states.borrow().clone();
         state.ctx.metrics.connections.inc();

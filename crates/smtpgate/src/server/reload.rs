@@ -24,9 +24,10 @@ impl Server {
             .map(|lc| listener_state(lc, &ctx, &self.queue, &shutdown, &self.sessions))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
+        // Listeners first: if one cannot be bound, nothing has changed yet.
+        self.listeners.apply(states).await.map_err(|e| e.to_string())?;
         self.queue.set_context(ctx.clone());
         Pools::start(&ctx);
-        self.listeners.apply(states).await.map_err(|e| e.to_string())?;
         self.ctx = ctx;
         self.grace = config.shutdown_timeout;
         tracing::info!(
