@@ -287,6 +287,11 @@ impl Reply {
         Reply::new(452, "4.3.1", "insufficient system storage")
     }
 
+    /// A policy check (filter) could not answer and is configured to fail closed.
+    pub fn policy_unavailable() -> Self {
+        Self::new(451, "4.7.1", "policy check unavailable, try again later")
+    }
+
     pub fn local_error() -> Self {
         Reply::new(451, "4.3.0", "local error, try again later")
     }

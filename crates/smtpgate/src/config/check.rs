@@ -44,6 +44,13 @@ fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Config {
     let pools = super::pool::build_pools(raw.pools, base_dir, issues);
     let routes = super::route::build_routes(raw.routes, &pools, base_dir, issues);
     let routing = super::route::build_routing(raw.routing.unwrap_or_default(), base_dir, issues);
+    let filters = super::filter::build_filters(raw.filters, base_dir, issues);
+    for (i, l) in listeners.iter().enumerate() {
+        super::filter::check_names(&format!("listener[{i}].filters"), &l.filters, &filters, issues);
+    }
+    for (i, r) in routes.iter().enumerate() {
+        super::filter::check_names(&format!("route[{i}].filters"), &r.filters, &filters, issues);
+    }
     let queue = build_queue(raw.queue.unwrap_or_default(), issues);
     let nameservers = raw.dns.and_then(|dns| dns.nameservers);
     let dns = DnsConfig {
@@ -59,6 +66,7 @@ fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Config {
         queue,
         dns,
         routing,
+        filters,
         shutdown_timeout,
     }
 }
@@ -270,6 +278,7 @@ fn build_listener(index: usize, raw: RawListener, base_dir: &Path, issues: &mut 
         auth: raw.auth.map(|auth| build_auth(&key("auth"), auth, base_dir, issues)),
         submission: raw.submission.unwrap_or(false),
         require_tls,
+        filters: raw.filters.unwrap_or_default(),
     }
 }
 

@@ -22,6 +22,7 @@
 //! the file is in. Config is passed explicitly; there is no global.
 
 mod check;
+pub mod filter;
 mod locate;
 pub mod pool;
 pub mod raw;
@@ -30,6 +31,7 @@ pub mod route;
 mod tests;
 pub mod values;
 
+pub use filter::{FilterConfig, OnError, Stage};
 pub use pool::{Balance, CircuitBreaker, HealthCheck, PoolConfig, PoolServer, UpstreamAuth};
 pub use route::{Pattern, RouteAction, RouteConfig, RoutingConfig, SrsConfig, When};
 
@@ -56,6 +58,8 @@ pub struct Config {
     pub queue: QueueConfig,
     pub dns: DnsConfig,
     pub routing: RoutingConfig,
+    /// `[[filter]]` blocks, built; listeners and routes refer to them by name.
+    pub filters: Vec<FilterConfig>,
     /// How long a graceful shutdown waits for open sessions to finish their transaction. Deliveries
     /// in flight are not waited for: their state is on disk and they are retried after a restart.
     /// Key `shutdown_timeout`.
@@ -105,7 +109,7 @@ pub struct AuthConfig {
 }
 
 /// One `[[listener]]`: an address we accept SMTP on, and its rules.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ListenerConfig {
     /// Default `listener{index}`; unique among listeners.
     pub name: String,
@@ -133,6 +137,8 @@ pub struct ListenerConfig {
     pub submission: bool,
     /// Refuse MAIL with 530 until STARTTLS; requires `tls`.
     pub require_tls: bool,
+    /// Names of `[[filter]]`s run on every message of this listener, in order.
+    pub filters: Vec<String>,
 }
 
 /// How we use TLS towards a pool's servers.

@@ -27,6 +27,8 @@ pub struct RawConfig {
     pub queue: Option<RawQueue>,
     pub dns: Option<RawDns>,
     pub routing: Option<super::route::RawRouting>,
+    #[serde(default, rename = "filter")]
+    pub filters: Vec<super::filter::RawFilter>,
 }
 
 /// `[spool]`
@@ -65,6 +67,7 @@ pub struct RawListener {
     pub auth: Option<RawAuth>,
     pub submission: Option<bool>,
     pub require_tls: Option<bool>,
+    pub filters: Option<Vec<String>>,
 }
 
 /// `tls = { cert = "...", key = "..." }` in a listener.

@@ -44,6 +44,7 @@ pub struct RawRoute {
     pub tag: Option<OneOrMany>,
     #[serde(rename = "continue")]
     pub continue_: Option<bool>,
+    pub filters: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -192,6 +193,8 @@ pub struct RouteConfig {
     pub add_headers: Vec<(String, String)>,
     pub remove_headers: Vec<String>,
     pub tags: Vec<String>,
+    /// Names of `[[filter]]`s run on this route's copy.
+    pub filters: Vec<String>,
 }
 
 /// `[routing]`.
@@ -299,6 +302,7 @@ fn build_route(index: usize, raw: RawRoute, pools: &[PoolConfig], base_dir: &Pat
         add_headers: headers(&key("add_headers"), raw.add_headers.unwrap_or_default(), issues),
         remove_headers: raw.remove_headers.unwrap_or_default(),
         tags: raw.tag.map(OneOrMany::into_vec).unwrap_or_default(),
+        filters: raw.filters.unwrap_or_default(),
     }
 }
 

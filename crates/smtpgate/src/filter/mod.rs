@@ -1,0 +1,167 @@
+//! The policy pipeline: filters that look at a session or a message and give a verdict.
+//!
+//! A filter implements [`Filter`]: one defaulted hook per phase of the session (connect, EHLO,
+//! MAIL, RCPT, end of data). Filters are configured as `[[filter]]` blocks and attached to a
+//! listener (run on the whole message, before routing) or to a route (run on that route's copy).
+//! Each runs `before_queue` (the client waits for the verdict: cheap checks) or `after_queue`
+//! (after the `250`, before the first delivery attempt: heavy scans; what fails is quarantined or
+//! bounced, and a slow scanner never holds a sender's session open).
+//!
+//! Architecture invariant: a filter never does I/O on the session's stream and never sees a
+//! message before it is complete; what it may change is returned as [`Modification`]s, applied by
+//! the pipeline in order, so the next filter sees the changed message.
+
+pub mod pipeline;
+pub mod registry;
+mod sanitize;
+
+use std::fmt;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+
+use smtpgate_proto::Reply;
+
+/// A boxed future, for trait methods that filters implement with `Box::pin(async move { .. })`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the session knows when a hook runs.
+#[derive(Debug, Clone, Default)]
+pub struct SessionInfo {
+    pub client: Option<IpAddr>,
+    pub helo: Option<String>,
+    pub user: Option<String>,
+    pub listener: String,
+    pub tls: bool,
+}
+
+/// A complete message as a filter sees it at the end of data.
+#[derive(Debug, Clone)]
+pub struct MessageInfo<'a> {
+    pub session: &'a SessionInfo,
+    /// Empty for the null sender.
+    pub sender: &'a str,
+    pub recipients: &'a [String],
+    /// The whole message: header section, empty line, body; CRLF line endings.
+    pub message: &'a [u8],
+    pub tags: &'a [String],
+}
+
+/// What to do with the message (or, in the earlier hooks, the command).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Accept,
+    /// Refuse for good (5xx).
+    Reject(Reply),
+    /// Refuse for now (4xx); the client will try again.
+    TempFail(Reply),
+    /// Keep it aside in the quarantine; the sender is told it was accepted.
+    Quarantine(String),
+    /// Accept and drop silently.
+    Discard,
+}
+
+/// A change a filter asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Modification {
+    /// Adds a header field at the top of the header section (after the trace header).
+    AddHeader(String, String),
+    /// Removes every field of this name.
+    RemoveHeader(String),
+    /// Replaces the whole message (header and body), e.g. with a footer added.
+    ReplaceMessage(Vec<u8>),
+    AddRecipient(String),
+    RemoveRecipient(String),
+    /// A tag that routing rules can match (`when = { tag = "..." }`).
+    Tag(String),
+}
+
+/// A filter's answer: an action plus modifications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub action: Action,
+    pub modifications: Vec<Modification>,
+}
+
+impl Verdict {
+    pub fn accept() -> Verdict {
+        Verdict {
+            action: Action::Accept,
+            modifications: Vec::new(),
+        }
+    }
+
+    pub fn with(mut self, m: Modification) -> Verdict {
+        self.modifications.push(m);
+        self
+    }
+
+    pub fn reject(reply: Reply) -> Verdict {
+        Verdict {
+            action: Action::Reject(reply),
+            modifications: Vec::new(),
+        }
+    }
+
+    pub fn tempfail(reply: Reply) -> Verdict {
+        Verdict {
+            action: Action::TempFail(reply),
+            modifications: Vec::new(),
+        }
+    }
+
+    pub fn quarantine(reason: impl Into<String>) -> Verdict {
+        Verdict {
+            action: Action::Quarantine(reason.into()),
+            modifications: Vec::new(),
+        }
+    }
+}
+
+/// Why a filter could not give a verdict (the pipeline then applies the filter's `on_error`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterError(pub String);
+
+impl fmt::Display for FilterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One policy check. Every hook is optional; the defaults accept.
+///
+/// Contract: a hook returns `Ok(verdict)` when it reached a decision, `Err` when it could not (a
+/// scanner down, a DNS timeout); the pipeline turns an `Err` or a timeout into the configured
+/// fail-open or fail-closed answer. Hooks must not panic and should finish well within the
+/// filter's timeout.
+pub trait Filter: Send + Sync + fmt::Debug {
+    /// After the TCP connection, before the greeting.
+    fn connect<'a>(&'a self, _s: &'a SessionInfo) -> BoxFuture<'a, Result<Verdict, FilterError>> {
+        Box::pin(async { Ok(Verdict::accept()) })
+    }
+
+    /// After EHLO or HELO (`s.helo` is set).
+    fn ehlo<'a>(&'a self, _s: &'a SessionInfo) -> BoxFuture<'a, Result<Verdict, FilterError>> {
+        Box::pin(async { Ok(Verdict::accept()) })
+    }
+
+    /// After MAIL FROM (`sender` empty for the null sender).
+    fn mail<'a>(&'a self, _s: &'a SessionInfo, _sender: &'a str) -> BoxFuture<'a, Result<Verdict, FilterError>> {
+        Box::pin(async { Ok(Verdict::accept()) })
+    }
+
+    /// After each RCPT TO.
+    fn rcpt<'a>(
+        &'a self,
+        _s: &'a SessionInfo,
+        _sender: &'a str,
+        _rcpt: &'a str,
+    ) -> BoxFuture<'a, Result<Verdict, FilterError>> {
+        Box::pin(async { Ok(Verdict::accept()) })
+    }
+
+    /// The whole message, at the end of data (before the queue) or before delivery (after it).
+    fn data<'a>(&'a self, _m: &'a MessageInfo<'a>) -> BoxFuture<'a, Result<Verdict, FilterError>> {
+        Box::pin(async { Ok(Verdict::accept()) })
+    }
+}

@@ -1,0 +1,118 @@
+//! Running filters in order, with their timeouts and fail-open or fail-closed answers, applying
+//! each one's modifications before the next one looks.
+
+use smtpgate_proto::Reply;
+
+use super::{Action, MessageInfo, Modification, SessionInfo, Verdict};
+use crate::config::{FilterConfig, OnError};
+
+/// The message after the filters, and what they decided.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub action: Action,
+    /// The filter that decided, when it was not an accept.
+    pub decided_by: Option<String>,
+    pub message: Vec<u8>,
+    pub recipients: Vec<String>,
+    pub tags: Vec<String>,
+}
+
+/// Runs the end-of-data hook of each filter in order. The first non-accept action ends the run.
+pub async fn run_data(
+    filters: &[&FilterConfig],
+    session: &SessionInfo,
+    sender: &str,
+    recipients: Vec<String>,
+    message: Vec<u8>,
+    tags: Vec<String>,
+) -> Outcome {
+    let mut out = Outcome {
+        action: Action::Accept,
+        decided_by: None,
+        message,
+        recipients,
+        tags,
+    };
+    for f in filters {
+        let info = MessageInfo {
+            session,
+            sender,
+            recipients: &out.recipients,
+            message: &out.message,
+            tags: &out.tags,
+        };
+        let verdict = ask(f, f.filter.data(&info)).await;
+        apply(&mut out, verdict.modifications);
+        if verdict.action != Action::Accept {
+            tracing::info!(filter = %f.name, action = ?verdict.action, "filter decided");
+            out.action = verdict.action;
+            out.decided_by = Some(f.name.clone());
+            return out;
+        }
+    }
+    out
+}
+
+/// Runs the RCPT hook of each filter; the first refusal is the answer.
+pub async fn run_rcpt(filters: &[&FilterConfig], session: &SessionInfo, sender: &str, rcpt: &str) -> Action {
+    for f in filters {
+        let verdict = ask(f, f.filter.rcpt(session, sender, rcpt)).await;
+        if verdict.action != Action::Accept {
+            return verdict.action;
+        }
+    }
+    Action::Accept
+}
+
+/// Runs the connect hook of each filter; the first refusal is the answer.
+pub async fn run_connect(filters: &[&FilterConfig], session: &SessionInfo) -> Action {
+    for f in filters {
+        let verdict = ask(f, f.filter.connect(session)).await;
+        if verdict.action != Action::Accept {
+            return verdict.action;
+        }
+    }
+    Action::Accept
+}
+
+/// One hook with the filter's timeout; a failure or timeout becomes its `on_error` answer.
+async fn ask(
+    f: &FilterConfig,
+    hook: impl std::future::Future<Output = Result<Verdict, super::FilterError>>,
+) -> Verdict {
+    let error = match tokio::time::timeout(f.timeout, hook).await {
+        Ok(Ok(v)) => return v,
+        Ok(Err(e)) => e.0,
+        Err(_) => format!("no answer within {:?}", f.timeout),
+    };
+    tracing::warn!(filter = %f.name, error = %error, on_error = ?f.on_error, "filter failed");
+    match f.on_error {
+        OnError::Accept => Verdict::accept(),
+        OnError::TempFail => Verdict::tempfail(Reply::policy_unavailable()),
+    }
+}
+
+fn apply(out: &mut Outcome, modifications: Vec<Modification>) {
+    for m in modifications {
+        match m {
+            Modification::AddHeader(name, value) => {
+                out.message = crate::session::apply_header_changes(&out.message, &[(name, value)], &[]);
+            }
+            Modification::RemoveHeader(name) => {
+                out.message = crate::session::apply_header_changes(&out.message, &[], &[name]);
+            }
+            Modification::ReplaceMessage(m) => out.message = m,
+            Modification::AddRecipient(r) => {
+                if !out.recipients.iter().any(|x| x.eq_ignore_ascii_case(&r)) {
+                    out.recipients.push(r);
+                }
+            }
+            Modification::RemoveRecipient(r) => out.recipients.retain(|x| !x.eq_ignore_ascii_case(&r)),
+            Modification::Tag(t) => {
+                if !out.tags.contains(&t) {
+                    out.tags.push(t);
+                }
+            }
+        }
+    }
+}
