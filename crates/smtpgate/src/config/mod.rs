@@ -109,7 +109,7 @@ pub struct AuthConfig {
 }
 
 /// One `[[listener]]`: an address we accept SMTP on, and its rules.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     /// Default `listener{index}`; unique among listeners.
     pub name: String,

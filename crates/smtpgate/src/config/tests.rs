@@ -230,6 +230,7 @@ fn builtin_has_the_documented_defaults() {
         auth: None,
         submission: false,
         require_tls: false,
+        filters: vec![],
     };
     assert_eq!(config.listeners, vec![want_listener]);
 
