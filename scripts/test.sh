@@ -2,9 +2,10 @@
 # The project's one test command: ./scripts/test.sh [extra cargo test args]
 #
 # The end-to-end tests drive smtpgate with real SMTP tools: Postfix's smtp-sink and
-# smtp-source, swaks, and Python's smtplib. On a fresh Debian machine they are missing,
-# so this script installs them first (as root, or through sudo), making sure the postfix
-# package does not leave a mail daemon running, then runs every test of the workspace.
+# smtp-source, swaks, and Python's smtplib, and with real scanners: clamd and rspamd. On a
+# fresh Debian machine they are missing, so this script installs them first (as root, or
+# through sudo), making sure no package leaves a daemon running (no postfix, clamd, freshclam
+# or rspamd service: the tests start their own), then runs every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,9 @@ missing_packages() {
     [[ -x /usr/sbin/smtp-sink && -x /usr/sbin/smtp-source ]] || echo postfix
     command -v swaks >/dev/null 2>&1 || echo swaks
     command -v python3 >/dev/null 2>&1 || echo python3
+    # External scanners for e2e_scanners.rs: the tests run them in the foreground themselves.
+    [[ -x /usr/sbin/clamd ]] || echo clamav-daemon
+    [[ -x /usr/bin/rspamd ]] || echo rspamd
 }
 
 as_root() {
@@ -26,7 +30,8 @@ as_root() {
 }
 
 # Installs the named Debian packages without starting any service they ship:
-# postfix is only wanted for its smtp-sink/smtp-source test programs.
+# postfix is only wanted for its smtp-sink/smtp-source test programs, clamav-daemon and
+# rspamd for their binaries.
 install_packages() {
     local created_policy=no
     if [[ ! -e /usr/sbin/policy-rc.d ]]; then
@@ -55,6 +60,15 @@ if ((${#need[@]} > 0)); then
         echo "test.sh: still missing after install: ${still[*]}" >&2
         exit 1
     fi
+fi
+
+# The DKIM tests check smtpgate's signatures with an independent verifier, Python's dkimpy
+# (PyNaCl for Ed25519 keys).
+if ! python3 -c "import dkim, nacl.signing" >/dev/null 2>&1; then
+    echo "test.sh: installing dkimpy and pynacl for the DKIM tests" >&2
+    python3 -m pip --version >/dev/null 2>&1 || install_packages python3-pip
+    python3 -m pip install --quiet dkimpy pynacl ||
+        python3 -m pip install --quiet --break-system-packages dkimpy pynacl
 fi
 
 exec cargo test --release --workspace "$@"

@@ -275,6 +275,36 @@ impl Reply {
     pub fn tls_required() -> Self {
         Reply::new(530, "5.7.0", "must issue STARTTLS first")
     }
+
+    /// `550 5.7.1`: the From: domain publishes DMARC `p=reject` and the message failed DMARC
+    /// (RFC 7489).
+    pub fn dmarc_rejected(domain: &str) -> Self {
+        Reply::new(
+            550,
+            "5.7.1",
+            format!("message rejected: it fails the DMARC policy of {domain}"),
+        )
+    }
+
+    /// `554 5.7.1 message contains a virus ({name})`: a virus scanner found one.
+    pub fn virus_found(name: &str) -> Self {
+        Reply::new(554, "5.7.1", format!("message contains a virus ({name})"))
+    }
+
+    /// `550 5.7.1`: a spam scanner said reject.
+    pub fn spam_rejected() -> Self {
+        Reply::new(550, "5.7.1", "message rejected as spam")
+    }
+
+    /// `451 4.7.1`: a spam scanner said not now (rspamd's "soft reject").
+    pub fn spam_deferred() -> Self {
+        Reply::new(451, "4.7.1", "message deferred as possible spam, try again later")
+    }
+
+    /// `451 4.7.1`: greylisted; a legitimate sender retries and gets through.
+    pub fn greylisted() -> Self {
+        Reply::new(451, "4.7.1", "greylisted, try again later")
+    }
 }
 
 /// Our own trouble.
@@ -325,5 +355,24 @@ impl Reply {
 
     pub fn already_authenticated() -> Self {
         Reply::new(503, "5.5.1", "already authenticated")
+    }
+}
+
+/// Content policy (the `content` and `dlp` filters).
+impl Reply {
+    /// `550 5.7.1 message rejected by content policy ({reason})`; `reason` is a fixed phrase
+    /// chosen by the filter ("header rule", "attachment type not allowed"), never message data.
+    pub fn content_rejected(reason: &str) -> Self {
+        Reply::new(550, "5.7.1", format!("message rejected by content policy ({reason})"))
+    }
+
+    /// `554 5.6.0`: MIME parts nested too deep or too many of them.
+    pub fn mime_structure_rejected() -> Self {
+        Reply::new(554, "5.6.0", "MIME structure exceeds limits (nesting or number of parts)")
+    }
+
+    /// `550 5.7.0`: the data-loss prevention filter found data that may not leave.
+    pub fn dlp_rejected() -> Self {
+        Reply::new(550, "5.7.0", "message rejected: it appears to contain sensitive data (DLP policy)")
     }
 }

@@ -21,4 +21,6 @@ pub struct Context {
     pub router: Arc<crate::route::Router>,
     /// Run-time state of the upstream pools: health, circuit breakers, idle connections.
     pub pools: Pools,
+    /// Messages set aside by filters.
+    pub quarantine: Arc<crate::quarantine::Quarantine>,
 }

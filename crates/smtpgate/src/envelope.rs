@@ -111,6 +111,8 @@ pub struct Envelope {
     pub envid: Option<String>,
     /// The pool the routing rules chose; `None` means delivery by MX lookup.
     pub pool: Option<String>,
+    /// After-queue filters still to run before delivery (by name).
+    pub scan: Vec<String>,
 }
 
 impl Envelope {
@@ -131,6 +133,10 @@ impl Envelope {
         out.extend_from_slice(&[self.eight_bit as u8, self.smtputf8 as u8, ret]);
         put_opt(out, self.envid.as_deref());
         put_opt(out, self.pool.as_deref());
+        out.extend_from_slice(&(self.scan.len() as u32).to_le_bytes());
+        for s in &self.scan {
+            put_str(out, s);
+        }
         out.extend_from_slice(&(self.recipients.len() as u32).to_le_bytes());
         for r in &self.recipients {
             put_str(out, &r.address);
@@ -155,6 +161,11 @@ impl Envelope {
         let envid = r.opt()?;
         let pool = r.opt()?;
         let n = r.u32()? as usize;
+        let mut scan = Vec::with_capacity(n.min(64));
+        for _ in 0..n {
+            scan.push(r.string()?);
+        }
+        let n = r.u32()? as usize;
         let mut recipients = Vec::with_capacity(n.min(10_000));
         for _ in 0..n {
             let address = r.string()?;
@@ -173,6 +184,7 @@ impl Envelope {
             ret,
             envid,
             pool,
+            scan,
         };
         Some((env, r.pos))
     }
@@ -274,6 +286,7 @@ mod tests {
             ret: Some(Ret::Hdrs),
             envid: Some("abc".into()),
             pool: Some("up".into()),
+            scan: vec!["clamav".into()],
         };
         let mut buf = Vec::new();
         env.encode(&mut buf);

@@ -21,6 +21,7 @@ pub mod envelope;
 pub mod filter;
 pub mod io;
 pub mod metrics;
+pub mod quarantine;
 pub mod queue;
 pub mod route;
 pub mod server;

@@ -34,6 +34,9 @@ metrics! {
     dsn_sent: Counter = "smtpgate_dsn_generated_total", "delivery status notifications generated";
     queue_depth: Gauge = "smtpgate_queue_depth", "messages in the queue";
     auth_failures: Counter = "smtpgate_auth_failures_total", "failed AUTH attempts";
+    filter_rejected: Counter = "smtpgate_filter_rejected_total", "messages refused by a filter";
+    quarantined: Counter = "smtpgate_quarantined_total", "messages put in the quarantine";
+    filter_discarded: Counter = "smtpgate_filter_discarded_total", "messages dropped by a filter";
 }
 
 #[derive(Default)]

@@ -113,6 +113,7 @@ mod tests {
             ret: Some(Ret::Hdrs),
             envid: Some("E1".into()),
             pool: None,
+            scan: Vec::new(),
         };
         let failed = [Failure {
             recipient: Recipient::new("r@example.test"),

@@ -11,9 +11,18 @@
 //! message before it is complete; what it may change is returned as [`Modification`]s, applied by
 //! the pipeline in order, so the next filter sees the changed message.
 
+mod auth;
+mod clamav;
+mod content;
+mod dkim;
+mod dlp;
 pub mod pipeline;
 pub mod registry;
+mod rspamd;
 mod sanitize;
+
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::future::Future;

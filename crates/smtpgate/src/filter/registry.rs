@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::Filter;
 
 /// Every kind, for error messages.
-pub const KINDS: &[&str] = &["sanitize"];
+pub const KINDS: &[&str] = &["auth", "clamav", "content", "dkim_sign", "dlp", "rspamd", "sanitize"];
 
 /// A kind's problems with its options: (key inside the `[[filter]]` block, message).
 pub type BuildErrors = Vec<(String, String)>;
@@ -14,6 +14,12 @@ pub type BuildErrors = Vec<(String, String)>;
 /// Builds a filter of `kind` from the rest of its `[[filter]]` keys.
 pub fn build(kind: &str, options: toml::Table, base_dir: &Path) -> Result<Arc<dyn Filter>, BuildErrors> {
     match kind {
+        "auth" => super::auth::build(options, base_dir),
+        "clamav" => super::clamav::build(options, base_dir),
+        "content" => super::content::build(options, base_dir),
+        "dkim_sign" => super::dkim::build(options, base_dir),
+        "dlp" => super::dlp::build(options, base_dir),
+        "rspamd" => super::rspamd::build(options, base_dir),
         "sanitize" => super::sanitize::build(options, base_dir),
         other => Err(vec![(
             String::new(),

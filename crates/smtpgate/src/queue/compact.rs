@@ -73,6 +73,7 @@ mod tests {
             ret: None,
             envid: None,
             pool: Some("closed".into()),
+            scan: Vec::new(),
         }
     }
 

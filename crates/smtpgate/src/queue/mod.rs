@@ -8,6 +8,7 @@
 //! dropped from memory, and a bounce is spooled before the failure that caused it is recorded.
 
 mod compact;
+mod scan;
 mod message;
 mod settle;
 mod worker;
@@ -98,9 +99,19 @@ impl Queue {
         n
     }
 
+    /// Registers a message in the queue; it is scanned by its after-queue filters first, if any.
     fn schedule(&self, msg: Arc<QueuedMessage>) {
         self.ctx().metrics.queue_depth.inc();
         self.messages.lock().unwrap().insert(msg.env.id, msg.clone());
+        if msg.env.scan.is_empty() {
+            self.dispatch(msg);
+        } else {
+            tokio::spawn(scan::run(self.clone(), msg));
+        }
+    }
+
+    /// Hands a registered message's pending recipients to the workers of their next hops.
+    fn dispatch(&self, msg: Arc<QueuedMessage>) {
         let mut by_hop: HashMap<NextHop, Vec<u32>> = HashMap::new();
         for idx in msg.pending() {
             let hop = next_hop(&msg.env, &msg.env.recipients[idx as usize]);

@@ -105,7 +105,7 @@ fn log_attempt(msg: &QueuedMessage, rcpt: &Recipient, hop: &NextHop, o: &Outcome
 }
 
 /// Writes final states; when the message is finished, removes it from the spool.
-async fn record(queue: &Queue, msg: &Arc<QueuedMessage>, updates: &[(u32, RcptState)]) {
+pub(super) async fn record(queue: &Queue, msg: &Arc<QueuedMessage>, updates: &[(u32, RcptState)]) {
     let ctx = &queue.ctx();
     if updates.is_empty() {
         return;
@@ -133,7 +133,7 @@ pub(super) async fn finish(ctx: &Context, msg: &QueuedMessage) {
 }
 
 /// Spools a DSN for `failures` to the sender; never for the null sender.
-async fn bounce_for(queue: &Queue, msg: &QueuedMessage, failures: &[Failure]) {
+pub(super) async fn bounce_for(queue: &Queue, msg: &QueuedMessage, failures: &[Failure]) {
     let ctx = &queue.ctx();
     ctx.metrics.bounced.add(failures.len() as u64);
     let env = &msg.env;
@@ -168,6 +168,7 @@ async fn bounce_for(queue: &Queue, msg: &QueuedMessage, failures: &[Failure]) {
         ret: None,
         envid: None,
         pool: bounce_pool(ctx, &env.sender),
+        scan: Vec::new(),
     };
     match queue.accept(dsn, text).await {
         Ok(()) => {

@@ -142,6 +142,9 @@ pub fn context(config: Arc<Config>) -> Result<(Arc<Context>, Vec<crate::spool::R
         ids: Arc::new(IdGen::default()),
         pools: crate::deliver::pool::Pools::new(&config),
         router: Arc::new(crate::route::Router::new(config.clone()).map_err(StartError::Routing)?),
+        quarantine: Arc::new(
+            crate::quarantine::Quarantine::open(&spool_dir).map_err(|e| StartError::Spool(spool_dir.clone(), e))?,
+        ),
     });
     Ok((ctx, found))
 }

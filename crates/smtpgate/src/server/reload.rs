@@ -56,5 +56,6 @@ fn successor(old: &Context, config: Arc<Config>) -> Result<Arc<Context>, String>
         client_tls: old.client_tls.clone(),
         ids: old.ids.clone(),
         router: Arc::new(router),
+        quarantine: old.quarantine.clone(),
     }))
 }

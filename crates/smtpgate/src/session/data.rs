@@ -118,7 +118,7 @@ impl Session {
     }
 
     /// The end of a message: refuse it, or spool it and answer `250` once it is on disk.
-    async fn complete(&mut self, id: QueueId, draft: Draft, mut body: Vec<u8>, outcome: DataOutcome) -> Flow {
+    async fn complete(&mut self, id: QueueId, mut draft: Draft, mut body: Vec<u8>, outcome: DataOutcome) -> Flow {
         let metrics = self.listener.ctx.metrics.clone();
         match outcome {
             DataOutcome::TooBig => {
@@ -136,7 +136,15 @@ impl Session {
             let extra = headers::missing_submission_headers(&body[at..], id, &self.listener.ctx.config.hostname);
             body.splice(at..at, extra.into_bytes());
         }
-        let plan = self.plan(&draft, &body);
+        let filtered = match self.filter_message(id, &mut draft, body).await {
+            Ok(f) => f,
+            Err(flow) => return flow,
+        };
+        let body = filtered.body;
+        if draft.recipients.is_empty() {
+            return self.respond(Reply::queued(&id.to_string()));
+        }
+        let plan = self.plan(&draft, &body, filtered.tags);
         if let Some(r) = plan.reject {
             metrics.rejected.inc();
             tracing::info!(queue_id = %id, client = %self.peer, reply = %r.code, "message refused by routing");
@@ -147,7 +155,7 @@ impl Session {
         }
         let size = body.len();
         let (sender, rcpts) = (draft.sender.clone(), draft.recipients.len());
-        match self.spool_groups(id, &draft, &body, plan.groups).await {
+        match self.spool_groups(id, &draft, &body, plan.groups, &filtered.scan).await {
             Ok(copies) => {
                 metrics.received.inc();
                 tracing::info!(
@@ -164,11 +172,10 @@ impl Session {
     }
 
     /// What routing makes of this message.
-    fn plan(&self, draft: &Draft, body: &[u8]) -> crate::route::Plan {
+    fn plan(&self, draft: &Draft, body: &[u8], tags: Vec<String>) -> crate::route::Plan {
         let ctx = &self.listener.ctx;
-        let view = self
-            .view(&draft.sender)
-            .with_message(body, ctx.config.routing.body_scan_limit);
+        let mut view = self.view(&draft.sender).with_message(body, ctx.config.routing.body_scan_limit);
+        view.tags = tags;
         ctx.router.plan(&view, &draft.recipients)
     }
 
@@ -190,6 +197,7 @@ impl Session {
         draft: &Draft,
         body: &[u8],
         groups: Vec<Group>,
+        scan: &[String],
     ) -> Result<usize, crate::spool::SpoolError> {
         let copies = groups.len();
         for (n, group) in groups.into_iter().enumerate() {
@@ -198,6 +206,7 @@ impl Session {
             let mut env = self.envelope(id, draft, &copy);
             env.recipients = group.recipients;
             env.pool = group.pool;
+            env.scan = scan.to_vec();
             if let Some(sender) = group.srs_sender {
                 env.sender = sender;
             }
@@ -206,7 +215,7 @@ impl Session {
         Ok(copies)
     }
 
-    fn envelope(&self, id: QueueId, draft: &Draft, body: &[u8]) -> Envelope {
+    pub(super) fn envelope(&self, id: QueueId, draft: &Draft, body: &[u8]) -> Envelope {
         let p = &draft.params;
         Envelope {
             id,
@@ -221,6 +230,7 @@ impl Session {
             }),
             envid: p.envid.clone(),
             pool: None,
+            scan: Vec::new(),
         }
     }
 }

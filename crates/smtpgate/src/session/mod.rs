@@ -8,6 +8,7 @@ mod auth;
 mod conn;
 mod data;
 mod ehlo;
+mod filters;
 mod headers;
 mod mail;
 mod rcpt;

@@ -25,6 +25,7 @@ fn envelope(id: u64, recipients: &[&str]) -> Envelope {
         ret: None,
         envid: None,
         pool: None,
+        scan: Vec::new(),
     }
 }
 

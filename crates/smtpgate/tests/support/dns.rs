@@ -22,7 +22,7 @@ use std::thread;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, MX, SOA};
+use hickory_proto::rr::rdata::{A, MX, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 const TTL: u32 = 5;
@@ -78,6 +78,16 @@ impl DnsTable {
     /// An A record.
     pub fn a(mut self, name: &str, ip: Ipv4Addr) -> Self {
         let rdata = RData::A(A(ip));
+        self.records.entry(key(name)).or_default().push(rdata);
+        self
+    }
+
+    /// A TXT record (SPF, DKIM keys, DMARC policies); text longer than 255 bytes is split into
+    /// several character-strings, as RFC 7208 3.3 and RFC 6376 3.6.2.2 expect.
+    pub fn txt(mut self, name: &str, text: &str) -> Self {
+        let chunks = text.as_bytes().chunks(255);
+        let strings = chunks.map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+        let rdata = RData::TXT(TXT::new(strings));
         self.records.entry(key(name)).or_default().push(rdata);
         self
     }

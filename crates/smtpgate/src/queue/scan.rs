@@ -1,0 +1,108 @@
+//! After-queue filters: run once a message is safely spooled, before its first delivery attempt.
+//! A slow scanner never holds a sender's session open; what it refuses is bounced, what it sets
+//! aside goes to the quarantine.
+//!
+//! The list of filters still to run is part of the spooled envelope, so a crash before the scan
+//! finished means the scan runs again after recovery. When the scan passes, the message (with any
+//! changes the filters made) is rewritten into the spool with the list empty.
+
+use std::sync::Arc;
+
+use super::settle;
+use super::{Queue, QueuedMessage};
+use crate::config::FilterConfig;
+use crate::deliver::bounce::Failure;
+use crate::filter::{Action, SessionInfo, pipeline};
+use crate::spool::RcptState;
+
+pub(super) async fn run(queue: Queue, msg: Arc<QueuedMessage>) {
+    let ctx = queue.ctx();
+    let filters: Vec<&FilterConfig> =
+        msg.env.scan.iter().filter_map(|n| ctx.config.filters.iter().find(|f| &f.name == n)).collect();
+    let body = match msg.body(&ctx.spool) {
+        Ok(b) => b.to_vec(),
+        Err(e) => {
+            tracing::error!(queue_id = %msg.env.id, error = %e, "scan: cannot read message; delivering unscanned is not allowed, retrying");
+            return retry(queue, msg);
+        }
+    };
+    let pending = msg.pending();
+    let rcpts: Vec<String> = pending.iter().map(|&i| msg.env.recipients[i as usize].address.clone()).collect();
+    let info = SessionInfo { listener: "after-queue".into(), ..Default::default() };
+    let out = pipeline::run_data(&filters, &info, &msg.env.sender, rcpts, body, Vec::new()).await;
+    let by = out.decided_by.clone().unwrap_or_default();
+    match out.action {
+        Action::Accept => passed(queue, msg, out.message).await,
+        Action::TempFail(_) => retry(queue, msg),
+        Action::Reject(reply) => {
+            ctx.metrics.filter_rejected.inc();
+            let failures: Vec<Failure> = pending
+                .iter()
+                .map(|&i| Failure {
+                    recipient: msg.env.recipients[i as usize].clone(),
+                    status: reply.status.to_string(),
+                    diagnostic: format!("{} {} {} (filter {by})", reply.code, reply.status, reply.text),
+                    remote: None,
+                })
+                .collect();
+            settle::bounce_for(&queue, &msg, &failures).await;
+            finish(&queue, &msg, &pending).await;
+        }
+        Action::Quarantine(reason) => {
+            let mut env = msg.env.clone();
+            env.scan.clear();
+            match ctx.quarantine.put(&env, &out.message, &reason, &by) {
+                Ok(_) => {
+                    ctx.metrics.quarantined.inc();
+                    tracing::info!(queue_id = %msg.env.id, filter = %by, reason, "message quarantined after queue");
+                    finish(&queue, &msg, &pending).await;
+                }
+                Err(e) => {
+                    tracing::error!(queue_id = %msg.env.id, error = %e, "cannot write to the quarantine");
+                    retry(queue, msg);
+                }
+            }
+        }
+        Action::Discard => {
+            ctx.metrics.filter_discarded.inc();
+            tracing::info!(queue_id = %msg.env.id, filter = %by, "message discarded after queue");
+            finish(&queue, &msg, &pending).await;
+        }
+    }
+}
+
+/// The scan passed: the message is rewritten without its pending scan, then delivered.
+async fn passed(queue: Queue, msg: Arc<QueuedMessage>, message: Vec<u8>) {
+    let ctx = queue.ctx();
+    let mut env = msg.env.clone();
+    env.scan.clear();
+    let states = msg.states();
+    let _moving = msg.spool_lock.lock().await;
+    match ctx.spool.relocate(&env, &states, &message, &msg.body_ref()).await {
+        Ok(at) => {
+            let scanned = Arc::new(QueuedMessage::new(env, at, Some(states), None));
+            queue.messages.lock().unwrap().insert(scanned.env.id, scanned.clone());
+            queue.dispatch(scanned);
+        }
+        Err(e) => {
+            tracing::error!(queue_id = %msg.env.id, error = %e, "scan: cannot rewrite message");
+            drop(_moving);
+            retry(queue, msg);
+        }
+    }
+}
+
+/// Every pending recipient is final without delivery (refused, quarantined, discarded).
+async fn finish(queue: &Queue, msg: &Arc<QueuedMessage>, pending: &[u32]) {
+    let updates: Vec<(u32, RcptState)> = pending.iter().map(|&i| (i, RcptState::Failed)).collect();
+    settle::record(queue, msg, &updates).await;
+}
+
+/// The scan could not run now: try again after the first retry delay.
+fn retry(queue: Queue, msg: Arc<QueuedMessage>) {
+    let delay = queue.ctx().config.queue.retry[0];
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        run(queue, msg).await;
+    });
+}

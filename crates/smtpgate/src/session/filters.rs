@@ -1,0 +1,101 @@
+//! Running the listener's `before_queue` filters from the session, and acting on their verdicts.
+
+use smtpgate_proto::Reply;
+
+use super::{Draft, Flow, Session};
+use crate::config::{FilterConfig, Stage};
+use crate::envelope::{QueueId, Recipient};
+use crate::filter::{Action, SessionInfo, pipeline};
+
+/// What the filters left of a message that goes on.
+pub(super) struct Filtered {
+    pub body: Vec<u8>,
+    pub tags: Vec<String>,
+    /// `after_queue` filters to run before delivery.
+    pub scan: Vec<String>,
+}
+
+impl Session {
+    pub(super) fn session_info(&self) -> SessionInfo {
+        SessionInfo {
+            client: Some(self.peer.ip()),
+            helo: self.helo.as_ref().map(|h| h.name.clone()),
+            user: self.user.clone(),
+            listener: self.listener.config.name.clone(),
+            tls: self.tls.is_some(),
+        }
+    }
+
+    /// The listener's filters of one stage, in configured order.
+    pub(super) fn listener_filters(&self, stage: Stage) -> Vec<&FilterConfig> {
+        let all = &self.listener.ctx.config.filters;
+        self.listener
+            .config
+            .filters
+            .iter()
+            .filter_map(|n| all.iter().find(|f| &f.name == n))
+            .filter(|f| f.stage == stage)
+            .collect()
+    }
+
+    /// Runs the before-queue filters on a complete message. `Err(flow)` means the message was
+    /// answered (refused, quarantined or dropped) and the transaction is over.
+    pub(super) async fn filter_message(
+        &mut self,
+        id: QueueId,
+        draft: &mut Draft,
+        body: Vec<u8>,
+    ) -> Result<Filtered, Flow> {
+        let scan: Vec<String> = self.listener_filters(Stage::AfterQueue).iter().map(|f| f.name.clone()).collect();
+        let filters = self.listener_filters(Stage::BeforeQueue);
+        if filters.is_empty() {
+            return Ok(Filtered { body, tags: Vec::new(), scan });
+        }
+        let info = self.session_info();
+        let rcpts: Vec<String> = draft.recipients.iter().map(|r| r.address.clone()).collect();
+        let out = pipeline::run_data(&filters, &info, &draft.sender, rcpts, body, Vec::new()).await;
+        let by = out.decided_by.clone().unwrap_or_default();
+        match out.action {
+            Action::Accept => {
+                keep_recipients(draft, &out.recipients);
+                Ok(Filtered { body: out.message, tags: out.tags, scan })
+            }
+            Action::Reject(r) | Action::TempFail(r) => {
+                self.listener.ctx.metrics.filter_rejected.inc();
+                tracing::info!(queue_id = %id, client = %self.peer, filter = %by, reply = %r.code, "message refused by filter");
+                Err(self.respond(r))
+            }
+            Action::Discard => {
+                self.listener.ctx.metrics.filter_discarded.inc();
+                tracing::info!(queue_id = %id, filter = %by, "message discarded by filter");
+                Err(self.respond(Reply::queued(&id.to_string())))
+            }
+            Action::Quarantine(reason) => Err(self.quarantine(id, draft, &out.message, &reason, &by)),
+        }
+    }
+
+    fn quarantine(&mut self, id: QueueId, draft: &Draft, message: &[u8], reason: &str, filter: &str) -> Flow {
+        let env = self.envelope(id, draft, message);
+        match self.listener.ctx.quarantine.put(&env, message, reason, filter) {
+            Ok(_) => {
+                self.listener.ctx.metrics.quarantined.inc();
+                tracing::info!(queue_id = %id, filter, reason, "message quarantined");
+                self.respond(Reply::queued(&id.to_string()))
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %id, error = %e, "cannot write to the quarantine");
+                self.respond(Reply::local_error())
+            }
+        }
+    }
+}
+
+/// Applies the filters' recipient changes: removed ones go, added ones join.
+fn keep_recipients(draft: &mut Draft, wanted: &[String]) {
+    draft.recipients.retain(|r| wanted.iter().any(|w| w.eq_ignore_ascii_case(&r.address)));
+    for w in wanted {
+        if !draft.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(w)) {
+            draft.recipients.push(Recipient::new(w.clone()));
+        }
+    }
+}
