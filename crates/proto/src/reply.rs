@@ -368,11 +368,19 @@ impl Reply {
 
     /// `554 5.6.0`: MIME parts nested too deep or too many of them.
     pub fn mime_structure_rejected() -> Self {
-        Reply::new(554, "5.6.0", "MIME structure exceeds limits (nesting or number of parts)")
+        Reply::new(
+            554,
+            "5.6.0",
+            "MIME structure exceeds limits (nesting or number of parts)",
+        )
     }
 
     /// `550 5.7.0`: the data-loss prevention filter found data that may not leave.
     pub fn dlp_rejected() -> Self {
-        Reply::new(550, "5.7.0", "message rejected: it appears to contain sensitive data (DLP policy)")
+        Reply::new(
+            550,
+            "5.7.0",
+            "message rejected: it appears to contain sensitive data (DLP policy)",
+        )
     }
 }

@@ -65,7 +65,9 @@ impl Quarantine {
         let mut out = Vec::new();
         for e in fs::read_dir(&self.dir)? {
             let name = e?.file_name();
-            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".meta")) else { continue };
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".meta")) else {
+                continue;
+            };
             if let Ok(entry) = self.entry(id) {
                 out.push(entry);
             }
@@ -85,7 +87,14 @@ impl Quarantine {
         let filter = take_str(&mut r).ok_or_else(bad)?;
         let quarantined_at = r.u64().ok_or_else(bad)?;
         let (envelope, _) = Envelope::decode(&meta[r.pos..]).ok_or_else(bad)?;
-        Ok(Entry { id: id.to_string(), reason, filter, quarantined_at, envelope, size })
+        Ok(Entry {
+            id: id.to_string(),
+            reason,
+            filter,
+            quarantined_at,
+            envelope,
+            size,
+        })
     }
 
     /// The message of an entry.
@@ -104,7 +113,11 @@ impl Quarantine {
     /// Deletes entries older than `max_age_secs`; returns how many.
     pub fn expire(&self, max_age_secs: u64) -> io::Result<usize> {
         let now = crate::datetime::now_unix();
-        let old: Vec<Entry> = self.list()?.into_iter().filter(|e| e.quarantined_at + max_age_secs <= now).collect();
+        let old: Vec<Entry> = self
+            .list()?
+            .into_iter()
+            .filter(|e| e.quarantined_at + max_age_secs <= now)
+            .collect();
         for e in &old {
             self.delete(&e.id)?;
         }
@@ -115,7 +128,10 @@ impl Quarantine {
 /// Entry ids are queue ids (hex): nothing that could name a file elsewhere.
 fn check_id(id: &str) -> io::Result<()> {
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(io::Error::new(io::ErrorKind::NotFound, format!("no quarantine entry {id:?}")));
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no quarantine entry {id:?}"),
+        ));
     }
     Ok(())
 }
@@ -151,10 +167,15 @@ mod tests {
             pool: Some("p".into()),
             scan: Vec::new(),
         };
-        let id = q.put(&env, b"Subject: bad\r\n\r\nx\r\n", "virus Eicar", "clamav").unwrap();
+        let id = q
+            .put(&env, b"Subject: bad\r\n\r\nx\r\n", "virus Eicar", "clamav")
+            .unwrap();
         let list = q.list().unwrap();
         assert_eq!(list.len(), 1);
-        assert_eq!((list[0].reason.as_str(), list[0].filter.as_str()), ("virus Eicar", "clamav"));
+        assert_eq!(
+            (list[0].reason.as_str(), list[0].filter.as_str()),
+            ("virus Eicar", "clamav")
+        );
         assert_eq!(list[0].envelope, env);
         assert_eq!(q.message(&id).unwrap(), b"Subject: bad\r\n\r\nx\r\n");
         assert!(q.entry("../etc").is_err());

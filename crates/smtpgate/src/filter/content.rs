@@ -28,10 +28,10 @@
 
 mod attachments;
 pub(super) mod mime_limits;
-pub(super) mod text;
-pub(super) mod zip;
 #[cfg(test)]
 mod tests;
+pub(super) mod text;
+pub(super) mod zip;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -147,7 +147,14 @@ fn from_options(raw: toml::Table) -> Result<Content, BuildErrors> {
     for (i, r) in o.header_rules.iter().enumerate() {
         let key = |f: &str| format!("header_rules[{i}].{f}");
         let regex = compile(&r.regex, key("regex"), &mut errors);
-        let rule_action = rule_action(r.action.as_deref(), r.tag.as_deref(), &action, tag, &key("action"), &mut errors);
+        let rule_action = rule_action(
+            r.action.as_deref(),
+            r.tag.as_deref(),
+            &action,
+            tag,
+            &key("action"),
+            &mut errors,
+        );
         if let Some(regex) = regex {
             header_rules.push(HeaderRule {
                 header: r.header.clone(),
@@ -160,7 +167,14 @@ fn from_options(raw: toml::Table) -> Result<Content, BuildErrors> {
     for (i, r) in o.body_rules.iter().enumerate() {
         let key = |f: &str| format!("body_rules[{i}].{f}");
         let regex = compile(&r.regex, key("regex"), &mut errors);
-        let rule_action = rule_action(r.action.as_deref(), r.tag.as_deref(), &action, tag, &key("action"), &mut errors);
+        let rule_action = rule_action(
+            r.action.as_deref(),
+            r.tag.as_deref(),
+            &action,
+            tag,
+            &key("action"),
+            &mut errors,
+        );
         if let Some(regex) = regex {
             body_rules.push(BodyRule {
                 regex,
@@ -295,10 +309,15 @@ impl Content {
     }
 
     fn header_hits(&self, msg: &Message<'_>) -> Vec<Hit> {
-        let Some(root) = msg.parts.first() else { return Vec::new() };
+        let Some(root) = msg.parts.first() else {
+            return Vec::new();
+        };
         let mut hits = Vec::new();
         for (i, rule) in self.header_rules.iter().enumerate() {
-            let mut fields = root.headers.iter().filter(|h| h.name.as_str().eq_ignore_ascii_case(&rule.header));
+            let mut fields = root
+                .headers
+                .iter()
+                .filter(|h| h.name.as_str().eq_ignore_ascii_case(&rule.header));
             if fields.any(|h| rule.regex.is_match(&text::header_text(msg, h))) {
                 hits.push(Hit {
                     what: format!("header_rules[{i}] ({})", rule.header),
@@ -315,7 +334,11 @@ impl Content {
             return Vec::new();
         }
         let texts = text::collect(msg, usize::MAX);
-        let bodies: Vec<&str> = texts.iter().filter(|t| t.origin == text::Origin::Body).map(|t| &*t.text).collect();
+        let bodies: Vec<&str> = texts
+            .iter()
+            .filter(|t| t.origin == text::Origin::Body)
+            .map(|t| &*t.text)
+            .collect();
         let matching = self.body_rules.iter().enumerate();
         let matching = matching.filter(|(_, r)| bodies.iter().any(|b| r.regex.is_match(b)));
         matching

@@ -93,9 +93,15 @@ enum DlpAction {
 enum Rule {
     Detector(Detector),
     /// `name` is `pattern[i]`: the index, not the regex, so the log stays short.
-    Pattern { name: String, regex: Regex },
+    Pattern {
+        name: String,
+        regex: Regex,
+    },
     /// `name` is `word:<the configured word>`.
-    Word { name: String, regex: Regex },
+    Word {
+        name: String,
+        regex: Regex,
+    },
 }
 
 /// A rule that matched and how many distinct values it matched. By construction it holds no
@@ -150,13 +156,20 @@ fn from_options(raw: toml::Table) -> Result<Dlp, BuildErrors> {
         }
     }
     if rules.is_empty() && errors.is_empty() {
-        errors.push((String::new(), "needs at least one of detect, patterns, words".to_owned()));
+        errors.push((
+            String::new(),
+            "needs at least one of detect, patterns, words".to_owned(),
+        ));
     }
     let threshold = o.threshold.unwrap_or(1);
     if threshold == 0 {
         errors.push(("threshold".to_owned(), "must be at least 1".to_owned()));
     }
-    let action = parse_action(o.action.as_deref(), o.tag.unwrap_or_else(|| "dlp".to_owned()), &mut errors);
+    let action = parse_action(
+        o.action.as_deref(),
+        o.tag.unwrap_or_else(|| "dlp".to_owned()),
+        &mut errors,
+    );
     let scan_limit = match o.scan_limit.as_deref().map(parse_size) {
         None => DEFAULT_SCAN_LIMIT,
         Some(Ok(n)) => n,

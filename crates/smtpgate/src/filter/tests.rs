@@ -26,7 +26,9 @@ impl Filter for Scripted {
         Box::pin(async move {
             match &self.0 {
                 Behaviour::Tag(t) => Ok(Verdict::accept().with(Modification::Tag(t.to_string()))),
-                Behaviour::AddHeader => Ok(Verdict::accept().with(Modification::AddHeader("X-Seen".into(), "1".into()))),
+                Behaviour::AddHeader => {
+                    Ok(Verdict::accept().with(Modification::AddHeader("X-Seen".into(), "1".into())))
+                }
                 Behaviour::RejectIfTagged(t) if m.tags.iter().any(|x| x == t) => {
                     Ok(Verdict::reject(Reply::new(550, "5.7.1", "tagged")))
                 }
@@ -74,7 +76,11 @@ async fn each_filter_sees_the_changes_of_the_ones_before() {
 
 #[tokio::test]
 async fn a_broken_or_slow_filter_fails_open_or_closed_as_configured() {
-    let open = run(&[spec("f", Behaviour::Fail, OnError::Accept), spec("h", Behaviour::Hang, OnError::Accept)]).await;
+    let open = run(&[
+        spec("f", Behaviour::Fail, OnError::Accept),
+        spec("h", Behaviour::Hang, OnError::Accept),
+    ])
+    .await;
     assert_eq!(open.action, Action::Accept);
     let closed = run(&[spec("h", Behaviour::Hang, OnError::TempFail)]).await;
     assert_eq!(closed.action, Action::TempFail(Reply::policy_unavailable()));

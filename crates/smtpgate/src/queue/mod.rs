@@ -8,8 +8,8 @@
 //! dropped from memory, and a bounce is spooled before the failure that caused it is recorded.
 
 mod compact;
-mod scan;
 mod message;
+mod scan;
 mod settle;
 mod worker;
 

@@ -17,8 +17,12 @@ use crate::spool::RcptState;
 
 pub(super) async fn run(queue: Queue, msg: Arc<QueuedMessage>) {
     let ctx = queue.ctx();
-    let filters: Vec<&FilterConfig> =
-        msg.env.scan.iter().filter_map(|n| ctx.config.filters.iter().find(|f| &f.name == n)).collect();
+    let filters: Vec<&FilterConfig> = msg
+        .env
+        .scan
+        .iter()
+        .filter_map(|n| ctx.config.filters.iter().find(|f| &f.name == n))
+        .collect();
     let body = match msg.body(&ctx.spool) {
         Ok(b) => b.to_vec(),
         Err(e) => {
@@ -27,8 +31,14 @@ pub(super) async fn run(queue: Queue, msg: Arc<QueuedMessage>) {
         }
     };
     let pending = msg.pending();
-    let rcpts: Vec<String> = pending.iter().map(|&i| msg.env.recipients[i as usize].address.clone()).collect();
-    let info = SessionInfo { listener: "after-queue".into(), ..Default::default() };
+    let rcpts: Vec<String> = pending
+        .iter()
+        .map(|&i| msg.env.recipients[i as usize].address.clone())
+        .collect();
+    let info = SessionInfo {
+        listener: "after-queue".into(),
+        ..Default::default()
+    };
     let out = pipeline::run_data(&filters, &info, &msg.env.sender, rcpts, body, Vec::new()).await;
     let by = out.decided_by.clone().unwrap_or_default();
     match out.action {

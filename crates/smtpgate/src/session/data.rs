@@ -174,7 +174,9 @@ impl Session {
     /// What routing makes of this message.
     fn plan(&self, draft: &Draft, body: &[u8], tags: Vec<String>) -> crate::route::Plan {
         let ctx = &self.listener.ctx;
-        let mut view = self.view(&draft.sender).with_message(body, ctx.config.routing.body_scan_limit);
+        let mut view = self
+            .view(&draft.sender)
+            .with_message(body, ctx.config.routing.body_scan_limit);
         view.tags = tags;
         ctx.router.plan(&view, &draft.recipients)
     }

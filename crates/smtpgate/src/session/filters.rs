@@ -2,7 +2,7 @@
 
 use smtpgate_proto::Reply;
 
-use super::{Draft, Flow, Session};
+use super::{Draft, Flow, Session, Txn};
 use crate::config::{FilterConfig, Stage};
 use crate::envelope::{QueueId, Recipient};
 use crate::filter::{Action, SessionInfo, pipeline};
@@ -38,6 +38,25 @@ impl Session {
             .collect()
     }
 
+    /// The connect hooks: a refusal is sent instead of the greeting.
+    pub(super) async fn filter_connect(&mut self) -> Option<Reply> {
+        let filters = self.listener_filters(Stage::BeforeQueue);
+        refusal(pipeline::run_connect(&filters, &self.session_info()).await)
+    }
+
+    /// The MAIL hooks (they see the HELO name too).
+    pub(super) async fn filter_mail(&mut self, sender: &str) -> Option<Reply> {
+        let filters = self.listener_filters(Stage::BeforeQueue);
+        refusal(pipeline::run_mail(&filters, &self.session_info(), sender).await)
+    }
+
+    /// The RCPT hooks.
+    pub(super) async fn filter_rcpt(&mut self, rcpt: &str) -> Option<Reply> {
+        let Txn::Mail(draft) = &self.txn else { return None };
+        let filters = self.listener_filters(Stage::BeforeQueue);
+        refusal(pipeline::run_rcpt(&filters, &self.session_info(), &draft.sender, rcpt).await)
+    }
+
     /// Runs the before-queue filters on a complete message. `Err(flow)` means the message was
     /// answered (refused, quarantined or dropped) and the transaction is over.
     pub(super) async fn filter_message(
@@ -46,10 +65,18 @@ impl Session {
         draft: &mut Draft,
         body: Vec<u8>,
     ) -> Result<Filtered, Flow> {
-        let scan: Vec<String> = self.listener_filters(Stage::AfterQueue).iter().map(|f| f.name.clone()).collect();
+        let scan: Vec<String> = self
+            .listener_filters(Stage::AfterQueue)
+            .iter()
+            .map(|f| f.name.clone())
+            .collect();
         let filters = self.listener_filters(Stage::BeforeQueue);
         if filters.is_empty() {
-            return Ok(Filtered { body, tags: Vec::new(), scan });
+            return Ok(Filtered {
+                body,
+                tags: Vec::new(),
+                scan,
+            });
         }
         let info = self.session_info();
         let rcpts: Vec<String> = draft.recipients.iter().map(|r| r.address.clone()).collect();
@@ -58,7 +85,11 @@ impl Session {
         match out.action {
             Action::Accept => {
                 keep_recipients(draft, &out.recipients);
-                Ok(Filtered { body: out.message, tags: out.tags, scan })
+                Ok(Filtered {
+                    body: out.message,
+                    tags: out.tags,
+                    scan,
+                })
             }
             Action::Reject(r) | Action::TempFail(r) => {
                 self.listener.ctx.metrics.filter_rejected.inc();
@@ -90,9 +121,19 @@ impl Session {
     }
 }
 
+/// A hook's refusal as a reply; quarantine and discard only make sense for a whole message.
+fn refusal(action: Action) -> Option<Reply> {
+    match action {
+        Action::Reject(r) | Action::TempFail(r) => Some(r),
+        _ => None,
+    }
+}
+
 /// Applies the filters' recipient changes: removed ones go, added ones join.
 fn keep_recipients(draft: &mut Draft, wanted: &[String]) {
-    draft.recipients.retain(|r| wanted.iter().any(|w| w.eq_ignore_ascii_case(&r.address)));
+    draft
+        .recipients
+        .retain(|r| wanted.iter().any(|w| w.eq_ignore_ascii_case(&r.address)));
     for w in wanted {
         if !draft.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(w)) {
             draft.recipients.push(Recipient::new(w.clone()));

@@ -74,8 +74,13 @@ pub fn apply_changes(message: &[u8], add: &[(String, String)], remove: &[String]
     if add.is_empty() && remove.is_empty() {
         return message.to_vec();
     }
-    let mut out = Vec::with_capacity(message.len() + 128);
+    let added: Vec<u8> = add
+        .iter()
+        .flat_map(|(n, v)| format!("{n}: {v}\r\n").into_bytes())
+        .collect();
+    let mut out = Vec::with_capacity(message.len() + added.len());
     let mut fields = 0;
+    let mut inserted = false;
     let mut dropping = false;
     let mut pos = 0;
     while pos < message.len() {
@@ -85,17 +90,18 @@ pub fn apply_changes(message: &[u8], add: &[(String, String)], remove: &[String]
             .map_or(message.len(), |i| pos + i + 1);
         let line = &message[pos..end];
         pos = end;
-        if line == b"\r\n" || line == b"\n" {
+        let blank = line == b"\r\n" || line == b"\n";
+        let continuation = line.starts_with(b" ") || line.starts_with(b"\t");
+        // After the first field (the trace header), or before the blank line if it is the only one.
+        if !inserted && (blank || (!continuation && fields == 1)) {
+            out.extend_from_slice(&added);
+            inserted = true;
+        }
+        if blank {
             out.extend_from_slice(line);
             break;
         }
-        let continuation = line.starts_with(b" ") || line.starts_with(b"\t");
         if !continuation {
-            if fields == 1 {
-                for (name, value) in add {
-                    out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-                }
-            }
             fields += 1;
             dropping = remove.iter().any(|r| starts_with_ci(line, format!("{r}:").as_bytes()));
         }
@@ -123,6 +129,12 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "Received: from x\r\n\tby y\r\nX-Routed: yes\r\nSubject: s\r\n\r\nX-Internal: body\r\n"
         );
+    }
+
+    #[test]
+    fn header_added_when_the_trace_header_is_the_only_field() {
+        let out = apply_changes(b"Received: from x\r\n\r\nbody\r\n", &[("A".into(), "1".into())], &[]);
+        assert_eq!(out, b"Received: from x\r\nA: 1\r\n\r\nbody\r\n");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use smtpgate_proto::{Body, MailParams, Reply, ReversePath};
 use super::{Draft, Flow, Session, Txn};
 
 impl Session {
-    pub(super) fn mail(&mut self, from: ReversePath, params: MailParams) -> Flow {
+    pub(super) async fn mail(&mut self, from: ReversePath, params: MailParams) -> Flow {
         let Some(helo) = &self.helo else {
             return self.error(Reply::bad_sequence("send EHLO or HELO first"));
         };
@@ -32,6 +32,9 @@ impl Session {
             return self.error(Reply::need_smtputf8());
         }
         let sender = from.to_string();
+        if let Some(r) = self.filter_mail(&sender).await {
+            return self.error(r);
+        }
         self.reply(
             Reply::sender_ok(),
             Txn::Mail(Draft {

@@ -120,6 +120,11 @@ impl Session {
                 }
             }
         }
+        if let Some(r) = self.filter_connect().await {
+            tracing::info!(client = %self.peer, reply = %r.code, "connection refused by filter");
+            self.conn.reply(&r);
+            return Flow::Close;
+        }
         self.conn.reply(&Reply::greeting(&self.hostname()));
         Flow::Continue
     }
@@ -170,8 +175,8 @@ impl Session {
         match cmd {
             Command::Ehlo(name) => self.ehlo(name, true),
             Command::Helo(name) => self.ehlo(name, false),
-            Command::Mail { from, params } => self.mail(from, params),
-            Command::Rcpt { to, params } => self.rcpt(to, params),
+            Command::Mail { from, params } => self.mail(from, params).await,
+            Command::Rcpt { to, params } => self.rcpt(to, params).await,
             Command::Data => self.data().await,
             Command::Bdat { size, last } => self.bdat(size, last).await,
             Command::Rset => self.reply(Reply::reset(), Txn::Idle),

@@ -10,7 +10,7 @@ use super::{Flow, Session, Txn};
 use crate::envelope::{Notify, Recipient};
 
 impl Session {
-    pub(super) fn rcpt(&mut self, to: ForwardPath, params: RcptParams) -> Flow {
+    pub(super) async fn rcpt(&mut self, to: ForwardPath, params: RcptParams) -> Flow {
         let max = self.listener.config.max_recipients;
         let Txn::Mail(draft) = &self.txn else {
             return self.error(Reply::bad_sequence("need MAIL before RCPT"));
@@ -33,6 +33,9 @@ impl Session {
             }
         };
         if let Some(r) = self.routing_refusal(&address) {
+            return self.error(r);
+        }
+        if let Some(r) = self.filter_rcpt(&address).await {
             return self.error(r);
         }
         let notify = params.notify.map(|n| Notify {

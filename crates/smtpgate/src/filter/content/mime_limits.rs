@@ -7,7 +7,10 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Structure {
     /// Within the limits: the deepest nesting seen and the number of parts.
-    Within { depth: usize, parts: usize },
+    Within {
+        depth: usize,
+        parts: usize,
+    },
     TooDeep,
     TooManyParts,
 }
@@ -72,7 +75,9 @@ impl Scanner {
     fn boundary(&mut self, rest: &[u8]) -> bool {
         for i in (0..self.stack.len()).rev() {
             let Frame::Multipart(b) = &self.stack[i] else { continue };
-            let Some(after) = rest.strip_prefix(b.as_slice()) else { continue };
+            let Some(after) = rest.strip_prefix(b.as_slice()) else {
+                continue;
+            };
             let after = after.trim_ascii_end();
             if after.is_empty() {
                 self.stack.truncate(i + 1);
@@ -142,7 +147,10 @@ fn boundary_parameter(ct: &[u8]) -> Option<Vec<u8>> {
     let b = match value.strip_prefix(b"\"") {
         Some(q) => &q[..q.iter().position(|&c| c == b'"').unwrap_or(q.len())],
         None => {
-            let end = value.iter().position(|&c| c == b';' || c.is_ascii_whitespace()).unwrap_or(value.len());
+            let end = value
+                .iter()
+                .position(|&c| c == b';' || c.is_ascii_whitespace())
+                .unwrap_or(value.len());
             &value[..end]
         }
     };

@@ -38,7 +38,11 @@ fn plain(subject: &str, body: &str) -> Vec<u8> {
 /// A message with a text part and one base64 attachment.
 fn with_attachment(filename: &str, media_type: &str, data: &[u8]) -> Vec<u8> {
     let b64 = base64::engine::general_purpose::STANDARD.encode(data);
-    let lines: Vec<&str> = b64.as_bytes().chunks(76).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(76)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
     format!(
         "From: a@example.test\r\nTo: b@example.test\r\nSubject: files\r\nMIME-Version: 1.0\r\n\
          Content-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n--outer\r\nContent-Type: text/plain\r\n\r\n\
@@ -158,21 +162,41 @@ fn structure_within_limits_is_measured() {
 fn a_zip_claiming_terabytes_is_refused_without_inflating() {
     let bomb = zip_claiming(1000, u32::MAX - 1);
     assert!(bomb.len() < 100_000);
-    let v = judged_within_deadline(&content(BLOCKING), &with_attachment("bomb.zip", "application/zip", &bomb));
+    let v = judged_within_deadline(
+        &content(BLOCKING),
+        &with_attachment("bomb.zip", "application/zip", &bomb),
+    );
     assert_eq!(v.action, rejected("archive exceeds limits"));
 }
 
 #[test]
 fn a_zip_of_a_hundred_thousand_entries_is_refused_fast() {
     let bomb = zip_claiming(100_000, 1);
-    let v = judged_within_deadline(&content(BLOCKING), &with_attachment("many.zip", "application/zip", &bomb));
+    let v = judged_within_deadline(
+        &content(BLOCKING),
+        &with_attachment("many.zip", "application/zip", &bomb),
+    );
+    assert_eq!(v.action, rejected("archive exceeds limits"));
+}
+
+#[test]
+fn a_directory_longer_than_its_end_record_claims_is_still_counted() {
+    let mut directory = Vec::new();
+    for i in 0..1001 {
+        directory_entry(&mut directory, &format!("f{i}.txt"), 0, 1, 1, 0);
+    }
+    let lying = finish(b"PK\x03\x04".to_vec(), &directory, 1);
+    let v = content(BLOCKING).judge(&with_attachment("x.zip", "application/zip", &lying));
     assert_eq!(v.action, rejected("archive exceeds limits"));
 }
 
 #[test]
 fn an_exe_attachment_is_refused() {
     let m = with_attachment("Invoice.PDF.exe", "application/octet-stream", b"MZ\x90\0");
-    assert_eq!(content(BLOCKING).judge(&m).action, rejected("attachment type not allowed"));
+    assert_eq!(
+        content(BLOCKING).judge(&m).action,
+        rejected("attachment type not allowed")
+    );
 }
 
 #[test]
@@ -185,7 +209,10 @@ fn a_blocked_media_type_is_refused() {
 fn an_exe_inside_a_zip_is_refused() {
     let archive = zip(&[("readme.txt", b"hello"), ("docs/setup.exe", b"MZ\x90\0")]);
     let m = with_attachment("docs.zip", "application/zip", &archive);
-    assert_eq!(content(BLOCKING).judge(&m).action, rejected("attachment type not allowed"));
+    assert_eq!(
+        content(BLOCKING).judge(&m).action,
+        rejected("attachment type not allowed")
+    );
 }
 
 #[test]
@@ -193,7 +220,10 @@ fn an_exe_inside_a_zip_inside_a_zip_is_refused_up_to_the_depth() {
     let inner = zip(&[("run.js", b"alert(1)")]);
     let outer = zip(&[("inner.zip", &inner)]);
     let m = with_attachment("outer.zip", "application/zip", &outer);
-    assert_eq!(content(BLOCKING).judge(&m).action, rejected("attachment type not allowed"));
+    assert_eq!(
+        content(BLOCKING).judge(&m).action,
+        rejected("attachment type not allowed")
+    );
     let shallow = content(&format!("{BLOCKING}\nmax_zip_depth = 1"));
     assert_eq!(shallow.judge(&m), Verdict::accept());
 }
@@ -205,8 +235,14 @@ fn allowed_messages_pass() {
     let pdf = with_attachment("report.pdf", "application/pdf", b"%PDF-1.4 ...");
     assert_eq!(c.judge(&pdf), Verdict::accept());
     let archive = zip(&[("report.pdf", b"%PDF-1.4"), ("data/figures.csv", b"1,2,3")]);
-    assert_eq!(c.judge(&with_attachment("report.zip", "application/zip", &archive)), Verdict::accept());
-    assert_eq!(c.judge(&with_attachment("notes.txt", "text/plain", b"exe files are bad")), Verdict::accept());
+    assert_eq!(
+        c.judge(&with_attachment("report.zip", "application/zip", &archive)),
+        Verdict::accept()
+    );
+    assert_eq!(
+        c.judge(&with_attachment("notes.txt", "text/plain", b"exe files are bad")),
+        Verdict::accept()
+    );
 }
 
 const RULES: &str = r#"
@@ -221,7 +257,10 @@ fn header_rules_match_the_decoded_field() {
     // "Viagra deals" as an RFC 2047 encoded word.
     let encoded = plain("=?UTF-8?B?VmlhZ3JhIGRlYWxz?=", "hi");
     assert_eq!(c.judge(&encoded).action, rejected("header rule"));
-    assert_eq!(c.judge(&plain("hello", "viagra in the body is not a header")), Verdict::accept());
+    assert_eq!(
+        c.judge(&plain("hello", "viagra in the body is not a header")),
+        Verdict::accept()
+    );
 }
 
 #[test]
@@ -248,9 +287,18 @@ fn the_most_severe_action_wins_and_every_tag_is_added() {
         tag = "suspect"
         "#,
     );
-    let tags = [Modification::Tag("marketing".into()), Modification::Tag("suspect".into())];
+    let tags = [
+        Modification::Tag("marketing".into()),
+        Modification::Tag("suspect".into()),
+    ];
     let v = c.judge(&plain("special offer", "click unsubscribe"));
-    assert_eq!(v, Verdict { action: Action::Accept, modifications: tags.to_vec() });
+    assert_eq!(
+        v,
+        Verdict {
+            action: Action::Accept,
+            modifications: tags.to_vec()
+        }
+    );
     let v = c.judge(&plain("special offer", "pay in bitcoin, or unsubscribe"));
     assert_eq!(v.action, Action::Quarantine("content: body_rules[1]".into()));
     assert_eq!(v.modifications, tags.to_vec());
@@ -283,6 +331,15 @@ fn bad_options_are_reported_with_their_key() {
     "#;
     let e = from_options(toml::from_str(raw).unwrap()).expect_err("invalid");
     let keys: Vec<&str> = e.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(keys, ["action", "header_rules[0].regex", "body_rules[0].action", "max_zip_size", "max_parts"]);
+    assert_eq!(
+        keys,
+        [
+            "action",
+            "header_rules[0].regex",
+            "body_rules[0].action",
+            "max_zip_size",
+            "max_parts"
+        ]
+    );
     assert!(parse_size("1GB").is_ok());
 }

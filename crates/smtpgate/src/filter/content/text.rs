@@ -39,7 +39,10 @@ pub struct Text<'x> {
 
 /// Every text of `msg`, headers first, until `budget` bytes of text have been collected.
 pub fn collect<'x>(msg: &'x Message<'x>, budget: usize) -> Vec<Text<'x>> {
-    let mut out = Collector { out: Vec::new(), left: budget };
+    let mut out = Collector {
+        out: Vec::new(),
+        left: budget,
+    };
     out.message(msg, 0);
     out.out
 }
@@ -51,14 +54,21 @@ pub fn header_text<'x>(msg: &'x Message<'x>, h: &'x Header<'x>) -> Cow<'x, str> 
         HeaderValue::Text(s) => Cow::Borrowed(s.as_ref()),
         HeaderValue::TextList(l) => Cow::Owned(l.join(", ")),
         _ => {
-            let raw = msg.raw_message.get(h.offset_start as usize..h.offset_end as usize).unwrap_or_default();
+            let raw = msg
+                .raw_message
+                .get(h.offset_start as usize..h.offset_end as usize)
+                .unwrap_or_default();
             Cow::Owned(unfold(&String::from_utf8_lossy(raw)))
         }
     }
 }
 
 fn unfold(raw: &str) -> String {
-    raw.split(['\r', '\n']).map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+    raw.split(['\r', '\n'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 struct Collector<'x> {

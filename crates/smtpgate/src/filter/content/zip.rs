@@ -131,13 +131,16 @@ fn directory(data: &[u8]) -> Option<Directory> {
     let entries = u16_at(data, eocd + 10)?;
     let size = u32_at(data, eocd + 12)?;
     let offset = u32_at(data, eocd + 16)?;
-    if entries == u16::MAX || offset == u32::MAX {
-        if let Some(d) = zip64_directory(data, eocd) {
-            return Some(d);
-        }
+    if (entries == u16::MAX || offset == u32::MAX)
+        && let Some(d) = zip64_directory(data, eocd)
+    {
+        return Some(d);
     }
     // An archive with data in front (a self-extractor) has offsets shifted by that much.
-    let offset = if data.get(offset as usize..).is_some_and(|d| d.starts_with(b"PK\x01\x02")) {
+    let offset = if data
+        .get(offset as usize..)
+        .is_some_and(|d| d.starts_with(b"PK\x01\x02"))
+    {
         offset as usize
     } else {
         eocd.checked_sub(size as usize)?
@@ -190,7 +193,9 @@ fn apply_zip64_extra(e: &mut Entry<'_>, mut extra: &[u8]) {
     while let (Some(id), Some(len)) = (u16_at(extra, 0), u16_at(extra, 2)) {
         let body = extra.get(4..4 + len as usize).unwrap_or_default();
         if id == 1 {
-            let mut values = body.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()));
+            let mut values = body
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()));
             for field in [&mut e.uncompressed, &mut e.compressed, &mut e.local_offset] {
                 if *field == u64::from(u32::MAX) {
                     match values.next() {

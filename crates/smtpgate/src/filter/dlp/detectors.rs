@@ -5,12 +5,15 @@
 
 use regex::Regex;
 
+/// Confirms a candidate; returns its normalized value.
+type Validator = fn(&str) -> Option<String>;
+
 /// One built-in detector.
 #[derive(Debug)]
 pub struct Detector {
     pub name: &'static str,
     candidates: Regex,
-    validate: fn(&str) -> Option<String>,
+    validate: Validator,
 }
 
 /// The names `detect = [...]` accepts.
@@ -19,10 +22,18 @@ pub const NAMES: &[&str] = &["card", "iban", "us_ssn", "uk_nino", "de_tax_id"];
 impl Detector {
     /// The detector called `name`, or `None` for an unknown name.
     pub fn named(name: &str) -> Option<Detector> {
-        let (name, pattern, validate): (&'static str, &str, fn(&str) -> Option<String>) = match name {
+        let (name, pattern, validate): (&'static str, &str, Validator) = match name {
             // 13–19 digits, run together or in groups of 4 (4-6-5 for Amex).
-            "card" => ("card", r"\b(?:\d{13,19}|\d{4}(?:[ -]\d{4}){2}[ -]\d{1,7}|\d{4}[ -]\d{6}[ -]\d{4,5})\b", card),
-            "iban" => ("iban", r"(?i)\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b", iban),
+            "card" => (
+                "card",
+                r"\b(?:\d{13,19}|\d{4}(?:[ -]\d{4}){2}[ -]\d{1,7}|\d{4}[ -]\d{6}[ -]\d{4,5})\b",
+                card,
+            ),
+            "iban" => (
+                "iban",
+                r"(?i)\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b",
+                iban,
+            ),
             "us_ssn" => ("us_ssn", r"\b\d{3}-\d{2}-\d{4}\b", us_ssn),
             "uk_nino" => ("uk_nino", r"\b[A-Z]{2} ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b", uk_nino),
             "de_tax_id" => ("de_tax_id", r"\b\d{2} ?\d{3} ?\d{3} ?\d{3}\b", de_tax_id),
@@ -38,7 +49,9 @@ impl Detector {
 
     /// The normalized values of every confirmed match in `text`.
     pub fn find<'t>(&'t self, text: &'t str) -> impl Iterator<Item = String> + 't {
-        self.candidates.find_iter(text).filter_map(|m| (self.validate)(m.as_str()))
+        self.candidates
+            .find_iter(text)
+            .filter_map(|m| (self.validate)(m.as_str()))
     }
 }
 
@@ -47,7 +60,10 @@ fn digits(s: &str) -> Vec<u8> {
 }
 
 fn alnum_upper(s: &str) -> String {
-    s.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_uppercase()).collect()
+    s.chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
 }
 
 /// A payment card number: Luhn-valid, and a length that fits a known issuer prefix.
@@ -63,10 +79,14 @@ fn luhn(d: &[u8]) -> bool {
         .enumerate()
         .map(|(i, &x)| {
             let x = u32::from(x);
-            if i % 2 == 1 { if x * 2 > 9 { x * 2 - 9 } else { x * 2 } } else { x }
+            if i % 2 == 1 {
+                if x * 2 > 9 { x * 2 - 9 } else { x * 2 }
+            } else {
+                x
+            }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Visa, Mastercard, American Express, Discover, JCB, Diners Club, UnionPay.
@@ -83,9 +103,7 @@ fn known_issuer(d: &[u8]) -> bool {
                 || ((3528..=3589).contains(&p4) && (16..=19).contains(&len))
                 || (((300..=305).contains(&p3) || matches!(p2, 36 | 38 | 39)) && (14..=19).contains(&len))
         }
-        6 => {
-            (p4 == 6011 || (644..=649).contains(&p3) || p2 == 65 || p2 == 62) && (16..=19).contains(&len)
-        }
+        6 => (p4 == 6011 || (644..=649).contains(&p3) || p2 == 65 || p2 == 62) && (16..=19).contains(&len),
         _ => false,
     }
 }
@@ -103,13 +121,18 @@ pub fn iban(candidate: &str) -> Option<String> {
     let mut rem: u32 = 0;
     for c in rearranged {
         let v = c.to_digit(36)?;
-        rem = if v >= 10 { (rem * 100 + v) % 97 } else { (rem * 10 + v) % 97 };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
     }
     (rem == 1).then(|| s.to_owned())
 }
 
 /// The IBAN length of each country in the SWIFT IBAN registry.
 fn iban_length(country: &str) -> Option<usize> {
+    #[rustfmt::skip]
     const LENGTHS: &[(&str, usize)] = &[
         ("AD", 24), ("AE", 23), ("AL", 28), ("AT", 20), ("AZ", 28), ("BA", 20), ("BE", 16), ("BG", 22),
         ("BH", 22), ("BI", 27), ("BR", 29), ("BY", 28), ("CH", 21), ("CR", 22), ("CY", 28), ("CZ", 24),

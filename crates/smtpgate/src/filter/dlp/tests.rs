@@ -20,11 +20,18 @@ fn errors(toml_text: &str) -> BuildErrors {
 }
 
 fn corpus(dir: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/filter/testdata/dlp").join(dir);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("src/filter/testdata/dlp")
+        .join(dir);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("corpus dir")
         .map(|e| e.expect("dir entry").path())
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
         .collect();
     files.sort();
     assert!(!files.is_empty(), "empty corpus {dir:?}");
@@ -43,7 +50,10 @@ fn corpus_messages_that_must_match_do() {
     for (name, bytes) in corpus("match") {
         let rule = name.split('-').next().unwrap();
         let hits = f.scan(&bytes);
-        assert!(hits.iter().any(|h| h.rule == rule), "{name}: expected a {rule} hit, got {hits:?}");
+        assert!(
+            hits.iter().any(|h| h.rule == rule),
+            "{name}: expected a {rule} hit, got {hits:?}"
+        );
     }
 }
 
@@ -57,18 +67,31 @@ fn corpus_messages_that_must_not_match_do_not() {
 
 #[test]
 fn card_numbers_need_luhn_and_a_known_issuer() {
-    for good in ["4111111111111111", "4111 1111 1111 1111", "5555-5555-5555-4444", "3782 822463 10005"] {
+    for good in [
+        "4111111111111111",
+        "4111 1111 1111 1111",
+        "5555-5555-5555-4444",
+        "3782 822463 10005",
+    ] {
         assert!(card(good).is_some(), "{good}");
     }
     // Luhn-invalid; Luhn-valid but no issuer starts with 1 or 9; Visa of the wrong length.
-    for bad in ["4111111111111112", "1234567812345670", "9999999999999995", "41111111111111113"] {
+    for bad in [
+        "4111111111111112",
+        "1234567812345670",
+        "9999999999999995",
+        "41111111111111113",
+    ] {
         assert_eq!(card(bad), None, "{bad}");
     }
 }
 
 #[test]
 fn ibans_need_the_country_length_and_checksum() {
-    assert_eq!(iban("GB82 WEST 1234 5698 7654 32").as_deref(), Some("GB82WEST12345698765432"));
+    assert_eq!(
+        iban("GB82 WEST 1234 5698 7654 32").as_deref(),
+        Some("GB82WEST12345698765432")
+    );
     assert!(iban("de89370400440532013000").is_some());
     assert!(iban("FR1420041010050500013M02606").is_some());
     assert_eq!(iban("GB82WEST12345698765431"), None, "checksum");
@@ -79,7 +102,14 @@ fn ibans_need_the_country_length_and_checksum() {
 #[test]
 fn ssns_exclude_the_invalid_ranges() {
     assert!(us_ssn("536-22-1234").is_some());
-    for bad in ["000-12-3456", "666-12-3456", "900-12-3456", "123-00-4567", "123-45-0000", "078-05-1120"] {
+    for bad in [
+        "000-12-3456",
+        "666-12-3456",
+        "900-12-3456",
+        "123-00-4567",
+        "123-45-0000",
+        "078-05-1120",
+    ] {
         assert_eq!(us_ssn(bad), None, "{bad}");
     }
 }
@@ -108,7 +138,13 @@ fn words_are_whole_words_in_any_case_and_spacing() {
 fn custom_patterns_match_and_are_named_by_index() {
     let f = dlp(r#"patterns = ["(?i)project\\s+falcon"]"#);
     let hits = f.scan(&message("status of Project  Falcon"));
-    assert_eq!(hits, vec![Hit { rule: "pattern[0]".into(), count: 1 }]);
+    assert_eq!(
+        hits,
+        vec![Hit {
+            rule: "pattern[0]".into(),
+            count: 1
+        }]
+    );
 }
 
 #[test]
@@ -125,7 +161,13 @@ fn the_same_card_in_text_and_html_counts_once() {
         Content-Type: text/plain\r\n\r\n4111 1111 1111 1111\r\n--b\r\nContent-Type: text/html\r\n\r\n\
         <p>4111 1111 1111 1111</p>\r\n--b--\r\n";
     let hits = dlp(r#"detect = ["card"]"#).scan(msg.as_bytes());
-    assert_eq!(hits, vec![Hit { rule: "card".into(), count: 1 }]);
+    assert_eq!(
+        hits,
+        vec![Hit {
+            rule: "card".into(),
+            count: 1
+        }]
+    );
 }
 
 #[test]
@@ -140,7 +182,10 @@ fn each_action() {
     assert_eq!(judge(r#"action = "route""#), tagged);
     let secure = Verdict::accept().with(Modification::Tag("needs-tls".into()));
     assert_eq!(judge("action = \"route\"\ntag = \"needs-tls\""), secure);
-    assert_eq!(dlp(r#"detect = ["card"]"#).judge(&message("nothing here")), Verdict::accept());
+    assert_eq!(
+        dlp(r#"detect = ["card"]"#).judge(&message("nothing here")),
+        Verdict::accept()
+    );
 }
 
 #[test]
@@ -180,18 +225,33 @@ fn log_lines_name_the_rule_and_count_but_never_the_data() {
         .with_ansi(false)
         .with_max_level(tracing::Level::TRACE)
         .finish();
-    let f = dlp(&format!("{ALL_BUILT_IN}\nwords = [\"secret\"]\naction = \"quarantine\""));
-    let msg = message(
-        "4111 1111 1111 1111 / GB82WEST12345698765432 / 536-22-1234 / AB 12 34 56 C / 86095742719 / secret",
-    );
+    let f = dlp(&format!(
+        "{ALL_BUILT_IN}\nwords = [\"secret\"]\naction = \"quarantine\""
+    ));
+    let msg =
+        message("4111 1111 1111 1111 / GB82WEST12345698765432 / 536-22-1234 / AB 12 34 56 C / 86095742719 / secret");
     let verdict = tracing::subscriber::with_default(subscriber, || f.judge(&msg));
     let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     for rule in ["card", "iban", "us_ssn", "uk_nino", "de_tax_id"] {
-        assert!(log.contains(&format!("rule={rule} count=1")), "{rule} missing in:\n{log}");
+        assert!(
+            log.contains(&format!("rule={rule} count=1")),
+            "{rule} missing in:\n{log}"
+        );
     }
-    let Action::Quarantine(reason) = verdict.action else { panic!("{verdict:?}") };
+    let Action::Quarantine(reason) = verdict.action else {
+        panic!("{verdict:?}")
+    };
     for text in [log.as_str(), reason.as_str()] {
-        for secret in ["4111", "1111", "WEST", "12345698765432", "536", "1234", "AB 12", "86095742719"] {
+        for secret in [
+            "4111",
+            "1111",
+            "WEST",
+            "12345698765432",
+            "536",
+            "1234",
+            "AB 12",
+            "86095742719",
+        ] {
             assert!(!text.contains(secret), "{secret:?} leaked into:\n{text}");
         }
     }
@@ -219,7 +279,38 @@ fn bad_options_are_reported_with_their_key() {
         "detect = [\"card\", \"passport\"]\npatterns = [\"(\"]\nwords = [\" \"]\nthreshold = 0\naction = \"bounce\"\nscan_limit = \"lots\"",
     );
     let keys: Vec<&str> = e.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(keys, ["detect[1]", "patterns[0]", "words[0]", "threshold", "action", "scan_limit"], "{e:?}");
+    assert_eq!(
+        keys,
+        [
+            "detect[1]",
+            "patterns[0]",
+            "words[0]",
+            "threshold",
+            "action",
+            "scan_limit"
+        ],
+        "{e:?}"
+    );
     assert_eq!(errors("detect = []")[0].0, "");
     assert_eq!(errors("colour = \"red\"\ndetect = [\"card\"]")[0].0, "colour");
+}
+
+#[test]
+fn mime_bombs_are_scanned_in_bounded_time() {
+    let started = std::time::Instant::now();
+    let mut deep = String::from("Subject: bomb\r\n");
+    for i in 0..1000 {
+        deep += &format!("Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\n");
+    }
+    deep += "Content-Type: text/plain\r\n\r\n4111 1111 1111 1111\r\n";
+    let mut wide = String::from("Subject: bomb\r\nContent-Type: multipart/mixed; boundary=p\r\n\r\n");
+    wide += &"--p\r\nContent-Type: text/plain\r\n\r\nx\r\n".repeat(100_000);
+    let f = dlp(r#"detect = ["card"]"#);
+    f.scan(deep.as_bytes());
+    f.scan(wide.as_bytes());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
 }
