@@ -307,6 +307,80 @@ impl Reply {
     }
 }
 
+/// Connection policy (the `connection` and `rate_limit` filters).
+impl Reply {
+    /// `554 5.7.1 client listed at {zone}`, instead of the greeting: a DNS block list lists the
+    /// client. Names the zone only, never the list's answer or the address.
+    pub fn client_listed(zone: &str) -> Self {
+        Reply::new(554, "5.7.1", format!("client listed at {zone}"))
+    }
+
+    /// `421 4.7.1`: as [`client_listed`](Self::client_listed), for a filter set to tempfail.
+    pub fn client_listed_deferred(zone: &str) -> Self {
+        Reply::new(421, "4.7.1", format!("client listed at {zone}, try again later"))
+    }
+
+    /// `554 5.7.1`, instead of the greeting: the client's address has no PTR record whose name
+    /// resolves back to it.
+    pub fn reverse_dns_unconfirmed() -> Self {
+        Reply::new(554, "5.7.1", "client address has no confirmed reverse DNS")
+    }
+
+    /// `421 4.7.1`: as [`reverse_dns_unconfirmed`](Self::reverse_dns_unconfirmed), deferred.
+    pub fn reverse_dns_unconfirmed_deferred() -> Self {
+        Reply::new(
+            421,
+            "4.7.1",
+            "client address has no confirmed reverse DNS, try again later",
+        )
+    }
+
+    /// `550 5.7.1 bad HELO`: the EHLO/HELO name is not a domain or address literal, or claims
+    /// to be us or localhost.
+    pub fn bad_helo() -> Self {
+        Reply::new(550, "5.7.1", "bad HELO")
+    }
+
+    /// `450 4.7.1`: as [`bad_helo`](Self::bad_helo), for a filter set to tempfail.
+    pub fn bad_helo_deferred() -> Self {
+        Reply::new(450, "4.7.1", "bad HELO, try again later")
+    }
+
+    /// `421 4.7.0`, instead of the greeting: the client opens connections faster than its rate.
+    pub fn connection_rate_exceeded() -> Self {
+        Reply::new(421, "4.7.0", "too many connections from your address, try later")
+    }
+
+    /// `450 4.7.1`: messages or recipients faster than the configured rate.
+    pub fn rate_limit_exceeded() -> Self {
+        Reply::new(450, "4.7.1", "rate limit exceeded, try again later")
+    }
+}
+
+/// A mail filter (milter) said no.
+impl Reply {
+    /// `550 5.7.1`: a milter answered `SMFIR_REJECT`.
+    pub fn milter_rejected() -> Self {
+        Reply::new(550, "5.7.1", "message rejected by mail filter")
+    }
+
+    /// `451 4.7.1`: a milter answered `SMFIR_TEMPFAIL`.
+    pub fn milter_deferred() -> Self {
+        Reply::new(451, "4.7.1", "message deferred by mail filter, try again later")
+    }
+
+    /// A reply a milter wrote itself (`SMFIR_REPLYCODE`): `code` is 4xx or 5xx, `status` its
+    /// enhanced status (`""` for none), `text` its first line, `more` any further lines.
+    pub fn from_milter(code: u16, status: String, text: String, more: Vec<String>) -> Self {
+        Reply {
+            code,
+            status: Cow::Owned(status),
+            text: Cow::Owned(text),
+            extra_lines: more,
+        }
+    }
+}
+
 /// Our own trouble.
 impl Reply {
     pub fn shutting_down(host: &str) -> Self {

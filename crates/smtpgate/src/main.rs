@@ -40,10 +40,34 @@ enum Cmd {
         #[command(subcommand)]
         command: RouteCmd,
     },
+    /// Look at and act on quarantined messages.
+    Quarantine {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: QuarantineCmd,
+    },
     /// Ask the running server (its PID from the spool) to reload its configuration (SIGHUP).
     Reload {
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineCmd {
+    /// List entries (JSON).
+    List,
+    /// Print a quarantined message.
+    Show { id: String },
+    /// Delete an entry.
+    Delete { id: String },
+    /// Deliver an entry as if it had passed (asks the running server on its admin address).
+    Release {
+        id: String,
+        /// The admin address, when the configuration's is port 0.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
     },
 }
 
@@ -97,6 +121,7 @@ fn main() -> ExitCode {
                 },
         } => route_test(&config, from, to, header, message, client, user, listener),
         Cmd::Reload { config } => signal_reload(config),
+        Cmd::Quarantine { config, command } => quarantine(config, command),
     };
     match result {
         Ok(code) => code,
@@ -289,10 +314,7 @@ fn route_test(
 
 /// Sends SIGHUP to the server whose PID file is in the configured spool directory.
 fn signal_reload(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let config = match &config {
-        Some(p) => Config::load(p)?,
-        None => Config::builtin(),
-    };
+    let config = load_or_builtin(config)?;
     let pid_file = config.spool.dir.join("smtpgate.pid");
     let text = std::fs::read_to_string(&pid_file)
         .with_context(|| format!("cannot read {} (is smtpgate running?)", pid_file.display()))?;
@@ -305,4 +327,57 @@ fn signal_reload(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot signal process {pid}"))?;
     println!("smtpgate: asked process {pid} to reload its configuration");
     Ok(ExitCode::SUCCESS)
+}
+
+fn load_or_builtin(config: Option<PathBuf>) -> anyhow::Result<Config> {
+    Ok(match &config {
+        Some(p) => Config::load(p)?,
+        None => Config::builtin(),
+    })
+}
+
+fn quarantine(config: Option<PathBuf>, command: QuarantineCmd) -> anyhow::Result<ExitCode> {
+    let config = load_or_builtin(config)?;
+    let spool = std::path::absolute(&config.spool.dir)?;
+    let q = smtpgate::quarantine::Quarantine::open(&spool)?;
+    match command {
+        QuarantineCmd::List => print!("{}", smtpgate::server::quarantine_api::entries_json(&q.list()?)),
+        QuarantineCmd::Show { id } => {
+            let entry = q.entry(&id)?;
+            eprintln!(
+                "quarantined by {} ({}) at {}",
+                entry.filter, entry.reason, entry.quarantined_at
+            );
+            std::io::stdout().write_all(&q.message(&id)?)?;
+        }
+        QuarantineCmd::Delete { id } => {
+            q.delete(&id)?;
+            println!("deleted {id}");
+        }
+        QuarantineCmd::Release { id, admin } => {
+            let addr = admin
+                .or(config.admin.map(|a| a.address))
+                .context("no admin address configured")?;
+            print!("{}", admin_post(addr, &format!("/quarantine/{id}/release"))?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A minimal HTTP/1.1 POST to the admin address; returns the body, or an error for a non-2xx status.
+fn admin_post(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10))
+        .with_context(|| format!("cannot reach the admin address {addr} (is smtpgate running?)"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let ok = head.split(' ').nth(1).is_some_and(|code| code.starts_with('2'));
+    anyhow::ensure!(ok, "{}", body.trim());
+    Ok(body.to_string())
 }

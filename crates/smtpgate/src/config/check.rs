@@ -67,6 +67,11 @@ fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Config {
         dns,
         routing,
         filters,
+        quarantine_max_age: issues.timeout(
+            "quarantine.max_age".into(),
+            raw.quarantine.and_then(|q| q.max_age),
+            Duration::from_secs(30 * DAY),
+        ),
         shutdown_timeout,
     }
 }

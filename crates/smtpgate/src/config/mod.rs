@@ -60,6 +60,8 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// `[[filter]]` blocks, built; listeners and routes refer to them by name.
     pub filters: Vec<FilterConfig>,
+    /// `[quarantine] max_age`: entries older than this are deleted (default 30 days).
+    pub quarantine_max_age: Duration,
     /// How long a graceful shutdown waits for open sessions to finish their transaction. Deliveries
     /// in flight are not waited for: their state is on disk and they are retried after a restart.
     /// Key `shutdown_timeout`.

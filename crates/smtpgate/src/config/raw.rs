@@ -27,6 +27,7 @@ pub struct RawConfig {
     pub queue: Option<RawQueue>,
     pub dns: Option<RawDns>,
     pub routing: Option<super::route::RawRouting>,
+    pub quarantine: Option<RawQuarantine>,
     #[serde(default, rename = "filter")]
     pub filters: Vec<super::filter::RawFilter>,
 }
@@ -98,6 +99,11 @@ pub struct RawQueue {
 }
 
 /// `[dns]`
+#[derive(Debug, Default, Deserialize)]
+pub struct RawQuarantine {
+    pub max_age: Option<Text>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub struct RawDns {
     pub nameservers: Option<Vec<Text>>,

@@ -13,10 +13,13 @@
 
 mod auth;
 mod clamav;
+mod connection;
 mod content;
 mod dkim;
 mod dlp;
+mod milter;
 pub mod pipeline;
+mod ratelimit;
 pub mod registry;
 mod rspamd;
 mod sanitize;

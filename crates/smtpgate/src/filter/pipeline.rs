@@ -91,7 +91,9 @@ async fn ask(
     f: &FilterConfig,
     hook: impl std::future::Future<Output = Result<Verdict, super::FilterError>>,
 ) -> Verdict {
-    let error = match tokio::time::timeout(f.timeout, hook).await {
+    use tracing::Instrument;
+    let span = tracing::info_span!("filter", name = %f.name);
+    let error = match tokio::time::timeout(f.timeout, hook.instrument(span)).await {
         Ok(Ok(v)) => return v,
         Ok(Err(e)) => e.0,
         Err(_) => format!("no answer within {:?}", f.timeout),

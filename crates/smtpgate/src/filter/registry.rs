@@ -6,7 +6,18 @@ use std::sync::Arc;
 use super::Filter;
 
 /// Every kind, for error messages.
-pub const KINDS: &[&str] = &["auth", "clamav", "content", "dkim_sign", "dlp", "rspamd", "sanitize"];
+pub const KINDS: &[&str] = &[
+    "auth",
+    "clamav",
+    "connection",
+    "content",
+    "dkim_sign",
+    "dlp",
+    "milter",
+    "rate_limit",
+    "rspamd",
+    "sanitize",
+];
 
 /// A kind's problems with its options: (key inside the `[[filter]]` block, message).
 pub type BuildErrors = Vec<(String, String)>;
@@ -16,9 +27,12 @@ pub fn build(kind: &str, options: toml::Table, base_dir: &Path) -> Result<Arc<dy
     match kind {
         "auth" => super::auth::build(options, base_dir),
         "clamav" => super::clamav::build(options, base_dir),
+        "connection" => super::connection::build(options, base_dir),
         "content" => super::content::build(options, base_dir),
         "dkim_sign" => super::dkim::build(options, base_dir),
         "dlp" => super::dlp::build(options, base_dir),
+        "milter" => super::milter::build(options, base_dir),
+        "rate_limit" => super::ratelimit::build(options, base_dir),
         "rspamd" => super::rspamd::build(options, base_dir),
         "sanitize" => super::sanitize::build(options, base_dir),
         other => Err(vec![(

@@ -23,6 +23,7 @@ pub async fn start(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        .merge(super::quarantine_api::routes())
         .with_state(queue);
     tokio::spawn(async move {
         let stop = async move {

@@ -3,6 +3,7 @@
 mod admin;
 mod limits;
 mod listeners;
+pub mod quarantine_api;
 mod reload;
 
 use std::net::SocketAddr;
@@ -95,6 +96,7 @@ impl Server {
         };
         let recovered = queue.restore(found).await;
         queue.start_compaction(Duration::from_secs(30));
+        tokio::spawn(expire_quarantine(queue.clone()));
         crate::deliver::pool::Pools::start(&ctx);
         let grace = config.shutdown_timeout;
         Ok(Server {
@@ -190,4 +192,18 @@ fn listener_state(
         limits: ConnLimits::new(lc.max_connections, lc.max_connections_per_ip),
         sessions: sessions.clone(),
     })
+}
+
+/// Deletes quarantine entries past `[quarantine] max_age`, every ten minutes.
+async fn expire_quarantine(queue: Queue) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tick.tick().await;
+        let ctx = queue.ctx();
+        match ctx.quarantine.expire(ctx.config.quarantine_max_age.as_secs()) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "quarantine entries expired"),
+            Err(e) => tracing::warn!(error = %e, "cannot expire quarantine entries"),
+        }
+    }
 }
