@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig};
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::xfer::Protocol;
 use serde::Deserialize;
@@ -202,8 +202,8 @@ fn machine_hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// Like `deliver::mx::resolver`, with one attempt of `timeout` per question and both address
-/// families for forward confirmation.
+/// Like `deliver::mx::resolver`, with one attempt of `timeout` per question, both address
+/// families for forward confirmation, and DNS only (`/etc/hosts` would confirm `localhost`).
 fn resolver(nameservers: &[SocketAddr], timeout: Duration) -> Result<TokioResolver, String> {
     let mut builder = if nameservers.is_empty() {
         TokioResolver::builder_tokio().map_err(|e| format!("cannot read the system resolver configuration: {e}"))?
@@ -219,6 +219,7 @@ fn resolver(nameservers: &[SocketAddr], timeout: Duration) -> Result<TokioResolv
     opts.timeout = timeout;
     opts.attempts = 1;
     opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    opts.use_hosts_file = ResolveHosts::Never;
     Ok(builder.build())
 }
 

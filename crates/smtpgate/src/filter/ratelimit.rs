@@ -440,10 +440,16 @@ mod tests {
         for _ in 0..20 {
             assert!(!admitted(&f, Counted::Recipients, &s, Some("a@example.test")));
         }
-        // The client limit only counted the one admitted recipient.
-        for _ in 0..9 {
-            assert!(admitted(&f, Counted::Recipients, &s, Some("other@example.test")));
+        // The client limit only counted the one admitted recipient: nine more from other senders.
+        for i in 0..9 {
+            assert!(admitted(
+                &f,
+                Counted::Recipients,
+                &s,
+                Some(&format!("s{i}@example.test"))
+            ));
         }
+        assert!(!admitted(&f, Counted::Recipients, &s, Some("s9@example.test")));
     }
 
     #[tokio::test(start_paused = true)]
@@ -498,7 +504,7 @@ mod tests {
         assert_eq!(t.get("a"), None);
         assert!(t.get("b").is_some() && t.get("d").is_some());
         // Once their allowance is full again they go by themselves.
-        t.forget_expired(now + Duration::from_secs(12));
+        t.forget_expired(now + Duration::from_secs(11));
         assert_eq!(t.len(), 2);
         t.forget_expired(now + Duration::from_secs(13));
         assert_eq!(t.len(), 0);

@@ -251,7 +251,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conversation<S> {
             let mail = Command::Mail(vec![format!("<{}>", m.sender)]);
             stop_unless_continue!(self.ask(&mail, step::NR_MAIL).await?);
         }
-        for rcpt in m.recipients.iter().filter(|_| self.wants(step::NORCPT)) {
+        let rcpts = if self.wants(step::NORCPT) { m.recipients } else { &[] };
+        for rcpt in rcpts {
             self.macros(code::RCPT, vec![("{rcpt_addr}".to_string(), rcpt.clone())])
                 .await?;
             stop_unless_continue!(

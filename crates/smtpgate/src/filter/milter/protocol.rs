@@ -23,7 +23,7 @@ pub mod action {
     pub const DELRCPT: u32 = 0x08;
     pub const CHGHDRS: u32 = 0x10;
     pub const QUARANTINE: u32 = 0x20;
-    pub const CHGFROM: u32 = 0x40;
+    // 0x40 is SMFIF_CHGFROM, deliberately not offered (see OFFERED_ACTIONS).
     pub const ADDRCPT_PAR: u32 = 0x80;
 }
 
@@ -131,7 +131,6 @@ pub enum Command {
 /// The command codes, also used as the stage of a `'D'` packet.
 pub mod code {
     pub const CONNECT: u8 = b'C';
-    pub const HELO: u8 = b'H';
     pub const MAIL: u8 = b'M';
     pub const RCPT: u8 = b'R';
     pub const DATA: u8 = b'T';
@@ -364,7 +363,7 @@ mod tests {
                     hostname: "[192.0.2.1]".into(),
                     peer: Peer::Inet { port: 25, address: v4 },
                 },
-                b"\0\0\0\x1bC[192.0.2.1]\x004\0\x19192.0.2.1\0",
+                b"\0\0\0\x1aC[192.0.2.1]\x004\0\x19192.0.2.1\0",
             ),
             (
                 Command::Connect {
@@ -381,7 +380,7 @@ mod tests {
             (Command::Rcpt(vec!["<c@d>".into()]), b"\0\0\0\x07R<c@d>\0"),
             (
                 Command::Header("Subject".into(), " hi".into()),
-                b"\0\0\0\x0cLSubject\0 hi\0",
+                b"\0\0\0\x0dLSubject\0 hi\0",
             ),
             (Command::EndOfHeaders, b"\0\0\0\x01N"),
             (Command::Body(b"x\r\n".to_vec()), b"\0\0\0\x04Bx\r\n"),
