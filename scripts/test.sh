@@ -2,10 +2,11 @@
 # The project's one test command: ./scripts/test.sh [extra cargo test args]
 #
 # The end-to-end tests drive smtpgate with real SMTP tools: Postfix's smtp-sink and
-# smtp-source, swaks, and Python's smtplib, and with real scanners: clamd and rspamd. On a
-# fresh Debian machine they are missing, so this script installs them first (as root, or
-# through sudo), making sure no package leaves a daemon running (no postfix, clamd, freshclam
-# or rspamd service: the tests start their own), then runs every test of the workspace.
+# smtp-source, swaks, and Python's smtplib, with real scanners: clamd and rspamd, and with a
+# real milter: OpenDKIM. On a fresh Debian machine they are missing, so this script installs
+# them first (as root, or through sudo), making sure no package leaves a daemon running (no
+# postfix, clamd, freshclam, rspamd or opendkim service: the tests start their own), then
+# runs every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,9 @@ missing_packages() {
     # External scanners for e2e_scanners.rs: the tests run them in the foreground themselves.
     [[ -x /usr/sbin/clamd ]] || echo clamav-daemon
     [[ -x /usr/bin/rspamd ]] || echo rspamd
+    # A real milter for e2e_milter.rs (OpenDKIM signing; opendkim-genkey makes its key).
+    [[ -x /usr/sbin/opendkim ]] || echo opendkim
+    command -v opendkim-genkey >/dev/null 2>&1 || [[ -x /usr/sbin/opendkim-genkey ]] || echo opendkim-tools
 }
 
 as_root() {
@@ -30,8 +34,8 @@ as_root() {
 }
 
 # Installs the named Debian packages without starting any service they ship:
-# postfix is only wanted for its smtp-sink/smtp-source test programs, clamav-daemon and
-# rspamd for their binaries.
+# postfix is only wanted for its smtp-sink/smtp-source test programs, clamav-daemon,
+# rspamd and opendkim for their binaries.
 install_packages() {
     local created_policy=no
     if [[ ! -e /usr/sbin/policy-rc.d ]]; then

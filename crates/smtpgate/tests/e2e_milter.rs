@@ -96,7 +96,7 @@ impl Drop for OpenDkim {
 /// `s1.private` and `s1.txt` in `dir`: with opendkim-genkey, else openssl and a zone line of
 /// our own.
 fn generate_key(dir: &Path) {
-    let genkey = Command::new("opendkim-genkey")
+    let genkey = Command::new("/usr/sbin/opendkim-genkey")
         .args(["-b", "2048", "-d", "example.test", "-s", "s1", "-D"])
         .arg(dir)
         .status();

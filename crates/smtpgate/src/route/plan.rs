@@ -63,6 +63,8 @@ pub struct Group {
     pub remove_headers: Vec<String>,
     /// Rewrite the envelope sender with SRS (the message is forwarded to another domain).
     pub srs_sender: Option<String>,
+    /// Names of the `[[filter]]`s the matching rules attach to this copy.
+    pub filters: Vec<String>,
 }
 
 /// A refusal decided by routing, as an SMTP reply.
@@ -310,6 +312,7 @@ impl Router {
             }
             changes.add.extend(rule.add_headers.iter().cloned());
             changes.remove.extend(rule.remove_headers.iter().cloned());
+            changes.filters.extend(rule.filters.iter().filter(|f| !changes.filters.contains(f)).cloned().collect::<Vec<_>>());
             tags.extend(rule.tags.iter().cloned());
             if let Some(action) = &rule.action {
                 return self.act(msg, rcpt, action.clone(), changes, origin, st);
@@ -381,6 +384,7 @@ impl Router {
                 && g.add_headers == changes.add
                 && g.remove_headers == changes.remove
                 && g.srs_sender == srs_sender
+                && g.filters == changes.filters
         });
         match group {
             Some(g) => g.recipients.push(rcpt),
@@ -390,6 +394,7 @@ impl Router {
                 add_headers: changes.add,
                 remove_headers: changes.remove,
                 srs_sender,
+                filters: changes.filters,
             }),
         }
     }
@@ -415,6 +420,7 @@ enum Expanded {
 struct Changes {
     add: Vec<(String, String)>,
     remove: Vec<String>,
+    filters: Vec<String>,
 }
 
 #[derive(Default)]

@@ -8,7 +8,8 @@ use super::{Chunking, Draft, Flow, Session, Txn};
 use crate::config::BareLineEndings;
 use crate::datetime::now_unix;
 use crate::envelope::{Envelope, QueueId, Ret};
-use crate::route::{Group, MessageView};
+use super::filters::Copy;
+use crate::route::MessageView;
 
 impl Session {
     pub(super) async fn data(&mut self) -> Flow {
@@ -136,15 +137,15 @@ impl Session {
             let extra = headers::missing_submission_headers(&body[at..], id, &self.listener.ctx.config.hostname);
             body.splice(at..at, extra.into_bytes());
         }
-        let filtered = match self.filter_message(id, &mut draft, body).await {
+        let mut filtered = match self.filter_message(id, &mut draft, body).await {
             Ok(f) => f,
             Err(flow) => return flow,
         };
-        let body = filtered.body;
+        let body = std::mem::take(&mut filtered.body);
         if draft.recipients.is_empty() {
             return self.respond(Reply::queued(&id.to_string()));
         }
-        let plan = self.plan(&draft, &body, filtered.tags);
+        let plan = self.plan(&draft, &body, filtered.tags.clone());
         if let Some(r) = plan.reject {
             metrics.rejected.inc();
             tracing::info!(queue_id = %id, client = %self.peer, reply = %r.code, "message refused by routing");
@@ -155,7 +156,11 @@ impl Session {
         }
         let size = body.len();
         let (sender, rcpts) = (draft.sender.clone(), draft.recipients.len());
-        match self.spool_groups(id, &draft, &body, plan.groups, &filtered.scan).await {
+        let copies = match self.prepare_copies(id, &draft, &body, plan.groups, &filtered).await {
+            Ok(c) => c,
+            Err(flow) => return flow,
+        };
+        match self.spool_groups(id, &draft, copies).await {
             Ok(copies) => {
                 metrics.received.inc();
                 tracing::info!(
@@ -193,28 +198,20 @@ impl Session {
     }
 
     /// Spools one copy per routing group; the first keeps the session's queue id. Returns how many.
-    async fn spool_groups(
-        &mut self,
-        id: QueueId,
-        draft: &Draft,
-        body: &[u8],
-        groups: Vec<Group>,
-        scan: &[String],
-    ) -> Result<usize, crate::spool::SpoolError> {
-        let copies = groups.len();
-        for (n, group) in groups.into_iter().enumerate() {
-            let id = if n == 0 { id } else { self.listener.ctx.ids.next() };
-            let copy = headers::apply_changes(body, &group.add_headers, &group.remove_headers);
-            let mut env = self.envelope(id, draft, &copy);
-            env.recipients = group.recipients;
-            env.pool = group.pool;
-            env.scan = scan.to_vec();
-            if let Some(sender) = group.srs_sender {
+    async fn spool_groups(&mut self, id: QueueId, draft: &Draft, copies: Vec<Copy>) -> Result<usize, crate::spool::SpoolError> {
+        let n = copies.len();
+        for (i, copy) in copies.into_iter().enumerate() {
+            let id = if i == 0 { id } else { self.listener.ctx.ids.next() };
+            let mut env = self.envelope(id, draft, &copy.message);
+            env.recipients = copy.group.recipients;
+            env.pool = copy.group.pool;
+            env.scan = copy.scan;
+            if let Some(sender) = copy.group.srs_sender {
                 env.sender = sender;
             }
-            self.listener.queue.accept(env, copy).await?;
+            self.listener.queue.accept(env, copy.message).await?;
         }
-        Ok(copies)
+        Ok(n)
     }
 
     pub(super) fn envelope(&self, id: QueueId, draft: &Draft, body: &[u8]) -> Envelope {

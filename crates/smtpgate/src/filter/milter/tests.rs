@@ -125,7 +125,7 @@ async fn the_whole_conversation_in_order_then_accept() {
     assert_eq!(commands(&got), "DCHDMDRDRTLLNBEQ");
     let data = |i: usize| got[i].1.clone();
     assert!(data(0).windows(2).any(|w| w == b"j\0"), "configured macros at connect");
-    assert_eq!(data(1), b"[192.0.2.7]\x004\0\0192.0.2.7\0");
+    assert_eq!(data(1), b"[192.0.2.7]\x004\x00\x00192.0.2.7\0");
     assert_eq!(data(2), b"client.example.test\0");
     assert_eq!(data(3), b"M{mail_addr}\0alice@example.test\0{auth_authen}\0alice\0");
     assert_eq!(data(4), b"<alice@example.test>\0");

@@ -56,7 +56,10 @@ impl Footer {
         find(msg, 0, &mut targets);
         let mut changes = Vec::new();
         let mut skipped = Vec::new();
-        let wanted = [(targets.text, Kind::Text, &self.text), (targets.html, Kind::Html, &self.html)];
+        let wanted = [
+            (targets.text, Kind::Text, &self.text),
+            (targets.html, Kind::Html, &self.html),
+        ];
         for (index, kind, footer) in wanted {
             let (Some(index), Some(footer)) = (index, footer) else {
                 continue;
@@ -81,8 +84,15 @@ pub fn find(msg: &Message<'_>, index: u32, targets: &mut Targets) {
     }
     match &part.body {
         PartType::Multipart(children) => {
-            let alternative = part.content_type().and_then(|c| c.subtype()).is_some_and(|s| s.eq_ignore_ascii_case("alternative"));
-            let children = if alternative { &children[..] } else { &children[..children.len().min(1)] };
+            let alternative = part
+                .content_type()
+                .and_then(|c| c.subtype())
+                .is_some_and(|s| s.eq_ignore_ascii_case("alternative"));
+            let children = if alternative {
+                &children[..]
+            } else {
+                &children[..children.len().min(1)]
+            };
             for &child in children {
                 find(msg, child, targets);
             }
@@ -98,7 +108,8 @@ pub fn find(msg: &Message<'_>, index: u32, targets: &mut Targets) {
 }
 
 fn is_attachment(part: &MessagePart<'_>) -> bool {
-    part.content_disposition().is_some_and(|d| d.ctype().eq_ignore_ascii_case("attachment"))
+    part.content_disposition()
+        .is_some_and(|d| d.ctype().eq_ignore_ascii_case("attachment"))
 }
 
 fn is_plain(part: &MessagePart<'_>) -> bool {
@@ -131,15 +142,39 @@ fn add(raw: &[u8], part: &MessagePart<'_>, level: Level, kind: Kind, footer: &st
 
 fn charset(part: &MessagePart<'_>) -> Option<String> {
     let ct = part.content_type()?;
-    let a = ct.attributes()?.iter().find(|a| a.name.eq_ignore_ascii_case("charset"))?;
+    let a = ct
+        .attributes()?
+        .iter()
+        .find(|a| a.name.eq_ignore_ascii_case("charset"))?;
     Some(a.value.trim().to_ascii_lowercase())
 }
 
-const ASCII_LABELS: &[&str] = &["us-ascii", "ascii", "ansi_x3.4-1968", "iso646-us", "us", "iso-ir-6", "cp367"];
-const LATIN1_LABELS: &[&str] = &["iso-8859-1", "iso8859-1", "latin1", "l1", "iso_8859-1", "iso-ir-100", "cp819"];
+const ASCII_LABELS: &[&str] = &[
+    "us-ascii",
+    "ascii",
+    "ansi_x3.4-1968",
+    "iso646-us",
+    "us",
+    "iso-ir-6",
+    "cp367",
+];
+const LATIN1_LABELS: &[&str] = &[
+    "iso-8859-1",
+    "iso8859-1",
+    "latin1",
+    "l1",
+    "iso_8859-1",
+    "iso-ir-100",
+    "cp819",
+];
 
 /// The footer in the part's charset, and whether the part must be relabelled UTF-8.
-fn encode_footer(footer: &str, charset: Option<&str>, kind: Kind, content: &[u8]) -> Result<(Vec<u8>, Charset), String> {
+fn encode_footer(
+    footer: &str,
+    charset: Option<&str>,
+    kind: Kind,
+    content: &[u8],
+) -> Result<(Vec<u8>, Charset), String> {
     let label = charset.unwrap_or("us-ascii");
     if footer.is_ascii() || label == "utf-8" || label == "utf8" {
         return Ok((footer.as_bytes().to_vec(), Charset::Keep));
@@ -171,7 +206,12 @@ fn encode_footer(footer: &str, charset: Option<&str>, kind: Kind, content: &[u8]
 }
 
 /// The footer one character at a time: HTML gets numeric references for what `map` lacks.
-fn convert(footer: &str, kind: Kind, label: &str, map: impl Fn(char) -> Option<u8>) -> Result<(Vec<u8>, Charset), String> {
+fn convert(
+    footer: &str,
+    kind: Kind,
+    label: &str,
+    map: impl Fn(char) -> Option<u8>,
+) -> Result<(Vec<u8>, Charset), String> {
     match kind {
         Kind::Html => Ok((numeric_references(footer, map), Charset::Keep)),
         Kind::Text => footer
@@ -211,7 +251,13 @@ fn append(mut content: Vec<u8>, footer: &[u8]) -> Vec<u8> {
 fn insert_html(content: Vec<u8>, footer: &[u8]) -> Vec<u8> {
     let at = rfind_ci(&content, b"</body").or_else(|| rfind_ci(&content, b"</html"));
     let Some(at) = at else {
-        return append(content, footer);
+        let mut out = content;
+        if !out.is_empty() && !out.ends_with(b"\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(footer);
+        out.extend_from_slice(b"\r\n");
+        return out;
     };
     let mut out = Vec::with_capacity(content.len() + footer.len() + 2);
     out.extend_from_slice(&content[..at]);
@@ -222,7 +268,9 @@ fn insert_html(content: Vec<u8>, footer: &[u8]) -> Vec<u8> {
 }
 
 fn rfind_ci(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).rposition(|w| w.eq_ignore_ascii_case(needle))
+    haystack
+        .windows(needle.len())
+        .rposition(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// The text with every line break (CRLF, LF, CR) as CRLF.

@@ -28,7 +28,12 @@ impl Field<'_> {
     pub fn value(&self) -> String {
         let after = self.raw.get(self.name.len() + 1..).unwrap_or_default();
         let text = String::from_utf8_lossy(after);
-        text.split(['\r', '\n']).map(str::trim).collect::<Vec<_>>().join(" ").trim().to_string()
+        text.split(['\r', '\n'])
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" ")
+            .trim()
+            .to_string()
     }
 }
 
@@ -38,7 +43,10 @@ pub fn fields(header: &[u8]) -> Vec<Field<'_>> {
     let mut start = None;
     let mut pos = 0;
     while pos < header.len() {
-        let end = header[pos..].iter().position(|&b| b == b'\n').map_or(header.len(), |i| pos + i + 1);
+        let end = header[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(header.len(), |i| pos + i + 1);
         let line = &header[pos..end];
         if line == b"\r\n" || line == b"\n" {
             break;
@@ -68,7 +76,10 @@ pub fn body_start(message: &[u8]) -> usize {
     if message.starts_with(b"\r\n") {
         return 2;
     }
-    message.windows(4).position(|w| w == b"\r\n\r\n").map_or(message.len(), |i| i + 4)
+    message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(message.len(), |i| i + 4)
 }
 
 /// A `Content-Transfer-Encoding`.
@@ -167,7 +178,9 @@ pub fn qp_encode(data: &[u8]) -> Vec<u8> {
             i += 2;
             continue;
         }
-        let at_line_end = data.get(i + 1).is_none_or(|&n| n == b'\r' && data.get(i + 2) == Some(&b'\n'));
+        let at_line_end = data
+            .get(i + 1)
+            .is_none_or(|&n| n == b'\r' && data.get(i + 2) == Some(&b'\n'));
         let mut literal = qp_literal(b, at_line_end, line);
         // Room for the token and, unless the line ends right after it, a soft break's `=`.
         let limit = if at_line_end { ENCODED_LINE } else { ENCODED_LINE - 1 };

@@ -179,7 +179,12 @@ fn long_lines(message: &[u8], msg: &Message<'_>, footers: &[(u32, PartChange)]) 
 
 /// Why the message's body must stay as it is, if it must.
 fn signed(msg: &Message<'_>) -> Option<&'static str> {
-    if msg.root_part().headers.iter().any(|h| h.name().eq_ignore_ascii_case("DKIM-Signature")) {
+    if msg
+        .root_part()
+        .headers
+        .iter()
+        .any(|h| h.name().eq_ignore_ascii_case("DKIM-Signature"))
+    {
         return Some("DKIM-Signature");
     }
     for p in &msg.parts {
@@ -196,11 +201,17 @@ fn signed(msg: &Message<'_>) -> Option<&'static str> {
 }
 
 fn has_field(message: &[u8], name: &str) -> bool {
-    mime::fields(&message[..mime::body_start(message)]).iter().any(|f| f.is(name))
+    mime::fields(&message[..mime::body_start(message)])
+        .iter()
+        .any(|f| f.is(name))
 }
 
 fn dotted(parent: &str, key: &str) -> String {
-    if key.is_empty() { parent.to_string() } else { format!("{parent}.{key}") }
+    if key.is_empty() {
+        parent.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
 }
 
 impl Filter for Sanitize {

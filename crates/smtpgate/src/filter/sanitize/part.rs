@@ -45,7 +45,11 @@ pub struct Raw<'a> {
 
 impl<'a> Raw<'a> {
     pub fn of(message: &'a [u8], part: &MessagePart<'_>, level: Level) -> Option<Raw<'a>> {
-        let (start, body, end) = (part.offset_header as usize, part.offset_body as usize, part.offset_end as usize);
+        let (start, body, end) = (
+            part.offset_header as usize,
+            part.offset_body as usize,
+            part.offset_end as usize,
+        );
         if !(start <= body && body <= end && end <= message.len()) {
             return None;
         }
@@ -68,7 +72,11 @@ impl<'a> Raw<'a> {
     /// unencoded body would break a line limit or its 7bit/8bit label.
     pub fn replace(&self, part: &MessagePart<'_>, content: &[u8], charset: Charset) -> PartChange {
         let old = self.cte.unwrap_or(Cte::SevenBit);
-        let cte = if old.is_identity() && !old.fits(content) { Cte::QuotedPrintable } else { old };
+        let cte = if old.is_identity() && !old.fits(content) {
+            Cte::QuotedPrintable
+        } else {
+            old
+        };
         let header = if cte == old && charset == Charset::Keep {
             self.header.to_vec()
         } else {

@@ -110,7 +110,10 @@ fn comments(text: &str) -> String {
 /// Every IP address written in a `from` clause.
 fn addresses(from: &str) -> Vec<IpAddr> {
     from.split(|c: char| !(c.is_ascii_hexdigit() || c == '.' || c == ':'))
-        .chain(from.split(['[', ']', '(', ')', ' ']).filter_map(|t| t.strip_prefix("IPv6:")))
+        .chain(
+            from.split(['[', ']', '(', ')', ' '])
+                .filter_map(|t| t.strip_prefix("IPv6:")),
+        )
         .filter_map(|t| t.trim_matches(|c| c == '.' || c == ':').parse::<IpAddr>().ok())
         .collect()
 }

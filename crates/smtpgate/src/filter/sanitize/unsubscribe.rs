@@ -44,7 +44,10 @@ impl Unsubscribe {
         if let Some(m) = &mailto
             && (!m.contains('@') || m.len() > 254 || m.contains(|c: char| bad_char(c) || c == ','))
         {
-            errors.push(("mailto".into(), "not an address (user@domain, at most 254 octets)".into()));
+            errors.push((
+                "mailto".into(),
+                "not an address (user@domain, at most 254 octets)".into(),
+            ));
         }
         if raw.url.is_none() && mailto.is_none() {
             errors.push((String::new(), "needs `url`, `mailto` or both".into()));
@@ -67,17 +70,27 @@ impl Unsubscribe {
     pub fn fields(&self, recipient: Option<&str>) -> Vec<(String, String)> {
         let mut uris = Vec::new();
         if let Some(url) = &self.url {
-            uris.push(format!("<{}>", url.replace(PLACEHOLDER, &percent_encode(recipient.unwrap_or("")))));
+            uris.push(format!(
+                "<{}>",
+                url.replace(PLACEHOLDER, &percent_encode(recipient.unwrap_or("")))
+            ));
         }
         if let Some(m) = &self.mailto {
             uris.push(format!("<mailto:{m}>"));
         }
         // "List-Unsubscribe: " is 18 octets; fold between the URIs when one line would be too long.
         let one_line = uris.join(", ");
-        let value = if one_line.len() + 18 <= 998 { one_line } else { uris.join(",\r\n\t") };
+        let value = if one_line.len() + 18 <= 998 {
+            one_line
+        } else {
+            uris.join(",\r\n\t")
+        };
         let mut out = vec![("List-Unsubscribe".to_string(), value)];
         if self.one_click == OneClick::Yes {
-            out.push(("List-Unsubscribe-Post".to_string(), "List-Unsubscribe=One-Click".to_string()));
+            out.push((
+                "List-Unsubscribe-Post".to_string(),
+                "List-Unsubscribe=One-Click".to_string(),
+            ));
         }
         out
     }

@@ -4,6 +4,7 @@
 
 mod auth_tls;
 mod data;
+mod filters;
 mod limits;
 mod relay;
 
