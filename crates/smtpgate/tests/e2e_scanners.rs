@@ -6,151 +6,34 @@
 //! asked about a message; and the whole gate, a real client seeing the verdict as SMTP replies
 //! and the upstream seeing the added headers.
 //!
-//! clamd knows one signature, `Smtpgate.Test.Sig`, matching [`VIRUS_MARKER`]. rspamd gets three
-//! test symbols whose scores pick its action: a body line `smtpgate test: reject`,
-//! `smtpgate test: add header` or `smtpgate test: rewrite subject`.
+//! clamd ([`Clamd`], shared with other tests in `support::clamd`) knows one signature,
+//! `Smtpgate.Test.Sig`, matching [`VIRUS_MARKER`]. rspamd gets three test symbols whose scores
+//! pick its action: a body line `smtpgate test: reject`, `smtpgate test: add header` or
+//! `smtpgate test: rewrite subject`.
 
 mod support;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use smtpgate::filter::{Action, Filter, MessageInfo, Modification, SessionInfo, Verdict, registry};
 use smtpgate_proto::Reply;
-use support::{Gate, GateConfig, SOON, Upstream, header_values, message, smtplib_send, wait_until};
+use support::{
+    Clamd, Daemon, Gate, GateConfig, SOON, Upstream, VIRUS_MARKER, VIRUS_NAME, free_port, header_values, message,
+    running_as_root, smtplib_send, wait_until,
+};
 use tempfile::TempDir;
 
-/// clamd loads one signature in about a second; rspamd compiles its rules for a while.
-const CLAMD_START: Duration = Duration::from_secs(60);
+/// rspamd compiles its rules for a while.
 const RSPAMD_START: Duration = Duration::from_secs(120);
 
-/// The string clamd's test signature matches.
-const VIRUS_MARKER: &str = "SMTPGATE-TEST-VIRUS-MARKER-7f3a9c";
-/// The name clamd gives it (signatures from outside ClamAV's own databases get `.UNOFFICIAL`).
-const VIRUS_NAME: &str = "Smtpgate.Test.Sig.UNOFFICIAL";
-
 // ---------------------------------------------------------------------------------------------
-// Daemons
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
-}
-
-fn running_as_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// A daemon in its own process group, so its workers go with it: SIGTERM, then SIGKILL.
-struct Daemon {
-    name: &'static str,
-    child: Option<Child>,
-}
-
-impl Daemon {
-    fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> Daemon {
-        use std::os::unix::process::CommandExt;
-        let out = fs::File::create(log).expect("daemon log");
-        let err = out.try_clone().expect("daemon log");
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {name}: {e} (is it installed?)"));
-        Daemon {
-            name,
-            child: Some(child),
-        }
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let group = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
-        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::TERM);
-        if !wait_until(Duration::from_secs(10), || matches!(child.try_wait(), Ok(Some(_)))) {
-            eprintln!("{} did not stop on SIGTERM; killing", self.name);
-            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-        }
-        let _ = child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// clamd with [`VIRUS_MARKER`]'s signature, on TCP and on a Unix socket.
-struct Clamd {
-    dir: TempDir,
-    addr: SocketAddr,
-    daemon: Daemon,
-}
-
-impl Clamd {
-    fn start() -> Clamd {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = dir.path().join("db");
-        fs::create_dir(&db).expect("db dir");
-        let hex: String = VIRUS_MARKER.bytes().map(|b| format!("{b:02x}")).collect();
-        fs::write(db.join("smtpgate.ndb"), format!("Smtpgate.Test.Sig:0:*:{hex}\n")).expect("ndb");
-        let port = free_port();
-        let conf = dir.path().join("clamd.conf");
-        let mut text = format!(
-            "Foreground yes\nTCPSocket {port}\nTCPAddr 127.0.0.1\nLocalSocket {}\nDatabaseDirectory {}\n\
-             LogFile {}\nPidFile {}\nStreamMaxLength 1M\n",
-            dir.path().join("clamd.sock").display(),
-            db.display(),
-            dir.path().join("clamd.log").display(),
-            dir.path().join("clamd.pid").display(),
-        );
-        if running_as_root() {
-            text.push_str("User root\n");
-        }
-        fs::write(&conf, text).expect("clamd.conf");
-        let mut cmd = Command::new("/usr/sbin/clamd");
-        cmd.arg("-c").arg(&conf);
-        let daemon = Daemon::spawn("clamd", cmd, &dir.path().join("clamd.out"));
-        let mut clamd = Clamd {
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            dir,
-            daemon,
-        };
-        let up = wait_until(CLAMD_START, || clamd.daemon.is_running() && clamd.pings());
-        assert!(up, "clamd did not answer PING within {CLAMD_START:?}:\n{}", clamd.log());
-        clamd
-    }
-
-    fn pings(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        let mut answer = Vec::new();
-        s.write_all(b"zPING\0").is_ok() && s.read_to_end(&mut answer).is_ok() && answer == b"PONG\0"
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("clamd.sock")
-    }
-
-    fn log(&self) -> String {
-        let out = fs::read_to_string(self.dir.path().join("clamd.out")).unwrap_or_default();
-        let log = fs::read_to_string(self.dir.path().join("clamd.log")).unwrap_or_default();
-        format!("{out}{log}")
-    }
-}
+// Daemons (clamd and the shared [`Daemon`] are in `support::clamd`)
 
 /// rspamd's normal worker alone (no controller, no proxy), with the test symbols.
 struct Rspamd {

@@ -312,7 +312,13 @@ impl Router {
             }
             changes.add.extend(rule.add_headers.iter().cloned());
             changes.remove.extend(rule.remove_headers.iter().cloned());
-            changes.filters.extend(rule.filters.iter().filter(|f| !changes.filters.contains(f)).cloned().collect::<Vec<_>>());
+            changes.filters.extend(
+                rule.filters
+                    .iter()
+                    .filter(|f| !changes.filters.contains(f))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
             tags.extend(rule.tags.iter().cloned());
             if let Some(action) = &rule.action {
                 return self.act(msg, rcpt, action.clone(), changes, origin, st);

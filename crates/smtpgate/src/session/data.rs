@@ -3,12 +3,12 @@
 use smtpgate_proto::{BareEol, BdatReceiver, DataOutcome, DataReceiver, Reply};
 
 use super::conn::ReadError;
+use super::filters::Copy;
 use super::headers::{self, Trace};
 use super::{Chunking, Draft, Flow, Session, Txn};
 use crate::config::BareLineEndings;
 use crate::datetime::now_unix;
 use crate::envelope::{Envelope, QueueId, Ret};
-use super::filters::Copy;
 use crate::route::MessageView;
 
 impl Session {
@@ -198,7 +198,12 @@ impl Session {
     }
 
     /// Spools one copy per routing group; the first keeps the session's queue id. Returns how many.
-    async fn spool_groups(&mut self, id: QueueId, draft: &Draft, copies: Vec<Copy>) -> Result<usize, crate::spool::SpoolError> {
+    async fn spool_groups(
+        &mut self,
+        id: QueueId,
+        draft: &Draft,
+        copies: Vec<Copy>,
+    ) -> Result<usize, crate::spool::SpoolError> {
         let n = copies.len();
         for (i, copy) in copies.into_iter().enumerate() {
             let id = if i == 0 { id } else { self.listener.ctx.ids.next() };

@@ -5,8 +5,8 @@ use smtpgate_proto::Reply;
 use super::{Draft, Flow, Session, Txn};
 use crate::config::{FilterConfig, Stage};
 use crate::envelope::{QueueId, Recipient};
-use crate::route::Group;
 use crate::filter::{Action, SessionInfo, pipeline};
+use crate::route::Group;
 
 /// One routed copy, ready to spool.
 pub(super) struct Copy {
@@ -139,7 +139,11 @@ impl Session {
             let out = pipeline::run_data(&before, &info, &draft.sender, rcpts, message, filtered.tags.clone()).await;
             let by = out.decided_by.clone().unwrap_or_default();
             match out.action {
-                Action::Accept => copies.push(Copy { group, message: out.message, scan }),
+                Action::Accept => copies.push(Copy {
+                    group,
+                    message: out.message,
+                    scan,
+                }),
                 Action::Reject(r) | Action::TempFail(r) => {
                     self.listener.ctx.metrics.filter_rejected.inc();
                     tracing::info!(queue_id = %id, filter = %by, reply = %r.code, "message refused by a route filter");
@@ -167,8 +171,15 @@ impl Session {
     fn route_filters(&self, names: &[String]) -> (Vec<&FilterConfig>, Vec<String>) {
         let all = &self.listener.ctx.config.filters;
         let found: Vec<&FilterConfig> = names.iter().filter_map(|n| all.iter().find(|f| &f.name == n)).collect();
-        let after = found.iter().filter(|f| f.stage == Stage::AfterQueue).map(|f| f.name.clone()).collect();
-        (found.into_iter().filter(|f| f.stage == Stage::BeforeQueue).collect(), after)
+        let after = found
+            .iter()
+            .filter(|f| f.stage == Stage::AfterQueue)
+            .map(|f| f.name.clone())
+            .collect();
+        (
+            found.into_iter().filter(|f| f.stage == Stage::BeforeQueue).collect(),
+            after,
+        )
     }
 
     fn quarantine(&mut self, id: QueueId, draft: &Draft, message: &[u8], reason: &str, filter: &str) -> Flow {

@@ -7,12 +7,15 @@
 //!   (`tempfail-rcpt@`, `reject-data@`, `disconnect-data@`, `slow@`, ...).
 //! - [`Gate`]: the `smtpgate` binary as a child process, started from a TOML config
 //!   ([`GateConfig`] writes the usual one), with its addresses read from its start-up lines.
+//! - [`Clamd`]: a real clamd knowing one test signature ([`VIRUS_MARKER`]).
 //! - Real clients: [`smtplib`] (Python), [`swaks`], [`smtp_source`] (Postfix).
 //! - [`wait_until`]: every wait is on a condition, with a deadline.
 //!
 //! Everything talks to 127.0.0.1 only and binds port 0 (or a port the OS just handed out).
 #![allow(dead_code, unused_imports)]
 
+mod clamd;
+pub use clamd::{CLAMD_START, Clamd, Daemon, VIRUS_MARKER, VIRUS_NAME, free_port, running_as_root};
 mod clients;
 mod dns;
 pub use dns::{DnsQuery, DnsServer, DnsTable};
