@@ -124,7 +124,7 @@ pub fn build(raw: toml::Table, _base_dir: &Path) -> Result<Arc<dyn Filter>, Buil
     }))
 }
 
-fn machine_hostname() -> String {
+pub(super) fn machine_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
@@ -134,7 +134,7 @@ fn machine_hostname() -> String {
 
 /// A resolver on the given name servers (UDP, then TCP), or the system's when there are none.
 /// mail-auth uses its own hickory version, so this mirrors `deliver::mx::resolver` on its types.
-fn authenticator(nameservers: &[SocketAddr], timeout: Duration) -> Result<MessageAuthenticator, String> {
+pub(super) fn authenticator(nameservers: &[SocketAddr], timeout: Duration) -> Result<MessageAuthenticator, String> {
     let (config, mut opts) = if nameservers.is_empty() {
         mail_auth::hickory_resolver::system_conf::read_system_conf()
             .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?
@@ -162,23 +162,38 @@ fn domain_of(address: &str) -> &str {
 }
 
 /// Every result the checks produced.
-struct Results<'x> {
-    client: Option<IpAddr>,
-    helo: String,
-    spf_helo: Option<SpfOutput>,
-    spf_mail: Option<SpfOutput>,
-    dkim: Vec<DkimOutput<'x>>,
-    arc: Option<mail_auth::ArcOutput<'x>>,
-    dmarc: Option<DmarcOutput>,
-    header_from: String,
+pub(super) struct Results<'x> {
+    pub(super) client: Option<IpAddr>,
+    pub(super) helo: String,
+    pub(super) spf_helo: Option<SpfOutput>,
+    pub(super) spf_mail: Option<SpfOutput>,
+    pub(super) dkim: Vec<DkimOutput<'x>>,
+    pub(super) arc: Option<mail_auth::ArcOutput<'x>>,
+    pub(super) dmarc: Option<DmarcOutput>,
+    pub(super) header_from: String,
+}
+
+/// The checks with a resolver and an authserv-id, shared by `auth` and `arc_seal`.
+pub(super) struct Checker<'a> {
+    pub(super) hostname: &'a str,
+    pub(super) authenticator: &'a MessageAuthenticator,
 }
 
 impl Auth {
+    fn checker(&self) -> Checker<'_> {
+        Checker {
+            hostname: &self.hostname,
+            authenticator: &self.authenticator,
+        }
+    }
+}
+
+impl Checker<'_> {
     async fn spf(&self, m: &MessageInfo<'_>, ip: IpAddr, helo: &str) -> (Option<SpfOutput>, SpfOutput) {
         let helo_result = if helo.is_empty() {
             None
         } else {
-            let params = SpfParameters::verify_ehlo(ip, helo, &self.hostname);
+            let params = SpfParameters::verify_ehlo(ip, helo, self.hostname);
             Some(self.authenticator.verify_spf(params).await)
         };
         let mail_result = if m.sender.is_empty() {
@@ -187,13 +202,18 @@ impl Auth {
                 .clone()
                 .unwrap_or_else(|| SpfOutput::new(String::new()).with_result(SpfResult::None))
         } else {
-            let params = SpfParameters::verify_mail_from(ip, helo, &self.hostname, m.sender);
+            let params = SpfParameters::verify_mail_from(ip, helo, self.hostname, m.sender);
             self.authenticator.verify_spf(params).await
         };
         (helo_result, mail_result)
     }
 
-    async fn check<'x>(&self, m: &MessageInfo<'_>, parsed: Option<&'x AuthenticatedMessage<'x>>) -> Results<'x> {
+    /// SPF (HELO and MAIL FROM), DKIM, ARC (when the message has ARC sets) and DMARC.
+    pub(super) async fn check<'x>(
+        &self,
+        m: &MessageInfo<'_>,
+        parsed: Option<&'x AuthenticatedMessage<'x>>,
+    ) -> Results<'x> {
         let helo = m.session.helo.clone().unwrap_or_default();
         let (spf_helo, spf_mail) = match m.session.client {
             Some(ip) => {
@@ -230,7 +250,9 @@ impl Auth {
         results.dmarc = Some(self.authenticator.verify_dmarc(params).await);
         results
     }
+}
 
+impl Auth {
     /// The action for a DMARC result: only a definite failure under `enforce` has an effect.
     fn action(&self, dmarc: Option<&DmarcOutput>) -> Verdict {
         let Some(dmarc) = dmarc.filter(|_| self.dmarc == DmarcPolicy::Enforce) else {
@@ -251,7 +273,7 @@ impl Filter for Auth {
     fn data<'a>(&'a self, m: &'a MessageInfo<'a>) -> BoxFuture<'a, Result<Verdict, FilterError>> {
         Box::pin(async move {
             let parsed = AuthenticatedMessage::parse(m.message);
-            let results = self.check(m, parsed.as_ref()).await;
+            let results = self.checker().check(m, parsed.as_ref()).await;
             let header = self.header_for(&results, m.sender);
             let verdict = self.action(results.dmarc.as_ref());
             tracing::debug!(target: "smtpgate::filter::auth", result = %header.replace("\r\n\t", " "), "authentication");
@@ -263,18 +285,7 @@ impl Filter for Auth {
 impl Auth {
     /// The `Authentication-Results:` value (RFC 8601 2.2): authserv-id, then one resinfo per check.
     fn header_for(&self, r: &Results<'_>, sender: &str) -> String {
-        let mut ar = AuthenticationResults::new(&self.hostname);
-        if let (Some(ip), Some(spf)) = (r.client, &r.spf_helo) {
-            ar = ar.with_spf_ehlo_result(spf, ip, &r.helo);
-        }
-        if let (Some(ip), Some(spf)) = (r.client, &r.spf_mail) {
-            ar = ar.with_spf_mailfrom_result(spf, ip, sender, &r.helo);
-        }
-        ar = ar.with_dkim_results(&r.dkim, &r.header_from);
-        if let (Some(ip), Some(arc)) = (r.client, &r.arc) {
-            ar = ar.with_arc_result(arc, ip);
-        }
-        let mut value = ar.to_string();
+        let mut value = results_for(&self.hostname, r, sender).to_string();
         if r.client.is_none() {
             value.push_str(";\r\n\tspf=none");
         }
@@ -287,4 +298,20 @@ impl Auth {
         }
         value
     }
+}
+
+/// The SPF, DKIM and ARC resinfos of `r` (DMARC is left to the caller).
+pub(super) fn results_for<'h>(hostname: &'h str, r: &Results<'_>, sender: &str) -> AuthenticationResults<'h> {
+    let mut ar = AuthenticationResults::new(hostname);
+    if let (Some(ip), Some(spf)) = (r.client, &r.spf_helo) {
+        ar = ar.with_spf_ehlo_result(spf, ip, &r.helo);
+    }
+    if let (Some(ip), Some(spf)) = (r.client, &r.spf_mail) {
+        ar = ar.with_spf_mailfrom_result(spf, ip, sender, &r.helo);
+    }
+    ar = ar.with_dkim_results(&r.dkim, &r.header_from);
+    if let (Some(ip), Some(arc)) = (r.client, &r.arc) {
+        ar = ar.with_arc_result(arc, ip);
+    }
+    ar
 }

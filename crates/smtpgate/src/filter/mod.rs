@@ -11,6 +11,7 @@
 //! message before it is complete; what it may change is returned as [`Modification`]s, applied by
 //! the pipeline in order, so the next filter sees the changed message.
 
+mod arc;
 mod auth;
 mod clamav;
 mod connection;

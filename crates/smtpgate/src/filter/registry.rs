@@ -7,6 +7,7 @@ use super::Filter;
 
 /// Every kind, for error messages.
 pub const KINDS: &[&str] = &[
+    "arc_seal",
     "auth",
     "clamav",
     "connection",
@@ -25,6 +26,7 @@ pub type BuildErrors = Vec<(String, String)>;
 /// Builds a filter of `kind` from the rest of its `[[filter]]` keys.
 pub fn build(kind: &str, options: toml::Table, base_dir: &Path) -> Result<Arc<dyn Filter>, BuildErrors> {
     match kind {
+        "arc_seal" => super::arc::build(options, base_dir),
         "auth" => super::auth::build(options, base_dir),
         "clamav" => super::clamav::build(options, base_dir),
         "connection" => super::connection::build(options, base_dir),
