@@ -4,168 +4,28 @@
 
 mod support;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 use smtpgate::filter::registry;
-use smtpgate::filter::{Action, Filter, MessageInfo, Modification, SessionInfo, Verdict};
-use support::{DnsServer, DnsTable};
+use smtpgate::filter::{Action, Filter, Verdict};
+use support::{DnsServer, DnsTable, KeyPair, added, apply, auth_message, build, dkimpy, run};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
-
-/// Runs `openssl` with `args`, panicking with its stderr on failure.
-fn openssl(args: &[&str]) -> Vec<u8> {
-    let out = Command::new("openssl").args(args).output().expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-/// A key pair in `dir`: the private key file name, and the `p=` value of its DNS record.
-struct KeyPair {
-    file: String,
-    algorithm: &'static str,
-    public: String,
-}
-
-impl KeyPair {
-    fn rsa(dir: &Path, name: &str) -> KeyPair {
-        let file = format!("{name}.pem");
-        let path = dir.join(&file);
-        let path = path.to_str().unwrap();
-        openssl(&["genrsa", "-out", path, "2048"]);
-        let der = openssl(&["pkey", "-in", path, "-pubout", "-outform", "DER"]);
-        KeyPair {
-            file,
-            algorithm: "rsa-sha256",
-            public: b64(&der),
-        }
-    }
-
-    fn ed25519(dir: &Path, name: &str) -> KeyPair {
-        let file = format!("{name}.pem");
-        let path = dir.join(&file);
-        let path = path.to_str().unwrap();
-        openssl(&["genpkey", "-algorithm", "ed25519", "-out", path]);
-        let der = openssl(&["pkey", "-in", path, "-pubout", "-outform", "DER"]);
-        // RFC 8463 3: the record holds the bare 32-byte key, the end of the SubjectPublicKeyInfo.
-        KeyPair {
-            file,
-            algorithm: "ed25519-sha256",
-            public: b64(&der[der.len() - 32..]),
-        }
-    }
-
-    fn record(&self) -> String {
-        let k = if self.algorithm == "rsa-sha256" {
-            "rsa"
-        } else {
-            "ed25519"
-        };
-        format!("v=DKIM1; k={k}; p={}", self.public)
-    }
-}
-
-fn b64(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn message(from: &str, subject: &str) -> Vec<u8> {
-    format!(
-        "Received: from client by gate.example.test; Mon, 1 Jan 2024 00:00:00 +0000\r\n\
-         From: Bob <{from}>\r\n\
-         To: alice@dest.test\r\n\
-         Subject: {subject}\r\n\
-         Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n\
-         Message-ID: <{subject}@example.test>\r\n\
-         MIME-Version: 1.0\r\n\
-         Content-Type: text/plain\r\n\
-         \r\n\
-         Hello  there,\r\n\
-         a body with  double  spaces and a trailing blank line.\r\n\
-         \r\n"
-    )
-    .into_bytes()
-}
-
-fn build(kind: &str, options: &str, dir: &Path) -> Arc<dyn Filter> {
-    let table: toml::Table = toml::from_str(options).expect("options parse");
-    registry::build(kind, table, dir).unwrap_or_else(|e| panic!("{kind} options rejected: {e:?}"))
-}
-
-async fn run(filter: &dyn Filter, client: Ipv4Addr, helo: &str, sender: &str, message: &[u8]) -> Verdict {
-    let session = SessionInfo {
-        client: Some(IpAddr::V4(client)),
-        helo: Some(helo.to_string()),
-        listener: "in".into(),
-        ..SessionInfo::default()
-    };
-    let recipients = vec!["alice@dest.test".to_string()];
-    let info = MessageInfo {
-        session: &session,
-        sender,
-        recipients: &recipients,
-        message,
-        tags: &[],
-    };
-    filter.data(&info).await.expect("filter decided")
-}
-
-/// The message with the verdict's added headers, inserted after the first field as the
-/// pipeline does.
-fn apply(message: &[u8], verdict: &Verdict) -> Vec<u8> {
-    let adds: Vec<(String, String)> = verdict
-        .modifications
-        .iter()
-        .filter_map(|m| match m {
-            Modification::AddHeader(n, v) => Some((n.clone(), v.clone())),
-            _ => None,
-        })
-        .collect();
-    smtpgate::session::apply_header_changes(message, &adds, &[])
-}
-
-fn added(verdict: &Verdict, name: &str) -> Vec<String> {
-    verdict
-        .modifications
-        .iter()
-        .filter_map(|m| match m {
-            Modification::AddHeader(n, v) if n.eq_ignore_ascii_case(name) => Some(v.clone()),
-            _ => None,
-        })
-        .collect()
-}
 
 /// Runs dkimpy's ARC verification on `message`, answering key lookups from `records`.
 /// Returns the chain validation (`pass`, `fail`, `none`).
 fn dkimpy_arc_verify(dir: &Path, message: &[u8], records: &[(String, String)]) -> String {
-    let msg_path = dir.join("sealed.eml");
-    std::fs::write(&msg_path, message).unwrap();
-    let table: String = records.iter().map(|(n, v)| format!("{n:?}: {v:?}.encode(),")).collect();
-    let script = format!(
-        "import sys, dkim\n\
-         records = {{{table}}}\n\
-         def dnsfunc(name, timeout=5):\n\
-         \x20   name = name.decode() if isinstance(name, bytes) else name\n\
-         \x20   return records.get(name.rstrip('.'))\n\
-         msg = open(sys.argv[1], 'rb').read()\n\
-         cv, results, reason = dkim.arc_verify(msg, dnsfunc=dnsfunc)\n\
+    let out = dkimpy(
+        dir,
+        "sealed.eml",
+        message,
+        records,
+        "cv, results, reason = dkim.arc_verify(msg, dnsfunc=dnsfunc)\n\
          print(cv.decode())\n\
-         print(reason, file=sys.stderr)\n"
+         print(reason, file=sys.stderr)\n",
     );
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .arg(&msg_path)
-        .output()
-        .expect("run python3 (dkimpy: python3 -m pip install dkimpy pynacl)");
-    assert!(out.status.success(), "dkimpy: {}", String::from_utf8_lossy(&out.stderr));
     let cv = String::from_utf8_lossy(&out.stdout).trim().to_string();
     eprintln!(
         "dkimpy arc_verify: {cv} ({})",
@@ -208,7 +68,7 @@ async fn arc_seal_first_and_second_hop_verify_with_dkimpy_and_tampering_fails() 
         ("arc1._domainkey.relay1.test".to_string(), relay1.record()),
         ("arc1._domainkey.relay2.test".to_string(), relay2.record()),
     ];
-    let original = message("bob@example.test", "forwarded");
+    let original = auth_message("bob@example.test", "forwarded");
     assert_eq!(dkimpy_arc_verify(dir.path(), &original, &records), "none");
 
     // First hop: no ARC set yet, so i=1 and cv=none.
@@ -305,7 +165,7 @@ async fn arc_seal_does_not_extend_a_failed_chain() {
             .txt("arc1._domainkey.relay3.test", &relay2.record()),
     );
     let hop1 = sealer(dir.path(), dns.addr(), "relay1.test", &relay1, "mx.relay1.test");
-    let original = message("bob@example.test", "broken");
+    let original = auth_message("bob@example.test", "broken");
     let sealed1 = apply(
         &original,
         &run(

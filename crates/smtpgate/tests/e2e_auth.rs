@@ -7,170 +7,30 @@
 
 mod support;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 use smtpgate::filter::registry;
-use smtpgate::filter::{Action, Filter, MessageInfo, Modification, SessionInfo, Verdict};
-use support::{DnsServer, DnsTable};
+use smtpgate::filter::{Action, Filter, Verdict};
+use support::{DnsServer, DnsTable, KeyPair, added, apply, auth_message, build, dkimpy, run};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const STRANGER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 9);
 
-/// Runs `openssl` with `args`, panicking with its stderr on failure.
-fn openssl(args: &[&str]) -> Vec<u8> {
-    let out = Command::new("openssl").args(args).output().expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-/// A key pair in `dir`: the private key file name, and the `p=` value of its DNS record.
-struct KeyPair {
-    file: String,
-    algorithm: &'static str,
-    public: String,
-}
-
-impl KeyPair {
-    fn rsa(dir: &Path, name: &str) -> KeyPair {
-        let file = format!("{name}.pem");
-        let path = dir.join(&file);
-        let path = path.to_str().unwrap();
-        openssl(&["genrsa", "-out", path, "2048"]);
-        let der = openssl(&["pkey", "-in", path, "-pubout", "-outform", "DER"]);
-        KeyPair {
-            file,
-            algorithm: "rsa-sha256",
-            public: b64(&der),
-        }
-    }
-
-    fn ed25519(dir: &Path, name: &str) -> KeyPair {
-        let file = format!("{name}.pem");
-        let path = dir.join(&file);
-        let path = path.to_str().unwrap();
-        openssl(&["genpkey", "-algorithm", "ed25519", "-out", path]);
-        let der = openssl(&["pkey", "-in", path, "-pubout", "-outform", "DER"]);
-        // RFC 8463 3: the record holds the bare 32-byte key, the end of the SubjectPublicKeyInfo.
-        KeyPair {
-            file,
-            algorithm: "ed25519-sha256",
-            public: b64(&der[der.len() - 32..]),
-        }
-    }
-
-    fn record(&self) -> String {
-        let k = if self.algorithm == "rsa-sha256" {
-            "rsa"
-        } else {
-            "ed25519"
-        };
-        format!("v=DKIM1; k={k}; p={}", self.public)
-    }
-}
-
-fn b64(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn message(from: &str, subject: &str) -> Vec<u8> {
-    format!(
-        "Received: from client by gate.example.test; Mon, 1 Jan 2024 00:00:00 +0000\r\n\
-         From: Bob <{from}>\r\n\
-         To: alice@dest.test\r\n\
-         Subject: {subject}\r\n\
-         Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n\
-         Message-ID: <{subject}@example.test>\r\n\
-         MIME-Version: 1.0\r\n\
-         Content-Type: text/plain\r\n\
-         \r\n\
-         Hello  there,\r\n\
-         a body with  double  spaces and a trailing blank line.\r\n\
-         \r\n"
-    )
-    .into_bytes()
-}
-
-fn build(kind: &str, options: &str, dir: &Path) -> Arc<dyn Filter> {
-    let table: toml::Table = toml::from_str(options).expect("options parse");
-    registry::build(kind, table, dir).unwrap_or_else(|e| panic!("{kind} options rejected: {e:?}"))
-}
-
-async fn run(filter: &dyn Filter, client: Ipv4Addr, helo: &str, sender: &str, message: &[u8]) -> Verdict {
-    let session = SessionInfo {
-        client: Some(IpAddr::V4(client)),
-        helo: Some(helo.to_string()),
-        listener: "in".into(),
-        ..SessionInfo::default()
-    };
-    let recipients = vec!["alice@dest.test".to_string()];
-    let info = MessageInfo {
-        session: &session,
-        sender,
-        recipients: &recipients,
-        message,
-        tags: &[],
-    };
-    filter.data(&info).await.expect("filter decided")
-}
-
-/// The message with the verdict's added headers, inserted after the first field as the
-/// pipeline does.
-fn apply(message: &[u8], verdict: &Verdict) -> Vec<u8> {
-    let adds: Vec<(String, String)> = verdict
-        .modifications
-        .iter()
-        .filter_map(|m| match m {
-            Modification::AddHeader(n, v) => Some((n.clone(), v.clone())),
-            _ => None,
-        })
-        .collect();
-    smtpgate::session::apply_header_changes(message, &adds, &[])
-}
-
-fn added(verdict: &Verdict, name: &str) -> Vec<String> {
-    verdict
-        .modifications
-        .iter()
-        .filter_map(|m| match m {
-            Modification::AddHeader(n, v) if n.eq_ignore_ascii_case(name) => Some(v.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Verifies every DKIM signature of `message` with dkimpy, answering its key lookups from
 /// `records` (name → TXT). Returns dkimpy's verdict per signature.
 fn dkimpy_verify(dir: &Path, message: &[u8], records: &[(String, String)]) -> Vec<bool> {
-    let msg_path = dir.join("signed.eml");
-    std::fs::write(&msg_path, message).unwrap();
-    let table: String = records.iter().map(|(n, v)| format!("{n:?}: {v:?}.encode(),")).collect();
-    let script = format!(
-        "import sys, dkim\n\
-         records = {{{table}}}\n\
-         def dnsfunc(name, timeout=5):\n\
-         \x20   name = name.decode() if isinstance(name, bytes) else name\n\
-         \x20   return records.get(name.rstrip('.'))\n\
-         msg = open(sys.argv[1], 'rb').read()\n\
-         d = dkim.DKIM(msg)\n\
+    let out = dkimpy(
+        dir,
+        "signed.eml",
+        message,
+        records,
+        "d = dkim.DKIM(msg)\n\
          sigs = [h for h in d.headers if h[0].lower() == b'dkim-signature']\n\
          for i in range(len(sigs)):\n\
-         \x20   print('pass' if d.verify(idx=i, dnsfunc=dnsfunc) else 'fail')\n"
+         \x20   print('pass' if d.verify(idx=i, dnsfunc=dnsfunc) else 'fail')\n",
     );
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .arg(&msg_path)
-        .output()
-        .expect("run python3 (dkimpy: python3 -m pip install dkimpy pynacl)");
-    assert!(out.status.success(), "dkimpy: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| l == "pass")
@@ -197,7 +57,7 @@ async fn dkim_sign_rsa_and_ed25519_verify_with_dkimpy() {
     let ed = KeyPair::ed25519(dir.path(), "ed");
     let options = sign_options(&[("example.test", "rsa1", &rsa), ("example.test", "ed1", &ed)]);
     let filter = build("dkim_sign", &options, dir.path());
-    let original = message("bob@example.test", "signed");
+    let original = auth_message("bob@example.test", "signed");
     let verdict = run(filter.as_ref(), CLIENT, "client.test", "bob@example.test", &original).await;
     assert_eq!(verdict.action, Action::Accept);
     let sigs = added(&verdict, "DKIM-Signature");
@@ -231,7 +91,7 @@ async fn dkim_sign_uses_envelope_domain_when_from_has_no_key() {
     let dir = tempfile::tempdir().unwrap();
     let rsa = KeyPair::rsa(dir.path(), "rsa");
     let filter = build("dkim_sign", &sign_options(&[("relay.test", "s1", &rsa)]), dir.path());
-    let original = message("bob@elsewhere.test", "envelope");
+    let original = auth_message("bob@elsewhere.test", "envelope");
     let verdict = run(filter.as_ref(), CLIENT, "client.test", "bounces@relay.test", &original).await;
     let sigs = added(&verdict, "DKIM-Signature");
     assert_eq!(sigs.len(), 1);
@@ -245,7 +105,7 @@ async fn dkim_sign_uses_envelope_domain_when_from_has_no_key() {
         CLIENT,
         "client.test",
         "x@other.test",
-        &message("a@other.test", "none"),
+        &auth_message("a@other.test", "none"),
     )
     .await;
     assert_eq!(verdict, Verdict::accept());
@@ -321,7 +181,7 @@ async fn auth_passes_spf_dkim_and_dmarc() {
         Some(d.signer.as_ref()),
         CLIENT,
         "bob@example.test",
-        message("bob@example.test", "pass"),
+        auth_message("bob@example.test", "pass"),
     )
     .await;
     assert_eq!(verdict.action, Action::Accept, "{header}");
@@ -345,7 +205,7 @@ async fn auth_failing_dmarc_is_rejected_when_enforced_and_only_recorded_when_rep
             .txt("_dmarc.quiet.test", "v=DMARC1; p=quarantine"),
     );
     // Unsigned, from an address the SPF record does not list.
-    let forged = || message("bob@example.test", "forged");
+    let forged = || auth_message("bob@example.test", "forged");
     let enforce = auth(dir.path(), dns.addr(), "enforce");
     let (verdict, header) = check(enforce.as_ref(), None, STRANGER, "bob@example.test", forged()).await;
     match &verdict.action {
@@ -371,7 +231,7 @@ async fn auth_failing_dmarc_is_rejected_when_enforced_and_only_recorded_when_rep
         None,
         STRANGER,
         "bob@quiet.test",
-        message("bob@quiet.test", "quarantined"),
+        auth_message("bob@quiet.test", "quarantined"),
     )
     .await;
     assert!(
@@ -399,7 +259,7 @@ async fn auth_dns_timeouts_are_temperror_and_never_reject() {
         Some(d.signer.as_ref()),
         STRANGER,
         "bob@slow.test",
-        message("bob@slow.test", "slow"),
+        auth_message("bob@slow.test", "slow"),
     )
     .await;
     assert_eq!(verdict.action, Action::Accept, "{header}");
@@ -413,7 +273,7 @@ async fn auth_dns_timeouts_are_temperror_and_never_reject() {
         None,
         STRANGER,
         "bob@silent.test",
-        message("bob@silent.test", "silent"),
+        auth_message("bob@silent.test", "silent"),
     )
     .await;
     assert_eq!(verdict.action, Action::Accept, "{header}");

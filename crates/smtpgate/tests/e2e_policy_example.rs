@@ -12,11 +12,11 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 
 use smtpgate_proto::Reply;
 use support::{
-    Clamd, Gate, SOON, Upstream, UpstreamMessage, VIRUS_MARKER, VIRUS_NAME, header_values, smtplib_send, wait_until,
+    Clamd, Gate, SOON, Upstream, UpstreamMessage, VIRUS_MARKER, VIRUS_NAME, b64, dkimpy, header_values, openssl,
+    smtplib_send, wait_until,
 };
 
 /// The README's example configuration.
@@ -113,43 +113,23 @@ fn readme_shows_this_example() {
 // ---------------------------------------------------------------------------------------------
 // The DKIM key and an independent verifier
 
-/// Runs `openssl` with `args`, panicking with its stderr on failure.
-fn openssl(args: &[&str]) -> Vec<u8> {
-    let out = Command::new("openssl").args(args).output().expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 /// Writes an RSA key to `path`, as the README says to, and returns its DNS TXT record.
 fn dkim_key(path: &Path) -> String {
-    use base64::Engine;
     let path = path.to_str().unwrap();
     openssl(&["genrsa", "-out", path, "2048"]);
     let der = openssl(&["pkey", "-in", path, "-pubout", "-outform", "DER"]);
-    format!(
-        "v=DKIM1; k=rsa; p={}",
-        base64::engine::general_purpose::STANDARD.encode(der)
-    )
+    format!("v=DKIM1; k=rsa; p={}", b64(&der))
 }
 
 /// dkimpy's verdict on each DKIM signature of `message`, its key lookups answered from `records`
 /// (name → TXT). A signature that does not match (dkimpy raises for a body hash mismatch) fails.
 fn dkimpy_verify(dir: &Path, message: &[u8], records: &[(&str, &str)]) -> Vec<bool> {
-    let path = dir.join("arrived.eml");
-    std::fs::write(&path, message).unwrap();
-    let table: String = records.iter().map(|(n, v)| format!("{n:?}: {v:?}.encode(),")).collect();
-    let script = format!(
-        "import sys, dkim\n\
-         records = {{{table}}}\n\
-         def dnsfunc(name, timeout=5):\n\
-         \x20   name = name.decode() if isinstance(name, bytes) else name\n\
-         \x20   return records.get(name.rstrip('.'))\n\
-         msg = open(sys.argv[1], 'rb').read()\n\
-         d = dkim.DKIM(msg)\n\
+    let out = dkimpy(
+        dir,
+        "arrived.eml",
+        message,
+        records,
+        "d = dkim.DKIM(msg)\n\
          sigs = [h for h in d.headers if h[0].lower() == b'dkim-signature']\n\
          for i in range(len(sigs)):\n\
          \x20   try:\n\
@@ -157,15 +137,8 @@ fn dkimpy_verify(dir: &Path, message: &[u8], records: &[(&str, &str)]) -> Vec<bo
          \x20   except dkim.ValidationError as e:\n\
          \x20       print(e, file=sys.stderr)\n\
          \x20       ok = False\n\
-         \x20   print('pass' if ok else 'fail')\n"
+         \x20   print('pass' if ok else 'fail')\n",
     );
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .arg(&path)
-        .output()
-        .expect("run python3 (dkimpy: python3 -m pip install dkimpy)");
-    assert!(out.status.success(), "dkimpy: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| l == "pass")

@@ -38,17 +38,17 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mail_auth::arc::ArcSealer;
-use mail_auth::common::crypto::{DkimKey, Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::crypto::DkimKey;
+
+use super::dkim::{RawKey, domain_of, load_key};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, Done};
 use mail_auth::{AuthenticatedMessage, MessageAuthenticator};
-use rustls_pki_types::PrivateKeyDer;
-use rustls_pki_types::pem::PemObject;
 use serde::Deserialize;
 
 use super::auth::{Checker, authenticator, machine_hostname, results_for};
@@ -84,15 +84,6 @@ struct Options {
     dns_timeout: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-struct RawKey {
-    domain: String,
-    selector: String,
-    /// A PEM file (PKCS#1 or PKCS#8 for RSA, PKCS#8 for Ed25519), relative to the config file.
-    key: PathBuf,
-    /// `"rsa-sha256"` (the default) or `"ed25519-sha256"`.
-    algorithm: Option<String>,
-}
 
 struct Key {
     domain: String,
@@ -180,49 +171,7 @@ pub fn build(raw: toml::Table, base_dir: &Path) -> Result<Arc<dyn Filter>, Build
     }))
 }
 
-/// Reads and parses the key file; errors name the field they belong to.
-fn load_key(raw: &RawKey, base_dir: &Path) -> Result<DkimKey, (&'static str, String)> {
-    if raw.domain.trim().is_empty() || raw.selector.trim().is_empty() {
-        return Err(("domain", "domain and selector must not be empty".into()));
-    }
-    let ed25519 = match raw.algorithm.as_deref() {
-        None | Some("rsa-sha256") => false,
-        Some("ed25519-sha256") => true,
-        Some(other) => {
-            return Err((
-                "algorithm",
-                format!("{other:?} is not one of \"rsa-sha256\", \"ed25519-sha256\""),
-            ));
-        }
-    };
-    let path = base_dir.join(&raw.key);
-    let pem = std::fs::read(&path).map_err(|e| ("key", format!("cannot read {}: {e}", path.display())))?;
-    let bad = |e: String| ("key", format!("{}: {e}", path.display()));
-    let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| bad(format!("not a PEM private key ({e})")))?;
-    match (ed25519, der) {
-        (false, der @ (PrivateKeyDer::Pkcs1(_) | PrivateKeyDer::Pkcs8(_))) => {
-            let key = RsaKey::<Sha256>::from_key_der(der).map_err(|e| bad(format!("not an RSA key ({e})")))?;
-            Ok(DkimKey::Rsa(key))
-        }
-        (true, PrivateKeyDer::Pkcs8(der)) => {
-            // OpenSSL writes PKCS#8 v1 (no public key inside): the unchecked variant accepts it.
-            let key = Ed25519Key::from_pkcs8_maybe_unchecked_der(der.secret_pkcs8_der())
-                .map_err(|e| bad(format!("not an Ed25519 key ({e})")))?;
-            Ok(DkimKey::Ed25519(key))
-        }
-        (false, _) => Err(bad("an RSA key must be PKCS#1 or PKCS#8 PEM".into())),
-        (true, _) => Err(bad("an Ed25519 key must be PKCS#8 PEM".into())),
-    }
-}
 
-/// The domain part of an address, lowercased (`""` when there is none).
-fn domain_of(address: &str) -> String {
-    address
-        .trim_matches(|c| c == '<' || c == '>')
-        .rsplit_once('@')
-        .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
-        .unwrap_or_default()
-}
 
 /// Splits the sealer's output (`ARC-Seal: ...\r\nARC-Message-Signature: ...\r\n...`) into
 /// (name, folded value) pairs.

@@ -52,10 +52,11 @@ struct Options {
     headers: Option<Vec<String>>,
 }
 
+/// One signing key as configured (shared with `arc_seal`).
 #[derive(Debug, Deserialize)]
-struct RawKey {
-    domain: String,
-    selector: String,
+pub(super) struct RawKey {
+    pub(super) domain: String,
+    pub(super) selector: String,
     /// A PEM file (PKCS#1 or PKCS#8 for RSA, PKCS#8 for Ed25519), relative to the config file.
     key: PathBuf,
     /// `"rsa-sha256"` (the default) or `"ed25519-sha256"`.
@@ -131,7 +132,7 @@ fn algorithm(raw: &RawKey) -> Result<Algorithm, (&'static str, String)> {
 }
 
 /// Reads and parses the key file; errors name the field they belong to.
-fn load_key(raw: &RawKey, base_dir: &Path) -> Result<DkimKey, (&'static str, String)> {
+pub(super) fn load_key(raw: &RawKey, base_dir: &Path) -> Result<DkimKey, (&'static str, String)> {
     if raw.domain.trim().is_empty() || raw.selector.trim().is_empty() {
         return Err(("domain", "domain and selector must not be empty".into()));
     }
@@ -166,7 +167,7 @@ fn signer(key: DkimKey, raw: &RawKey, headers: &[String]) -> DkimSigner<DkimKey,
 }
 
 /// The domain part of an address, lowercased (`""` when there is none).
-fn domain_of(address: &str) -> String {
+pub(super) fn domain_of(address: &str) -> String {
     address
         .trim_matches(|c| c == '<' || c == '>')
         .rsplit_once('@')

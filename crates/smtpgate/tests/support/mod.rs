@@ -8,6 +8,7 @@
 //! - [`Gate`]: the `smtpgate` binary as a child process, started from a TOML config
 //!   ([`GateConfig`] writes the usual one), with its addresses read from its start-up lines.
 //! - [`Clamd`]: a real clamd knowing one test signature ([`VIRUS_MARKER`]).
+//! - DKIM and ARC ([`KeyPair`], [`dkimpy`]): keys from `openssl`, filters run directly, dkimpy as verifier.
 //! - Real clients: [`smtplib`] (Python), [`swaks`], [`smtp_source`] (Postfix).
 //! - [`wait_until`]: every wait is on a condition, with a deadline.
 //!
@@ -17,6 +18,8 @@
 mod clamd;
 pub use clamd::{CLAMD_START, Clamd, Daemon, VIRUS_MARKER, VIRUS_NAME, free_port, running_as_root};
 mod clients;
+mod dkim;
+pub use dkim::*;
 mod dns;
 pub use dns::{DnsQuery, DnsServer, DnsTable};
 mod durability;
