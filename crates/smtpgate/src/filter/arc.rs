@@ -84,7 +84,6 @@ struct Options {
     dns_timeout: Option<String>,
 }
 
-
 struct Key {
     domain: String,
     selector: String,
@@ -170,8 +169,6 @@ pub fn build(raw: toml::Table, base_dir: &Path) -> Result<Arc<dyn Filter>, Build
         authenticator,
     }))
 }
-
-
 
 /// Splits the sealer's output (`ARC-Seal: ...\r\nARC-Message-Signature: ...\r\n...`) into
 /// (name, folded value) pairs.
