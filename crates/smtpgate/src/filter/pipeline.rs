@@ -64,6 +64,17 @@ pub async fn run_rcpt(filters: &[&FilterConfig], session: &SessionInfo, sender: 
     Action::Accept
 }
 
+/// Runs the EHLO/HELO hook of each filter; the first refusal is the answer.
+pub async fn run_ehlo(filters: &[&FilterConfig], session: &SessionInfo) -> Action {
+    for f in filters {
+        let verdict = ask(f, f.filter.ehlo(session)).await;
+        if verdict.action != Action::Accept {
+            return verdict.action;
+        }
+    }
+    Action::Accept
+}
+
 /// Runs the MAIL hook of each filter; the first refusal is the answer.
 pub async fn run_mail(filters: &[&FilterConfig], session: &SessionInfo, sender: &str) -> Action {
     for f in filters {

@@ -22,6 +22,17 @@ enum Behaviour {
 struct Scripted(Behaviour);
 
 impl Filter for Scripted {
+    fn ehlo<'a>(&'a self, s: &'a SessionInfo) -> BoxFuture<'a, Result<Verdict, FilterError>> {
+        Box::pin(async move {
+            match (&self.0, s.helo.as_deref()) {
+                (Behaviour::RejectIfTagged(bad), Some(helo)) if helo == *bad => {
+                    Ok(Verdict::reject(Reply::new(550, "5.7.1", "bad HELO")))
+                }
+                _ => Ok(Verdict::accept()),
+            }
+        })
+    }
+
     fn data<'a>(&'a self, m: &'a MessageInfo<'a>) -> BoxFuture<'a, Result<Verdict, FilterError>> {
         Box::pin(async move {
             match &self.0 {
@@ -86,4 +97,17 @@ async fn a_broken_or_slow_filter_fails_open_or_closed_as_configured() {
     assert_eq!(closed.action, Action::TempFail(Reply::policy_unavailable()));
     let closed = run(&[spec("f", Behaviour::Fail, OnError::TempFail)]).await;
     assert!(matches!(closed.action, Action::TempFail(ref r) if r.code == 451));
+}
+
+#[tokio::test]
+async fn the_ehlo_hook_sees_the_helo_name() {
+    let f = [spec("h", Behaviour::RejectIfTagged("evil.test"), OnError::Accept)];
+    let refs: Vec<&FilterConfig> = f.iter().collect();
+    let mut info = SessionInfo {
+        helo: Some("good.test".into()),
+        ..Default::default()
+    };
+    assert_eq!(super::pipeline::run_ehlo(&refs, &info).await, Action::Accept);
+    info.helo = Some("evil.test".into());
+    assert!(matches!(super::pipeline::run_ehlo(&refs, &info).await, Action::Reject(ref r) if r.code == 550));
 }

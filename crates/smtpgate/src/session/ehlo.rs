@@ -5,7 +5,7 @@ use smtpgate_proto::Reply;
 use super::{Flow, Helo, Session, Txn};
 
 impl Session {
-    pub(super) fn ehlo(&mut self, name: String, extended: bool) -> Flow {
+    pub(super) async fn ehlo(&mut self, name: String, extended: bool) -> Flow {
         if name.trim().is_empty() {
             return self.error(Reply::syntax("EHLO/HELO needs a domain or address literal"));
         }
@@ -15,7 +15,12 @@ impl Session {
             Reply::helo(&self.hostname())
         };
         self.helo = Some(Helo { name, extended });
-        self.reply(reply, Txn::Idle)
+        self.txn = Txn::Idle;
+        if let Some(r) = self.filter_ehlo().await {
+            self.helo = None;
+            return self.error(r);
+        }
+        self.respond(reply)
     }
 
     fn keywords(&self) -> Vec<String> {

@@ -53,6 +53,12 @@ impl Session {
         refusal(pipeline::run_connect(&filters, &self.session_info()).await)
     }
 
+    /// The EHLO/HELO hooks (`helo` is already set in the session info).
+    pub(super) async fn filter_ehlo(&mut self) -> Option<Reply> {
+        let filters = self.listener_filters(Stage::BeforeQueue);
+        refusal(pipeline::run_ehlo(&filters, &self.session_info()).await)
+    }
+
     /// The MAIL hooks (they see the HELO name too).
     pub(super) async fn filter_mail(&mut self, sender: &str) -> Option<Reply> {
         let filters = self.listener_filters(Stage::BeforeQueue);

@@ -173,8 +173,8 @@ impl Session {
             return self.error(Reply::bdat_mixed());
         }
         match cmd {
-            Command::Ehlo(name) => self.ehlo(name, true),
-            Command::Helo(name) => self.ehlo(name, false),
+            Command::Ehlo(name) => self.ehlo(name, true).await,
+            Command::Helo(name) => self.ehlo(name, false).await,
             Command::Mail { from, params } => self.mail(from, params).await,
             Command::Rcpt { to, params } => self.rcpt(to, params).await,
             Command::Data => self.data().await,
