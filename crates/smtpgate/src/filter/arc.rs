@@ -37,10 +37,8 @@
 //! `Received:`, which is not signed; the filter never rejects.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mail_auth::arc::ArcSealer;
 use mail_auth::common::crypto::DkimKey;
@@ -51,12 +49,9 @@ use mail_auth::dkim::{Canonicalization, Done};
 use mail_auth::{AuthenticatedMessage, MessageAuthenticator};
 use serde::Deserialize;
 
-use super::auth::{Checker, authenticator, machine_hostname, results_for};
+use super::auth::{Checker, authenticator, dns_options, results_for};
 use super::registry::{BuildErrors, options};
 use super::{BoxFuture, Filter, FilterError, MessageInfo, Modification, Verdict};
-use crate::config::values::{parse_duration, parse_nameserver};
-
-const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The header fields the `ARC-Message-Signature` covers (those present in the message are).
 pub const SIGNED_HEADERS: &[&str] = &[
@@ -136,29 +131,12 @@ pub fn build(raw: toml::Table, base_dir: &Path) -> Result<Arc<dyn Filter>, Build
             Err((field, message)) => errors.push((format!("keys[{i}].{field}"), message)),
         }
     }
-    let timeout = match o.dns_timeout.as_deref().map(parse_duration) {
-        None => DEFAULT_DNS_TIMEOUT,
-        Some(Ok(t)) if !t.is_zero() => t,
-        Some(Ok(_)) => {
-            errors.push(("dns_timeout".into(), "must be more than 0".into()));
-            DEFAULT_DNS_TIMEOUT
-        }
-        Some(Err(e)) => {
-            errors.push(("dns_timeout".into(), e));
-            DEFAULT_DNS_TIMEOUT
-        }
-    };
-    let mut nameservers: Vec<SocketAddr> = Vec::new();
-    for (i, text) in o.nameservers.iter().enumerate() {
-        match parse_nameserver(text) {
-            Ok(addr) => nameservers.push(addr),
-            Err(e) => errors.push((format!("nameservers[{i}]"), e)),
-        }
-    }
-    let authserv_id = o.authserv_id.unwrap_or_else(machine_hostname);
-    if authserv_id.is_empty() || authserv_id.contains(|c: char| c.is_whitespace() || c == ';') {
-        errors.push(("authserv_id".into(), format!("{authserv_id:?} is not a host name")));
-    }
+    let (timeout, nameservers, authserv_id) = dns_options(
+        o.dns_timeout.as_deref(),
+        &o.nameservers,
+        ("authserv_id", o.authserv_id),
+        &mut errors,
+    );
     if !errors.is_empty() {
         return Err(errors);
     }

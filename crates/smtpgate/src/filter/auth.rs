@@ -90,29 +90,12 @@ pub fn build(raw: toml::Table, _base_dir: &Path) -> Result<Arc<dyn Filter>, Buil
             DmarcPolicy::Report
         }
     };
-    let timeout = match o.dns_timeout.as_deref().map(parse_duration) {
-        None => DEFAULT_DNS_TIMEOUT,
-        Some(Ok(t)) if !t.is_zero() => t,
-        Some(Ok(_)) => {
-            errors.push(("dns_timeout".into(), "must be more than 0".into()));
-            DEFAULT_DNS_TIMEOUT
-        }
-        Some(Err(e)) => {
-            errors.push(("dns_timeout".into(), e));
-            DEFAULT_DNS_TIMEOUT
-        }
-    };
-    let mut nameservers = Vec::new();
-    for (i, text) in o.nameservers.iter().enumerate() {
-        match parse_nameserver(text) {
-            Ok(addr) => nameservers.push(addr),
-            Err(e) => errors.push((format!("nameservers[{i}]"), e)),
-        }
-    }
-    let hostname = o.hostname.unwrap_or_else(machine_hostname);
-    if hostname.is_empty() || hostname.contains(|c: char| c.is_whitespace() || c == ';') {
-        errors.push(("hostname".into(), format!("{hostname:?} is not a host name")));
-    }
+    let (timeout, nameservers, hostname) = dns_options(
+        o.dns_timeout.as_deref(),
+        &o.nameservers,
+        ("hostname", o.hostname),
+        &mut errors,
+    );
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -314,4 +297,38 @@ pub(super) fn results_for<'h>(hostname: &'h str, r: &Results<'_>, sender: &str) 
         ar = ar.with_arc_result(arc, ip);
     }
     ar
+}
+
+/// The resolver and host-name options `auth` and `arc_seal` share: `dns_timeout`, `nameservers`,
+/// and the host name under its key. Mistakes are added to `errors`.
+pub(super) fn dns_options(
+    dns_timeout: Option<&str>,
+    nameservers: &[String],
+    (host_key, host): (&str, Option<String>),
+    errors: &mut BuildErrors,
+) -> (Duration, Vec<SocketAddr>, String) {
+    let timeout = match dns_timeout.map(parse_duration) {
+        None => DEFAULT_DNS_TIMEOUT,
+        Some(Ok(t)) if !t.is_zero() => t,
+        Some(Ok(_)) => {
+            errors.push(("dns_timeout".into(), "must be more than 0".into()));
+            DEFAULT_DNS_TIMEOUT
+        }
+        Some(Err(e)) => {
+            errors.push(("dns_timeout".into(), e));
+            DEFAULT_DNS_TIMEOUT
+        }
+    };
+    let mut servers = Vec::new();
+    for (i, text) in nameservers.iter().enumerate() {
+        match parse_nameserver(text) {
+            Ok(addr) => servers.push(addr),
+            Err(e) => errors.push((format!("nameservers[{i}]"), e)),
+        }
+    }
+    let host = host.unwrap_or_else(machine_hostname);
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == ';') {
+        errors.push((host_key.into(), format!("{host:?} is not a host name")));
+    }
+    (timeout, servers, host)
 }
