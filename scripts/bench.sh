@@ -4,6 +4,7 @@
 #   ./scripts/bench.sh              # 20000 messages of 5000 bytes, 20 parallel sessions
 #   BENCH_MESSAGES=2000 ./scripts/bench.sh
 #   BENCH_POSTFIX=0 ./scripts/bench.sh  # skip phase 3 (the Postfix comparison)
+#   BENCH_LATENCY_MESSAGES=500 ./scripts/bench.sh  # phase 4 sample size (default 2000 each way)
 #   (also BENCH_SESSIONS, BENCH_SIZE, BENCH_PHASE_TIMEOUT seconds, SMTPGATE_BIN)
 #
 # Phase 1 sends the load with Postfix's smtp-source straight to smtp-sink; phase 2 sends the
@@ -19,6 +20,11 @@
 # data directories, started with `postfix -c DIR`); /etc/postfix is only read (postfix-files,
 # the stock master.cf it is derived from) and the system's queue is never used. If it fails
 # to start, phase 3 is skipped with the reason and phases 1-2 are still reported.
+#
+# Phase 4 measures the latency an inline proxy listener (mode = "proxy") adds: one Python smtplib
+# session straight to the sink and one through smtpgate's proxy listener to the same sink send
+# messages in turn, one at a time, and each message is timed from MAIL to the reply to the end of
+# data. Prints the median and 99th percentile of both and the difference (the added latency).
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
@@ -304,6 +310,12 @@ relay_networks = ["127.0.0.0/8"]
 max_connections = 1000
 max_connections_per_ip = 1000
 
+[[listener]]
+name = "proxy"
+address = "127.0.0.1:0"
+relay_networks = ["127.0.0.0/8"]
+mode = "proxy"
+
 [[pool]]
 name = "sink"
 servers = ["127.0.0.1:$SINK_PORT"]
@@ -328,11 +340,50 @@ gate_ready() {
     grep -q '^smtpgate ready' "$WORK/gate/stdout.log"
 }
 wait_for "smtpgate ready" "$START_TIMEOUT" gate_ready
-GATE_PORT=$(sed -n 's/^smtpgate listening: .*address=[^ ]*:\([0-9]*\) .*/\1/p' "$WORK/gate/stdout.log" | head -n 1)
-[[ -n $GATE_PORT ]] || { echo "bench.sh: no listener address in smtpgate's stdout" >&2; exit 1; }
+listener_port() {
+    sed -n "s/^smtpgate listening: listener=$1 address=[^ ]*:\\([0-9]*\\) .*/\\1/p" "$WORK/gate/stdout.log" | head -n 1
+}
+GATE_PORT=$(listener_port inbound)
+PROXY_PORT=$(listener_port proxy)
+[[ -n $GATE_PORT && -n $PROXY_PORT ]] || { echo "bench.sh: no listener address in smtpgate's stdout" >&2; exit 1; }
 GATE_SECONDS=$(run_load "$GATE_PORT" "$WORK/sink-gate.log")
 GATE_PEAK_RSS=$(awk '/^VmHWM:/ {print $2, $3}' "/proc/$GATE_PID/status")
 echo "   smtpgate: $(rate "$GATE_SECONDS") msg/s ($GATE_SECONDS s)" >&2
+
+LATENCY_MESSAGES=${BENCH_LATENCY_MESSAGES:-2000}
+echo "== phase 4: latency, smtplib -> smtp-sink vs smtplib -> smtpgate (proxy listener) -> smtp-sink ($LATENCY_MESSAGES messages each)" >&2
+LATENCY=$(timeout "$PHASE_TIMEOUT" python3 - "$SINK_PORT" "$PROXY_PORT" "$LATENCY_MESSAGES" "$SIZE" <<'PY'
+import smtplib, sys, time
+direct_port, proxy_port, n, size = (int(a) for a in sys.argv[1:5])
+warmup = 50
+line = b"x" * 76 + b"\r\n"
+body = b"Subject: latency\r\n\r\n" + line * max(1, size // len(line))
+def session(port):
+    s = smtplib.SMTP("127.0.0.1", port, timeout=30)
+    s.ehlo("bench.example.test")
+    return s
+sessions = {"direct": session(direct_port), "proxy": session(proxy_port)}
+times = {"direct": [], "proxy": []}
+for i in range(warmup + n):
+    order = ("direct", "proxy") if i % 2 == 0 else ("proxy", "direct")
+    for name in order:
+        start = time.perf_counter()
+        sessions[name].sendmail("bench-from@example.test", ["bench-to@example.test"], body)
+        if i >= warmup:
+            times[name].append(time.perf_counter() - start)
+for s in sessions.values():
+    s.quit()
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))] * 1000
+d50, d99 = pct(times["direct"], 0.5), pct(times["direct"], 0.99)
+p50, p99 = pct(times["proxy"], 0.5), pct(times["proxy"], 0.99)
+print(f"latency direct:      median {d50:.3f} ms, p99 {d99:.3f} ms")
+print(f"latency via proxy:   median {p50:.3f} ms, p99 {p99:.3f} ms")
+print(f"added by the proxy:  median {p50 - d50:.3f} ms, p99 {p99 - d99:.3f} ms")
+PY
+) || { echo "bench.sh: phase 4 failed" >&2; exit 1; }
+echo "$LATENCY" | sed 's/^/   /' >&2
 kill "$GATE_PID" "$SINK_PID" 2>/dev/null || true   # leave the CPU to phase 3
 
 PF_SECONDS=""
@@ -370,3 +421,4 @@ else
     printf 'postfix:  skipped (%s)\n' "$PF_WHY"
 fi
 printf 'smtpgate peak RSS (VmHWM): %s\n' "$GATE_PEAK_RSS"
+printf '%s\n' "$LATENCY"

@@ -405,6 +405,74 @@ impl Reply {
     }
 }
 
+/// Inline proxy mode: answers that come from, or are about, the upstream server.
+impl Reply {
+    /// An upstream server's reply to RCPT or to the end of data, relayed to the client with its
+    /// code, enhanced status and text. A `421` becomes `451` (the upstream is closing, this session
+    /// is not); a code that cannot end a command (1xx, 3xx, out of range) becomes
+    /// [`upstream_lost`](Self::upstream_lost).
+    pub fn relayed(upstream: &crate::ParsedReply) -> Self {
+        let code = match upstream.code {
+            421 => 451,
+            c @ (200..=299 | 400..=599) => c,
+            _ => return Reply::upstream_lost(),
+        };
+        let status = upstream.status.clone().unwrap_or_default();
+        let mut lines = upstream.lines.iter().cloned();
+        Reply {
+            code,
+            status: Cow::Owned(status),
+            text: Cow::Owned(lines.next().unwrap_or_default()),
+            extra_lines: lines.collect(),
+        }
+    }
+
+    /// `451 4.4.1`: no upstream server could be reached for this recipient.
+    pub fn upstream_unavailable() -> Self {
+        Reply::new(451, "4.4.1", "upstream server unavailable, try again later")
+    }
+
+    /// `451 4.4.2`: the upstream connection broke during the transaction.
+    pub fn upstream_lost() -> Self {
+        Reply::new(451, "4.4.2", "connection to upstream server lost, try again later")
+    }
+
+    /// `452 4.5.3`: this recipient is routed to another upstream than the transaction's first one
+    /// (RFC 5321 4.5.3.1.10: the client sends it again in a later transaction).
+    pub fn other_upstream() -> Self {
+        Reply::new(
+            452,
+            "4.5.3",
+            "recipient goes to another server: send it in a new transaction",
+        )
+    }
+
+    /// `550` with the failure's own status: the recipient's domain takes no mail (null MX, no such
+    /// domain), found when a proxy listener looked up where to forward it.
+    pub fn undeliverable(status: String, text: String) -> Self {
+        Reply {
+            code: 550,
+            status: Cow::Owned(status),
+            text: Cow::Owned(text),
+            extra_lines: Vec::new(),
+        }
+    }
+
+    /// `550 5.6.7`: the upstream cannot take an SMTPUTF8 transaction.
+    pub fn upstream_lacks_smtputf8() -> Self {
+        Reply::new(550, "5.6.7", "the destination does not support SMTPUTF8")
+    }
+
+    /// `451 4.3.5`: routing sends this recipient several ways, which a live session cannot follow.
+    pub fn not_proxyable() -> Self {
+        Reply::new(
+            451,
+            "4.3.5",
+            "recipient cannot be forwarded in proxy mode, try again later",
+        )
+    }
+}
+
 /// AUTH (RFC 4954).
 impl Reply {
     pub fn auth_failed() -> Self {

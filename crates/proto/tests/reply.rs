@@ -91,6 +91,12 @@ fn catalogue_codes() {
         (Reply::auth_needs_tls(), 538, "5.7.11"),
         (Reply::already_authenticated(), 503, "5.5.1"),
         (Reply::bdat_mixed(), 503, "5.5.1"),
+        (Reply::upstream_unavailable(), 451, "4.4.1"),
+        (Reply::upstream_lost(), 451, "4.4.2"),
+        (Reply::other_upstream(), 452, "4.5.3"),
+        (Reply::not_proxyable(), 451, "4.3.5"),
+        (Reply::undeliverable("5.1.10".into(), "null MX".into()), 550, "5.1.10"),
+        (Reply::upstream_lacks_smtputf8(), 550, "5.6.7"),
     ];
     for (r, code, status) in table {
         assert_eq!((r.code, r.status.as_ref()), (code, status), "{r}");
@@ -106,4 +112,41 @@ fn catalogue_codes() {
         assert_eq!(r.is_transient(), (400..500).contains(&code));
         assert_eq!(r.is_permanent(), code >= 500);
     }
+}
+
+/// An upstream reply relayed in proxy mode: what the client sees for each upstream answer.
+#[test]
+fn relayed_upstream_replies() {
+    let relay = |wire: &str| {
+        let (parsed, used) = smtpgate_proto::parse_reply(wire.as_bytes()).unwrap().unwrap();
+        assert_eq!(used, wire.len(), "{wire:?}");
+        String::from_utf8(Reply::relayed(&parsed).to_bytes()).unwrap()
+    };
+    let table = [
+        ("250 2.1.5 ok\r\n", "250 2.1.5 ok\r\n"),
+        ("550 5.1.1 no such user\r\n", "550 5.1.1 no such user\r\n"),
+        (
+            "550-5.7.1 first\r\n550 5.7.1 second\r\n",
+            "550-5.7.1 first\r\n550 5.7.1 second\r\n",
+        ),
+        ("250 queued as ABC\r\n", "250 queued as ABC\r\n"),
+        // The upstream is closing, this session is not.
+        ("421 4.3.2 shutting down\r\n", "451 4.3.2 shutting down\r\n"),
+        // A status whose class disagrees with the code is not a status: it stays text.
+        ("450 5.1.1 confused\r\n", "450 5.1.1 confused\r\n"),
+        // Not a final answer to RCPT or to the end of data.
+        (
+            "354 go ahead\r\n",
+            "451 4.4.2 connection to upstream server lost, try again later\r\n",
+        ),
+    ];
+    for (upstream, client) in table {
+        assert_eq!(relay(upstream), client, "{upstream:?}");
+    }
+    let odd = smtpgate_proto::ParsedReply {
+        code: 199,
+        status: None,
+        lines: vec!["what".into()],
+    };
+    assert_eq!(Reply::relayed(&odd), Reply::upstream_lost());
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use super::raw::{RawAdmin, RawAuth, RawConfig, RawListener, RawQueue, RawSpool, Text};
 use super::values::{parse_domain, parse_duration, parse_nameserver, parse_net, parse_size, parse_socket_addr};
 use super::{
-    AdminConfig, AuthConfig, BareLineEndings, Config, ConfigError, ConfigIssue, DnsConfig, ListenerConfig, QueueConfig,
-    SpoolConfig, TlsFiles,
+    AdminConfig, AuthConfig, BareLineEndings, Config, ConfigError, ConfigIssue, DnsConfig, FilterConfig,
+    ListenerConfig, ListenerMode, QueueConfig, RouteConfig, SpoolConfig, Stage, TlsFiles,
 };
 
 const MB: u64 = 1024 * 1024;
@@ -51,6 +51,7 @@ fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Config {
     for (i, r) in routes.iter().enumerate() {
         super::filter::check_names(&format!("route[{i}].filters"), &r.filters, &filters, issues);
     }
+    check_proxy_filters(&listeners, &routes, &filters, issues);
     let queue = build_queue(raw.queue.unwrap_or_default(), issues);
     let nameservers = raw.dns.and_then(|dns| dns.nameservers);
     let dns = DnsConfig {
@@ -284,6 +285,58 @@ fn build_listener(index: usize, raw: RawListener, base_dir: &Path, issues: &mut 
         submission: raw.submission.unwrap_or(false),
         require_tls,
         filters: raw.filters.unwrap_or_default(),
+        mode: build_mode(key("mode"), raw.mode, issues),
+    }
+}
+
+fn build_mode(key: String, raw: Option<String>, issues: &mut Issues) -> ListenerMode {
+    match raw.as_deref() {
+        None | Some("queue") => ListenerMode::Queue,
+        Some("proxy") => ListenerMode::Proxy,
+        Some(other) => {
+            issues.push(key, format!("{other:?} is not one of \"queue\", \"proxy\""));
+            ListenerMode::Queue
+        }
+    }
+}
+
+/// A proxy listener queues nothing, so no `after_queue` filter can run on its mail: neither its
+/// own nor those of a route its mail can take.
+fn check_proxy_filters(
+    listeners: &[ListenerConfig],
+    routes: &[RouteConfig],
+    filters: &[FilterConfig],
+    issues: &mut Issues,
+) {
+    let after_queue = |name: &String| filters.iter().any(|f| &f.name == name && f.stage == Stage::AfterQueue);
+    for (i, l) in listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.mode == ListenerMode::Proxy)
+    {
+        for (j, name) in l.filters.iter().enumerate().filter(|(_, n)| after_queue(n)) {
+            issues.push(
+                format!("listener[{i}].filters[{j}]"),
+                format!("filter {name:?} runs after_queue, but a proxy listener queues nothing: use before_queue"),
+            );
+        }
+        for (r, route) in routes.iter().enumerate() {
+            let applies = route.when.listener.is_empty() || route.when.listener.contains(&l.name);
+            for (j, name) in route
+                .filters
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| applies && after_queue(n))
+            {
+                issues.push(
+                    format!("route[{r}].filters[{j}]"),
+                    format!(
+                        "filter {name:?} runs after_queue, but this route can carry mail of proxy listener {:?}, which queues nothing: use before_queue or limit the route with listener = [...]",
+                        l.name
+                    ),
+                );
+            }
+        }
     }
 }
 

@@ -94,6 +94,16 @@ pub enum BareLineEndings {
     Normalize,
 }
 
+/// What a listener does with the mail it accepts (`mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerMode {
+    /// Spool it, answer `250`, deliver it from the queue (`"queue"`, the default).
+    Queue,
+    /// Forward each transaction live to its routed upstream, relaying the upstream's answers to
+    /// each recipient and to the end of data; nothing is spooled (`"proxy"`).
+    Proxy,
+}
+
 /// A certificate chain and its private key, both PEM files that existed at load time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -141,6 +151,7 @@ pub struct ListenerConfig {
     pub require_tls: bool,
     /// Names of `[[filter]]`s run on every message of this listener, in order.
     pub filters: Vec<String>,
+    pub mode: ListenerMode,
 }
 
 /// How we use TLS towards a pool's servers.

@@ -69,6 +69,7 @@ pub struct RawListener {
     pub submission: Option<bool>,
     pub require_tls: Option<bool>,
     pub filters: Option<Vec<String>>,
+    pub mode: Option<String>,
 }
 
 /// `tls = { cert = "...", key = "..." }` in a listener.

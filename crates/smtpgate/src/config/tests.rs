@@ -231,6 +231,7 @@ fn builtin_has_the_documented_defaults() {
         submission: false,
         require_tls: false,
         filters: vec![],
+        mode: ListenerMode::Queue,
     };
     assert_eq!(config.listeners, vec![want_listener]);
 
@@ -387,6 +388,58 @@ submission = true
     assert_eq!(listener.greeting_delay, Duration::from_secs(2));
     assert_eq!(listener.bare_line_endings, BareLineEndings::Reject);
     assert!(listener.submission);
+}
+
+/// A proxy listener queues nothing: an after_queue filter that would see its mail is refused,
+/// on the listener and on any route that can carry its mail.
+#[test]
+fn proxy_listeners_take_no_after_queue_filters() {
+    let text = r#"
+[[listener]]
+name = "proxy"
+address = "127.0.0.1:0"
+mode = "proxy"
+filters = ["footer", "late"]
+[[listener]]
+name = "queued"
+address = "127.0.0.1:0"
+mode = "queue"
+[[listener]]
+name = "odd"
+address = "127.0.0.1:0"
+mode = "relay"
+[[pool]]
+name = "p"
+servers = ["127.0.0.1:25"]
+[[route]]
+when = { listener = "queued" }
+filters = ["late"]
+[[route]]
+pool = "p"
+filters = ["footer", "late"]
+[[filter]]
+name = "footer"
+kind = "sanitize"
+footer_text = "x"
+[[filter]]
+name = "late"
+kind = "sanitize"
+stage = "after_queue"
+footer_text = "y"
+"#;
+    let got = errors(text, Path::new("."));
+    let keys: Vec<&str> = got.iter().map(|e| e.split(": ").next().unwrap()).collect();
+    assert_eq!(
+        keys,
+        ["listener[2].mode", "listener[0].filters[1]", "route[1].filters[1]"],
+        "{got:#?}"
+    );
+    let ok = text
+        .replace("mode = \"relay\"", "")
+        .replace("filters = [\"footer\", \"late\"]", "filters = [\"footer\"]");
+    let config = Config::from_toml_str(&ok, Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+    let modes: Vec<ListenerMode> = config.listeners.iter().map(|l| l.mode).collect();
+    assert_eq!(modes, [ListenerMode::Proxy, ListenerMode::Queue, ListenerMode::Queue]);
 }
 
 #[test]

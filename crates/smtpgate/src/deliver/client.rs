@@ -234,10 +234,10 @@ impl Client {
         rcpts: &[&Recipient],
         body: &[u8],
     ) -> Result<TxnResult, ClientError> {
-        let mut cmds = vec![self.mail_command(env, body.len())];
+        let mut cmds = vec![self.mail_command(env, Some(body.len() as u64))];
         cmds.extend(rcpts.iter().map(|r| self.rcpt_command(r)));
         cmds.push("DATA\r\n".to_string());
-        let replies = self.send_commands(&cmds).await?;
+        let replies = self.send_commands(&cmds, true).await?;
         let mail = &replies[0];
         if !mail.is_positive() {
             return Err(ClientError::Reply {
@@ -264,19 +264,63 @@ impl Client {
                 data: None,
             });
         }
-        let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 8);
-        dot_stuff(if any_ok { body } else { b"" }, &mut out);
-        timeout(self.data_timeout, self.io.write_all(&out))
-            .await
-            .map_err(|_| ClientError::Timeout("data write"))??;
-        let final_reply = self.read_reply(self.data_timeout).await?;
+        let final_reply = self.send_body(if any_ok { body } else { b"" }).await?;
         Ok(TxnResult {
             rcpts: rcpt_replies,
             data: any_ok.then_some(final_reply),
         })
     }
 
-    async fn send_commands(&mut self, cmds: &[String]) -> Result<Vec<ParsedReply>, ClientError> {
+    /// Starts a transaction step by step (inline proxy mode): MAIL, declaring `size` when the
+    /// server takes SIZE and it is known, then the recipients, pipelined when the server allows it.
+    /// Returns the reply to MAIL and one reply per recipient; when MAIL is refused, the recipients
+    /// get that refusal too.
+    pub async fn begin(
+        &mut self,
+        env: &Envelope,
+        size: Option<u64>,
+        rcpts: &[&Recipient],
+    ) -> Result<(ParsedReply, Vec<ParsedReply>), ClientError> {
+        let mut cmds = vec![self.mail_command(env, size)];
+        cmds.extend(rcpts.iter().map(|r| self.rcpt_command(r)));
+        let mut replies = self.send_commands(&cmds, true).await?;
+        let mail = replies.remove(0);
+        if !mail.is_positive() {
+            replies.iter_mut().for_each(|r| *r = mail.clone());
+        }
+        Ok((mail, replies))
+    }
+
+    /// More recipients for the transaction [`begin`](Self::begin) opened: one reply each.
+    pub async fn add_recipients(&mut self, rcpts: &[&Recipient]) -> Result<Vec<ParsedReply>, ClientError> {
+        let cmds: Vec<String> = rcpts.iter().map(|r| self.rcpt_command(r)).collect();
+        self.send_commands(&cmds, false).await
+    }
+
+    /// Sends the message of the open transaction: `DATA`, then the body when the server says 354.
+    /// Returns the reply to the end of data, or the server's refusal of DATA itself.
+    pub async fn send_data(&mut self, body: &[u8]) -> Result<ParsedReply, ClientError> {
+        self.write(b"DATA\r\n").await?;
+        let reply = self.read_reply(self.command_timeout).await?;
+        if reply.code != 354 {
+            return Ok(reply);
+        }
+        self.send_body(body).await
+    }
+
+    /// The dot-stuffed body and its terminator, after a 354; returns the reply to the end of data.
+    async fn send_body(&mut self, body: &[u8]) -> Result<ParsedReply, ClientError> {
+        let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 8);
+        dot_stuff(body, &mut out);
+        timeout(self.data_timeout, self.io.write_all(&out))
+            .await
+            .map_err(|_| ClientError::Timeout("data write"))??;
+        self.read_reply(self.data_timeout).await
+    }
+
+    /// Sends `cmds` and reads one reply each, in one write when the server pipelines. Without
+    /// pipelining, when `mail_first` and MAIL is refused, the rest are not sent and get its reply.
+    async fn send_commands(&mut self, cmds: &[String], mail_first: bool) -> Result<Vec<ParsedReply>, ClientError> {
         let mut replies = Vec::with_capacity(cmds.len());
         if self.caps.pipelining {
             self.write(cmds.concat().as_bytes()).await?;
@@ -288,10 +332,9 @@ impl Client {
         for (i, cmd) in cmds.iter().enumerate() {
             self.write(cmd.as_bytes()).await?;
             let reply = self.read_reply(self.command_timeout).await?;
-            let stop = i == 0 && !reply.is_positive();
+            let stop = mail_first && i == 0 && !reply.is_positive();
             replies.push(reply);
             if stop {
-                // MAIL failed: answer the rest as refused without sending them.
                 while replies.len() < cmds.len() {
                     replies.push(replies[0].clone());
                 }
@@ -301,9 +344,9 @@ impl Client {
         Ok(replies)
     }
 
-    fn mail_command(&self, env: &Envelope, size: usize) -> String {
+    fn mail_command(&self, env: &Envelope, size: Option<u64>) -> String {
         let mut cmd = format!("MAIL FROM:<{}>", env.sender);
-        if self.caps.size.is_some() {
+        if let (Some(size), Some(_)) = (size, self.caps.size) {
             cmd.push_str(&format!(" SIZE={size}"));
         }
         if env.eight_bit && self.caps.eight_bit_mime {

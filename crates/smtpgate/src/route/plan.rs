@@ -130,6 +130,21 @@ impl Router {
         st.plan
     }
 
+    /// Routes one recipient on the envelope alone, for a proxy listener, which picks the upstream at
+    /// RCPT time: rules that look at the content are skipped and Sieve scripts (which read the
+    /// message) are not run; SRS, aliases and the envelope rules apply as usual.
+    pub fn plan_envelope(&self, msg: &MessageView<'_>, recipient: &Recipient) -> Plan {
+        let mut st = State {
+            envelope_only: true,
+            ..State::default()
+        };
+        st.plan
+            .trace
+            .push(format!("recipient <{}> (envelope only)", recipient.address));
+        self.route(msg, recipient.clone(), Origin::default(), &mut st);
+        st.plan
+    }
+
     /// The rejection a recipient gets at RCPT time, when the rules can tell from the envelope alone.
     pub fn check_rcpt(&self, msg: &MessageView<'_>, address: &str) -> Option<Rejection> {
         if self.rewritten_before_rules(address) {
@@ -250,7 +265,7 @@ impl Router {
 
     /// Runs the recipient's Sieve script; false when the script took the recipient away.
     fn run_sieve(&self, msg: &MessageView<'_>, rcpt: &Recipient, origin: Origin, st: &mut State) -> bool {
-        let Some(dir) = &self.config.routing.sieve_dir else {
+        let Some(dir) = self.config.routing.sieve_dir.as_ref().filter(|_| !st.envelope_only) else {
             return true;
         };
         let outcome = match super::sieve::run(dir, msg, &rcpt.address) {
@@ -295,6 +310,9 @@ impl Router {
         let mut tags = msg.tags.clone();
         tags.extend(st.tags.iter().cloned());
         for (i, rule) in self.config.routes.iter().enumerate() {
+            if st.envelope_only && rule.when.needs_content() {
+                continue;
+            }
             let list = self.lists[i].as_ref().map(|l| l.get());
             let s = Subject {
                 msg,
@@ -435,6 +453,8 @@ struct State {
     delivered: HashSet<String>,
     tags: Vec<String>,
     expanded: usize,
+    /// Routing at RCPT time for a proxy listener: no content rules, no Sieve.
+    envelope_only: bool,
 }
 
 impl State {

@@ -338,3 +338,39 @@ fn forwarding_to_another_domain_rewrites_the_sender_with_srs() {
     let p = plan(&r, "sender@origin.test", &["direct@gmail.example"], MSG);
     assert_eq!(p.groups[0].srs_sender, None);
 }
+
+/// A proxy listener routes at RCPT time: content rules are passed over, aliases still apply.
+#[test]
+fn envelope_plan_skips_content_rules_and_expands_aliases() {
+    let s = Setup::new();
+    s.file("aliases", "team@example.test: a@example.test, b@example.test\n");
+    let r = s.router(
+        r#"
+[routing]
+aliases = "aliases"
+[[route]]
+when = { subject = "invoice" }
+pool = "archive"
+[[route]]
+when = { recipient_domain = "example.test" }
+pool = "new"
+[[route]]
+pool = "old"
+"#,
+    );
+    let view = MessageView {
+        sender: "s@example.org".into(),
+        listener: "in".into(),
+        ..Default::default()
+    };
+    let team = r.plan_envelope(&view, &Recipient::new("team@example.test"));
+    assert_eq!(
+        copies(&team),
+        vec![(Some("new"), vec!["a@example.test", "b@example.test"])]
+    );
+    let other = r.plan_envelope(&view, &Recipient::new("x@example.org"));
+    assert_eq!(copies(&other), vec![(Some("old"), vec!["x@example.org"])]);
+    // The full plan, with the message, takes the content rule first.
+    let full = plan(&r, "s@example.org", &["x@example.org"], MSG);
+    assert_eq!(copies(&full), vec![(Some("archive"), vec!["x@example.org"])]);
+}

@@ -145,6 +145,9 @@ impl Session {
         if draft.recipients.is_empty() {
             return self.respond(Reply::queued(&id.to_string()));
         }
+        if self.proxying() {
+            return self.proxy_message(id, &draft, body, filtered).await;
+        }
         let plan = self.plan(&draft, &body, filtered.tags.clone());
         if let Some(r) = plan.reject {
             metrics.rejected.inc();

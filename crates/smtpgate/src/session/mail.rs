@@ -25,7 +25,7 @@ impl Session {
         if size > self.listener.config.max_message_size {
             return self.error(Reply::message_too_big());
         }
-        if let Some(r) = self.storage_check(size) {
+        if let Some(r) = self.storage_check(size).filter(|_| !self.proxying()) {
             return self.respond(r);
         }
         if from.mailbox().is_some_and(|m| m.is_utf8()) && !params.smtputf8 {

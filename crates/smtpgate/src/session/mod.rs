@@ -11,6 +11,7 @@ mod ehlo;
 mod filters;
 mod headers;
 mod mail;
+mod proxy;
 mod rcpt;
 mod starttls;
 
@@ -76,6 +77,8 @@ pub struct Session {
     txn: Txn,
     errors: u32,
     auth_failures: u32,
+    /// The upstream side of the transaction, on a proxy listener.
+    proxy: proxy::Proxy,
 }
 
 impl Session {
@@ -93,6 +96,7 @@ impl Session {
             txn: Txn::Idle,
             errors: 0,
             auth_failures: 0,
+            proxy: proxy::Proxy::default(),
         }
     }
 
@@ -102,6 +106,7 @@ impl Session {
             self.command_loop().await;
         }
         let _ = self.conn.flush().await;
+        self.proxy_release().await;
         let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.conn.io).await;
     }
 
@@ -144,7 +149,11 @@ impl Session {
                 }
                 Err(e) => return self.end_on(e),
             };
-            if self.dispatch(&line).await == Flow::Close {
+            let flow = self.dispatch(&line).await;
+            if self.proxy_pending() {
+                self.proxy_release().await;
+            }
+            if flow == Flow::Close {
                 return;
             }
         }

@@ -32,7 +32,7 @@ impl Session {
                 mb.to_string()
             }
         };
-        if let Some(r) = self.routing_refusal(&address) {
+        if let Some(r) = self.routing_refusal(&address).filter(|_| !self.proxying()) {
             return self.error(r);
         }
         if let Some(r) = self.filter_rcpt(&address).await {
@@ -49,6 +49,9 @@ impl Session {
             notify,
             orcpt: params.orcpt,
         };
+        if self.proxying() {
+            return self.proxy_rcpt(rcpt).await;
+        }
         if let Txn::Mail(draft) = &mut self.txn {
             draft.recipients.push(rcpt);
         }

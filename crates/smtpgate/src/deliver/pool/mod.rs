@@ -45,10 +45,12 @@ pub struct PoolState {
 }
 
 /// A connection to one server of a pool, lent out for one delivery. Give it back with
-/// [`Lease::finish`].
+/// [`Lease::finish`]; a lease dropped without it (a proxied session that ended abruptly) closes the
+/// connection and frees its slot.
 pub struct Lease {
     server: Arc<ServerState>,
-    client: Box<Client>,
+    /// `None` once given back.
+    client: Option<Box<Client>>,
     sent: usize,
 }
 
@@ -291,20 +293,23 @@ impl Lease {
     fn new(server: &Arc<ServerState>, client: Box<Client>, sent: usize) -> Self {
         Lease {
             server: server.clone(),
-            client,
+            client: Some(client),
             sent,
         }
     }
 
     pub fn client(&mut self) -> &mut Client {
-        &mut self.client
+        self.client
+            .as_mut()
+            .expect("a lease holds its connection until finished")
     }
 
     /// Gives the connection back after one delivery. `usable`: the server answered and the
     /// connection can carry more (otherwise it counts as a failure of the server and is closed);
     /// `delivered`: a recipient was accepted. After `per_connection` messages the connection quits.
-    pub async fn finish(self, usable: bool, delivered: bool, per_connection: usize) {
-        let Lease { server, client, sent } = self;
+    pub async fn finish(mut self, usable: bool, delivered: bool, per_connection: usize) {
+        let Some(client) = self.client.take() else { return };
+        let (server, sent) = (self.server.clone(), self.sent);
         server.delivery(delivered);
         if !usable {
             drop(client);
@@ -319,6 +324,14 @@ impl Lease {
             server.release(None);
         } else {
             server.release(Some((client, sent)));
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.client.take().is_some() {
+            self.server.release(None);
         }
     }
 }
