@@ -12,6 +12,10 @@ use support::{Gate, SOON, Sink, Upstream, header_values, smtplib, swaks, wait_un
 /// A gate with one proxy listener named "proxy", the given pools (name, server) and extra TOML
 /// (routes, filters); the last route sends everything else to the first pool.
 fn proxy_gate(pools: &[(&str, SocketAddr)], listener: &[&str], extra: &str) -> Gate {
+    Gate::start(&proxy_toml(pools, listener, extra))
+}
+
+fn proxy_toml(pools: &[(&str, SocketAddr)], listener: &[&str], extra: &str) -> String {
     let mut toml = String::from(
         "hostname = \"gate.example.test\"\nshutdown_timeout = \"5s\"\n\n[spool]\ndir = \"spool\"\n\n\
          [admin]\naddress = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"proxy\"\naddress = \"127.0.0.1:0\"\n\
@@ -28,7 +32,7 @@ fn proxy_gate(pools: &[(&str, SocketAddr)], listener: &[&str], extra: &str) -> G
     }
     toml.push_str(extra);
     toml.push_str(&format!("\n[[route]]\npool = \"{}\"\n", pools[0].0));
-    Gate::start(&toml)
+    toml
 }
 
 /// An address on 127.0.0.1 where nothing listens.
@@ -259,4 +263,57 @@ fn pipelining_client_through_the_proxy_to_smtp_sink() {
     assert!(got[0].contains("Subject: pipelined"), "{}", got[0]);
     assert!(wait_until(SOON, || gate.metric("smtpgate_messages_proxied_total") == 1.0));
     nothing_spooled(&gate);
+}
+
+/// Proxied sessions share the pool's connection cap: with one connection allowed and one session
+/// holding it, another session's RCPT waits `queue.connect_timeout`, then gets 451 4.4.1; once the
+/// first transaction is over, the connection serves the second session.
+#[test]
+fn a_full_pool_defers_the_recipient_after_the_connect_timeout() {
+    let upstream = Upstream::start();
+    let toml = proxy_toml(
+        &[("main", upstream.addr())],
+        &[],
+        "\n[queue]\nconnect_timeout = \"1s\"\n",
+    );
+    let capped = toml.replace(
+        &format!("servers = [\"{}\"]", upstream.addr()),
+        &format!(
+            "servers = [{{ address = \"{}\", max_connections = 1 }}]\nhealth_check = {{ enabled = false }}",
+            upstream.addr()
+        ),
+    );
+    assert_ne!(capped, toml);
+    let gate = Gate::start(&capped);
+    let script = format!(
+        "{PY_MESSAGES}
+first = connect()
+show('MAIL', *first.mail('alice@example.test'))
+show('RCPT', *first.rcpt('one@example.org'))
+second = connect()
+send(second, 'alice@example.test', ['two@example.org'], msg('second'))
+code, text = first.data(msg('first').encode())
+show('END-OF-DATA', code, text)
+send(second, 'alice@example.test', ['two@example.org'], msg('second again'))
+quit(first)
+quit(second)
+"
+    );
+    let t = smtplib(gate.smtp_addr(), &script);
+    assert!(t.succeeded(), "{t}");
+    let rcpts = t.replies("RCPT");
+    assert_eq!(rcpts[0], "250 2.1.5 Ok", "{t}");
+    assert!(
+        rcpts[1].starts_with("451 4.4.1 "),
+        "the pool's only connection is busy: {t}"
+    );
+    assert_eq!(rcpts[2], "250 2.1.5 Ok", "{t}");
+    let got = upstream.wait_for(2, SOON);
+    let subjects: Vec<String> = got.iter().flat_map(|m| header_values(&m.text(), "Subject")).collect();
+    assert_eq!(subjects, ["first", "second again"]);
+    assert_eq!(
+        upstream.connection_count(),
+        1,
+        "one connection, reused by both sessions"
+    );
 }

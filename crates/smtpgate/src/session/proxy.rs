@@ -212,12 +212,23 @@ impl Session {
         let env = self.upstream_envelope(draft, route.srs_sender.clone());
         let size = draft.params.size;
         let ctx = self.listener.ctx.clone();
-        let connected = match &route.pool {
-            Some(pool) => ctx.pools.lease(&ctx, pool).await.map(Link::Pool),
-            None => crate::deliver::connect_mx(&ctx, &route.domain)
-                .await
-                .map(|c| Link::Mx(Box::new(c))),
+        // Proxied sessions share the pool's connection caps with the queue: wait for a free
+        // connection no longer than a connection may take to open.
+        let connecting = async {
+            match &route.pool {
+                Some(pool) => ctx.pools.lease(&ctx, pool).await.map(Link::Pool),
+                None => crate::deliver::connect_mx(&ctx, &route.domain)
+                    .await
+                    .map(|c| Link::Mx(Box::new(c))),
+            }
         };
+        let wait = ctx.config.queue.connect_timeout;
+        let connected = tokio::time::timeout(wait, connecting).await.unwrap_or_else(|_| {
+            Err(ConnectFailure::transient(
+                "4.4.1",
+                format!("no upstream connection free within {wait:?}"),
+            ))
+        });
         let mut link = match connected {
             Ok(link) => link,
             Err(ConnectFailure { outcome }) => {
