@@ -23,4 +23,6 @@ pub struct Context {
     pub pools: Pools,
     /// Messages set aside by filters.
     pub quarantine: Arc<crate::quarantine::Quarantine>,
+    /// Limits per destination (the shaping file) and the counters they act on.
+    pub shaper: crate::shaping::Shaper,
 }

@@ -26,6 +26,7 @@ pub mod queue;
 pub mod route;
 pub mod server;
 pub mod session;
+pub mod shaping;
 pub mod spool;
 pub mod tls;
 

@@ -57,7 +57,12 @@ fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Config {
     let dns = DnsConfig {
         nameservers: issues.list("dns.nameservers", nameservers, parse_nameserver),
     };
+    let shaping_file = raw
+        .shaping
+        .and_then(|s| s.file)
+        .map(|f| build_shaping_file(&f, base_dir, &queue, issues));
     Config {
+        shaping_file,
         hostname,
         spool,
         admin,
@@ -75,6 +80,17 @@ fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Config {
         ),
         shutdown_timeout,
     }
+}
+
+/// The shaping file must exist and load now: a mistake there is a configuration error.
+fn build_shaping_file(raw: &str, base_dir: &Path, queue: &QueueConfig, issues: &mut Issues) -> PathBuf {
+    let path = issues.existing_file("shaping.file".into(), base_dir, raw);
+    if path.is_file()
+        && let Err(e) = crate::shaping::Rules::load(&path, queue)
+    {
+        issues.push("shaping.file", e);
+    }
+    path
 }
 
 /// Mistakes found so far, with helpers that record one and return a stand-in value.

@@ -62,6 +62,8 @@ pub struct Config {
     pub filters: Vec<FilterConfig>,
     /// `[quarantine] max_age`: entries older than this are deleted (default 30 days).
     pub quarantine_max_age: Duration,
+    /// `[shaping] file`: limits per destination (checked at load, reloaded when it changes).
+    pub shaping_file: Option<PathBuf>,
     /// How long a graceful shutdown waits for open sessions to finish their transaction. Deliveries
     /// in flight are not waited for: their state is on disk and they are retried after a restart.
     /// Key `shutdown_timeout`.

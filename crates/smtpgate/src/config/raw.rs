@@ -28,6 +28,7 @@ pub struct RawConfig {
     pub dns: Option<RawDns>,
     pub routing: Option<super::route::RawRouting>,
     pub quarantine: Option<RawQuarantine>,
+    pub shaping: Option<RawShaping>,
     #[serde(default, rename = "filter")]
     pub filters: Vec<super::filter::RawFilter>,
 }
@@ -103,6 +104,12 @@ pub struct RawQueue {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawQuarantine {
     pub max_age: Option<Text>,
+}
+
+/// `[shaping]`
+#[derive(Debug, Default, Deserialize)]
+pub struct RawShaping {
+    pub file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -14,6 +14,7 @@ use crate::context::Context;
 use crate::envelope::Recipient;
 use crate::queue::Delivery;
 use crate::route::NextHop;
+use crate::shaping::Shape;
 use client::{Client, ClientError, Connect};
 
 /// What became of one recipient in one attempt.
@@ -71,12 +72,31 @@ impl ConnectFailure {
 }
 
 /// Opens a connection to the first mail server of `domain` that answers (MX delivery; pools go
-/// through [`pool::Pools::lease`]).
+/// through [`pool::Pools::lease`]), with the destination's TLS policy and timeouts from the
+/// shaping file (its rate and connection limits are the caller's to apply).
 pub async fn connect_mx(ctx: &Context, domain: &str) -> Result<Client, ConnectFailure> {
     let targets = mx_targets(ctx, domain).await?;
+    let hosts: Vec<&str> = targets.iter().map(|(h, _)| h.as_str()).collect();
+    let (_, shape) = ctx.shaper.shape(domain, &hosts);
+    connect_targets(ctx, domain, &targets, &shape).await
+}
+
+/// Opens a connection to the first of `targets` (a domain's mail servers, in order) that answers.
+pub async fn connect_targets(
+    ctx: &Context,
+    domain: &str,
+    targets: &[(String, SocketAddr)],
+    shape: &Shape,
+) -> Result<Client, ConnectFailure> {
+    let mut timeouts = ctx.config.queue.clone();
+    timeouts.connect_timeout = shape.connect_timeout;
+    timeouts.command_timeout = shape.command_timeout;
+    timeouts.data_timeout = shape.data_timeout;
     let mut last = String::from("no server to try");
     for (host, addr) in targets {
-        match Client::connect(connect_params(ctx, &host, addr, TlsPolicy::Opportunistic)).await {
+        let mut params = connect_params(ctx, host, *addr, shape.tls);
+        params.queue = &timeouts;
+        match Client::connect(params).await {
             Ok(client) => return Ok(client),
             Err(e) => {
                 tracing::debug!(hop = %NextHop::Mx(domain.to_string()), server = %addr, error = %e, "connection failed");
@@ -101,7 +121,8 @@ fn connect_params<'a>(ctx: &'a Context, host: &'a str, addr: SocketAddr, tls: Tl
     }
 }
 
-async fn mx_targets(ctx: &Context, domain: &str) -> Result<Vec<(String, SocketAddr)>, ConnectFailure> {
+/// A domain's mail servers in the order to try them: (host name, address).
+pub async fn mx_targets(ctx: &Context, domain: &str) -> Result<Vec<(String, SocketAddr)>, ConnectFailure> {
     let found = mx::targets(&ctx.resolver, domain, ctx.config.queue.smtp_port)
         .await
         .map_err(|e| {

@@ -137,7 +137,8 @@ impl Queue {
         let limit = match &hop {
             // A pool caps itself: each server's `max_connections`.
             NextHop::Pool(name) => self.ctx().pools.worker_limit(name),
-            NextHop::Mx(_) => None,
+            // The domain's shaping (an MX rollup's shared cap is enforced again at connect time).
+            NextHop::Mx(domain) => Some(self.ctx().shaper.max_connections(domain)),
         }
         .unwrap_or(self.ctx().config.queue.connections_per_destination);
         if dest.ready.len() > dest.idle && dest.workers < limit {
@@ -176,6 +177,11 @@ impl Queue {
             tokio::time::sleep(delay).await;
             queue.push(hop, d);
         });
+    }
+
+    /// The next delivery for a worker of `hop` if one is ready now.
+    fn try_next_for(&self, hop: &NextHop) -> Option<Delivery> {
+        self.dests.lock().unwrap().get_mut(hop)?.ready.pop_front()
     }
 
     /// The next delivery for a worker of `hop`, waiting a while for one; `None` means the worker should close.

@@ -4,11 +4,16 @@
 //! pool the server is chosen per message (so weights hold per message): the worker leases a
 //! connection from the pool for each delivery and gives it back, idle, for the next one.
 
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::{Delivery, Queue, settle};
+use crate::context::Context;
 use crate::deliver::{self, ConnectFailure, Outcome, client::Client};
 use crate::route::NextHop;
+use crate::shaping::{Key, Shape};
 
 pub(super) async fn run(queue: Queue, hop: NextHop) {
     match &hop {
@@ -18,45 +23,107 @@ pub(super) async fn run(queue: Queue, hop: NextHop) {
     queue.worker_done(&hop);
 }
 
+/// A connection to one of a domain's mail servers, under the destination's shaping.
+struct MxConn {
+    client: Client,
+    /// The domain's mail servers, to look its shaping up again (the file may have changed).
+    hosts: Vec<String>,
+    key: Key,
+    shape: Shape,
+    /// One of the key's `max_connections`, held while the connection is open.
+    _permit: OwnedSemaphorePermit,
+    sent: usize,
+}
+
+impl MxConn {
+    /// Looks up the domain's mail servers, finds its shaping, waits for a connection permit and
+    /// the connection rate, and connects.
+    async fn open(ctx: &Context, domain: &str) -> Result<MxConn, ConnectFailure> {
+        let targets = deliver::mx_targets(ctx, domain).await?;
+        let hosts: Vec<&str> = targets.iter().map(|(h, _)| h.as_str()).collect();
+        let (key, shape) = ctx.shaper.shape(domain, &hosts);
+        let permit = ctx.shaper.connection(&key, shape.max_connections).await;
+        ctx.shaper.connection_slot(&key, shape.connection_rate).await;
+        let client = deliver::connect_targets(ctx, domain, &targets, &shape).await?;
+        Ok(MxConn {
+            client,
+            hosts: targets.into_iter().map(|(h, _)| h).collect(),
+            key,
+            shape,
+            _permit: permit,
+            sent: 0,
+        })
+    }
+}
+
+/// A connection waiting longer than this for its next message slot is closed meanwhile.
+const LONG_WAIT: Duration = Duration::from_secs(10);
+
 async fn run_mx(queue: &Queue, hop: &NextHop, domain: &str) {
     let mut ctx = queue.ctx();
-    let mut conn: Option<Client> = None;
-    let mut sent = 0;
-    while let Some(d) = queue.next_for(hop).await {
+    let mut conn: Option<MxConn> = None;
+    loop {
+        let d = match queue.try_next_for(hop) {
+            Some(d) => d,
+            None => {
+                // Idle: give the connection up at once if another worker (another domain of the
+                // same MX rollup) is waiting for one.
+                if let Some(c) = conn.take_if(|c| ctx.shaper.contended(&c.key)) {
+                    c.client.quit().await;
+                }
+                match queue.next_for(hop).await {
+                    Some(d) => d,
+                    None => break,
+                }
+            }
+        };
         let started = Instant::now();
         // A reload applies from the next delivery: a new connection under the new configuration.
         let current = queue.ctx();
         if !std::sync::Arc::ptr_eq(&current, &ctx) {
             ctx = current;
             if let Some(c) = conn.take() {
-                c.quit().await;
+                c.client.quit().await;
             }
         }
-        let per_conn = ctx.config.queue.messages_per_connection;
         if conn.is_none() {
-            match deliver::connect_mx(&ctx, domain).await {
-                Ok(c) => {
-                    conn = Some(c);
-                    sent = 0;
-                }
+            match MxConn::open(&ctx, domain).await {
+                Ok(c) => conn = Some(c),
                 Err(fail) => return unreachable(queue, hop, d, &fail, started),
             }
         }
-        let client = conn.as_mut().expect("connected above");
-        let (results, keep) = deliver::attempt(&ctx, client, &d).await;
-        let remote = Some(client.remote.clone());
+        let c = conn.as_mut().expect("connected above");
+        // The shaping file may have changed since the connection opened: its limits apply now.
+        let hosts: Vec<&str> = c.hosts.iter().map(String::as_str).collect();
+        c.shape = ctx.shaper.shape(domain, &hosts).1;
+        if let Some(at) = ctx.shaper.reserve_message(&c.key, c.shape.message_rate) {
+            if at > Instant::now() + LONG_WAIT {
+                let idle = conn.take().expect("connected above");
+                idle.client.quit().await;
+                tokio::time::sleep_until(at).await;
+                match MxConn::open(&ctx, domain).await {
+                    Ok(c) => conn = Some(c),
+                    Err(fail) => return unreachable(queue, hop, d, &fail, started),
+                }
+            } else {
+                tokio::time::sleep_until(at).await;
+            }
+        }
+        let c = conn.as_mut().expect("connected above");
+        let (results, keep) = deliver::attempt(&ctx, &mut c.client, &d).await;
+        let remote = Some(c.client.remote.clone());
         settle::spawn(queue, hop, d, results, remote, started);
-        sent += 1;
+        c.sent += 1;
         if !keep {
             conn = None;
-        } else if sent >= per_conn
+        } else if c.sent >= c.shape.messages_per_connection
             && let Some(c) = conn.take()
         {
-            c.quit().await;
+            c.client.quit().await;
         }
     }
     if let Some(c) = conn {
-        c.quit().await;
+        c.client.quit().await;
     }
 }
 

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Parses the file at a path into a value; the error is a message for the operator.
-pub type Loader<T> = fn(&Path) -> Result<T, String>;
+pub type Loader<T> = Box<dyn Fn(&Path) -> Result<T, String> + Send + Sync>;
 
 /// A value loaded from a file, reloaded by [`Reloading::get`] when the file changes.
 pub struct Reloading<T> {
@@ -67,18 +67,25 @@ impl Stamp {
 
 impl<T: Send + Sync + 'static> Reloading<T> {
     /// Loads now; an error here is returned (the config check reports it).
-    pub fn new(path: PathBuf, load: Loader<T>) -> Result<Self, String> {
+    pub fn new(
+        path: PathBuf,
+        load: impl Fn(&Path) -> Result<T, String> + Send + Sync + 'static,
+    ) -> Result<Self, String> {
         Self::with_interval(path, load, CHECK_INTERVAL)
     }
 
     /// Like [`Reloading::new`], looking at the file at most once per `interval`.
-    pub fn with_interval(path: PathBuf, load: Loader<T>, interval: Duration) -> Result<Self, String> {
+    pub fn with_interval(
+        path: PathBuf,
+        load: impl Fn(&Path) -> Result<T, String> + Send + Sync + 'static,
+        interval: Duration,
+    ) -> Result<Self, String> {
         // The stamp is taken before reading, so a change made during the load is seen by the next check.
         let stamp = Stamp::of(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let value = load(&path)?;
         Ok(Reloading {
             path,
-            load,
+            load: Box::new(load),
             interval,
             value: RwLock::new(Arc::new(value)),
             check: Mutex::new(Check {

@@ -1,4 +1,5 @@
-//! The admin address: `/healthz` and `/metrics` (Prometheus text format).
+//! The admin address: `/healthz`, `/metrics` (Prometheus text format), `/shaping` (the limits per
+//! destination in use, JSON) and the quarantine.
 
 use std::net::SocketAddr;
 
@@ -23,6 +24,7 @@ pub async fn start(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        .route("/shaping", get(shaping))
         .merge(super::quarantine_api::routes())
         .with_state(queue);
     tokio::spawn(async move {
@@ -42,6 +44,13 @@ async fn metrics(State(queue): State<Queue>) -> ([(axum::http::header::HeaderNam
         [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         render(&queue.ctx()),
     )
+}
+
+/// Every destination key with connections so far: its limits and its open connections.
+async fn shaping(State(queue): State<Queue>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    let usage = queue.ctx().shaper.usage();
+    let body = serde_json::to_string_pretty(&usage).unwrap_or_default() + "\n";
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
 }
 
 fn render(ctx: &Context) -> String {

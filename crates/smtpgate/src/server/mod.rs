@@ -39,6 +39,8 @@ pub enum StartError {
     Dns(std::io::Error),
     #[error("routing: {0}")]
     Routing(String),
+    #[error("shaping: {0}")]
+    Shaping(String),
 }
 
 /// What one listener's sessions share.
@@ -147,6 +149,8 @@ pub fn context(config: Arc<Config>) -> Result<(Arc<Context>, Vec<crate::spool::R
         quarantine: Arc::new(
             crate::quarantine::Quarantine::open(&spool_dir).map_err(|e| StartError::Spool(spool_dir.clone(), e))?,
         ),
+        shaper: crate::shaping::Shaper::new(config.shaping_file.clone(), &config.queue, None)
+            .map_err(StartError::Shaping)?,
     });
     Ok((ctx, found))
 }

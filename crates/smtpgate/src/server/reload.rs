@@ -47,7 +47,10 @@ fn successor(old: &Context, config: Arc<Config>) -> Result<Arc<Context>, String>
     }
     let router = Router::new(config.clone()).map_err(|e| format!("routing: {e}"))?;
     let resolver = crate::deliver::mx::resolver(&config.dns.nameservers).map_err(|e| format!("DNS: {e}"))?;
+    let shaper = crate::shaping::Shaper::new(config.shaping_file.clone(), &config.queue, Some(old.shaper.state()))
+        .map_err(|e| format!("shaping: {e}"))?;
     Ok(Arc::new(Context {
+        shaper,
         pools: Pools::new(&config),
         config,
         spool: old.spool.clone(),

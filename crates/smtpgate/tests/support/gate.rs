@@ -368,7 +368,7 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
 }
 
 /// A one-shot HTTP/1.1 GET over a plain TcpStream: (status, body).
-pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("connect to admin {addr}: {e}"));
     stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");

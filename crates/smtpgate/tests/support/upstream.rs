@@ -54,6 +54,8 @@ pub struct UpstreamMessage {
     pub rcpts: Vec<Recipient>,
     /// The message as the client meant it: dot-unstuffed, ending with CRLF.
     pub data: Vec<u8>,
+    /// When the end of data arrived.
+    pub at: std::time::Instant,
 }
 
 impl UpstreamMessage {
@@ -397,6 +399,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             mail_params: transaction.mail_params,
             rcpts: transaction.rcpts.into_iter().map(|(r, _)| r).collect(),
             data,
+            at: std::time::Instant::now(),
         });
         messages.len()
     }

@@ -1,0 +1,215 @@
+//! Traffic shaping per destination: how many connections, how fast, which timeouts and TLS policy.
+//!
+//! [`rules`] reads the shaping file (reloaded when it changes). The [`Shaper`] keeps the run-time
+//! state per [`Key`] (a domain, or an MX rollup shared by every domain whose mail servers match):
+//! a connection semaphore, and the next instant a message and a connection may start (GCRA with no
+//! burst, so a rate of 60/min sends one message a second, never 60 at once). The state lives
+//! across configuration reloads; only the limits change.
+//!
+//! A delivery worker for an MX hop asks, in order: [`Shaper::shape`] (after the MX lookup), a
+//! [`Shaper::connection`] permit and [`Shaper::connection_slot`] before it connects, and
+//! [`Shaper::message_slot`] before each message.
+
+pub mod rules;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::config::QueueConfig;
+use crate::route::reload::Reloading;
+pub use rules::{Key, Rate, Rules, Shape};
+
+/// The shaping rules in force and the counters they act on.
+pub struct Shaper {
+    rules: Source,
+    state: Arc<State>,
+}
+
+enum Source {
+    Fixed(Arc<Rules>),
+    File(Reloading<Rules>),
+}
+
+/// What survives a configuration reload.
+#[derive(Default)]
+pub struct State {
+    /// GCRA: the earliest instant the next message (or connection) of a key may start.
+    next_message: Mutex<HashMap<Key, Instant>>,
+    next_connection: Mutex<HashMap<Key, Instant>>,
+    /// Per key: the limit the semaphore was made for, and the semaphore.
+    connections: Mutex<HashMap<Key, (usize, Arc<Semaphore>)>>,
+    /// Per key: workers waiting for a connection permit.
+    waiting: Mutex<HashMap<Key, usize>>,
+    /// The key each domain's last lookup found (to size its workers before the next lookup).
+    domain_keys: Mutex<HashMap<String, Key>>,
+}
+
+/// One key's limits and use, for listing.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Usage {
+    pub key: String,
+    pub max_connections: usize,
+    pub connections: usize,
+    pub max_message_rate: Option<String>,
+    pub connection_rate: Option<String>,
+}
+
+impl Shaper {
+    /// The shaping file at `file` (checked now: an error is a configuration error), or `[queue]`'s
+    /// limits for everyone. `state` carries the counters over from the previous configuration.
+    pub fn new(file: Option<PathBuf>, queue: &QueueConfig, state: Option<Arc<State>>) -> Result<Shaper, String> {
+        let rules = match file {
+            None => Source::Fixed(Arc::new(Rules::from_queue(queue))),
+            Some(path) => {
+                let q = queue.clone();
+                Source::File(Reloading::new(path, move |p| Rules::load(p, &q))?)
+            }
+        };
+        Ok(Shaper {
+            rules,
+            state: state.unwrap_or_default(),
+        })
+    }
+
+    pub fn state(&self) -> Arc<State> {
+        self.state.clone()
+    }
+
+    pub fn rules(&self) -> Arc<Rules> {
+        match &self.rules {
+            Source::Fixed(r) => r.clone(),
+            Source::File(r) => r.get(),
+        }
+    }
+
+    /// The key and limits for a delivery to `domain`, once its mail servers are known.
+    pub fn shape(&self, domain: &str, mx_hosts: &[&str]) -> (Key, Shape) {
+        let rules = self.rules();
+        let (key, shape) = rules.lookup(domain, mx_hosts);
+        let mut known = self.state.domain_keys.lock().unwrap();
+        if known.get(domain) != Some(&key) {
+            known.insert(domain.to_owned(), key.clone());
+        }
+        (key, shape.clone())
+    }
+
+    /// How many connections deliveries to `domain` may use: its key's limit when a lookup found
+    /// it before (an MX rollup's), else its own entry's or the default.
+    pub fn max_connections(&self, domain: &str) -> usize {
+        let rules = self.rules();
+        let known = self.state.domain_keys.lock().unwrap().get(domain).cloned();
+        known
+            .and_then(|key| rules.shape_of(&key).map(|s| s.max_connections))
+            .unwrap_or_else(|| rules.before_lookup(domain).max_connections)
+    }
+
+    /// Whether a worker is waiting for one of the key's connections: an idle one should close.
+    pub fn contended(&self, key: &Key) -> bool {
+        self.state.waiting.lock().unwrap().get(key).is_some_and(|&n| n > 0)
+    }
+
+    /// Waits for one of the key's `max` connections to be free; the permit is held as long as the
+    /// connection is open.
+    pub async fn connection(&self, key: &Key, max: usize) -> OwnedSemaphorePermit {
+        let sem = {
+            let mut all = self.state.connections.lock().unwrap();
+            let entry = all
+                .entry(key.clone())
+                .or_insert_with(|| (max, Arc::new(Semaphore::new(max))));
+            if entry.0 != max {
+                // The limit changed (a reload): connections under the old one finish on it.
+                *entry = (max, Arc::new(Semaphore::new(max)));
+            }
+            entry.1.clone()
+        };
+        if let Ok(permit) = sem.clone().try_acquire_owned() {
+            return permit;
+        }
+        let _waiting = Waiting::new(&self.state.waiting, key);
+        sem.acquire_owned().await.expect("shaping semaphores are never closed")
+    }
+
+    /// Waits until the key may open another connection under `rate`.
+    pub async fn connection_slot(&self, key: &Key, rate: Option<Rate>) {
+        if let Some(rate) = rate {
+            tokio::time::sleep_until(reserve(&self.state.next_connection, key, rate)).await;
+        }
+    }
+
+    /// Waits until the key may send another message under `rate`.
+    pub async fn message_slot(&self, key: &Key, rate: Option<Rate>) {
+        if let Some(at) = self.reserve_message(key, rate) {
+            tokio::time::sleep_until(at).await;
+        }
+    }
+
+    /// Takes the key's next message slot under `rate` and says when it comes (`None`: no limit).
+    /// The caller waits until then; a worker facing a long wait closes its connection first.
+    pub fn reserve_message(&self, key: &Key, rate: Option<Rate>) -> Option<Instant> {
+        rate.map(|rate| reserve(&self.state.next_message, key, rate))
+    }
+
+    /// Every key in use, with its limits and open connections, sorted by key.
+    pub fn usage(&self) -> Vec<Usage> {
+        let rules = self.rules();
+        let all = self.state.connections.lock().unwrap();
+        let mut out: Vec<Usage> = all
+            .iter()
+            .filter_map(|(key, (max, sem))| {
+                let shape = rules.shape_of(key)?;
+                Some(Usage {
+                    key: key.to_string(),
+                    max_connections: shape.max_connections,
+                    connections: max.saturating_sub(sem.available_permits()),
+                    max_message_rate: shape.message_rate.map(|r| r.to_string()),
+                    connection_rate: shape.connection_rate.map(|r| r.to_string()),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+}
+
+/// Counts a worker as waiting for a key's connection while it lives (also when its wait is
+/// cancelled).
+struct Waiting<'a> {
+    map: &'a Mutex<HashMap<Key, usize>>,
+    key: Key,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(map: &'a Mutex<HashMap<Key, usize>>, key: &Key) -> Self {
+        *map.lock().unwrap().entry(key.clone()).or_default() += 1;
+        Waiting { map, key: key.clone() }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap();
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// GCRA without burst: takes the key's next slot and returns when it comes. Slots are handed out
+/// in order of asking, so waiters never starve each other.
+fn reserve(next: &Mutex<HashMap<Key, Instant>>, key: &Key, rate: Rate) -> Instant {
+    let mut next = next.lock().unwrap();
+    let now = Instant::now();
+    let due = next.get(key).copied().unwrap_or(now).max(now);
+    next.insert(key.clone(), due + rate.interval());
+    due
+}
+
+#[cfg(test)]
+mod tests;
