@@ -1,6 +1,7 @@
 //! Delivery: connecting to a next hop and turning SMTP replies into per-recipient outcomes.
 
 pub mod bounce;
+pub mod classify;
 pub mod client;
 pub mod mx;
 pub mod pool;
