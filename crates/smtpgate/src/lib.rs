@@ -27,6 +27,7 @@ pub mod route;
 pub mod server;
 pub mod session;
 pub mod spool;
+pub mod suppress;
 pub mod tls;
 
 pub use config::Config;
