@@ -23,6 +23,7 @@ pub mod io;
 pub mod metrics;
 pub mod quarantine;
 pub mod queue;
+pub mod report;
 pub mod route;
 pub mod server;
 pub mod session;
