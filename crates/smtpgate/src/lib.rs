@@ -23,11 +23,13 @@ pub mod io;
 pub mod metrics;
 pub mod quarantine;
 pub mod queue;
+pub mod report;
 pub mod route;
 pub mod server;
 pub mod session;
 pub mod shaping;
 pub mod spool;
+pub mod suppress;
 pub mod tls;
 
 pub use config::Config;
