@@ -405,6 +405,19 @@ impl Reply {
     }
 }
 
+/// Deliverability.
+impl Reply {
+    /// `550 5.1.1`: the recipient is on the suppression list; `why` says how it got there
+    /// (`hard bounce`, `complaint`, `manual`).
+    pub fn suppressed(why: &str) -> Self {
+        Reply::new(
+            550,
+            "5.1.1",
+            format!("recipient address is suppressed ({why}): mail to it is not sent"),
+        )
+    }
+}
+
 /// Inline proxy mode: answers that come from, or are about, the upstream server.
 impl Reply {
     /// An upstream server's reply to RCPT or to the end of data, relayed to the client with its

@@ -97,6 +97,7 @@ fn catalogue_codes() {
         (Reply::not_proxyable(), 451, "4.3.5"),
         (Reply::undeliverable("5.1.10".into(), "null MX".into()), 550, "5.1.10"),
         (Reply::upstream_lacks_smtputf8(), 550, "5.6.7"),
+        (Reply::suppressed("hard bounce"), 550, "5.1.1"),
     ];
     for (r, code, status) in table {
         assert_eq!((r.code, r.status.as_ref()), (code, status), "{r}");

@@ -25,4 +25,6 @@ pub struct Context {
     pub quarantine: Arc<crate::quarantine::Quarantine>,
     /// Limits per destination (the shaping file) and the counters they act on.
     pub shaper: crate::shaping::Shaper,
+    /// Bounce classification, the suppression list, complaints and late bounces.
+    pub feedback: crate::feedback::Feedback,
 }

@@ -18,6 +18,7 @@ pub mod context;
 pub mod datetime;
 pub mod deliver;
 pub mod envelope;
+pub mod feedback;
 pub mod filter;
 pub mod io;
 pub mod metrics;

@@ -47,6 +47,16 @@ enum Cmd {
         #[command(subcommand)]
         command: QuarantineCmd,
     },
+    /// List, add and remove suppressed addresses (asks the running server on its admin address).
+    Suppression {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// The admin address, when the configuration's is port 0.
+        #[arg(long, global = true)]
+        admin: Option<std::net::SocketAddr>,
+        #[command(subcommand)]
+        command: SuppressionCmd,
+    },
     /// Ask the running server (its PID from the spool) to reload its configuration (SIGHUP).
     Reload {
         #[arg(long, short)]
@@ -69,6 +79,16 @@ enum QuarantineCmd {
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
     },
+}
+
+#[derive(Subcommand)]
+enum SuppressionCmd {
+    /// List suppressed addresses (JSON).
+    List,
+    /// Suppress an address (a manual entry).
+    Add { address: String },
+    /// Take an address off the list.
+    Remove { address: String },
 }
 
 #[derive(Subcommand)]
@@ -122,6 +142,7 @@ fn main() -> ExitCode {
         } => route_test(&config, from, to, header, message, client, user, listener),
         Cmd::Reload { config } => signal_reload(config),
         Cmd::Quarantine { config, command } => quarantine(config, command),
+        Cmd::Suppression { config, admin, command } => suppression(config, admin, command),
     };
     match result {
         Ok(code) => code,
@@ -364,15 +385,38 @@ fn quarantine(config: Option<PathBuf>, command: QuarantineCmd) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
+fn suppression(
+    config: Option<PathBuf>,
+    admin: Option<std::net::SocketAddr>,
+    command: SuppressionCmd,
+) -> anyhow::Result<ExitCode> {
+    let config = load_or_builtin(config)?;
+    let addr = admin
+        .or(config.admin.map(|a| a.address))
+        .context("no admin address configured")?;
+    let body = match command {
+        SuppressionCmd::List => admin_request(addr, "GET", "/suppression")?,
+        SuppressionCmd::Add { address } => admin_request(addr, "PUT", &format!("/suppression/{address}"))?,
+        SuppressionCmd::Remove { address } => admin_request(addr, "DELETE", &format!("/suppression/{address}"))?,
+    };
+    print!("{body}");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// A minimal HTTP/1.1 POST to the admin address; returns the body, or an error for a non-2xx status.
 fn admin_post(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
+    admin_request(addr, "POST", path)
+}
+
+/// A minimal HTTP/1.1 request to the admin address; returns the body, or an error for a non-2xx status.
+fn admin_request(addr: std::net::SocketAddr, method: &str, path: &str) -> anyhow::Result<String> {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10))
         .with_context(|| format!("cannot reach the admin address {addr} (is smtpgate running?)"))?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut response = String::new();
     s.read_to_string(&mut response)?;

@@ -11,7 +11,8 @@ use super::raw::{RawAdmin, RawAuth, RawConfig, RawListener, RawQueue, RawSpool, 
 use super::values::{parse_domain, parse_duration, parse_nameserver, parse_net, parse_size, parse_socket_addr};
 use super::{
     AdminConfig, AuthConfig, BareLineEndings, Config, ConfigError, ConfigIssue, DnsConfig, FilterConfig,
-    ListenerConfig, ListenerMode, QueueConfig, RouteConfig, SpoolConfig, Stage, TlsFiles,
+    ListenerConfig, ListenerMode, QueueConfig, RouteConfig, SpoolConfig, Stage, SuppressAction, SuppressionConfig,
+    TlsFiles,
 };
 
 const MB: u64 = 1024 * 1024;
@@ -61,7 +62,19 @@ fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Config {
         .shaping
         .and_then(|s| s.file)
         .map(|f| build_shaping_file(&f, base_dir, &queue, issues));
+    let suppression = build_suppression(raw.suppression.unwrap_or_default(), issues);
+    let bounce_rules = raw.bounces.and_then(|b| b.rules).map(|f| {
+        let path = issues.existing_file("bounces.rules".into(), base_dir, &f);
+        if path.is_file()
+            && let Err(e) = crate::deliver::classify::Classifier::load(&path)
+        {
+            issues.push("bounces.rules", e);
+        }
+        path
+    });
     Config {
+        suppression,
+        bounce_rules,
         shaping_file,
         hostname,
         spool,
@@ -79,6 +92,35 @@ fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Config {
             Duration::from_secs(30 * DAY),
         ),
         shutdown_timeout,
+    }
+}
+
+fn build_suppression(raw: super::raw::RawSuppression, issues: &mut Issues) -> SuppressionConfig {
+    let action = match raw.action.as_deref() {
+        None | Some("reject") => SuppressAction::Reject,
+        Some("drop") => SuppressAction::Drop,
+        Some(other) => {
+            issues.push(
+                "suppression.action",
+                format!("{other:?} is not one of \"reject\", \"drop\""),
+            );
+            SuppressAction::Reject
+        }
+    };
+    let complaints_address = raw.complaints_address.map(|a| {
+        let a = a
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .to_ascii_lowercase();
+        if !a.contains('@') || a.contains(char::is_whitespace) {
+            issues.push("suppression.complaints_address", format!("{a:?} is not an address"));
+        }
+        a
+    });
+    SuppressionConfig {
+        action,
+        complaints_address,
     }
 }
 

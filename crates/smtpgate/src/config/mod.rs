@@ -64,6 +64,9 @@ pub struct Config {
     pub quarantine_max_age: Duration,
     /// `[shaping] file`: limits per destination (checked at load, reloaded when it changes).
     pub shaping_file: Option<PathBuf>,
+    pub suppression: SuppressionConfig,
+    /// `[bounces] rules`: the administrator's bounce classification rules, before the built-in ones.
+    pub bounce_rules: Option<PathBuf>,
     /// How long a graceful shutdown waits for open sessions to finish their transaction. Deliveries
     /// in flight are not waited for: their state is on disk and they are retried after a restart.
     /// Key `shutdown_timeout`.
@@ -94,6 +97,23 @@ pub enum BareLineEndings {
     Reject,
     /// Turn them into CRLF (`"normalize"`, the default).
     Normalize,
+}
+
+/// `[suppression]`: what happens to mail for a suppressed address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuppressionConfig {
+    pub action: SuppressAction,
+    /// Complaint reports (ARF) sent here are read, and the recipients they name suppressed; the
+    /// report itself is not delivered. Lower-cased.
+    pub complaints_address: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuppressAction {
+    /// `550 5.1.1` at RCPT (`"reject"`, the default).
+    Reject,
+    /// Accepted, then dropped and logged (`"drop"`).
+    Drop,
 }
 
 /// What a listener does with the mail it accepts (`mode`).

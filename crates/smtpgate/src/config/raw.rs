@@ -29,6 +29,8 @@ pub struct RawConfig {
     pub routing: Option<super::route::RawRouting>,
     pub quarantine: Option<RawQuarantine>,
     pub shaping: Option<RawShaping>,
+    pub suppression: Option<RawSuppression>,
+    pub bounces: Option<RawBounces>,
     #[serde(default, rename = "filter")]
     pub filters: Vec<super::filter::RawFilter>,
 }
@@ -104,6 +106,19 @@ pub struct RawQueue {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawQuarantine {
     pub max_age: Option<Text>,
+}
+
+/// `[suppression]`
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSuppression {
+    pub action: Option<String>,
+    pub complaints_address: Option<String>,
+}
+
+/// `[bounces]`
+#[derive(Debug, Default, Deserialize)]
+pub struct RawBounces {
+    pub rules: Option<String>,
 }
 
 /// `[shaping]`

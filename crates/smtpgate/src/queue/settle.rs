@@ -42,7 +42,7 @@ async fn settle(
     let mut retry = Vec::new();
     for (idx, outcome) in results {
         let rcpt = &msg.env.recipients[idx as usize];
-        log_attempt(&msg, rcpt, &hop, &outcome, remote.as_deref(), latency_ms);
+        log_attempt(&ctx, &msg, rcpt, &hop, &outcome, remote.as_deref(), latency_ms);
         match outcome {
             Outcome::Delivered(_) => updates.push((idx, RcptState::Delivered)),
             Outcome::Permanent { status, diagnostic } => {
@@ -92,15 +92,33 @@ fn failure(rcpt: &Recipient, status: String, diagnostic: String, remote: &Option
     }
 }
 
-fn log_attempt(msg: &QueuedMessage, rcpt: &Recipient, hop: &NextHop, o: &Outcome, remote: Option<&str>, ms: u64) {
-    let (result, reply) = match o {
-        Outcome::Delivered(r) => ("delivered", r.as_str()),
-        Outcome::Transient { diagnostic, .. } => ("deferred", diagnostic.as_str()),
-        Outcome::Permanent { diagnostic, .. } => ("failed", diagnostic.as_str()),
+/// Logs an attempt; a failure is classified first (and a hard bounce suppresses the address).
+fn log_attempt(
+    ctx: &Context,
+    msg: &QueuedMessage,
+    rcpt: &Recipient,
+    hop: &NextHop,
+    o: &Outcome,
+    remote: Option<&str>,
+    ms: u64,
+) {
+    let (result, reply, class) = match o {
+        Outcome::Delivered(r) => ("delivered", r.as_str(), None),
+        Outcome::Transient { status, diagnostic } => (
+            "deferred",
+            diagnostic.as_str(),
+            Some(ctx.feedback.failure(&rcpt.address, false, status, diagnostic)),
+        ),
+        Outcome::Permanent { status, diagnostic } => (
+            "failed",
+            diagnostic.as_str(),
+            Some(ctx.feedback.failure(&rcpt.address, true, status, diagnostic)),
+        ),
     };
+    let (category, rule) = class.map_or(("-".to_string(), "-".to_string()), |c| (c.category.to_string(), c.rule));
     tracing::info!(
         queue_id = %msg.env.id, recipient = %rcpt.address, next_hop = %hop, server = remote.unwrap_or("-"),
-        result, reply, latency_ms = ms, "delivery attempt"
+        result, reply, category, rule, latency_ms = ms, "delivery attempt"
     );
 }
 

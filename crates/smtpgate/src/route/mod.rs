@@ -25,7 +25,7 @@ mod tests;
 use std::fmt;
 use std::sync::Arc;
 
-pub use message::MessageView;
+pub use message::{MessageView, parse_headers};
 pub use plan::{Group, Plan, Router};
 
 use crate::envelope::{Envelope, Recipient};

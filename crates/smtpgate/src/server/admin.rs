@@ -26,6 +26,7 @@ pub async fn start(
         .route("/metrics", get(metrics))
         .route("/shaping", get(shaping))
         .merge(super::quarantine_api::routes())
+        .merge(super::suppression_api::routes())
         .with_state(queue);
     tokio::spawn(async move {
         let stop = async move {
@@ -63,5 +64,6 @@ fn render(ctx: &Context) -> String {
          # TYPE smtpgate_spool_fsyncs_total counter\nsmtpgate_spool_fsyncs_total {fsyncs}\n"
     ));
     out.push_str(&ctx.pools.render());
+    out.push_str(&ctx.feedback.render());
     out
 }

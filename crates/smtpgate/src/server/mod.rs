@@ -5,6 +5,7 @@ mod limits;
 mod listeners;
 pub mod quarantine_api;
 mod reload;
+pub mod suppression_api;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,8 +40,8 @@ pub enum StartError {
     Dns(std::io::Error),
     #[error("routing: {0}")]
     Routing(String),
-    #[error("shaping: {0}")]
-    Shaping(String),
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// What one listener's sessions share.
@@ -150,7 +151,14 @@ pub fn context(config: Arc<Config>) -> Result<(Arc<Context>, Vec<crate::spool::R
             crate::quarantine::Quarantine::open(&spool_dir).map_err(|e| StartError::Spool(spool_dir.clone(), e))?,
         ),
         shaper: crate::shaping::Shaper::new(config.shaping_file.clone(), &config.queue, None)
-            .map_err(StartError::Shaping)?,
+            .map_err(|e| StartError::Setup(format!("shaping: {e}")))?,
+        feedback: crate::feedback::Feedback::new(
+            config.bounce_rules.clone(),
+            crate::feedback::Feedback::open_suppression(&spool_dir)
+                .map_err(|e| StartError::Spool(spool_dir.clone(), e))?,
+            None,
+        )
+        .map_err(|e| StartError::Setup(format!("bounces: {e}")))?,
     });
     Ok((ctx, found))
 }

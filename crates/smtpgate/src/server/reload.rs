@@ -49,7 +49,14 @@ fn successor(old: &Context, config: Arc<Config>) -> Result<Arc<Context>, String>
     let resolver = crate::deliver::mx::resolver(&config.dns.nameservers).map_err(|e| format!("DNS: {e}"))?;
     let shaper = crate::shaping::Shaper::new(config.shaping_file.clone(), &config.queue, Some(old.shaper.state()))
         .map_err(|e| format!("shaping: {e}"))?;
+    let feedback = crate::feedback::Feedback::new(
+        config.bounce_rules.clone(),
+        old.feedback.suppression.clone(),
+        Some(old.feedback.state()),
+    )
+    .map_err(|e| format!("bounces: {e}"))?;
     Ok(Arc::new(Context {
+        feedback,
         shaper,
         pools: Pools::new(&config),
         config,

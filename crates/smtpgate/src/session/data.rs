@@ -137,6 +137,10 @@ impl Session {
             let extra = headers::missing_submission_headers(&body[at..], id, &self.listener.ctx.config.hostname);
             body.splice(at..at, extra.into_bytes());
         }
+        self.feedback_intake(id, &mut draft, &body);
+        if draft.recipients.is_empty() {
+            return self.respond(Reply::queued(&id.to_string()));
+        }
         let mut filtered = match self.filter_message(id, &mut draft, body).await {
             Ok(f) => f,
             Err(flow) => return flow,
@@ -163,6 +167,7 @@ impl Session {
             Ok(c) => c,
             Err(flow) => return flow,
         };
+        self.listener.ctx.feedback.remember(&body, id, &sender);
         match self.spool_groups(id, &draft, copies).await {
             Ok(copies) => {
                 metrics.received.inc();
@@ -176,6 +181,37 @@ impl Session {
                 tracing::error!(queue_id = %id, error = %e, "cannot spool message");
                 self.respond(Reply::local_error())
             }
+        }
+    }
+
+    /// Feedback that comes in as mail: a complaint report to `complaints_address` is read (and
+    /// that recipient consumed), a late bounce to anyone is read (and still delivered), and with
+    /// `[suppression] action = "drop"` suppressed recipients are dropped here.
+    fn feedback_intake(&self, id: QueueId, draft: &mut Draft, body: &[u8]) {
+        let ctx = &self.listener.ctx;
+        let config = &ctx.config.suppression;
+        if let Some(fbl) = &config.complaints_address
+            && draft.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(fbl))
+        {
+            if ctx.feedback.complaint(body).is_none() {
+                tracing::warn!(queue_id = %id, client = %self.peer, "mail to the complaints address is not a complaint report: dropped");
+            }
+            draft.recipients.retain(|r| !r.address.eq_ignore_ascii_case(fbl));
+        }
+        if draft.sender.is_empty() {
+            ctx.feedback.late_bounce(body);
+        }
+        if config.action == crate::config::SuppressAction::Drop {
+            draft
+                .recipients
+                .retain(|r| match ctx.feedback.suppression.contains(&r.address) {
+                    Some(entry) => {
+                        let reason = super::rcpt::reason_text(entry.reason);
+                        tracing::info!(queue_id = %id, recipient = %r.address, reason, "suppressed recipient dropped");
+                        false
+                    }
+                    None => true,
+                });
         }
     }
 

@@ -7,7 +7,17 @@
 use smtpgate_proto::{Domain, ForwardPath, Mailbox, RcptParams, Reply};
 
 use super::{Flow, Session, Txn};
+use crate::config::SuppressAction;
 use crate::envelope::{Notify, Recipient};
+use crate::suppress::Reason;
+
+pub(super) fn reason_text(reason: Reason) -> &'static str {
+    match reason {
+        Reason::HardBounce => "hard bounce",
+        Reason::Complaint => "complaint",
+        Reason::Manual => "manual",
+    }
+}
 
 impl Session {
     pub(super) async fn rcpt(&mut self, to: ForwardPath, params: RcptParams) -> Flow {
@@ -32,6 +42,9 @@ impl Session {
                 mb.to_string()
             }
         };
+        if let Some(r) = self.suppression_refusal(&address) {
+            return self.error(r);
+        }
         if let Some(r) = self.routing_refusal(&address).filter(|_| !self.proxying()) {
             return self.error(r);
         }
@@ -56,6 +69,18 @@ impl Session {
             draft.recipients.push(rcpt);
         }
         self.respond(Reply::recipient_ok())
+    }
+
+    /// A suppressed address is refused here when `[suppression] action = "reject"`.
+    fn suppression_refusal(&self, address: &str) -> Option<Reply> {
+        let ctx = &self.listener.ctx;
+        if ctx.config.suppression.action != SuppressAction::Reject {
+            return None;
+        }
+        let entry = ctx.feedback.suppression.contains(address)?;
+        let why = reason_text(entry.reason);
+        tracing::info!(client = %self.peer, recipient = %address, reason = why, "suppressed recipient refused");
+        Some(Reply::suppressed(why))
     }
 
     fn postmaster(&self) -> String {
