@@ -113,6 +113,8 @@ pub struct Envelope {
     pub pool: Option<String>,
     /// After-queue filters still to run before delivery (by name).
     pub scan: Vec<String>,
+    /// The `[[stream]]` the routing rules put this copy in; `None` is the default stream.
+    pub stream: Option<String>,
 }
 
 impl Envelope {
@@ -143,6 +145,9 @@ impl Envelope {
             out.push(r.notify.map_or(0xff, Notify::to_bits));
             put_opt(out, r.orcpt.as_deref());
         }
+        // Fields added later go after the recipients: a record written before they existed
+        // simply ends here, and decodes with their defaults.
+        put_opt(out, self.stream.as_deref());
     }
 
     /// Decodes what [`Envelope::encode`] wrote; `None` if it is malformed.
@@ -174,7 +179,9 @@ impl Envelope {
             let orcpt = r.opt()?;
             recipients.push(Recipient { address, notify, orcpt });
         }
+        let stream = if r.pos < r.buf.len() { r.opt()? } else { None };
         let env = Envelope {
+            stream,
             id,
             sender,
             recipients,
@@ -287,13 +294,24 @@ mod tests {
             envid: Some("abc".into()),
             pool: Some("up".into()),
             scan: vec!["clamav".into()],
+            stream: Some("bulk".into()),
         };
         let mut buf = Vec::new();
         env.encode(&mut buf);
         let (back, used) = Envelope::decode(&buf).unwrap();
         assert_eq!(back, env);
         assert_eq!(used, buf.len());
-        for cut in 0..buf.len() {
+        // A record written before `stream` existed ends right after the recipients.
+        let mut old = Vec::new();
+        Envelope {
+            stream: None,
+            ..env.clone()
+        }
+        .encode(&mut old);
+        old.pop();
+        let (back, used) = Envelope::decode(&old).unwrap();
+        assert_eq!((back.stream, used), (None, old.len()));
+        for cut in (0..buf.len()).filter(|&c| c != old.len()) {
             assert!(Envelope::decode(&buf[..cut]).is_none(), "cut at {cut}");
         }
     }

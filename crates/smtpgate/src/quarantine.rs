@@ -166,6 +166,7 @@ mod tests {
             envid: None,
             pool: Some("p".into()),
             scan: Vec::new(),
+            stream: None,
         };
         let id = q
             .put(&env, b"Subject: bad\r\n\r\nx\r\n", "virus Eicar", "clamav")

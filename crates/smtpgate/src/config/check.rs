@@ -53,6 +53,14 @@ fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Config {
         super::filter::check_names(&format!("route[{i}].filters"), &r.filters, &filters, issues);
     }
     check_proxy_filters(&listeners, &routes, &filters, issues);
+    let streams = super::stream::build_streams(raw.streams, issues);
+    for (i, r) in routes.iter().enumerate() {
+        if let Some(s) = &r.stream
+            && !streams.iter().any(|c| &c.name == s)
+        {
+            issues.push(format!("route[{i}].stream"), format!("no stream named {s:?}"));
+        }
+    }
     let queue = build_queue(raw.queue.unwrap_or_default(), issues);
     let nameservers = raw.dns.and_then(|dns| dns.nameservers);
     let dns = DnsConfig {
@@ -73,6 +81,7 @@ fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Config {
         path
     });
     Config {
+        streams,
         suppression,
         bounce_rules,
         shaping_file,

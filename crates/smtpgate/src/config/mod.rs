@@ -27,6 +27,7 @@ mod locate;
 pub mod pool;
 pub mod raw;
 pub mod route;
+pub mod stream;
 #[cfg(test)]
 mod tests;
 pub mod values;
@@ -64,6 +65,8 @@ pub struct Config {
     pub quarantine_max_age: Duration,
     /// `[shaping] file`: limits per destination (checked at load, reloaded when it changes).
     pub shaping_file: Option<PathBuf>,
+    /// `[[stream]]`s; route rules name them.
+    pub streams: Vec<stream::StreamConfig>,
     pub suppression: SuppressionConfig,
     /// `[bounces] rules`: the administrator's bounce classification rules, before the built-in ones.
     pub bounce_rules: Option<PathBuf>,

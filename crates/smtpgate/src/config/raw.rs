@@ -29,6 +29,8 @@ pub struct RawConfig {
     pub routing: Option<super::route::RawRouting>,
     pub quarantine: Option<RawQuarantine>,
     pub shaping: Option<RawShaping>,
+    #[serde(default, rename = "stream")]
+    pub streams: Vec<super::stream::RawStream>,
     pub suppression: Option<RawSuppression>,
     pub bounces: Option<RawBounces>,
     #[serde(default, rename = "filter")]

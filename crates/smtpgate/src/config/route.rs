@@ -45,6 +45,7 @@ pub struct RawRoute {
     #[serde(rename = "continue")]
     pub continue_: Option<bool>,
     pub filters: Option<Vec<String>>,
+    pub stream: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,6 +196,8 @@ pub struct RouteConfig {
     pub tags: Vec<String>,
     /// Names of `[[filter]]`s run on this route's copy.
     pub filters: Vec<String>,
+    /// The `[[stream]]` the copy belongs to (a later matching rule's stream wins).
+    pub stream: Option<String>,
 }
 
 /// `[routing]`.
@@ -303,6 +306,7 @@ fn build_route(index: usize, raw: RawRoute, pools: &[PoolConfig], base_dir: &Pat
         remove_headers: raw.remove_headers.unwrap_or_default(),
         tags: raw.tag.map(OneOrMany::into_vec).unwrap_or_default(),
         filters: raw.filters.unwrap_or_default(),
+        stream: raw.stream,
     }
 }
 

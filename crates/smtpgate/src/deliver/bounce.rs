@@ -114,6 +114,7 @@ mod tests {
             envid: Some("E1".into()),
             pool: None,
             scan: Vec::new(),
+            stream: None,
         };
         let failed = [Failure {
             recipient: Recipient::new("r@example.test"),

@@ -79,7 +79,7 @@ pub async fn connect_mx(ctx: &Context, domain: &str) -> Result<Client, ConnectFa
     let targets = mx_targets(ctx, domain).await?;
     let hosts: Vec<&str> = targets.iter().map(|(h, _)| h.as_str()).collect();
     let (_, shape) = ctx.shaper.shape(domain, &hosts);
-    connect_targets(ctx, domain, &targets, &shape).await
+    connect_targets(ctx, domain, &targets, &shape, None).await
 }
 
 /// Opens a connection to the first of `targets` (a domain's mail servers, in order) that answers.
@@ -88,6 +88,7 @@ pub async fn connect_targets(
     domain: &str,
     targets: &[(String, SocketAddr)],
     shape: &Shape,
+    source: Option<IpAddr>,
 ) -> Result<Client, ConnectFailure> {
     let mut timeouts = ctx.config.queue.clone();
     timeouts.connect_timeout = shape.connect_timeout;
@@ -97,6 +98,7 @@ pub async fn connect_targets(
     for (host, addr) in targets {
         let mut params = connect_params(ctx, host, *addr, shape.tls);
         params.queue = &timeouts;
+        params.source = source;
         match Client::connect(params).await {
             Ok(client) => return Ok(client),
             Err(e) => {

@@ -74,6 +74,7 @@ mod tests {
             envid: None,
             pool: Some("closed".into()),
             scan: Vec::new(),
+            stream: None,
         }
     }
 

@@ -28,6 +28,15 @@ pub use message::{BodyCache, QueuedMessage};
 /// Memory for bodies waiting for their first delivery attempt.
 const BODY_CACHE_BYTES: usize = 256 << 20;
 
+/// A next hop as one stream sees it: every stream has its own ready list and workers per hop, so
+/// a transactional message never waits behind a bulk backlog to the same destination.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lane {
+    pub hop: NextHop,
+    /// `None`: the default stream.
+    pub stream: Option<String>,
+}
+
 /// Some recipients of one message, bound for one next hop.
 pub struct Delivery {
     pub msg: Arc<QueuedMessage>,
@@ -48,7 +57,7 @@ struct Dest {
 pub struct Queue {
     /// Swapped on reload; every attempt takes the one current when it starts.
     ctx: Arc<std::sync::RwLock<Arc<Context>>>,
-    dests: Arc<Mutex<HashMap<NextHop, Dest>>>,
+    dests: Arc<Mutex<HashMap<Lane, Dest>>>,
     /// Every message in the queue, by id.
     messages: Arc<Mutex<HashMap<QueueId, Arc<QueuedMessage>>>>,
     cache: Arc<BodyCache>,
@@ -129,10 +138,15 @@ impl Queue {
         }
     }
 
-    /// Puts a delivery on its hop's ready list and starts a worker if none is free.
+    /// Puts a delivery on its lane's ready list (its hop, its message's stream) and starts a worker
+    /// if none is free.
     fn push(&self, hop: NextHop, d: Delivery) {
+        let lane = Lane {
+            hop: hop.clone(),
+            stream: d.msg.env.stream.clone(),
+        };
         let mut dests = self.dests.lock().unwrap();
-        let dest = dests.entry(hop.clone()).or_default();
+        let dest = dests.entry(lane.clone()).or_default();
         dest.ready.push_back(d);
         let limit = match &hop {
             // A pool caps itself: each server's `max_connections`.
@@ -143,7 +157,7 @@ impl Queue {
         .unwrap_or(self.ctx().config.queue.connections_per_destination);
         if dest.ready.len() > dest.idle && dest.workers < limit {
             dest.workers += 1;
-            tokio::spawn(worker::run(self.clone(), hop));
+            tokio::spawn(worker::run(self.clone(), lane));
         } else {
             dest.wake.notify_one();
         }
@@ -180,16 +194,16 @@ impl Queue {
     }
 
     /// The next delivery for a worker of `hop` if one is ready now.
-    fn try_next_for(&self, hop: &NextHop) -> Option<Delivery> {
-        self.dests.lock().unwrap().get_mut(hop)?.ready.pop_front()
+    fn try_next_for(&self, lane: &Lane) -> Option<Delivery> {
+        self.dests.lock().unwrap().get_mut(lane)?.ready.pop_front()
     }
 
     /// The next delivery for a worker of `hop`, waiting a while for one; `None` means the worker should close.
-    async fn next_for(&self, hop: &NextHop) -> Option<Delivery> {
+    async fn next_for(&self, lane: &Lane) -> Option<Delivery> {
         for _ in 0..2 {
             let wake = {
                 let mut dests = self.dests.lock().unwrap();
-                let dest = dests.get_mut(hop)?;
+                let dest = dests.get_mut(lane)?;
                 if let Some(d) = dest.ready.pop_front() {
                     return Some(d);
                 }
@@ -198,7 +212,7 @@ impl Queue {
             };
             let _ = tokio::time::timeout(IDLE, wake.notified()).await;
             let mut dests = self.dests.lock().unwrap();
-            let dest = dests.get_mut(hop)?;
+            let dest = dests.get_mut(lane)?;
             dest.idle -= 1;
             if let Some(d) = dest.ready.pop_front() {
                 return Some(d);
@@ -208,24 +222,24 @@ impl Queue {
     }
 
     /// Takes every delivery waiting for `hop` (when its servers are unreachable).
-    fn drain(&self, hop: &NextHop) -> Vec<Delivery> {
+    fn drain(&self, lane: &Lane) -> Vec<Delivery> {
         let mut dests = self.dests.lock().unwrap();
         dests
-            .get_mut(hop)
+            .get_mut(lane)
             .map(|d| d.ready.drain(..).collect())
             .unwrap_or_default()
     }
 
     /// A worker of `hop` is gone.
-    fn worker_done(&self, hop: &NextHop) {
+    fn worker_done(&self, lane: &Lane) {
         let mut dests = self.dests.lock().unwrap();
-        if let Some(dest) = dests.get_mut(hop) {
+        if let Some(dest) = dests.get_mut(lane) {
             dest.workers -= 1;
             if dest.workers == 0 && dest.ready.is_empty() {
-                dests.remove(hop);
+                dests.remove(lane);
             } else if !dest.ready.is_empty() && dest.workers == 0 {
                 dest.workers += 1;
-                tokio::spawn(worker::run(self.clone(), hop.clone()));
+                tokio::spawn(worker::run(self.clone(), lane.clone()));
             }
         }
     }

@@ -187,6 +187,7 @@ pub(super) async fn bounce_for(queue: &Queue, msg: &QueuedMessage, failures: &[F
         envid: None,
         pool: bounce_pool(ctx, &env.sender),
         scan: Vec::new(),
+        stream: None,
     };
     match queue.accept(dsn, text).await {
         Ok(()) => {

@@ -9,18 +9,18 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use super::{Delivery, Queue, settle};
+use super::{Delivery, Lane, Queue, settle};
 use crate::context::Context;
 use crate::deliver::{self, ConnectFailure, Outcome, client::Client};
 use crate::route::NextHop;
-use crate::shaping::{Key, Shape};
+use crate::shaping::{Limit, Shape};
 
-pub(super) async fn run(queue: Queue, hop: NextHop) {
-    match &hop {
-        NextHop::Mx(domain) => run_mx(&queue, &hop, domain).await,
-        NextHop::Pool(pool) => run_pool(&queue, &hop, pool).await,
+pub(super) async fn run(queue: Queue, lane: Lane) {
+    match &lane.hop {
+        NextHop::Mx(domain) => run_mx(&queue, &lane, domain).await,
+        NextHop::Pool(pool) => run_pool(&queue, &lane, pool).await,
     }
-    queue.worker_done(&hop);
+    queue.worker_done(&lane);
 }
 
 /// A connection to one of a domain's mail servers, under the destination's shaping.
@@ -28,7 +28,7 @@ struct MxConn {
     client: Client,
     /// The domain's mail servers, to look its shaping up again (the file may have changed).
     hosts: Vec<String>,
-    key: Key,
+    key: Limit,
     shape: Shape,
     /// One of the key's `max_connections`, held while the connection is open.
     _permit: OwnedSemaphorePermit,
@@ -38,13 +38,15 @@ struct MxConn {
 impl MxConn {
     /// Looks up the domain's mail servers, finds its shaping, waits for a connection permit and
     /// the connection rate, and connects.
-    async fn open(ctx: &Context, domain: &str) -> Result<MxConn, ConnectFailure> {
+    async fn open(ctx: &Context, domain: &str, stream: Option<&str>) -> Result<MxConn, ConnectFailure> {
         let targets = deliver::mx_targets(ctx, domain).await?;
         let hosts: Vec<&str> = targets.iter().map(|(h, _)| h.as_str()).collect();
-        let (key, shape) = ctx.shaper.shape(domain, &hosts);
+        let (dest, shape) = ctx.shaper.shape(domain, &hosts);
+        let key = Limit::new(stream, dest);
         let permit = ctx.shaper.connection(&key, shape.max_connections).await;
         ctx.shaper.connection_slot(&key, shape.connection_rate).await;
-        let client = deliver::connect_targets(ctx, domain, &targets, &shape).await?;
+        let source = stream.and_then(|s| ctx.shaper.source(&ctx.config, s));
+        let client = deliver::connect_targets(ctx, domain, &targets, &shape, source).await?;
         Ok(MxConn {
             client,
             hosts: targets.into_iter().map(|(h, _)| h).collect(),
@@ -59,11 +61,12 @@ impl MxConn {
 /// A connection waiting longer than this for its next message slot is closed meanwhile.
 const LONG_WAIT: Duration = Duration::from_secs(10);
 
-async fn run_mx(queue: &Queue, hop: &NextHop, domain: &str) {
+async fn run_mx(queue: &Queue, lane: &Lane, domain: &str) {
+    let (hop, stream) = (&lane.hop, lane.stream.as_deref());
     let mut ctx = queue.ctx();
     let mut conn: Option<MxConn> = None;
     loop {
-        let d = match queue.try_next_for(hop) {
+        let d = match queue.try_next_for(lane) {
             Some(d) => d,
             None => {
                 // Idle: give the connection up at once if another worker (another domain of the
@@ -71,7 +74,7 @@ async fn run_mx(queue: &Queue, hop: &NextHop, domain: &str) {
                 if let Some(c) = conn.take_if(|c| ctx.shaper.contended(&c.key)) {
                     c.client.quit().await;
                 }
-                match queue.next_for(hop).await {
+                match queue.next_for(lane).await {
                     Some(d) => d,
                     None => break,
                 }
@@ -87,9 +90,9 @@ async fn run_mx(queue: &Queue, hop: &NextHop, domain: &str) {
             }
         }
         if conn.is_none() {
-            match MxConn::open(&ctx, domain).await {
+            match MxConn::open(&ctx, domain, stream).await {
                 Ok(c) => conn = Some(c),
-                Err(fail) => return unreachable(queue, hop, d, &fail, started),
+                Err(fail) => return unreachable(queue, lane, d, &fail, started),
             }
         }
         let c = conn.as_mut().expect("connected above");
@@ -101,9 +104,9 @@ async fn run_mx(queue: &Queue, hop: &NextHop, domain: &str) {
                 let idle = conn.take().expect("connected above");
                 idle.client.quit().await;
                 tokio::time::sleep_until(at).await;
-                match MxConn::open(&ctx, domain).await {
+                match MxConn::open(&ctx, domain, stream).await {
                     Ok(c) => conn = Some(c),
-                    Err(fail) => return unreachable(queue, hop, d, &fail, started),
+                    Err(fail) => return unreachable(queue, lane, d, &fail, started),
                 }
             } else {
                 tokio::time::sleep_until(at).await;
@@ -127,15 +130,16 @@ async fn run_mx(queue: &Queue, hop: &NextHop, domain: &str) {
     }
 }
 
-async fn run_pool(queue: &Queue, hop: &NextHop, pool: &str) {
-    while let Some(d) = queue.next_for(hop).await {
+async fn run_pool(queue: &Queue, lane: &Lane, pool: &str) {
+    let hop = &lane.hop;
+    while let Some(d) = queue.next_for(lane).await {
         let started = Instant::now();
         // Each delivery leases from the pools of the configuration current now.
         let ctx = queue.ctx();
         let per_conn = ctx.config.queue.messages_per_connection;
         let mut lease = match ctx.pools.lease(&ctx, pool).await {
             Ok(lease) => lease,
-            Err(fail) => return unreachable(queue, hop, d, &fail, started),
+            Err(fail) => return unreachable(queue, lane, d, &fail, started),
         };
         let (results, keep) = deliver::attempt(&ctx, lease.client(), &d).await;
         let remote = Some(lease.client().remote.clone());
@@ -146,11 +150,11 @@ async fn run_pool(queue: &Queue, hop: &NextHop, pool: &str) {
 }
 
 /// The hop is unreachable: everything waiting for it shares the outcome.
-fn unreachable(queue: &Queue, hop: &NextHop, d: Delivery, fail: &ConnectFailure, started: Instant) {
+fn unreachable(queue: &Queue, lane: &Lane, d: Delivery, fail: &ConnectFailure, started: Instant) {
     let mut all = vec![d];
-    all.extend(queue.drain(hop));
+    all.extend(queue.drain(lane));
     for d in all {
         let results = d.rcpts.iter().map(|&i| (i, fail.outcome.clone())).collect();
-        settle::spawn(queue, hop, d, results, None, started);
+        settle::spawn(queue, &lane.hop, d, results, None, started);
     }
 }

@@ -316,6 +316,7 @@ fn smtpgate_bounce(ret: Option<Ret>) -> Vec<u8> {
         envid: Some("QQ+2B42".into()),
         pool: None,
         scan: Vec::new(),
+        stream: None,
     };
     let failed = [
         Failure {

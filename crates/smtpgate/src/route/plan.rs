@@ -65,6 +65,8 @@ pub struct Group {
     pub srs_sender: Option<String>,
     /// Names of the `[[filter]]`s the matching rules attach to this copy.
     pub filters: Vec<String>,
+    /// The `[[stream]]` the matching rules put this copy in; `None` is the default stream.
+    pub stream: Option<String>,
 }
 
 /// A refusal decided by routing, as an SMTP reply.
@@ -338,6 +340,9 @@ impl Router {
                     .collect::<Vec<_>>(),
             );
             tags.extend(rule.tags.iter().cloned());
+            if rule.stream.is_some() {
+                changes.stream = rule.stream.clone();
+            }
             if let Some(action) = &rule.action {
                 return self.act(msg, rcpt, action.clone(), changes, origin, st);
             }
@@ -409,6 +414,7 @@ impl Router {
                 && g.remove_headers == changes.remove
                 && g.srs_sender == srs_sender
                 && g.filters == changes.filters
+                && g.stream == changes.stream
         });
         match group {
             Some(g) => g.recipients.push(rcpt),
@@ -419,6 +425,7 @@ impl Router {
                 remove_headers: changes.remove,
                 srs_sender,
                 filters: changes.filters,
+                stream: changes.stream,
             }),
         }
     }
@@ -445,6 +452,7 @@ struct Changes {
     add: Vec<(String, String)>,
     remove: Vec<String>,
     filters: Vec<String>,
+    stream: Option<String>,
 }
 
 #[derive(Default)]

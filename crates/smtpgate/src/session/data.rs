@@ -250,6 +250,7 @@ impl Session {
             env.recipients = copy.group.recipients;
             env.pool = copy.group.pool;
             env.scan = copy.scan;
+            env.stream = copy.group.stream;
             if let Some(sender) = copy.group.srs_sender {
                 env.sender = sender;
             }
@@ -274,6 +275,7 @@ impl Session {
             envid: p.envid.clone(),
             pool: None,
             scan: Vec::new(),
+            stream: None,
         }
     }
 }

@@ -321,6 +321,7 @@ impl Session {
             remove_headers: up.route.remove_headers.clone(),
             srs_sender: up.route.srs_sender.clone(),
             filters: up.route.filters.clone(),
+            stream: None,
         };
         let copies = self.prepare_copies(id, draft, &body, vec![group], &filtered).await;
         let message = match copies.map(|c| c.into_iter().next()) {

@@ -38,19 +38,45 @@ enum Source {
 #[derive(Default)]
 pub struct State {
     /// GCRA: the earliest instant the next message (or connection) of a key may start.
-    next_message: Mutex<HashMap<Key, Instant>>,
-    next_connection: Mutex<HashMap<Key, Instant>>,
+    next_message: Mutex<HashMap<Limit, Instant>>,
+    next_connection: Mutex<HashMap<Limit, Instant>>,
     /// Per key: the limit the semaphore was made for, and the semaphore.
-    connections: Mutex<HashMap<Key, (usize, Arc<Semaphore>)>>,
+    connections: Mutex<HashMap<Limit, (usize, Arc<Semaphore>)>>,
     /// Per key: workers waiting for a connection permit.
-    waiting: Mutex<HashMap<Key, usize>>,
+    waiting: Mutex<HashMap<Limit, usize>>,
+    /// Per stream: the smooth weighted round robin's current weights of its source addresses.
+    sources: Mutex<HashMap<String, Vec<i64>>>,
     /// The key each domain's last lookup found (to size its workers before the next lookup).
     domain_keys: Mutex<HashMap<String, Key>>,
+}
+
+/// What one set of counters is for: a destination (domain or MX rollup) within one stream. Each
+/// stream counts against its own limits, so bulk mail never uses up transactional mail's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Limit {
+    pub stream: Option<String>,
+    pub dest: Key,
+}
+
+impl Limit {
+    pub fn new(stream: Option<&str>, dest: Key) -> Limit {
+        Limit {
+            stream: stream.map(str::to_owned),
+            dest,
+        }
+    }
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.stream.as_deref().unwrap_or("default"), self.dest)
+    }
 }
 
 /// One key's limits and use, for listing.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Usage {
+    pub stream: String,
     pub key: String,
     pub max_connections: usize,
     pub connections: usize,
@@ -108,13 +134,13 @@ impl Shaper {
     }
 
     /// Whether a worker is waiting for one of the key's connections: an idle one should close.
-    pub fn contended(&self, key: &Key) -> bool {
+    pub fn contended(&self, key: &Limit) -> bool {
         self.state.waiting.lock().unwrap().get(key).is_some_and(|&n| n > 0)
     }
 
     /// Waits for one of the key's `max` connections to be free; the permit is held as long as the
     /// connection is open.
-    pub async fn connection(&self, key: &Key, max: usize) -> OwnedSemaphorePermit {
+    pub async fn connection(&self, key: &Limit, max: usize) -> OwnedSemaphorePermit {
         let sem = {
             let mut all = self.state.connections.lock().unwrap();
             let entry = all
@@ -134,14 +160,14 @@ impl Shaper {
     }
 
     /// Waits until the key may open another connection under `rate`.
-    pub async fn connection_slot(&self, key: &Key, rate: Option<Rate>) {
+    pub async fn connection_slot(&self, key: &Limit, rate: Option<Rate>) {
         if let Some(rate) = rate {
             tokio::time::sleep_until(reserve(&self.state.next_connection, key, rate)).await;
         }
     }
 
     /// Waits until the key may send another message under `rate`.
-    pub async fn message_slot(&self, key: &Key, rate: Option<Rate>) {
+    pub async fn message_slot(&self, key: &Limit, rate: Option<Rate>) {
         if let Some(at) = self.reserve_message(key, rate) {
             tokio::time::sleep_until(at).await;
         }
@@ -149,8 +175,27 @@ impl Shaper {
 
     /// Takes the key's next message slot under `rate` and says when it comes (`None`: no limit).
     /// The caller waits until then; a worker facing a long wait closes its connection first.
-    pub fn reserve_message(&self, key: &Key, rate: Option<Rate>) -> Option<Instant> {
+    pub fn reserve_message(&self, key: &Limit, rate: Option<Rate>) -> Option<Instant> {
         rate.map(|rate| reserve(&self.state.next_message, key, rate))
+    }
+
+    /// The source address a new connection of `stream` sends from: its `source_addresses` in
+    /// proportion to their weights (smooth weighted round robin); `None` when it has none.
+    pub fn source(&self, config: &crate::config::Config, stream: &str) -> Option<std::net::IpAddr> {
+        let sources = &config.streams.iter().find(|s| s.name == stream)?.sources;
+        if sources.is_empty() {
+            return None;
+        }
+        let mut all = self.state.sources.lock().unwrap();
+        let current = all.entry(stream.to_owned()).or_default();
+        current.resize(sources.len(), 0);
+        let total: i64 = sources.iter().map(|(_, w)| i64::from(*w)).sum();
+        for (c, (_, w)) in current.iter_mut().zip(sources) {
+            *c += i64::from(*w);
+        }
+        let best = (0..sources.len()).max_by_key(|&i| (current[i], std::cmp::Reverse(i)))?;
+        current[best] -= total;
+        Some(sources[best].0)
     }
 
     /// Every key in use, with its limits and open connections, sorted by key.
@@ -160,9 +205,10 @@ impl Shaper {
         let mut out: Vec<Usage> = all
             .iter()
             .filter_map(|(key, (max, sem))| {
-                let shape = rules.shape_of(key)?;
+                let shape = rules.shape_of(&key.dest)?;
                 Some(Usage {
-                    key: key.to_string(),
+                    stream: key.stream.clone().unwrap_or_else(|| "default".into()),
+                    key: key.dest.to_string(),
                     max_connections: shape.max_connections,
                     connections: max.saturating_sub(sem.available_permits()),
                     max_message_rate: shape.message_rate.map(|r| r.to_string()),
@@ -170,7 +216,7 @@ impl Shaper {
                 })
             })
             .collect();
-        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out.sort_by(|a, b| (&a.stream, &a.key).cmp(&(&b.stream, &b.key)));
         out
     }
 }
@@ -178,12 +224,12 @@ impl Shaper {
 /// Counts a worker as waiting for a key's connection while it lives (also when its wait is
 /// cancelled).
 struct Waiting<'a> {
-    map: &'a Mutex<HashMap<Key, usize>>,
-    key: Key,
+    map: &'a Mutex<HashMap<Limit, usize>>,
+    key: Limit,
 }
 
 impl<'a> Waiting<'a> {
-    fn new(map: &'a Mutex<HashMap<Key, usize>>, key: &Key) -> Self {
+    fn new(map: &'a Mutex<HashMap<Limit, usize>>, key: &Limit) -> Self {
         *map.lock().unwrap().entry(key.clone()).or_default() += 1;
         Waiting { map, key: key.clone() }
     }
@@ -203,7 +249,7 @@ impl Drop for Waiting<'_> {
 
 /// GCRA without burst: takes the key's next slot and returns when it comes. Slots are handed out
 /// in order of asking, so waiters never starve each other.
-fn reserve(next: &Mutex<HashMap<Key, Instant>>, key: &Key, rate: Rate) -> Instant {
+fn reserve(next: &Mutex<HashMap<Limit, Instant>>, key: &Limit, rate: Rate) -> Instant {
     let mut next = next.lock().unwrap();
     let now = Instant::now();
     let due = next.get(key).copied().unwrap_or(now).max(now);

@@ -112,7 +112,7 @@ colour = "blue"
 #[tokio::test(start_paused = true)]
 async fn sixty_per_minute_holds_over_five_minutes_for_a_shared_rollup() {
     let shaper = Arc::new(Shaper::new(None, &queue(), None).unwrap());
-    let key = Key::Mx("*.mail.protection.outlook.com".into());
+    let key = Limit::new(Some("bulk"), Key::Mx("*.mail.protection.outlook.com".into()));
     let rate: Rate = "60/min".parse().unwrap();
     let start = Instant::now();
     let end = start + Duration::from_secs(300);
@@ -150,7 +150,7 @@ async fn sixty_per_minute_holds_over_five_minutes_for_a_shared_rollup() {
 #[tokio::test(start_paused = true)]
 async fn connections_beyond_the_limit_wait() {
     let shaper = Arc::new(Shaper::new(None, &queue(), None).unwrap());
-    let key = Key::Domain("a.test".into());
+    let key = Limit::new(None, Key::Domain("a.test".into()));
     let first = shaper.connection(&key, 2).await;
     let _second = shaper.connection(&key, 2).await;
     assert_eq!(shaper.usage()[0].connections, 2);
@@ -176,7 +176,7 @@ async fn the_file_reloads_and_state_survives_a_new_shaper() {
         shaper.shape("a.test", &[]).1.message_rate,
         Some("10/min".parse().unwrap())
     );
-    let key = Key::Domain("a.test".into());
+    let key = Limit::new(None, Key::Domain("a.test".into()));
     let _held = shaper.connection(&key, 3).await;
     std::fs::write(
         &path,
@@ -193,4 +193,29 @@ async fn the_file_reloads_and_state_survives_a_new_shaper() {
     let usage = next.usage();
     assert_eq!(usage.len(), 1, "{usage:?}");
     assert_eq!((usage[0].key.as_str(), usage[0].connections), ("domain:a.test", 1));
+}
+
+/// A stream's source addresses are used in proportion to their weights.
+#[test]
+fn source_addresses_follow_their_weights() {
+    let text = r#"
+[[stream]]
+name = "bulk"
+source_addresses = ["127.0.0.2", { address = "127.0.0.3", weight = 3 }]
+[[stream]]
+name = "plain"
+"#;
+    let config = Config::from_toml_str(text, std::path::Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+    let shaper = Shaper::new(None, &config.queue, None).unwrap();
+    let picks: Vec<_> = (0..40).map(|_| shaper.source(&config, "bulk").unwrap()).collect();
+    let second = picks.iter().filter(|ip| ip.to_string() == "127.0.0.3").count();
+    assert_eq!(second, 30, "{picks:?}");
+    assert!(
+        picks
+            .windows(4)
+            .all(|w| w.iter().any(|ip| ip.to_string() == "127.0.0.2")),
+        "spread out: {picks:?}"
+    );
+    assert_eq!(shaper.source(&config, "plain"), None);
+    assert_eq!(shaper.source(&config, "missing"), None);
 }

@@ -105,6 +105,9 @@ pub fn encode_done(id: QueueId, out: &mut Vec<u8>) {
 
 /// What [`decode`] found at the front of a buffer.
 #[derive(Debug)]
+// Short-lived: made and taken apart once per record while reading a segment; boxing the envelope
+// would only add an allocation per record.
+#[allow(clippy::large_enum_variant)]
 pub enum Decoded<'a> {
     Record(Record<'a>, usize),
     /// The buffer ends inside a record (a torn write).

@@ -26,6 +26,7 @@ fn envelope(id: u64, recipients: &[&str]) -> Envelope {
         envid: None,
         pool: None,
         scan: Vec::new(),
+        stream: None,
     }
 }
 
