@@ -3,10 +3,10 @@
 #
 # The end-to-end tests drive smtpgate with real SMTP tools: Postfix's smtp-sink and
 # smtp-source, swaks, and Python's smtplib, with real scanners: clamd and rspamd, and with a
-# real milter: OpenDKIM. On a fresh Debian machine they are missing, so this script installs
-# them first (as root, or through sudo), making sure no package leaves a daemon running (no
-# postfix, clamd, freshclam, rspamd or opendkim service: the tests start their own), then
-# runs every test of the workspace.
+# real milter: OpenDKIM, and the nodes' shared state against a real Redis. On a fresh Debian
+# machine they are missing, so this script installs them first (as root, or through sudo), making
+# sure no package leaves a daemon running (no postfix, clamd, freshclam, rspamd, opendkim or
+# redis-server service: the tests start their own), then runs every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +20,8 @@ missing_packages() {
     # A real milter for e2e_milter.rs (OpenDKIM signing; opendkim-genkey makes its key).
     [[ -x /usr/sbin/opendkim ]] || echo opendkim
     command -v opendkim-genkey >/dev/null 2>&1 || [[ -x /usr/sbin/opendkim-genkey ]] || echo opendkim-tools
+    # Redis for shared.rs's tests: each test runs its own redis-server on a Unix socket.
+    [[ -x /usr/bin/redis-server ]] || echo redis-server
 }
 
 as_root() {
@@ -35,7 +37,7 @@ as_root() {
 
 # Installs the named Debian packages without starting any service they ship:
 # postfix is only wanted for its smtp-sink/smtp-source test programs, clamav-daemon,
-# rspamd and opendkim for their binaries.
+# rspamd, opendkim and redis-server for their binaries.
 install_packages() {
     local created_policy=no
     if [[ ! -e /usr/sbin/policy-rc.d ]]; then

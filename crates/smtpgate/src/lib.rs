@@ -29,6 +29,7 @@ pub mod route;
 pub mod server;
 pub mod session;
 pub mod shaping;
+pub mod shared;
 pub mod spool;
 pub mod suppress;
 pub mod tls;

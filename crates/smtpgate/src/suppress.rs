@@ -215,7 +215,7 @@ impl Log {
 /// Normalises an address for storage and lookup: trimmed, surrounding `<>` removed, lower-cased.
 /// Refuses ([`io::ErrorKind::InvalidInput`]) one without `@` (or with nothing before or after its
 /// last `@`) or with white space or control characters.
-fn normalize(address: &str) -> io::Result<String> {
+pub(crate) fn normalize(address: &str) -> io::Result<String> {
     let trimmed = address.trim();
     let bare = trimmed
         .strip_prefix('<')
