@@ -27,4 +27,6 @@ pub struct Context {
     pub shaper: crate::shaping::Shaper,
     /// Bounce classification, the suppression list, complaints and late bounces.
     pub feedback: crate::feedback::Feedback,
+    /// The Redis that several nodes share (`[redis]`), connected at start-up.
+    pub shared: Option<crate::shared::Shared>,
 }

@@ -28,6 +28,8 @@ pub struct Feedback {
     rules: Rules,
     pub suppression: Arc<SuppressionList>,
     state: Arc<State>,
+    /// With `[redis]`: suppressions are shared with the other nodes.
+    shared: Option<crate::shared::Shared>,
 }
 
 enum Rules {
@@ -74,7 +76,65 @@ impl Feedback {
             rules,
             suppression,
             state: state.unwrap_or_default(),
+            shared: None,
         })
+    }
+
+    /// Shares suppressions with the other nodes through Redis.
+    pub fn with_shared(mut self, shared: Option<crate::shared::Shared>) -> Feedback {
+        self.shared = shared;
+        self
+    }
+
+    /// Applies the other nodes' suppressions to this node's list as they happen (and, first, every
+    /// entry Redis holds). The task runs until aborted.
+    pub fn follow_shared(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let shared = self.shared.as_ref()?;
+        let list = self.suppression.clone();
+        Some(shared.follow(move |change| match change {
+            crate::shared::Change::Added(entry) => {
+                if list.contains(&entry.address).is_none()
+                    && let Err(e) = list.add(&entry.address, entry.reason, &entry.source)
+                {
+                    tracing::error!(address = %entry.address, error = %e, "cannot write a shared suppression");
+                }
+            }
+            crate::shared::Change::Removed(address) => {
+                if list.contains(&address).is_some()
+                    && let Err(e) = list.remove(&address)
+                {
+                    tracing::error!(address, error = %e, "cannot remove a shared suppression");
+                }
+            }
+        }))
+    }
+
+    /// Suppresses `address` here and, with Redis, on every node. `Ok(true)` when it is new here.
+    pub fn add(&self, address: &str, reason: Reason, source: &str) -> std::io::Result<bool> {
+        let new = self.suppression.add(address, reason, source)?;
+        if let (Some(shared), Some(entry)) = (&self.shared, self.suppression.contains(address)) {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                if let Err(e) = shared.suppress(&entry).await {
+                    tracing::warn!(address = %entry.address, error = %e, "cannot share a suppression");
+                }
+            });
+        }
+        Ok(new)
+    }
+
+    /// Takes `address` off the list here and, with Redis, on every node.
+    pub fn remove(&self, address: &str) -> std::io::Result<bool> {
+        let removed = self.suppression.remove(address)?;
+        if let Some(shared) = &self.shared {
+            let (shared, address) = (shared.clone(), address.to_owned());
+            tokio::spawn(async move {
+                if let Err(e) = shared.unsuppress(&address).await {
+                    tracing::warn!(address, error = %e, "cannot share a removal from the suppression list");
+                }
+            });
+        }
+        Ok(removed)
     }
 
     /// Opens the suppression list kept under the spool directory.
@@ -115,7 +175,7 @@ impl Feedback {
     }
 
     fn suppress(&self, address: &str, reason: Reason, source: &str) {
-        match self.suppression.add(address, reason, source) {
+        match self.add(address, reason, source) {
             Ok(true) => tracing::info!(address, reason = ?reason, source, "address suppressed"),
             Ok(false) => {}
             Err(e) => tracing::error!(address, error = %e, "cannot write to the suppression list"),

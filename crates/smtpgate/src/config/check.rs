@@ -11,8 +11,8 @@ use super::raw::{RawAdmin, RawAuth, RawConfig, RawListener, RawQueue, RawSpool, 
 use super::values::{parse_domain, parse_duration, parse_nameserver, parse_net, parse_size, parse_socket_addr};
 use super::{
     AdminConfig, AuthConfig, BareLineEndings, Config, ConfigError, ConfigIssue, DnsConfig, FilterConfig,
-    ListenerConfig, ListenerMode, QueueConfig, RouteConfig, SpoolConfig, Stage, SuppressAction, SuppressionConfig,
-    TlsFiles,
+    ListenerConfig, ListenerMode, QueueConfig, RedisConfig, RouteConfig, SpoolConfig, Stage, SuppressAction,
+    SuppressionConfig, TlsFiles,
 };
 
 const MB: u64 = 1024 * 1024;
@@ -80,7 +80,21 @@ fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Config {
         }
         path
     });
+    let redis = raw.redis.map(|r| {
+        let url = r.url.unwrap_or_default();
+        if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")) {
+            issues.push(
+                "redis.url",
+                format!("{url:?} is not a redis://, rediss:// or redis+unix:// URL"),
+            );
+        }
+        RedisConfig {
+            url,
+            prefix: r.prefix.unwrap_or_else(|| "smtpgate".into()),
+        }
+    });
     Config {
+        redis,
         streams,
         suppression,
         bounce_rules,

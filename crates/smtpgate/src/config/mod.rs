@@ -68,6 +68,8 @@ pub struct Config {
     /// `[[stream]]`s; route rules name them.
     pub streams: Vec<stream::StreamConfig>,
     pub suppression: SuppressionConfig,
+    /// `[redis]`: the Redis that several nodes share their throttles and suppressions through.
+    pub redis: Option<RedisConfig>,
     /// `[bounces] rules`: the administrator's bounce classification rules, before the built-in ones.
     pub bounce_rules: Option<PathBuf>,
     /// How long a graceful shutdown waits for open sessions to finish their transaction. Deliveries
@@ -100,6 +102,15 @@ pub enum BareLineEndings {
     Reject,
     /// Turn them into CRLF (`"normalize"`, the default).
     Normalize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://host:port/db` or `redis+unix:///path/redis.sock`.
+    pub url: String,
+    /// Every key smtpgate writes starts with this (default `smtpgate`); nodes that share limits
+    /// use the same one.
+    pub prefix: String,
 }
 
 /// `[suppression]`: what happens to mail for a suppressed address.

@@ -32,6 +32,7 @@ pub struct RawConfig {
     #[serde(default, rename = "stream")]
     pub streams: Vec<super::stream::RawStream>,
     pub suppression: Option<RawSuppression>,
+    pub redis: Option<RawRedis>,
     pub bounces: Option<RawBounces>,
     #[serde(default, rename = "filter")]
     pub filters: Vec<super::filter::RawFilter>,
@@ -115,6 +116,13 @@ pub struct RawQuarantine {
 pub struct RawSuppression {
     pub action: Option<String>,
     pub complaints_address: Option<String>,
+}
+
+/// `[redis]`
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRedis {
+    pub url: Option<String>,
+    pub prefix: Option<String>,
 }
 
 /// `[bounces]`

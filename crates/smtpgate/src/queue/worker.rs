@@ -99,7 +99,7 @@ async fn run_mx(queue: &Queue, lane: &Lane, domain: &str) {
         // The shaping file may have changed since the connection opened: its limits apply now.
         let hosts: Vec<&str> = c.hosts.iter().map(String::as_str).collect();
         c.shape = ctx.shaper.shape(domain, &hosts).1;
-        if let Some(at) = ctx.shaper.reserve_message(&c.key, c.shape.message_rate) {
+        if let Some(at) = ctx.shaper.reserve_message(&c.key, c.shape.message_rate).await {
             if at > Instant::now() + LONG_WAIT {
                 let idle = conn.take().expect("connected above");
                 idle.client.quit().await;

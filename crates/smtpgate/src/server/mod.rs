@@ -81,7 +81,17 @@ impl Server {
     /// Opens the spool, recovers it, binds every listener and starts serving.
     pub async fn start(config: Config) -> Result<Server, StartError> {
         let config = Arc::new(config);
-        let (ctx, found) = context(config.clone())?;
+        let shared = match &config.redis {
+            Some(r) => Some(
+                crate::shared::Shared::connect(&r.url, &r.prefix)
+                    .await
+                    .map_err(|e| StartError::Setup(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let (ctx, found) = context_shared(config.clone(), shared)?;
+        // Suppressions made on other nodes reach this one for as long as it runs.
+        let _follower = ctx.feedback.follow_shared();
         let spool_dir = ctx.spool.dir().to_path_buf();
         let queue = Queue::new(ctx.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -135,6 +145,14 @@ impl Server {
 
 /// Opens the spool and builds what every part of the server shares.
 pub fn context(config: Arc<Config>) -> Result<(Arc<Context>, Vec<crate::spool::Recovered>), StartError> {
+    context_shared(config, None)
+}
+
+/// [`context`] with the Redis the nodes share.
+pub fn context_shared(
+    config: Arc<Config>,
+    shared: Option<crate::shared::Shared>,
+) -> Result<(Arc<Context>, Vec<crate::spool::Recovered>), StartError> {
     let spool_dir = std::path::absolute(&config.spool.dir).unwrap_or(config.spool.dir.clone());
     let (spool, found) =
         Spool::open(&spool_dir, config.spool.segment_size).map_err(|e| StartError::Spool(spool_dir.clone(), e))?;
@@ -151,14 +169,17 @@ pub fn context(config: Arc<Config>) -> Result<(Arc<Context>, Vec<crate::spool::R
             crate::quarantine::Quarantine::open(&spool_dir).map_err(|e| StartError::Spool(spool_dir.clone(), e))?,
         ),
         shaper: crate::shaping::Shaper::new(config.shaping_file.clone(), &config.queue, None)
-            .map_err(|e| StartError::Setup(format!("shaping: {e}")))?,
+            .map_err(|e| StartError::Setup(format!("shaping: {e}")))?
+            .with_shared(shared.clone()),
         feedback: crate::feedback::Feedback::new(
             config.bounce_rules.clone(),
             crate::feedback::Feedback::open_suppression(&spool_dir)
                 .map_err(|e| StartError::Spool(spool_dir.clone(), e))?,
             None,
         )
-        .map_err(|e| StartError::Setup(format!("bounces: {e}")))?,
+        .map_err(|e| StartError::Setup(format!("bounces: {e}")))?
+        .with_shared(shared.clone()),
+        shared,
     });
     Ok((ctx, found))
 }

@@ -47,15 +47,21 @@ fn successor(old: &Context, config: Arc<Config>) -> Result<Arc<Context>, String>
     }
     let router = Router::new(config.clone()).map_err(|e| format!("routing: {e}"))?;
     let resolver = crate::deliver::mx::resolver(&config.dns.nameservers).map_err(|e| format!("DNS: {e}"))?;
+    if config.redis != old.config.redis {
+        tracing::warn!("[redis] changed: this takes effect at the next restart");
+    }
     let shaper = crate::shaping::Shaper::new(config.shaping_file.clone(), &config.queue, Some(old.shaper.state()))
-        .map_err(|e| format!("shaping: {e}"))?;
+        .map_err(|e| format!("shaping: {e}"))?
+        .with_shared(old.shared.clone());
     let feedback = crate::feedback::Feedback::new(
         config.bounce_rules.clone(),
         old.feedback.suppression.clone(),
         Some(old.feedback.state()),
     )
-    .map_err(|e| format!("bounces: {e}"))?;
+    .map_err(|e| format!("bounces: {e}"))?
+    .with_shared(old.shared.clone());
     Ok(Arc::new(Context {
+        shared: old.shared.clone(),
         feedback,
         shaper,
         pools: Pools::new(&config),

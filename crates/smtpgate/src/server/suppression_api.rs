@@ -33,7 +33,7 @@ async fn show(State(queue): State<Queue>, Path(address): Path<String>) -> Answer
 }
 
 async fn add(State(queue): State<Queue>, Path(address): Path<String>) -> Answer {
-    match queue.ctx().feedback.suppression.add(&address, Reason::Manual, "admin") {
+    match queue.ctx().feedback.add(&address, Reason::Manual, "admin") {
         Ok(new) => {
             tracing::info!(address, "address suppressed by the administrator");
             let what = if new {
@@ -49,7 +49,7 @@ async fn add(State(queue): State<Queue>, Path(address): Path<String>) -> Answer 
 }
 
 async fn remove(State(queue): State<Queue>, Path(address): Path<String>) -> Answer {
-    match queue.ctx().feedback.suppression.remove(&address) {
+    match queue.ctx().feedback.remove(&address) {
         Ok(true) => {
             tracing::info!(
                 address,

@@ -27,6 +27,8 @@ pub use rules::{Key, Rate, Rules, Shape};
 pub struct Shaper {
     rules: Source,
     state: Arc<State>,
+    /// With `[redis]`: rates are counted for all nodes together there.
+    shared: Option<crate::shared::Shared>,
 }
 
 enum Source {
@@ -98,7 +100,15 @@ impl Shaper {
         Ok(Shaper {
             rules,
             state: state.unwrap_or_default(),
+            shared: None,
         })
+    }
+
+    /// Counts message and connection rates in the Redis the nodes share (falling back to this
+    /// node's own counters while Redis is unreachable).
+    pub fn with_shared(mut self, shared: Option<crate::shared::Shared>) -> Shaper {
+        self.shared = shared;
+        self
     }
 
     pub fn state(&self) -> Arc<State> {
@@ -162,21 +172,36 @@ impl Shaper {
     /// Waits until the key may open another connection under `rate`.
     pub async fn connection_slot(&self, key: &Limit, rate: Option<Rate>) {
         if let Some(rate) = rate {
-            tokio::time::sleep_until(reserve(&self.state.next_connection, key, rate)).await;
+            let at = self.reserve(&self.state.next_connection, "conn", key, rate).await;
+            tokio::time::sleep_until(at).await;
         }
     }
 
     /// Waits until the key may send another message under `rate`.
     pub async fn message_slot(&self, key: &Limit, rate: Option<Rate>) {
-        if let Some(at) = self.reserve_message(key, rate) {
+        if let Some(at) = self.reserve_message(key, rate).await {
             tokio::time::sleep_until(at).await;
         }
     }
 
     /// Takes the key's next message slot under `rate` and says when it comes (`None`: no limit).
     /// The caller waits until then; a worker facing a long wait closes its connection first.
-    pub fn reserve_message(&self, key: &Limit, rate: Option<Rate>) -> Option<Instant> {
-        rate.map(|rate| reserve(&self.state.next_message, key, rate))
+    pub async fn reserve_message(&self, key: &Limit, rate: Option<Rate>) -> Option<Instant> {
+        let rate = rate?;
+        Some(self.reserve(&self.state.next_message, "msg", key, rate).await)
+    }
+
+    /// A slot from the shared counter when there is one, else (or when it fails) from this node's.
+    async fn reserve(&self, local: &Mutex<HashMap<Limit, Instant>>, kind: &str, key: &Limit, rate: Rate) -> Instant {
+        if let Some(shared) = &self.shared {
+            match shared.reserve(&format!("{kind}:{key}"), rate.interval()).await {
+                Ok(wait) => return Instant::now() + wait,
+                Err(e) => {
+                    tracing::warn!(error = %e, limit = %key, "shared throttle unavailable: counting on this node alone")
+                }
+            }
+        }
+        reserve(local, key, rate)
     }
 
     /// The source address a new connection of `stream` sends from: its `source_addresses` in

@@ -26,6 +26,8 @@ mod durability;
 pub use durability::*;
 mod gate;
 mod mail;
+mod redis;
+pub use redis::RedisServer;
 mod reload;
 pub use reload::{OutputMark, RELOAD_DEADLINE, Reloaded};
 mod sink;

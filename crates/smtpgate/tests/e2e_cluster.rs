@@ -1,0 +1,107 @@
+//! Several nodes sharing one Redis (a real redis-server): a shared 600/min limit for one
+//! destination holds for all nodes together, and a suppression learned on one node applies on the
+//! other.
+
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use support::{DnsServer, DnsTable, Gate, RedisServer, SOON, Upstream, message, smtplib, smtplib_send, wait_until};
+
+fn node(dns: SocketAddr, upstream: &Upstream, redis: &RedisServer, shaping: &std::path::Path) -> Gate {
+    Gate::start(&format!(
+        "hostname = \"gate.example.test\"\nshutdown_timeout = \"5s\"\n\n[spool]\ndir = \"spool\"\n\n\
+         [admin]\naddress = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"inbound\"\naddress = \"127.0.0.1:0\"\n\
+         relay_networks = [\"127.0.0.0/8\"]\n\n[dns]\nnameservers = [\"{dns}\"]\n\n[shaping]\nfile = {shaping:?}\n\n\
+         [redis]\nurl = \"{url}\"\nprefix = \"cluster-test\"\n\n[queue]\nretry = [\"30s\"]\nsmtp_port = {port}\n",
+        url = redis.url(),
+        port = upstream.addr().port()
+    ))
+}
+
+fn cluster() -> (Upstream, DnsServer, RedisServer, tempfile::TempDir, Gate, Gate) {
+    let upstream = Upstream::start();
+    let dns = DnsServer::start(
+        DnsTable::new()
+            .mx("one.test", 10, "mx.one.test")
+            .a("mx.one.test", Ipv4Addr::LOCALHOST),
+    );
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let shaping = dir.path().join("shaping.toml");
+    std::fs::write(&shaping, "[domain.\"one.test\"]\nmax_message_rate = \"600/min\"\n").unwrap();
+    let a = node(dns.addr(), &upstream, &redis, &shaping);
+    let b = node(dns.addr(), &upstream, &redis, &shaping);
+    (upstream, dns, redis, dir, a, b)
+}
+
+fn send_many(gate: &Gate, n: usize, to: &str) {
+    let body = message("{i}@example.test", "shared", "Hello.");
+    let script = format!(
+        "s = connect()\nfor i in range({n}):\n    send(s, 'alice@example.test', [{to:?}], {body:?}.replace('{{i}}', str(i)))\nquit(s)\n"
+    );
+    let t = smtplib(gate.smtp_addr(), &script);
+    assert!(t.succeeded(), "{t}");
+    assert_eq!(t.replies("END-OF-DATA").len(), n, "{t}");
+}
+
+/// Two nodes each given 40 messages for one domain limited to 600/min (10/s) together: the
+/// destination sees them at 10/s within 10%, not at 20/s.
+#[test]
+fn a_shared_rate_holds_for_all_nodes_together() {
+    let (upstream, _dns, _redis, _dir, a, b) = cluster();
+    let (ga, gb) = (&a, &b);
+    std::thread::scope(|s| {
+        s.spawn(|| send_many(ga, 40, "x@one.test"));
+        s.spawn(|| send_many(gb, 40, "y@one.test"));
+    });
+    let got = upstream.wait_for(80, Duration::from_secs(60));
+    let mut times: Vec<_> = got.iter().map(|m| m.at).collect();
+    times.sort();
+    let span = (times[79] - times[0]).as_secs_f64();
+    let rate = 79.0 / span;
+    assert!(
+        (9.0..=11.0).contains(&rate),
+        "{rate:.2} messages/s over {span:.2}s, want 10 ± 10%"
+    );
+    let from_a = got.iter().filter(|m| m.rcpt_addresses() == ["x@one.test"]).count();
+    assert_eq!(from_a, 40, "both nodes delivered everything");
+}
+
+/// A hard bounce seen by node A suppresses the address on node B too.
+#[test]
+fn a_suppression_learned_on_one_node_applies_on_the_other() {
+    let (_upstream, _dns, _redis, _dir, a, b) = cluster();
+    let sent = smtplib_send(
+        a.smtp_addr(),
+        "alice@example.test",
+        &["reject-rcpt@one.test"],
+        &message("m@example.test", "s", "b"),
+    );
+    assert!(sent.reply("END-OF-DATA").starts_with("250 "), "{sent}");
+    // (The bounce to alice@example.test, a domain that does not exist here, is suppressed too.)
+    assert!(
+        wait_until(SOON, || a.metric("smtpgate_suppressed_addresses") >= 1.0),
+        "node A never suppressed it"
+    );
+    let refused_on_b = || {
+        let t = smtplib_send(
+            b.smtp_addr(),
+            "alice@example.test",
+            &["reject-rcpt@one.test"],
+            &message("n@example.test", "s", "b"),
+        );
+        t.reply("RCPT").starts_with("550 5.1.1 ")
+    };
+    assert!(
+        wait_until(SOON, refused_on_b),
+        "node B still accepts the suppressed address"
+    );
+    // Node B learned it from Redis: it never tried that address itself.
+    let metrics = b.metrics();
+    assert!(
+        metrics.contains("smtpgate_failures_total{category=\"bad_mailbox\",class=\"5\"} 0"),
+        "{metrics}"
+    );
+}
