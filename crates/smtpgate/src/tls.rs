@@ -32,7 +32,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
 /// that does not verify is still better than plaintext. Authenticated TLS to a destination comes with
 /// MTA-STS and DANE policies.
 pub fn client_config() -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = provider();
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .expect("default protocol versions are supported")
@@ -40,6 +40,11 @@ pub fn client_config() -> Arc<rustls::ClientConfig> {
         .with_custom_certificate_verifier(Arc::new(Unauthenticated(provider)))
         .with_no_client_auth();
     Arc::new(config)
+}
+
+/// The cryptography every client configuration uses: aws-lc-rs, rustls's default provider.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 #[derive(Debug)]

@@ -3,6 +3,7 @@
 pub mod bounce;
 pub mod classify;
 pub mod client;
+pub mod mta_sts;
 pub mod mx;
 pub mod pool;
 

@@ -1,4 +1,5 @@
-//! A tiny authoritative DNS server for tests, answering from a fixed table.
+//! A tiny authoritative DNS server for tests, answering from a table (replaceable while it runs,
+//! see [`DnsServer::replace`]).
 //!
 //! It listens on 127.0.0.1 over UDP and, on the same port, TCP (hickory retries over TCP
 //! after a truncated or failed UDP exchange). Every name is looked up case-insensitively,
@@ -11,7 +12,8 @@
 //! - a (name, type) declared with [`DnsTable::servfail`]: SERVFAIL;
 //! - any other name (or one declared with [`DnsTable::nxdomain`]): NXDOMAIN.
 //!
-//! Every question it receives is recorded (see [`DnsServer::queries`]).
+//! Every question it receives is recorded (see [`DnsServer::queries`]). Answers carry a TTL of
+//! 5 s unless [`DnsTable::ttl`] says otherwise (0: resolvers do not cache them).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -37,6 +39,7 @@ pub struct DnsTable {
     nxdomain: HashSet<String>,
     silent: HashSet<String>,
     servfail: HashSet<(String, RecordType)>,
+    ttl: Option<u32>,
 }
 
 /// One question the server received.
@@ -117,6 +120,12 @@ impl DnsTable {
         self
     }
 
+    /// The TTL of every answer (5 s when not set).
+    pub fn ttl(mut self, secs: u32) -> Self {
+        self.ttl = Some(secs);
+        self
+    }
+
     /// The reply to `request`, or None to stay silent.
     fn answer(&self, request: &Message) -> Option<Message> {
         let mut response = Message::new();
@@ -155,7 +164,7 @@ impl DnsTable {
             .into_iter()
             .flatten()
             .filter(|r| r.record_type() == query.query_type())
-            .map(|r| Record::from_rdata(owner.clone(), TTL, r.clone()))
+            .map(|r| Record::from_rdata(owner.clone(), self.ttl.unwrap_or(TTL), r.clone()))
             .collect();
         response.set_response_code(ResponseCode::NoError);
         if matching.is_empty() {
@@ -176,7 +185,7 @@ fn soa(name: &str) -> Record {
 }
 
 struct Shared {
-    table: DnsTable,
+    table: Mutex<DnsTable>,
     queries: Mutex<Vec<DnsQuery>>,
     stop: AtomicBool,
 }
@@ -201,7 +210,7 @@ impl Shared {
                 });
             }
         }
-        let response = self.table.answer(&request)?;
+        let response = self.table.lock().unwrap().answer(&request)?;
         match response.to_vec() {
             Ok(bytes) => Some(bytes),
             Err(e) => {
@@ -224,7 +233,7 @@ impl DnsServer {
         let (udp, tcp) = bind_pair();
         let addr = udp.local_addr().expect("udp local_addr");
         let shared = Arc::new(Shared {
-            table,
+            table: Mutex::new(table),
             queries: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
         });
@@ -248,6 +257,11 @@ impl DnsServer {
     /// The address for `[dns] nameservers`.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Answers from `table` from now on (a record changed at the authoritative server).
+    pub fn replace(&self, table: DnsTable) {
+        *self.shared.table.lock().unwrap() = table;
     }
 
     /// Every question received so far, in order.

@@ -1,0 +1,367 @@
+//! MTA-STS policy discovery end to end: `smtpgate::deliver::mta_sts::MtaSts` against the test DNS
+//! server ([`DnsServer`]) and a real HTTPS policy host started here on 127.0.0.1, with a test CA
+//! and a certificate for `mta-sts.example.test` made with rcgen. One scenario per test; each has
+//! its own DNS server, policy host and cache.
+
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+use rustls::RootCertStore;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use smtpgate::deliver::mta_sts::{Mode, MtaSts, Policy};
+use support::{DnsServer, DnsTable, SOON};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+const DOMAIN: &str = "example.test";
+const POLICY_HOST: &str = "mta-sts.example.test";
+const POLICY: &str =
+    "version: STSv1\r\nmode: enforce\r\nmx: mx.example.test\r\nmx: *.mx.example.test\r\nmax_age: 86400\r\n";
+/// How long a policy host may take over one request before the test calls it stuck.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Runs `fut`, failing the test if it has not finished within [`SOON`].
+async fn within<T>(fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(SOON, fut).await.expect("deadline passed")
+}
+
+/// A certificate authority for the test: its root and the certificates it signs.
+struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    root: CertificateDer<'static>,
+}
+
+impl TestCa {
+    fn new(name: &str) -> TestCa {
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let root = params.self_signed(&key).expect("CA certificate").der().clone();
+        TestCa {
+            issuer: Issuer::new(params, key),
+            root,
+        }
+    }
+
+    /// Trust anchors holding this CA only.
+    fn roots(&self) -> Arc<RootCertStore> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.root.clone()).expect("CA root is a valid trust anchor");
+        Arc::new(roots)
+    }
+
+    /// A server certificate for `host`, with its chain (leaf, root) and key.
+    fn server_cert(&self, host: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let key = KeyPair::generate().expect("leaf key");
+        let mut params = CertificateParams::new(vec![host.to_string()]).expect("leaf params");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf = params.signed_by(&key, &self.issuer).expect("leaf certificate");
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        (vec![leaf.der().clone(), self.root.clone()], key)
+    }
+}
+
+/// An HTTPS policy host on 127.0.0.1: answers every request with the raw HTTP response set by
+/// [`PolicyHost::respond`], counts requests and keeps the last request head.
+struct PolicyHost {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    last_request: Arc<Mutex<String>>,
+    response: Arc<Mutex<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PolicyHost {
+    async fn start(ca: &TestCa, host: &str) -> PolicyHost {
+        let (chain, key) = ca.server_cert(host);
+        let config = rustls::ServerConfig::builder_with_provider(smtpgate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server certificate");
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind policy host");
+        let addr = listener.local_addr().expect("local_addr");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let last_request = Arc::new(Mutex::new(String::new()));
+        let response = Arc::new(Mutex::new(ok_response(POLICY)));
+        let (r, l, s) = (requests.clone(), last_request.clone(), response.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, r, l, s) = (acceptor.clone(), r.clone(), l.clone(), s.clone());
+                tokio::spawn(async move {
+                    let served = tokio::time::timeout(REQUEST_DEADLINE, async {
+                        let mut tls = acceptor.accept(tcp).await?;
+                        let head = read_head(&mut tls).await?;
+                        r.fetch_add(1, Ordering::SeqCst);
+                        *l.lock().unwrap() = head;
+                        let reply = s.lock().unwrap().clone();
+                        tls.write_all(reply.as_bytes()).await?;
+                        tls.shutdown().await
+                    });
+                    if let Ok(Err(e)) = served.await {
+                        eprintln!("[policy host] connection ended: {e}");
+                    }
+                });
+            }
+        });
+        PolicyHost {
+            addr,
+            requests,
+            last_request,
+            response,
+            task,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    fn respond(&self, raw: String) {
+        *self.response.lock().unwrap() = raw;
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    fn last_request(&self) -> String {
+        self.last_request.lock().unwrap().clone()
+    }
+
+    /// Stops listening: connections to the port are refused from now on.
+    async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// Reads a request head, up to the blank line.
+async fn read_head(stream: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+        if stream.read(&mut byte).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+fn ok_response(body: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn chunked_response(body: &str) -> String {
+    let (a, b) = body.split_at(body.len() / 2);
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+        a.len(),
+        b.len()
+    )
+}
+
+/// The zone of `example.test` announcing policy `id`, with answers that resolvers do not cache.
+fn zone(id: &str) -> DnsTable {
+    DnsTable::new()
+        .ttl(0)
+        .txt(&format!("_mta-sts.{DOMAIN}"), &format!("v=STSv1; id={id};"))
+        .txt(DOMAIN, "v=spf1 -all")
+        .a(POLICY_HOST, Ipv4Addr::LOCALHOST)
+}
+
+fn client(dns: &DnsServer, roots: Arc<RootCertStore>, host: &PolicyHost) -> MtaSts {
+    let resolver = smtpgate::deliver::mx::resolver(&[dns.addr()]).expect("resolver");
+    MtaSts::new(resolver, roots, host.port())
+}
+
+fn the_policy(id: &str) -> Policy {
+    Policy {
+        id: id.into(),
+        mode: Mode::Enforce,
+        mx: vec!["mx.example.test".into(), "*.mx.example.test".into()],
+        max_age: Duration::from_secs(86400),
+    }
+}
+
+#[tokio::test]
+async fn policy_is_fetched_and_parsed() {
+    let ca = TestCa::new("test CA");
+    let host = PolicyHost::start(&ca, POLICY_HOST).await;
+    let dns = DnsServer::start(zone("20260101"));
+    let sts = client(&dns, ca.roots(), &host);
+
+    let policy = within(sts.policy(DOMAIN)).await.expect("policy");
+    assert_eq!(policy, Some(the_policy("20260101")));
+    let policy = policy.unwrap();
+    assert!(policy.matches("mx.example.test") && policy.matches("a.mx.example.test"));
+    assert!(!policy.matches("other.example.test"));
+
+    let request = host.last_request();
+    assert!(
+        request.starts_with("GET /.well-known/mta-sts.txt HTTP/1.1\r\n"),
+        "{request:?}"
+    );
+    assert!(
+        request
+            .to_ascii_lowercase()
+            .contains("\r\nhost: mta-sts.example.test\r\n"),
+        "{request:?}"
+    );
+    let cached = sts.cached();
+    assert_eq!(cached.len(), 1);
+    assert_eq!((cached[0].0.as_str(), &cached[0].1), (DOMAIN, &the_policy("20260101")));
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    assert!(now.abs_diff(cached[0].2) < 60, "fetched at {}, now {now}", cached[0].2);
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn cached_policy_is_not_fetched_again() {
+    let ca = TestCa::new("test CA");
+    let host = PolicyHost::start(&ca, POLICY_HOST).await;
+    let dns = DnsServer::start(zone("1"));
+    let sts = client(&dns, ca.roots(), &host);
+
+    assert_eq!(within(sts.policy(DOMAIN)).await, Ok(Some(the_policy("1"))));
+    assert_eq!(within(sts.policy(DOMAIN)).await, Ok(Some(the_policy("1"))));
+    assert_eq!(within(sts.policy("EXAMPLE.test.")).await, Ok(Some(the_policy("1"))));
+    assert_eq!(host.requests(), 1, "one fetch, then the cache");
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn new_txt_id_fetches_the_policy_again() {
+    let ca = TestCa::new("test CA");
+    let host = PolicyHost::start(&ca, POLICY_HOST).await;
+    let dns = DnsServer::start(zone("1"));
+    let sts = client(&dns, ca.roots(), &host);
+    assert_eq!(within(sts.policy(DOMAIN)).await, Ok(Some(the_policy("1"))));
+
+    let testing = POLICY.replace("mode: enforce", "mode: testing");
+    host.respond(chunked_response(&testing));
+    dns.replace(zone("2"));
+    let policy = within(sts.policy(DOMAIN)).await.expect("policy").expect("some policy");
+    assert_eq!((policy.id.as_str(), policy.mode), ("2", Mode::Testing));
+    assert_eq!(host.requests(), 2);
+    assert_eq!(sts.cached()[0].1, policy);
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn host_down_keeps_the_fresh_cached_policy() {
+    let ca = TestCa::new("test CA");
+    let host = PolicyHost::start(&ca, POLICY_HOST).await;
+    let dns = DnsServer::start(zone("1"));
+    let sts = client(&dns, ca.roots(), &host);
+    assert_eq!(within(sts.policy(DOMAIN)).await, Ok(Some(the_policy("1"))));
+
+    host.stop().await;
+    dns.replace(zone("2"));
+    assert_eq!(
+        within(sts.policy(DOMAIN)).await,
+        Ok(Some(the_policy("1"))),
+        "cached policy kept"
+    );
+    assert_eq!(sts.cached()[0].1, the_policy("1"));
+}
+
+#[tokio::test]
+async fn certificate_from_an_untrusted_ca_is_refused() {
+    let trusted = TestCa::new("trusted CA");
+    let other = TestCa::new("other CA");
+    let host = PolicyHost::start(&other, POLICY_HOST).await;
+    let dns = DnsServer::start(zone("1"));
+    let sts = client(&dns, trusted.roots(), &host);
+
+    let err = within(sts.policy(DOMAIN)).await.expect_err("untrusted certificate");
+    assert!(err.contains("TLS") && err.contains("certificate"), "{err}");
+    assert_eq!(host.requests(), 0, "no request over an unverified connection");
+    assert!(sts.cached().is_empty());
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn certificate_for_another_name_is_refused() {
+    let ca = TestCa::new("test CA");
+    let host = PolicyHost::start(&ca, "www.example.test").await;
+    let dns = DnsServer::start(zone("1"));
+    let sts = client(&dns, ca.roots(), &host);
+
+    let err = within(sts.policy(DOMAIN))
+        .await
+        .expect_err("certificate for another name");
+    assert!(err.contains("TLS") && err.contains("certificate"), "{err}");
+    assert_eq!(host.requests(), 0);
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn http_404_is_an_error() {
+    let ca = TestCa::new("test CA");
+    let host = PolicyHost::start(&ca, POLICY_HOST).await;
+    host.respond("HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n\r\nnot found".into());
+    let dns = DnsServer::start(zone("1"));
+    let sts = client(&dns, ca.roots(), &host);
+
+    let err = within(sts.policy(DOMAIN)).await.expect_err("404");
+    assert!(err.contains("HTTP status 404") && err.contains(POLICY_HOST), "{err}");
+    assert!(sts.cached().is_empty());
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn redirect_is_not_followed() {
+    let ca = TestCa::new("test CA");
+    let host = PolicyHost::start(&ca, POLICY_HOST).await;
+    let location = format!("https://{POLICY_HOST}:{}/.well-known/mta-sts.txt?moved", host.port());
+    host.respond(format!(
+        "HTTP/1.1 301 Moved Permanently\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n"
+    ));
+    let dns = DnsServer::start(zone("1"));
+    let sts = client(&dns, ca.roots(), &host);
+
+    let err = within(sts.policy(DOMAIN)).await.expect_err("redirect");
+    assert!(
+        err.contains("301") && err.contains("redirects are not followed"),
+        "{err}"
+    );
+    assert_eq!(host.requests(), 1, "the redirect was not followed");
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn no_txt_record_means_no_policy() {
+    let ca = TestCa::new("test CA");
+    let host = PolicyHost::start(&ca, POLICY_HOST).await;
+    let dns = DnsServer::start(
+        DnsTable::new()
+            .a(POLICY_HOST, Ipv4Addr::LOCALHOST)
+            .txt("spf-only.test", "v=spf1 -all")
+            .txt("_mta-sts.spf-only.test", "v=spf1 -all")
+            .nodata("_mta-sts.empty.test"),
+    );
+    let sts = client(&dns, ca.roots(), &host);
+
+    for domain in [DOMAIN, "spf-only.test", "empty.test", "[127.0.0.1]"] {
+        assert_eq!(within(sts.policy(domain)).await, Ok(None), "{domain}");
+    }
+    assert_eq!(host.requests(), 0);
+    assert!(sts.cached().is_empty());
+    host.stop().await;
+}
