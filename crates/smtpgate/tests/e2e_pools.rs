@@ -269,9 +269,22 @@ fn ordered_pool_moves_to_the_backup_while_the_primary_is_down_and_comes_back() {
     primary.restart();
     let up = wait_until(SOON, || labeled(&gate, "smtpgate_upstream_up", &labels) == Some(1.0));
     assert!(up, "{}", gate.metrics());
+    // The circuit breaker lets one delivery probe the server before it closes; while that probe is
+    // under way, other deliveries go to the backup. Send the probe first.
     smtplib_send_many(
         gate.smtp_addr(),
-        20,
+        1,
+        "a@example.test",
+        &["b@example.org"],
+        "Subject: probe\r\n\r\nback\r\n",
+    );
+    let closed = wait_until(SOON, || {
+        labeled(&gate, "smtpgate_upstream_circuit_open", &labels) == Some(0.0)
+    });
+    assert!(closed, "{}", gate.metrics());
+    smtplib_send_many(
+        gate.smtp_addr(),
+        19,
         "a@example.test",
         &["b@example.org"],
         "Subject: {i}\r\n\r\nback\r\n",
