@@ -29,4 +29,8 @@ pub struct Context {
     pub feedback: crate::feedback::Feedback,
     /// The Redis that several nodes share (`[redis]`), connected at start-up.
     pub shared: Option<crate::shared::Shared>,
+    /// MTA-STS policies (cache kept across reloads); `None` when `[mta_sts] enabled = false`.
+    pub mta_sts: Option<Arc<crate::deliver::mta_sts::MtaSts>>,
+    /// The certificate-verifying client configuration an enforced MTA-STS policy needs.
+    pub verified_tls: Arc<rustls::ClientConfig>,
 }

@@ -26,6 +26,25 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(config))
 }
 
+/// Trust anchors for verified TLS towards MX hosts and MTA-STS policy hosts: the public web PKI,
+/// plus the certificates in `extra` (a PEM file: a private CA).
+pub fn trust_roots(extra: Option<&Path>) -> Result<Arc<rustls::RootCertStore>, String> {
+    let mut roots = (*crate::deliver::mta_sts::webpki_roots()).clone();
+    if let Some(path) = extra {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no certificate found", path.display()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    Ok(Arc::new(roots))
+}
+
 /// The client configuration for delivery.
 ///
 /// Opportunistic STARTTLS between MTAs does not authenticate the server (RFC 7435): a certificate

@@ -365,3 +365,126 @@ async fn no_txt_record_means_no_policy() {
     assert!(sts.cached().is_empty());
     host.stop().await;
 }
+
+// ---- MX delivery under a policy: the smtpgate binary, a plain (no STARTTLS) upstream as the MX ----
+
+/// A running gate whose MX for `example.test` is a plain upstream (no STARTTLS) named
+/// `mx.example.test`, with `policy` served by a policy host the gate trusts through `ca_file`.
+struct Delivery {
+    gate: support::Gate,
+    upstream: support::Upstream,
+    _dns: DnsServer,
+    _host: PolicyHost,
+    _dir: tempfile::TempDir,
+    _runtime: tokio::runtime::Runtime,
+}
+
+fn pem(der: &CertificateDer<'_>) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
+}
+
+fn delivery_under(policy: &str) -> Delivery {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let ca = TestCa::new("smtpgate test CA");
+    let host = runtime.block_on(PolicyHost::start(&ca, POLICY_HOST));
+    host.respond(ok_response(policy));
+    let upstream = support::Upstream::start();
+    let dns = DnsServer::start(
+        zone("delivery1")
+            .mx(DOMAIN, 10, "mx.example.test")
+            .a("mx.example.test", Ipv4Addr::LOCALHOST),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, pem(&ca.root)).unwrap();
+    let gate = support::Gate::start(&format!(
+        "hostname = \"gate.example.org\"\nshutdown_timeout = \"5s\"\n\n[spool]\ndir = \"spool\"\n\n\
+         [admin]\naddress = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"inbound\"\naddress = \"127.0.0.1:0\"\n\
+         relay_networks = [\"127.0.0.0/8\"]\n\n[dns]\nnameservers = [\"{dns}\"]\n\n\
+         [mta_sts]\nhttps_port = {port}\nca_file = {ca_file:?}\n\n\
+         [queue]\nretry = [\"30s\"]\nsmtp_port = {smtp}\n",
+        dns = dns.addr(),
+        port = host.port(),
+        smtp = upstream.addr().port()
+    ));
+    Delivery {
+        gate,
+        upstream,
+        _dns: dns,
+        _host: host,
+        _dir: dir,
+        _runtime: runtime,
+    }
+}
+
+fn send(d: &Delivery) {
+    let sent = support::smtplib_send(
+        d.gate.smtp_addr(),
+        "alice@example.org",
+        &["bob@example.test"],
+        &support::message("sts@example.org", "MTA-STS", "Hello."),
+    );
+    assert!(sent.reply("END-OF-DATA").starts_with("250 "), "{sent}");
+}
+
+/// The gate's log line for the attempt to bob@example.test, once there is one.
+fn attempt_line(d: &Delivery) -> String {
+    let found = support::wait_until(SOON, || {
+        d.gate
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("delivery attempt") && l.contains("bob@example.test"))
+    });
+    assert!(found, "no delivery attempt logged");
+    d.gate
+        .stderr_lines()
+        .into_iter()
+        .find(|l| l.contains("delivery attempt") && l.contains("bob@example.test"))
+        .unwrap()
+}
+
+/// `mode: enforce` naming the MX, which offers no STARTTLS: nothing is sent in plaintext; the
+/// attempt is deferred (a temporary failure), not bounced.
+#[test]
+fn an_enforced_policy_never_sends_in_plaintext() {
+    let d = delivery_under(POLICY);
+    send(&d);
+    let line = attempt_line(&d);
+    assert!(line.contains("result=\"deferred\""), "{line}");
+    assert!(line.contains("STARTTLS") || line.contains("TLS required"), "{line}");
+    assert!(d.upstream.messages().is_empty(), "mail went out in plaintext");
+    assert_eq!(d.gate.metric("smtpgate_messages_bounced_total"), 0.0);
+}
+
+/// `mode: enforce` naming other MX hosts: the listed MX is not used; deferred.
+#[test]
+fn an_enforced_policy_skips_mx_hosts_it_does_not_name() {
+    let d = delivery_under("version: STSv1\r\nmode: enforce\r\nmx: other.example.test\r\nmax_age: 86400\r\n");
+    send(&d);
+    let line = attempt_line(&d);
+    assert!(line.contains("result=\"deferred\""), "{line}");
+    assert!(line.contains("matches its MTA-STS policy"), "{line}");
+    assert!(
+        d.upstream.messages().is_empty(),
+        "mail went to an MX the policy does not name"
+    );
+}
+
+/// `mode: testing` is not enforced: the message is delivered.
+#[test]
+fn a_testing_policy_is_not_enforced() {
+    let d = delivery_under(&POLICY.replace("mode: enforce", "mode: testing"));
+    send(&d);
+    let got = d.upstream.wait_for(1, SOON);
+    assert_eq!(got[0].rcpt_addresses(), ["bob@example.test"]);
+}

@@ -11,8 +11,8 @@ use super::raw::{RawAdmin, RawAuth, RawConfig, RawListener, RawQueue, RawSpool, 
 use super::values::{parse_domain, parse_duration, parse_nameserver, parse_net, parse_size, parse_socket_addr};
 use super::{
     AdminConfig, AuthConfig, BareLineEndings, Config, ConfigError, ConfigIssue, DnsConfig, FilterConfig,
-    ListenerConfig, ListenerMode, QueueConfig, RedisConfig, RouteConfig, SpoolConfig, Stage, SuppressAction,
-    SuppressionConfig, TlsFiles,
+    ListenerConfig, ListenerMode, MtaStsConfig, QueueConfig, RedisConfig, RouteConfig, SpoolConfig, Stage,
+    SuppressAction, SuppressionConfig, TlsFiles,
 };
 
 const MB: u64 = 1024 * 1024;
@@ -93,7 +93,32 @@ fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Config {
             prefix: r.prefix.unwrap_or_else(|| "smtpgate".into()),
         }
     });
+    let mta_sts = {
+        let raw = raw.mta_sts.unwrap_or_default();
+        let https_port = match raw.https_port {
+            None => 443,
+            Some(p) => u16::try_from(p).ok().filter(|&p| p > 0).unwrap_or_else(|| {
+                issues.push("mta_sts.https_port", format!("{p} is not a port"));
+                443
+            }),
+        };
+        let ca_file = raw.ca_file.map(|f| {
+            let path = issues.existing_file("mta_sts.ca_file".into(), base_dir, &f);
+            if path.is_file()
+                && let Err(e) = crate::tls::trust_roots(Some(&path))
+            {
+                issues.push("mta_sts.ca_file", e);
+            }
+            path
+        });
+        MtaStsConfig {
+            enabled: raw.enabled.unwrap_or(true),
+            https_port,
+            ca_file,
+        }
+    };
     Config {
+        mta_sts,
         redis,
         streams,
         suppression,

@@ -70,6 +70,7 @@ pub struct Config {
     pub suppression: SuppressionConfig,
     /// `[redis]`: the Redis that several nodes share their throttles and suppressions through.
     pub redis: Option<RedisConfig>,
+    pub mta_sts: MtaStsConfig,
     /// `[bounces] rules`: the administrator's bounce classification rules, before the built-in ones.
     pub bounce_rules: Option<PathBuf>,
     /// How long a graceful shutdown waits for open sessions to finish their transaction. Deliveries
@@ -102,6 +103,17 @@ pub enum BareLineEndings {
     Reject,
     /// Turn them into CRLF (`"normalize"`, the default).
     Normalize,
+}
+
+/// `[mta_sts]`: MTA-STS (RFC 8461) for MX delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtaStsConfig {
+    /// Look policies up and enforce them (default `true`).
+    pub enabled: bool,
+    /// Where policy hosts are reached (443; tests use another).
+    pub https_port: u16,
+    /// Extra trust anchors (PEM) for policy hosts and MX certificates: a private CA.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -33,6 +33,7 @@ pub struct RawConfig {
     pub streams: Vec<super::stream::RawStream>,
     pub suppression: Option<RawSuppression>,
     pub redis: Option<RawRedis>,
+    pub mta_sts: Option<RawMtaSts>,
     pub bounces: Option<RawBounces>,
     #[serde(default, rename = "filter")]
     pub filters: Vec<super::filter::RawFilter>,
@@ -116,6 +117,14 @@ pub struct RawQuarantine {
 pub struct RawSuppression {
     pub action: Option<String>,
     pub complaints_address: Option<String>,
+}
+
+/// `[mta_sts]`
+#[derive(Debug, Default, Deserialize)]
+pub struct RawMtaSts {
+    pub enabled: Option<bool>,
+    pub https_port: Option<i64>,
+    pub ca_file: Option<String>,
 }
 
 /// `[redis]`

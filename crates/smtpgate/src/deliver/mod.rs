@@ -80,7 +80,49 @@ pub async fn connect_mx(ctx: &Context, domain: &str) -> Result<Client, ConnectFa
     let targets = mx_targets(ctx, domain).await?;
     let hosts: Vec<&str> = targets.iter().map(|(h, _)| h.as_str()).collect();
     let (_, shape) = ctx.shaper.shape(domain, &hosts);
-    connect_targets(ctx, domain, &targets, &shape, None).await
+    let (targets, verified) = apply_mta_sts(ctx, domain, targets).await?;
+    connect_targets(ctx, domain, &targets, &shape, None, verified).await
+}
+
+/// Applies the domain's MTA-STS policy (RFC 8461) to its MX targets. Under `mode: enforce` only
+/// the MX hosts the policy names remain, and the connection must use TLS with a certificate valid
+/// for the host (the returned configuration); when no host remains the failure is temporary. A
+/// policy that cannot be had counts as none (RFC 8461 3.3); `testing` is logged, not enforced.
+pub async fn apply_mta_sts(
+    ctx: &Context,
+    domain: &str,
+    targets: Vec<(String, SocketAddr)>,
+) -> Result<(Vec<(String, SocketAddr)>, Option<std::sync::Arc<rustls::ClientConfig>>), ConnectFailure> {
+    let Some(sts) = &ctx.mta_sts else {
+        return Ok((targets, None));
+    };
+    let policy = match sts.policy(domain).await {
+        Ok(Some(p)) => p,
+        Ok(None) => return Ok((targets, None)),
+        Err(e) => {
+            tracing::warn!(domain, error = %e, "MTA-STS policy unavailable: delivering as if there were none");
+            return Ok((targets, None));
+        }
+    };
+    match policy.mode {
+        mta_sts::Mode::Enforce => {
+            let allowed: Vec<_> = targets.into_iter().filter(|(h, _)| policy.matches(h)).collect();
+            if allowed.is_empty() {
+                return Err(ConnectFailure::transient(
+                    "4.7.5",
+                    format!("no MX host of {domain} matches its MTA-STS policy (id {})", policy.id),
+                ));
+            }
+            Ok((allowed, Some(ctx.verified_tls.clone())))
+        }
+        mta_sts::Mode::Testing => {
+            if !targets.iter().any(|(h, _)| policy.matches(h)) {
+                tracing::warn!(domain, policy_id = %policy.id, "MTA-STS (testing): no MX host matches the policy");
+            }
+            Ok((targets, None))
+        }
+        mta_sts::Mode::None => Ok((targets, None)),
+    }
 }
 
 /// Opens a connection to the first of `targets` (a domain's mail servers, in order) that answers.
@@ -90,6 +132,7 @@ pub async fn connect_targets(
     targets: &[(String, SocketAddr)],
     shape: &Shape,
     source: Option<IpAddr>,
+    verified: Option<std::sync::Arc<rustls::ClientConfig>>,
 ) -> Result<Client, ConnectFailure> {
     let mut timeouts = ctx.config.queue.clone();
     timeouts.connect_timeout = shape.connect_timeout;
@@ -100,6 +143,11 @@ pub async fn connect_targets(
         let mut params = connect_params(ctx, host, *addr, shape.tls);
         params.queue = &timeouts;
         params.source = source;
+        if let Some(tls) = &verified {
+            // An enforced MTA-STS policy: TLS with a verified certificate, or no delivery.
+            params.tls = TlsPolicy::Required;
+            params.tls_config = tls.clone();
+        }
         match Client::connect(params).await {
             Ok(client) => return Ok(client),
             Err(e) => {

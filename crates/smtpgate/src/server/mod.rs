@@ -156,6 +156,18 @@ pub fn context_shared(
     let spool_dir = std::path::absolute(&config.spool.dir).unwrap_or(config.spool.dir.clone());
     let (spool, found) =
         Spool::open(&spool_dir, config.spool.segment_size).map_err(|e| StartError::Spool(spool_dir.clone(), e))?;
+    let roots = crate::tls::trust_roots(config.mta_sts.ca_file.as_deref()).map_err(StartError::Setup)?;
+    let mta_sts = config.mta_sts.enabled.then(|| {
+        let resolver = crate::deliver::mx::resolver(&config.dns.nameservers).map_err(StartError::Dns);
+        resolver.map(|r| {
+            Arc::new(crate::deliver::mta_sts::MtaSts::new(
+                r,
+                roots.clone(),
+                config.mta_sts.https_port,
+            ))
+        })
+    });
+    let mta_sts = mta_sts.transpose()?;
     let ctx = Arc::new(Context {
         config: config.clone(),
         spool: Arc::new(spool),
@@ -180,6 +192,8 @@ pub fn context_shared(
         .map_err(|e| StartError::Setup(format!("bounces: {e}")))?
         .with_shared(shared.clone()),
         shared,
+        mta_sts,
+        verified_tls: crate::deliver::mta_sts::verifying_client_config(roots),
     });
     Ok((ctx, found))
 }

@@ -60,7 +60,12 @@ fn successor(old: &Context, config: Arc<Config>) -> Result<Arc<Context>, String>
     )
     .map_err(|e| format!("bounces: {e}"))?
     .with_shared(old.shared.clone());
+    if config.mta_sts != old.config.mta_sts {
+        tracing::warn!("[mta_sts] changed: this takes effect at the next restart");
+    }
     Ok(Arc::new(Context {
+        mta_sts: old.mta_sts.clone(),
+        verified_tls: old.verified_tls.clone(),
         shared: old.shared.clone(),
         feedback,
         shaper,
