@@ -11,13 +11,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 
 /// Loads a certificate chain and key into a server configuration.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("{}: {e}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate found", cert.display()));
-    }
+    let certs = load_certs(cert)?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
     let config = rustls::ServerConfig::builder()
         .with_no_client_auth()
@@ -26,19 +20,24 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(config))
 }
 
+/// Every certificate in a PEM file; at least one.
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate found", path.display()));
+    }
+    Ok(certs)
+}
+
 /// Trust anchors for verified TLS towards MX hosts and MTA-STS policy hosts: the public web PKI,
 /// plus the certificates in `extra` (a PEM file: a private CA).
 pub fn trust_roots(extra: Option<&Path>) -> Result<Arc<rustls::RootCertStore>, String> {
     let mut roots = (*crate::deliver::mta_sts::webpki_roots()).clone();
     if let Some(path) = extra {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!("{}: no certificate found", path.display()));
-        }
-        for cert in certs {
+        for cert in load_certs(path)? {
             roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
