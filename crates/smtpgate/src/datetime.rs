@@ -1,4 +1,4 @@
-//! RFC 5322 dates, in UTC, without a calendar dependency.
+//! RFC 5322 and RFC 3339 dates, in UTC, without a calendar dependency.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -25,6 +25,20 @@ pub fn rfc5322(secs: u64) -> String {
     )
 }
 
+/// Formats milliseconds since the epoch as `2026-11-22T17:03:20.250Z` (RFC 3339, UTC).
+pub fn rfc3339_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
 /// Howard Hinnant's days-to-civil algorithm.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -45,5 +59,7 @@ mod tests {
         assert_eq!(super::rfc5322(0), "Thu, 1 Jan 1970 00:00:00 +0000");
         assert_eq!(super::rfc5322(1_795_366_400), "Sun, 22 Nov 2026 16:53:20 +0000");
         assert_eq!(super::rfc5322(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+        assert_eq!(super::rfc3339_ms(1_795_366_400_250), "2026-11-22T16:53:20.250Z");
+        assert_eq!(super::rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
     }
 }

@@ -266,7 +266,7 @@ impl Feedback {
 }
 
 /// The reply code a diagnostic starts with (`550 5.1.1 ...`, `421-...`); `None` for local errors.
-fn reply_code(diagnostic: &str) -> Option<u16> {
+pub fn reply_code(diagnostic: &str) -> Option<u16> {
     let b = diagnostic.as_bytes();
     let digits = b.get(..3)?;
     let sep = b.get(3).copied();

@@ -57,6 +57,16 @@ enum Cmd {
         #[command(subcommand)]
         command: SuppressionCmd,
     },
+    /// List, change, start and cancel adaptive throttling actions (asks the running server).
+    Throttle {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// The admin address, when the configuration's is port 0.
+        #[arg(long, global = true)]
+        admin: Option<std::net::SocketAddr>,
+        #[command(subcommand)]
+        command: ThrottleCmd,
+    },
     /// Ask the running server (its PID from the spool) to reload its configuration (SIGHUP).
     Reload {
         #[arg(long, short)]
@@ -89,6 +99,38 @@ enum SuppressionCmd {
     Add { address: String },
     /// Take an address off the list.
     Remove { address: String },
+}
+
+#[derive(Subcommand)]
+enum ThrottleCmd {
+    /// List the actions in force (JSON), with why and until when.
+    List,
+    /// Show one action. KEY is `<stream>/domain:<name>` or `<stream>/mx:<pattern>`, as listed.
+    Show { key: String },
+    /// Cancel an action: normal limits at once.
+    Cancel { key: String },
+    /// Change an action, or start one by hand (then --duration and what to do are needed).
+    Set {
+        key: String,
+        /// Full strength for this long from now (e.g. 30m).
+        #[arg(long)]
+        duration: Option<String>,
+        /// Suspend deliveries (or, with --suspend=false, stop suspending).
+        #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+        suspend: Option<bool>,
+        /// The message rate times this (0 < F <= 1).
+        #[arg(long)]
+        rate_factor: Option<f64>,
+        /// The connection limit times this (0 < F <= 1).
+        #[arg(long)]
+        connection_factor: Option<f64>,
+        /// Back to normal linearly over this long after the full-strength period.
+        #[arg(long)]
+        recover: Option<String>,
+        /// A note for the list and the log.
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -143,6 +185,7 @@ fn main() -> ExitCode {
         Cmd::Reload { config } => signal_reload(config),
         Cmd::Quarantine { config, command } => quarantine(config, command),
         Cmd::Suppression { config, admin, command } => suppression(config, admin, command),
+        Cmd::Throttle { config, admin, command } => throttle(config, admin, command),
     };
     match result {
         Ok(code) => code,
@@ -401,6 +444,65 @@ fn suppression(
     };
     print!("{body}");
     Ok(ExitCode::SUCCESS)
+}
+
+fn throttle(
+    config: Option<PathBuf>,
+    admin: Option<std::net::SocketAddr>,
+    command: ThrottleCmd,
+) -> anyhow::Result<ExitCode> {
+    let config = load_or_builtin(config)?;
+    let addr = admin
+        .or(config.admin.map(|a| a.address))
+        .context("no admin address configured")?;
+    let path = |key: &str| format!("/throttles/{}", url_encode(key, "/:*"));
+    let body = match command {
+        ThrottleCmd::List => admin_request(addr, "GET", "/throttles")?,
+        ThrottleCmd::Show { key } => admin_request(addr, "GET", &path(&key))?,
+        ThrottleCmd::Cancel { key } => admin_request(addr, "DELETE", &path(&key))?,
+        ThrottleCmd::Set {
+            key,
+            duration,
+            suspend,
+            rate_factor,
+            connection_factor,
+            recover,
+            reason,
+        } => {
+            let params: Vec<(&str, Option<String>)> = vec![
+                ("duration", duration),
+                ("suspend", suspend.map(|b| b.to_string())),
+                ("rate_factor", rate_factor.map(|f| f.to_string())),
+                ("connection_factor", connection_factor.map(|f| f.to_string())),
+                ("recover", recover),
+                ("reason", reason),
+            ];
+            let query: Vec<String> = params
+                .into_iter()
+                .filter_map(|(name, value)| Some(format!("{name}={}", url_encode(&value?, ""))))
+                .collect();
+            anyhow::ensure!(
+                !query.is_empty(),
+                "nothing to change: give --duration, --suspend, --rate-factor, ..."
+            );
+            admin_request(addr, "PUT", &format!("{}?{}", path(&key), query.join("&")))?
+        }
+    };
+    print!("{body}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Percent-encodes `text` for a URL, leaving unreserved characters and those in `keep` as they are.
+fn url_encode(text: &str, keep: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || keep.as_bytes().contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// A minimal HTTP/1.1 POST to the admin address; returns the body, or an error for a non-2xx status.

@@ -1,13 +1,16 @@
 //! Several nodes sharing one Redis (a real redis-server): a shared 600/min limit for one
-//! destination holds for all nodes together, and a suppression learned on one node applies on the
-//! other.
+//! destination holds for all nodes together, and a suppression or an adaptive action learned on
+//! one node applies on the other.
 
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use support::{DnsServer, DnsTable, Gate, RedisServer, SOON, Upstream, message, smtplib, smtplib_send, wait_until};
+use support::{
+    DnsServer, DnsTable, Gate, RedisServer, SOON, Upstream, http_get, message, run_smtpgate, smtplib, smtplib_send,
+    wait_until,
+};
 
 fn node(dns: SocketAddr, upstream: &Upstream, redis: &RedisServer, shaping: &std::path::Path) -> Gate {
     Gate::start(&format!(
@@ -30,7 +33,12 @@ fn cluster() -> (Upstream, DnsServer, RedisServer, tempfile::TempDir, Gate, Gate
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let shaping = dir.path().join("shaping.toml");
-    std::fs::write(&shaping, "[domain.\"one.test\"]\nmax_message_rate = \"600/min\"\n").unwrap();
+    std::fs::write(
+        &shaping,
+        "[domain.\"one.test\"]\nmax_message_rate = \"600/min\"\n\n\
+         [[adaptive]]\nname = \"ip-reputation\"\nstatus = \"4.7.650\"\naction = \"suspend\"\nduration = \"1h\"\n",
+    )
+    .unwrap();
     let a = node(dns.addr(), &upstream, &redis, &shaping);
     let b = node(dns.addr(), &upstream, &redis, &shaping);
     (upstream, dns, redis, dir, a, b)
@@ -103,5 +111,71 @@ fn a_suppression_learned_on_one_node_applies_on_the_other() {
     assert!(
         metrics.contains("smtpgate_failures_total{category=\"bad_mailbox\",class=\"5\"} 0"),
         "{metrics}"
+    );
+}
+
+/// The adaptive actions the admin address of `gate` lists.
+fn throttles(gate: &Gate) -> Vec<serde_json::Value> {
+    let (status, body) = http_get(gate.admin_addr(), "/throttles");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad JSON {body:?}: {e}"))
+}
+
+/// A provider's "rate limited" reply seen by node A suspends the destination on node B too;
+/// cancelling it on node B ends it on node A, and B's held mail leaves.
+#[test]
+fn an_adaptive_action_learned_on_one_node_applies_on_the_other() {
+    let (upstream, _dns, _redis, _dir, a, b) = cluster();
+    let key = "default/domain:one.test";
+    let t = smtplib_send(
+        a.smtp_addr(),
+        "alice@example.test",
+        &["ratelimit-rcpt@one.test"],
+        &message("r@example.test", "r", "R."),
+    );
+    assert!(t.reply("END-OF-DATA").starts_with("250 "), "{t}");
+    assert!(
+        wait_until(SOON, || throttles(&b)
+            .iter()
+            .any(|x| x["key"] == key && x["rule"] == "ip-reputation")),
+        "node B did not learn the action: {:?}",
+        throttles(&b)
+    );
+    assert!(
+        b.stderr_lines()
+            .iter()
+            .any(|l| l.contains("throttle: learned from another node"))
+    );
+
+    let t = smtplib_send(
+        b.smtp_addr(),
+        "alice@example.test",
+        &["held@one.test"],
+        &message("h@example.test", "h", "H."),
+    );
+    assert!(t.reply("END-OF-DATA").starts_with("250 "), "{t}");
+    let admin = b.admin_addr().to_string();
+    let listed = run_smtpgate(&["throttle", "--admin", &admin, "show", key], None, None);
+    assert!(listed.succeeded() && listed.stdout.contains("4.7.650"), "{listed:?}");
+    assert!(
+        upstream
+            .messages()
+            .iter()
+            .all(|m| !m.rcpt_addresses().contains(&"held@one.test"))
+    );
+
+    let cancelled = run_smtpgate(&["throttle", "--admin", &admin, "cancel", key], None, None);
+    assert!(cancelled.succeeded(), "{cancelled:?}");
+    assert!(
+        wait_until(SOON, || throttles(&a).is_empty()),
+        "node A kept the action: {:?}",
+        throttles(&a)
+    );
+    assert!(
+        wait_until(SOON, || upstream
+            .messages()
+            .iter()
+            .any(|m| m.rcpt_addresses().contains(&"held@one.test"))),
+        "the held message did not leave node B"
     );
 }

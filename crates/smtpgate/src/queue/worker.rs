@@ -6,14 +6,13 @@
 
 use std::time::Duration;
 
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::{Delivery, Lane, Queue, settle};
 use crate::context::Context;
 use crate::deliver::{self, ConnectFailure, Outcome, client::Client};
 use crate::route::NextHop;
-use crate::shaping::{Limit, Shape};
+use crate::shaping::{Limit, Permit, Shape};
 
 pub(super) async fn run(queue: Queue, lane: Lane) {
     match &lane.hop {
@@ -31,23 +30,48 @@ struct MxConn {
     key: Limit,
     shape: Shape,
     /// One of the key's `max_connections`, held while the connection is open.
-    _permit: OwnedSemaphorePermit,
+    _permit: Permit,
     sent: usize,
 }
 
 impl MxConn {
-    /// Looks up the domain's mail servers, finds its shaping, waits for a connection permit and
-    /// the connection rate, and connects.
+    /// Looks up the domain's mail servers, finds its shaping, waits out a suspension, waits for
+    /// a connection permit and the connection rate, and connects. A refused connection (a reply
+    /// such as `421` to the greeting) goes to the adaptive rules.
     async fn open(ctx: &Context, domain: &str, stream: Option<&str>) -> Result<MxConn, ConnectFailure> {
         let targets = deliver::mx_targets(ctx, domain).await?;
         let (targets, verified) = deliver::apply_mta_sts(ctx, domain, targets).await?;
         let hosts: Vec<&str> = targets.iter().map(|(h, _)| h.as_str()).collect();
         let (dest, shape) = ctx.shaper.shape(domain, &hosts);
         let key = Limit::new(stream, dest);
+        let shape = if ctx.shaper.wait_suspension(&key).await {
+            // The file may have changed while suspended.
+            ctx.shaper.shape(domain, &hosts).1
+        } else {
+            shape
+        };
+        let (shape, _) = ctx.shaper.effective(&key, shape);
         let permit = ctx.shaper.connection(&key, shape.max_connections).await;
         ctx.shaper.connection_slot(&key, shape.connection_rate).await;
         let source = stream.and_then(|s| ctx.shaper.source(&ctx.config, s));
-        let client = deliver::connect_targets(ctx, domain, &targets, &shape, source, verified).await?;
+        let client = match deliver::connect_targets(ctx, domain, &targets, &shape, source, verified).await {
+            Ok(client) => client,
+            Err(fail) => {
+                if let Outcome::Transient { status, diagnostic } | Outcome::Permanent { status, diagnostic } =
+                    &fail.outcome
+                {
+                    observe(
+                        ctx,
+                        &key,
+                        domain,
+                        &hosts,
+                        &[(Some(status.as_str()), diagnostic.as_str())],
+                    )
+                    .await;
+                }
+                return Err(fail);
+            }
+        };
         Ok(MxConn {
             client,
             hosts: targets.into_iter().map(|(h, _)| h).collect(),
@@ -97,9 +121,20 @@ async fn run_mx(queue: &Queue, lane: &Lane, domain: &str) {
             }
         }
         let c = conn.as_mut().expect("connected above");
-        // The shaping file may have changed since the connection opened: its limits apply now.
+        // The shaping file and the adaptive actions may have changed since the connection opened:
+        // their limits apply now.
         let hosts: Vec<&str> = c.hosts.iter().map(String::as_str).collect();
-        c.shape = ctx.shaper.shape(domain, &hosts).1;
+        let (shape, suspended) = ctx.shaper.effective(&c.key, ctx.shaper.shape(domain, &hosts).1);
+        c.shape = shape;
+        if suspended.is_some() {
+            let idle = conn.take().expect("connected above");
+            idle.client.quit().await;
+            match MxConn::open(&ctx, domain, stream).await {
+                Ok(c) => conn = Some(c),
+                Err(fail) => return unreachable(queue, lane, d, &fail, started),
+            }
+        }
+        let c = conn.as_mut().expect("connected above");
         if let Some(at) = ctx.shaper.reserve_message(&c.key, c.shape.message_rate).await {
             if at > Instant::now() + LONG_WAIT {
                 let idle = conn.take().expect("connected above");
@@ -115,12 +150,28 @@ async fn run_mx(queue: &Queue, lane: &Lane, domain: &str) {
         }
         let c = conn.as_mut().expect("connected above");
         let (results, keep) = deliver::attempt(&ctx, &mut c.client, &d).await;
+        let failures: Vec<(Option<&str>, &str)> = results
+            .iter()
+            .filter_map(|(_, o)| match o {
+                Outcome::Transient { status, diagnostic } | Outcome::Permanent { status, diagnostic } => {
+                    Some((Some(status.as_str()), diagnostic.as_str()))
+                }
+                Outcome::Delivered(_) => None,
+            })
+            .collect();
+        if !failures.is_empty() {
+            let hosts: Vec<&str> = c.hosts.iter().map(String::as_str).collect();
+            observe(&ctx, &c.key, domain, &hosts, &failures).await;
+        }
+        drop(failures);
         let remote = Some(c.client.remote.clone());
         settle::spawn(queue, hop, d, results, remote, started);
         c.sent += 1;
+        // A limit lowered (by an adaptive action or a reload) closes connections beyond it.
+        let over = ctx.shaper.over_limit(&c.key, c.shape.max_connections);
         if !keep {
             conn = None;
-        } else if c.sent >= c.shape.messages_per_connection
+        } else if (over || c.sent >= c.shape.messages_per_connection)
             && let Some(c) = conn.take()
         {
             c.client.quit().await;
@@ -148,6 +199,12 @@ async fn run_pool(queue: &Queue, lane: &Lane, pool: &str) {
         lease.finish(keep, delivered, per_conn).await;
         settle::spawn(queue, hop, d, results, remote, started);
     }
+}
+
+/// Runs the adaptive rules on a delivery's failed replies.
+async fn observe(ctx: &Context, key: &Limit, domain: &str, hosts: &[&str], failures: &[(Option<&str>, &str)]) {
+    let classify = |status: Option<&str>, text: &str| ctx.feedback.classify(status, text).category;
+    ctx.shaper.observe(key, domain, hosts, failures, classify).await;
 }
 
 /// The hop is unreachable: everything waiting for it shares the outcome.

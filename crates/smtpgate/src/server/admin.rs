@@ -1,5 +1,6 @@
 //! The admin address: `/healthz`, `/metrics` (Prometheus text format), `/shaping` (the limits per
-//! destination in use, JSON) and the quarantine.
+//! destination in use, JSON), the adaptive actions (`/throttles`), the quarantine and the
+//! suppression list.
 
 use std::net::SocketAddr;
 
@@ -27,6 +28,7 @@ pub async fn start(
         .route("/shaping", get(shaping))
         .merge(super::quarantine_api::routes())
         .merge(super::suppression_api::routes())
+        .merge(super::throttle_api::routes())
         .with_state(queue);
     tokio::spawn(async move {
         let stop = async move {

@@ -6,6 +6,7 @@ mod listeners;
 pub mod quarantine_api;
 mod reload;
 pub mod suppression_api;
+pub mod throttle_api;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -92,6 +93,8 @@ impl Server {
         let (ctx, found) = context_shared(config.clone(), shared)?;
         // Suppressions made on other nodes reach this one for as long as it runs.
         let _follower = ctx.feedback.follow_shared();
+        // So do adaptive actions.
+        let _actions = ctx.shaper.follow_shared();
         let spool_dir = ctx.spool.dir().to_path_buf();
         let queue = Queue::new(ctx.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);

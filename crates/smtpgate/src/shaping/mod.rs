@@ -6,22 +6,37 @@
 //! burst, so a rate of 60/min sends one message a second, never 60 at once). The state lives
 //! across configuration reloads; only the limits change.
 //!
-//! A delivery worker for an MX hop asks, in order: [`Shaper::shape`] (after the MX lookup), a
+//! A delivery worker for an MX hop asks, in order: [`Shaper::shape`] (after the MX lookup, with
+//! the [`adaptive`] actions in force applied), [`Shaper::wait_suspension`], a
 //! [`Shaper::connection`] permit and [`Shaper::connection_slot`] before it connects, and
-//! [`Shaper::message_slot`] before each message.
+//! [`Shaper::message_slot`] before each message; it reports failed replies to
+//! [`Shaper::observe`], where the adaptive rules act on them.
+//!
+//! Connection limits are resizable semaphores ([`Gate`]): when a limit goes down (a reload, an
+//! adaptive action) the permits in use beyond it are retired as their connections close, and
+//! [`Shaper::over_limit`] tells workers to close one.
 
+pub mod adaptive;
+mod gate;
 pub mod rules;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::QueueConfig;
 use crate::route::reload::Reloading;
+pub use gate::{Gate, Permit};
 pub use rules::{Key, Rate, Rules, Shape};
+
+/// The namespace of adaptive actions in the shared store.
+const SHARED_ACTIONS: &str = "throttles";
+/// How often a node reads the other nodes' adaptive actions.
+const SHARED_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+/// A renewed action is written to the shared store at most this often.
+const SHARED_RENEW: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The shaping rules in force and the counters they act on.
 pub struct Shaper {
@@ -42,14 +57,16 @@ pub struct State {
     /// GCRA: the earliest instant the next message (or connection) of a key may start.
     next_message: Mutex<HashMap<Limit, Instant>>,
     next_connection: Mutex<HashMap<Limit, Instant>>,
-    /// Per key: the limit the semaphore was made for, and the semaphore.
-    connections: Mutex<HashMap<Limit, (usize, Arc<Semaphore>)>>,
+    /// Per key: its connection limit.
+    connections: Mutex<HashMap<Limit, Arc<Gate>>>,
     /// Per key: workers waiting for a connection permit.
     waiting: Mutex<HashMap<Limit, usize>>,
     /// Per stream: the smooth weighted round robin's current weights of its source addresses.
     sources: Mutex<HashMap<String, Vec<i64>>>,
     /// The key each domain's last lookup found (to size its workers before the next lookup).
     domain_keys: Mutex<HashMap<String, Key>>,
+    /// The adaptive actions in force.
+    pub actions: adaptive::Actions,
 }
 
 /// What one set of counters is for: a destination (domain or MX rollup) within one stream. Each
@@ -61,11 +78,27 @@ pub struct Limit {
 }
 
 impl Limit {
+    /// The stream `"default"` is the same as none.
     pub fn new(stream: Option<&str>, dest: Key) -> Limit {
         Limit {
-            stream: stream.map(str::to_owned),
+            stream: stream.filter(|s| *s != "default").map(str::to_owned),
             dest,
         }
+    }
+
+    /// Reads what [`Limit`]'s `Display` writes: `<stream>/domain:<name>` or `<stream>/mx:<pattern>`.
+    pub fn parse(text: &str) -> Result<Limit, String> {
+        let bad = || format!("{text:?} is not <stream>/domain:<name> or <stream>/mx:<pattern>");
+        let (stream, dest) = text.split_once('/').ok_or_else(bad)?;
+        let dest = match dest.split_once(':') {
+            Some(("domain", d)) if !d.is_empty() => Key::Domain(d.trim_end_matches('.').to_ascii_lowercase()),
+            Some(("mx", p)) if !p.is_empty() => Key::Mx(p.trim_end_matches('.').to_ascii_lowercase()),
+            _ => return Err(bad()),
+        };
+        if stream.is_empty() {
+            return Err(bad());
+        }
+        Ok(Limit::new(Some(stream), dest))
     }
 }
 
@@ -80,10 +113,14 @@ impl std::fmt::Display for Limit {
 pub struct Usage {
     pub stream: String,
     pub key: String,
+    /// The limits in force: the file's, lowered by an adaptive action when one is.
     pub max_connections: usize,
     pub connections: usize,
     pub max_message_rate: Option<String>,
     pub connection_rate: Option<String>,
+    /// The adaptive action in force, in words (`"suspend"`, `"rate x0.5"`...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<String>,
 }
 
 impl Shaper {
@@ -133,6 +170,172 @@ impl Shaper {
         (key, shape.clone())
     }
 
+    /// `shape` (the file's limits for `key`) lowered by the adaptive action in force on it, and
+    /// the instant (ms since the epoch) a suspension lasts until.
+    pub fn effective(&self, key: &Limit, mut shape: Shape) -> (Shape, Option<u64>) {
+        match self.state.actions.effect(key, adaptive::now_ms()) {
+            None => (shape, None),
+            Some(effect) => {
+                effect.apply(&mut shape);
+                (shape, effect.suspended_until)
+            }
+        }
+    }
+
+    /// Waits while deliveries to `key` are suspended (waking early when the action is cancelled
+    /// or edited). Returns whether there was anything to wait for.
+    pub async fn wait_suspension(&self, key: &Limit) -> bool {
+        let mut waited = false;
+        loop {
+            let changed = self.state.actions.changed.notified();
+            let Some(until) = self
+                .state
+                .actions
+                .effect(key, adaptive::now_ms())
+                .and_then(|e| e.suspended_until)
+            else {
+                return waited;
+            };
+            waited = true;
+            let wait = std::time::Duration::from_millis(until.saturating_sub(adaptive::now_ms()));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = changed => {}
+            }
+        }
+    }
+
+    /// Runs the adaptive rules on the failed replies of a delivery to `domain` (mail servers
+    /// `hosts`) under `key`: each distinct reply once, every matching rule acting. `classify`
+    /// gives a reply's bounce category.
+    pub async fn observe(
+        &self,
+        key: &Limit,
+        domain: &str,
+        hosts: &[&str],
+        failures: &[(Option<&str>, &str)],
+        classify: impl Fn(Option<&str>, &str) -> crate::deliver::classify::Category,
+    ) {
+        let rules = self.rules();
+        if rules.adaptive.is_empty() || failures.is_empty() {
+            return;
+        }
+        let mut seen: Vec<&str> = Vec::new();
+        let mut touched = Vec::new();
+        for &(status, text) in failures {
+            if seen.contains(&text) {
+                continue;
+            }
+            seen.push(text);
+            let reply = adaptive::Reply {
+                domain,
+                hosts,
+                code: crate::feedback::reply_code(text),
+                status,
+                text,
+                category: classify(status, text),
+            };
+            for rule in rules.adaptive.iter().filter(|r| r.matches(&reply)) {
+                let (action, change) = self.state.actions.hit(key, rule, text, adaptive::now_ms());
+                match change {
+                    adaptive::Change::Started => tracing::warn!(
+                        key = %action.key,
+                        rule = %action.rule,
+                        action = %action.describe(),
+                        until = %crate::datetime::rfc3339_ms(action.until),
+                        recovered = %crate::datetime::rfc3339_ms(action.recovered),
+                        reason = %action.reason,
+                        "throttle: started"
+                    ),
+                    adaptive::Change::Renewed => tracing::debug!(
+                        key = %action.key,
+                        rule = %action.rule,
+                        hits = action.hits,
+                        until = %crate::datetime::rfc3339_ms(action.until),
+                        "throttle: renewed"
+                    ),
+                }
+                touched.push(action);
+            }
+        }
+        for action in touched {
+            self.publish(&action, matches!(action.hits, 1)).await;
+        }
+    }
+
+    /// Writes `action` to the shared store (a renewal at most every few seconds).
+    pub async fn publish(&self, action: &adaptive::Action, force: bool) {
+        let Some(shared) = &self.shared else { return };
+        let now = adaptive::now_ms();
+        if !force && !self.state.actions.due_for_sharing(&action.key, now, SHARED_RENEW) {
+            return;
+        }
+        let ttl = std::time::Duration::from_millis(action.recovered.max(action.until).saturating_sub(now).max(1));
+        let json = serde_json::to_string(action).unwrap_or_default();
+        match shared.put(SHARED_ACTIONS, &action.key, &json, ttl).await {
+            Ok(()) => self.state.actions.shared(&action.key, now),
+            Err(e) => tracing::warn!(key = %action.key, error = %e, "throttle: cannot share with the other nodes"),
+        }
+    }
+
+    /// Ends the action on `key` here and, with Redis, on every node.
+    pub async fn cancel(&self, key: &str) -> Option<adaptive::Action> {
+        let action = self.state.actions.cancel(key)?;
+        tracing::warn!(key, rule = %action.rule, "throttle: cancelled by the administrator");
+        if let Some(shared) = &self.shared
+            && let Err(e) = shared.delete(SHARED_ACTIONS, key).await
+        {
+            tracing::warn!(key, error = %e, "throttle: cannot cancel on the other nodes");
+        }
+        Some(action)
+    }
+
+    /// Changes the action on `key` (or starts one) here and, with Redis, on every node.
+    pub async fn edit(&self, key: &Limit, edit: &adaptive::Edit) -> adaptive::Action {
+        let action = self.state.actions.edit(key, edit, adaptive::now_ms());
+        tracing::warn!(
+            key = %action.key,
+            action = %action.describe(),
+            until = %crate::datetime::rfc3339_ms(action.until),
+            recovered = %crate::datetime::rfc3339_ms(action.recovered),
+            reason = %action.reason,
+            "throttle: set by the administrator"
+        );
+        self.publish(&action, true).await;
+        action
+    }
+
+    /// With `[redis]`: reads the other nodes' adaptive actions every second, for as long as the
+    /// server runs (the state outlives reloads, and so does this task).
+    pub fn follow_shared(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let shared = self.shared.clone()?;
+        let state = self.state.clone();
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SHARED_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let read_at = adaptive::now_ms();
+                match shared.all(SHARED_ACTIONS).await {
+                    Ok(all) => {
+                        let actions = all
+                            .into_iter()
+                            .filter_map(|(id, json)| match serde_json::from_str::<adaptive::Action>(&json) {
+                                Ok(a) => Some(a),
+                                Err(e) => {
+                                    tracing::warn!(id, error = %e, "throttle: unreadable shared action skipped");
+                                    None
+                                }
+                            })
+                            .collect();
+                        state.actions.merge_shared(actions, read_at);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "throttle: cannot read the shared actions"),
+                }
+            }
+        }))
+    }
+
     /// How many connections deliveries to `domain` may use: its key's limit when a lookup found
     /// it before (an MX rollup's), else its own entry's or the default.
     pub fn max_connections(&self, domain: &str) -> usize {
@@ -149,24 +352,28 @@ impl Shaper {
     }
 
     /// Waits for one of the key's `max` connections to be free; the permit is held as long as the
-    /// connection is open.
-    pub async fn connection(&self, key: &Limit, max: usize) -> OwnedSemaphorePermit {
-        let sem = {
-            let mut all = self.state.connections.lock().unwrap();
-            let entry = all
-                .entry(key.clone())
-                .or_insert_with(|| (max, Arc::new(Semaphore::new(max))));
-            if entry.0 != max {
-                // The limit changed (a reload): connections under the old one finish on it.
-                *entry = (max, Arc::new(Semaphore::new(max)));
-            }
-            entry.1.clone()
-        };
-        if let Ok(permit) = sem.clone().try_acquire_owned() {
+    /// connection is open. A different `max` than before resizes the limit (a reload, an
+    /// adaptive action).
+    pub async fn connection(&self, key: &Limit, max: usize) -> Permit {
+        let gate = self.gate(key, max);
+        if let Some(permit) = gate.try_acquire() {
             return permit;
         }
         let _waiting = Waiting::new(&self.state.waiting, key);
-        sem.acquire_owned().await.expect("shaping semaphores are never closed")
+        gate.acquire().await
+    }
+
+    fn gate(&self, key: &Limit, max: usize) -> Arc<Gate> {
+        let mut all = self.state.connections.lock().unwrap();
+        let gate = all.entry(key.clone()).or_insert_with(|| Arc::new(Gate::new(max)));
+        gate.resize(max);
+        gate.clone()
+    }
+
+    /// Whether the key has more connections open than its limit allows now (it went down): a
+    /// worker should close its connection.
+    pub fn over_limit(&self, key: &Limit, max: usize) -> bool {
+        self.gate(key, max).over_limit()
     }
 
     /// Waits until the key may open another connection under `rate`.
@@ -226,18 +433,33 @@ impl Shaper {
     /// Every key in use, with its limits and open connections, sorted by key.
     pub fn usage(&self) -> Vec<Usage> {
         let rules = self.rules();
-        let all = self.state.connections.lock().unwrap();
+        let all: Vec<(Limit, Arc<Gate>)> = {
+            let all = self.state.connections.lock().unwrap();
+            all.iter().map(|(k, g)| (k.clone(), g.clone())).collect()
+        };
+        let now = adaptive::now_ms();
         let mut out: Vec<Usage> = all
-            .iter()
-            .filter_map(|(key, (max, sem))| {
-                let shape = rules.shape_of(&key.dest)?;
+            .into_iter()
+            .filter_map(|(key, gate)| {
+                let mut shape = rules.shape_of(&key.dest)?.clone();
+                let effect = self.state.actions.effect(&key, now);
+                if let Some(e) = &effect {
+                    e.apply(&mut shape);
+                }
                 Some(Usage {
                     stream: key.stream.clone().unwrap_or_else(|| "default".into()),
                     key: key.dest.to_string(),
                     max_connections: shape.max_connections,
-                    connections: max.saturating_sub(sem.available_permits()),
+                    connections: gate.in_use(),
                     max_message_rate: shape.message_rate.map(|r| r.to_string()),
                     connection_rate: shape.connection_rate.map(|r| r.to_string()),
+                    adaptive: effect.map(|_| {
+                        self.state
+                            .actions
+                            .get(&key.to_string())
+                            .map(|a| a.describe())
+                            .unwrap_or_default()
+                    }),
                 })
             })
             .collect();

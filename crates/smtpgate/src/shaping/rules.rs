@@ -43,10 +43,22 @@ impl Rate {
         self.per / self.count
     }
 
-    /// A rate `factor` times this one (an adaptive action lowering it); never below 1 per period.
+    /// A rate `factor` (0 < factor <= 1) times this one (an adaptive action lowering it). The
+    /// count is scaled while it stays at 10 or more (the error of rounding it stays under 5%),
+    /// else the period is stretched: 1/s times 0.5 is one every 2 s.
     pub fn scaled(self, factor: f64) -> Rate {
-        let count = ((self.count as f64) * factor).round().max(1.0) as u32;
-        Rate { count, per: self.per }
+        let factor = factor.clamp(f64::MIN_POSITIVE, 1.0);
+        let count = (self.count as f64) * factor;
+        if count >= 10.0 {
+            return Rate {
+                count: count.round() as u32,
+                per: self.per,
+            };
+        }
+        Rate {
+            count: self.count,
+            per: self.per.div_f64(factor),
+        }
     }
 }
 
@@ -135,6 +147,8 @@ struct RawFile {
     domain: HashMap<String, RawShape>,
     #[serde(default)]
     mx: HashMap<String, RawShape>,
+    #[serde(default)]
+    adaptive: Vec<super::adaptive::RawRule>,
 }
 
 /// Whose limit a delivery counts against.
@@ -162,6 +176,8 @@ pub struct Rules {
     domains: HashMap<String, Shape>,
     /// Patterns in the order they sort, so the first match is the same on every load.
     mx: Vec<(String, Shape)>,
+    /// `[[adaptive]]`: rules on remote replies, in file order (every matching rule acts).
+    pub adaptive: Vec<super::adaptive::Rule>,
 }
 
 impl Rules {
@@ -171,6 +187,7 @@ impl Rules {
             default: Shape::from_queue(q),
             domains: HashMap::new(),
             mx: Vec::new(),
+            adaptive: Vec::new(),
         }
     }
 
@@ -209,10 +226,21 @@ impl Rules {
             })
             .collect();
         mx.sort_by(|a, b| a.0.cmp(&b.0));
+        let adaptive = raw
+            .adaptive
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, r)| super::adaptive::Rule::parse(r, i, &mut errors))
+            .collect();
         if !errors.is_empty() {
             return Err(errors.join("; "));
         }
-        Ok(Rules { default, domains, mx })
+        Ok(Rules {
+            default,
+            domains,
+            mx,
+            adaptive,
+        })
     }
 
     /// The limit a delivery to `domain`, whose mail servers are `mx_hosts`, counts against.
@@ -245,7 +273,7 @@ impl Rules {
 }
 
 /// `*.example.com` matches any host under example.com; anything else matches the host exactly.
-fn host_matches(pattern: &str, host: &str) -> bool {
+pub(super) fn host_matches(pattern: &str, host: &str) -> bool {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     match pattern.strip_prefix("*.") {
         Some(parent) => {

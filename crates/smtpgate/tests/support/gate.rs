@@ -144,7 +144,15 @@ impl Gate {
     /// Writes `config_toml` as `smtpgate.toml` in a fresh temp dir and runs
     /// `smtpgate serve --config <file>` until it prints `smtpgate ready`.
     pub fn start(config_toml: &str) -> Gate {
+        Gate::start_with_files(config_toml, &[])
+    }
+
+    /// As [`Gate::start`], with `files` (name, content) written next to `smtpgate.toml` first.
+    pub fn start_with_files(config_toml: &str, files: &[(&str, &str)]) -> Gate {
         let dir = tempfile::tempdir().expect("tempdir");
+        for (name, content) in files {
+            fs::write(dir.path().join(name), content).unwrap_or_else(|e| panic!("write {name}: {e}"));
+        }
         let config = dir.path().join("smtpgate.toml");
         fs::write(&config, config_toml).expect("write smtpgate.toml");
         let (child, announced, output) = spawn(&config);
@@ -416,4 +424,16 @@ pub(crate) fn metric_value(text: &str, name: &str) -> Option<f64> {
         }
         rest.split_whitespace().next()?.parse().ok()
     })
+}
+
+/// The usual configuration of a gate that delivers by MX: one relaying listener on 127.0.0.1,
+/// the admin address, the test DNS server at `dns` as resolver, mail servers on `smtp_port`,
+/// retries after 1 s; `tail` is appended (e.g. a `[shaping]` section).
+pub fn mx_gate_toml(dns: SocketAddr, smtp_port: u16, tail: &str) -> String {
+    format!(
+        "hostname = \"gate.example.test\"\nshutdown_timeout = \"5s\"\n\n[spool]\ndir = \"spool\"\n\n\
+         [admin]\naddress = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"inbound\"\naddress = \"127.0.0.1:0\"\n\
+         relay_networks = [\"127.0.0.0/8\"]\n\n[dns]\nnameservers = [\"{dns}\"]\n\n\
+         [queue]\nretry = [\"1s\"]\nsmtp_port = {smtp_port}\n\n{tail}"
+    )
 }

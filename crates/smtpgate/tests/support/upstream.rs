@@ -4,6 +4,7 @@
 //! | --- | --- |
 //! | `tempfail-rcpt` | `450 4.2.0` to RCPT |
 //! | `reject-rcpt` | `550 5.1.1` to RCPT |
+//! | `ratelimit-rcpt` | `451 4.7.650` "temporarily rate limited" to RCPT (a provider throttling) |
 //! | `tempfail-data` | `451 4.3.0` after end of data |
 //! | `reject-data` | `554 5.6.0` after end of data |
 //! | `disconnect-data` | closes the connection after end of data, without a reply |
@@ -195,6 +196,7 @@ enum Behaviour {
     Accept,
     TempfailRcpt,
     RejectRcpt,
+    RateLimitRcpt,
     TempfailData,
     RejectData,
     DisconnectData,
@@ -208,6 +210,7 @@ impl Behaviour {
         match local.to_ascii_lowercase().as_str() {
             "tempfail-rcpt" => Behaviour::TempfailRcpt,
             "reject-rcpt" => Behaviour::RejectRcpt,
+            "ratelimit-rcpt" => Behaviour::RateLimitRcpt,
             "tempfail-data" => Behaviour::TempfailData,
             "reject-data" => Behaviour::RejectData,
             "disconnect-data" => Behaviour::DisconnectData,
@@ -345,6 +348,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         match behaviour {
             Behaviour::TempfailRcpt => self.reply("450 4.2.0 Mailbox temporarily unavailable (script)").await,
             Behaviour::RejectRcpt => self.reply("550 5.1.1 No such user (script)").await,
+            Behaviour::RateLimitRcpt => {
+                self.reply(
+                    "451 4.7.650 The mail server has been temporarily rate limited due to IP reputation (script)",
+                )
+                .await
+            }
             _ => {
                 self.slow |= behaviour == Behaviour::Slow;
                 let recipient = Recipient { address, params };

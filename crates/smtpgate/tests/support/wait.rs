@@ -27,10 +27,18 @@ pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 /// What a helper program did: its exit status (None when it was killed at the deadline)
 /// and everything it printed.
+#[derive(Debug)]
 pub struct Ran {
     pub status: Option<ExitStatus>,
     pub stdout: String,
     pub stderr: String,
+}
+
+impl Ran {
+    /// Whether the command ran to the end and exited with status 0.
+    pub fn succeeded(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
 }
 
 /// Runs `cmd` to completion, killing it if it is still running after `within`.

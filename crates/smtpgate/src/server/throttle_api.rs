@@ -1,0 +1,203 @@
+//! The adaptive actions on the admin address:
+//!
+//! - `GET /throttles`: every action in force (JSON), with why, since and until when;
+//! - `GET /throttles/{key}`: one of them (`key` is `<stream>/domain:<name>` or
+//!   `<stream>/mx:<pattern>`, as listed);
+//! - `PUT /throttles/{key}?...`: changes the action, or starts one by hand. Parameters:
+//!   `duration` (full strength for this long from now; needed to start one), `suspend`
+//!   (`true`/`false`), `rate_factor`, `connection_factor`, `recover`, `reason`;
+//! - `DELETE /throttles/{key}`: cancels it (normal limits at once).
+//!
+//! With Redis, each change applies on every node.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde::Serialize;
+
+use crate::datetime::rfc3339_ms;
+use crate::queue::Queue;
+use crate::shaping::Limit;
+use crate::shaping::adaptive::{Action, Edit, now_ms};
+
+pub fn routes() -> Router<Queue> {
+    Router::new()
+        .route("/throttles", get(list))
+        .route("/throttles/{*key}", get(show).put(edit).delete(cancel))
+}
+
+type Answer = (StatusCode, String);
+
+/// An action as listed: times in RFC 3339, and its effect now.
+#[derive(Debug, Serialize)]
+pub struct View {
+    pub key: String,
+    pub stream: String,
+    pub destination: String,
+    /// What it does at full strength, in words.
+    pub action: String,
+    pub rule: String,
+    pub reason: String,
+    pub by: String,
+    pub hits: u64,
+    pub since: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspended_until: Option<String>,
+    /// Full strength until then.
+    pub until: String,
+    /// Normal limits from then on.
+    pub recovered: String,
+    /// The factors in force now (they rise during recovery).
+    pub rate_factor_now: f64,
+    pub connection_factor_now: f64,
+}
+
+impl View {
+    fn of(a: &Action, now: u64) -> View {
+        let effect = a.effect(now);
+        View {
+            key: a.key.clone(),
+            stream: a.stream.clone(),
+            destination: a.destination.clone(),
+            action: a.describe(),
+            rule: a.rule.clone(),
+            reason: a.reason.clone(),
+            by: a.by.clone(),
+            hits: a.hits,
+            since: rfc3339_ms(a.since),
+            suspended_until: a.suspended_until.map(rfc3339_ms),
+            until: rfc3339_ms(a.until),
+            recovered: rfc3339_ms(a.recovered.max(a.until)),
+            rate_factor_now: effect.map_or(1.0, |e| e.rate_factor),
+            connection_factor_now: effect.map_or(1.0, |e| e.connection_factor),
+        }
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_default() + "\n"
+}
+
+async fn list(State(queue): State<Queue>) -> Answer {
+    let now = now_ms();
+    let all: Vec<View> = queue
+        .ctx()
+        .shaper
+        .state()
+        .actions
+        .list(now)
+        .iter()
+        .map(|a| View::of(a, now))
+        .collect();
+    (StatusCode::OK, json(&all))
+}
+
+/// The key as given, checked and in its canonical form.
+fn key_of(raw: &str) -> Result<Limit, Answer> {
+    Limit::parse(raw.trim_start_matches('/')).map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))
+}
+
+async fn show(State(queue): State<Queue>, Path(key): Path<String>) -> Answer {
+    let limit = match key_of(&key) {
+        Ok(l) => l,
+        Err(answer) => return answer,
+    };
+    let now = now_ms();
+    let state = queue.ctx().shaper.state();
+    match state
+        .actions
+        .get(&limit.to_string())
+        .filter(|a| a.effect(now).is_some())
+    {
+        Some(a) => (StatusCode::OK, json(&View::of(&a, now))),
+        None => (StatusCode::NOT_FOUND, format!("no adaptive action on {limit}\n")),
+    }
+}
+
+async fn cancel(State(queue): State<Queue>, Path(key): Path<String>) -> Answer {
+    let limit = match key_of(&key) {
+        Ok(l) => l,
+        Err(answer) => return answer,
+    };
+    match queue.ctx().shaper.cancel(&limit.to_string()).await {
+        Some(_) => (
+            StatusCode::OK,
+            format!("{limit}: action cancelled, normal limits apply\n"),
+        ),
+        None => (StatusCode::NOT_FOUND, format!("no adaptive action on {limit}\n")),
+    }
+}
+
+async fn edit(
+    State(queue): State<Queue>,
+    Path(key): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Answer {
+    let limit = match key_of(&key) {
+        Ok(l) => l,
+        Err(answer) => return answer,
+    };
+    let edit = match parse_edit(&params) {
+        Ok(e) => e,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let ctx = queue.ctx();
+    let now = now_ms();
+    let exists = ctx
+        .shaper
+        .state()
+        .actions
+        .get(&limit.to_string())
+        .is_some_and(|a| a.effect(now).is_some());
+    if !exists && edit.duration.is_none() {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("no adaptive action on {limit}: starting one needs a duration\n"),
+        );
+    }
+    if !exists && edit.suspend != Some(true) && edit.rate_factor.is_none() && edit.connection_factor.is_none() {
+        return (
+            StatusCode::BAD_REQUEST,
+            "a new action needs suspend=true, rate_factor or connection_factor\n".into(),
+        );
+    }
+    let action = ctx.shaper.edit(&limit, &edit).await;
+    (StatusCode::OK, json(&View::of(&action, now_ms())))
+}
+
+/// Reads the query parameters of a change; unknown ones are an error.
+fn parse_edit(params: &HashMap<String, String>) -> Result<Edit, String> {
+    let mut edit = Edit::default();
+    for (name, value) in params {
+        let duration = || crate::config::values::parse_duration(value).map_err(|e| format!("{name}: {e}"));
+        let factor = || {
+            value
+                .parse::<f64>()
+                .map_err(|_| format!("{name}: {value:?} is not a number"))
+        };
+        match name.as_str() {
+            "duration" => edit.duration = Some(duration()?),
+            "recover" => edit.recover = Some(duration()?),
+            "suspend" => {
+                edit.suspend = Some(match value.as_str() {
+                    "true" | "yes" | "1" => true,
+                    "false" | "no" | "0" => false,
+                    _ => return Err(format!("suspend: {value:?} is not true or false")),
+                })
+            }
+            "rate_factor" => edit.rate_factor = Some(factor()?),
+            "connection_factor" => edit.connection_factor = Some(factor()?),
+            "reason" => edit.reason = Some(value.clone()),
+            other => {
+                return Err(format!(
+                    "unknown parameter {other:?} (duration, suspend, rate_factor, connection_factor, recover, reason)"
+                ));
+            }
+        }
+    }
+    edit.check()?;
+    Ok(edit)
+}

@@ -1,0 +1,656 @@
+//! Adaptive throttling: rules on the replies of remote servers that suspend a destination or lower
+//! its limits for a while, then let it recover gradually.
+//!
+//! The rules live in the shaping file, next to the limits they act on (and reload with it):
+//!
+//! ```toml
+//! [[adaptive]]
+//! name = "yahoo-ts"                # how actions and log lines name the rule
+//! mx = "*.yahoodns.net"           # optional: only for domains whose mail servers match
+//! code = "421"                     # optional: reply code, or its first digits ("4", "42")
+//! status = "4.7.0"                 # optional: enhanced status code, or its start ("4.7.")
+//! text = "\\[TS0[1-3]\\]"          # optional: a case-insensitive regex on the whole reply
+//! category = "rate_limited"        # optional: the bounce category the reply was given
+//! action = "suspend"               # "suspend" or "throttle"
+//! duration = "30m"                 # held at full strength until this long after the last match
+//! rate_factor = 0.5                # throttle: the message rate times this (0 < f <= 1)
+//! connection_factor = 0.5          # throttle: max_connections times this (rounded up, at least 1)
+//! recover = "1h"                   # after `duration`: back to normal linearly over this long
+//! ```
+//!
+//! Every condition given must hold. A rule that matches a reply of a delivery to a destination
+//! puts an [`Action`] on the destination's [`Limit`] (its stream and domain or MX rollup): a new
+//! one, or the one in force renewed (its full strength extended, the stronger factors kept). An
+//! action passes through three phases:
+//!
+//! 1. until `until`: suspended (no connection is opened) or throttled at its factors;
+//! 2. from `until` to `recovered`: the factors rise linearly back to 1 (a suspension that has
+//!    factors below 1 resumes at them);
+//! 3. from `recovered` on it is gone.
+//!
+//! Times are wall-clock milliseconds since the epoch, so that actions can be listed, edited and
+//! shared with other nodes (through Redis) with their meaning intact.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+use super::Limit;
+use crate::deliver::classify::Category;
+
+/// A rule of the shaping file's `[[adaptive]]` array.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    code: Option<String>,
+    status: Option<String>,
+    text: Option<Regex>,
+    category: Option<Category>,
+    domain: Option<String>,
+    mx: Option<String>,
+    suspend: bool,
+    rate_factor: f64,
+    connection_factor: f64,
+    duration: Duration,
+    recover: Duration,
+}
+
+impl PartialEq for Rule {
+    fn eq(&self, other: &Rule) -> bool {
+        self.name == other.name
+            && self.code == other.code
+            && self.status == other.status
+            && self.text.as_ref().map(Regex::as_str) == other.text.as_ref().map(Regex::as_str)
+            && self.category == other.category
+            && self.domain == other.domain
+            && self.mx == other.mx
+            && self.suspend == other.suspend
+            && self.rate_factor == other.rate_factor
+            && self.connection_factor == other.connection_factor
+            && self.duration == other.duration
+            && self.recover == other.recover
+    }
+}
+
+impl Eq for Rule {}
+
+/// One `[[adaptive]]` table as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRule {
+    name: Option<String>,
+    code: Option<String>,
+    status: Option<String>,
+    text: Option<String>,
+    category: Option<String>,
+    domain: Option<String>,
+    mx: Option<String>,
+    action: Option<String>,
+    duration: Option<String>,
+    rate_factor: Option<f64>,
+    connection_factor: Option<f64>,
+    recover: Option<String>,
+}
+
+/// A reply (or a failure to get one) from a delivery attempt, as the rules see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Reply<'a> {
+    /// The recipient domain of the delivery.
+    pub domain: &'a str,
+    /// The domain's mail servers.
+    pub hosts: &'a [&'a str],
+    /// The reply code, when the failure was a reply.
+    pub code: Option<u16>,
+    /// The enhanced status code.
+    pub status: Option<&'a str>,
+    /// The whole reply (or the error) as one line.
+    pub text: &'a str,
+    pub category: Category,
+}
+
+impl Rule {
+    /// Checks and compiles the `index`th rule; every mistake goes to `errors`.
+    pub(super) fn parse(raw: RawRule, index: usize, errors: &mut Vec<String>) -> Option<Rule> {
+        let key = format!("adaptive[{index}]");
+        let before = errors.len();
+        let name = raw.name.unwrap_or_else(|| format!("adaptive rule {}", index + 1));
+        let code = raw.code.map(|c| c.trim().to_owned());
+        if let Some(c) = &code
+            && (c.is_empty() || c.len() > 3 || !c.bytes().all(|b| b.is_ascii_digit()) || !c.starts_with(['4', '5']))
+        {
+            errors.push(format!(
+                "{key}.code: {c:?} is not a reply code like \"421\" or its start (\"4\")"
+            ));
+        }
+        let status = raw.status.map(|s| s.trim().to_owned());
+        if let Some(s) = &status
+            && (s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit() || b == b'.') || !s.starts_with(['4', '5']))
+        {
+            errors.push(format!(
+                "{key}.status: {s:?} is not an enhanced status code like \"4.7.0\" or its start"
+            ));
+        }
+        let text = raw
+            .text
+            .and_then(|t| match regex::RegexBuilder::new(&t).case_insensitive(true).build() {
+                Ok(re) => Some(re),
+                Err(e) => {
+                    errors.push(format!("{key}.text: {e}"));
+                    None
+                }
+            });
+        let category = raw.category.and_then(|c| match c.parse::<Category>() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                errors.push(format!("{key}.category: {e}"));
+                None
+            }
+        });
+        if code.is_none() && status.is_none() && text.is_none() && category.is_none() && errors.len() == before {
+            errors.push(format!("{key}: needs at least one of code, status, text, category"));
+        }
+        let suspend = match raw.action.as_deref() {
+            Some("suspend") => true,
+            Some("throttle") => false,
+            Some(other) => {
+                errors.push(format!("{key}.action: {other:?} is not \"suspend\" or \"throttle\""));
+                false
+            }
+            None => {
+                errors.push(format!("{key}.action: missing (\"suspend\" or \"throttle\")"));
+                false
+            }
+        };
+        let mut factor = |field: &str, value: Option<f64>| match value {
+            None => 1.0,
+            Some(f) if f > 0.0 && f <= 1.0 => f,
+            Some(f) => {
+                errors.push(format!("{key}.{field}: {f} is not more than 0 and at most 1"));
+                1.0
+            }
+        };
+        let rate_factor = factor("rate_factor", raw.rate_factor);
+        let connection_factor = factor("connection_factor", raw.connection_factor);
+        if !suspend && rate_factor == 1.0 && connection_factor == 1.0 && raw.action.is_some() {
+            errors.push(format!(
+                "{key}: a throttle needs rate_factor or connection_factor below 1"
+            ));
+        }
+        let mut duration = |field: &str, value: Option<String>, required: bool| match value {
+            None if required => {
+                errors.push(format!("{key}.{field}: missing (a duration like \"30m\")"));
+                Duration::ZERO
+            }
+            None => Duration::ZERO,
+            Some(text) => match crate::config::values::parse_duration(&text) {
+                Ok(d) if !d.is_zero() || !required => d,
+                Ok(_) => {
+                    errors.push(format!("{key}.{field}: must be more than 0s"));
+                    Duration::ZERO
+                }
+                Err(e) => {
+                    errors.push(format!("{key}.{field}: {e}"));
+                    Duration::ZERO
+                }
+            },
+        };
+        let duration_value = duration("duration", raw.duration, true);
+        let recover = duration("recover", raw.recover, false);
+        let pattern = |p: Option<String>| p.map(|p| p.trim().trim_end_matches('.').to_ascii_lowercase());
+        if errors.len() > before {
+            return None;
+        }
+        Some(Rule {
+            name,
+            code,
+            status,
+            text,
+            category,
+            domain: pattern(raw.domain),
+            mx: pattern(raw.mx),
+            suspend,
+            rate_factor,
+            connection_factor,
+            duration: duration_value,
+            recover,
+        })
+    }
+
+    /// Whether every condition of the rule holds for `reply`.
+    pub fn matches(&self, reply: &Reply<'_>) -> bool {
+        if let Some(d) = &self.domain
+            && !super::rules::host_matches(d, reply.domain)
+        {
+            return false;
+        }
+        if let Some(p) = &self.mx
+            && !reply.hosts.iter().any(|h| super::rules::host_matches(p, h))
+        {
+            return false;
+        }
+        if let Some(c) = &self.code
+            && !reply.code.is_some_and(|code| code.to_string().starts_with(c.as_str()))
+        {
+            return false;
+        }
+        if let Some(s) = &self.status
+            && !reply.status.is_some_and(|st| status_starts_with(st, s))
+        {
+            return false;
+        }
+        if let Some(c) = self.category
+            && c != reply.category
+        {
+            return false;
+        }
+        self.text.as_ref().is_none_or(|re| re.is_match(reply.text))
+    }
+
+    /// The action this rule puts on `limit` at `now` (ms), for `reason`.
+    pub fn action(&self, limit: &Limit, reason: &str, now: u64) -> Action {
+        let until = now + ms(self.duration);
+        Action {
+            key: limit.to_string(),
+            stream: limit.stream.clone().unwrap_or_else(|| "default".into()),
+            destination: limit.dest.to_string(),
+            rule: self.name.clone(),
+            reason: reason.to_owned(),
+            suspended_until: self.suspend.then_some(until),
+            rate_factor: self.rate_factor,
+            connection_factor: self.connection_factor,
+            since: now,
+            until,
+            recovered: until + ms(self.recover),
+            hits: 1,
+            updated: now,
+            by: "rule".into(),
+        }
+    }
+}
+
+/// `4.7.0` starts with `4.7.` and with `4.7.0`, not with `4.7.1` nor with `4.7.00`.
+fn status_starts_with(status: &str, prefix: &str) -> bool {
+    status == prefix
+        || (status.starts_with(prefix) && (prefix.ends_with('.') || status.as_bytes()[prefix.len()] == b'.'))
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 4)
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(ms)
+        .unwrap_or(0)
+}
+
+/// An adaptive action in force on one destination of one stream. Times are milliseconds since
+/// the epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Action {
+    /// `<stream>/<destination>`: what the action is known by.
+    pub key: String,
+    pub stream: String,
+    /// `domain:<name>` or `mx:<pattern>`.
+    pub destination: String,
+    /// The rule that set it (or `"admin"`).
+    pub rule: String,
+    /// The reply that triggered it most recently (or the administrator's note).
+    pub reason: String,
+    /// No connection before this instant.
+    pub suspended_until: Option<u64>,
+    pub rate_factor: f64,
+    pub connection_factor: f64,
+    pub since: u64,
+    /// Full strength until this instant.
+    pub until: u64,
+    /// Back to normal limits at this instant, when the action ends.
+    pub recovered: u64,
+    /// How many replies have set or renewed it.
+    pub hits: u64,
+    /// The last change (the newest copy wins between nodes).
+    pub updated: u64,
+    /// `"rule"` or `"admin"`.
+    pub by: String,
+}
+
+/// What an action does to its destination's limits at one instant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Effect {
+    /// No connection before this instant (ms since the epoch).
+    pub suspended_until: Option<u64>,
+    pub rate_factor: f64,
+    pub connection_factor: f64,
+}
+
+impl Effect {
+    /// The limits of `shape` under this effect.
+    pub fn apply(&self, shape: &mut super::Shape) {
+        if self.rate_factor < 1.0 {
+            shape.message_rate = shape.message_rate.map(|r| r.scaled(self.rate_factor));
+            shape.connection_rate = shape.connection_rate.map(|r| r.scaled(self.rate_factor));
+        }
+        if self.connection_factor < 1.0 {
+            let scaled = (shape.max_connections as f64 * self.connection_factor).ceil() as usize;
+            shape.max_connections = scaled.clamp(1, shape.max_connections);
+        }
+    }
+}
+
+impl Action {
+    /// Its effect at `now`, or `None` once it has ended.
+    pub fn effect(&self, now: u64) -> Option<Effect> {
+        if now >= self.recovered && now >= self.until && self.suspended_until.is_none_or(|s| now >= s) {
+            return None;
+        }
+        let progress = if now < self.until || self.recovered <= self.until {
+            0.0
+        } else {
+            (now - self.until) as f64 / (self.recovered - self.until) as f64
+        };
+        let rise = |f: f64| (f + (1.0 - f) * progress).min(1.0);
+        Some(Effect {
+            suspended_until: self.suspended_until.filter(|&s| now < s),
+            rate_factor: rise(self.rate_factor),
+            connection_factor: rise(self.connection_factor),
+        })
+    }
+
+    /// The action renewed by a new match of the same destination: full strength again from
+    /// `fresh` (the stronger of both), the latest reason.
+    fn renew(&mut self, fresh: &Action) {
+        self.until = self.until.max(fresh.until);
+        self.recovered = self.recovered.max(fresh.recovered);
+        self.suspended_until = match (self.suspended_until, fresh.suspended_until) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.rate_factor = self.rate_factor.min(fresh.rate_factor);
+        self.connection_factor = self.connection_factor.min(fresh.connection_factor);
+        self.rule = fresh.rule.clone();
+        self.reason = fresh.reason.clone();
+        self.hits += 1;
+        self.updated = fresh.updated;
+    }
+
+    /// What it does, in words, for lists and logs.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.suspended_until.is_some() {
+            parts.push("suspend".to_string());
+        }
+        if self.rate_factor < 1.0 {
+            parts.push(format!("rate x{}", self.rate_factor));
+        }
+        if self.connection_factor < 1.0 {
+            parts.push(format!("connections x{}", self.connection_factor));
+        }
+        if parts.is_empty() {
+            parts.push("none".into());
+        }
+        parts.join(", ")
+    }
+}
+
+/// A change an administrator makes to an action in force (or a new one).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct Edit {
+    /// Full strength for this long from now.
+    pub duration: Option<Duration>,
+    /// Suspend (true) or stop suspending (false).
+    pub suspend: Option<bool>,
+    pub rate_factor: Option<f64>,
+    pub connection_factor: Option<f64>,
+    /// Recovery after the full-strength period.
+    pub recover: Option<Duration>,
+    pub reason: Option<String>,
+}
+
+impl Edit {
+    /// Checks the factors.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, f) in [
+            ("rate_factor", self.rate_factor),
+            ("connection_factor", self.connection_factor),
+        ] {
+            if let Some(f) = f
+                && !(f > 0.0 && f <= 1.0)
+            {
+                return Err(format!("{name}: {f} is not more than 0 and at most 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the change to `action` at `now`.
+    fn apply(&self, action: &mut Action, now: u64) {
+        if let Some(d) = self.duration {
+            let recover = action.recovered.saturating_sub(action.until);
+            action.until = now + ms(d);
+            action.recovered = action.until + recover;
+        }
+        if let Some(r) = self.recover {
+            action.recovered = action.until + ms(r);
+        }
+        match self.suspend {
+            Some(true) => action.suspended_until = Some(action.until),
+            Some(false) => action.suspended_until = None,
+            None => {
+                if let Some(s) = &mut action.suspended_until {
+                    *s = action.until;
+                }
+            }
+        }
+        if let Some(f) = self.rate_factor {
+            action.rate_factor = f;
+        }
+        if let Some(f) = self.connection_factor {
+            action.connection_factor = f;
+        }
+        if let Some(r) = &self.reason {
+            action.reason = r.clone();
+        }
+        action.updated = now;
+    }
+}
+
+/// How an action changed, for the log and for sharing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Started,
+    Renewed,
+}
+
+/// The actions in force, keyed by [`Action::key`]. Lives across configuration reloads.
+#[derive(Default)]
+pub struct Actions {
+    map: std::sync::Mutex<HashMap<String, Entry>>,
+    /// Woken when an action is cancelled or edited, so that suspended workers look again.
+    pub changed: tokio::sync::Notify,
+}
+
+struct Entry {
+    action: Action,
+    /// When this node last wrote it to (or read it from) the shared store; `None`: never.
+    shared_at: Option<u64>,
+}
+
+impl Actions {
+    /// Records a match of `rule` on `limit`: a new action or the one in force renewed.
+    pub fn hit(&self, limit: &Limit, rule: &Rule, reason: &str, now: u64) -> (Action, Change) {
+        let fresh = rule.action(limit, reason, now);
+        let mut map = self.map.lock().unwrap();
+        match map.get_mut(&fresh.key) {
+            Some(e) if e.action.effect(now).is_some() => {
+                e.action.renew(&fresh);
+                (e.action.clone(), Change::Renewed)
+            }
+            _ => {
+                map.insert(
+                    fresh.key.clone(),
+                    Entry {
+                        action: fresh.clone(),
+                        shared_at: None,
+                    },
+                );
+                (fresh, Change::Started)
+            }
+        }
+    }
+
+    /// The effect on `limit` at `now`; an action found ended is removed (and its end logged).
+    pub fn effect(&self, limit: &Limit, now: u64) -> Option<Effect> {
+        let mut map = self.map.lock().unwrap();
+        if map.is_empty() {
+            return None;
+        }
+        let key = limit.to_string();
+        let effect = map.get(&key)?.action.effect(now);
+        if effect.is_none()
+            && let Some(e) = map.remove(&key)
+        {
+            log_end(&e.action);
+        }
+        effect
+    }
+
+    /// Every action in force at `now`, sorted by key (ended ones are removed).
+    pub fn list(&self, now: u64) -> Vec<Action> {
+        let mut map = self.map.lock().unwrap();
+        map.retain(|_, e| {
+            let live = e.action.effect(now).is_some();
+            if !live {
+                log_end(&e.action);
+            }
+            live
+        });
+        let mut all: Vec<Action> = map.values().map(|e| e.action.clone()).collect();
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        all
+    }
+
+    pub fn get(&self, key: &str) -> Option<Action> {
+        self.map.lock().unwrap().get(key).map(|e| e.action.clone())
+    }
+
+    /// Ends the action on `key` now; returns it.
+    pub fn cancel(&self, key: &str) -> Option<Action> {
+        let removed = self.map.lock().unwrap().remove(key).map(|e| e.action);
+        if removed.is_some() {
+            self.changed.notify_waiters();
+        }
+        removed
+    }
+
+    /// Changes the action on `limit`, or starts one by hand (`by` admin) when there is none.
+    pub fn edit(&self, limit: &Limit, edit: &Edit, now: u64) -> Action {
+        let key = limit.to_string();
+        let mut map = self.map.lock().unwrap();
+        let entry = map
+            .entry(key.clone())
+            .and_modify(|e| {
+                if e.action.effect(now).is_none() {
+                    e.action = manual(limit, now);
+                }
+            })
+            .or_insert_with(|| Entry {
+                action: manual(limit, now),
+                shared_at: None,
+            });
+        edit.apply(&mut entry.action, now);
+        entry.shared_at = None;
+        let action = entry.action.clone();
+        drop(map);
+        self.changed.notify_waiters();
+        action
+    }
+
+    /// Whether `key` should be written to the shared store now: never written, or last written
+    /// more than `every` ago.
+    pub fn due_for_sharing(&self, key: &str, now: u64, every: Duration) -> bool {
+        let map = self.map.lock().unwrap();
+        map.get(key)
+            .is_some_and(|e| e.shared_at.is_none_or(|at| now >= at + ms(every)))
+    }
+
+    /// Notes that `key` was written to the shared store at `now`.
+    pub fn shared(&self, key: &str, now: u64) {
+        if let Some(e) = self.map.lock().unwrap().get_mut(key) {
+            e.shared_at = Some(now);
+        }
+    }
+
+    /// Takes in the shared store's actions, read at `read_at`: newer copies replace this node's,
+    /// and an action this node had shared before `read_at` that the store no longer has was
+    /// cancelled (or ended) elsewhere. Returns the keys whose action was learned or dropped.
+    pub fn merge_shared(&self, remote: Vec<Action>, read_at: u64) -> Vec<String> {
+        let mut map = self.map.lock().unwrap();
+        let mut touched = Vec::new();
+        let remote: HashMap<String, Action> = remote.into_iter().map(|a| (a.key.clone(), a)).collect();
+        map.retain(|key, e| {
+            let gone = !remote.contains_key(key) && e.shared_at.is_some_and(|at| at < read_at);
+            if gone {
+                tracing::info!(key, rule = %e.action.rule, "throttle: ended on another node");
+                touched.push(key.clone());
+            }
+            !gone
+        });
+        for (key, action) in remote {
+            let newer = map.get(&key).is_none_or(|e| e.action.updated < action.updated);
+            if newer && action.effect(read_at).is_some() {
+                tracing::info!(
+                    key,
+                    rule = %action.rule,
+                    action = %action.describe(),
+                    reason = %action.reason,
+                    "throttle: learned from another node"
+                );
+                touched.push(key.clone());
+                map.insert(
+                    key,
+                    Entry {
+                        action,
+                        shared_at: Some(read_at),
+                    },
+                );
+            } else if let Some(e) = map.get_mut(&key) {
+                e.shared_at = Some(e.shared_at.unwrap_or(read_at).max(read_at));
+            }
+        }
+        if !touched.is_empty() {
+            self.changed.notify_waiters();
+        }
+        touched
+    }
+}
+
+/// A blank action started by the administrator on `limit`.
+fn manual(limit: &Limit, now: u64) -> Action {
+    Action {
+        key: limit.to_string(),
+        stream: limit.stream.clone().unwrap_or_else(|| "default".into()),
+        destination: limit.dest.to_string(),
+        rule: "admin".into(),
+        reason: "set by the administrator".into(),
+        suspended_until: None,
+        rate_factor: 1.0,
+        connection_factor: 1.0,
+        since: now,
+        until: now,
+        recovered: now,
+        hits: 0,
+        updated: now,
+        by: "admin".into(),
+    }
+}
+
+fn log_end(action: &Action) {
+    tracing::info!(key = %action.key, rule = %action.rule, hits = action.hits, "throttle: ended, normal limits again");
+}
+
+#[cfg(test)]
+mod tests;
