@@ -39,6 +39,27 @@ pub fn rfc3339_ms(ms: u64) -> String {
     )
 }
 
+/// Reads `YYYY-MM-DD` as days since 1970-01-01; `None` for anything else or an impossible date.
+pub fn parse_date(text: &str) -> Option<i64> {
+    let mut parts = text.trim().splitn(3, '-');
+    let y: i64 = parts.next()?.parse().ok()?;
+    let m: u32 = parts.next()?.parse().ok()?;
+    let d: u32 = parts.next()?.parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || !(1970..=9999).contains(&y) {
+        return None;
+    }
+    // Howard Hinnant's days-from-civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    // 2026-02-31 and the like come back as another date: refuse them.
+    (civil_from_days(days) == (if m <= 2 { y + 1 } else { y }, m, d)).then_some(days)
+}
+
 /// Howard Hinnant's days-to-civil algorithm.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -61,5 +82,11 @@ mod tests {
         assert_eq!(super::rfc5322(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
         assert_eq!(super::rfc3339_ms(1_795_366_400_250), "2026-11-22T16:53:20.250Z");
         assert_eq!(super::rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::parse_date("1970-01-01"), Some(0));
+        assert_eq!(super::parse_date("2026-11-22"), Some(1_795_366_400 / 86_400));
+        assert_eq!(super::parse_date("2000-02-29"), Some(951_782_400 / 86_400));
+        assert_eq!(super::parse_date("2026-02-29"), None);
+        assert_eq!(super::parse_date("2026-13-01"), None);
+        assert_eq!(super::parse_date("yesterday"), None);
     }
 }

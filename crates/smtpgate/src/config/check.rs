@@ -511,6 +511,7 @@ fn build_queue(raw: RawQueue, issues: &mut Issues) -> QueueConfig {
             1,
             100,
         ),
+        max_connections: issues.count("queue.max_connections".into(), raw.max_connections, 1, 1000),
         connect_timeout: issues.timeout("queue.connect_timeout".into(), raw.connect_timeout, secs(30)),
         command_timeout: issues.timeout("queue.command_timeout".into(), raw.command_timeout, secs(5 * MINUTE)),
         data_timeout: issues.timeout("queue.data_timeout".into(), raw.data_timeout, secs(10 * MINUTE)),

@@ -239,6 +239,8 @@ pub struct QueueConfig {
     pub max_age: Duration,
     pub connections_per_destination: usize,
     pub messages_per_connection: usize,
+    /// Outbound MX connections of this node in all, handed out by stream priority.
+    pub max_connections: usize,
     pub connect_timeout: Duration,
     /// Waiting for a reply to a command (RFC 5321 4.5.3.2).
     pub command_timeout: Duration,

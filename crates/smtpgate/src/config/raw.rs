@@ -100,6 +100,7 @@ pub struct RawQueue {
     pub max_age: Option<Text>,
     pub connections_per_destination: Option<i64>,
     pub messages_per_connection: Option<i64>,
+    pub max_connections: Option<i64>,
     pub connect_timeout: Option<Text>,
     pub smtp_port: Option<i64>,
     pub command_timeout: Option<Text>,

@@ -249,6 +249,7 @@ fn builtin_has_the_documented_defaults() {
         max_age: Duration::from_secs(5 * 86_400),
         connections_per_destination: 10,
         messages_per_connection: 100,
+        max_connections: 1000,
         connect_timeout: Duration::from_secs(30),
         command_timeout: minutes(5),
         data_timeout: minutes(10),

@@ -12,7 +12,7 @@ use super::{Delivery, Lane, Queue, settle};
 use crate::context::Context;
 use crate::deliver::{self, ConnectFailure, Outcome, client::Client};
 use crate::route::NextHop;
-use crate::shaping::{Limit, Permit, Shape};
+use crate::shaping::{Limit, Permit, Pick, Shape};
 
 pub(super) async fn run(queue: Queue, lane: Lane) {
     match &lane.hop {
@@ -32,6 +32,11 @@ struct MxConn {
     /// One of the key's `max_connections`, held while the connection is open.
     _permit: Permit,
     sent: usize,
+    /// The source address it sends from (counted for warm-up).
+    source: Option<std::net::IpAddr>,
+    /// One of the node's outbound connections, and the stream priority it was had with.
+    _slot: crate::shaping::outbound::Slot,
+    priority: i32,
 }
 
 impl MxConn {
@@ -51,9 +56,15 @@ impl MxConn {
             shape
         };
         let (shape, _) = ctx.shaper.effective(&key, shape);
+        let source = pick_source(ctx, stream).await;
         let permit = ctx.shaper.connection(&key, shape.max_connections).await;
+        let priority = priority(ctx, stream);
+        let slot = ctx
+            .shaper
+            .outbound(ctx.config.queue.max_connections)
+            .acquire(priority)
+            .await;
         ctx.shaper.connection_slot(&key, shape.connection_rate).await;
-        let source = stream.and_then(|s| ctx.shaper.source(&ctx.config, s));
         let client = match deliver::connect_targets(ctx, domain, &targets, &shape, source, verified).await {
             Ok(client) => client,
             Err(fail) => {
@@ -79,7 +90,56 @@ impl MxConn {
             shape,
             _permit: permit,
             sent: 0,
+            source,
+            _slot: slot,
+            priority,
         })
+    }
+
+    /// Whether a worker of a higher stream priority waits for one of the node's connections.
+    fn outranked(&self, ctx: &Context) -> bool {
+        ctx.shaper
+            .outbound(ctx.config.queue.max_connections)
+            .wanted_above(self.priority)
+    }
+}
+
+/// The priority of `stream` (0 unless its `[[stream]]` says otherwise).
+fn priority(ctx: &Context, stream: Option<&str>) -> i32 {
+    let name = stream.unwrap_or("default");
+    ctx.config
+        .streams
+        .iter()
+        .find(|s| s.name == name)
+        .map_or(0, |s| s.priority)
+}
+
+/// How long a worker whose stream's source addresses have all sent their warm-up volume sleeps
+/// before it looks again (the day ends, or the counts change).
+const WARMUP_RECHECK: Duration = Duration::from_secs(60);
+
+/// A source address for a new connection of `stream`, waiting while every one of them has sent
+/// its warm-up volume for today.
+async fn pick_source(ctx: &Context, stream: Option<&str>) -> Option<std::net::IpAddr> {
+    let stream = stream?;
+    let mut warned = false;
+    loop {
+        match ctx.shaper.source(&ctx.config, stream) {
+            Pick::System => return None,
+            Pick::Address(ip) => return Some(ip),
+            Pick::Exhausted { until } => {
+                if !warned {
+                    tracing::warn!(
+                        stream,
+                        until = %crate::datetime::rfc3339_ms(until),
+                        "warm-up: every source address of the stream has sent today's volume; its mail waits"
+                    );
+                    warned = true;
+                }
+                let left = Duration::from_millis(until.saturating_sub(crate::shaping::adaptive::now_ms()));
+                tokio::time::sleep(left.min(WARMUP_RECHECK)).await;
+            }
+        }
     }
 }
 
@@ -96,7 +156,7 @@ async fn run_mx(queue: &Queue, lane: &Lane, domain: &str) {
             None => {
                 // Idle: give the connection up at once if another worker (another domain of the
                 // same MX rollup) is waiting for one.
-                if let Some(c) = conn.take_if(|c| ctx.shaper.contended(&c.key)) {
+                if let Some(c) = conn.take_if(|c| ctx.shaper.contended(&c.key) || c.outranked(&ctx)) {
                     c.client.quit().await;
                 }
                 match queue.next_for(lane).await {
@@ -134,6 +194,19 @@ async fn run_mx(queue: &Queue, lane: &Lane, domain: &str) {
                 Err(fail) => return unreachable(queue, lane, d, &fail, started),
             }
         }
+        // A source address that has sent its warm-up volume for today gives way to another.
+        let exhausted = conn
+            .as_ref()
+            .and_then(|c| c.source)
+            .is_some_and(|ip| stream.is_some_and(|s| ctx.shaper.source_exhausted(&ctx.config, s, ip)));
+        if exhausted {
+            let idle = conn.take().expect("connected above");
+            idle.client.quit().await;
+            match MxConn::open(&ctx, domain, stream).await {
+                Ok(c) => conn = Some(c),
+                Err(fail) => return unreachable(queue, lane, d, &fail, started),
+            }
+        }
         let c = conn.as_mut().expect("connected above");
         if let Some(at) = ctx.shaper.reserve_message(&c.key, c.shape.message_rate).await {
             if at > Instant::now() + LONG_WAIT {
@@ -164,11 +237,15 @@ async fn run_mx(queue: &Queue, lane: &Lane, domain: &str) {
             observe(&ctx, &c.key, domain, &hosts, &failures).await;
         }
         drop(failures);
+        if let Some(ip) = c.source {
+            ctx.shaper.sent_from(ip);
+        }
         let remote = Some(c.client.remote.clone());
         settle::spawn(queue, hop, d, results, remote, started);
         c.sent += 1;
-        // A limit lowered (by an adaptive action or a reload) closes connections beyond it.
-        let over = ctx.shaper.over_limit(&c.key, c.shape.max_connections);
+        // A limit lowered (by an adaptive action or a reload) closes connections beyond it, and a
+        // worker of a higher priority waiting for a connection takes this one's place.
+        let over = ctx.shaper.over_limit(&c.key, c.shape.max_connections) || c.outranked(&ctx);
         if !keep {
             conn = None;
         } else if (over || c.sent >= c.shape.messages_per_connection)

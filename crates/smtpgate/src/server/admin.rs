@@ -1,5 +1,5 @@
 //! The admin address: `/healthz`, `/metrics` (Prometheus text format), `/shaping` (the limits per
-//! destination in use, JSON), the adaptive actions (`/throttles`), the quarantine and the
+//! destination in use, JSON), `/sources` (source addresses and their warm-up), the adaptive actions (`/throttles`), the quarantine and the
 //! suppression list.
 
 use std::net::SocketAddr;
@@ -26,6 +26,7 @@ pub async fn start(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/shaping", get(shaping))
+        .route("/sources", get(sources))
         .merge(super::quarantine_api::routes())
         .merge(super::suppression_api::routes())
         .merge(super::throttle_api::routes())
@@ -53,6 +54,13 @@ async fn metrics(State(queue): State<Queue>) -> ([(axum::http::header::HeaderNam
 async fn shaping(State(queue): State<Queue>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
     let usage = queue.ctx().shaper.usage();
     let body = serde_json::to_string_pretty(&usage).unwrap_or_default() + "\n";
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// Every source address of every stream: its weight, warm-up day, today's cap and use.
+async fn sources(State(queue): State<Queue>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    let ctx = queue.ctx();
+    let body = serde_json::to_string_pretty(&ctx.shaper.sources(&ctx.config)).unwrap_or_default() + "\n";
     ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
 }
 

@@ -143,6 +143,7 @@ impl Server {
                 "shutdown timeout: closing sessions still open"
             );
         }
+        self.queue.ctx().shaper.save_warmup();
     }
 }
 
@@ -185,7 +186,8 @@ pub fn context_shared(
         ),
         shaper: crate::shaping::Shaper::new(config.shaping_file.clone(), &config.queue, None)
             .map_err(|e| StartError::Setup(format!("shaping: {e}")))?
-            .with_shared(shared.clone()),
+            .with_shared(shared.clone())
+            .with_warmup_file(spool_dir.join("warmup.json")),
         feedback: crate::feedback::Feedback::new(
             config.bounce_rules.clone(),
             crate::feedback::Feedback::open_suppression(&spool_dir)

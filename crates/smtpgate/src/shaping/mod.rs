@@ -18,7 +18,9 @@
 
 pub mod adaptive;
 mod gate;
+pub mod outbound;
 pub mod rules;
+pub mod warmup;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -67,6 +69,47 @@ pub struct State {
     domain_keys: Mutex<HashMap<String, Key>>,
     /// The adaptive actions in force.
     pub actions: adaptive::Actions,
+    /// Messages sent per source address today (IP warm-up).
+    warmup: std::sync::OnceLock<warmup::Counts>,
+    /// The node's cap on outbound MX connections, by stream priority.
+    outbound: std::sync::OnceLock<Arc<outbound::Outbound>>,
+}
+
+/// The source address a new connection of a stream sends from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// The stream has no source addresses: the system chooses.
+    System,
+    Address(std::net::IpAddr),
+    /// Every address of the stream has sent its warm-up volume for today; the next day begins
+    /// at this instant (ms since the epoch).
+    Exhausted {
+        until: u64,
+    },
+}
+
+impl Pick {
+    pub fn address(self) -> Option<std::net::IpAddr> {
+        match self {
+            Pick::Address(ip) => Some(ip),
+            _ => None,
+        }
+    }
+}
+
+/// One source address of a stream, for listing.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SourceUsage {
+    pub stream: String,
+    pub address: std::net::IpAddr,
+    pub weight: u32,
+    /// The day of its warm-up (1 on the first day); absent when it is not warming up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup_day: Option<i64>,
+    /// Today's cap; absent when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daily_cap: Option<u64>,
+    pub sent_today: u64,
 }
 
 /// What one set of counters is for: a destination (domain or MX rollup) within one stream. Each
@@ -411,23 +454,113 @@ impl Shaper {
         reserve(local, key, rate)
     }
 
+    /// The node's cap on outbound MX connections, sized `max` (the current `[queue]
+    /// max_connections`).
+    pub fn outbound(&self, max: usize) -> Arc<outbound::Outbound> {
+        let out = self
+            .state
+            .outbound
+            .get_or_init(|| Arc::new(outbound::Outbound::new(max)));
+        out.resize(max);
+        out.clone()
+    }
+
+    /// Keeps the warm-up counts in `file` (read now), unless the state already has its counts.
+    pub fn with_warmup_file(self, file: std::path::PathBuf) -> Shaper {
+        let _ = self.state.warmup.get_or_init(|| warmup::Counts::persisted(file));
+        self
+    }
+
+    fn warmup(&self) -> &warmup::Counts {
+        self.state.warmup.get_or_init(warmup::Counts::default)
+    }
+
     /// The source address a new connection of `stream` sends from: its `source_addresses` in
-    /// proportion to their weights (smooth weighted round robin); `None` when it has none.
-    pub fn source(&self, config: &crate::config::Config, stream: &str) -> Option<std::net::IpAddr> {
-        let sources = &config.streams.iter().find(|s| s.name == stream)?.sources;
-        if sources.is_empty() {
-            return None;
+    /// proportion to their weights (smooth weighted round robin), leaving out those that have
+    /// sent their warm-up volume for today.
+    pub fn source(&self, config: &crate::config::Config, stream: &str) -> Pick {
+        let Some(s) = config.streams.iter().find(|s| s.name == stream) else {
+            return Pick::System;
+        };
+        if s.sources.is_empty() {
+            return Pick::System;
+        }
+        let today = warmup::day_of(adaptive::now_ms());
+        let counts = self.warmup();
+        let open: Vec<bool> = s
+            .sources
+            .iter()
+            .map(|src| {
+                s.daily_cap(src, today)
+                    .is_none_or(|cap| counts.sent(src.address, today) < cap)
+            })
+            .collect();
+        if !open.contains(&true) {
+            return Pick::Exhausted {
+                until: warmup::next_day_ms(today),
+            };
         }
         let mut all = self.state.sources.lock().unwrap();
         let current = all.entry(stream.to_owned()).or_default();
-        current.resize(sources.len(), 0);
-        let total: i64 = sources.iter().map(|(_, w)| i64::from(*w)).sum();
-        for (c, (_, w)) in current.iter_mut().zip(sources) {
-            *c += i64::from(*w);
+        current.resize(s.sources.len(), 0);
+        let mut total = 0;
+        for ((c, src), _) in current.iter_mut().zip(&s.sources).zip(&open).filter(|(_, open)| **open) {
+            *c += i64::from(src.weight);
+            total += i64::from(src.weight);
         }
-        let best = (0..sources.len()).max_by_key(|&i| (current[i], std::cmp::Reverse(i)))?;
+        let Some(best) = (0..s.sources.len())
+            .filter(|&i| open[i])
+            .max_by_key(|&i| (current[i], std::cmp::Reverse(i)))
+        else {
+            return Pick::System;
+        };
         current[best] -= total;
-        Some(sources[best].0)
+        Pick::Address(s.sources[best].address)
+    }
+
+    /// Counts one message sent from `ip` today (warm-up).
+    pub fn sent_from(&self, ip: std::net::IpAddr) {
+        self.warmup().count(ip, warmup::day_of(adaptive::now_ms()));
+    }
+
+    /// Whether `ip` has sent its warm-up volume for today in `stream`.
+    pub fn source_exhausted(&self, config: &crate::config::Config, stream: &str, ip: std::net::IpAddr) -> bool {
+        let Some(s) = config.streams.iter().find(|s| s.name == stream) else {
+            return false;
+        };
+        let today = warmup::day_of(adaptive::now_ms());
+        s.sources.iter().filter(|src| src.address == ip).any(|src| {
+            s.daily_cap(src, today)
+                .is_some_and(|cap| self.warmup().sent(ip, today) >= cap)
+        })
+    }
+
+    /// Writes the warm-up counts to disk (at shutdown).
+    pub fn save_warmup(&self) {
+        self.warmup().save();
+    }
+
+    /// Every source address of every stream: weight, warm-up day, today's cap and use.
+    pub fn sources(&self, config: &crate::config::Config) -> Vec<SourceUsage> {
+        let today = warmup::day_of(adaptive::now_ms());
+        let counts = self.warmup();
+        config
+            .streams
+            .iter()
+            .flat_map(|s| {
+                s.sources.iter().map(move |src| SourceUsage {
+                    stream: s.name.clone(),
+                    address: src.address,
+                    weight: src.weight,
+                    warmup_day: src
+                        .warmup_since
+                        .filter(|_| s.daily_cap(src, today).is_some())
+                        .map(|since| today - since + 1),
+                    daily_cap: s.daily_cap(src, today),
+                    sent_today: counts.sent(src.address, today),
+                })
+            })
+            .collect()
     }
 
     /// Every key in use, with its limits and open connections, sorted by key.

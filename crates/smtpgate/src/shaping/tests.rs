@@ -207,7 +207,9 @@ name = "plain"
 "#;
     let config = Config::from_toml_str(text, std::path::Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
     let shaper = Shaper::new(None, &config.queue, None).unwrap();
-    let picks: Vec<_> = (0..40).map(|_| shaper.source(&config, "bulk").unwrap()).collect();
+    let picks: Vec<_> = (0..40)
+        .map(|_| shaper.source(&config, "bulk").address().unwrap())
+        .collect();
     let second = picks.iter().filter(|ip| ip.to_string() == "127.0.0.3").count();
     assert_eq!(second, 30, "{picks:?}");
     assert!(
@@ -216,6 +218,76 @@ name = "plain"
             .all(|w| w.iter().any(|ip| ip.to_string() == "127.0.0.2")),
         "spread out: {picks:?}"
     );
-    assert_eq!(shaper.source(&config, "plain"), None);
-    assert_eq!(shaper.source(&config, "missing"), None);
+    assert_eq!(shaper.source(&config, "plain"), Pick::System);
+    assert_eq!(shaper.source(&config, "missing"), Pick::System);
+}
+
+/// A stream whose second address started its warm-up today (schedule: 3 messages on day one).
+fn warming(extra: &str) -> Config {
+    let today = &crate::datetime::rfc3339_ms(adaptive::now_ms())[..10];
+    let text = format!(
+        "[[stream]]\nname = \"bulk\"\nwarmup = [3, 10]\nsource_addresses = [\"127.0.0.2\", \
+         {{ address = \"127.0.0.3\", weight = 3, warmup_since = \"{today}\" }}]\n{extra}"
+    );
+    Config::from_toml_str(&text, std::path::Path::new(".")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn a_warming_address_sends_its_daily_volume_and_no_more() {
+    let config = warming("");
+    let shaper = Shaper::new(None, &config.queue, None).unwrap();
+    let mut from_new = 0;
+    for _ in 0..20 {
+        let ip = shaper.source(&config, "bulk").address().expect("an address");
+        if ip.to_string() == "127.0.0.3" {
+            from_new += 1;
+        }
+        shaper.sent_from(ip);
+    }
+    assert_eq!(from_new, 3, "day one of the schedule is 3 messages");
+    let ip3 = "127.0.0.3".parse().unwrap();
+    assert!(shaper.source_exhausted(&config, "bulk", ip3));
+    assert!(!shaper.source_exhausted(&config, "bulk", "127.0.0.2".parse().unwrap()));
+    let listed = shaper.sources(&config);
+    let new = listed.iter().find(|s| s.address == ip3).unwrap();
+    assert_eq!((new.warmup_day, new.daily_cap, new.sent_today), (Some(1), Some(3), 3));
+    let old = listed.iter().find(|s| s.address != ip3).unwrap();
+    assert_eq!((old.warmup_day, old.daily_cap, old.sent_today), (None, None, 17));
+}
+
+#[test]
+fn a_stream_whose_addresses_are_all_capped_waits_for_the_next_day() {
+    let today = &crate::datetime::rfc3339_ms(adaptive::now_ms())[..10];
+    let text = format!(
+        "[[stream]]\nname = \"new\"\nwarmup = [2]\nsource_addresses = [{{ address = \"127.0.0.4\", warmup_since = \"{today}\" }}]\n\
+         [[stream]]\nname = \"later\"\nsource_addresses = [{{ address = \"127.0.0.5\", warmup_since = \"2999-01-01\" }}]\n"
+    );
+    let config = Config::from_toml_str(&text, std::path::Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+    let shaper = Shaper::new(None, &config.queue, None).unwrap();
+    for _ in 0..2 {
+        let ip = shaper.source(&config, "new").address().expect("within the cap");
+        shaper.sent_from(ip);
+    }
+    let next_day = warmup::next_day_ms(warmup::day_of(adaptive::now_ms()));
+    assert_eq!(shaper.source(&config, "new"), Pick::Exhausted { until: next_day });
+    assert!(
+        matches!(shaper.source(&config, "later"), Pick::Exhausted { .. }),
+        "an address whose warm-up has not begun sends nothing"
+    );
+}
+
+#[test]
+fn warmup_mistakes_are_reported_with_their_keys() {
+    let text = "[[stream]]\nname = \"b\"\nwarmup = [0]\npriority = 1000\n\
+                source_addresses = [{ address = \"127.0.0.2\", warmup_since = \"2026-02-30\" }]\n";
+    let err = Config::from_toml_str(text, std::path::Path::new("."))
+        .unwrap_err()
+        .to_string();
+    for key in [
+        "stream[0].warmup",
+        "stream[0].priority",
+        "stream[0].source_addresses[0].warmup_since",
+    ] {
+        assert!(err.contains(key), "{key} missing from: {err}");
+    }
 }

@@ -57,6 +57,8 @@ pub struct UpstreamMessage {
     pub data: Vec<u8>,
     /// When the end of data arrived.
     pub at: std::time::Instant,
+    /// The client's address (the gate's source address).
+    pub peer: Option<SocketAddr>,
 }
 
 impl UpstreamMessage {
@@ -254,10 +256,12 @@ struct Session<R, W> {
     shared: Arc<Shared>,
     transaction: Option<Transaction>,
     slow: bool,
+    peer: Option<SocketAddr>,
 }
 
 impl Session<tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf> {
     fn new(stream: TcpStream, shared: Arc<Shared>) -> Self {
+        let peer = stream.peer_addr().ok();
         let (read, write) = stream.into_split();
         Session {
             input: Input::new(read),
@@ -265,6 +269,7 @@ impl Session<tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf> {
             shared,
             transaction: None,
             slow: false,
+            peer,
         }
     }
 }
@@ -409,6 +414,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             rcpts: transaction.rcpts.into_iter().map(|(r, _)| r).collect(),
             data,
             at: std::time::Instant::now(),
+            peer: self.peer,
         });
         messages.len()
     }

@@ -1,0 +1,134 @@
+//! IP warm-up: how many messages each source address has sent today (UTC), against the daily cap
+//! its stream's warm-up schedule gives it.
+//!
+//! The counts are this node's (source addresses belong to one machine) and are kept in
+//! `<spool>/warmup.json`, written (to a temporary file, then renamed) at most every
+//! [`SAVE_EVERY`] and at shutdown, so that a restart does not start the day afresh: after a crash
+//! at most that much sending can be forgotten.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How often the counts are written to disk while messages are being sent.
+pub const SAVE_EVERY: Duration = Duration::from_secs(5);
+
+const DAY_MS: u64 = 86_400_000;
+
+/// Today in days since the epoch (UTC), from milliseconds since the epoch.
+pub fn day_of(ms: u64) -> i64 {
+    (ms / DAY_MS) as i64
+}
+
+/// The instant (ms since the epoch) the day after `day` begins.
+pub fn next_day_ms(day: i64) -> u64 {
+    (day as u64 + 1) * DAY_MS
+}
+
+/// Messages sent per source address on its last day of sending.
+#[derive(Default)]
+pub struct Counts {
+    sent: Mutex<HashMap<IpAddr, (i64, u64)>>,
+    file: Mutex<Option<(PathBuf, Instant)>>,
+}
+
+impl Counts {
+    /// Counts kept in `file`, read now if it exists (an unreadable file is logged and ignored).
+    pub fn persisted(file: PathBuf) -> Counts {
+        let sent = match std::fs::read_to_string(&file) {
+            Ok(text) => match serde_json::from_str::<HashMap<IpAddr, (i64, u64)>>(&text) {
+                Ok(sent) => sent,
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = %e, "warm-up counts unreadable: starting from zero");
+                    HashMap::new()
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "warm-up counts unreadable: starting from zero");
+                HashMap::new()
+            }
+        };
+        Counts {
+            sent: Mutex::new(sent),
+            file: Mutex::new(Some((file, Instant::now()))),
+        }
+    }
+
+    /// How many messages `ip` has sent on `day`.
+    pub fn sent(&self, ip: IpAddr, day: i64) -> u64 {
+        match self.sent.lock().unwrap().get(&ip) {
+            Some(&(d, n)) if d == day => n,
+            _ => 0,
+        }
+    }
+
+    /// Counts one message sent from `ip` on `day`; writes the file when it is due.
+    pub fn count(&self, ip: IpAddr, day: i64) {
+        {
+            let mut sent = self.sent.lock().unwrap();
+            let entry = sent.entry(ip).or_insert((day, 0));
+            if entry.0 != day {
+                *entry = (day, 0);
+            }
+            entry.1 += 1;
+        }
+        let due = self
+            .file
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|(_, saved)| saved.elapsed() >= SAVE_EVERY);
+        if due {
+            self.save();
+        }
+    }
+
+    /// Writes the counts to their file now (nothing without one).
+    pub fn save(&self) {
+        let mut file = self.file.lock().unwrap();
+        let Some((path, saved)) = file.as_mut() else { return };
+        let json = serde_json::to_string(&*self.sent.lock().unwrap()).unwrap_or_default();
+        let tmp = path.with_extension("json.tmp");
+        let written = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &*path));
+        if let Err(e) = written {
+            tracing::warn!(file = %path.display(), error = %e, "cannot save the warm-up counts");
+        }
+        *saved = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_per_day_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("warmup.json");
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let counts = Counts::persisted(file.clone());
+        counts.count(ip, 20_000);
+        counts.count(ip, 20_000);
+        assert_eq!(counts.sent(ip, 20_000), 2);
+        assert_eq!(counts.sent(ip, 20_001), 0, "a new day starts at zero");
+        counts.save();
+        let again = Counts::persisted(file.clone());
+        assert_eq!(again.sent(ip, 20_000), 2);
+        again.count(ip, 20_001);
+        assert_eq!(again.sent(ip, 20_001), 1);
+        assert_eq!(again.sent(ip, 20_000), 0, "only the last day is kept");
+        std::fs::write(&file, "not json").unwrap();
+        assert_eq!(Counts::persisted(file).sent(ip, 20_001), 0);
+    }
+
+    #[test]
+    fn days_are_utc_days() {
+        assert_eq!(day_of(0), 0);
+        assert_eq!(day_of(DAY_MS - 1), 0);
+        assert_eq!(day_of(DAY_MS), 1);
+        assert_eq!(next_day_ms(0), DAY_MS);
+    }
+}
