@@ -39,18 +39,17 @@ impl MxConn {
     /// Looks up the domain's mail servers, finds its shaping, waits for a connection permit and
     /// the connection rate, and connects.
     async fn open(ctx: &Context, domain: &str, stream: Option<&str>) -> Result<MxConn, ConnectFailure> {
-        let targets = deliver::mx_targets(ctx, domain).await?;
-        let (targets, verified) = deliver::apply_mta_sts(ctx, domain, targets).await?;
-        let hosts: Vec<&str> = targets.iter().map(|(h, _)| h.as_str()).collect();
+        let targets = deliver::mx_plan(ctx, domain).await?;
+        let hosts: Vec<&str> = targets.iter().map(|t| t.host.as_str()).collect();
         let (dest, shape) = ctx.shaper.shape(domain, &hosts);
         let key = Limit::new(stream, dest);
         let permit = ctx.shaper.connection(&key, shape.max_connections).await;
         ctx.shaper.connection_slot(&key, shape.connection_rate).await;
         let source = stream.and_then(|s| ctx.shaper.source(&ctx.config, s));
-        let client = deliver::connect_targets(ctx, domain, &targets, &shape, source, verified).await?;
+        let client = deliver::connect_targets(ctx, domain, &targets, &shape, source).await?;
         Ok(MxConn {
             client,
-            hosts: targets.into_iter().map(|(h, _)| h).collect(),
+            hosts: targets.into_iter().map(|t| t.host).collect(),
             key,
             shape,
             _permit: permit,
