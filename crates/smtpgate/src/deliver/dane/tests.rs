@@ -3,11 +3,14 @@
 use std::sync::Arc;
 
 use aws_lc_rs::digest;
+use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
+use hickory_resolver::proto::rr::{RData, Record, RecordType};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, PublicKeyData,
 };
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 
@@ -250,4 +253,88 @@ async fn handshake_succeeds_only_with_a_matching_record() {
     let bad = tlsa(DANE_EE, SELECTOR_SPKI, MATCH_SHA256, vec![7; 32]);
     let err = handshake(vec![bad], cert, &key).await.unwrap_err();
     assert!(err.to_string().contains("TLSA"), "{err}");
+}
+
+/// A name server on one loopback port: over UDP it answers every question truncated, over TCP
+/// with `reply` (given the question); returns its address.
+async fn truncating_server(reply: impl Fn(&Message) -> Message + Send + Sync + 'static) -> std::net::SocketAddr {
+    let (udp, tcp) = loop {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        if let Ok(tcp) = tokio::net::TcpListener::bind(udp.local_addr().unwrap()).await {
+            break (udp, tcp);
+        }
+    };
+    let addr = udp.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+            let query = Message::from_vec(&buf[..n]).unwrap();
+            let mut truncated = Message::new();
+            truncated
+                .set_id(query.id())
+                .set_message_type(MessageType::Response)
+                .set_truncated(true)
+                .add_queries(query.queries().to_vec());
+            let _ = udp.send_to(&truncated.to_vec().unwrap(), from).await;
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = tcp.accept().await {
+            let mut len = [0u8; 2];
+            stream.read_exact(&mut len).await.unwrap();
+            let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            stream.read_exact(&mut query).await.unwrap();
+            let answer = reply(&Message::from_vec(&query).unwrap()).to_vec().unwrap();
+            stream.write_all(&(answer.len() as u16).to_be_bytes()).await.unwrap();
+            stream.write_all(&answer).await.unwrap();
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_truncated_answer_is_asked_again_over_tcp_and_keeps_its_ad_bit() {
+    let server = truncating_server(|query| {
+        let q = &query.queries()[0];
+        let asked_dnssec = query.authentic_data() && query.extensions().as_ref().is_some_and(|e| e.flags().dnssec_ok);
+        let mut reply = Message::new();
+        reply
+            .set_id(query.id())
+            .set_message_type(MessageType::Response)
+            .set_authentic_data(asked_dnssec)
+            .add_query(q.clone());
+        let tlsa = hickory_resolver::proto::rr::rdata::TLSA::new(3.into(), 1.into(), 1.into(), vec![9; 32]);
+        reply.add_answer(Record::from_rdata(q.name().clone(), 300, RData::TLSA(tlsa)));
+        reply
+    })
+    .await;
+    let dns = SecureDns::new(&[server]).unwrap();
+    let answer = dns.query("_25._tcp.mx.example.test", RecordType::TLSA).await.unwrap();
+    assert!(answer.secure, "AD and DO were asked for, and the AD bit kept");
+    assert_eq!((answer.nxdomain, answer.ttl, answer.records.len()), (false, 300, 1));
+    let dane = Dane::new(dns, 25);
+    // The MX, A and TLSA answers are all "secure" (the server answers TLSA to everything, so
+    // the MX and A answers are secure NODATA): the host needs DANE with the one usable record.
+    let hosts = dane.hosts("example.test", &["mx.example.test".into()]).await.unwrap();
+    assert_eq!(hosts, [HostDane::Authenticated(vec![tlsa(3, 1, 1, vec![9; 32])])]);
+}
+
+#[tokio::test]
+async fn servfail_from_every_server_is_an_error() {
+    let server = truncating_server(|query| {
+        let mut reply = Message::new();
+        reply
+            .set_id(query.id())
+            .set_message_type(MessageType::Response)
+            .set_response_code(ResponseCode::ServFail)
+            .add_queries(query.queries().to_vec());
+        reply
+    })
+    .await;
+    let dns = SecureDns::new(&[server]).unwrap();
+    let err = dns.query("example.test", RecordType::MX).await.unwrap_err();
+    assert!(
+        err.contains("example.test MX") && err.contains("Server Failure"),
+        "{err}"
+    );
 }
