@@ -163,8 +163,8 @@ pub async fn apply_dane(
     let mut unavailable = Vec::new();
     for (host, addr) in found {
         let i = hosts.iter().position(|h| *h == host).unwrap_or_default();
-        let tls = match policies.get(i).unwrap_or(&dane::HostDane::None) {
-            dane::HostDane::None => TargetTls::Opportunistic,
+        let tls = match policies.get(i).unwrap_or(&dane::HostDane::NoDane) {
+            dane::HostDane::NoDane => TargetTls::Opportunistic,
             dane::HostDane::Authenticated(records) => match dane::client_config(records.clone()) {
                 Ok(config) => TargetTls::Dane(config),
                 Err(e) => {

@@ -60,7 +60,7 @@ pub const MAX_CACHE_TTL: Duration = Duration::from_secs(3600);
 pub enum HostDane {
     /// DANE does not apply: the MX, the address or the TLSA answer is insecure, or there are no
     /// TLSA records. The host is used as without DANE.
-    None,
+    NoDane,
     /// Secure, usable TLSA records: STARTTLS, with a certificate one of them matches.
     Authenticated(Vec<Tlsa>),
     /// Secure TLSA records, none of them usable: STARTTLS is still mandatory, the certificate is
@@ -113,7 +113,7 @@ impl Dane {
     /// domain itself when it has no MX), in the same order. An error when the domain's MX
     /// lookup fails: whether DANE applies cannot be known.
     pub async fn hosts(&self, domain: &str, hosts: &[String]) -> Result<Vec<HostDane>, String> {
-        let none = || hosts.iter().map(|_| HostDane::None).collect();
+        let none = || hosts.iter().map(|_| HostDane::NoDane).collect();
         if domain.starts_with('[') {
             return Ok(none());
         }
@@ -131,7 +131,7 @@ impl Dane {
     async fn host(&self, host: &str) -> HostDane {
         match self.lookup(host, RecordType::A).await {
             Ok(a) if a.secure => {}
-            Ok(_) => return HostDane::None,
+            Ok(_) => return HostDane::NoDane,
             Err(e) => return HostDane::Unavailable(e),
         }
         let name = format!("_{}._tcp.{host}", self.port);
@@ -140,7 +140,7 @@ impl Dane {
             Err(e) => return HostDane::Unavailable(e),
         };
         if !answer.secure || answer.records.is_empty() {
-            return HostDane::None;
+            return HostDane::NoDane;
         }
         let usable: Vec<Tlsa> = (answer.records.iter())
             .filter_map(tlsa)
