@@ -31,6 +31,9 @@ pub struct Context {
     pub shared: Option<crate::shared::Shared>,
     /// MTA-STS policies (cache kept across reloads); `None` when `[mta_sts] enabled = false`.
     pub mta_sts: Option<Arc<crate::deliver::mta_sts::MtaSts>>,
+    /// DANE lookups (cache kept across reloads while `[dns]` and the SMTP port stay the same);
+    /// `None` when `[dane] enabled = false`.
+    pub dane: Option<Arc<crate::deliver::dane::Dane>>,
     /// The certificate-verifying client configuration an enforced MTA-STS policy needs.
     pub verified_tls: Arc<rustls::ClientConfig>,
 }

@@ -10,11 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
 use rustls::RootCertStore;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use smtpgate::deliver::mta_sts::{Mode, MtaSts, Policy};
-use support::{DnsServer, DnsTable, SOON};
+use support::{DnsServer, DnsTable, SOON, TestCa};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -31,43 +29,6 @@ async fn within<T>(fut: impl Future<Output = T>) -> T {
     tokio::time::timeout(SOON, fut).await.expect("deadline passed")
 }
 
-/// A certificate authority for the test: its root and the certificates it signs.
-struct TestCa {
-    issuer: Issuer<'static, KeyPair>,
-    root: CertificateDer<'static>,
-}
-
-impl TestCa {
-    fn new(name: &str) -> TestCa {
-        let key = KeyPair::generate().expect("CA key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let root = params.self_signed(&key).expect("CA certificate").der().clone();
-        TestCa {
-            issuer: Issuer::new(params, key),
-            root,
-        }
-    }
-
-    /// Trust anchors holding this CA only.
-    fn roots(&self) -> Arc<RootCertStore> {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.root.clone()).expect("CA root is a valid trust anchor");
-        Arc::new(roots)
-    }
-
-    /// A server certificate for `host`, with its chain (leaf, root) and key.
-    fn server_cert(&self, host: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        let key = KeyPair::generate().expect("leaf key");
-        let mut params = CertificateParams::new(vec![host.to_string()]).expect("leaf params");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let leaf = params.signed_by(&key, &self.issuer).expect("leaf certificate");
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        (vec![leaf.der().clone(), self.root.clone()], key)
-    }
-}
-
 /// An HTTPS policy host on 127.0.0.1: answers every request with the raw HTTP response set by
 /// [`PolicyHost::respond`], counts requests and keeps the last request head.
 struct PolicyHost {
@@ -80,14 +41,7 @@ struct PolicyHost {
 
 impl PolicyHost {
     async fn start(ca: &TestCa, host: &str) -> PolicyHost {
-        let (chain, key) = ca.server_cert(host);
-        let config = rustls::ServerConfig::builder_with_provider(smtpgate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("server certificate");
-        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let acceptor = TlsAcceptor::from(ca.server_cert(host).server_config());
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .expect("bind policy host");
@@ -366,10 +320,10 @@ async fn no_txt_record_means_no_policy() {
     host.stop().await;
 }
 
-// ---- MX delivery under a policy: the smtpgate binary, a plain (no STARTTLS) upstream as the MX ----
+// ---- MX delivery under a policy: the smtpgate binary, a scriptable upstream as the MX ----
 
-/// A running gate whose MX for `example.test` is a plain upstream (no STARTTLS) named
-/// `mx.example.test`, with `policy` served by a policy host the gate trusts through `ca_file`.
+/// A running gate whose MX for `example.test` is a scriptable upstream named `mx.example.test`,
+/// with `policy` served by a policy host the gate trusts through `ca_file`.
 struct Delivery {
     gate: support::Gate,
     upstream: support::Upstream,
@@ -379,34 +333,37 @@ struct Delivery {
     _runtime: tokio::runtime::Runtime,
 }
 
-fn pem(der: &CertificateDer<'_>) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        lines.join("\n")
-    )
+/// [`delivery_to`] a plain upstream (no STARTTLS).
+fn delivery_under(policy: &str) -> Delivery {
+    delivery_to(policy, |_| support::Upstream::start())
 }
 
-fn delivery_under(policy: &str) -> Delivery {
+/// The gate, under `policy`, delivering to the upstream `mx` starts (given the test CA that the
+/// gate trusts).
+fn delivery_to(policy: &str, mx: impl FnOnce(&TestCa) -> support::Upstream) -> Delivery {
+    delivery_in(policy, mx, |zone, _| zone)
+}
+
+/// [`delivery_to`], with `extra` applied to the DNS zone (given the upstream's port).
+fn delivery_in(
+    policy: &str,
+    mx: impl FnOnce(&TestCa) -> support::Upstream,
+    extra: impl FnOnce(DnsTable, u16) -> DnsTable,
+) -> Delivery {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let ca = TestCa::new("smtpgate test CA");
     let host = runtime.block_on(PolicyHost::start(&ca, POLICY_HOST));
     host.respond(ok_response(policy));
-    let upstream = support::Upstream::start();
-    let dns = DnsServer::start(
+    let upstream = mx(&ca);
+    let dns = DnsServer::start(extra(
         zone("delivery1")
             .mx(DOMAIN, 10, "mx.example.test")
             .a("mx.example.test", Ipv4Addr::LOCALHOST),
-    );
+        upstream.addr().port(),
+    ));
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, pem(&ca.root)).unwrap();
+    std::fs::write(&ca_file, ca.root_pem()).unwrap();
     let gate = support::Gate::start(&format!(
         "hostname = \"gate.example.org\"\nshutdown_timeout = \"5s\"\n\n[spool]\ndir = \"spool\"\n\n\
          [admin]\naddress = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"inbound\"\naddress = \"127.0.0.1:0\"\n\
@@ -487,4 +444,57 @@ fn a_testing_policy_is_not_enforced() {
     send(&d);
     let got = d.upstream.wait_for(1, SOON);
     assert_eq!(got[0].rcpt_addresses(), ["bob@example.test"]);
+}
+
+/// `mode: enforce` naming the MX, which offers STARTTLS with a certificate for its name from the
+/// CA in `ca_file`: delivered over verified TLS.
+#[test]
+fn an_enforced_policy_delivers_over_verified_tls() {
+    let d = delivery_to(POLICY, |ca| {
+        support::Upstream::with_starttls(&ca.server_cert("mx.example.test"))
+    });
+    send(&d);
+    let got = d.upstream.wait_for(1, SOON);
+    assert_eq!(got[0].rcpt_addresses(), ["bob@example.test"]);
+    assert!(got[0].tls, "delivered without TLS");
+}
+
+/// `mode: enforce`, and the MX offers STARTTLS with a certificate from a CA the gate does not
+/// trust: the handshake is refused and the attempt deferred; nothing is sent.
+#[test]
+fn an_enforced_policy_refuses_an_untrusted_certificate() {
+    let d = delivery_to(POLICY, |_| {
+        let stranger = TestCa::new("a CA nobody trusts");
+        support::Upstream::with_starttls(&stranger.server_cert("mx.example.test"))
+    });
+    send(&d);
+    let line = attempt_line(&d);
+    assert!(
+        line.contains("result=\"deferred\"") && line.contains("TLS required"),
+        "{line}"
+    );
+    assert!(
+        d.upstream.messages().is_empty(),
+        "mail went over an unverified connection"
+    );
+}
+
+/// `mode: enforce` naming the MX, whose self-signed certificate MTA-STS alone would refuse, but a
+/// secure DANE-EE record names its key: DANE takes precedence (RFC 8461 2) and the message is
+/// delivered over TLS.
+#[test]
+fn dane_takes_precedence_over_an_enforced_policy() {
+    let cert = support::ServerCert::self_signed("mx.example.test");
+    let digest = support::sha256(&cert.spki);
+    let d = delivery_in(
+        POLICY,
+        |_| support::Upstream::with_starttls(&cert),
+        |zone, port| {
+            zone.secure(DOMAIN)
+                .tlsa(&format!("_{port}._tcp.mx.example.test"), 3, 1, 1, &digest)
+        },
+    );
+    send(&d);
+    let got = d.upstream.wait_for(1, SOON);
+    assert!(got[0].tls);
 }

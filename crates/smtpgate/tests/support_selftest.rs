@@ -3,9 +3,15 @@
 
 mod support;
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use support::{SOON, Sink, SinkFailure, Upstream, message, smtp_source, smtplib, smtplib_send, swaks};
+use hickory_proto::op::{Edns, Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use support::{
+    DnsServer, DnsTable, SOON, ServerCert, Sink, SinkFailure, Upstream, message, smtp_source, smtplib, smtplib_send,
+    swaks,
+};
 
 #[test]
 fn sink_records_each_message_as_a_dump_with_its_message_id() {
@@ -218,4 +224,101 @@ fn upstream_answers_slowly_after_a_slow_recipient() {
     assert!(sent.reply("END-OF-DATA").starts_with("250 "), "{sent}");
     // RCPT, DATA, end of data and QUIT each wait 2 s.
     assert!(started.elapsed() >= Duration::from_secs(8), "{:?}", started.elapsed());
+}
+
+#[test]
+fn upstream_with_starttls_records_which_messages_came_over_tls() {
+    let cert = ServerCert::self_signed("upstream.test");
+    let upstream = Upstream::with_starttls(&cert);
+    let script = "import ssl\nCTX = ssl._create_unverified_context()\n\
+s = connect()\n\
+code, msg = s.ehlo('client.test')\n\
+show('EHLO', code, msg)\n\
+s._host = 'upstream.test'\n\
+code, msg = s.starttls(context=CTX)\n\
+show('STARTTLS', code, msg)\n\
+code, msg = s.ehlo('client.test')\n\
+show('EHLO-TLS', code, msg)\n\
+send(s, 'a@example.test', ['tls@x.test'], 'Subject: tls\\r\\n\\r\\nover TLS\\r\\n')\n\
+quit(s)\n\
+s = connect()\n\
+send(s, 'a@example.test', ['plain@x.test'], 'Subject: plain\\r\\n\\r\\nin plaintext\\r\\n')\n\
+quit(s)\n";
+    let sent = smtplib(upstream.addr(), script);
+    assert!(sent.reply("EHLO").contains("STARTTLS"), "{sent}");
+    assert!(sent.reply("STARTTLS").starts_with("220"), "{sent}");
+    assert!(!sent.reply("EHLO-TLS").contains("STARTTLS"), "{sent}");
+    let got = upstream.wait_for(2, SOON);
+    assert_eq!((got[0].rcpt_addresses(), got[0].tls), (vec!["tls@x.test"], true));
+    assert_eq!((got[1].rcpt_addresses(), got[1].tls), (vec!["plain@x.test"], false));
+    assert_eq!(upstream.tls_failures(), 0);
+}
+
+#[test]
+fn plain_upstream_does_not_offer_starttls() {
+    let upstream = Upstream::start();
+    let sent = smtplib(
+        upstream.addr(),
+        "s = connect()\ncode, msg = s.ehlo('client.test')\nshow('EHLO', code, msg)\n\
+code, msg = s.docmd('STARTTLS')\nshow('STARTTLS', code, msg)\nquit(s)\n",
+    );
+    assert!(!sent.reply("EHLO").contains("STARTTLS"), "{sent}");
+    assert!(sent.reply("STARTTLS").starts_with("502"), "{sent}");
+}
+
+/// One question to the test DNS server over UDP, with the DO bit when `dnssec`.
+fn ask(dns: &DnsServer, name: &str, rtype: RecordType, dnssec: bool) -> Message {
+    let mut query = Message::new();
+    query
+        .set_id(7)
+        .set_recursion_desired(true)
+        .add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+    if dnssec {
+        let mut edns = Edns::new();
+        edns.set_dnssec_ok(true);
+        query.set_edns(edns);
+    }
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(SOON)).unwrap();
+    socket.send_to(&query.to_vec().unwrap(), dns.addr()).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = socket.recv(&mut buf).unwrap();
+    Message::from_vec(&buf[..n]).unwrap()
+}
+
+#[test]
+fn dns_serves_tlsa_and_sets_ad_for_secure_zones_only() {
+    let digest = [0xab; 32];
+    let dns = DnsServer::start(
+        DnsTable::new()
+            .secure("signed.test")
+            .a("mx.signed.test", Ipv4Addr::LOCALHOST)
+            .tlsa("_25._tcp.mx.signed.test", 3, 1, 1, &digest)
+            .a("mx.unsigned.test", Ipv4Addr::LOCALHOST)
+            .servfail("_25._tcp.broken.signed.test", RecordType::TLSA),
+    );
+    let reply = ask(&dns, "_25._tcp.mx.signed.test.", RecordType::TLSA, true);
+    assert!(reply.authentic_data());
+    let RData::TLSA(tlsa) = reply.answers()[0].data() else {
+        panic!("not a TLSA record: {reply:?}");
+    };
+    let fields = (
+        u8::from(tlsa.cert_usage()),
+        u8::from(tlsa.selector()),
+        u8::from(tlsa.matching()),
+    );
+    assert_eq!((fields, tlsa.cert_data()), ((3, 1, 1), &digest[..]));
+    assert!(ask(&dns, "mx.signed.test.", RecordType::A, true).authentic_data());
+    assert!(
+        ask(&dns, "nothing.signed.test.", RecordType::A, true).authentic_data(),
+        "secure NXDOMAIN"
+    );
+    assert!(
+        !ask(&dns, "mx.signed.test.", RecordType::A, false).authentic_data(),
+        "DNSSEC not asked for"
+    );
+    assert!(!ask(&dns, "mx.unsigned.test.", RecordType::A, true).authentic_data());
+    let failed = ask(&dns, "_25._tcp.broken.signed.test.", RecordType::TLSA, true);
+    assert_eq!(failed.response_code(), ResponseCode::ServFail);
+    assert!(!failed.authentic_data());
 }

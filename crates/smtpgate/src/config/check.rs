@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::raw::{RawAdmin, RawAuth, RawConfig, RawListener, RawQueue, RawSpool, Text};
 use super::values::{parse_domain, parse_duration, parse_nameserver, parse_net, parse_size, parse_socket_addr};
 use super::{
-    AdminConfig, AuthConfig, BareLineEndings, Config, ConfigError, ConfigIssue, DnsConfig, FilterConfig,
+    AdminConfig, AuthConfig, BareLineEndings, Config, ConfigError, ConfigIssue, DaneConfig, DnsConfig, FilterConfig,
     ListenerConfig, ListenerMode, MtaStsConfig, QueueConfig, RedisConfig, RouteConfig, SpoolConfig, Stage,
     SuppressAction, SuppressionConfig, TlsFiles,
 };
@@ -117,8 +117,12 @@ fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Config {
             ca_file,
         }
     };
+    let dane = DaneConfig {
+        enabled: raw.dane.and_then(|d| d.enabled).unwrap_or(true),
+    };
     Config {
         mta_sts,
+        dane,
         redis,
         streams,
         suppression,

@@ -71,6 +71,7 @@ pub struct Config {
     /// `[redis]`: the Redis that several nodes share their throttles and suppressions through.
     pub redis: Option<RedisConfig>,
     pub mta_sts: MtaStsConfig,
+    pub dane: DaneConfig,
     /// `[bounces] rules`: the administrator's bounce classification rules, before the built-in ones.
     pub bounce_rules: Option<PathBuf>,
     /// How long a graceful shutdown waits for open sessions to finish their transaction. Deliveries
@@ -114,6 +115,14 @@ pub struct MtaStsConfig {
     pub https_port: u16,
     /// Extra trust anchors (PEM) for policy hosts and MX certificates: a private CA.
     pub ca_file: Option<PathBuf>,
+}
+
+/// `[dane]`: DANE (RFC 7672) for MX delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaneConfig {
+    /// Look TLSA records up and enforce them (default `true`). It needs a validating resolver in
+    /// `[dns]` that the gate trusts; without one no answer is secure and nothing changes.
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -334,7 +343,9 @@ impl Config {
         let mut unknown = Vec::new();
         let deserializer = toml::Deserializer::parse(text).map_err(|error| syntax_issue(text, &error))?;
         let raw: raw::RawConfig = serde_ignored::deserialize(deserializer, |path| {
-            let dotted = path.to_string();
+            // serde_ignored writes `?` for the `Option` around a section (`dane.?.ports`).
+            let full = path.to_string();
+            let dotted = full.split('.').filter(|s| *s != "?").collect::<Vec<_>>().join(".");
             let segments: Vec<String> = dotted.split('.').map(str::to_owned).collect();
             let name = segments.last().cloned().unwrap_or_default();
             let message = match locate::offset_of(text, &segments) {

@@ -34,6 +34,7 @@ pub struct RawConfig {
     pub suppression: Option<RawSuppression>,
     pub redis: Option<RawRedis>,
     pub mta_sts: Option<RawMtaSts>,
+    pub dane: Option<RawDane>,
     pub bounces: Option<RawBounces>,
     #[serde(default, rename = "filter")]
     pub filters: Vec<super::filter::RawFilter>,
@@ -126,6 +127,12 @@ pub struct RawMtaSts {
     pub enabled: Option<bool>,
     pub https_port: Option<i64>,
     pub ca_file: Option<String>,
+}
+
+/// `[dane]`
+#[derive(Debug, Default, Deserialize)]
+pub struct RawDane {
+    pub enabled: Option<bool>,
 }
 
 /// `[redis]`

@@ -209,6 +209,7 @@ fn builtin_has_the_documented_defaults() {
     assert_eq!(config.pools, vec![]);
     assert!(config.routes.is_empty());
     assert_eq!(config.dns, DnsConfig { nameservers: vec![] });
+    assert_eq!(config.dane, DaneConfig { enabled: true });
     assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
 
     let want_listener = ListenerConfig {
@@ -515,4 +516,18 @@ fn unreadable_file_is_one_issue() {
     let error = Config::load(&dir.0.join("missing.toml")).unwrap_err();
     assert_eq!(error.errors.len(), 1);
     assert!(error.to_string().contains("missing.toml"), "{error}");
+}
+
+#[test]
+fn dane_can_be_disabled_and_its_keys_are_checked() {
+    let config = Config::from_toml_str("[dane]\nenabled = false\n", Path::new(".")).unwrap();
+    assert_eq!(config.dane, DaneConfig { enabled: false });
+    let got = errors("[dane]\nenabled = \"no\"\n", Path::new("."));
+    assert!(got.len() == 1 && got[0].starts_with("dane.enabled: "), "{got:?}");
+    let got = errors("[dane]\nports = 25\n", Path::new("."));
+    assert!(
+        got.len() == 1 && got[0].starts_with("dane.ports: line 2, column 1: "),
+        "{got:?}"
+    );
+    assert!(got[0].contains("unknown field"), "{got:?}");
 }

@@ -181,9 +181,15 @@ impl Client {
         let connector = tokio_rustls::TlsConnector::from(c.tls_config.clone());
         let io = std::mem::replace(&mut self.io, crate::io::placeholder());
         self.buf.clear();
-        let tls = timeout(self.command_timeout, connector.connect(name, io))
-            .await
-            .map_err(|_| ClientError::Timeout("TLS handshake"))??;
+        let tls = match timeout(self.command_timeout, connector.connect(name, io)).await {
+            Err(_) => return Err(ClientError::Timeout("TLS handshake")),
+            // A certificate the policy refuses, say: the required TLS could not be had.
+            Ok(Err(e)) if c.tls == TlsPolicy::Required => {
+                let why = format!("the TLS handshake with {} failed: {e}", self.remote);
+                return Err(ClientError::TlsRequired(why));
+            }
+            Ok(r) => r?,
+        };
         self.tls = Some(TlsInfo::from_conn(tls.get_ref().1));
         self.io = Box::new(tls);
         Ok(())

@@ -3,11 +3,13 @@
 pub mod bounce;
 pub mod classify;
 pub mod client;
+pub mod dane;
 pub mod mta_sts;
 pub mod mx;
 pub mod pool;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use smtpgate_proto::ParsedReply;
 
@@ -77,86 +79,218 @@ impl ConnectFailure {
 /// through [`pool::Pools::lease`]), with the destination's TLS policy and timeouts from the
 /// shaping file (its rate and connection limits are the caller's to apply).
 pub async fn connect_mx(ctx: &Context, domain: &str) -> Result<Client, ConnectFailure> {
-    let targets = mx_targets(ctx, domain).await?;
-    let hosts: Vec<&str> = targets.iter().map(|(h, _)| h.as_str()).collect();
+    let targets = mx_plan(ctx, domain).await?;
+    let hosts: Vec<&str> = targets.iter().map(|t| t.host.as_str()).collect();
     let (_, shape) = ctx.shaper.shape(domain, &hosts);
-    let (targets, verified) = apply_mta_sts(ctx, domain, targets).await?;
-    connect_targets(ctx, domain, &targets, &shape, None, verified).await
+    connect_targets(ctx, domain, &targets, &shape, None).await
 }
 
-/// Applies the domain's MTA-STS policy (RFC 8461) to its MX targets. Under `mode: enforce` only
-/// the MX hosts the policy names remain, and the connection must use TLS with a certificate valid
-/// for the host (the returned configuration); when no host remains the failure is temporary. A
-/// policy that cannot be had counts as none (RFC 8461 3.3); `testing` is logged, not enforced.
-pub async fn apply_mta_sts(
+/// How the connection to one mail server must be secured.
+#[derive(Clone)]
+pub enum TargetTls {
+    /// As the shaping file says for the destination (STARTTLS when offered, by default); any
+    /// certificate is accepted (RFC 7435).
+    Opportunistic,
+    /// An enforced MTA-STS policy: STARTTLS with a certificate valid for the host name.
+    MtaSts(Arc<rustls::ClientConfig>),
+    /// DANE: STARTTLS with a certificate that matches one of the host's TLSA records.
+    Dane(Arc<rustls::ClientConfig>),
+    /// DANE with secure TLSA records none of which is usable: STARTTLS is mandatory, but the
+    /// certificate is not checked (RFC 7672 2.2).
+    DaneUnauthenticated,
+}
+
+impl TargetTls {
+    /// The policy's name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TargetTls::Opportunistic => "opportunistic",
+            TargetTls::MtaSts(_) => "mta-sts",
+            TargetTls::Dane(_) => "dane",
+            TargetTls::DaneUnauthenticated => "dane-unauthenticated",
+        }
+    }
+
+    fn is_dane(&self) -> bool {
+        matches!(self, TargetTls::Dane(_) | TargetTls::DaneUnauthenticated)
+    }
+}
+
+/// One mail server to try: its host name, one of its addresses, and how to secure the connection.
+#[derive(Clone)]
+pub struct Target {
+    pub host: String,
+    pub addr: SocketAddr,
+    pub tls: TargetTls,
+}
+
+/// A domain's mail servers in the order to try them, each with the TLS its DANE records
+/// ([`apply_dane`]) or MTA-STS policy ([`apply_mta_sts`]) requires.
+pub async fn mx_plan(ctx: &Context, domain: &str) -> Result<Vec<Target>, ConnectFailure> {
+    let found = mx_targets(ctx, domain).await?;
+    let targets = apply_dane(ctx, domain, found).await?;
+    apply_mta_sts(ctx, domain, targets).await
+}
+
+/// Applies DANE (RFC 7672) to a domain's mail servers: a host with secure TLSA records must be
+/// reached over STARTTLS with a certificate they match (or, with none usable, over STARTTLS); a
+/// host whose TLSA lookup failed after a secure MX lookup is left out, and when no host remains
+/// the failure is temporary (4.7.5). Hosts without DANE are opportunistic here.
+pub async fn apply_dane(
     ctx: &Context,
     domain: &str,
-    targets: Vec<(String, SocketAddr)>,
-) -> Result<(Vec<(String, SocketAddr)>, Option<std::sync::Arc<rustls::ClientConfig>>), ConnectFailure> {
-    let Some(sts) = &ctx.mta_sts else {
-        return Ok((targets, None));
+    found: Vec<(String, SocketAddr)>,
+) -> Result<Vec<Target>, ConnectFailure> {
+    let opportunistic = |(host, addr)| Target {
+        host,
+        addr,
+        tls: TargetTls::Opportunistic,
     };
+    let Some(dane) = &ctx.dane else {
+        return Ok(found.into_iter().map(opportunistic).collect());
+    };
+    let mut hosts: Vec<String> = Vec::new();
+    for (h, _) in &found {
+        if !hosts.contains(h) {
+            hosts.push(h.clone());
+        }
+    }
+    let policies = dane.hosts(domain, &hosts).await.map_err(|e| {
+        tracing::warn!(domain, error = %e, "DANE: cannot tell whether the MX records are secure");
+        ConnectFailure::transient("4.7.5", format!("DANE: {e}"))
+    })?;
+    let mut targets = Vec::with_capacity(found.len());
+    let mut unavailable = Vec::new();
+    for (host, addr) in found {
+        let i = hosts.iter().position(|h| *h == host).unwrap_or_default();
+        let tls = match policies.get(i).unwrap_or(&dane::HostDane::NoDane) {
+            dane::HostDane::NoDane => TargetTls::Opportunistic,
+            dane::HostDane::Authenticated(records) => match dane::client_config(records.clone()) {
+                Ok(config) => TargetTls::Dane(config),
+                Err(e) => {
+                    unavailable.push(format!("{host}: {e}"));
+                    continue;
+                }
+            },
+            dane::HostDane::Mandatory => TargetTls::DaneUnauthenticated,
+            dane::HostDane::Unavailable(why) => {
+                tracing::warn!(domain, host, reason = %why, "DANE: TLSA lookup failed: host not used");
+                unavailable.push(format!("{host}: {why}"));
+                continue;
+            }
+        };
+        targets.push(Target { host, addr, tls });
+    }
+    if targets.is_empty() && !unavailable.is_empty() {
+        unavailable.dedup();
+        let why = unavailable.join("; ");
+        return Err(ConnectFailure::transient(
+            "4.7.5",
+            format!("no MX host of {domain} can be used under DANE: {why}"),
+        ));
+    }
+    Ok(targets)
+}
+
+/// Applies the domain's MTA-STS policy (RFC 8461) to its mail servers. Under `mode: enforce` only
+/// the MX hosts the policy names remain, and the connection must use TLS with a certificate valid
+/// for the host; when no host remains the failure is temporary. A host that DANE already
+/// secures keeps DANE, which takes precedence (RFC 8461 2); when every host has DANE the policy is
+/// not even looked up. A policy that cannot be had counts as none (RFC 8461 3.3); `testing` is
+/// logged, not enforced.
+pub async fn apply_mta_sts(ctx: &Context, domain: &str, targets: Vec<Target>) -> Result<Vec<Target>, ConnectFailure> {
+    let Some(sts) = &ctx.mta_sts else {
+        return Ok(targets);
+    };
+    if !targets.is_empty() && targets.iter().all(|t| t.tls.is_dane()) {
+        return Ok(targets);
+    }
     let policy = match sts.policy(domain).await {
         Ok(Some(p)) => p,
-        Ok(None) => return Ok((targets, None)),
+        Ok(None) => return Ok(targets),
         Err(e) => {
             tracing::warn!(domain, error = %e, "MTA-STS policy unavailable: delivering as if there were none");
-            return Ok((targets, None));
+            return Ok(targets);
         }
     };
     match policy.mode {
         mta_sts::Mode::Enforce => {
-            let allowed: Vec<_> = targets.into_iter().filter(|(h, _)| policy.matches(h)).collect();
+            let allowed: Vec<_> = (targets.into_iter())
+                .filter(|t| t.tls.is_dane() || policy.matches(&t.host))
+                .map(|t| match t.tls {
+                    TargetTls::Opportunistic => Target {
+                        tls: TargetTls::MtaSts(ctx.verified_tls.clone()),
+                        ..t
+                    },
+                    _ => t,
+                })
+                .collect();
             if allowed.is_empty() {
                 return Err(ConnectFailure::transient(
                     "4.7.5",
                     format!("no MX host of {domain} matches its MTA-STS policy (id {})", policy.id),
                 ));
             }
-            Ok((allowed, Some(ctx.verified_tls.clone())))
+            Ok(allowed)
         }
         mta_sts::Mode::Testing => {
-            if !targets.iter().any(|(h, _)| policy.matches(h)) {
+            if !targets.iter().any(|t| policy.matches(&t.host)) {
                 tracing::warn!(domain, policy_id = %policy.id, "MTA-STS (testing): no MX host matches the policy");
             }
-            Ok((targets, None))
+            Ok(targets)
         }
-        mta_sts::Mode::None => Ok((targets, None)),
+        mta_sts::Mode::None => Ok(targets),
     }
 }
 
-/// Opens a connection to the first of `targets` (a domain's mail servers, in order) that answers.
+/// Opens a connection to the first of `targets` (a domain's mail servers, in order) that answers
+/// and meets its TLS requirement. A target whose TLS is required and fails is given up for the
+/// next one; when none is left, the failure is temporary (4.7.5 if the last one failed on TLS).
 pub async fn connect_targets(
     ctx: &Context,
     domain: &str,
-    targets: &[(String, SocketAddr)],
+    targets: &[Target],
     shape: &Shape,
     source: Option<IpAddr>,
-    verified: Option<std::sync::Arc<rustls::ClientConfig>>,
 ) -> Result<Client, ConnectFailure> {
     let mut timeouts = ctx.config.queue.clone();
     timeouts.connect_timeout = shape.connect_timeout;
     timeouts.command_timeout = shape.command_timeout;
     timeouts.data_timeout = shape.data_timeout;
-    let mut last = String::from("no server to try");
-    for (host, addr) in targets {
-        let mut params = connect_params(ctx, host, *addr, shape.tls);
+    let hop = NextHop::Mx(domain.to_string());
+    let (mut last, mut status) = (String::from("no server to try"), "4.4.1");
+    for target in targets {
+        let mut params = connect_params(ctx, &target.host, target.addr, shape.tls);
         params.queue = &timeouts;
         params.source = source;
-        if let Some(tls) = &verified {
-            // An enforced MTA-STS policy: TLS with a verified certificate, or no delivery.
-            params.tls = TlsPolicy::Required;
-            params.tls_config = tls.clone();
+        match &target.tls {
+            TargetTls::Opportunistic => {}
+            // TLS with a checked certificate (or, for DANE without usable records, TLS), or no delivery.
+            TargetTls::MtaSts(tls) | TargetTls::Dane(tls) => {
+                params.tls = TlsPolicy::Required;
+                params.tls_config = tls.clone();
+            }
+            TargetTls::DaneUnauthenticated => params.tls = TlsPolicy::Required,
         }
+        tracing::debug!(%hop, host = %target.host, server = %target.addr, tls = target.tls.name(), "connecting");
         match Client::connect(params).await {
             Ok(client) => return Ok(client),
             Err(e) => {
-                tracing::debug!(hop = %NextHop::Mx(domain.to_string()), server = %addr, error = %e, "connection failed");
+                if target.tls.is_dane() {
+                    tracing::warn!(%hop, host = %target.host, server = %target.addr, error = %e, "DANE: cannot deliver to this host");
+                } else {
+                    tracing::debug!(%hop, server = %target.addr, error = %e, "connection failed");
+                }
+                status = if matches!(e, ClientError::TlsRequired(_)) {
+                    "4.7.5"
+                } else {
+                    "4.4.1"
+                };
                 last = e.to_string();
             }
         }
     }
-    Err(ConnectFailure::transient("4.4.1", last))
+    Err(ConnectFailure::transient(status, last))
 }
 
 /// How to connect to `addr`, without AUTH or a source address.

@@ -44,9 +44,8 @@ impl MxConn {
     /// a connection permit and the connection rate, and connects. A refused connection (a reply
     /// such as `421` to the greeting) goes to the adaptive rules.
     async fn open(ctx: &Context, domain: &str, stream: Option<&str>) -> Result<MxConn, ConnectFailure> {
-        let targets = deliver::mx_targets(ctx, domain).await?;
-        let (targets, verified) = deliver::apply_mta_sts(ctx, domain, targets).await?;
-        let hosts: Vec<&str> = targets.iter().map(|(h, _)| h.as_str()).collect();
+        let targets = deliver::mx_plan(ctx, domain).await?;
+        let hosts: Vec<&str> = targets.iter().map(|t| t.host.as_str()).collect();
         let (dest, shape) = ctx.shaper.shape(domain, &hosts);
         let key = Limit::new(stream, dest);
         let shape = if ctx.shaper.wait_suspension(&key).await {
@@ -65,7 +64,7 @@ impl MxConn {
             .acquire(priority)
             .await;
         ctx.shaper.connection_slot(&key, shape.connection_rate).await;
-        let client = match deliver::connect_targets(ctx, domain, &targets, &shape, source, verified).await {
+        let client = match deliver::connect_targets(ctx, domain, &targets, &shape, source).await {
             Ok(client) => client,
             Err(fail) => {
                 if let Outcome::Transient { status, diagnostic } | Outcome::Permanent { status, diagnostic } =
@@ -85,7 +84,7 @@ impl MxConn {
         };
         Ok(MxConn {
             client,
-            hosts: targets.into_iter().map(|(h, _)| h).collect(),
+            hosts: targets.into_iter().map(|t| t.host).collect(),
             key,
             shape,
             _permit: permit,

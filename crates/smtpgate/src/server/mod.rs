@@ -172,6 +172,7 @@ pub fn context_shared(
         })
     });
     let mta_sts = mta_sts.transpose()?;
+    let dane = crate::deliver::dane::Dane::for_config(&config).map_err(StartError::Dns)?;
     let ctx = Arc::new(Context {
         config: config.clone(),
         spool: Arc::new(spool),
@@ -198,6 +199,7 @@ pub fn context_shared(
         .with_shared(shared.clone()),
         shared,
         mta_sts,
+        dane,
         verified_tls: crate::deliver::mta_sts::verifying_client_config(roots),
     });
     Ok((ctx, found))

@@ -63,7 +63,12 @@ fn successor(old: &Context, config: Arc<Config>) -> Result<Arc<Context>, String>
     if config.mta_sts != old.config.mta_sts {
         tracing::warn!("[mta_sts] changed: this takes effect at the next restart");
     }
+    let dane = match old.dane.as_ref().filter(|d| d.serves(&config)) {
+        Some(same) if config.dane.enabled => Some(same.clone()),
+        _ => crate::deliver::dane::Dane::for_config(&config).map_err(|e| format!("DNS: {e}"))?,
+    };
     Ok(Arc::new(Context {
+        dane,
         mta_sts: old.mta_sts.clone(),
         verified_tls: old.verified_tls.clone(),
         shared: old.shared.clone(),

@@ -12,6 +12,10 @@
 //! - a (name, type) declared with [`DnsTable::servfail`]: SERVFAIL;
 //! - any other name (or one declared with [`DnsTable::nxdomain`]): NXDOMAIN.
 //!
+//! Answers about a name in a zone declared [`DnsTable::secure`] have the AD bit set when the
+//! question asked for DNSSEC (the AD or DO bit), as a validating resolver's would; every other
+//! answer has it clear. That is all the DNSSEC there is: no signatures.
+//!
 //! Every question it receives is recorded (see [`DnsServer::queries`]). Answers carry a TTL of
 //! 5 s unless [`DnsTable::ttl`] says otherwise (0: resolvers do not cache them).
 
@@ -24,7 +28,8 @@ use std::thread;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, MX, SOA, TXT};
+use hickory_proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
+use hickory_proto::rr::rdata::{A, MX, SOA, TLSA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 const TTL: u32 = 5;
@@ -39,6 +44,7 @@ pub struct DnsTable {
     nxdomain: HashSet<String>,
     silent: HashSet<String>,
     servfail: HashSet<(String, RecordType)>,
+    secure: HashSet<String>,
     ttl: Option<u32>,
 }
 
@@ -93,6 +99,33 @@ impl DnsTable {
         let rdata = RData::TXT(TXT::new(strings));
         self.records.entry(key(name)).or_default().push(rdata);
         self
+    }
+
+    /// A TLSA record (RFC 6698): `usage selector matching data`, e.g. `3 1 1 <SHA-256 of the key>`
+    /// at `_25._tcp.mx.example.test`.
+    pub fn tlsa(mut self, name: &str, usage: u8, selector: u8, matching: u8, data: &[u8]) -> Self {
+        let tlsa = TLSA::new(
+            CertUsage::from(usage),
+            Selector::from(selector),
+            Matching::from(matching),
+            data.to_vec(),
+        );
+        self.records.entry(key(name)).or_default().push(RData::TLSA(tlsa));
+        self
+    }
+
+    /// Answers about `zone` and every name below it are "validated": the AD bit is set when
+    /// the question asks for DNSSEC, as a validating resolver does for a signed zone.
+    pub fn secure(mut self, zone: &str) -> Self {
+        self.secure.insert(key(zone));
+        self
+    }
+
+    /// Whether `name` (a key) is in a zone declared secure.
+    fn is_secure(&self, name: &str) -> bool {
+        self.secure
+            .iter()
+            .any(|zone| name == zone || name.ends_with(&format!(".{zone}")))
     }
 
     /// A name that exists but has no records (every question about it gets NODATA).
@@ -152,6 +185,9 @@ impl DnsTable {
             response.set_response_code(ResponseCode::ServFail);
             return Some(response);
         }
+        let asks_dnssec =
+            request.authentic_data() || request.extensions().as_ref().is_some_and(|e| e.flags().dnssec_ok);
+        response.set_authentic_data(asks_dnssec && self.is_secure(&name));
         let records = self.records.get(&name).filter(|_| !self.nxdomain.contains(&name));
         let exists = records.is_some() || self.nodata.contains(&name);
         if !exists {

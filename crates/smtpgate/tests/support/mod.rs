@@ -10,11 +10,14 @@
 //! - [`Clamd`]: a real clamd knowing one test signature ([`VIRUS_MARKER`]).
 //! - DKIM and ARC ([`KeyPair`], [`dkimpy`]): keys from `openssl`, filters run directly, dkimpy as verifier.
 //! - Real clients: [`smtplib`] (Python), [`swaks`], [`smtp_source`] (Postfix).
+//! - [`TestCa`], [`ServerCert`]: certificates made with rcgen for TLS, MTA-STS and DANE tests.
 //! - [`wait_until`]: every wait is on a condition, with a deadline.
 //!
 //! Everything talks to 127.0.0.1 only and binds port 0 (or a port the OS just handed out).
 #![allow(dead_code, unused_imports)]
 
+mod ca;
+pub use ca::{ServerCert, TestCa, pem, sha256};
 mod clamd;
 pub use clamd::{CLAMD_START, Clamd, Daemon, VIRUS_MARKER, VIRUS_NAME, free_port, running_as_root};
 mod clients;

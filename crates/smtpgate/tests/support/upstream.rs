@@ -16,7 +16,8 @@
 //!
 //! It announces PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, DSN and SMTPUTF8, answers
 //! pipelined commands in order, ends DATA only at CRLF.CRLF, and records every message it
-//! accepts. It runs on its own thread and tokio runtime, so tests stay plain `#[test]`s.
+//! accepts, and whether it came over TLS. Started with [`Upstream::with_starttls`], it also
+//! offers STARTTLS with the given certificate (and forgets what was pipelined after it). It runs on its own thread and tokio runtime, so tests stay plain `#[test]`s.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -59,6 +60,8 @@ pub struct UpstreamMessage {
     pub at: std::time::Instant,
     /// The client's address (the gate's source address).
     pub peer: Option<SocketAddr>,
+    /// Whether it came over TLS (after STARTTLS).
+    pub tls: bool,
 }
 
 impl UpstreamMessage {
@@ -77,6 +80,10 @@ struct Shared {
     rcpt_attempts: Mutex<HashMap<String, usize>>,
     connections: AtomicUsize,
     fail_first: Option<usize>,
+    /// STARTTLS is offered with this.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// STARTTLS handshakes that failed.
+    tls_failures: AtomicUsize,
 }
 
 /// A running scriptable upstream on 127.0.0.1; stops on drop.
@@ -90,20 +97,27 @@ pub struct Upstream {
 impl Upstream {
     /// An upstream whose special recipients misbehave every time.
     pub fn start() -> Upstream {
-        Upstream::start_with(None)
+        Upstream::start_with(None, None)
     }
 
     /// An upstream whose special recipients misbehave on their first `n` RCPTs only.
     pub fn fail_first(n: usize) -> Upstream {
-        Upstream::start_with(Some(n))
+        Upstream::start_with(Some(n), None)
     }
 
-    fn start_with(fail_first: Option<usize>) -> Upstream {
+    /// An upstream that offers STARTTLS and presents `cert`.
+    pub fn with_starttls(cert: &super::ServerCert) -> Upstream {
+        let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config());
+        Upstream::start_with(None, Some(acceptor))
+    }
+
+    fn start_with(fail_first: Option<usize>, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("local_addr");
         let shared = Arc::new(Shared {
             fail_first,
+            tls,
             ..Shared::default()
         });
         let (stop, stopped) = oneshot::channel();
@@ -140,6 +154,11 @@ impl Upstream {
             self.shared.rcpt_attempts.lock().unwrap()
         );
         messages
+    }
+
+    /// STARTTLS handshakes that failed so far (a client that refused the certificate, say).
+    pub fn tls_failures(&self) -> usize {
+        self.shared.tls_failures.load(Ordering::SeqCst)
     }
 
     /// TCP connections accepted so far.
@@ -250,26 +269,29 @@ impl Transaction {
     }
 }
 
-struct Session<R, W> {
-    input: Input<R>,
-    output: W,
+/// A connection's bytes: TCP, or TLS over it after STARTTLS.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+struct Session {
+    input: Input,
     shared: Arc<Shared>,
     transaction: Option<Transaction>,
     slow: bool,
     peer: Option<SocketAddr>,
+    tls: bool,
 }
 
-impl Session<tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf> {
+impl Session {
     fn new(stream: TcpStream, shared: Arc<Shared>) -> Self {
         let peer = stream.peer_addr().ok();
-        let (read, write) = stream.into_split();
         Session {
-            input: Input::new(read),
-            output: write,
+            input: Input::new(Box::new(stream)),
             shared,
             transaction: None,
             slow: false,
             peer,
+            tls: false,
         }
     }
 }
@@ -280,7 +302,7 @@ enum Next {
     Close,
 }
 
-impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
+impl Session {
     async fn run(mut self) -> std::io::Result<()> {
         self.reply("220 upstream.test ESMTP scriptable upstream").await?;
         while let Some(line) = self.input.line().await? {
@@ -299,6 +321,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             "MAIL" => self.mail(rest).await?,
             "RCPT" => self.rcpt(rest).await?,
             "DATA" => return self.data().await,
+            "STARTTLS" => return self.starttls().await,
             "RSET" => {
                 self.transaction = None;
                 self.reply("250 2.0.0 Ok").await?
@@ -316,11 +339,40 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
 
     async fn ehlo(&mut self) -> std::io::Result<()> {
         self.transaction = None;
-        self.reply(
+        let starttls = if self.shared.tls.is_some() && !self.tls {
+            "250-STARTTLS\r\n"
+        } else {
+            ""
+        };
+        self.reply(&format!(
             "250-upstream.test\r\n250-PIPELINING\r\n250-SIZE 104857600\r\n250-8BITMIME\r\n\
-             250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250 SMTPUTF8",
-        )
+             {starttls}250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250 SMTPUTF8"
+        ))
         .await
+    }
+
+    /// STARTTLS (RFC 3207): the handshake, then a fresh session over TLS; what the client
+    /// pipelined after the command is discarded. A failed handshake ends the connection.
+    async fn starttls(&mut self) -> std::io::Result<Next> {
+        let Some(acceptor) = self.shared.tls.clone().filter(|_| !self.tls) else {
+            self.reply("502 5.5.1 STARTTLS not available").await?;
+            return Ok(Next::Continue);
+        };
+        self.reply("220 2.0.0 Ready to start TLS").await?;
+        self.input.buf.clear();
+        let placeholder = Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink()));
+        let plain = std::mem::replace(&mut self.input.stream, placeholder);
+        match acceptor.accept(plain).await {
+            Ok(tls) => self.input.stream = Box::new(tls),
+            Err(e) => {
+                self.shared.tls_failures.fetch_add(1, Ordering::SeqCst);
+                eprintln!("[upstream] TLS handshake failed: {e}");
+                return Ok(Next::Close);
+            }
+        }
+        self.tls = true;
+        self.transaction = None;
+        Ok(Next::Continue)
     }
 
     async fn mail(&mut self, args: &str) -> std::io::Result<()> {
@@ -415,6 +467,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
             data,
             at: std::time::Instant::now(),
             peer: self.peer,
+            tls: self.tls,
         });
         messages.len()
     }
@@ -423,8 +476,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
         if self.slow {
             tokio::time::sleep(SLOW_DELAY).await;
         }
-        self.output.write_all(text.as_bytes()).await?;
-        self.output.write_all(b"\r\n").await
+        self.input.stream.write_all(format!("{text}\r\n").as_bytes()).await?;
+        self.input.stream.flush().await
     }
 }
 
@@ -459,20 +512,23 @@ fn unstuff(raw: &[u8]) -> Vec<u8> {
 }
 
 /// Buffered SMTP input: CRLF-terminated command lines and CRLF.CRLF-terminated data.
-struct Input<R> {
-    read: R,
+struct Input {
+    stream: Box<dyn Stream>,
     buf: Vec<u8>,
 }
 
-impl<R: AsyncRead + Unpin> Input<R> {
-    fn new(read: R) -> Self {
-        Input { read, buf: Vec::new() }
+impl Input {
+    fn new(stream: Box<dyn Stream>) -> Self {
+        Input {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     /// Reads more input; false at end of stream.
     async fn fill(&mut self) -> std::io::Result<bool> {
         let mut chunk = [0u8; 16 * 1024];
-        let n = tokio::time::timeout(IDLE_TIMEOUT, self.read.read(&mut chunk))
+        let n = tokio::time::timeout(IDLE_TIMEOUT, self.stream.read(&mut chunk))
             .await
             .map_err(|_| std::io::Error::other("client idle too long"))??;
         self.buf.extend_from_slice(&chunk[..n]);
