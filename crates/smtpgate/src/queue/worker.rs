@@ -120,7 +120,7 @@ const WARMUP_RECHECK: Duration = Duration::from_secs(60);
 /// A source address for a new connection of `stream`, waiting while every one of them has sent
 /// its warm-up volume for today.
 async fn pick_source(ctx: &Context, stream: Option<&str>) -> Option<std::net::IpAddr> {
-    let stream = stream?;
+    let stream = stream.unwrap_or("default");
     let mut warned = false;
     loop {
         match ctx.shaper.source(&ctx.config, stream) {
@@ -197,7 +197,7 @@ async fn run_mx(queue: &Queue, lane: &Lane, domain: &str) {
         let exhausted = conn
             .as_ref()
             .and_then(|c| c.source)
-            .is_some_and(|ip| stream.is_some_and(|s| ctx.shaper.source_exhausted(&ctx.config, s, ip)));
+            .is_some_and(|ip| ctx.shaper.source_exhausted(&ctx.config, stream.unwrap_or("default"), ip));
         if exhausted {
             let idle = conn.take().expect("connected above");
             idle.client.quit().await;
