@@ -193,12 +193,12 @@ async fn run_mx(queue: &Queue, lane: &Lane, domain: &str) {
                 Err(fail) => return unreachable(queue, lane, d, &fail, started),
             }
         }
-        // A source address that has sent its warm-up volume for today gives way to another.
-        let exhausted = conn
-            .as_ref()
-            .and_then(|c| c.source)
-            .is_some_and(|ip| ctx.shaper.source_exhausted(&ctx.config, stream.unwrap_or("default"), ip));
-        if exhausted {
+        // Each message takes one of its source address's warm-up volume for today; an address
+        // that has none left gives way to another (or the stream waits for the next day).
+        let stream_name = stream.unwrap_or("default");
+        while let Some(ip) = conn.as_ref().and_then(|c| c.source)
+            && !ctx.shaper.take_source(&ctx.config, stream_name, ip)
+        {
             let idle = conn.take().expect("connected above");
             idle.client.quit().await;
             match MxConn::open(&ctx, domain, stream).await {
@@ -236,9 +236,6 @@ async fn run_mx(queue: &Queue, lane: &Lane, domain: &str) {
             observe(&ctx, &c.key, domain, &hosts, &failures).await;
         }
         drop(failures);
-        if let Some(ip) = c.source {
-            ctx.shaper.sent_from(ip);
-        }
         let remote = Some(c.client.remote.clone());
         settle::spawn(queue, hop, d, results, remote, started);
         c.sent += 1;

@@ -518,21 +518,17 @@ impl Shaper {
         Pick::Address(s.sources[best].address)
     }
 
-    /// Counts one message sent from `ip` today (warm-up).
-    pub fn sent_from(&self, ip: std::net::IpAddr) {
-        self.warmup().count(ip, warmup::day_of(adaptive::now_ms()));
-    }
-
-    /// Whether `ip` has sent its warm-up volume for today in `stream`.
-    pub fn source_exhausted(&self, config: &crate::config::Config, stream: &str, ip: std::net::IpAddr) -> bool {
-        let Some(s) = config.streams.iter().find(|s| s.name == stream) else {
-            return false;
-        };
+    /// Takes one message of `ip`'s warm-up volume for today in `stream`: `false` when it has
+    /// sent all of it (the connection should give way to another address).
+    pub fn take_source(&self, config: &crate::config::Config, stream: &str, ip: std::net::IpAddr) -> bool {
         let today = warmup::day_of(adaptive::now_ms());
-        s.sources.iter().filter(|src| src.address == ip).any(|src| {
-            s.daily_cap(src, today)
-                .is_some_and(|cap| self.warmup().sent(ip, today) >= cap)
-        })
+        let cap = config
+            .streams
+            .iter()
+            .find(|s| s.name == stream)
+            .and_then(|s| s.sources.iter().find(|src| src.address == ip).map(|src| (s, src)))
+            .and_then(|(s, src)| s.daily_cap(src, today));
+        self.warmup().take(ip, today, cap)
     }
 
     /// Writes the warm-up counts to disk (at shutdown).

@@ -239,20 +239,23 @@ fn a_warming_address_sends_its_daily_volume_and_no_more() {
     let mut from_new = 0;
     for _ in 0..20 {
         let ip = shaper.source(&config, "bulk").address().expect("an address");
+        assert!(
+            shaper.take_source(&config, "bulk", ip),
+            "{ip} was picked within its cap"
+        );
         if ip.to_string() == "127.0.0.3" {
             from_new += 1;
         }
-        shaper.sent_from(ip);
     }
     assert_eq!(from_new, 3, "day one of the schedule is 3 messages");
     let ip3 = "127.0.0.3".parse().unwrap();
-    assert!(shaper.source_exhausted(&config, "bulk", ip3));
-    assert!(!shaper.source_exhausted(&config, "bulk", "127.0.0.2".parse().unwrap()));
+    assert!(!shaper.take_source(&config, "bulk", ip3), "at its cap");
+    assert!(shaper.take_source(&config, "bulk", "127.0.0.2".parse().unwrap()));
     let listed = shaper.sources(&config);
     let new = listed.iter().find(|s| s.address == ip3).unwrap();
     assert_eq!((new.warmup_day, new.daily_cap, new.sent_today), (Some(1), Some(3), 3));
     let old = listed.iter().find(|s| s.address != ip3).unwrap();
-    assert_eq!((old.warmup_day, old.daily_cap, old.sent_today), (None, None, 17));
+    assert_eq!((old.warmup_day, old.daily_cap, old.sent_today), (None, None, 18));
 }
 
 #[test]
@@ -266,7 +269,7 @@ fn a_stream_whose_addresses_are_all_capped_waits_for_the_next_day() {
     let shaper = Shaper::new(None, &config.queue, None).unwrap();
     for _ in 0..2 {
         let ip = shaper.source(&config, "new").address().expect("within the cap");
-        shaper.sent_from(ip);
+        assert!(shaper.take_source(&config, "new", ip));
     }
     let next_day = warmup::next_day_ms(warmup::day_of(adaptive::now_ms()));
     assert_eq!(shaper.source(&config, "new"), Pick::Exhausted { until: next_day });

@@ -67,11 +67,20 @@ impl Counts {
 
     /// Counts one message sent from `ip` on `day`; writes the file when it is due.
     pub fn count(&self, ip: IpAddr, day: i64) {
+        self.take(ip, day, None);
+    }
+
+    /// Counts one message from `ip` on `day` if that keeps it within `cap` (`None`: no cap);
+    /// whether it did. Checking and counting are one step, so concurrent senders never pass the cap.
+    pub fn take(&self, ip: IpAddr, day: i64, cap: Option<u64>) -> bool {
         {
             let mut sent = self.sent.lock().unwrap();
             let entry = sent.entry(ip).or_insert((day, 0));
             if entry.0 != day {
                 *entry = (day, 0);
+            }
+            if cap.is_some_and(|cap| entry.1 >= cap) {
+                return false;
             }
             entry.1 += 1;
         }
@@ -84,6 +93,7 @@ impl Counts {
         if due {
             self.save();
         }
+        true
     }
 
     /// Writes the counts to their file now (nothing without one).
@@ -122,6 +132,16 @@ mod tests {
         assert_eq!(again.sent(ip, 20_000), 0, "only the last day is kept");
         std::fs::write(&file, "not json").unwrap();
         assert_eq!(Counts::persisted(file).sent(ip, 20_001), 0);
+    }
+
+    #[test]
+    fn taking_stops_at_the_cap() {
+        let counts = Counts::default();
+        let ip: IpAddr = "192.0.2.8".parse().unwrap();
+        let taken = (0..5).filter(|_| counts.take(ip, 7, Some(3))).count();
+        assert_eq!((taken, counts.sent(ip, 7)), (3, 3));
+        assert!(counts.take(ip, 8, Some(3)), "a new day");
+        assert!(counts.take(ip, 8, None));
     }
 
     #[test]

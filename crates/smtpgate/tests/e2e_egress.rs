@@ -1,0 +1,215 @@
+//! Egress of streams end to end: IP warm-up (each source address's daily cap from its stream's
+//! schedule, seen at the upstream by the connection's peer address, and kept across a restart)
+//! and stream priority over the node's cap on outbound connections. MX delivery through the test
+//! DNS server to the scriptable upstream; loopback addresses 127.0.0.2 and 127.0.0.3 stand for the
+//! stream's source addresses.
+
+mod support;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use support::{DnsServer, DnsTable, Gate, Upstream, http_get, message, mx_gate_toml, smtplib, wait_until};
+
+const LOOPBACK: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+const SOON: Duration = Duration::from_secs(20);
+
+fn dns() -> DnsServer {
+    DnsServer::start(
+        DnsTable::new()
+            .mx("one.test", 10, "mx.one.test")
+            .mx("bulk.test", 10, "mx.bulk.test")
+            .mx("tx.test", 10, "mx.tx.test")
+            .a("mx.one.test", LOOPBACK)
+            .a("mx.bulk.test", LOOPBACK)
+            .a("mx.tx.test", LOOPBACK),
+    )
+}
+
+/// Today (UTC) as `YYYY-MM-DD`.
+fn today() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400;
+    // Howard Hinnant's days-to-civil, as the gate reads it back.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Sends one message from `from` to each of `rcpts` over one session; each must be accepted.
+fn send(gate: &Gate, from: &str, rcpts: &[String]) {
+    let body = message("m@example.test", "egress", "Hello.");
+    let mut script = String::from("s = connect()\n");
+    for r in rcpts {
+        script.push_str(&format!("send(s, {from:?}, [{r:?}], {body:?})\n"));
+    }
+    script.push_str("quit(s)\n");
+    let t = smtplib(gate.smtp_addr(), &script);
+    assert!(t.succeeded(), "{t}");
+    assert_eq!(t.replies("END-OF-DATA").len(), rcpts.len(), "{t}");
+    assert!(t.replies("END-OF-DATA").iter().all(|r| r.starts_with("250 ")), "{t}");
+}
+
+fn rcpts(prefix: &str, domain: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}@{domain}")).collect()
+}
+
+fn sources(gate: &Gate) -> Vec<serde_json::Value> {
+    let (status, body) = http_get(gate.admin_addr(), "/sources");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad JSON {body:?}: {e}"))
+}
+
+fn sent_today(gate: &Gate, address: &str) -> u64 {
+    let all = sources(gate);
+    let entry = all
+        .iter()
+        .find(|s| s["address"] == address)
+        .unwrap_or_else(|| panic!("{all:?}"));
+    entry["sent_today"].as_u64().unwrap()
+}
+
+/// The bulk stream sends from 127.0.0.2 and from 127.0.0.3, which began its warm-up today with
+/// a schedule of 4 messages on day one: of 16 messages, exactly 4 come from 127.0.0.3 (one per
+/// connection, so each message picks an address) and the rest from 127.0.0.2. After a restart the
+/// day's count is still there, and 127.0.0.3 sends nothing more today.
+#[test]
+fn a_warming_address_sends_its_daily_volume_and_no_more() {
+    let upstream = Upstream::start();
+    let dns = dns();
+    let config = mx_gate_toml(
+        dns.addr(),
+        upstream.addr().port(),
+        &format!(
+            "[[stream]]\nname = \"bulk\"\nwarmup = [4, 100]\nsource_addresses = [\"127.0.0.2\", \
+             {{ address = \"127.0.0.3\", warmup_since = \"{today}\" }}]\n\n\
+             [[route]]\nwhen = {{ sender = \"news@example.test\" }}\nstream = \"bulk\"\n\n\
+             [shaping]\nfile = \"shaping.toml\"\n",
+            today = today()
+        ),
+    );
+    let mut gate = Gate::start_with_files(&config, &[("shaping.toml", "[default]\nmessages_per_connection = 1\n")]);
+    let first = rcpts("r", "one.test", 16);
+    send(&gate, "news@example.test", &first);
+    let got = upstream.wait_for(16, Duration::from_secs(60));
+    let from = |ip: &str| {
+        let ip: IpAddr = ip.parse().unwrap();
+        got.iter().filter(|m| m.peer.map(|p| p.ip()) == Some(ip)).count()
+    };
+    assert_eq!(
+        (from("127.0.0.3"), from("127.0.0.2")),
+        (4, 12),
+        "peers: {:?}",
+        got.iter().map(|m| m.peer).collect::<Vec<_>>()
+    );
+    let listed = sources(&gate);
+    let new = listed.iter().find(|s| s["address"] == "127.0.0.3").expect("listed");
+    assert_eq!(
+        (new["warmup_day"].as_i64(), new["daily_cap"].as_u64()),
+        (Some(1), Some(4)),
+        "{listed:?}"
+    );
+    assert_eq!(sent_today(&gate, "127.0.0.3"), 4);
+    assert_eq!(sent_today(&gate, "127.0.0.2"), 12);
+
+    gate.restart();
+    assert_eq!(sent_today(&gate, "127.0.0.3"), 4, "the day's count survives a restart");
+    send(&gate, "news@example.test", &rcpts("s", "one.test", 4));
+    let got = upstream.wait_for(20, Duration::from_secs(60));
+    let late: Vec<_> = got[16..].iter().map(|m| m.peer.map(|p| p.ip().to_string())).collect();
+    assert!(late.iter().all(|p| p.as_deref() == Some("127.0.0.2")), "{late:?}");
+}
+
+/// A stream whose only address has sent its day's volume holds its mail: 2 of 5 leave, 3 wait,
+/// and the log says why. Mail of another stream is not held.
+#[test]
+fn a_stream_at_its_daily_volume_holds_its_mail() {
+    let upstream = Upstream::start();
+    let dns = dns();
+    let config = mx_gate_toml(
+        dns.addr(),
+        upstream.addr().port(),
+        &format!(
+            "[[stream]]\nname = \"bulk\"\nwarmup = [2]\n\
+             source_addresses = [{{ address = \"127.0.0.3\", warmup_since = \"{today}\" }}]\n\n\
+             [[route]]\nwhen = {{ sender = \"news@example.test\" }}\nstream = \"bulk\"\n",
+            today = today()
+        ),
+    );
+    let gate = Gate::start(&config);
+    send(&gate, "news@example.test", &rcpts("r", "one.test", 5));
+    upstream.wait_for(2, SOON);
+    assert!(
+        wait_until(SOON, || gate
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("warm-up: every source address"))),
+        "no log line for the held stream"
+    );
+    send(&gate, "alice@example.test", &["reset@one.test".to_string()]);
+    assert!(wait_until(SOON, || upstream
+        .messages()
+        .iter()
+        .any(|m| m.rcpt_addresses().contains(&"reset@one.test"))));
+    assert_eq!(
+        upstream.messages().len(),
+        3,
+        "only 2 bulk messages and the other stream's one"
+    );
+    assert_eq!(
+        gate.metric("smtpgate_queue_depth"),
+        3.0,
+        "3 bulk messages wait for tomorrow"
+    );
+}
+
+/// With one outbound connection for the whole node, a bulk stream (priority -10) sending slow
+/// messages over one connection holds it; a transactional message (default stream, priority 10)
+/// gets the connection after the current bulk message (the bulk connection gives way), not after
+/// the whole bulk backlog.
+#[test]
+fn a_higher_priority_stream_gets_the_next_connection() {
+    let upstream = Upstream::start();
+    let dns = dns();
+    let config = mx_gate_toml(
+        dns.addr(),
+        upstream.addr().port(),
+        "[[stream]]\nname = \"bulk\"\npriority = -10\n\n[[stream]]\nname = \"default\"\npriority = 10\n\n\
+         [[route]]\nwhen = { sender = \"news@example.test\" }\nstream = \"bulk\"\n\n\
+         [shaping]\nfile = \"shaping.toml\"\n",
+    );
+    let config = config.replace("[queue]\n", "[queue]\nmax_connections = 1\n");
+    // One connection carries the whole bulk backlog, one message after another.
+    let gate = Gate::start_with_files(
+        &config,
+        &[("shaping.toml", "[domain.\"bulk.test\"]\nmax_connections = 1\n")],
+    );
+    // Each `slow@` message takes about 6 s at the upstream (its replies from RCPT on come 2 s late).
+    let bulk: Vec<String> = (0..3).map(|i| format!("slow+{i}@bulk.test")).collect();
+    send(&gate, "news@example.test", &bulk);
+    assert!(
+        wait_until(SOON, || upstream.connection_count() >= 1),
+        "bulk never connected"
+    );
+    send(&gate, "alice@example.test", &["reset@tx.test".to_string()]);
+    let all = upstream.wait_for(4, Duration::from_secs(60));
+    let tx_at = all
+        .iter()
+        .position(|m| m.rcpt_addresses().contains(&"reset@tx.test"))
+        .expect("the transactional message arrived");
+    assert!(
+        tx_at <= 1,
+        "the transactional message came after {tx_at} bulk messages: {:?}",
+        all.iter().map(|m| m.rcpt_addresses().join(",")).collect::<Vec<_>>()
+    );
+}
