@@ -213,3 +213,49 @@ fn a_higher_priority_stream_gets_the_next_connection() {
         all.iter().map(|m| m.rcpt_addresses().join(",")).collect::<Vec<_>>()
     );
 }
+
+/// `per_source = true`: each source address gets the destination's 60/min (one message a
+/// second) of its own. At the upstream, the 3 messages of each address are at least 0.9 s apart,
+/// while all 6 arrive within 4.5 s (under one limit shared by both addresses they would take at
+/// least 5 s), and `GET /shaping` lists one limit per address.
+#[test]
+fn limits_per_source_address() {
+    let upstream = Upstream::start();
+    let dns = dns();
+    let config = mx_gate_toml(
+        dns.addr(),
+        upstream.addr().port(),
+        "[[stream]]\nname = \"bulk\"\nsource_addresses = [\"127.0.0.2\", \"127.0.0.3\"]\n\n\
+         [[route]]\nwhen = { sender = \"news@example.test\" }\nstream = \"bulk\"\n\n\
+         [shaping]\nfile = \"shaping.toml\"\n",
+    );
+    let shaping = "[default]\nmax_message_rate = \"60/min\"\nper_source = true\nmessages_per_connection = 1\n";
+    let gate = Gate::start_with_files(&config, &[("shaping.toml", shaping)]);
+    send(&gate, "news@example.test", &rcpts("r", "one.test", 6));
+    let got = upstream.wait_for(6, Duration::from_secs(60));
+    let mut all: Vec<_> = got.iter().map(|m| (m.at, m.peer.map(|p| p.ip()))).collect();
+    all.sort_by_key(|(at, _)| *at);
+    for ip in ["127.0.0.2", "127.0.0.3"] {
+        let ip: IpAddr = ip.parse().unwrap();
+        let times: Vec<_> = all.iter().filter(|(_, p)| *p == Some(ip)).map(|(at, _)| *at).collect();
+        assert_eq!(times.len(), 3, "{ip}: {all:?}");
+        for pair in times.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(gap >= Duration::from_millis(900), "{ip}: two messages {gap:?} apart");
+        }
+    }
+    let span = all[5].0 - all[0].0;
+    assert!(
+        span < Duration::from_millis(4500),
+        "the addresses share one limit: 6 messages took {span:?}"
+    );
+    let (_, body) = http_get(gate.admin_addr(), "/shaping");
+    let usage: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    let mut per_source: Vec<_> = usage
+        .iter()
+        .filter(|u| u["key"] == "domain:one.test" && u["stream"] == "bulk")
+        .map(|u| u["source"].as_str().unwrap_or("none").to_string())
+        .collect();
+    per_source.sort();
+    assert_eq!(per_source, ["127.0.0.2", "127.0.0.3"], "{body}");
+}

@@ -47,7 +47,8 @@ impl MxConn {
         let targets = deliver::mx_plan(ctx, domain).await?;
         let hosts: Vec<&str> = targets.iter().map(|t| t.host.as_str()).collect();
         let (dest, shape) = ctx.shaper.shape(domain, &hosts);
-        let key = Limit::new(stream, dest);
+        let source = pick_source(ctx, stream).await;
+        let key = Limit::new(stream, dest).with_source(source.filter(|_| shape.per_source));
         let shape = if ctx.shaper.wait_suspension(&key).await {
             // The file may have changed while suspended.
             ctx.shaper.shape(domain, &hosts).1
@@ -55,7 +56,6 @@ impl MxConn {
             shape
         };
         let (shape, _) = ctx.shaper.effective(&key, shape);
-        let source = pick_source(ctx, stream).await;
         let permit = ctx.shaper.connection(&key, shape.max_connections).await;
         let priority = priority(ctx, stream);
         let slot = ctx

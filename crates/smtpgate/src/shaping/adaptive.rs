@@ -254,7 +254,7 @@ impl Rule {
         Action {
             key: limit.to_string(),
             stream: limit.stream.clone().unwrap_or_else(|| "default".into()),
-            destination: limit.dest.to_string(),
+            destination: destination(limit),
             rule: self.name.clone(),
             reason: reason.to_owned(),
             suspended_until: self.suspend.then_some(until),
@@ -295,7 +295,7 @@ pub struct Action {
     /// `<stream>/<destination>`: what the action is known by.
     pub key: String,
     pub stream: String,
-    /// `domain:<name>` or `mx:<pattern>`.
+    /// `domain:<name>` or `mx:<pattern>` (with ` from <address>` when counted per source).
     pub destination: String,
     /// The rule that set it (or `"admin"`).
     pub rule: String,
@@ -633,7 +633,7 @@ fn manual(limit: &Limit, now: u64) -> Action {
     Action {
         key: limit.to_string(),
         stream: limit.stream.clone().unwrap_or_else(|| "default".into()),
-        destination: limit.dest.to_string(),
+        destination: destination(limit),
         rule: "admin".into(),
         reason: "set by the administrator".into(),
         suspended_until: None,
@@ -645,6 +645,15 @@ fn manual(limit: &Limit, now: u64) -> Action {
         hits: 0,
         updated: now,
         by: "admin".into(),
+    }
+}
+
+/// The destination as listed: `domain:<name>` or `mx:<pattern>`, with ` from <address>` for a
+/// limit per source address.
+fn destination(limit: &Limit) -> String {
+    match limit.source {
+        Some(ip) => format!("{} from {ip}", limit.dest),
+        None => limit.dest.to_string(),
     }
 }
 

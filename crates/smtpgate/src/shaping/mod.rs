@@ -112,12 +112,14 @@ pub struct SourceUsage {
     pub sent_today: u64,
 }
 
-/// What one set of counters is for: a destination (domain or MX rollup) within one stream. Each
-/// stream counts against its own limits, so bulk mail never uses up transactional mail's.
+/// What one set of counters is for: a destination (domain or MX rollup) within one stream, and
+/// for a destination whose shaping says `per_source = true`, one source address. Each stream
+/// counts against its own limits, so bulk mail never uses up transactional mail's.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Limit {
     pub stream: Option<String>,
     pub dest: Key,
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl Limit {
@@ -126,28 +128,48 @@ impl Limit {
         Limit {
             stream: stream.filter(|s| *s != "default").map(str::to_owned),
             dest,
+            source: None,
         }
     }
 
-    /// Reads what [`Limit`]'s `Display` writes: `<stream>/domain:<name>` or `<stream>/mx:<pattern>`.
+    /// The same limit counted for one source address.
+    pub fn with_source(mut self, source: Option<std::net::IpAddr>) -> Limit {
+        self.source = source;
+        self
+    }
+
+    /// Reads what [`Limit`]'s `Display` writes: `<stream>/domain:<name>` or `<stream>/mx:<pattern>`,
+    /// with `@<source address>` after the stream for a limit per source address.
     pub fn parse(text: &str) -> Result<Limit, String> {
-        let bad = || format!("{text:?} is not <stream>/domain:<name> or <stream>/mx:<pattern>");
+        let bad = || {
+            format!(
+                "{text:?} is not <stream>/domain:<name> or <stream>/mx:<pattern> (<stream>@<address>/... per source)"
+            )
+        };
         let (stream, dest) = text.split_once('/').ok_or_else(bad)?;
         let dest = match dest.split_once(':') {
             Some(("domain", d)) if !d.is_empty() => Key::Domain(d.trim_end_matches('.').to_ascii_lowercase()),
             Some(("mx", p)) if !p.is_empty() => Key::Mx(p.trim_end_matches('.').to_ascii_lowercase()),
             _ => return Err(bad()),
         };
+        let (stream, source) = match stream.split_once('@') {
+            Some((stream, ip)) => (stream, Some(ip.parse().map_err(|_| bad())?)),
+            None => (stream, None),
+        };
         if stream.is_empty() {
             return Err(bad());
         }
-        Ok(Limit::new(Some(stream), dest))
+        Ok(Limit::new(Some(stream), dest).with_source(source))
     }
 }
 
 impl std::fmt::Display for Limit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.stream.as_deref().unwrap_or("default"), self.dest)
+        let stream = self.stream.as_deref().unwrap_or("default");
+        match self.source {
+            Some(ip) => write!(f, "{stream}@{ip}/{}", self.dest),
+            None => write!(f, "{stream}/{}", self.dest),
+        }
     }
 }
 
@@ -156,6 +178,9 @@ impl std::fmt::Display for Limit {
 pub struct Usage {
     pub stream: String,
     pub key: String,
+    /// The source address, for a limit counted per source address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<std::net::IpAddr>,
     /// The limits in force: the file's, lowered by an adaptive action when one is.
     pub max_connections: usize,
     pub connections: usize,
@@ -578,6 +603,7 @@ impl Shaper {
                 Some(Usage {
                     stream: key.stream.clone().unwrap_or_else(|| "default".into()),
                     key: key.dest.to_string(),
+                    source: key.source,
                     max_connections: shape.max_connections,
                     connections: gate.in_use(),
                     max_message_rate: shape.message_rate.map(|r| r.to_string()),
@@ -592,7 +618,7 @@ impl Shaper {
                 })
             })
             .collect();
-        out.sort_by(|a, b| (&a.stream, &a.key).cmp(&(&b.stream, &b.key)));
+        out.sort_by(|a, b| (&a.stream, &a.key, a.source).cmp(&(&b.stream, &b.key, b.source)));
         out
     }
 }

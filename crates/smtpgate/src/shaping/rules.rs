@@ -15,6 +15,7 @@
 //! max_message_rate = "600/min"
 //! connection_rate = "30/min"
 //! tls = "required"
+//! per_source = true                # each source address gets these limits of its own
 //! ```
 //!
 //! A domain's own entry wins over an MX rollup; an MX rollup applies when any of the domain's mail
@@ -107,6 +108,8 @@ pub struct Shape {
     pub command_timeout: Duration,
     pub data_timeout: Duration,
     pub tls: TlsPolicy,
+    /// Count the limits for each source address apart (receivers often limit per sending IP).
+    pub per_source: bool,
 }
 
 impl Shape {
@@ -121,6 +124,7 @@ impl Shape {
             command_timeout: q.command_timeout,
             data_timeout: q.data_timeout,
             tls: TlsPolicy::Opportunistic,
+            per_source: false,
         }
     }
 }
@@ -137,6 +141,7 @@ struct RawShape {
     command_timeout: Option<String>,
     data_timeout: Option<String>,
     tls: Option<String>,
+    per_source: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -324,6 +329,9 @@ fn merge(base: &Shape, raw: RawShape, key: &str, errors: &mut Vec<String>) -> Sh
                 Err(e) => errors.push(format!("{key}.{field}: {e}")),
             }
         }
+    }
+    if let Some(per_source) = raw.per_source {
+        shape.per_source = per_source;
     }
     if let Some(tls) = raw.tls {
         match tls.as_str() {

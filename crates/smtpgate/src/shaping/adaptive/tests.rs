@@ -273,3 +273,19 @@ fn limits_print_and_parse_back() {
     assert!(Limit::parse("example.com").is_err());
     assert!(Limit::parse("bulk/host:x").is_err());
 }
+
+#[test]
+fn limits_per_source_print_and_parse_back() {
+    let limit =
+        Limit::new(Some("bulk"), Key::Mx("*.yahoodns.net".into())).with_source(Some("192.0.2.1".parse().unwrap()));
+    assert_eq!(limit.to_string(), "bulk@192.0.2.1/mx:*.yahoodns.net");
+    assert_eq!(Limit::parse(&limit.to_string()), Ok(limit.clone()));
+    let v6 = limit.clone().with_source(Some("2001:db8::1".parse().unwrap()));
+    assert_eq!(Limit::parse(&v6.to_string()), Ok(v6));
+    assert!(Limit::parse("bulk@nowhere/mx:x").is_err());
+    let rule = one_rule("[[adaptive]]\ncode = \"421\"\naction = \"suspend\"\nduration = \"1h\"\n");
+    assert_eq!(
+        rule.action(&limit, "421", T0).destination,
+        "mx:*.yahoodns.net from 192.0.2.1"
+    );
+}
