@@ -194,10 +194,10 @@ async fn run_mx(queue: &Queue, lane: &Lane, domain: &str) {
             }
         }
         // A source address that has sent its warm-up volume for today gives way to another.
-        let exhausted = conn
-            .as_ref()
-            .and_then(|c| c.source)
-            .is_some_and(|ip| ctx.shaper.source_exhausted(&ctx.config, stream.unwrap_or("default"), ip));
+        let exhausted = conn.as_ref().and_then(|c| c.source).is_some_and(|ip| {
+            ctx.shaper
+                .source_exhausted(&ctx.config, stream.unwrap_or("default"), ip)
+        });
         if exhausted {
             let idle = conn.take().expect("connected above");
             idle.client.quit().await;
