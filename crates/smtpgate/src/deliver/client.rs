@@ -16,6 +16,10 @@ use crate::config::{QueueConfig, TlsPolicy, UpstreamAuth};
 use crate::envelope::{Envelope, Recipient, Ret};
 use crate::io::{BoxIo, TlsInfo};
 
+/// The reply code of a server that closes the connection (RFC 5321 3.8): it may come in answer
+/// to any command, and nothing more will be read.
+pub(crate) const CLOSING: u16 = 421;
+
 /// Why a connection or a transaction failed as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -244,6 +248,18 @@ impl Client {
         cmds.extend(rcpts.iter().map(|r| self.rcpt_command(r)));
         cmds.push("DATA\r\n".to_string());
         let replies = self.send_commands(&cmds, true).await?;
+        if let Some(at) = replies.iter().position(|r| r.code == CLOSING) {
+            // The server is closing the connection: every recipient gets its reply.
+            let stage = match at {
+                0 => "MAIL",
+                _ if at <= rcpts.len() => "RCPT",
+                _ => "DATA",
+            };
+            return Err(ClientError::Reply {
+                stage,
+                reply: replies[at].clone(),
+            });
+        }
         let mail = &replies[0];
         if !mail.is_positive() {
             return Err(ClientError::Reply {
@@ -326,12 +342,23 @@ impl Client {
 
     /// Sends `cmds` and reads one reply each, in one write when the server pipelines. Without
     /// pipelining, when `mail_first` and MAIL is refused, the rest are not sent and get its reply.
+    /// A `421` (the server closes the connection) is the reply to every command from there on.
     async fn send_commands(&mut self, cmds: &[String], mail_first: bool) -> Result<Vec<ParsedReply>, ClientError> {
-        let mut replies = Vec::with_capacity(cmds.len());
+        let mut replies: Vec<ParsedReply> = Vec::with_capacity(cmds.len());
+        let closing = |replies: &mut Vec<ParsedReply>| {
+            let last = replies.last().filter(|r| r.code == CLOSING).cloned();
+            if let Some(last) = &last {
+                replies.resize(cmds.len(), last.clone());
+            }
+            last.is_some()
+        };
         if self.caps.pipelining {
             self.write(cmds.concat().as_bytes()).await?;
             for _ in cmds {
                 replies.push(self.read_reply(self.command_timeout).await?);
+                if closing(&mut replies) {
+                    break;
+                }
             }
             return Ok(replies);
         }
@@ -340,6 +367,9 @@ impl Client {
             let reply = self.read_reply(self.command_timeout).await?;
             let stop = mail_first && i == 0 && !reply.is_positive();
             replies.push(reply);
+            if closing(&mut replies) {
+                break;
+            }
             if stop {
                 while replies.len() < cmds.len() {
                     replies.push(replies[0].clone());
@@ -424,4 +454,81 @@ async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Resul
 fn server_name(host: &str, addr: SocketAddr) -> rustls_pki_types::ServerName<'static> {
     rustls_pki_types::ServerName::try_from(host.to_string())
         .unwrap_or_else(|_| rustls_pki_types::ServerName::IpAddress(addr.ip().into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::envelope::QueueId;
+
+    /// A server that offers PIPELINING, accepts MAIL, answers the first RCPT with `421` and
+    /// closes the connection without reading further: what a provider "too busy" does.
+    async fn closing_server() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            write.write_all(b"220 busy.test\r\n").await.unwrap();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let reply: &[u8] = match line.get(..4).unwrap_or("") {
+                    "EHLO" => b"250-busy.test\r\n250 PIPELINING\r\n",
+                    "MAIL" => b"250 2.1.0 Ok\r\n",
+                    _ => b"421 4.7.0 Too many connections, try again later\r\n",
+                };
+                write.write_all(reply).await.unwrap();
+                if reply.starts_with(b"421") {
+                    return;
+                }
+            }
+        });
+        addr
+    }
+
+    /// Regression: a `421` to a pipelined RCPT was lost, the delivery failing with "unexpected
+    /// end of file" when the reply to DATA was read from the closed connection. The 421 is what
+    /// adaptive rules and bounce classes must see.
+    #[tokio::test]
+    async fn a_421_to_a_pipelined_rcpt_is_the_reply_for_the_transaction() {
+        let config = Config::builtin();
+        let addr = closing_server().await;
+        let mut client = Client::connect(Connect {
+            addr,
+            host: "busy.test",
+            helo: "gate.test",
+            tls: TlsPolicy::None,
+            tls_config: crate::tls::client_config(),
+            queue: &config.queue,
+            auth: None,
+            source: None,
+        })
+        .await
+        .expect("connect");
+        let env = Envelope {
+            id: QueueId(1),
+            sender: "a@example.test".into(),
+            recipients: vec![Recipient::new("b@busy.test")],
+            received_at: 0,
+            eight_bit: false,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+            pool: None,
+            scan: Vec::new(),
+            stream: None,
+        };
+        let rcpts: Vec<&Recipient> = env.recipients.iter().collect();
+        match client.deliver(&env, &rcpts, b"Subject: x\r\n\r\nx\r\n").await {
+            Err(ClientError::Reply { stage, reply }) => {
+                assert_eq!((stage, reply.code), ("RCPT", 421));
+                assert_eq!(reply.status.as_deref(), Some("4.7.0"));
+            }
+            other => panic!("expected the 421, got {other:?}"),
+        }
+    }
 }

@@ -391,7 +391,7 @@ pub async fn attempt(ctx: &Context, client: &mut Client, d: &Delivery) -> (Vec<(
             (outcomes.collect(), true)
         }
         Err(e) => {
-            let keep = matches!(e, ClientError::Reply { .. });
+            let keep = matches!(&e, ClientError::Reply { reply, .. } if reply.code != client::CLOSING);
             (all(Outcome::from_error(&e)), keep)
         }
     }

@@ -5,6 +5,7 @@
 //! | `tempfail-rcpt` | `450 4.2.0` to RCPT |
 //! | `reject-rcpt` | `550 5.1.1` to RCPT |
 //! | `ratelimit-rcpt` | `451 4.7.650` "temporarily rate limited" to RCPT (a provider throttling) |
+//! | `busy-rcpt` | `421 4.7.0` "too many connections" to RCPT, then closes the connection |
 //! | `tempfail-data` | `451 4.3.0` after end of data |
 //! | `reject-data` | `554 5.6.0` after end of data |
 //! | `disconnect-data` | closes the connection after end of data, without a reply |
@@ -218,6 +219,7 @@ enum Behaviour {
     TempfailRcpt,
     RejectRcpt,
     RateLimitRcpt,
+    BusyRcpt,
     TempfailData,
     RejectData,
     DisconnectData,
@@ -232,6 +234,7 @@ impl Behaviour {
             "tempfail-rcpt" => Behaviour::TempfailRcpt,
             "reject-rcpt" => Behaviour::RejectRcpt,
             "ratelimit-rcpt" => Behaviour::RateLimitRcpt,
+            "busy-rcpt" => Behaviour::BusyRcpt,
             "tempfail-data" => Behaviour::TempfailData,
             "reject-data" => Behaviour::RejectData,
             "disconnect-data" => Behaviour::DisconnectData,
@@ -319,7 +322,7 @@ impl Session {
             "EHLO" => self.ehlo().await?,
             "HELO" => self.reply("250 upstream.test").await?,
             "MAIL" => self.mail(rest).await?,
-            "RCPT" => self.rcpt(rest).await?,
+            "RCPT" => return self.rcpt(rest).await,
             "DATA" => return self.data().await,
             "STARTTLS" => return self.starttls().await,
             "RSET" => {
@@ -390,12 +393,14 @@ impl Session {
         self.reply("250 2.1.0 Ok").await
     }
 
-    async fn rcpt(&mut self, args: &str) -> std::io::Result<()> {
+    async fn rcpt(&mut self, args: &str) -> std::io::Result<Next> {
         if self.transaction.is_none() {
-            return self.reply("503 5.5.1 Need MAIL command").await;
+            self.reply("503 5.5.1 Need MAIL command").await?;
+            return Ok(Next::Continue);
         }
         let Some((address, params)) = parse_path(args, "TO:") else {
-            return self.reply("501 5.5.4 Syntax: RCPT TO:<address>").await;
+            self.reply("501 5.5.4 Syntax: RCPT TO:<address>").await?;
+            return Ok(Next::Continue);
         };
         let attempt = self.count_attempt(&address);
         let behaviour = match self.shared.fail_first {
@@ -403,22 +408,28 @@ impl Session {
             _ => Behaviour::of(&address),
         };
         match behaviour {
-            Behaviour::TempfailRcpt => self.reply("450 4.2.0 Mailbox temporarily unavailable (script)").await,
-            Behaviour::RejectRcpt => self.reply("550 5.1.1 No such user (script)").await,
+            Behaviour::TempfailRcpt => self.reply("450 4.2.0 Mailbox temporarily unavailable (script)").await?,
+            Behaviour::RejectRcpt => self.reply("550 5.1.1 No such user (script)").await?,
             Behaviour::RateLimitRcpt => {
                 self.reply(
                     "451 4.7.650 The mail server has been temporarily rate limited due to IP reputation (script)",
                 )
-                .await
+                .await?
+            }
+            Behaviour::BusyRcpt => {
+                self.reply("421 4.7.0 Too many connections, try again later (script)")
+                    .await?;
+                return Ok(Next::Close);
             }
             _ => {
                 self.slow |= behaviour == Behaviour::Slow;
                 let recipient = Recipient { address, params };
                 let transaction = self.transaction.as_mut().expect("checked above");
                 transaction.rcpts.push((recipient, behaviour));
-                self.reply("250 2.1.5 Ok").await
+                self.reply("250 2.1.5 Ok").await?
             }
         }
+        Ok(Next::Continue)
     }
 
     fn count_attempt(&self, address: &str) -> usize {
