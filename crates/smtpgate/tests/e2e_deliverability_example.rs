@@ -349,20 +349,34 @@ fn the_newsletter_keeps_the_providers_rate_and_a_password_reset_leaves_at_once()
         (ROLLUP_PER_SECOND * 0.9..=ROLLUP_PER_SECOND * 1.1).contains(&overall),
         "the newsletter left at {overall:.2}/s, not 20/s"
     );
+    // Messages start exactly 50 ms apart; arrival times at the upstream jitter, which can bring
+    // one more in at each edge of a one-second window on a loaded machine.
     for (i, t) in times.iter().enumerate() {
         let in_second = times[i..]
             .iter()
             .take_while(|u| **u < *t + Duration::from_secs(1))
             .count();
-        assert!(in_second <= 21, "{in_second} newsletter messages within one second");
+        assert!(in_second <= 22, "{in_second} newsletter messages within one second");
     }
     // Both domains were served, under the one limit: had each domain its own 1200/min, they
-    // would have left side by side at 40/s. (How the rate is split between the two is not
-    // promised: a domain holding the rollup's connections keeps them while it has mail.)
+    // would have left side by side at 40/s. And they took turns: a connection gives its place to
+    // the other domain's waiting worker after a fair share, so in the first half of the run each
+    // domain had at least a quarter of the messages (not one domain first, then the other).
+    let mut by_time: Vec<&UpstreamMessage> = sent.iter().collect();
+    by_time.sort_by_key(|m| m.at);
     for domain in domains {
         let reader = format!("reader@{domain}");
         let own = sent.iter().filter(|m| m.rcpt_addresses() == [reader.as_str()]).count();
         assert_eq!(own, PER_DOMAIN, "{domain}");
+        let early = by_time[..total / 2]
+            .iter()
+            .filter(|m| m.rcpt_addresses() == [reader.as_str()])
+            .count();
+        assert!(
+            early >= total / 8,
+            "{domain} had {early} of the first {} messages",
+            total / 2
+        );
     }
 }
 

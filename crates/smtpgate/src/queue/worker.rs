@@ -142,6 +142,11 @@ async fn pick_source(ctx: &Context, stream: Option<&str>) -> Option<std::net::Ip
     }
 }
 
+/// Messages a connection carries before it gives its place to a worker waiting for the same
+/// limit (another domain of an MX rollup), so that one domain's backlog does not hold the
+/// rollup's connections until it drains.
+const FAIR_SHARE: usize = 10;
+
 /// A connection waiting longer than this for its next message slot is closed meanwhile.
 const LONG_WAIT: Duration = Duration::from_secs(10);
 
@@ -239,9 +244,12 @@ async fn run_mx(queue: &Queue, lane: &Lane, domain: &str) {
         let remote = Some(c.client.remote.clone());
         settle::spawn(queue, hop, d, results, remote, started);
         c.sent += 1;
-        // A limit lowered (by an adaptive action or a reload) closes connections beyond it, and a
-        // worker of a higher priority waiting for a connection takes this one's place.
-        let over = ctx.shaper.over_limit(&c.key, c.shape.max_connections) || c.outranked(&ctx);
+        // A limit lowered (by an adaptive action or a reload) closes connections beyond it, a
+        // worker of a higher priority waiting for a connection takes this one's place, and so,
+        // after a fair share, does a worker of another domain of the same MX rollup.
+        let over = ctx.shaper.over_limit(&c.key, c.shape.max_connections)
+            || c.outranked(&ctx)
+            || (c.sent >= FAIR_SHARE && ctx.shaper.contended(&c.key));
         if !keep {
             conn = None;
         } else if (over || c.sent >= c.shape.messages_per_connection)
