@@ -46,6 +46,38 @@ fn today() -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// What a test sets in its gate besides the `bulk` stream.
+#[derive(Default)]
+struct Extra<'a> {
+    /// More top-level configuration (e.g. another `[[stream]]`).
+    config: &'a str,
+    /// More `[queue]` keys.
+    queue: &'a str,
+    /// The shaping file, if any.
+    shaping: Option<&'a str>,
+}
+
+/// A gate whose mail from `news@example.test` goes in the `bulk` stream, defined by `bulk` (the
+/// keys of its `[[stream]]` table after the name).
+fn bulk_gate(dns: &DnsServer, upstream: &Upstream, bulk: &str, extra: Extra<'_>) -> Gate {
+    let Extra {
+        config: extra,
+        queue,
+        shaping,
+    } = extra;
+    let mut tail = format!(
+        "[[stream]]\nname = \"bulk\"\n{bulk}\n\n\
+         [[route]]\nwhen = {{ sender = \"news@example.test\" }}\nstream = \"bulk\"\n\n{extra}"
+    );
+    if shaping.is_some() {
+        tail.push_str("\n[shaping]\nfile = \"shaping.toml\"\n");
+    }
+    let config =
+        mx_gate_toml(dns.addr(), upstream.addr().port(), &tail).replace("[queue]\n", &format!("[queue]\n{queue}"));
+    let files: Vec<(&str, &str)> = shaping.map(|text| ("shaping.toml", text)).into_iter().collect();
+    Gate::start_with_files(&config, &files)
+}
+
 /// Sends one message from `from` to each of `rcpts` over one session; each must be accepted.
 fn send(gate: &Gate, from: &str, rcpts: &[String]) {
     let body = message("m@example.test", "egress", "Hello.");
@@ -87,18 +119,20 @@ fn sent_today(gate: &Gate, address: &str) -> u64 {
 fn a_warming_address_sends_its_daily_volume_and_no_more() {
     let upstream = Upstream::start();
     let dns = dns();
-    let config = mx_gate_toml(
-        dns.addr(),
-        upstream.addr().port(),
-        &format!(
-            "[[stream]]\nname = \"bulk\"\nwarmup = [4, 100]\nsource_addresses = [\"127.0.0.2\", \
-             {{ address = \"127.0.0.3\", warmup_since = \"{today}\" }}]\n\n\
-             [[route]]\nwhen = {{ sender = \"news@example.test\" }}\nstream = \"bulk\"\n\n\
-             [shaping]\nfile = \"shaping.toml\"\n",
-            today = today()
-        ),
+    let bulk = format!(
+        "warmup = [4, 100]\nsource_addresses = [\"127.0.0.2\", {{ address = \"127.0.0.3\", warmup_since = \"{}\" }}]",
+        today()
     );
-    let mut gate = Gate::start_with_files(&config, &[("shaping.toml", "[default]\nmessages_per_connection = 1\n")]);
+    let shaping = "[default]\nmessages_per_connection = 1\n";
+    let mut gate = bulk_gate(
+        &dns,
+        &upstream,
+        &bulk,
+        Extra {
+            shaping: Some(shaping),
+            ..Extra::default()
+        },
+    );
     let first = rcpts("r", "one.test", 16);
     send(&gate, "news@example.test", &first);
     let got = upstream.wait_for(16, Duration::from_secs(60));
@@ -136,17 +170,11 @@ fn a_warming_address_sends_its_daily_volume_and_no_more() {
 fn a_stream_at_its_daily_volume_holds_its_mail() {
     let upstream = Upstream::start();
     let dns = dns();
-    let config = mx_gate_toml(
-        dns.addr(),
-        upstream.addr().port(),
-        &format!(
-            "[[stream]]\nname = \"bulk\"\nwarmup = [2]\n\
-             source_addresses = [{{ address = \"127.0.0.3\", warmup_since = \"{today}\" }}]\n\n\
-             [[route]]\nwhen = {{ sender = \"news@example.test\" }}\nstream = \"bulk\"\n",
-            today = today()
-        ),
+    let bulk = format!(
+        "warmup = [2]\nsource_addresses = [{{ address = \"127.0.0.3\", warmup_since = \"{}\" }}]",
+        today()
     );
-    let gate = Gate::start(&config);
+    let gate = bulk_gate(&dns, &upstream, &bulk, Extra::default());
     send(&gate, "news@example.test", &rcpts("r", "one.test", 5));
     upstream.wait_for(2, SOON);
     assert!(
@@ -181,18 +209,17 @@ fn a_stream_at_its_daily_volume_holds_its_mail() {
 fn a_higher_priority_stream_gets_the_next_connection() {
     let upstream = Upstream::start();
     let dns = dns();
-    let config = mx_gate_toml(
-        dns.addr(),
-        upstream.addr().port(),
-        "[[stream]]\nname = \"bulk\"\npriority = -10\n\n[[stream]]\nname = \"default\"\npriority = 10\n\n\
-         [[route]]\nwhen = { sender = \"news@example.test\" }\nstream = \"bulk\"\n\n\
-         [shaping]\nfile = \"shaping.toml\"\n",
-    );
-    let config = config.replace("[queue]\n", "[queue]\nmax_connections = 1\n");
-    // One connection carries the whole bulk backlog, one message after another.
-    let gate = Gate::start_with_files(
-        &config,
-        &[("shaping.toml", "[domain.\"bulk.test\"]\nmax_connections = 1\n")],
+    // One connection for the node; one connection carries the whole bulk backlog, one message
+    // after another.
+    let gate = bulk_gate(
+        &dns,
+        &upstream,
+        "priority = -10",
+        Extra {
+            config: "[[stream]]\nname = \"default\"\npriority = 10\n",
+            queue: "max_connections = 1\n",
+            shaping: Some("[domain.\"bulk.test\"]\nmax_connections = 1\n"),
+        },
     );
     // Each `slow@` message takes about 6 s at the upstream (its replies from RCPT on come 2 s late).
     let bulk: Vec<String> = (0..3).map(|i| format!("slow+{i}@bulk.test")).collect();
@@ -222,15 +249,16 @@ fn a_higher_priority_stream_gets_the_next_connection() {
 fn limits_per_source_address() {
     let upstream = Upstream::start();
     let dns = dns();
-    let config = mx_gate_toml(
-        dns.addr(),
-        upstream.addr().port(),
-        "[[stream]]\nname = \"bulk\"\nsource_addresses = [\"127.0.0.2\", \"127.0.0.3\"]\n\n\
-         [[route]]\nwhen = { sender = \"news@example.test\" }\nstream = \"bulk\"\n\n\
-         [shaping]\nfile = \"shaping.toml\"\n",
-    );
     let shaping = "[default]\nmax_message_rate = \"60/min\"\nper_source = true\nmessages_per_connection = 1\n";
-    let gate = Gate::start_with_files(&config, &[("shaping.toml", shaping)]);
+    let gate = bulk_gate(
+        &dns,
+        &upstream,
+        "source_addresses = [\"127.0.0.2\", \"127.0.0.3\"]",
+        Extra {
+            shaping: Some(shaping),
+            ..Extra::default()
+        },
+    );
     send(&gate, "news@example.test", &rcpts("r", "one.test", 6));
     let got = upstream.wait_for(6, Duration::from_secs(60));
     let mut all: Vec<_> = got.iter().map(|m| (m.at, m.peer.map(|p| p.ip()))).collect();
