@@ -594,7 +594,11 @@ impl Actions {
         map.retain(|key, e| {
             let gone = !remote.contains_key(key) && e.shared_at.is_some_and(|at| at < read_at);
             if gone {
-                tracing::info!(key, rule = %e.action.rule, "throttle: ended on another node");
+                if e.action.effect(read_at).is_some() {
+                    tracing::info!(key, rule = %e.action.rule, "throttle: cancelled on another node");
+                } else {
+                    log_end(&e.action);
+                }
                 touched.push(key.clone());
             }
             !gone
