@@ -7,7 +7,7 @@ use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use support::{DnsServer, DnsTable, Gate, Upstream, http_get, message, smtplib, wait_until};
+use support::{DnsServer, DnsTable, Gate, Upstream, http_get, message, mx_gate_toml, smtplib, wait_until};
 
 const LOOPBACK: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 
@@ -30,13 +30,7 @@ fn gate(dns: SocketAddr, upstream: &Upstream, shaping: &str) -> (Gate, tempfile:
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("shaping.toml");
     fs::write(&file, shaping).unwrap();
-    let config = format!(
-        "hostname = \"gate.example.test\"\nshutdown_timeout = \"5s\"\n\n[spool]\ndir = \"spool\"\n\n\
-         [admin]\naddress = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"inbound\"\naddress = \"127.0.0.1:0\"\n\
-         relay_networks = [\"127.0.0.0/8\"]\n\n[dns]\nnameservers = [\"{dns}\"]\n\n\
-         [shaping]\nfile = {file:?}\n\n[queue]\nretry = [\"1s\"]\nsmtp_port = {port}\n",
-        port = upstream.addr().port()
-    );
+    let config = mx_gate_toml(dns, upstream.addr().port(), &format!("[shaping]\nfile = {file:?}\n"));
     (Gate::start(&config), dir)
 }
 
