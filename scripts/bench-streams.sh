@@ -25,6 +25,9 @@ for tool in /usr/sbin/smtp-sink /usr/sbin/smtp-source python3; do
 done
 WORK=$(mktemp -d "$ROOT/target/bench-streams.XXXXXX")
 PIDS=()
+BENCH_NAME=bench-streams.sh
+# shellcheck source=scripts/bench-lib.sh
+source "$ROOT/scripts/bench-lib.sh"
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
@@ -33,27 +36,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_for() {
-    local what=$1 limit=$2 deadline
-    shift 2
-    deadline=$(($(date +%s) + limit))
-    until "$@"; do
-        (($(date +%s) < deadline)) || { echo "bench-streams.sh: timed out waiting for $what" >&2; return 1; }
-        sleep 0.05
-    done
-}
-
 echo "== building smtpgate (release)" >&2
 cargo build --release -p smtpgate >&2
 GATE_BIN=${SMTPGATE_BIN:-$ROOT/target/release/smtpgate}
 
-SINK_PORT=$(free_port)
-user_args=()
-[[ $(id -u) -eq 0 ]] && user_args=(-u root)
-/usr/sbin/smtp-sink -c "${user_args[@]}" "127.0.0.1:$SINK_PORT" 1024 >"$WORK/sink.log" 2>&1 &
-PIDS+=($!)
-wait_for "smtp-sink" 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$SINK_PORT" 2>/dev/null
+start_sink "$WORK/sink.log"
 
 mkdir -p "$WORK/gate"
 cat >"$WORK/gate/shaping.toml" <<TOML
@@ -94,12 +81,8 @@ stream = "bulk"
 retry = ["30s"]
 smtp_port = $SINK_PORT
 TOML
-(cd "$WORK/gate" && exec "$GATE_BIN" serve --config "$WORK/gate/smtpgate.toml") \
-    >"$WORK/gate/stdout.log" 2>"$WORK/gate/stderr.log" &
-GATE_PID=$!
-PIDS+=("$GATE_PID")
-wait_for "smtpgate ready" 30 grep -q '^smtpgate ready' "$WORK/gate/stdout.log"
-PORT=$(sed -n 's/^smtpgate listening: listener=inbound address=[^ ]*:\([0-9]*\) .*/\1/p' "$WORK/gate/stdout.log" | head -n 1)
+start_gate 30
+PORT=$(listener_port inbound)
 
 echo "== queueing $BACKLOG bulk messages (smtp-source)" >&2
 start=$(date +%s.%N)

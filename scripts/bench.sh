@@ -43,6 +43,9 @@ done
 
 WORK=$(mktemp -d "$ROOT/target/bench.XXXXXX")   # same disk as the work tree
 PIDS=()
+BENCH_NAME=bench.sh
+# shellcheck source=scripts/bench-lib.sh
+source "$ROOT/scripts/bench-lib.sh"
 PF_CONF=""   # set once the private Postfix instance has been configured
 cleanup() {
     local pid
@@ -60,32 +63,6 @@ trap 'exit 130' INT TERM
 
 now() { date +%s.%N; }
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# start_sink LOG: starts smtp-sink -c on a free port; sets SINK_PID and SINK_PORT.
-start_sink() {
-    local log=$1 user_args=() attempt
-    [[ $(id -u) -eq 0 ]] && user_args=(-u root)
-    for attempt in 1 2 3 4 5; do
-        SINK_PORT=$(free_port)
-        /usr/sbin/smtp-sink -c "${user_args[@]}" "127.0.0.1:$SINK_PORT" 1024 >"$log" 2>&1 &
-        SINK_PID=$!
-        PIDS+=("$SINK_PID")
-        if wait_for "smtp-sink on port $SINK_PORT" 10 port_open "$SINK_PORT"; then
-            return 0
-        fi
-        kill "$SINK_PID" 2>/dev/null || true
-    done
-    echo "bench.sh: smtp-sink did not start" >&2
-    exit 1
-}
-
-port_open() {
-    kill -0 "$SINK_PID" 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
 # sink_count LOG: the sink's last `mesg=` counter (messages that reached end of data).
 sink_count() {
     local last
@@ -94,20 +71,6 @@ sink_count() {
 }
 
 sink_has_all() { [[ $(sink_count "$1") -ge $MESSAGES ]]; }
-
-# wait_for WHAT SECONDS COMMAND...: polls COMMAND until it succeeds or SECONDS pass.
-wait_for() {
-    local what=$1 limit=$2 deadline
-    shift 2
-    deadline=$(($(date +%s) + limit))
-    until "$@"; do
-        if (($(date +%s) >= deadline)); then
-            echo "bench.sh: timed out after ${limit}s waiting for $what" >&2
-            return 1
-        fi
-        sleep 0.05
-    done
-}
 
 # run_load PORT SINK_LOG: sends the load to PORT and waits for the sink to count it all;
 # prints the elapsed seconds.
@@ -327,22 +290,7 @@ pool = "sink"
 [queue]
 retry = ["1s"]
 TOML
-(cd "$WORK/gate" && exec "$GATE_BIN" serve --config "$WORK/gate/smtpgate.toml") \
-    >"$WORK/gate/stdout.log" 2>"$WORK/gate/stderr.log" &
-GATE_PID=$!
-PIDS+=("$GATE_PID")
-gate_ready() {
-    if ! kill -0 "$GATE_PID" 2>/dev/null; then
-        echo "bench.sh: smtpgate exited before printing 'smtpgate ready':" >&2
-        cat "$WORK/gate/stdout.log" "$WORK/gate/stderr.log" >&2
-        exit 1
-    fi
-    grep -q '^smtpgate ready' "$WORK/gate/stdout.log"
-}
-wait_for "smtpgate ready" "$START_TIMEOUT" gate_ready
-listener_port() {
-    sed -n "s/^smtpgate listening: listener=$1 address=[^ ]*:\\([0-9]*\\) .*/\\1/p" "$WORK/gate/stdout.log" | head -n 1
-}
+start_gate "$START_TIMEOUT"
 GATE_PORT=$(listener_port inbound)
 PROXY_PORT=$(listener_port proxy)
 [[ -n $GATE_PORT && -n $PROXY_PORT ]] || { echo "bench.sh: no listener address in smtpgate's stdout" >&2; exit 1; }

@@ -50,12 +50,18 @@ pub fn trust_roots(extra: Option<&Path>) -> Result<Arc<rustls::RootCertStore>, S
 /// that does not verify is still better than plaintext. Authenticated TLS to a destination comes with
 /// MTA-STS and DANE policies.
 pub fn client_config() -> Arc<rustls::ClientConfig> {
-    let provider = provider();
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+    client_config_verified_by(Arc::new(Unauthenticated(provider())))
+}
+
+/// A client configuration whose server certificates `verifier` judges (DANE's, or none).
+pub fn client_config_verified_by(
+    verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+) -> Arc<rustls::ClientConfig> {
+    let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .expect("default protocol versions are supported")
+        .expect("the provider supports the default protocol versions")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Unauthenticated(provider)))
+        .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     Arc::new(config)
 }

@@ -62,6 +62,18 @@ fn action(gate: &Gate, key: &str) -> Option<serde_json::Value> {
     throttles(gate).into_iter().find(|a| a["key"] == key)
 }
 
+/// Sends a message the upstream answers "rate limited", and returns the action it sets on
+/// one.test.
+fn provoke(gate: &Gate) -> serde_json::Value {
+    send(gate, &["ratelimit-rcpt@one.test"]);
+    assert!(
+        wait_until(SOON, || action(gate, KEY).is_some()),
+        "no action: {:?}",
+        throttles(gate)
+    );
+    action(gate, KEY).unwrap()
+}
+
 /// `smtpgate throttle <args>` against the gate's admin address; must succeed.
 fn throttle_cli(gate: &Gate, args: &[&str]) -> String {
     let admin = gate.admin_addr().to_string();
@@ -93,13 +105,7 @@ fn a_rate_limit_reply_suspends_the_destination_until_cancelled() {
         "[[adaptive]]\nname = \"ip-reputation\"\nstatus = \"4.7.650\"\ntext = \"rate limited\"\n\
          action = \"suspend\"\nduration = \"1h\"\n",
     );
-    send(&gate, &["ratelimit-rcpt@one.test"]);
-    assert!(
-        wait_until(SOON, || action(&gate, KEY).is_some()),
-        "no action: {:?}",
-        throttles(&gate)
-    );
-    let a = action(&gate, KEY).unwrap();
+    let a = provoke(&gate);
     assert_eq!(a["rule"], "ip-reputation", "{a}");
     assert_eq!(a["action"], "suspend", "{a}");
     assert_eq!(a["by"], "rule", "{a}");
@@ -164,13 +170,7 @@ fn a_throttle_lowers_the_rate_and_the_administrator_edits_it() {
          [[adaptive]]\nname = \"slow-down\"\ncode = \"451\"\ncategory = \"rate_limited\"\naction = \"throttle\"\n\
          rate_factor = 0.2\nconnection_factor = 0.5\nduration = \"1h\"\nrecover = \"1h\"\n",
     );
-    send(&gate, &["ratelimit-rcpt@one.test"]);
-    assert!(
-        wait_until(SOON, || action(&gate, KEY).is_some()),
-        "no action: {:?}",
-        throttles(&gate)
-    );
-    let a = action(&gate, KEY).unwrap();
+    let a = provoke(&gate);
     assert_eq!(a["action"], "rate x0.2, connections x0.5", "{a}");
     assert_eq!(a["rate_factor_now"], 0.2, "{a}");
 

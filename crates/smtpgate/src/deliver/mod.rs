@@ -43,6 +43,16 @@ impl Outcome {
         }
     }
 
+    /// The status and diagnostic of a failure; `None` for a delivery.
+    pub fn failure(&self) -> Option<(&str, &str)> {
+        match self {
+            Outcome::Transient { status, diagnostic } | Outcome::Permanent { status, diagnostic } => {
+                Some((status, diagnostic))
+            }
+            Outcome::Delivered(_) => None,
+        }
+    }
+
     fn from_error(e: &ClientError) -> Outcome {
         match e {
             ClientError::Reply { reply, .. } => Outcome::from_reply(reply),
@@ -165,13 +175,7 @@ pub async fn apply_dane(
         let i = hosts.iter().position(|h| *h == host).unwrap_or_default();
         let tls = match policies.get(i).unwrap_or(&dane::HostDane::NoDane) {
             dane::HostDane::NoDane => TargetTls::Opportunistic,
-            dane::HostDane::Authenticated(records) => match dane::client_config(records.clone()) {
-                Ok(config) => TargetTls::Dane(config),
-                Err(e) => {
-                    unavailable.push(format!("{host}: {e}"));
-                    continue;
-                }
-            },
+            dane::HostDane::Authenticated(records) => TargetTls::Dane(dane::client_config(records.clone())),
             dane::HostDane::Mandatory => TargetTls::DaneUnauthenticated,
             dane::HostDane::Unavailable(why) => {
                 tracing::warn!(domain, host, reason = %why, "DANE: TLSA lookup failed: host not used");

@@ -67,17 +67,8 @@ impl MxConn {
         let client = match deliver::connect_targets(ctx, domain, &targets, &shape, source).await {
             Ok(client) => client,
             Err(fail) => {
-                if let Outcome::Transient { status, diagnostic } | Outcome::Permanent { status, diagnostic } =
-                    &fail.outcome
-                {
-                    observe(
-                        ctx,
-                        &key,
-                        domain,
-                        &hosts,
-                        &[(Some(status.as_str()), diagnostic.as_str())],
-                    )
-                    .await;
+                if let Some((status, diagnostic)) = fail.outcome.failure() {
+                    observe(ctx, &key, domain, &hosts, &[(Some(status), diagnostic)]).await;
                 }
                 return Err(fail);
             }
@@ -150,6 +141,62 @@ const FAIR_SHARE: usize = 10;
 /// A connection waiting longer than this for its next message slot is closed meanwhile.
 const LONG_WAIT: Duration = Duration::from_secs(10);
 
+/// Closes the connection in `conn`, if any, and opens a new one.
+async fn reopen(
+    ctx: &Context,
+    domain: &str,
+    stream: Option<&str>,
+    conn: &mut Option<MxConn>,
+) -> Result<(), ConnectFailure> {
+    if let Some(c) = conn.take() {
+        c.client.quit().await;
+    }
+    *conn = Some(MxConn::open(ctx, domain, stream).await?);
+    Ok(())
+}
+
+/// Makes `conn` ready to carry the next message under the limits in force now: connected, its
+/// limits those of the current shaping file and adaptive actions (a suspension closes it and
+/// waits in [`MxConn::open`]), its source address within today's warm-up volume (else another
+/// address, or the next day), and the message's slot come (a long wait is spent disconnected).
+async fn ready<'a>(
+    ctx: &Context,
+    domain: &str,
+    stream: Option<&str>,
+    conn: &'a mut Option<MxConn>,
+) -> Result<&'a mut MxConn, ConnectFailure> {
+    if conn.is_none() {
+        reopen(ctx, domain, stream, conn).await?;
+    }
+    let c = conn.as_mut().expect("connected above");
+    let hosts: Vec<&str> = c.hosts.iter().map(String::as_str).collect();
+    let (shape, suspended) = ctx.shaper.effective(&c.key, ctx.shaper.shape(domain, &hosts).1);
+    c.shape = shape;
+    if suspended.is_some() {
+        reopen(ctx, domain, stream, conn).await?;
+    }
+    // Each message takes one of its source address's warm-up volume for today.
+    let stream_name = stream.unwrap_or("default");
+    while let Some(ip) = conn.as_ref().and_then(|c| c.source)
+        && !ctx.shaper.take_source(&ctx.config, stream_name, ip)
+    {
+        reopen(ctx, domain, stream, conn).await?;
+    }
+    let c = conn.as_mut().expect("connected above");
+    if let Some(at) = ctx.shaper.reserve_message(&c.key, c.shape.message_rate).await {
+        if at > Instant::now() + LONG_WAIT {
+            if let Some(idle) = conn.take() {
+                idle.client.quit().await;
+            }
+            tokio::time::sleep_until(at).await;
+            reopen(ctx, domain, stream, conn).await?;
+        } else {
+            tokio::time::sleep_until(at).await;
+        }
+    }
+    Ok(conn.as_mut().expect("connected above"))
+}
+
 async fn run_mx(queue: &Queue, lane: &Lane, domain: &str) {
     let (hop, stream) = (&lane.hop, lane.stream.as_deref());
     let mut ctx = queue.ctx();
@@ -178,63 +225,15 @@ async fn run_mx(queue: &Queue, lane: &Lane, domain: &str) {
                 c.client.quit().await;
             }
         }
-        if conn.is_none() {
-            match MxConn::open(&ctx, domain, stream).await {
-                Ok(c) => conn = Some(c),
-                Err(fail) => return unreachable(queue, lane, d, &fail, started),
-            }
-        }
-        let c = conn.as_mut().expect("connected above");
-        // The shaping file and the adaptive actions may have changed since the connection opened:
-        // their limits apply now.
-        let hosts: Vec<&str> = c.hosts.iter().map(String::as_str).collect();
-        let (shape, suspended) = ctx.shaper.effective(&c.key, ctx.shaper.shape(domain, &hosts).1);
-        c.shape = shape;
-        if suspended.is_some() {
-            let idle = conn.take().expect("connected above");
-            idle.client.quit().await;
-            match MxConn::open(&ctx, domain, stream).await {
-                Ok(c) => conn = Some(c),
-                Err(fail) => return unreachable(queue, lane, d, &fail, started),
-            }
-        }
-        // Each message takes one of its source address's warm-up volume for today; an address
-        // that has none left gives way to another (or the stream waits for the next day).
-        let stream_name = stream.unwrap_or("default");
-        while let Some(ip) = conn.as_ref().and_then(|c| c.source)
-            && !ctx.shaper.take_source(&ctx.config, stream_name, ip)
-        {
-            let idle = conn.take().expect("connected above");
-            idle.client.quit().await;
-            match MxConn::open(&ctx, domain, stream).await {
-                Ok(c) => conn = Some(c),
-                Err(fail) => return unreachable(queue, lane, d, &fail, started),
-            }
-        }
-        let c = conn.as_mut().expect("connected above");
-        if let Some(at) = ctx.shaper.reserve_message(&c.key, c.shape.message_rate).await {
-            if at > Instant::now() + LONG_WAIT {
-                let idle = conn.take().expect("connected above");
-                idle.client.quit().await;
-                tokio::time::sleep_until(at).await;
-                match MxConn::open(&ctx, domain, stream).await {
-                    Ok(c) => conn = Some(c),
-                    Err(fail) => return unreachable(queue, lane, d, &fail, started),
-                }
-            } else {
-                tokio::time::sleep_until(at).await;
-            }
-        }
-        let c = conn.as_mut().expect("connected above");
+        let c = match ready(&ctx, domain, stream, &mut conn).await {
+            Ok(c) => c,
+            Err(fail) => return unreachable(queue, lane, d, &fail, started),
+        };
         let (results, keep) = deliver::attempt(&ctx, &mut c.client, &d).await;
         let failures: Vec<(Option<&str>, &str)> = results
             .iter()
-            .filter_map(|(_, o)| match o {
-                Outcome::Transient { status, diagnostic } | Outcome::Permanent { status, diagnostic } => {
-                    Some((Some(status.as_str()), diagnostic.as_str()))
-                }
-                Outcome::Delivered(_) => None,
-            })
+            .filter_map(|(_, o)| o.failure())
+            .map(|(status, diagnostic)| (Some(status), diagnostic))
             .collect();
         if !failures.is_empty() {
             let hosts: Vec<&str> = c.hosts.iter().map(String::as_str).collect();

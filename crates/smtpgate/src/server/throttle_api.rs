@@ -107,11 +107,7 @@ async fn show(State(queue): State<Queue>, Path(key): Path<String>) -> Answer {
     };
     let now = now_ms();
     let state = queue.ctx().shaper.state();
-    match state
-        .actions
-        .get(&limit.to_string())
-        .filter(|a| a.effect(now).is_some())
-    {
+    match state.actions.get(&limit).filter(|a| a.effect(now).is_some()) {
         Some(a) => (StatusCode::OK, json(&View::of(&a, now))),
         None => (StatusCode::NOT_FOUND, format!("no adaptive action on {limit}\n")),
     }
@@ -122,7 +118,7 @@ async fn cancel(State(queue): State<Queue>, Path(key): Path<String>) -> Answer {
         Ok(l) => l,
         Err(answer) => return answer,
     };
-    match queue.ctx().shaper.cancel(&limit.to_string()).await {
+    match queue.ctx().shaper.cancel(&limit).await {
         Some(_) => (
             StatusCode::OK,
             format!("{limit}: action cancelled, normal limits apply\n"),
@@ -150,7 +146,7 @@ async fn edit(
         .shaper
         .state()
         .actions
-        .get(&limit.to_string())
+        .get(&limit)
         .is_some_and(|a| a.effect(now).is_some());
     if !exists && edit.duration.is_none() {
         return (

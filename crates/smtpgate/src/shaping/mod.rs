@@ -32,13 +32,7 @@ use crate::config::QueueConfig;
 use crate::route::reload::Reloading;
 pub use gate::{Gate, Permit};
 pub use rules::{Key, Rate, Rules, Shape};
-
-/// The namespace of adaptive actions in the shared store.
-const SHARED_ACTIONS: &str = "throttles";
-/// How often a node reads the other nodes' adaptive actions.
-const SHARED_POLL: std::time::Duration = std::time::Duration::from_secs(1);
-/// A renewed action is written to the shared store at most this often.
-const SHARED_RENEW: std::time::Duration = std::time::Duration::from_secs(5);
+pub use warmup::{Pick, SourceUsage};
 
 /// The shaping rules in force and the counters they act on.
 pub struct Shaper {
@@ -73,43 +67,6 @@ pub struct State {
     warmup: std::sync::OnceLock<warmup::Counts>,
     /// The node's cap on outbound MX connections, by stream priority.
     outbound: std::sync::OnceLock<Arc<outbound::Outbound>>,
-}
-
-/// The source address a new connection of a stream sends from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pick {
-    /// The stream has no source addresses: the system chooses.
-    System,
-    Address(std::net::IpAddr),
-    /// Every address of the stream has sent its warm-up volume for today; the next day begins
-    /// at this instant (ms since the epoch).
-    Exhausted {
-        until: u64,
-    },
-}
-
-impl Pick {
-    pub fn address(self) -> Option<std::net::IpAddr> {
-        match self {
-            Pick::Address(ip) => Some(ip),
-            _ => None,
-        }
-    }
-}
-
-/// One source address of a stream, for listing.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct SourceUsage {
-    pub stream: String,
-    pub address: std::net::IpAddr,
-    pub weight: u32,
-    /// The day of its warm-up (1 on the first day); absent when it is not warming up.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub warmup_day: Option<i64>,
-    /// Today's cap; absent when there is none.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub daily_cap: Option<u64>,
-    pub sent_today: u64,
 }
 
 /// What one set of counters is for: a destination (domain or MX rollup) within one stream, and
@@ -238,172 +195,6 @@ impl Shaper {
         (key, shape.clone())
     }
 
-    /// `shape` (the file's limits for `key`) lowered by the adaptive action in force on it, and
-    /// the instant (ms since the epoch) a suspension lasts until.
-    pub fn effective(&self, key: &Limit, mut shape: Shape) -> (Shape, Option<u64>) {
-        match self.state.actions.effect(key, adaptive::now_ms()) {
-            None => (shape, None),
-            Some(effect) => {
-                effect.apply(&mut shape);
-                (shape, effect.suspended_until)
-            }
-        }
-    }
-
-    /// Waits while deliveries to `key` are suspended (waking early when the action is cancelled
-    /// or edited). Returns whether there was anything to wait for.
-    pub async fn wait_suspension(&self, key: &Limit) -> bool {
-        let mut waited = false;
-        loop {
-            let changed = self.state.actions.changed.notified();
-            let Some(until) = self
-                .state
-                .actions
-                .effect(key, adaptive::now_ms())
-                .and_then(|e| e.suspended_until)
-            else {
-                return waited;
-            };
-            waited = true;
-            let wait = std::time::Duration::from_millis(until.saturating_sub(adaptive::now_ms()));
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = changed => {}
-            }
-        }
-    }
-
-    /// Runs the adaptive rules on the failed replies of a delivery to `domain` (mail servers
-    /// `hosts`) under `key`: each distinct reply once, every matching rule acting. `classify`
-    /// gives a reply's bounce category.
-    pub async fn observe(
-        &self,
-        key: &Limit,
-        domain: &str,
-        hosts: &[&str],
-        failures: &[(Option<&str>, &str)],
-        classify: impl Fn(Option<&str>, &str) -> crate::deliver::classify::Category,
-    ) {
-        let rules = self.rules();
-        if rules.adaptive.is_empty() || failures.is_empty() {
-            return;
-        }
-        let mut seen: Vec<&str> = Vec::new();
-        let mut touched = Vec::new();
-        for &(status, text) in failures {
-            if seen.contains(&text) {
-                continue;
-            }
-            seen.push(text);
-            let reply = adaptive::Reply {
-                domain,
-                hosts,
-                code: crate::feedback::reply_code(text),
-                status,
-                text,
-                category: classify(status, text),
-            };
-            for rule in rules.adaptive.iter().filter(|r| r.matches(&reply)) {
-                let (action, change) = self.state.actions.hit(key, rule, text, adaptive::now_ms());
-                match change {
-                    adaptive::Change::Started => tracing::warn!(
-                        key = %action.key,
-                        rule = %action.rule,
-                        action = %action.describe(),
-                        until = %crate::datetime::rfc3339_ms(action.until),
-                        recovered = %crate::datetime::rfc3339_ms(action.recovered),
-                        reason = %action.reason,
-                        "throttle: started"
-                    ),
-                    adaptive::Change::Renewed => tracing::debug!(
-                        key = %action.key,
-                        rule = %action.rule,
-                        hits = action.hits,
-                        until = %crate::datetime::rfc3339_ms(action.until),
-                        "throttle: renewed"
-                    ),
-                }
-                touched.push(action);
-            }
-        }
-        for action in touched {
-            self.publish(&action, matches!(action.hits, 1)).await;
-        }
-    }
-
-    /// Writes `action` to the shared store (a renewal at most every few seconds).
-    pub async fn publish(&self, action: &adaptive::Action, force: bool) {
-        let Some(shared) = &self.shared else { return };
-        let now = adaptive::now_ms();
-        if !force && !self.state.actions.due_for_sharing(&action.key, now, SHARED_RENEW) {
-            return;
-        }
-        let ttl = std::time::Duration::from_millis(action.recovered.max(action.until).saturating_sub(now).max(1));
-        let json = serde_json::to_string(action).unwrap_or_default();
-        match shared.put(SHARED_ACTIONS, &action.key, &json, ttl).await {
-            Ok(()) => self.state.actions.shared(&action.key, now),
-            Err(e) => tracing::warn!(key = %action.key, error = %e, "throttle: cannot share with the other nodes"),
-        }
-    }
-
-    /// Ends the action on `key` here and, with Redis, on every node.
-    pub async fn cancel(&self, key: &str) -> Option<adaptive::Action> {
-        let action = self.state.actions.cancel(key)?;
-        tracing::warn!(key, rule = %action.rule, "throttle: cancelled by the administrator");
-        if let Some(shared) = &self.shared
-            && let Err(e) = shared.delete(SHARED_ACTIONS, key).await
-        {
-            tracing::warn!(key, error = %e, "throttle: cannot cancel on the other nodes");
-        }
-        Some(action)
-    }
-
-    /// Changes the action on `key` (or starts one) here and, with Redis, on every node.
-    pub async fn edit(&self, key: &Limit, edit: &adaptive::Edit) -> adaptive::Action {
-        let action = self.state.actions.edit(key, edit, adaptive::now_ms());
-        tracing::warn!(
-            key = %action.key,
-            action = %action.describe(),
-            until = %crate::datetime::rfc3339_ms(action.until),
-            recovered = %crate::datetime::rfc3339_ms(action.recovered),
-            reason = %action.reason,
-            "throttle: set by the administrator"
-        );
-        self.publish(&action, true).await;
-        action
-    }
-
-    /// With `[redis]`: reads the other nodes' adaptive actions every second, for as long as the
-    /// server runs (the state outlives reloads, and so does this task).
-    pub fn follow_shared(&self) -> Option<tokio::task::JoinHandle<()>> {
-        let shared = self.shared.clone()?;
-        let state = self.state.clone();
-        Some(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SHARED_POLL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let read_at = adaptive::now_ms();
-                match shared.all(SHARED_ACTIONS).await {
-                    Ok(all) => {
-                        let actions = all
-                            .into_iter()
-                            .filter_map(|(id, json)| match serde_json::from_str::<adaptive::Action>(&json) {
-                                Ok(a) => Some(a),
-                                Err(e) => {
-                                    tracing::warn!(id, error = %e, "throttle: unreadable shared action skipped");
-                                    None
-                                }
-                            })
-                            .collect();
-                        state.actions.merge_shared(actions, read_at);
-                    }
-                    Err(e) => tracing::debug!(error = %e, "throttle: cannot read the shared actions"),
-                }
-            }
-        }))
-    }
-
     /// How many connections deliveries to `domain` may use: its key's limit when a lookup found
     /// it before (an MX rollup's), else its own entry's or the default.
     pub fn max_connections(&self, domain: &str) -> usize {
@@ -431,11 +222,18 @@ impl Shaper {
         gate.acquire().await
     }
 
+    /// The key's connection limit, sized `max` (asked per message: no allocation once it exists).
     fn gate(&self, key: &Limit, max: usize) -> Arc<Gate> {
         let mut all = self.state.connections.lock().unwrap();
-        let gate = all.entry(key.clone()).or_insert_with(|| Arc::new(Gate::new(max)));
+        let gate = match all.get(key) {
+            Some(gate) => gate.clone(),
+            None => all
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(Gate::new(max)))
+                .clone(),
+        };
         gate.resize(max);
-        gate.clone()
+        gate
     }
 
     /// Whether the key has more connections open than its limit allows now (it went down): a
@@ -490,100 +288,6 @@ impl Shaper {
         out.clone()
     }
 
-    /// Keeps the warm-up counts in `file` (read now), unless the state already has its counts.
-    pub fn with_warmup_file(self, file: std::path::PathBuf) -> Shaper {
-        let _ = self.state.warmup.get_or_init(|| warmup::Counts::persisted(file));
-        self
-    }
-
-    fn warmup(&self) -> &warmup::Counts {
-        self.state.warmup.get_or_init(warmup::Counts::default)
-    }
-
-    /// The source address a new connection of `stream` sends from: its `source_addresses` in
-    /// proportion to their weights (smooth weighted round robin), leaving out those that have
-    /// sent their warm-up volume for today.
-    pub fn source(&self, config: &crate::config::Config, stream: &str) -> Pick {
-        let Some(s) = config.streams.iter().find(|s| s.name == stream) else {
-            return Pick::System;
-        };
-        if s.sources.is_empty() {
-            return Pick::System;
-        }
-        let today = warmup::day_of(adaptive::now_ms());
-        let counts = self.warmup();
-        let open: Vec<bool> = s
-            .sources
-            .iter()
-            .map(|src| {
-                s.daily_cap(src, today)
-                    .is_none_or(|cap| counts.sent(src.address, today) < cap)
-            })
-            .collect();
-        if !open.contains(&true) {
-            return Pick::Exhausted {
-                until: warmup::next_day_ms(today),
-            };
-        }
-        let mut all = self.state.sources.lock().unwrap();
-        let current = all.entry(stream.to_owned()).or_default();
-        current.resize(s.sources.len(), 0);
-        let mut total = 0;
-        for ((c, src), _) in current.iter_mut().zip(&s.sources).zip(&open).filter(|(_, open)| **open) {
-            *c += i64::from(src.weight);
-            total += i64::from(src.weight);
-        }
-        let Some(best) = (0..s.sources.len())
-            .filter(|&i| open[i])
-            .max_by_key(|&i| (current[i], std::cmp::Reverse(i)))
-        else {
-            return Pick::System;
-        };
-        current[best] -= total;
-        Pick::Address(s.sources[best].address)
-    }
-
-    /// Takes one message of `ip`'s warm-up volume for today in `stream`: `false` when it has
-    /// sent all of it (the connection should give way to another address).
-    pub fn take_source(&self, config: &crate::config::Config, stream: &str, ip: std::net::IpAddr) -> bool {
-        let today = warmup::day_of(adaptive::now_ms());
-        let cap = config
-            .streams
-            .iter()
-            .find(|s| s.name == stream)
-            .and_then(|s| s.sources.iter().find(|src| src.address == ip).map(|src| (s, src)))
-            .and_then(|(s, src)| s.daily_cap(src, today));
-        self.warmup().take(ip, today, cap)
-    }
-
-    /// Writes the warm-up counts to disk (at shutdown).
-    pub fn save_warmup(&self) {
-        self.warmup().save();
-    }
-
-    /// Every source address of every stream: weight, warm-up day, today's cap and use.
-    pub fn sources(&self, config: &crate::config::Config) -> Vec<SourceUsage> {
-        let today = warmup::day_of(adaptive::now_ms());
-        let counts = self.warmup();
-        config
-            .streams
-            .iter()
-            .flat_map(|s| {
-                s.sources.iter().map(move |src| SourceUsage {
-                    stream: s.name.clone(),
-                    address: src.address,
-                    weight: src.weight,
-                    warmup_day: src
-                        .warmup_since
-                        .filter(|_| s.daily_cap(src, today).is_some())
-                        .map(|since| today - since + 1),
-                    daily_cap: s.daily_cap(src, today),
-                    sent_today: counts.sent(src.address, today),
-                })
-            })
-            .collect()
-    }
-
     /// Every key in use, with its limits and open connections, sorted by key.
     pub fn usage(&self) -> Vec<Usage> {
         let rules = self.rules();
@@ -608,13 +312,7 @@ impl Shaper {
                     connections: gate.in_use(),
                     max_message_rate: shape.message_rate.map(|r| r.to_string()),
                     connection_rate: shape.connection_rate.map(|r| r.to_string()),
-                    adaptive: effect.map(|_| {
-                        self.state
-                            .actions
-                            .get(&key.to_string())
-                            .map(|a| a.describe())
-                            .unwrap_or_default()
-                    }),
+                    adaptive: effect.map(|_| self.state.actions.get(&key).map(|a| a.describe()).unwrap_or_default()),
                 })
             })
             .collect();

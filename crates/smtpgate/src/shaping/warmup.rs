@@ -1,5 +1,6 @@
-//! IP warm-up: how many messages each source address has sent today (UTC), against the daily cap
-//! its stream's warm-up schedule gives it.
+//! Source addresses and IP warm-up: which address a stream's next connection sends from (by
+//! weight, among those under their daily cap), and how many messages each address has sent
+//! today (UTC) against the cap its stream's warm-up schedule gives it.
 //!
 //! The counts are this node's (source addresses belong to one machine) and are kept in
 //! `<spool>/warmup.json`, written (to a temporary file, then renamed) at most every
@@ -107,6 +108,139 @@ impl Counts {
             tracing::warn!(file = %path.display(), error = %e, "cannot save the warm-up counts");
         }
         *saved = Instant::now();
+    }
+}
+
+/// The source address a new connection of a stream sends from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// The stream has no source addresses: the system chooses.
+    System,
+    Address(std::net::IpAddr),
+    /// Every address of the stream has sent its warm-up volume for today; the next day begins
+    /// at this instant (ms since the epoch).
+    Exhausted {
+        until: u64,
+    },
+}
+
+impl Pick {
+    pub fn address(self) -> Option<std::net::IpAddr> {
+        match self {
+            Pick::Address(ip) => Some(ip),
+            _ => None,
+        }
+    }
+}
+
+/// One source address of a stream, for listing.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SourceUsage {
+    pub stream: String,
+    pub address: std::net::IpAddr,
+    pub weight: u32,
+    /// The day of its warm-up (1 on the first day); absent when it is not warming up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup_day: Option<i64>,
+    /// Today's cap; absent when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daily_cap: Option<u64>,
+    pub sent_today: u64,
+}
+
+impl super::Shaper {
+    /// Keeps the warm-up counts in `file` (read now), unless the state already has its counts.
+    pub fn with_warmup_file(self, file: std::path::PathBuf) -> super::Shaper {
+        let _ = self.state.warmup.get_or_init(|| Counts::persisted(file));
+        self
+    }
+
+    fn warmup(&self) -> &Counts {
+        self.state.warmup.get_or_init(Counts::default)
+    }
+
+    /// The source address a new connection of `stream` sends from: its `source_addresses` in
+    /// proportion to their weights (smooth weighted round robin), leaving out those that have
+    /// sent their warm-up volume for today.
+    pub fn source(&self, config: &crate::config::Config, stream: &str) -> Pick {
+        let Some(s) = config.streams.iter().find(|s| s.name == stream) else {
+            return Pick::System;
+        };
+        if s.sources.is_empty() {
+            return Pick::System;
+        }
+        let today = day_of(super::adaptive::now_ms());
+        let counts = self.warmup();
+        let open: Vec<bool> = s
+            .sources
+            .iter()
+            .map(|src| {
+                s.daily_cap(src, today)
+                    .is_none_or(|cap| counts.sent(src.address, today) < cap)
+            })
+            .collect();
+        if !open.contains(&true) {
+            return Pick::Exhausted {
+                until: next_day_ms(today),
+            };
+        }
+        let mut all = self.state.sources.lock().unwrap();
+        let current = all.entry(stream.to_owned()).or_default();
+        current.resize(s.sources.len(), 0);
+        let mut total = 0;
+        for ((c, src), _) in current.iter_mut().zip(&s.sources).zip(&open).filter(|(_, open)| **open) {
+            *c += i64::from(src.weight);
+            total += i64::from(src.weight);
+        }
+        let Some(best) = (0..s.sources.len())
+            .filter(|&i| open[i])
+            .max_by_key(|&i| (current[i], std::cmp::Reverse(i)))
+        else {
+            return Pick::System;
+        };
+        current[best] -= total;
+        Pick::Address(s.sources[best].address)
+    }
+
+    /// Takes one message of `ip`'s warm-up volume for today in `stream`: `false` when it has
+    /// sent all of it (the connection should give way to another address).
+    pub fn take_source(&self, config: &crate::config::Config, stream: &str, ip: std::net::IpAddr) -> bool {
+        let today = day_of(super::adaptive::now_ms());
+        let cap = config
+            .streams
+            .iter()
+            .find(|s| s.name == stream)
+            .and_then(|s| s.sources.iter().find(|src| src.address == ip).map(|src| (s, src)))
+            .and_then(|(s, src)| s.daily_cap(src, today));
+        self.warmup().take(ip, today, cap)
+    }
+
+    /// Writes the warm-up counts to disk (at shutdown).
+    pub fn save_warmup(&self) {
+        self.warmup().save();
+    }
+
+    /// Every source address of every stream: weight, warm-up day, today's cap and use.
+    pub fn sources(&self, config: &crate::config::Config) -> Vec<SourceUsage> {
+        let today = day_of(super::adaptive::now_ms());
+        let counts = self.warmup();
+        config
+            .streams
+            .iter()
+            .flat_map(|s| {
+                s.sources.iter().map(move |src| SourceUsage {
+                    stream: s.name.clone(),
+                    address: src.address,
+                    weight: src.weight,
+                    warmup_day: src
+                        .warmup_since
+                        .filter(|_| s.daily_cap(src, today).is_some())
+                        .map(|since| today - since + 1),
+                    daily_cap: s.daily_cap(src, today),
+                    sent_today: counts.sent(src.address, today),
+                })
+            })
+            .collect()
     }
 }
 

@@ -230,7 +230,7 @@ async fn handshake(records: Vec<Tlsa>, cert: CertificateDer<'static>, key: &KeyP
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
     let server = tokio::spawn(async move { acceptor.accept(server_io).await.map(|_| ()) });
-    let connector = tokio_rustls::TlsConnector::from(client_config(records).unwrap());
+    let connector = tokio_rustls::TlsConnector::from(client_config(records));
     let name = ServerName::try_from(HOST).unwrap();
     let client = connector.connect(name, client_io).await.map(|_| ());
     let _ = server.await;

@@ -123,13 +123,6 @@ impl ServerCertVerifier for DaneVerifier {
 }
 
 /// The client configuration for a connection to a host with these TLSA records.
-pub fn client_config(records: Vec<Tlsa>) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
-    let provider = crate::tls::provider();
-    let verifier = DaneVerifier::new(records, provider.clone());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+pub fn client_config(records: Vec<Tlsa>) -> Arc<rustls::ClientConfig> {
+    crate::tls::client_config_verified_by(Arc::new(DaneVerifier::new(records, crate::tls::provider())))
 }

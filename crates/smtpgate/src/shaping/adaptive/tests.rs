@@ -1,4 +1,5 @@
 use super::*;
+use crate::deliver::classify::Category;
 
 use crate::shaping::{Key, Rate, Rules, Shape};
 
@@ -207,9 +208,9 @@ fn the_administrator_edits_cancels_and_starts_actions() {
     assert_eq!(edited.suspended_until, None);
     assert_eq!((edited.rate_factor, edited.until), (0.5, T0 + 11 * MIN));
     assert_eq!(edited.rule, rule.name, "the rule stays named");
-    assert!(actions.cancel(&limit().to_string()).is_some());
+    assert!(actions.cancel(&limit()).is_some());
     assert!(actions.effect(&limit(), T0 + 2 * MIN).is_none());
-    assert!(actions.cancel(&limit().to_string()).is_none());
+    assert!(actions.cancel(&limit()).is_none());
     let other = Limit::new(None, Key::Domain("example.com".into()));
     let manual = actions.edit(
         &other,
@@ -242,20 +243,20 @@ fn shared_actions_merge_newest_first_and_cancels_propagate() {
         here.merge_shared(vec![remote.clone()], T0 + 1),
         vec![remote.key.clone()]
     );
-    assert_eq!(here.get(&remote.key).unwrap().reason, "421 busy");
+    assert_eq!(here.get(&limit()).unwrap().reason, "421 busy");
     // An older copy does not replace a newer one.
     let mut stale = remote.clone();
     stale.updated = T0 - 1;
     stale.reason = "old".into();
     assert!(here.merge_shared(vec![stale], T0 + 2).is_empty());
-    assert_eq!(here.get(&remote.key).unwrap().reason, "421 busy");
+    assert_eq!(here.get(&limit()).unwrap().reason, "421 busy");
     // Gone from the store after it was seen there: cancelled elsewhere.
     assert_eq!(here.merge_shared(vec![], T0 + 3), vec![remote.key.clone()]);
-    assert!(here.get(&remote.key).is_none());
+    assert!(here.get(&limit()).is_none());
     // An action of this node not yet shared is kept.
     here.hit(&limit(), &rule, "421 busy", T0 + 4);
     assert!(here.merge_shared(vec![], T0 + 5).is_empty());
-    assert!(here.get(&remote.key).is_some());
+    assert!(here.get(&limit()).is_some());
 }
 
 #[test]

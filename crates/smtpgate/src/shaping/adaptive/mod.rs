@@ -34,247 +34,16 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use super::Limit;
-use crate::deliver::classify::Category;
 
-/// A rule of the shaping file's `[[adaptive]]` array.
-#[derive(Debug, Clone)]
-pub struct Rule {
-    pub name: String,
-    code: Option<String>,
-    status: Option<String>,
-    text: Option<Regex>,
-    category: Option<Category>,
-    domain: Option<String>,
-    mx: Option<String>,
-    suspend: bool,
-    rate_factor: f64,
-    connection_factor: f64,
-    duration: Duration,
-    recover: Duration,
-}
-
-impl PartialEq for Rule {
-    fn eq(&self, other: &Rule) -> bool {
-        self.name == other.name
-            && self.code == other.code
-            && self.status == other.status
-            && self.text.as_ref().map(Regex::as_str) == other.text.as_ref().map(Regex::as_str)
-            && self.category == other.category
-            && self.domain == other.domain
-            && self.mx == other.mx
-            && self.suspend == other.suspend
-            && self.rate_factor == other.rate_factor
-            && self.connection_factor == other.connection_factor
-            && self.duration == other.duration
-            && self.recover == other.recover
-    }
-}
-
-impl Eq for Rule {}
-
-/// One `[[adaptive]]` table as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawRule {
-    name: Option<String>,
-    code: Option<String>,
-    status: Option<String>,
-    text: Option<String>,
-    category: Option<String>,
-    domain: Option<String>,
-    mx: Option<String>,
-    action: Option<String>,
-    duration: Option<String>,
-    rate_factor: Option<f64>,
-    connection_factor: Option<f64>,
-    recover: Option<String>,
-}
-
-/// A reply (or a failure to get one) from a delivery attempt, as the rules see it.
-#[derive(Debug, Clone, Copy)]
-pub struct Reply<'a> {
-    /// The recipient domain of the delivery.
-    pub domain: &'a str,
-    /// The domain's mail servers.
-    pub hosts: &'a [&'a str],
-    /// The reply code, when the failure was a reply.
-    pub code: Option<u16>,
-    /// The enhanced status code.
-    pub status: Option<&'a str>,
-    /// The whole reply (or the error) as one line.
-    pub text: &'a str,
-    pub category: Category,
-}
-
-impl Rule {
-    /// Checks and compiles the `index`th rule; every mistake goes to `errors`.
-    pub(super) fn parse(raw: RawRule, index: usize, errors: &mut Vec<String>) -> Option<Rule> {
-        let key = format!("adaptive[{index}]");
-        let before = errors.len();
-        let name = raw.name.unwrap_or_else(|| format!("adaptive rule {}", index + 1));
-        let code = raw.code.map(|c| c.trim().to_owned());
-        if let Some(c) = &code
-            && (c.is_empty() || c.len() > 3 || !c.bytes().all(|b| b.is_ascii_digit()) || !c.starts_with(['4', '5']))
-        {
-            errors.push(format!(
-                "{key}.code: {c:?} is not a reply code like \"421\" or its start (\"4\")"
-            ));
-        }
-        let status = raw.status.map(|s| s.trim().to_owned());
-        if let Some(s) = &status
-            && (s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit() || b == b'.') || !s.starts_with(['4', '5']))
-        {
-            errors.push(format!(
-                "{key}.status: {s:?} is not an enhanced status code like \"4.7.0\" or its start"
-            ));
-        }
-        let text = raw
-            .text
-            .and_then(|t| match regex::RegexBuilder::new(&t).case_insensitive(true).build() {
-                Ok(re) => Some(re),
-                Err(e) => {
-                    errors.push(format!("{key}.text: {e}"));
-                    None
-                }
-            });
-        let category = raw.category.and_then(|c| match c.parse::<Category>() {
-            Ok(c) => Some(c),
-            Err(e) => {
-                errors.push(format!("{key}.category: {e}"));
-                None
-            }
-        });
-        if code.is_none() && status.is_none() && text.is_none() && category.is_none() && errors.len() == before {
-            errors.push(format!("{key}: needs at least one of code, status, text, category"));
-        }
-        let suspend = match raw.action.as_deref() {
-            Some("suspend") => true,
-            Some("throttle") => false,
-            Some(other) => {
-                errors.push(format!("{key}.action: {other:?} is not \"suspend\" or \"throttle\""));
-                false
-            }
-            None => {
-                errors.push(format!("{key}.action: missing (\"suspend\" or \"throttle\")"));
-                false
-            }
-        };
-        let mut factor = |field: &str, value: Option<f64>| match value {
-            None => 1.0,
-            Some(f) if f > 0.0 && f <= 1.0 => f,
-            Some(f) => {
-                errors.push(format!("{key}.{field}: {f} is not more than 0 and at most 1"));
-                1.0
-            }
-        };
-        let rate_factor = factor("rate_factor", raw.rate_factor);
-        let connection_factor = factor("connection_factor", raw.connection_factor);
-        if !suspend && rate_factor == 1.0 && connection_factor == 1.0 && raw.action.is_some() {
-            errors.push(format!(
-                "{key}: a throttle needs rate_factor or connection_factor below 1"
-            ));
-        }
-        let mut duration = |field: &str, value: Option<String>, required: bool| match value {
-            None if required => {
-                errors.push(format!("{key}.{field}: missing (a duration like \"30m\")"));
-                Duration::ZERO
-            }
-            None => Duration::ZERO,
-            Some(text) => match crate::config::values::parse_duration(&text) {
-                Ok(d) if !d.is_zero() || !required => d,
-                Ok(_) => {
-                    errors.push(format!("{key}.{field}: must be more than 0s"));
-                    Duration::ZERO
-                }
-                Err(e) => {
-                    errors.push(format!("{key}.{field}: {e}"));
-                    Duration::ZERO
-                }
-            },
-        };
-        let duration_value = duration("duration", raw.duration, true);
-        let recover = duration("recover", raw.recover, false);
-        let pattern = |p: Option<String>| p.map(|p| p.trim().trim_end_matches('.').to_ascii_lowercase());
-        if errors.len() > before {
-            return None;
-        }
-        Some(Rule {
-            name,
-            code,
-            status,
-            text,
-            category,
-            domain: pattern(raw.domain),
-            mx: pattern(raw.mx),
-            suspend,
-            rate_factor,
-            connection_factor,
-            duration: duration_value,
-            recover,
-        })
-    }
-
-    /// Whether every condition of the rule holds for `reply`.
-    pub fn matches(&self, reply: &Reply<'_>) -> bool {
-        if let Some(d) = &self.domain
-            && !super::rules::host_matches(d, reply.domain)
-        {
-            return false;
-        }
-        if let Some(p) = &self.mx
-            && !reply.hosts.iter().any(|h| super::rules::host_matches(p, h))
-        {
-            return false;
-        }
-        if let Some(c) = &self.code
-            && !reply.code.is_some_and(|code| code.to_string().starts_with(c.as_str()))
-        {
-            return false;
-        }
-        if let Some(s) = &self.status
-            && !reply.status.is_some_and(|st| status_starts_with(st, s))
-        {
-            return false;
-        }
-        if let Some(c) = self.category
-            && c != reply.category
-        {
-            return false;
-        }
-        self.text.as_ref().is_none_or(|re| re.is_match(reply.text))
-    }
-
-    /// The action this rule puts on `limit` at `now` (ms), for `reason`.
-    pub fn action(&self, limit: &Limit, reason: &str, now: u64) -> Action {
-        let until = now + ms(self.duration);
-        Action {
-            key: limit.to_string(),
-            stream: limit.stream.clone().unwrap_or_else(|| "default".into()),
-            destination: destination(limit),
-            rule: self.name.clone(),
-            reason: reason.to_owned(),
-            suspended_until: self.suspend.then_some(until),
-            rate_factor: self.rate_factor,
-            connection_factor: self.connection_factor,
-            since: now,
-            until,
-            recovered: until + ms(self.recover),
-            hits: 1,
-            updated: now,
-            by: "rule".into(),
-        }
-    }
-}
-
-/// `4.7.0` starts with `4.7.` and with `4.7.0`, not with `4.7.1` nor with `4.7.00`.
-fn status_starts_with(status: &str, prefix: &str) -> bool {
-    status == prefix
-        || (status.starts_with(prefix) && (prefix.ends_with('.') || status.as_bytes()[prefix.len()] == b'.'))
-}
+mod rule;
+mod shaper;
+pub(crate) use rule::RawRule;
+#[cfg(test)]
+use rule::status_starts_with;
+pub use rule::{Reply, Rule};
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 4)
@@ -465,10 +234,10 @@ pub enum Change {
     Renewed,
 }
 
-/// The actions in force, keyed by [`Action::key`]. Lives across configuration reloads.
+/// The actions in force, by the limit they act on. Lives across configuration reloads.
 #[derive(Default)]
 pub struct Actions {
-    map: std::sync::Mutex<HashMap<String, Entry>>,
+    map: std::sync::Mutex<HashMap<Limit, Entry>>,
     /// Woken when an action is cancelled or edited, so that suspended workers look again.
     pub changed: tokio::sync::Notify,
 }
@@ -484,14 +253,14 @@ impl Actions {
     pub fn hit(&self, limit: &Limit, rule: &Rule, reason: &str, now: u64) -> (Action, Change) {
         let fresh = rule.action(limit, reason, now);
         let mut map = self.map.lock().unwrap();
-        match map.get_mut(&fresh.key) {
+        match map.get_mut(limit) {
             Some(e) if e.action.effect(now).is_some() => {
                 e.action.renew(&fresh);
                 (e.action.clone(), Change::Renewed)
             }
             _ => {
                 map.insert(
-                    fresh.key.clone(),
+                    limit.clone(),
                     Entry {
                         action: fresh.clone(),
                         shared_at: None,
@@ -508,10 +277,9 @@ impl Actions {
         if map.is_empty() {
             return None;
         }
-        let key = limit.to_string();
-        let effect = map.get(&key)?.action.effect(now);
+        let effect = map.get(limit)?.action.effect(now);
         if effect.is_none()
-            && let Some(e) = map.remove(&key)
+            && let Some(e) = map.remove(limit)
         {
             log_end(&e.action);
         }
@@ -533,13 +301,13 @@ impl Actions {
         all
     }
 
-    pub fn get(&self, key: &str) -> Option<Action> {
-        self.map.lock().unwrap().get(key).map(|e| e.action.clone())
+    pub fn get(&self, limit: &Limit) -> Option<Action> {
+        self.map.lock().unwrap().get(limit).map(|e| e.action.clone())
     }
 
-    /// Ends the action on `key` now; returns it.
-    pub fn cancel(&self, key: &str) -> Option<Action> {
-        let removed = self.map.lock().unwrap().remove(key).map(|e| e.action);
+    /// Ends the action on `limit` now; returns it.
+    pub fn cancel(&self, limit: &Limit) -> Option<Action> {
+        let removed = self.map.lock().unwrap().remove(limit).map(|e| e.action);
         if removed.is_some() {
             self.changed.notify_waiters();
         }
@@ -548,10 +316,9 @@ impl Actions {
 
     /// Changes the action on `limit`, or starts one by hand (`by` admin) when there is none.
     pub fn edit(&self, limit: &Limit, edit: &Edit, now: u64) -> Action {
-        let key = limit.to_string();
         let mut map = self.map.lock().unwrap();
         let entry = map
-            .entry(key.clone())
+            .entry(limit.clone())
             .and_modify(|e| {
                 if e.action.effect(now).is_none() {
                     e.action = manual(limit, now);
@@ -569,17 +336,17 @@ impl Actions {
         action
     }
 
-    /// Whether `key` should be written to the shared store now: never written, or last written
-    /// more than `every` ago.
-    pub fn due_for_sharing(&self, key: &str, now: u64, every: Duration) -> bool {
+    /// Whether the action on `limit` should be written to the shared store now: never written,
+    /// or last written more than `every` ago.
+    pub fn due_for_sharing(&self, limit: &Limit, now: u64, every: Duration) -> bool {
         let map = self.map.lock().unwrap();
-        map.get(key)
+        map.get(limit)
             .is_some_and(|e| e.shared_at.is_none_or(|at| now >= at + ms(every)))
     }
 
-    /// Notes that `key` was written to the shared store at `now`.
-    pub fn shared(&self, key: &str, now: u64) {
-        if let Some(e) = self.map.lock().unwrap().get_mut(key) {
+    /// Notes that the action on `limit` was written to the shared store at `now`.
+    pub fn shared(&self, limit: &Limit, now: u64) {
+        if let Some(e) = self.map.lock().unwrap().get_mut(limit) {
             e.shared_at = Some(now);
         }
     }
@@ -590,16 +357,25 @@ impl Actions {
     pub fn merge_shared(&self, remote: Vec<Action>, read_at: u64) -> Vec<String> {
         let mut map = self.map.lock().unwrap();
         let mut touched = Vec::new();
-        let remote: HashMap<String, Action> = remote.into_iter().map(|a| (a.key.clone(), a)).collect();
+        let remote: HashMap<Limit, Action> = remote
+            .into_iter()
+            .filter_map(|a| match Limit::parse(&a.key) {
+                Ok(limit) => Some((limit, a)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "throttle: shared action with an unreadable key skipped");
+                    None
+                }
+            })
+            .collect();
         map.retain(|key, e| {
             let gone = !remote.contains_key(key) && e.shared_at.is_some_and(|at| at < read_at);
             if gone {
                 if e.action.effect(read_at).is_some() {
-                    tracing::info!(key, rule = %e.action.rule, "throttle: cancelled on another node");
+                    tracing::info!(key = %e.action.key, rule = %e.action.rule, "throttle: cancelled on another node");
                 } else {
                     log_end(&e.action);
                 }
-                touched.push(key.clone());
+                touched.push(e.action.key.clone());
             }
             !gone
         });
@@ -607,13 +383,13 @@ impl Actions {
             let newer = map.get(&key).is_none_or(|e| e.action.updated < action.updated);
             if newer && action.effect(read_at).is_some() {
                 tracing::info!(
-                    key,
+                    key = %action.key,
                     rule = %action.rule,
                     action = %action.describe(),
                     reason = %action.reason,
                     "throttle: learned from another node"
                 );
-                touched.push(key.clone());
+                touched.push(action.key.clone());
                 map.insert(
                     key,
                     Entry {
