@@ -20,6 +20,7 @@ pub mod deliver;
 pub mod envelope;
 pub mod feedback;
 pub mod filter;
+pub mod intake;
 pub mod io;
 pub mod metrics;
 pub mod quarantine;

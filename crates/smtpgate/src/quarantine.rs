@@ -3,12 +3,77 @@
 //! Each entry is two files in `<spool dir>/quarantine/`: `<id>.eml` (the message) and `<id>.meta`
 //! (envelope, reason, filter, time), each written to a temporary name, fsynced, renamed, and the
 //! directory fsynced, so an entry that was reported stored survives a crash.
+//!
+//! An entry also keeps where on its path the message was stopped ([`Resume`]), so a release
+//! sends it on exactly as it would have gone had the filter passed it: the filters after the one
+//! that quarantined it, then routing (for a listener's filter), then the spool.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use crate::envelope::{Envelope, Reader};
+use crate::filter::SessionInfo;
+
+/// Where a quarantined message was stopped, and what is left of its path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// By one of a listener's before-queue filters: `filters` are the listener's before-queue
+    /// filters after it, then routing decides the copies. `scan` holds the listener's after-queue
+    /// filters.
+    Listener {
+        origin: Origin,
+        tags: Vec<String>,
+        filters: Vec<String>,
+        scan: Vec<String>,
+    },
+    /// By a route's before-queue filter, on one routed copy: the envelope holds the copy's pool,
+    /// stream, recipients and sender; `filters` are that route's filters after the one that
+    /// quarantined it, `scan` the copy's after-queue filters.
+    Route {
+        origin: Origin,
+        tags: Vec<String>,
+        filters: Vec<String>,
+        scan: Vec<String>,
+    },
+    /// By an after-queue scan: the envelope's `scan` holds the filters after it.
+    Scan,
+}
+
+/// The session a message came from, as filters and routing see it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Origin {
+    pub client: Option<IpAddr>,
+    pub helo: Option<String>,
+    pub user: Option<String>,
+    pub listener: String,
+    pub tls: bool,
+}
+
+impl From<&SessionInfo> for Origin {
+    fn from(s: &SessionInfo) -> Self {
+        Origin {
+            client: s.client,
+            helo: s.helo.clone(),
+            user: s.user.clone(),
+            listener: s.listener.clone(),
+            tls: s.tls,
+        }
+    }
+}
+
+impl From<&Origin> for SessionInfo {
+    fn from(o: &Origin) -> Self {
+        SessionInfo {
+            client: o.client,
+            helo: o.helo.clone(),
+            user: o.user.clone(),
+            listener: o.listener.clone(),
+            tls: o.tls,
+        }
+    }
+}
 
 /// What is known about a quarantined message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +85,8 @@ pub struct Entry {
     pub quarantined_at: u64,
     pub envelope: Envelope,
     pub size: u64,
+    /// `None` for an entry written before smtpgate kept it.
+    pub resume: Option<Resume>,
 }
 
 pub struct Quarantine {
@@ -39,13 +106,14 @@ impl Quarantine {
     }
 
     /// Stores a message durably; returns its entry id (the queue id).
-    pub fn put(&self, env: &Envelope, message: &[u8], reason: &str, filter: &str) -> io::Result<String> {
+    pub fn put(&self, env: &Envelope, message: &[u8], reason: &str, filter: &str, resume: &Resume) -> io::Result<String> {
         let id = env.id.to_string();
         let mut meta = Vec::new();
         put_str(&mut meta, reason);
         put_str(&mut meta, filter);
         meta.extend_from_slice(&crate::datetime::now_unix().to_le_bytes());
         env.encode(&mut meta);
+        encode_resume(resume, &mut meta);
         self.write(&format!("{id}.eml"), message)?;
         self.write(&format!("{id}.meta"), &meta)?;
         File::open(&self.dir)?.sync_all()?;
@@ -86,8 +154,15 @@ impl Quarantine {
         let reason = take_str(&mut r).ok_or_else(bad)?;
         let filter = take_str(&mut r).ok_or_else(bad)?;
         let quarantined_at = r.u64().ok_or_else(bad)?;
-        let (envelope, _) = Envelope::decode(&meta[r.pos..]).ok_or_else(bad)?;
+        let (envelope, used) = Envelope::decode(&meta[r.pos..]).ok_or_else(bad)?;
+        r.pos += used;
+        let resume = if r.pos < meta.len() {
+            Some(decode_resume(&mut r).ok_or_else(bad)?)
+        } else {
+            None
+        };
         Ok(Entry {
+            resume,
             id: id.to_string(),
             reason,
             filter,
@@ -136,6 +211,76 @@ fn check_id(id: &str) -> io::Result<()> {
     Ok(())
 }
 
+fn encode_resume(resume: &Resume, out: &mut Vec<u8>) {
+    let (kind, rest) = match resume {
+        Resume::Listener {
+            origin,
+            tags,
+            filters,
+            scan,
+        } => (1u8, Some((origin, tags, filters, scan))),
+        Resume::Route {
+            origin,
+            tags,
+            filters,
+            scan,
+        } => (2, Some((origin, tags, filters, scan))),
+        Resume::Scan => (3, None),
+    };
+    out.push(kind);
+    let Some((origin, tags, filters, scan)) = rest else { return };
+    put_str(out, &origin.client.map(|c| c.to_string()).unwrap_or_default());
+    put_str(out, origin.helo.as_deref().unwrap_or(""));
+    put_str(out, origin.user.as_deref().unwrap_or(""));
+    put_str(out, &origin.listener);
+    out.push(origin.tls as u8);
+    for list in [tags, filters, scan] {
+        out.extend_from_slice(&(list.len() as u32).to_le_bytes());
+        for s in list {
+            put_str(out, s);
+        }
+    }
+}
+
+fn decode_resume(r: &mut Reader<'_>) -> Option<Resume> {
+    let kind = r.take(1)?[0];
+    if kind == 3 {
+        return Some(Resume::Scan);
+    }
+    let non_empty = |s: String| (!s.is_empty()).then_some(s);
+    let client = take_str(r)?;
+    let origin = Origin {
+        client: if client.is_empty() { None } else { Some(client.parse().ok()?) },
+        helo: non_empty(take_str(r)?),
+        user: non_empty(take_str(r)?),
+        listener: take_str(r)?,
+        tls: r.take(1)?[0] != 0,
+    };
+    let mut lists = [Vec::new(), Vec::new(), Vec::new()];
+    for list in &mut lists {
+        let n = r.u32()? as usize;
+        for _ in 0..n {
+            list.push(take_str(r)?);
+        }
+    }
+    let [tags, filters, scan] = lists;
+    match kind {
+        1 => Some(Resume::Listener {
+            origin,
+            tags,
+            filters,
+            scan,
+        }),
+        2 => Some(Resume::Route {
+            origin,
+            tags,
+            filters,
+            scan,
+        }),
+        _ => None,
+    }
+}
+
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u32).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
@@ -169,7 +314,7 @@ mod tests {
             stream: None,
         };
         let id = q
-            .put(&env, b"Subject: bad\r\n\r\nx\r\n", "virus Eicar", "clamav")
+            .put(&env, b"Subject: bad\r\n\r\nx\r\n", "virus Eicar", "clamav", &Resume::Scan)
             .unwrap();
         let list = q.list().unwrap();
         assert_eq!(list.len(), 1);
@@ -178,10 +323,57 @@ mod tests {
             ("virus Eicar", "clamav")
         );
         assert_eq!(list[0].envelope, env);
+        assert_eq!(list[0].resume, Some(Resume::Scan));
         assert_eq!(q.message(&id).unwrap(), b"Subject: bad\r\n\r\nx\r\n");
         assert!(q.entry("../etc").is_err());
         assert_eq!(q.expire(3600).unwrap(), 0);
         assert_eq!(q.expire(0).unwrap(), 1);
         assert!(q.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn keeps_where_the_message_was_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Quarantine::open(dir.path()).unwrap();
+        let mut env = Envelope {
+            id: QueueId(0xABD),
+            sender: String::new(),
+            recipients: vec![Recipient::new("r@example.test")],
+            received_at: 1,
+            eight_bit: false,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+            pool: None,
+            scan: Vec::new(),
+            stream: None,
+        };
+        let origin = Origin {
+            client: Some("2001:db8::1".parse().unwrap()),
+            helo: Some("client.example".into()),
+            user: None,
+            listener: "inbound".into(),
+            tls: true,
+        };
+        let cases = [
+            Resume::Listener {
+                origin: origin.clone(),
+                tags: vec!["t".into()],
+                filters: vec!["next".into(), "last".into()],
+                scan: vec!["av".into()],
+            },
+            Resume::Route {
+                origin: Origin::default(),
+                tags: Vec::new(),
+                filters: Vec::new(),
+                scan: vec!["av".into()],
+            },
+            Resume::Scan,
+        ];
+        for (i, resume) in cases.iter().enumerate() {
+            env.id = QueueId(0x100 + i as u64);
+            let id = q.put(&env, b"x\r\n", "why", "f", resume).unwrap();
+            assert_eq!(q.entry(&id).unwrap().resume.as_ref(), Some(resume));
+        }
     }
 }

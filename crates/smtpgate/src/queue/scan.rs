@@ -13,6 +13,7 @@ use super::{Queue, QueuedMessage};
 use crate::config::FilterConfig;
 use crate::deliver::bounce::Failure;
 use crate::filter::{Action, SessionInfo, pipeline};
+use crate::quarantine::Resume;
 use crate::spool::RcptState;
 
 pub(super) async fn run(queue: Queue, msg: Arc<QueuedMessage>) {
@@ -59,9 +60,10 @@ pub(super) async fn run(queue: Queue, msg: Arc<QueuedMessage>) {
             finish(&queue, &msg, &pending).await;
         }
         Action::Quarantine(reason) => {
+            // A release runs the scan's filters after this one.
             let mut env = msg.env.clone();
-            env.scan.clear();
-            match ctx.quarantine.put(&env, &out.message, &reason, &by) {
+            env.scan = crate::intake::names_after(&filters, &by);
+            match ctx.quarantine.put(&env, &out.message, &reason, &by, &Resume::Scan) {
                 Ok(_) => {
                     ctx.metrics.quarantined.inc();
                     tracing::info!(queue_id = %msg.env.id, filter = %by, reason, "message quarantined after queue");

@@ -44,27 +44,32 @@ async fn delete(State(queue): State<Queue>, Path(id): Path<String>) -> Answer {
     }
 }
 
-/// Releases an entry: it is spooled again without its after-queue filters, then removed.
+/// Releases an entry: it goes on from where its filter stopped it (`intake::release`).
 async fn release(State(queue): State<Queue>, Path(id): Path<String>) -> Answer {
-    let ctx = queue.ctx();
-    let (entry, message) = match ctx
-        .quarantine
-        .entry(&id)
-        .and_then(|e| Ok((e, ctx.quarantine.message(&id)?)))
-    {
-        Ok(x) => x,
-        Err(e) => return not_found(e),
-    };
-    let mut env = entry.envelope;
-    env.scan.clear();
-    env.id = ctx.ids.next();
-    let new_id = env.id;
-    if let Err(e) = queue.accept(env, message).await {
-        return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot spool: {e}\n"));
+    use crate::intake::{ReleaseError, Released};
+    match crate::intake::release(&queue, &id).await {
+        Ok(Released::Spooled(ids)) if ids.is_empty() => (
+            StatusCode::OK,
+            format!("released {id}: routing and the route filters left no copy to deliver\n"),
+        ),
+        Ok(Released::Spooled(ids)) => {
+            let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+            (StatusCode::OK, format!("released {id} as {}\n", ids.join(" ")))
+        }
+        Ok(Released::Quarantined(new)) => (
+            StatusCode::OK,
+            format!("released {id}: a later filter quarantined it again as {new}\n"),
+        ),
+        Ok(Released::Discarded) => (
+            StatusCode::OK,
+            format!("released {id}: a later filter discarded it\n"),
+        ),
+        Err(ReleaseError::NotFound(e)) => not_found(e),
+        Err(e @ (ReleaseError::MissingFilter(_) | ReleaseError::Refused(_))) => {
+            (StatusCode::CONFLICT, format!("{e}\n"))
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     }
-    let _ = ctx.quarantine.delete(&id);
-    tracing::info!(quarantine_id = %id, queue_id = %new_id, "released from quarantine");
-    (StatusCode::OK, format!("released {id} as {new_id}\n"))
 }
 
 /// The list as JSON: one object per entry.

@@ -3,12 +3,12 @@
 use smtpgate_proto::{BareEol, BdatReceiver, DataOutcome, DataReceiver, Reply};
 
 use super::conn::ReadError;
-use super::filters::Copy;
 use super::headers::{self, Trace};
 use super::{Chunking, Draft, Flow, Session, Txn};
 use crate::config::BareLineEndings;
 use crate::datetime::now_unix;
 use crate::envelope::{Envelope, QueueId, Ret};
+use crate::intake::{self, Disposition};
 use crate::route::MessageView;
 
 impl Session {
@@ -152,27 +152,21 @@ impl Session {
         if self.proxying() {
             return self.proxy_message(id, &draft, body, filtered).await;
         }
-        let plan = self.plan(&draft, &body, filtered.tags.clone());
-        if let Some(r) = plan.reject {
-            metrics.rejected.inc();
-            tracing::info!(queue_id = %id, client = %self.peer, reply = %r.code, "message refused by routing");
-            return self.respond(Reply::policy(r.code, r.status, r.text));
-        }
-        if !plan.discarded.is_empty() {
-            tracing::info!(queue_id = %id, discarded = ?plan.discarded, "recipients discarded by routing");
-        }
-        let size = body.len();
-        let (sender, rcpts) = (draft.sender.clone(), draft.recipients.len());
-        let copies = match self.prepare_copies(id, &draft, &body, plan.groups, &filtered).await {
-            Ok(c) => c,
-            Err(flow) => return flow,
+        let (sender, rcpts, size) = (draft.sender.clone(), draft.recipients.len(), body.len());
+        let received = intake::Received {
+            id,
+            env: self.envelope(id, &draft, &body),
+            body,
+            tags: filtered.tags,
+            scan: filtered.scan,
         };
-        self.listener.ctx.feedback.remember(&body, id, &sender);
-        match self.spool_groups(id, &draft, copies).await {
-            Ok(copies) => {
+        let ctx = self.listener.ctx.clone();
+        match intake::accept(&ctx, &self.listener.queue, &self.session_info(), received).await {
+            Ok(Disposition::Refused(r)) => self.respond(r),
+            Ok(Disposition::Accepted { spooled }) => {
                 metrics.received.inc();
                 tracing::info!(
-                    queue_id = %id, client = %self.peer, sender = %sender, recipients = rcpts, size, copies,
+                    queue_id = %id, client = %self.peer, sender = %sender, recipients = rcpts, size, copies = spooled.len(),
                     tls = self.tls.is_some(), user = self.user.as_deref().unwrap_or("-"), "message accepted"
                 );
                 self.respond(Reply::queued(&id.to_string()))
@@ -215,16 +209,6 @@ impl Session {
         }
     }
 
-    /// What routing makes of this message.
-    fn plan(&self, draft: &Draft, body: &[u8], tags: Vec<String>) -> crate::route::Plan {
-        let ctx = &self.listener.ctx;
-        let mut view = self
-            .view(&draft.sender)
-            .with_message(body, ctx.config.routing.body_scan_limit);
-        view.tags = tags;
-        ctx.router.plan(&view, &draft.recipients)
-    }
-
     /// The message as routing sees it, before its content is known.
     pub(super) fn view(&self, sender: &str) -> MessageView<'static> {
         MessageView {
@@ -234,29 +218,6 @@ impl Session {
             listener: self.listener.config.name.clone(),
             ..Default::default()
         }
-    }
-
-    /// Spools one copy per routing group; the first keeps the session's queue id. Returns how many.
-    async fn spool_groups(
-        &mut self,
-        id: QueueId,
-        draft: &Draft,
-        copies: Vec<Copy>,
-    ) -> Result<usize, crate::spool::SpoolError> {
-        let n = copies.len();
-        for (i, copy) in copies.into_iter().enumerate() {
-            let id = if i == 0 { id } else { self.listener.ctx.ids.next() };
-            let mut env = self.envelope(id, draft, &copy.message);
-            env.recipients = copy.group.recipients;
-            env.pool = copy.group.pool;
-            env.scan = copy.scan;
-            env.stream = copy.group.stream;
-            if let Some(sender) = copy.group.srs_sender {
-                env.sender = sender;
-            }
-            self.listener.queue.accept(env, copy.message).await?;
-        }
-        Ok(n)
     }
 
     pub(super) fn envelope(&self, id: QueueId, draft: &Draft, body: &[u8]) -> Envelope {

@@ -4,17 +4,10 @@ use smtpgate_proto::Reply;
 
 use super::{Draft, Flow, Session, Txn};
 use crate::config::{FilterConfig, Stage};
-use crate::envelope::{QueueId, Recipient};
+use crate::envelope::QueueId;
 use crate::filter::{Action, SessionInfo, pipeline};
-use crate::route::Group;
-
-/// One routed copy, ready to spool.
-pub(super) struct Copy {
-    pub group: Group,
-    pub message: Vec<u8>,
-    /// After-queue filters: the listener's, then the route's.
-    pub scan: Vec<String>,
-}
+use crate::intake;
+use crate::quarantine::{Origin, Resume};
 
 /// What the filters left of a message that goes on.
 pub(super) struct Filtered {
@@ -97,15 +90,13 @@ impl Session {
         let rcpts: Vec<String> = draft.recipients.iter().map(|r| r.address.clone()).collect();
         let out = pipeline::run_data(&filters, &info, &draft.sender, rcpts, body, Vec::new()).await;
         let by = out.decided_by.clone().unwrap_or_default();
+        intake::keep_recipients(&mut draft.recipients, &out.recipients);
         match out.action {
-            Action::Accept => {
-                keep_recipients(draft, &out.recipients);
-                Ok(Filtered {
-                    body: out.message,
-                    tags: out.tags,
-                    scan,
-                })
-            }
+            Action::Accept => Ok(Filtered {
+                body: out.message,
+                tags: out.tags,
+                scan,
+            }),
             Action::Reject(r) | Action::TempFail(r) => {
                 self.listener.ctx.metrics.filter_rejected.inc();
                 tracing::info!(queue_id = %id, client = %self.peer, filter = %by, reply = %r.code, "message refused by filter");
@@ -116,81 +107,29 @@ impl Session {
                 tracing::info!(queue_id = %id, filter = %by, "message discarded by filter");
                 Err(self.respond(Reply::queued(&id.to_string())))
             }
-            Action::Quarantine(reason) => Err(self.quarantine(id, draft, &out.message, &reason, &by)),
+            Action::Quarantine(reason) => {
+                let resume = Resume::Listener {
+                    origin: Origin::from(&info),
+                    tags: out.tags,
+                    filters: intake::names_after(&filters, &by),
+                    scan,
+                };
+                Err(self.quarantine(id, draft, &out.message, &reason, &by, &resume))
+            }
         }
     }
 
-    /// Builds each routed copy (header changes) and runs its route's before-queue filters. A
-    /// refusal by any of them refuses the whole message; nothing is spooled before all have run.
-    pub(super) async fn prepare_copies(
+    fn quarantine(
         &mut self,
         id: QueueId,
         draft: &Draft,
-        body: &[u8],
-        groups: Vec<Group>,
-        filtered: &Filtered,
-    ) -> Result<Vec<Copy>, Flow> {
-        let mut copies = Vec::with_capacity(groups.len());
-        let info = self.session_info();
-        for group in groups {
-            let message = super::headers::apply_changes(body, &group.add_headers, &group.remove_headers);
-            let (before, after) = self.route_filters(&group.filters);
-            let mut scan = filtered.scan.clone();
-            scan.extend(after.into_iter().filter(|n| !filtered.scan.contains(n)));
-            if before.is_empty() {
-                copies.push(Copy { group, message, scan });
-                continue;
-            }
-            let rcpts: Vec<String> = group.recipients.iter().map(|r| r.address.clone()).collect();
-            let out = pipeline::run_data(&before, &info, &draft.sender, rcpts, message, filtered.tags.clone()).await;
-            let by = out.decided_by.clone().unwrap_or_default();
-            match out.action {
-                Action::Accept => copies.push(Copy {
-                    group,
-                    message: out.message,
-                    scan,
-                }),
-                Action::Reject(r) | Action::TempFail(r) => {
-                    self.listener.ctx.metrics.filter_rejected.inc();
-                    tracing::info!(queue_id = %id, filter = %by, reply = %r.code, "message refused by a route filter");
-                    return Err(self.respond(r));
-                }
-                Action::Discard => {
-                    self.listener.ctx.metrics.filter_discarded.inc();
-                    tracing::info!(queue_id = %id, filter = %by, "copy discarded by a route filter");
-                }
-                Action::Quarantine(reason) => {
-                    let mut env = self.envelope(self.listener.ctx.ids.next(), draft, &out.message);
-                    env.recipients = group.recipients;
-                    if let Err(e) = self.listener.ctx.quarantine.put(&env, &out.message, &reason, &by) {
-                        tracing::error!(queue_id = %id, error = %e, "cannot write to the quarantine");
-                        return Err(self.respond(Reply::local_error()));
-                    }
-                    self.listener.ctx.metrics.quarantined.inc();
-                }
-            }
-        }
-        Ok(copies)
-    }
-
-    /// A route's filters split by stage: (before the queue, after it by name).
-    fn route_filters(&self, names: &[String]) -> (Vec<&FilterConfig>, Vec<String>) {
-        let all = &self.listener.ctx.config.filters;
-        let found: Vec<&FilterConfig> = names.iter().filter_map(|n| all.iter().find(|f| &f.name == n)).collect();
-        let after = found
-            .iter()
-            .filter(|f| f.stage == Stage::AfterQueue)
-            .map(|f| f.name.clone())
-            .collect();
-        (
-            found.into_iter().filter(|f| f.stage == Stage::BeforeQueue).collect(),
-            after,
-        )
-    }
-
-    fn quarantine(&mut self, id: QueueId, draft: &Draft, message: &[u8], reason: &str, filter: &str) -> Flow {
+        message: &[u8],
+        reason: &str,
+        filter: &str,
+        resume: &Resume,
+    ) -> Flow {
         let env = self.envelope(id, draft, message);
-        match self.listener.ctx.quarantine.put(&env, message, reason, filter) {
+        match self.listener.ctx.quarantine.put(&env, message, reason, filter, resume) {
             Ok(_) => {
                 self.listener.ctx.metrics.quarantined.inc();
                 tracing::info!(queue_id = %id, filter, reason, "message quarantined");
@@ -209,17 +148,5 @@ fn refusal(action: Action) -> Option<Reply> {
     match action {
         Action::Reject(r) | Action::TempFail(r) => Some(r),
         _ => None,
-    }
-}
-
-/// Applies the filters' recipient changes: removed ones go, added ones join.
-fn keep_recipients(draft: &mut Draft, wanted: &[String]) {
-    draft
-        .recipients
-        .retain(|r| wanted.iter().any(|w| w.eq_ignore_ascii_case(&r.address)));
-    for w in wanted {
-        if !draft.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(w)) {
-            draft.recipients.push(Recipient::new(w.clone()));
-        }
     }
 }

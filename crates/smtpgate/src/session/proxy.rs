@@ -24,6 +24,7 @@ use crate::deliver::client::{Client, ClientError};
 use crate::deliver::pool::Lease;
 use crate::deliver::{ConnectFailure, Outcome};
 use crate::envelope::{Envelope, QueueId, Recipient};
+use crate::intake;
 use crate::route::Group;
 
 /// Where a transaction goes: every recipient of one transaction must share it, since the
@@ -323,7 +324,15 @@ impl Session {
             filters: up.route.filters.clone(),
             stream: None,
         };
-        let copies = self.prepare_copies(id, draft, &body, vec![group], &filtered).await;
+        let received = intake::Received {
+            id,
+            env: self.envelope(id, draft, &body),
+            body,
+            tags: filtered.tags,
+            scan: filtered.scan,
+        };
+        let ctx = self.listener.ctx.clone();
+        let copies = intake::prepare(&ctx, &self.session_info(), &received, vec![group]).await;
         let message = match copies.map(|c| c.into_iter().next()) {
             Ok(Some(copy)) => copy.message,
             Ok(None) => {
@@ -331,9 +340,9 @@ impl Session {
                 self.proxy.upstream = Some(up);
                 return self.respond(Reply::queued(&id.to_string()));
             }
-            Err(flow) => {
+            Err(reply) => {
                 self.proxy.upstream = Some(up);
-                return flow;
+                return self.respond(reply);
             }
         };
         let sent = up.link.client().send_data(&message).await;
