@@ -26,7 +26,7 @@ pub struct Context {
     /// Limits per destination (the shaping file) and the counters they act on.
     pub shaper: crate::shaping::Shaper,
     /// Bounce classification, the suppression list, complaints and late bounces.
-    pub feedback: crate::feedback::Feedback,
+    pub feedback: Arc<crate::feedback::Feedback>,
     /// The Redis that several nodes share (`[redis]`), connected at start-up.
     pub shared: Option<crate::shared::Shared>,
     /// MTA-STS policies (cache kept across reloads); `None` when `[mta_sts] enabled = false`.

@@ -6,23 +6,33 @@
 //!   in a hard category (bad mailbox, bad domain) puts the address on the suppression list.
 //! - [`Feedback::complaint`] reads an ARF report (RFC 5965) sent to `complaints_address` and
 //!   suppresses the recipients it names.
-//! - [`Feedback::late_bounce`] reads a DSN (RFC 3464) that arrives after the fact, matches it to
-//!   the message it reports on (by Message-ID, remembered at acceptance), and treats each failed
-//!   recipient as [`Feedback::failure`] does.
+//! - [`Feedback::late_bounce`] reads a DSN (RFC 3464) that arrives after the fact and treats each
+//!   failed recipient as [`Feedback::failure`] does.
+//!
+//! A report is believed only for a recipient that smtpgate relayed the reported message to: its
+//! original `Message-ID` (from the returned headers) must be in the log of sent mail
+//! ([`crate::sent`]) with that recipient. Anything else is logged, counted
+//! (`smtpgate_reports_total{result="unmatched"}`) and changes nothing, so a forged report cannot
+//! suppress an address. Reports are read off the runtime's threads, at most
+//! `reports_per_minute` per client address and `report_max_recipients` recipients each.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::config::SuppressionConfig;
 use crate::deliver::classify::{Category, Classification, Classifier};
 use crate::envelope::QueueId;
+use crate::filter::KeyedRate;
 use crate::report::{Complaint, Dsn};
 use crate::route::reload::Reloading;
+use crate::sent::SentLog;
 use crate::suppress::{Reason, SuppressionList};
 
-/// How many accepted messages' Message-IDs are remembered to match late bounces.
-const REMEMBERED: usize = 200_000;
+/// How many client addresses the per-client report limit tracks at once.
+const REPORT_CLIENTS: usize = 10_000;
 
 pub struct Feedback {
     rules: Rules,
@@ -30,6 +40,32 @@ pub struct Feedback {
     state: Arc<State>,
     /// With `[redis]`: suppressions are shared with the other nodes.
     shared: Option<crate::shared::Shared>,
+    /// What smtpgate relayed, to match reports against.
+    pub sent: Arc<SentLog>,
+    /// Reports read per client address.
+    report_rate: KeyedRate,
+    report_max_recipients: usize,
+}
+
+/// What came of one report's recipient (or of the whole report), as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReportResult {
+    /// The recipient was relayed the reported message: acted on.
+    Matched,
+    /// Nothing smtpgate sent matches: ignored.
+    Unmatched,
+    /// Over the per-client limit or the per-report recipient limit: not read.
+    Limited,
+}
+
+impl ReportResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReportResult::Matched => "matched",
+            ReportResult::Unmatched => "unmatched",
+            ReportResult::Limited => "limited",
+        }
+    }
 }
 
 enum Rules {
@@ -42,30 +78,19 @@ enum Rules {
 pub struct State {
     /// Failures per category and class ("5" permanent, "4" temporary).
     counts: Mutex<HashMap<(Category, char), u64>>,
-    recent: Mutex<Recent>,
-}
-
-/// Message-ID → (queue id, sender) of recently accepted messages, oldest dropped first.
-#[derive(Default)]
-struct Recent {
-    by_id: HashMap<String, (QueueId, String)>,
-    order: VecDeque<String>,
-}
-
-/// The message a late bounce was matched to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Matched {
-    pub queue_id: QueueId,
-    pub sender: String,
+    /// Report recipients by kind (`bounce`, `complaint`) and result.
+    reports: Mutex<HashMap<(&'static str, ReportResult), u64>>,
 }
 
 impl Feedback {
     /// The bounce rules in `rules_file` (checked now; reloaded when it changes) or the built-in
-    /// ones, and the suppression list in `<spool>/suppression`. `state` carries counters and the
-    /// remembered Message-IDs over from the previous configuration.
+    /// ones, the suppression list in `<spool>/suppression`, and the log of sent mail. `state`
+    /// carries counters over from the previous configuration.
     pub fn new(
         rules_file: Option<PathBuf>,
         suppression: Arc<SuppressionList>,
+        sent: Arc<SentLog>,
+        config: &SuppressionConfig,
         state: Option<Arc<State>>,
     ) -> Result<Feedback, String> {
         let rules = match rules_file {
@@ -77,6 +102,9 @@ impl Feedback {
             suppression,
             state: state.unwrap_or_default(),
             shared: None,
+            sent,
+            report_rate: KeyedRate::per_minute(config.reports_per_minute, REPORT_CLIENTS),
+            report_max_recipients: config.report_max_recipients,
         })
     }
 
@@ -159,6 +187,15 @@ impl Feedback {
     /// A failed delivery to `rcpt`: classified and counted; a permanent hard failure suppresses
     /// the address. Returns the classification (for the log).
     pub fn failure(&self, rcpt: &str, permanent: bool, status: &str, diagnostic: &str) -> Classification {
+        let class = self.count_failure(permanent, status, diagnostic);
+        if permanent && class.category.is_hard() {
+            self.suppress(rcpt, Reason::HardBounce, &format!("{}: {diagnostic}", class.category));
+        }
+        class
+    }
+
+    /// Classifies and counts a failure.
+    fn count_failure(&self, permanent: bool, status: &str, diagnostic: &str) -> Classification {
         let class = self.classify(Some(status), diagnostic);
         let kind = if permanent { '5' } else { '4' };
         *self
@@ -168,9 +205,6 @@ impl Feedback {
             .unwrap()
             .entry((class.category, kind))
             .or_default() += 1;
-        if permanent && class.category.is_hard() {
-            self.suppress(rcpt, Reason::HardBounce, &format!("{}: {diagnostic}", class.category));
-        }
         class
     }
 
@@ -182,65 +216,158 @@ impl Feedback {
         }
     }
 
-    /// Remembers an accepted message's Message-ID, to match a bounce that comes back later.
-    pub fn remember(&self, message: &[u8], id: QueueId, sender: &str) {
-        let Some(message_id) = message_id(message) else { return };
-        let mut recent = self.state.recent.lock().unwrap();
-        if recent
-            .by_id
-            .insert(message_id.clone(), (id, sender.to_owned()))
-            .is_none()
-        {
-            recent.order.push_back(message_id);
-        }
-        while recent.order.len() > REMEMBERED {
-            if let Some(old) = recent.order.pop_front() {
-                recent.by_id.remove(&old);
-            }
+    /// Records that a message was relayed to `recipients`, to match a report that comes back
+    /// later (by its Message-ID; a message without one cannot be matched).
+    pub fn record_sent(&self, message: &[u8], queue_id: QueueId, recipients: &[String]) {
+        if let Some(message_id) = message_id(message) {
+            self.sent.record(&message_id, &queue_id.to_string(), recipients);
         }
     }
 
-    /// A complaint report: every recipient it names is suppressed. Returns how many it named.
-    pub fn complaint(&self, message: &[u8]) -> Option<Complaint> {
-        let complaint = crate::report::parse_complaint(message)?;
-        for rcpt in &complaint.recipients {
-            let source = format!(
-                "complaint ({}) from {}",
-                complaint.feedback_type,
-                complaint.source_ip.as_deref().unwrap_or("?")
-            );
-            self.suppress(rcpt, Reason::Complaint, &source);
+    fn count_report(&self, kind: &'static str, result: ReportResult, n: u64) {
+        if n > 0 {
+            *self.state.reports.lock().unwrap().entry((kind, result)).or_default() += n;
         }
+    }
+
+    /// Whether a report from `client` may be read now (per-client limit).
+    fn admit_report(&self, kind: &'static str, client: Option<IpAddr>) -> bool {
+        let key = client.map_or_else(|| "-".to_string(), |c| c.to_string());
+        if self.report_rate.admit(&key) {
+            return true;
+        }
+        self.count_report(kind, ReportResult::Limited, 1);
+        tracing::warn!(client = %key, kind, "report not read: too many reports from this client");
+        false
+    }
+
+    /// The recipients of a report about `message_id` that smtpgate relayed that message to,
+    /// at most `report_max_recipients` of them; the others are counted and logged.
+    async fn matched<'r>(&self, kind: &'static str, message_id: Option<&str>, named: Vec<&'r str>) -> Vec<&'r str> {
+        let over = named.len().saturating_sub(self.report_max_recipients);
+        self.count_report(kind, ReportResult::Limited, over as u64);
+        let mut matched = Vec::new();
+        for rcpt in named.into_iter().take(self.report_max_recipients) {
+            let found = match message_id {
+                Some(id) => self.sent.was_sent(id, rcpt).await,
+                None => false,
+            };
+            if found {
+                matched.push(rcpt);
+            } else {
+                tracing::warn!(
+                    kind,
+                    recipient = rcpt,
+                    original = message_id.unwrap_or("-"),
+                    "report ignored for a recipient smtpgate did not send that message to"
+                );
+            }
+        }
+        self.count_report(kind, ReportResult::Matched, matched.len() as u64);
+        matched
+    }
+
+    /// Suppresses addresses off the runtime's threads, in one batch.
+    async fn suppress_batch(self: &Arc<Self>, batch: Vec<(String, Reason, String)>) {
+        if batch.is_empty() {
+            return;
+        }
+        let me = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for (address, reason, source) in batch {
+                me.suppress(&address, reason, &source);
+            }
+        })
+        .await;
+    }
+
+    /// A complaint report (ARF, RFC 5965) from `client`: every recipient it names that smtpgate
+    /// relayed the reported message to is suppressed. `None` when it is not a complaint report.
+    pub async fn complaint(self: &Arc<Self>, message: Vec<u8>, client: Option<IpAddr>) -> Option<Complaint> {
+        const KIND: &str = "complaint";
+        if !self.admit_report(KIND, client) {
+            return None;
+        }
+        let complaint = tokio::task::spawn_blocking(move || crate::report::parse_complaint(&message))
+            .await
+            .ok()
+            .flatten()?;
+        let named: Vec<&str> = complaint.recipients.iter().map(String::as_str).collect();
+        let total = named.len();
+        let matched = self
+            .matched(KIND, complaint.original_message_id.as_deref(), named)
+            .await;
+        self.count_report(
+            KIND,
+            ReportResult::Unmatched,
+            (total.min(self.report_max_recipients) - matched.len()) as u64,
+        );
+        let source = format!(
+            "complaint ({}) from {}",
+            complaint.feedback_type,
+            complaint.source_ip.as_deref().unwrap_or("?")
+        );
+        let batch = matched
+            .iter()
+            .map(|r| (r.to_string(), Reason::Complaint, source.clone()))
+            .collect();
         tracing::info!(
-            feedback_type = %complaint.feedback_type, recipients = ?complaint.recipients,
+            feedback_type = %complaint.feedback_type, recipients = ?complaint.recipients, matched = ?matched,
             original = complaint.original_message_id.as_deref().unwrap_or("-"), "complaint received"
         );
+        self.suppress_batch(batch).await;
         Some(complaint)
     }
 
-    /// A delivery report that arrived after the fact (a DSN to the null sender's mail): matched
-    /// to the original message when its Message-ID is remembered; every failed recipient is
-    /// classified (and suppressed when hard).
-    pub fn late_bounce(&self, message: &[u8]) -> Option<(Dsn, Option<Matched>)> {
-        let dsn = crate::report::parse_dsn(message)?;
-        let matched = dsn.original_message_id.as_ref().and_then(|id| {
-            let recent = self.state.recent.lock().unwrap();
-            recent.by_id.get(id).map(|(queue_id, sender)| Matched {
-                queue_id: *queue_id,
-                sender: sender.clone(),
-            })
-        });
-        for r in dsn.recipients.iter().filter(|r| r.action == "failed") {
+    /// A delivery report that arrived after the fact (a DSN, mail from the null sender) from
+    /// `client`: every failed recipient that smtpgate relayed the reported message to is
+    /// classified and counted, and suppressed when the failure is permanent and hard.
+    pub async fn late_bounce(self: &Arc<Self>, message: Vec<u8>, client: Option<IpAddr>) -> Option<Dsn> {
+        const KIND: &str = "bounce";
+        if !self.admit_report(KIND, client) {
+            return None;
+        }
+        let dsn = tokio::task::spawn_blocking(move || crate::report::parse_dsn(&message))
+            .await
+            .ok()
+            .flatten()?;
+        let failed: Vec<&crate::report::DsnRecipient> =
+            dsn.recipients.iter().filter(|r| r.action == "failed").collect();
+        let named: Vec<&str> = failed.iter().map(|r| r.recipient.as_str()).collect();
+        let total = named.len();
+        let matched = self.matched(KIND, dsn.original_message_id.as_deref(), named).await;
+        self.count_report(
+            KIND,
+            ReportResult::Unmatched,
+            (total.min(self.report_max_recipients) - matched.len()) as u64,
+        );
+        let original_queue_id = dsn
+            .original_message_id
+            .as_deref()
+            .and_then(|id| self.sent.queue_id(id))
+            .unwrap_or_else(|| "-".into());
+        let mut batch = Vec::new();
+        for r in failed.iter().filter(|r| matched.contains(&r.recipient.as_str())) {
             let diagnostic = r.diagnostic.clone().unwrap_or_else(|| format!("status {}", r.status));
-            let class = self.failure(&r.recipient, r.status.starts_with('5'), &r.status, &diagnostic);
+            let permanent = r.status.starts_with('5');
+            let class = self.count_failure(permanent, &r.status, &diagnostic);
+            if permanent && class.category.is_hard() {
+                batch.push((
+                    r.recipient.clone(),
+                    Reason::HardBounce,
+                    format!("{}: {diagnostic}", class.category),
+                ));
+            }
             tracing::info!(
                 recipient = %r.recipient, status = %r.status, category = %class.category, rule = %class.rule,
                 reporting_mta = dsn.reporting_mta.as_deref().unwrap_or("-"),
-                original_queue_id = %matched.as_ref().map_or("-".to_string(), |m| m.queue_id.to_string()),
+                original = dsn.original_message_id.as_deref().unwrap_or("-"),
+                original_queue_id = %original_queue_id,
                 "asynchronous bounce"
             );
         }
-        Some((dsn, matched))
+        self.suppress_batch(batch).await;
+        Some(dsn)
     }
 
     /// `smtpgate_failures_total{category, class}` in the Prometheus text format.
@@ -254,6 +381,18 @@ impl Feedback {
             for class in ['5', '4'] {
                 let n = counts.get(&(category, class)).copied().unwrap_or(0);
                 let _ = writeln!(out, "{name}{{category=\"{category}\",class=\"{class}\"}} {n}");
+            }
+        }
+        let reports = self.state.reports.lock().unwrap();
+        let name = "smtpgate_reports_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} recipients of bounce and complaint reports received as mail, by whether they matched mail smtpgate sent\n# TYPE {name} counter"
+        );
+        for kind in ["bounce", "complaint"] {
+            for result in [ReportResult::Matched, ReportResult::Unmatched, ReportResult::Limited] {
+                let n = reports.get(&(kind, result)).copied().unwrap_or(0);
+                let _ = writeln!(out, "{name}{{kind=\"{kind}\",result=\"{}\"}} {n}", result.as_str());
             }
         }
         let _ = writeln!(
@@ -293,7 +432,9 @@ mod tests {
     use super::*;
 
     fn feedback(dir: &Path) -> Feedback {
-        Feedback::new(None, Feedback::open_suppression(dir).unwrap(), None).unwrap()
+        let sent = SentLog::open(dir, std::time::Duration::from_secs(3600), None).unwrap();
+        let config = crate::config::Config::builtin().suppression.clone();
+        Feedback::new(None, Feedback::open_suppression(dir).unwrap(), sent, &config, None).unwrap()
     }
 
     #[test]

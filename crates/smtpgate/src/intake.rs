@@ -69,8 +69,15 @@ pub async fn accept(
         Ok(c) => c,
         Err(reply) => return Ok(Disposition::Refused(reply)),
     };
-    ctx.feedback.remember(&msg.body, msg.id, &msg.env.sender);
+    let mut relayed: Vec<String> = Vec::new();
+    for copy in &copies {
+        relayed.extend(copy.group.recipients.iter().map(|r| r.address.clone()));
+    }
+    relayed.extend(msg.env.recipients.iter().map(|r| r.address.clone()));
     let spooled = spool(queue, &msg.env, copies).await?;
+    if !spooled.is_empty() {
+        ctx.feedback.record_sent(&msg.body, msg.id, &relayed);
+    }
     Ok(Disposition::Accepted { spooled })
 }
 
@@ -186,7 +193,10 @@ fn find_filters<'c>(ctx: &'c Context, names: &[String]) -> Vec<&'c FilterConfig>
 
 /// The names of the filters after the one named `by`.
 pub fn names_after(filters: &[&FilterConfig], by: &str) -> Vec<String> {
-    let at = filters.iter().position(|f| f.name == by).map_or(filters.len(), |i| i + 1);
+    let at = filters
+        .iter()
+        .position(|f| f.name == by)
+        .map_or(filters.len(), |i| i + 1);
     filters[at..].iter().map(|f| f.name.clone()).collect()
 }
 

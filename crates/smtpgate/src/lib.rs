@@ -27,6 +27,7 @@ pub mod quarantine;
 pub mod queue;
 pub mod report;
 pub mod route;
+pub mod sent;
 pub mod server;
 pub mod session;
 pub mod shaping;

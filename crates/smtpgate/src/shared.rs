@@ -8,6 +8,7 @@
 //! | `P:gcra:<key>` | string | a throttle's theoretical arrival time (TAT), microseconds of the server's clock; expires when idle |
 //! | `P:suppressed` | hash | the suppression list: normalised address → JSON [`Entry`] |
 //! | `P:state:<namespace>` | hash | [`Shared::put`]'s values: id → `{"expires_at_ms":..,"value":"<json>"}` |
+//! | `P:sent:<message-id>` | set | the recipients a message was relayed to ([`Shared::record_sent`]); expires after the retention |
 //!
 //! and every change to the suppression list is published on the channel `P:suppression` as
 //! `{"op":"add","entry":{..}}` or `{"op":"remove","address":".."}`.
@@ -91,6 +92,10 @@ impl Keys {
 
     fn gcra(&self, key: &str) -> String {
         format!("{}:gcra:{key}", self.prefix)
+    }
+
+    fn sent(&self, message_id: &str) -> String {
+        format!("{}:sent:{message_id}", self.prefix)
     }
 
     fn state(&self, namespace: &str) -> String {
@@ -356,6 +361,31 @@ impl Shared {
             .collect();
         live.sort();
         Ok(live)
+    }
+
+    /// Records that the message `message_id` was relayed to `recipients` (normalised by the
+    /// caller), kept for `ttl`, so that a report any node receives can be matched to it.
+    pub async fn record_sent(&self, message_id: &str, recipients: &[String], ttl: Duration) -> Result<(), SharedError> {
+        if recipients.is_empty() {
+            return Ok(());
+        }
+        let key = self.inner.keys.sent(message_id);
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .sadd(&key, recipients)
+            .ignore()
+            .pexpire(&key, ttl_ms)
+            .ignore();
+        self.query(&pipe).await
+    }
+
+    /// Whether some node recorded the message `message_id` as relayed to `recipient`.
+    pub async fn was_sent(&self, message_id: &str, recipient: &str) -> Result<bool, SharedError> {
+        self.conn()
+            .sismember(self.inner.keys.sent(message_id), recipient)
+            .await
+            .map_err(|e| self.request_error(e))
     }
 
     /// Deletes `id` from `namespace` (nothing happens if it is not there).

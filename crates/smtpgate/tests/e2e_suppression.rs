@@ -132,16 +132,143 @@ fn a_complaint_report_suppresses_its_recipient() {
         .top("[suppression]\ncomplaints_address = \"fbl@example.test\"")
         .to_toml();
     let gate = Gate::start(&config);
+    // The message complained about is one the gate relayed to that recipient.
+    let original = message("original-1@example.test", "offer", "Buy now.");
+    let t = smtplib_send(
+        gate.smtp_addr(),
+        "alice@example.test",
+        &["victim@example.org"],
+        &original,
+    );
+    assert!(t.reply("END-OF-DATA").starts_with("250 "), "{t}");
+    upstream.wait_for(1, SOON);
     let t = smtplib_send(gate.smtp_addr(), "feedback@isp.example", &["fbl@example.test"], ARF);
     assert!(t.reply("END-OF-DATA").starts_with("250 "), "{t}");
-    let refused = rcpt_reply(&gate, "victim@example.org");
-    assert!(refused.contains("suppressed (complaint)"), "{refused}");
+    assert!(
+        wait_until(SOON, || rcpt_reply(&gate, "victim@example.org")
+            .contains("suppressed (complaint)")),
+        "the complaint suppressed its recipient"
+    );
     assert!(rcpt_reply(&gate, "bystander@example.org").starts_with("250"));
     let got = upstream.wait_for(1, SOON);
     assert!(
         got.iter().all(|m| m.rcpt_addresses() != ["fbl@example.test"]),
         "the report was delivered: {got:#?}"
     );
+}
+
+/// A DSN for the message `message_id` saying `rcpt` failed with 5.1.1.
+fn dsn_for(message_id: &str, rcpt: &str) -> String {
+    format!(
+        "From: MAILER-DAEMON@mx.example.org\r\n\
+To: alice@example.test\r\n\
+Subject: Undelivered Mail Returned to Sender\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: multipart/report; report-type=delivery-status; boundary=\"d1\"\r\n\
+\r\n\
+--d1\r\n\
+Content-Type: message/delivery-status\r\n\
+\r\n\
+Reporting-MTA: dns; mx.example.org\r\n\
+\r\n\
+Final-Recipient: rfc822; {rcpt}\r\n\
+Action: failed\r\n\
+Status: 5.1.1\r\n\
+Diagnostic-Code: smtp; 550 5.1.1 <{rcpt}>: User unknown\r\n\
+\r\n\
+--d1\r\n\
+Content-Type: text/rfc822-headers\r\n\
+\r\n\
+From: alice@example.test\r\n\
+To: {rcpt}\r\n\
+Message-ID: <{message_id}>\r\n\
+Subject: hello\r\n\
+\r\n\
+--d1--\r\n"
+    )
+}
+
+/// Forged reports change nothing: a bounce or a complaint about a message the gate never sent,
+/// or about a recipient it did not send that message to, suppresses no one; each is counted as
+/// unmatched. A genuine one (the same report for what the gate did send) still suppresses.
+#[test]
+fn forged_reports_suppress_no_one() {
+    let upstream = Upstream::start();
+    let config = GateConfig::relay_to(upstream.addr())
+        .top("[suppression]\ncomplaints_address = \"fbl@example.test\"")
+        .to_toml();
+    let gate = Gate::start(&config);
+    let sent = message("real-1@example.test", "hello", "Sent by the gate.");
+    let t = smtplib_send(gate.smtp_addr(), "alice@example.test", &["real@example.org"], &sent);
+    assert!(t.reply("END-OF-DATA").starts_with("250 "), "{t}");
+    upstream.wait_for(1, SOON);
+
+    // Never sent: an unknown Message-ID, and a known one for another recipient.
+    for (id, rcpt) in [
+        ("made-up@example.test", "victim@example.org"),
+        ("real-1@example.test", "victim@example.org"),
+    ] {
+        let t = smtplib_send(gate.smtp_addr(), "", &["alice@example.test"], &dsn_for(id, rcpt));
+        assert!(t.reply("END-OF-DATA").starts_with("250 "), "{t}");
+    }
+    let t = smtplib_send(gate.smtp_addr(), "feedback@isp.example", &["fbl@example.test"], ARF);
+    assert!(t.reply("END-OF-DATA").starts_with("250 "), "{t}");
+    let unmatched = |kind: &str| {
+        labeled(
+            &gate,
+            &format!("smtpgate_reports_total{{kind=\"{kind}\",result=\"unmatched\"}}"),
+        )
+    };
+    assert!(
+        wait_until(SOON, || unmatched("bounce") == 2.0 && unmatched("complaint") == 1.0),
+        "forged reports counted as unmatched:\n{}",
+        gate.metrics()
+    );
+    assert_eq!(gate.metric("smtpgate_suppressed_addresses"), 0.0);
+    assert!(rcpt_reply(&gate, "victim@example.org").starts_with("250"));
+
+    // The genuine bounce still suppresses.
+    let t = smtplib_send(
+        gate.smtp_addr(),
+        "",
+        &["alice@example.test"],
+        &dsn_for("real-1@example.test", "real@example.org"),
+    );
+    assert!(t.reply("END-OF-DATA").starts_with("250 "), "{t}");
+    assert!(wait_until(SOON, || gate.metric("smtpgate_suppressed_addresses") == 1.0));
+    assert!(rcpt_reply(&gate, "real@example.org").contains("suppressed (hard bounce)"));
+    assert!(rcpt_reply(&gate, "victim@example.org").starts_with("250"));
+}
+
+/// A client's reports beyond `reports_per_minute` are not read: the third genuine bounce from one
+/// client within the minute is counted as limited and suppresses no one.
+#[test]
+fn reports_per_client_are_limited() {
+    let upstream = Upstream::start();
+    let config = GateConfig::relay_to(upstream.addr())
+        .top("[suppression]\nreports_per_minute = 2")
+        .to_toml();
+    let gate = Gate::start(&config);
+    let rcpts = ["r1@example.org", "r2@example.org", "r3@example.org"];
+    for (i, rcpt) in rcpts.iter().enumerate() {
+        let sent = message(&format!("lim-{i}@example.test"), "hello", "Sent by the gate.");
+        let t = smtplib_send(gate.smtp_addr(), "alice@example.test", &[rcpt], &sent);
+        assert!(t.reply("END-OF-DATA").starts_with("250 "), "{t}");
+    }
+    upstream.wait_for(3, SOON);
+    for (i, rcpt) in rcpts.iter().enumerate() {
+        let t = smtplib_send(
+            gate.smtp_addr(),
+            "",
+            &["alice@example.test"],
+            &dsn_for(&format!("lim-{i}@example.test"), rcpt),
+        );
+        assert!(t.reply("END-OF-DATA").starts_with("250 "), "{t}");
+    }
+    let limited = || labeled(&gate, "smtpgate_reports_total{kind=\"bounce\",result=\"limited\"}");
+    assert!(wait_until(SOON, || limited() == 1.0), "{}", gate.metrics());
+    assert!(wait_until(SOON, || gate.metric("smtpgate_suppressed_addresses") == 2.0));
+    assert!(rcpt_reply(&gate, "r3@example.org").starts_with("250"));
 }
 
 /// A DSN that arrives later (to the null sender's mail) is recognised: its failed recipient is

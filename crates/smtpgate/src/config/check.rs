@@ -170,9 +170,42 @@ fn build_suppression(raw: super::raw::RawSuppression, issues: &mut Issues) -> Su
         }
         a
     });
+    let reports_remember = match raw.reports_remember.as_deref().map(super::values::parse_duration) {
+        None => Duration::from_secs(30 * 86_400),
+        Some(Ok(d)) if d >= Duration::from_secs(60) && d <= Duration::from_secs(366 * 86_400) => d,
+        Some(Ok(_)) => {
+            issues.push(
+                "suppression.reports_remember",
+                "must be between 1m and 366d".to_string(),
+            );
+            Duration::from_secs(30 * 86_400)
+        }
+        Some(Err(e)) => {
+            issues.push("suppression.reports_remember", e);
+            Duration::from_secs(30 * 86_400)
+        }
+    };
+    let mut count = |key: &str, value: Option<i64>, default: i64, max: i64| match value {
+        None => default,
+        Some(n) if (1..=max).contains(&n) => n,
+        Some(n) => {
+            issues.push(key, format!("{n} is not between 1 and {max}"));
+            default
+        }
+    };
+    let reports_per_minute = count("suppression.reports_per_minute", raw.reports_per_minute, 30, 100_000) as u32;
+    let report_max_recipients = count(
+        "suppression.report_max_recipients",
+        raw.report_max_recipients,
+        50,
+        10_000,
+    ) as usize;
     SuppressionConfig {
         action,
         complaints_address,
+        reports_remember,
+        reports_per_minute,
+        report_max_recipients,
     }
 }
 

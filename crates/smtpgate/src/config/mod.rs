@@ -141,6 +141,15 @@ pub struct SuppressionConfig {
     /// Complaint reports (ARF) sent here are read, and the recipients they name suppressed; the
     /// report itself is not delivered. Lower-cased.
     pub complaints_address: Option<String>,
+    /// How long what smtpgate relayed (Message-ID → recipients) is remembered, so a bounce or
+    /// complaint can be matched to it (`reports_remember`, default 30 days). A report that
+    /// matches nothing smtpgate sent changes nothing.
+    pub reports_remember: std::time::Duration,
+    /// Reports read per client address per minute (`reports_per_minute`, default 30); more are
+    /// delivered or dropped as usual but not acted on.
+    pub reports_per_minute: u32,
+    /// Recipients of one report acted on (`report_max_recipients`, default 50).
+    pub report_max_recipients: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -119,6 +119,9 @@ pub struct RawQuarantine {
 pub struct RawSuppression {
     pub action: Option<String>,
     pub complaints_address: Option<String>,
+    pub reports_remember: Option<String>,
+    pub reports_per_minute: Option<i64>,
+    pub report_max_recipients: Option<i64>,
 }
 
 /// `[mta_sts]`

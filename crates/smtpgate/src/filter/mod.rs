@@ -21,6 +21,7 @@ mod dlp;
 mod milter;
 pub mod pipeline;
 mod ratelimit;
+pub(crate) use ratelimit::KeyedRate;
 pub mod registry;
 mod rspamd;
 mod sanitize;

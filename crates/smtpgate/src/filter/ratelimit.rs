@@ -160,6 +160,38 @@ impl Table {
     }
 }
 
+/// One GCRA limit per key, for callers outside the filter (reports read per client address).
+#[derive(Debug)]
+pub(crate) struct KeyedRate {
+    gcra: Gcra,
+    table: std::sync::Mutex<Table>,
+}
+
+impl KeyedRate {
+    /// `count` per minute per key, all of them at once at most; at most `max_keys` keys tracked.
+    pub(crate) fn per_minute(count: u32, max_keys: usize) -> KeyedRate {
+        let count = count.max(1);
+        KeyedRate {
+            gcra: Gcra::new(count, Duration::from_secs(60), count),
+            table: std::sync::Mutex::new(Table::new(max_keys)),
+        }
+    }
+
+    /// Whether one more event for `key` is within the limit (and counts it if so).
+    pub(crate) fn admit(&self, key: &str) -> bool {
+        let now = Instant::now();
+        let mut table = self.table.lock().unwrap();
+        table.forget_expired(now);
+        match self.gcra.admit(table.get(key), now) {
+            Ok(tat) => {
+                table.set(key, tat);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Limit {
     key: Key,

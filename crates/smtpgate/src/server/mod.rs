@@ -189,14 +189,19 @@ pub fn context_shared(
             .map_err(|e| StartError::Setup(format!("shaping: {e}")))?
             .with_shared(shared.clone())
             .with_warmup_file(spool_dir.join("warmup.json")),
-        feedback: crate::feedback::Feedback::new(
-            config.bounce_rules.clone(),
-            crate::feedback::Feedback::open_suppression(&spool_dir)
-                .map_err(|e| StartError::Spool(spool_dir.clone(), e))?,
-            None,
-        )
-        .map_err(|e| StartError::Setup(format!("bounces: {e}")))?
-        .with_shared(shared.clone()),
+        feedback: Arc::new(
+            crate::feedback::Feedback::new(
+                config.bounce_rules.clone(),
+                crate::feedback::Feedback::open_suppression(&spool_dir)
+                    .map_err(|e| StartError::Spool(spool_dir.clone(), e))?,
+                crate::sent::SentLog::open(&spool_dir, config.suppression.reports_remember, shared.clone())
+                    .map_err(|e| StartError::Spool(spool_dir.clone(), e))?,
+                &config.suppression,
+                None,
+            )
+            .map_err(|e| StartError::Setup(format!("bounces: {e}")))?
+            .with_shared(shared.clone()),
+        ),
         shared,
         mta_sts,
         dane,

@@ -60,10 +60,7 @@ async fn release(State(queue): State<Queue>, Path(id): Path<String>) -> Answer {
             StatusCode::OK,
             format!("released {id}: a later filter quarantined it again as {new}\n"),
         ),
-        Ok(Released::Discarded) => (
-            StatusCode::OK,
-            format!("released {id}: a later filter discarded it\n"),
-        ),
+        Ok(Released::Discarded) => (StatusCode::OK, format!("released {id}: a later filter discarded it\n")),
         Err(ReleaseError::NotFound(e)) => not_found(e),
         Err(e @ (ReleaseError::MissingFilter(_) | ReleaseError::Refused(_))) => {
             (StatusCode::CONFLICT, format!("{e}\n"))

@@ -56,6 +56,8 @@ fn successor(old: &Context, config: Arc<Config>) -> Result<Arc<Context>, String>
     let feedback = crate::feedback::Feedback::new(
         config.bounce_rules.clone(),
         old.feedback.suppression.clone(),
+        old.feedback.sent.clone(),
+        &config.suppression,
         Some(old.feedback.state()),
     )
     .map_err(|e| format!("bounces: {e}"))?
@@ -72,7 +74,7 @@ fn successor(old: &Context, config: Arc<Config>) -> Result<Arc<Context>, String>
         mta_sts: old.mta_sts.clone(),
         verified_tls: old.verified_tls.clone(),
         shared: old.shared.clone(),
-        feedback,
+        feedback: Arc::new(feedback),
         shaper,
         pools: Pools::new(&config),
         config,

@@ -180,20 +180,26 @@ impl Session {
 
     /// Feedback that comes in as mail: a complaint report to `complaints_address` is read (and
     /// that recipient consumed), a late bounce to anyone is read (and still delivered), and with
-    /// `[suppression] action = "drop"` suppressed recipients are dropped here.
+    /// `[suppression] action = "drop"` suppressed recipients are dropped here. Reports are read
+    /// in the background, off the runtime's threads (`Feedback::complaint`, `late_bounce`).
     fn feedback_intake(&self, id: QueueId, draft: &mut Draft, body: &[u8]) {
         let ctx = &self.listener.ctx;
         let config = &ctx.config.suppression;
+        let client = Some(self.peer.ip());
         if let Some(fbl) = &config.complaints_address
             && draft.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(fbl))
         {
-            if ctx.feedback.complaint(body).is_none() {
-                tracing::warn!(queue_id = %id, client = %self.peer, "mail to the complaints address is not a complaint report: dropped");
-            }
+            let (feedback, report, peer) = (ctx.feedback.clone(), body.to_vec(), self.peer);
+            tokio::spawn(async move {
+                if feedback.complaint(report, client).await.is_none() {
+                    tracing::warn!(queue_id = %id, client = %peer, "mail to the complaints address was not read as a complaint report: dropped");
+                }
+            });
             draft.recipients.retain(|r| !r.address.eq_ignore_ascii_case(fbl));
         }
         if draft.sender.is_empty() {
-            ctx.feedback.late_bounce(body);
+            let (feedback, report) = (ctx.feedback.clone(), body.to_vec());
+            tokio::spawn(async move { feedback.late_bounce(report, client).await });
         }
         if config.action == crate::config::SuppressAction::Drop {
             draft

@@ -358,6 +358,8 @@ impl Session {
         up.delivered = reply.is_positive();
         up.open = !up.delivered;
         if up.delivered {
+            let relayed: Vec<String> = up.recipients().iter().map(|r| r.address.clone()).collect();
+            self.listener.ctx.feedback.record_sent(&message, id, &relayed);
             metrics.proxied.inc();
         } else {
             metrics.proxy_refused.inc();
