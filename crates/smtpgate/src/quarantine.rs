@@ -106,7 +106,14 @@ impl Quarantine {
     }
 
     /// Stores a message durably; returns its entry id (the queue id).
-    pub fn put(&self, env: &Envelope, message: &[u8], reason: &str, filter: &str, resume: &Resume) -> io::Result<String> {
+    pub fn put(
+        &self,
+        env: &Envelope,
+        message: &[u8],
+        reason: &str,
+        filter: &str,
+        resume: &Resume,
+    ) -> io::Result<String> {
         let id = env.id.to_string();
         let mut meta = Vec::new();
         put_str(&mut meta, reason);
@@ -228,7 +235,9 @@ fn encode_resume(resume: &Resume, out: &mut Vec<u8>) {
         Resume::Scan => (3, None),
     };
     out.push(kind);
-    let Some((origin, tags, filters, scan)) = rest else { return };
+    let Some((origin, tags, filters, scan)) = rest else {
+        return;
+    };
     put_str(out, &origin.client.map(|c| c.to_string()).unwrap_or_default());
     put_str(out, origin.helo.as_deref().unwrap_or(""));
     put_str(out, origin.user.as_deref().unwrap_or(""));
@@ -250,7 +259,11 @@ fn decode_resume(r: &mut Reader<'_>) -> Option<Resume> {
     let non_empty = |s: String| (!s.is_empty()).then_some(s);
     let client = take_str(r)?;
     let origin = Origin {
-        client: if client.is_empty() { None } else { Some(client.parse().ok()?) },
+        client: if client.is_empty() {
+            None
+        } else {
+            Some(client.parse().ok()?)
+        },
         helo: non_empty(take_str(r)?),
         user: non_empty(take_str(r)?),
         listener: take_str(r)?,
@@ -314,7 +327,13 @@ mod tests {
             stream: None,
         };
         let id = q
-            .put(&env, b"Subject: bad\r\n\r\nx\r\n", "virus Eicar", "clamav", &Resume::Scan)
+            .put(
+                &env,
+                b"Subject: bad\r\n\r\nx\r\n",
+                "virus Eicar",
+                "clamav",
+                &Resume::Scan,
+            )
             .unwrap();
         let list = q.list().unwrap();
         assert_eq!(list.len(), 1);

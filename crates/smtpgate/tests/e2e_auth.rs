@@ -13,7 +13,10 @@ use std::sync::Arc;
 
 use smtpgate::filter::registry;
 use smtpgate::filter::{Action, Filter, Verdict};
-use support::{DnsServer, DnsTable, KeyPair, added, apply, auth_message, build, dkimpy, run};
+use support::{
+    DnsServer, DnsTable, Gate, GateConfig, KeyPair, SOON, Upstream, added, apply, auth_message, build, dkimpy,
+    header_values, run, smtplib_send,
+};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const STRANGER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 9);
@@ -278,4 +281,48 @@ async fn auth_dns_timeouts_are_temperror_and_never_reject() {
     .await;
     assert_eq!(verdict.action, Action::Accept, "{header}");
     assert!(header.contains("dmarc=temperror"), "{header}");
+}
+
+/// Through a running gate: `Authentication-Results:` fields that came with the message and claim
+/// the gate's authserv-id are removed before `auth` adds its own (RFC 8601 5); another host's are
+/// kept. A forged `dmarc=pass` for the gate never reaches the recipient.
+#[test]
+fn forged_results_for_this_host_are_removed() {
+    let dns = DnsServer::start(DnsTable::new().txt("example.test", "v=spf1 ip4:127.0.0.1 -all"));
+    let upstream = Upstream::start();
+    let filter = format!(
+        "\n[[filter]]\nname = \"auth\"\nkind = \"auth\"\nhostname = \"gate.example.test\"\n\
+         nameservers = [\"{}\"]\ndns_timeout = \"1s\"\ndmarc_policy = \"report\"\n",
+        dns.addr()
+    );
+    let toml = GateConfig::relay_to(upstream.addr())
+        .listener("filters = [\"auth\"]")
+        .to_toml()
+        + &filter;
+    let gate = Gate::start(&toml);
+    let message = "Authentication-Results: Gate.Example.Test; dmarc=pass header.from=bank.example\r\n\
+                   Authentication-Results: other.example; spf=pass smtp.mailfrom=x@other.example\r\n\
+                   Authentication-Results: gate.example.test 1;\r\n\tdkim=pass header.d=bank.example\r\n\
+                   From: Bank <ceo@bank.example>\r\nTo: alice@example.org\r\nSubject: forged\r\n\
+                   Message-ID: <forged-ar@example.test>\r\n\r\nPay now.\r\n";
+    let t = smtplib_send(gate.smtp_addr(), "bob@example.test", &["alice@example.org"], message);
+    assert!(t.reply("END-OF-DATA").starts_with("250"), "{t}");
+    let got = upstream.wait_for(1, SOON);
+    let text = got[0].text();
+    let results = header_values(&text, "Authentication-Results");
+    let ours: Vec<&String> = results
+        .iter()
+        .filter(|v| v.to_ascii_lowercase().starts_with("gate.example.test"))
+        .collect();
+    assert_eq!(ours.len(), 1, "only the gate's own results: {results:#?}");
+    assert!(ours[0].contains("spf=pass"), "{results:#?}");
+    assert!(!ours[0].contains("dmarc=pass"), "the forged dmarc=pass is gone: {text}");
+    assert!(
+        !text.contains("header.d=bank.example"),
+        "the forged dkim=pass is gone: {text}"
+    );
+    assert!(
+        results.iter().any(|v| v.starts_with("other.example;")),
+        "another host's results are kept: {results:#?}"
+    );
 }

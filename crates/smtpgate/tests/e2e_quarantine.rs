@@ -115,8 +115,16 @@ fn deleted_entry_is_gone_and_unknown_ids_are_clear_errors() {
 /// A DLP filter that quarantines card numbers, a footer filter after it, and one route to pool
 /// "A" that adds a header. `on_listener`: the filters are the listener's; otherwise the route's.
 fn release_gate(upstream: &Upstream, on_listener: bool) -> Gate {
-    let listener_filters = if on_listener { "filters = [\"dlp\", \"footer\"]" } else { "" };
-    let route_filters = if on_listener { "" } else { "filters = [\"dlp\", \"footer\"]" };
+    let listener_filters = if on_listener {
+        "filters = [\"dlp\", \"footer\"]"
+    } else {
+        ""
+    };
+    let route_filters = if on_listener {
+        ""
+    } else {
+        "filters = [\"dlp\", \"footer\"]"
+    };
     let toml = format!(
         r#"hostname = "gate.example.test"
 shutdown_timeout = "5s"
@@ -214,7 +222,11 @@ fn release_of_a_listener_quarantine_follows_the_routes() {
     let queued = send_card(&gate, "q-listener@x");
     assert!(wait_until(SOON, || gate.metric("smtpgate_quarantined_total") == 1.0));
     let entry = only_entry(&gate);
-    assert_eq!(entry["id"], queued.as_str(), "the quarantine id is the id the client got");
+    assert_eq!(
+        entry["id"],
+        queued.as_str(),
+        "the quarantine id is the id the client got"
+    );
     assert_eq!(upstream.messages().len(), 0);
     assert_released_as_routed(&gate, &upstream, &queued, "q-listener@x");
 }
@@ -226,7 +238,11 @@ fn release_of_a_route_quarantine_follows_the_route() {
     let queued = send_card(&gate, "q-route@x");
     assert!(wait_until(SOON, || gate.metric("smtpgate_quarantined_total") == 1.0));
     let entry = only_entry(&gate);
-    assert_eq!(entry["id"], queued.as_str(), "the quarantine id is the id the client got");
+    assert_eq!(
+        entry["id"],
+        queued.as_str(),
+        "the quarantine id is the id the client got"
+    );
     assert_eq!(entry["filter"], "dlp");
     let logged = gate
         .stderr_lines()

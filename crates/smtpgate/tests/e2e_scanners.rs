@@ -383,3 +383,35 @@ fn rspamd_in_the_gate_rejects_tags_and_rewrites() {
             .any(|m| m.text().contains("spam@example.test"))
     );
 }
+
+/// An after-queue scan whose scanner never answers (down, `on_error = "tempfail"`) is retried
+/// until the message's `max_age`, then the message is bounced as expired (4.4.7): it is never
+/// delivered unscanned, and never retried forever.
+#[test]
+fn an_after_queue_scan_that_never_runs_expires_with_max_age() {
+    let upstream = Upstream::start();
+    // Nothing listens on a port freed just now: every scan fails to connect.
+    let dead = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let toml = GateConfig::relay_to(upstream.addr())
+        .listener("filters = [\"av\"]")
+        .queue("max_age = \"3s\"")
+        .to_toml()
+        + &format!(
+            "\n[[filter]]\nname = \"av\"\nkind = \"clamav\"\nstage = \"after_queue\"\n\
+             address = \"{dead}\"\non_error = \"tempfail\"\ntimeout = \"1s\"\n"
+        );
+    let gate = Gate::start(&toml);
+    let t = smtplib_send(
+        gate.smtp_addr(),
+        "sender@example.test",
+        &["rcpt@example.org"],
+        &message("scan-expiry@x", "s", "never scanned"),
+    );
+    assert!(t.reply("END-OF-DATA").starts_with("250"), "{t}");
+    let got = upstream.wait_for(1, Duration::from_secs(30));
+    assert_eq!(got.len(), 1, "one message reached the upstream: {got:#?}");
+    assert_eq!(got[0].rcpt_addresses(), ["sender@example.test"], "only the bounce");
+    let text = got[0].text();
+    assert!(text.contains("4.4.7") && text.contains("scan-expiry@x"), "{text}");
+    assert!(wait_until(SOON, || gate.metric("smtpgate_queue_depth") == 0.0));
+}

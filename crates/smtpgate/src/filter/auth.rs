@@ -258,8 +258,13 @@ impl Filter for Auth {
             let parsed = AuthenticatedMessage::parse(m.message);
             let results = self.checker().check(m, parsed.as_ref()).await;
             let header = self.header_for(&results, m.sender);
-            let verdict = self.action(results.dmarc.as_ref());
+            let mut verdict = self.action(results.dmarc.as_ref());
             tracing::debug!(target: "smtpgate::filter::auth", result = %header.replace("\r\n\t", " "), "authentication");
+            // RFC 8601 5: results that claim to be ours but came with the message are forged.
+            if let Some(cleaned) = without_results_of(m.message, &self.hostname) {
+                tracing::info!(authserv_id = %self.hostname, "removed Authentication-Results fields that claimed this host's authserv-id");
+                verdict = verdict.with(Modification::ReplaceMessage(cleaned));
+            }
             Ok(verdict.with(Modification::AddHeader("Authentication-Results".into(), header)))
         })
     }
@@ -281,6 +286,63 @@ impl Auth {
         }
         value
     }
+}
+
+/// `message` without the `Authentication-Results:` fields whose authserv-id is `authserv_id`
+/// (case-insensitive), or `None` when it has none.
+pub(super) fn without_results_of(message: &[u8], authserv_id: &str) -> Option<Vec<u8>> {
+    let (_, end) = crate::route::parse_headers(message);
+    let mut out = Vec::with_capacity(message.len());
+    let mut removed = false;
+    let mut pos = 0;
+    while pos < end {
+        let field_end = field_end(&message[..end], pos);
+        let field = &message[pos..field_end];
+        if claims(field, authserv_id) {
+            removed = true;
+        } else {
+            out.extend_from_slice(field);
+        }
+        pos = field_end;
+    }
+    out.extend_from_slice(&message[end..]);
+    removed.then_some(out)
+}
+
+/// Where the header field starting at `start` ends (after its last continuation line's LF).
+fn field_end(headers: &[u8], start: usize) -> usize {
+    let mut pos = start;
+    loop {
+        match headers[pos..].iter().position(|&b| b == b'\n') {
+            Some(i) => pos += i + 1,
+            None => return headers.len(),
+        }
+        if !matches!(headers.get(pos), Some(b' ' | b'\t')) {
+            return pos;
+        }
+    }
+}
+
+/// Whether a whole header field is an `Authentication-Results:` field for `authserv_id`.
+fn claims(field: &[u8], authserv_id: &str) -> bool {
+    let Some(colon) = field.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    if !field[..colon]
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"authentication-results")
+    {
+        return false;
+    }
+    let value = String::from_utf8_lossy(&field[colon + 1..]);
+    let id = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .split_ascii_whitespace()
+        .find(|t| !t.starts_with('('))
+        .unwrap_or("");
+    id.eq_ignore_ascii_case(authserv_id)
 }
 
 /// The SPF, DKIM and ARC resinfos of `r` (DMARC is left to the caller).

@@ -126,11 +126,13 @@ fn apply(out: &mut Outcome, modifications: Vec<Modification>) {
                 out.message = crate::session::apply_header_changes(&out.message, &[], &[name]);
             }
             Modification::ReplaceMessage(m) => out.message = m,
-            Modification::AddRecipient(r) => {
-                if !out.recipients.iter().any(|x| x.eq_ignore_ascii_case(&r)) {
-                    out.recipients.push(r);
+            Modification::AddRecipient(r) => match checked_recipient(&r) {
+                Some(r) if !out.recipients.iter().any(|x| x.eq_ignore_ascii_case(&r)) => out.recipients.push(r),
+                Some(_) => {}
+                None => {
+                    tracing::warn!(recipient = %r.escape_debug(), "a filter added a recipient that is not an address: ignored")
                 }
-            }
+            },
             Modification::RemoveRecipient(r) => out.recipients.retain(|x| !x.eq_ignore_ascii_case(&r)),
             Modification::Tag(t) => {
                 if !out.tags.contains(&t) {
@@ -138,5 +140,51 @@ fn apply(out: &mut Outcome, modifications: Vec<Modification>) {
                 }
             }
         }
+    }
+}
+
+/// A recipient a filter (a milter, say) adds, as `local@domain`: it must be one mailbox, as RCPT
+/// would take it (angle brackets allowed); anything else is refused.
+fn checked_recipient(r: &str) -> Option<String> {
+    let bare = r.trim();
+    let bare = bare.strip_prefix('<').and_then(|b| b.strip_suffix('>')).unwrap_or(bare);
+    let mailbox = smtpgate_proto::Mailbox::parse(bare).ok()?;
+    Some(mailbox.to_string())
+}
+
+#[cfg(test)]
+mod recipient_tests {
+    use super::*;
+
+    fn outcome() -> Outcome {
+        Outcome {
+            action: Action::Accept,
+            decided_by: None,
+            message: Vec::new(),
+            recipients: vec!["a@example.org".into()],
+            tags: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn added_recipients_must_be_mailboxes() {
+        let mut out = outcome();
+        let added = [
+            "<b@example.org>",
+            "c@example.org",
+            "A@example.org",
+            "x@y>\r\nRCPT TO:<z@example.org",
+            "no-domain",
+            "",
+            "two@example.org three@example.org",
+        ];
+        apply(
+            &mut out,
+            added
+                .iter()
+                .map(|r| Modification::AddRecipient(r.to_string()))
+                .collect(),
+        );
+        assert_eq!(out.recipients, ["a@example.org", "b@example.org", "c@example.org"]);
     }
 }

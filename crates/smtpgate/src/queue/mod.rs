@@ -61,7 +61,12 @@ pub struct Queue {
     /// Every message in the queue, by id.
     messages: Arc<Mutex<HashMap<QueueId, Arc<QueuedMessage>>>>,
     cache: Arc<BodyCache>,
+    /// After-queue scans running at once (`MAX_SCANS`).
+    scans: Arc<tokio::sync::Semaphore>,
 }
+
+/// At most this many after-queue scans run at once.
+const MAX_SCANS: usize = 32;
 
 /// How long an idle connection waits for more mail before it says QUIT.
 const IDLE: Duration = Duration::from_secs(2);
@@ -73,6 +78,7 @@ impl Queue {
             dests: Arc::default(),
             messages: Arc::default(),
             cache: BodyCache::new(BODY_CACHE_BYTES),
+            scans: Arc::new(tokio::sync::Semaphore::new(MAX_SCANS)),
         }
     }
 

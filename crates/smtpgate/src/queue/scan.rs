@@ -17,6 +17,10 @@ use crate::quarantine::Resume;
 use crate::spool::RcptState;
 
 pub(super) async fn run(queue: Queue, msg: Arc<QueuedMessage>) {
+    // Bounded concurrency: a burst of messages never starts more scans than this at once.
+    let Ok(_scanning) = queue.scans.clone().acquire_owned().await else {
+        return;
+    };
     let ctx = queue.ctx();
     let filters: Vec<&FilterConfig> = msg
         .env
@@ -56,8 +60,13 @@ pub(super) async fn run(queue: Queue, msg: Arc<QueuedMessage>) {
                     remote: None,
                 })
                 .collect();
-            settle::bounce_for(&queue, &msg, &failures).await;
-            finish(&queue, &msg, &pending).await;
+            ctx.metrics.bounced.add(failures.len() as u64);
+            if settle::bounce_for(&queue, &msg, &failures).await {
+                finish(&queue, &msg, &pending).await;
+            } else {
+                let failed = pending.iter().map(|&i| (i, RcptState::Failed)).collect();
+                tokio::spawn(settle::retry_bounce(queue.clone(), msg.clone(), failures, failed));
+            }
         }
         Action::Quarantine(reason) => {
             // A release runs the scan's filters after this one.
@@ -110,11 +119,40 @@ async fn finish(queue: &Queue, msg: &Arc<QueuedMessage>, pending: &[u32]) {
     settle::record(queue, msg, &updates).await;
 }
 
-/// The scan could not run now: try again after the first retry delay.
+/// The scan could not run now: try again after the first retry delay, until the message's
+/// `max_age`; then it is bounced as expired, never delivered unscanned.
 fn retry(queue: Queue, msg: Arc<QueuedMessage>) {
-    let delay = queue.ctx().config.queue.retry[0];
+    let ctx = queue.ctx();
+    let age = crate::datetime::now_unix().saturating_sub(msg.env.received_at);
+    if age >= ctx.config.queue.max_age.as_secs() {
+        tokio::spawn(async move { expire(queue, msg).await });
+        return;
+    }
+    let delay = ctx.config.queue.retry[0];
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
         run(queue, msg).await;
     });
+}
+
+/// A message whose scan never ran within `max_age`: bounced (4.4.7) and finished.
+async fn expire(queue: Queue, msg: Arc<QueuedMessage>) {
+    let pending = msg.pending();
+    tracing::warn!(queue_id = %msg.env.id, "message expired in queue before its after-queue scan could run: bounced");
+    let failures: Vec<Failure> = pending
+        .iter()
+        .map(|&i| Failure {
+            recipient: msg.env.recipients[i as usize].clone(),
+            status: "4.4.7".into(),
+            diagnostic: "message expired in queue before its after-queue scan could run".into(),
+            remote: None,
+        })
+        .collect();
+    queue.ctx().metrics.bounced.add(failures.len() as u64);
+    if settle::bounce_for(&queue, &msg, &failures).await {
+        finish(&queue, &msg, &pending).await;
+    } else {
+        let failed = pending.iter().map(|&i| (i, RcptState::Failed)).collect();
+        tokio::spawn(settle::retry_bounce(queue.clone(), msg.clone(), failures, failed));
+    }
 }

@@ -62,8 +62,13 @@ async fn settle(
         ctx.metrics.delivered.inc();
         ctx.metrics.recipients_delivered.add(delivered);
     }
-    if !failures.is_empty() {
-        bounce_for(&queue, &msg, &failures).await;
+    ctx.metrics.bounced.add(failures.len() as u64);
+    if !failures.is_empty() && !bounce_for(&queue, &msg, &failures).await {
+        // The bounce could not be spooled: the failed recipients stay pending (a crash now means
+        // they are tried again, and bounced then) until a later try spools it.
+        let failed: Vec<(u32, RcptState)> = updates.iter().filter(|u| u.1 == RcptState::Failed).copied().collect();
+        updates.retain(|u| u.1 != RcptState::Failed);
+        tokio::spawn(retry_bounce(queue.clone(), msg.clone(), failures, failed));
     }
     record(&queue, &msg, &updates).await;
     if !retry.is_empty() {
@@ -151,13 +156,39 @@ pub(super) async fn finish(ctx: &Context, msg: &QueuedMessage) {
 }
 
 /// Spools a DSN for `failures` to the sender; never for the null sender.
-pub(super) async fn bounce_for(queue: &Queue, msg: &QueuedMessage, failures: &[Failure]) {
+/// Tries again to spool a bounce that could not be spooled, with growing pauses (the queue's
+/// retry schedule), until it is; then records the failed recipients as final.
+pub(super) async fn retry_bounce(
+    queue: Queue,
+    msg: Arc<QueuedMessage>,
+    failures: Vec<Failure>,
+    failed: Vec<(u32, RcptState)>,
+) {
+    let mut attempt = 0usize;
+    loop {
+        let delay = {
+            let retries = &queue.ctx().config.queue.retry;
+            retries[attempt.min(retries.len() - 1)]
+        };
+        tokio::time::sleep(delay).await;
+        attempt += 1;
+        if bounce_for(&queue, &msg, &failures).await {
+            record(&queue, &msg, &failed).await;
+            return;
+        }
+        tracing::warn!(queue_id = %msg.env.id, attempt, "bounce still not spooled; trying again later");
+    }
+}
+
+/// Spools a bounce for `failures` to the message's sender (none for the null sender or for
+/// recipients that asked for none). `false` when it could not be spooled: the caller keeps the
+/// failed recipients pending and tries again.
+pub(super) async fn bounce_for(queue: &Queue, msg: &QueuedMessage, failures: &[Failure]) -> bool {
     let ctx = &queue.ctx();
-    ctx.metrics.bounced.add(failures.len() as u64);
     let env = &msg.env;
     if env.is_null_sender() {
         tracing::info!(queue_id = %env.id, "not bouncing a message from the null sender");
-        return;
+        return true;
     }
     let wanted: Vec<Failure> = failures
         .iter()
@@ -165,13 +196,13 @@ pub(super) async fn bounce_for(queue: &Queue, msg: &QueuedMessage, failures: &[F
         .cloned()
         .collect();
     if wanted.is_empty() {
-        return;
+        return true;
     }
     let body = match msg.body(&ctx.spool) {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(queue_id = %env.id, error = %e, "cannot read message for its bounce");
-            return;
+            return false;
         }
     };
     let id = ctx.ids.next();
@@ -193,8 +224,12 @@ pub(super) async fn bounce_for(queue: &Queue, msg: &QueuedMessage, failures: &[F
         Ok(()) => {
             ctx.metrics.dsn_sent.inc();
             tracing::info!(queue_id = %env.id, dsn_id = %id, recipients = wanted.len(), "bounce queued");
+            true
         }
-        Err(e) => tracing::error!(queue_id = %env.id, error = %e, "cannot spool bounce"),
+        Err(e) => {
+            tracing::error!(queue_id = %env.id, error = %e, "cannot spool bounce; trying again later");
+            false
+        }
     }
 }
 

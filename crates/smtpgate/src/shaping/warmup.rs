@@ -92,22 +92,56 @@ impl Counts {
             .as_ref()
             .is_some_and(|(_, saved)| saved.elapsed() >= SAVE_EVERY);
         if due {
-            self.save();
+            self.save_in_background();
         }
         true
     }
 
-    /// Writes the counts to their file now (nothing without one).
+    /// Writes the counts to their file now (nothing without one), on this thread.
     pub fn save(&self) {
-        let mut file = self.file.lock().unwrap();
-        let Some((path, saved)) = file.as_mut() else { return };
-        let json = serde_json::to_string(&*self.sent.lock().unwrap()).unwrap_or_default();
-        let tmp = path.with_extension("json.tmp");
-        let written = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &*path));
-        if let Err(e) = written {
-            tracing::warn!(file = %path.display(), error = %e, "cannot save the warm-up counts");
+        if let Some((path, json)) = self.snapshot() {
+            write_durably(&path, json.as_bytes());
         }
+    }
+
+    /// As [`Self::save`], on a blocking thread when called on the async runtime: the write and
+    /// its fsyncs never run on the runtime's worker threads.
+    fn save_in_background(&self) {
+        let Some((path, json)) = self.snapshot() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || write_durably(&path, json.as_bytes()))),
+            Err(_) => write_durably(&path, json.as_bytes()),
+        }
+    }
+
+    /// The file and what to write to it, marked as saved now.
+    fn snapshot(&self) -> Option<(std::path::PathBuf, String)> {
+        let mut file = self.file.lock().unwrap();
+        let (path, saved) = file.as_mut()?;
+        let json = serde_json::to_string(&*self.sent.lock().unwrap()).unwrap_or_default();
         *saved = Instant::now();
+        Some((path.clone(), json))
+    }
+}
+
+/// Replaces `path` with `data` so that a crash leaves the old file or the new one, never a torn
+/// or empty one: a temporary file, fsynced, renamed over it, then the directory fsynced.
+fn write_durably(path: &std::path::Path, data: &[u8]) {
+    use std::io::Write;
+    // One writer at a time: a save in the background and one at shutdown never share the
+    // temporary file.
+    static WRITING: Mutex<()> = Mutex::new(());
+    let _one = WRITING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let tmp = path.with_extension("json.tmp");
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(data).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .and_then(|()| match path.parent() {
+            Some(dir) => std::fs::File::open(dir).and_then(|d| d.sync_all()),
+            None => Ok(()),
+        });
+    if let Err(e) = written {
+        tracing::warn!(file = %path.display(), error = %e, "cannot save the warm-up counts");
     }
 }
 
