@@ -92,6 +92,14 @@ impl MxConn {
             .outbound(ctx.config.queue.max_connections)
             .wanted_above(self.priority)
     }
+
+    /// Whether an idle connection should close now: another worker waits for one of the key's
+    /// connections (another domain of the same MX rollup), or for one of the node's outbound
+    /// connections (any stream, any destination, this one's own included: a worker of the same
+    /// lane holding a delivery waits there when the node's cap is reached).
+    fn wanted_elsewhere(&self, ctx: &Context) -> bool {
+        ctx.shaper.contended(&self.key) || ctx.shaper.outbound(ctx.config.queue.max_connections).wanted()
+    }
 }
 
 /// The priority of `stream` (0 unless its `[[stream]]` says otherwise).
@@ -205,9 +213,8 @@ async fn run_mx(queue: &Queue, lane: &Lane, domain: &str) {
         let d = match queue.try_next_for(lane) {
             Some(d) => d,
             None => {
-                // Idle: give the connection up at once if another worker (another domain of the
-                // same MX rollup) is waiting for one.
-                if let Some(c) = conn.take_if(|c| ctx.shaper.contended(&c.key) || c.outranked(&ctx)) {
+                // Idle: give the connection up at once if any other worker is waiting for one.
+                if let Some(c) = conn.take_if(|c| c.wanted_elsewhere(&ctx)) {
                     c.client.quit().await;
                 }
                 match queue.next_for(lane).await {
