@@ -24,6 +24,11 @@ fn node(dns: SocketAddr, upstream: &Upstream, redis: &RedisServer, shaping: &std
 }
 
 fn cluster() -> (Upstream, DnsServer, RedisServer, tempfile::TempDir, Gate, Gate) {
+    cluster_at("600/min")
+}
+
+/// Two nodes sharing `rate` for one.test through one Redis.
+fn cluster_at(rate: &str) -> (Upstream, DnsServer, RedisServer, tempfile::TempDir, Gate, Gate) {
     let upstream = Upstream::start();
     let dns = DnsServer::start(
         DnsTable::new()
@@ -35,8 +40,10 @@ fn cluster() -> (Upstream, DnsServer, RedisServer, tempfile::TempDir, Gate, Gate
     let shaping = dir.path().join("shaping.toml");
     std::fs::write(
         &shaping,
-        "[domain.\"one.test\"]\nmax_message_rate = \"600/min\"\n\n\
-         [[adaptive]]\nname = \"ip-reputation\"\nstatus = \"4.7.650\"\naction = \"suspend\"\nduration = \"1h\"\n",
+        format!(
+            "[domain.\"one.test\"]\nmax_message_rate = \"{rate}\"\n\n\
+             [[adaptive]]\nname = \"ip-reputation\"\nstatus = \"4.7.650\"\naction = \"suspend\"\nduration = \"1h\"\n"
+        ),
     )
     .unwrap();
     let a = node(dns.addr(), &upstream, &redis, &shaping);
@@ -75,6 +82,64 @@ fn a_shared_rate_holds_for_all_nodes_together() {
     );
     let from_a = got.iter().filter(|m| m.rcpt_addresses() == ["x@one.test"]).count();
     assert_eq!(from_a, 40, "both nodes delivered everything");
+}
+
+/// Regression (issue 13, point 3): two nodes sharing 60/min (one message a second) for one
+/// domain, 10 messages given to each at the same time. The limit holds exactly for both together
+/// (every two arrivals at least 0.9 s apart, all 20 within 21 s), and the nodes take turns: each
+/// node's first message leaves within 3 s of its 10 being queued, and while both have mail
+/// waiting, neither sends more than 2 in a row. (Each node used to reserve a slot for every
+/// message it held, so the node that asked first sent all 10 before the other sent one: the
+/// other's first waited about 10 s.)
+#[test]
+fn nodes_sharing_a_rate_take_turns() {
+    let (upstream, _dns, _redis, _dir, e, f) = cluster_at("60/min");
+    let (ge, gf) = (&e, &f);
+    let queued = std::thread::scope(|s| {
+        let queued_at = |gate, rcpt| {
+            move || {
+                send_many(gate, 10, rcpt);
+                std::time::Instant::now()
+            }
+        };
+        let e = s.spawn(queued_at(ge, "e@one.test"));
+        let f = s.spawn(queued_at(gf, "f@one.test"));
+        [("E", e.join().unwrap()), ("F", f.join().unwrap())]
+    });
+    let got = upstream.wait_for(20, Duration::from_secs(90));
+    let mut arrivals: Vec<(std::time::Instant, char)> = got
+        .iter()
+        .map(|m| (m.at, if m.rcpt_addresses() == ["e@one.test"] { 'E' } else { 'F' }))
+        .collect();
+    arrivals.sort_by_key(|(at, _)| *at);
+    let order: String = arrivals.iter().map(|(_, node)| *node).collect();
+    for pair in arrivals.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(gap >= Duration::from_millis(900), "two messages {gap:?} apart: {order}");
+    }
+    let span = arrivals[19].0 - arrivals[0].0;
+    assert!(
+        span < Duration::from_secs(21),
+        "20 messages at 1/s took {span:?}: {order}"
+    );
+    for (node, queued) in queued {
+        let node = node.chars().next().unwrap();
+        let first = arrivals.iter().find(|(_, n)| *n == node).unwrap().0;
+        let waited = first.saturating_duration_since(queued);
+        assert!(
+            waited < Duration::from_secs(3),
+            "node {node}'s first message left {waited:?} after its mail was queued: {order}"
+        );
+    }
+    // From the later node's first message to the earlier node's last, both had mail waiting.
+    let both_from = order.find('E').max(order.find('F')).unwrap();
+    let both_to = order.rfind('E').min(order.rfind('F')).unwrap();
+    assert!(both_from < both_to, "the nodes never took turns: {order}");
+    let overlap = &order[both_from..=both_to];
+    assert!(
+        !overlap.contains("EEE") && !overlap.contains("FFF"),
+        "a node sent 3 in a row while the other had mail waiting: {overlap} (all: {order})"
+    );
 }
 
 /// A hard bounce seen by node A suppresses the address on node B too.

@@ -287,3 +287,32 @@ fn limits_per_source_address() {
     per_source.sort();
     assert_eq!(per_source, ["127.0.0.2", "127.0.0.3"], "{body}");
 }
+
+/// Regression (issue 13, point 2): with one outbound connection for the whole node and an
+/// upstream that takes 0.5 s per message, 12 bulk messages to one domain leave in about the 6 s
+/// the upstream needs. Workers of the same lane that hold a delivery wait for the node's only
+/// connection; a connection with nothing left to send gives it up at once instead of keeping it
+/// until its idle timeout (which made it about 4 s per message, 40 s in all).
+#[test]
+fn an_idle_connection_gives_the_only_slot_to_a_waiting_delivery() {
+    let upstream = Upstream::start();
+    let dns = dns();
+    let gate = bulk_gate(
+        &dns,
+        &upstream,
+        "priority = -10",
+        Extra {
+            queue: "max_connections = 1\n",
+            ..Extra::default()
+        },
+    );
+    let started = std::time::Instant::now();
+    send(&gate, "news@example.test", &rcpts("lag+", "bulk.test", 12));
+    let got = upstream.wait_for(12, Duration::from_secs(90));
+    let took = got.iter().map(|m| m.at).max().unwrap() - started;
+    assert!(
+        took < Duration::from_secs(12),
+        "12 messages of 0.5 s each took {took:?} over {} connections",
+        upstream.connection_count()
+    );
+}

@@ -4,6 +4,7 @@
 //! pool the server is chosen per message (so weights hold per message): the worker leases a
 //! connection from the pool for each delivery and gives it back, idle, for the next one.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -27,7 +28,9 @@ struct MxConn {
     client: Client,
     /// The domain's mail servers, to look its shaping up again (the file may have changed).
     hosts: Vec<String>,
-    key: Limit,
+    /// The limit it counts against (an `Arc`: the wait for a message slot keeps it while the
+    /// connection closes).
+    key: Arc<Limit>,
     shape: Shape,
     /// One of the key's `max_connections`, held while the connection is open.
     _permit: Permit,
@@ -76,7 +79,7 @@ impl MxConn {
         Ok(MxConn {
             client,
             hosts: targets.into_iter().map(|t| t.host).collect(),
-            key,
+            key: Arc::new(key),
             shape,
             _permit: permit,
             sent: 0,
@@ -91,6 +94,14 @@ impl MxConn {
         ctx.shaper
             .outbound(ctx.config.queue.max_connections)
             .wanted_above(self.priority)
+    }
+
+    /// Whether an idle connection should close now: another worker waits for one of the key's
+    /// connections (another domain of the same MX rollup), or for one of the node's outbound
+    /// connections (any stream, any destination, this one's own included: a worker of the same
+    /// lane holding a delivery waits there when the node's cap is reached).
+    fn wanted_elsewhere(&self, ctx: &Context) -> bool {
+        ctx.shaper.contended(&self.key) || ctx.shaper.outbound(ctx.config.queue.max_connections).wanted()
     }
 }
 
@@ -138,7 +149,8 @@ async fn pick_source(ctx: &Context, stream: Option<&str>) -> Option<std::net::Ip
 /// rollup's connections until it drains.
 const FAIR_SHARE: usize = 10;
 
-/// A connection waiting longer than this for its next message slot is closed meanwhile.
+/// A connection waiting longer than this for its next message slot (or, with a shared rate, for
+/// this node's turn to reserve one) is closed meanwhile.
 const LONG_WAIT: Duration = Duration::from_secs(10);
 
 /// Closes the connection in `conn`, if any, and opens a new one.
@@ -183,15 +195,28 @@ async fn ready<'a>(
         reopen(ctx, domain, stream, conn).await?;
     }
     let c = conn.as_mut().expect("connected above");
-    if let Some(at) = ctx.shaper.reserve_message(&c.key, c.shape.message_rate).await {
-        if at > Instant::now() + LONG_WAIT {
+    let (key, rate) = (c.key.clone(), c.shape.message_rate);
+    let reserving = ctx.shaper.reserve_message(&key, rate);
+    tokio::pin!(reserving);
+    let reserved = tokio::select! {
+        reserved = &mut reserving => reserved,
+        () = tokio::time::sleep(LONG_WAIT) => {
+            // This node's other workers are ahead in the shared line for the limit.
             if let Some(idle) = conn.take() {
                 idle.client.quit().await;
             }
-            tokio::time::sleep_until(at).await;
+            reserving.await
+        }
+    };
+    if let Some(slot) = reserved {
+        if conn.is_none() || slot.at > Instant::now() + LONG_WAIT {
+            if let Some(idle) = conn.take() {
+                idle.client.quit().await;
+            }
+            slot.wait().await;
             reopen(ctx, domain, stream, conn).await?;
         } else {
-            tokio::time::sleep_until(at).await;
+            slot.wait().await;
         }
     }
     Ok(conn.as_mut().expect("connected above"))
@@ -205,9 +230,8 @@ async fn run_mx(queue: &Queue, lane: &Lane, domain: &str) {
         let d = match queue.try_next_for(lane) {
             Some(d) => d,
             None => {
-                // Idle: give the connection up at once if another worker (another domain of the
-                // same MX rollup) is waiting for one.
-                if let Some(c) = conn.take_if(|c| ctx.shaper.contended(&c.key) || c.outranked(&ctx)) {
+                // Idle: give the connection up at once if any other worker is waiting for one.
+                if let Some(c) = conn.take_if(|c| c.wanted_elsewhere(&ctx)) {
                     c.client.quit().await;
                 }
                 match queue.next_for(lane).await {

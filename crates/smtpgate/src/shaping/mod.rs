@@ -12,6 +12,13 @@
 //! [`Shaper::message_slot`] before each message; it reports failed replies to
 //! [`Shaper::observe`], where the adaptive rules act on them.
 //!
+//! With Redis, a rate is one GCRA for every node (see [`crate::shared`]). Each node keeps one
+//! place in that shared line per limit ([`Line`]): its workers waiting for the limit queue here
+//! first, and only the first of them holds a reservation in Redis, until its slot comes. So nodes
+//! with mail waiting take turns, slot by slot, whatever number of workers each has waiting, and
+//! a node alone still uses the whole rate (its next worker reserves the slot after the one that
+//! just came).
+//!
 //! Connection limits are resizable semaphores ([`Gate`]): when a limit goes down (a reload, an
 //! adaptive action) the permits in use beyond it are retired as their connections close, and
 //! [`Shaper::over_limit`] tells workers to close one.
@@ -25,6 +32,7 @@ pub mod warmup;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -53,6 +61,10 @@ pub struct State {
     /// GCRA: the earliest instant the next message (or connection) of a key may start.
     next_message: Mutex<HashMap<Limit, Instant>>,
     next_connection: Mutex<HashMap<Limit, Instant>>,
+    /// With Redis: this node's line of workers waiting for a shared message (or connection)
+    /// slot of a key.
+    message_lines: Mutex<HashMap<Limit, Line>>,
+    connection_lines: Mutex<HashMap<Limit, Line>>,
     /// Per key: its connection limit.
     connections: Mutex<HashMap<Limit, Arc<Gate>>>,
     /// Per key: workers waiting for a connection permit.
@@ -245,36 +257,66 @@ impl Shaper {
     /// Waits until the key may open another connection under `rate`.
     pub async fn connection_slot(&self, key: &Limit, rate: Option<Rate>) {
         if let Some(rate) = rate {
-            let at = self.reserve(&self.state.next_connection, "conn", key, rate).await;
-            tokio::time::sleep_until(at).await;
+            let counters = Counters {
+                local: &self.state.next_connection,
+                lines: &self.state.connection_lines,
+                kind: "conn",
+            };
+            self.reserve(counters, key, rate).await.wait().await;
         }
     }
 
     /// Waits until the key may send another message under `rate`.
     pub async fn message_slot(&self, key: &Limit, rate: Option<Rate>) {
-        if let Some(at) = self.reserve_message(key, rate).await {
-            tokio::time::sleep_until(at).await;
+        if let Some(slot) = self.reserve_message(key, rate).await {
+            slot.wait().await;
         }
     }
 
-    /// Takes the key's next message slot under `rate` and says when it comes (`None`: no limit).
-    /// The caller waits until then; a worker facing a long wait closes its connection first.
-    pub async fn reserve_message(&self, key: &Limit, rate: Option<Rate>) -> Option<Instant> {
+    /// Takes the key's next message slot under `rate` (`None`: no limit). With a shared rate this
+    /// first waits for this node's turn in the shared line (behind its other workers waiting for
+    /// the key). The caller then waits for the slot ([`Reserved::wait`]); a worker facing a long
+    /// wait closes its connection first.
+    pub async fn reserve_message(&self, key: &Limit, rate: Option<Rate>) -> Option<Reserved> {
         let rate = rate?;
-        Some(self.reserve(&self.state.next_message, "msg", key, rate).await)
+        let counters = Counters {
+            local: &self.state.next_message,
+            lines: &self.state.message_lines,
+            kind: "msg",
+        };
+        Some(self.reserve(counters, key, rate).await)
     }
 
     /// A slot from the shared counter when there is one, else (or when it fails) from this node's.
-    async fn reserve(&self, local: &Mutex<HashMap<Limit, Instant>>, kind: &str, key: &Limit, rate: Rate) -> Instant {
+    async fn reserve(&self, counters: Counters<'_>, key: &Limit, rate: Rate) -> Reserved {
         if let Some(shared) = &self.shared {
-            match shared.reserve(&format!("{kind}:{key}"), rate.interval()).await {
-                Ok(wait) => return Instant::now() + wait,
-                Err(e) => {
-                    tracing::warn!(error = %e, limit = %key, "shared throttle unavailable: counting on this node alone")
+            let line = line(counters.lines, key);
+            let mut turn = line.lock_owned().await;
+            if turn.down_until.is_none_or(|until| Instant::now() >= until) {
+                match shared
+                    .reserve(&format!("{}:{key}", counters.kind), rate.interval())
+                    .await
+                {
+                    Ok(wait) => {
+                        turn.down_until = None;
+                        return Reserved {
+                            at: Instant::now() + wait,
+                            _turn: Some(turn),
+                        };
+                    }
+                    Err(e) => {
+                        // The workers behind in line count locally for a while rather than each
+                        // waiting for Redis to fail in turn.
+                        turn.down_until = Some(Instant::now() + SHARED_RETRY);
+                        tracing::warn!(error = %e, limit = %key, "shared throttle unavailable: counting on this node alone")
+                    }
                 }
             }
         }
-        reserve(local, key, rate)
+        Reserved {
+            at: reserve(counters.local, key, rate),
+            _turn: None,
+        }
     }
 
     /// The node's cap on outbound MX connections, sized `max` (the current `[queue]
@@ -318,6 +360,53 @@ impl Shaper {
             .collect();
         out.sort_by(|a, b| (&a.stream, &a.key, a.source).cmp(&(&b.stream, &b.key, b.source)));
         out
+    }
+}
+
+/// How long after a failed request to the shared counter a node counts a limit on its own before
+/// it asks Redis again.
+const SHARED_RETRY: Duration = Duration::from_secs(1);
+
+/// This node's line for one shared limit: whoever holds its lock holds the node's one place in the
+/// shared GCRA line.
+type Line = Arc<tokio::sync::Mutex<LineState>>;
+
+#[derive(Default)]
+struct LineState {
+    /// Redis failed: until then, the limit is counted on this node alone.
+    down_until: Option<Instant>,
+}
+
+/// The key's line in `lines`.
+fn line(lines: &Mutex<HashMap<Limit, Line>>, key: &Limit) -> Line {
+    let mut all = lines.lock().unwrap();
+    match all.get(key) {
+        Some(line) => line.clone(),
+        None => all.entry(key.clone()).or_default().clone(),
+    }
+}
+
+/// The counters of one kind of slot (messages or connections).
+struct Counters<'a> {
+    local: &'a Mutex<HashMap<Limit, Instant>>,
+    lines: &'a Mutex<HashMap<Limit, Line>>,
+    /// The shared key's prefix.
+    kind: &'static str,
+}
+
+/// A slot taken under a rate, and with a shared rate, this node's turn in the shared line for it:
+/// the node's next worker asks for the next slot only once this one has come.
+#[must_use = "a reserved slot is waited for"]
+pub struct Reserved {
+    /// When the slot comes.
+    pub at: Instant,
+    _turn: Option<tokio::sync::OwnedMutexGuard<LineState>>,
+}
+
+impl Reserved {
+    /// Waits until the slot comes, then gives the node's turn to its next worker.
+    pub async fn wait(self) {
+        tokio::time::sleep_until(self.at).await;
     }
 }
 

@@ -126,12 +126,23 @@ impl Outbound {
 
     /// Whether a worker of a higher priority than `priority` is waiting for a slot.
     pub fn wanted_above(&self, priority: i32) -> bool {
+        self.first_waiting().is_some_and(|first| first > priority)
+    }
+
+    /// Whether any worker is waiting for a slot: a connection with nothing to send should give
+    /// its slot up at once.
+    pub fn wanted(&self) -> bool {
+        self.first_waiting().is_some()
+    }
+
+    /// The priority of the first worker in line, if any.
+    fn first_waiting(&self) -> Option<i32> {
         let mut inner = self.inner.lock().unwrap();
         // Waiters that gave up are dropped here, so they do not count.
         while inner.waiting.peek().is_some_and(|w| w.grant.is_closed()) {
             inner.waiting.pop();
         }
-        inner.waiting.peek().is_some_and(|w| w.priority > priority)
+        inner.waiting.peek().map(|w| w.priority)
     }
 
     /// Slots in use and workers waiting.
@@ -185,6 +196,7 @@ mod tests {
         }
         assert!(out.wanted_above(0), "tx (10) waits above priority 0");
         assert!(!out.wanted_above(10));
+        assert!(out.wanted(), "anyone waiting counts, whatever its priority");
         drop(first);
         for t in tasks {
             tokio::time::timeout(Duration::from_secs(5), t).await.unwrap().unwrap();
@@ -207,6 +219,7 @@ mod tests {
         waiting.abort();
         let _ = waiting.await;
         assert!(!out.wanted_above(0), "a waiter that gave up does not count");
+        assert!(!out.wanted(), "a waiter that gave up does not count");
         drop(held);
         assert_eq!(out.usage().1, 0, "nothing leaked");
         let again = tokio::time::timeout(Duration::from_secs(5), out.acquire(0))

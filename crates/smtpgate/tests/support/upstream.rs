@@ -10,6 +10,7 @@
 //! | `reject-data` | `554 5.6.0` after end of data |
 //! | `disconnect-data` | closes the connection after end of data, without a reply |
 //! | `slow` | from its RCPT on, every reply on the connection comes 2 s late |
+//! | `lag` | accepted, the reply to its end of data 0.5 s late (a receiver that takes its time per message) |
 //! | anything else | accepted |
 //!
 //! With [`Upstream::fail_first`]`(n)` a misbehaving recipient misbehaves on its first `n`
@@ -37,6 +38,7 @@ const MAX_LINE: usize = 4096;
 const MAX_DATA: usize = 64 * 1024 * 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 const SLOW_DELAY: Duration = Duration::from_secs(2);
+const LAG_DELAY: Duration = Duration::from_millis(500);
 
 /// One RCPT the upstream accepted.
 #[derive(Debug, Clone, PartialEq)]
@@ -224,6 +226,7 @@ enum Behaviour {
     RejectData,
     DisconnectData,
     Slow,
+    Lag,
 }
 
 impl Behaviour {
@@ -239,6 +242,7 @@ impl Behaviour {
             "reject-data" => Behaviour::RejectData,
             "disconnect-data" => Behaviour::DisconnectData,
             "slow" => Behaviour::Slow,
+            "lag" => Behaviour::Lag,
             _ => Behaviour::Accept,
         }
     }
@@ -462,7 +466,11 @@ impl Session {
             DataOutcome::Disconnect => return Ok(Next::Close),
             DataOutcome::Reply(reply) => self.reply(reply).await?,
             DataOutcome::Accept => {
+                let lag = transaction.rcpts.iter().any(|(_, b)| *b == Behaviour::Lag);
                 let id = self.record(transaction, unstuff(&raw));
+                if lag {
+                    tokio::time::sleep(LAG_DELAY).await;
+                }
                 self.reply(&format!("250 2.0.0 Ok: queued as U{id}")).await?
             }
         }
