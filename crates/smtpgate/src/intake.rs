@@ -138,6 +138,7 @@ async fn filter_copy(
     let rcpts: Vec<String> = copy.group.recipients.iter().map(|r| r.address.clone()).collect();
     let sender = copy.group.srs_sender.as_deref().unwrap_or(&msg.env.sender);
     let out = pipeline::run_data(filters, origin, sender, rcpts, copy.message, msg.tags.clone()).await;
+    ctx.metrics.filter_unchecked.add(out.unchecked.len() as u64);
     let by = out.decided_by.clone().unwrap_or_default();
     match out.action {
         Action::Accept => {
@@ -391,6 +392,7 @@ async fn resume_filters(
     }
     let rcpts: Vec<String> = env.recipients.iter().map(|r| r.address.clone()).collect();
     let out = pipeline::run_data(filters, info, &env.sender, rcpts, message, tags).await;
+    ctx.metrics.filter_unchecked.add(out.unchecked.len() as u64);
     let by = out.decided_by.clone().unwrap_or_default();
     keep_recipients(&mut env.recipients, &out.recipients);
     match out.action {

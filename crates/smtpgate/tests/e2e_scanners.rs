@@ -213,10 +213,30 @@ async fn clamav_filter_errors_when_clamd_refuses_or_is_gone() {
         .await
         .expect_err("clamd refuses a stream over its limit");
     eprintln!("over clamd's limit: {refused}");
-    // Within clamd's limit but over the filter's: not sent, accepted unscanned (no header).
+    // Within clamd's limit but over the filter's: not sent, and never passed silently: by
+    // default accepted as unchecked (the pipeline turns that into a header, a log line and a
+    // metric); `on_oversize` may tempfail or reject it instead.
     let small_limit = filter("clamav", &format!("address = \"{}\"\nmax_size = \"1KB\"", clamd.addr));
     let skipped = ask(&*small_limit, "big", &"y".repeat(4096)).await.expect("skipped");
-    assert_eq!(skipped, Verdict::accept());
+    assert_eq!(skipped.action, Action::Accept);
+    assert!(
+        matches!(&skipped.modifications[..], [Modification::Unchecked(why)] if why.contains("larger than max_size")),
+        "{skipped:?}"
+    );
+    for (setting, code) in [("tempfail", 451), ("reject", 552)] {
+        let f = filter(
+            "clamav",
+            &format!(
+                "address = \"{}\"\nmax_size = \"1KB\"\non_oversize = \"{setting}\"",
+                clamd.addr
+            ),
+        );
+        let verdict = ask(&*f, "big", &"y".repeat(4096)).await.expect("decided");
+        match verdict.action {
+            Action::TempFail(r) | Action::Reject(r) => assert_eq!(r.code, code, "{setting}"),
+            other => panic!("{setting}: {other:?}"),
+        }
+    }
 
     clamd.daemon.stop();
     let gone = ask(&*f, "hello", "nothing to see").await.expect_err("clamd stopped");
@@ -336,6 +356,12 @@ fn clamd_down_fails_open_or_closed_per_on_error() {
     assert!(reply.starts_with("250 "), "{reply}");
     let text = arrived(&upstream, "open@example.test");
     assert!(header_values(&text, "X-Virus-Scanned").is_empty(), "{text}");
+    let unchecked = header_values(&text, "X-Smtpgate-Unchecked");
+    assert!(
+        unchecked.len() == 1 && unchecked[0].starts_with("scan; filter failed"),
+        "an unscanned message is marked: {text}"
+    );
+    assert_eq!(open.metric("smtpgate_filter_unchecked_total"), 1.0);
 
     let closed = gate_with_filter(
         &upstream,

@@ -14,10 +14,10 @@
 //! `on_error` decides.
 //!
 //! A message larger than `max_size` is not sent: clamd would refuse it with
-//! `INSTREAM size limit exceeded`, and failing it per `on_error` would turn a fail-closed
-//! setting into a message that is retried until it expires, since it never gets smaller. It is
-//! accepted unscanned, with a warning in the log and without the `X-Virus-Scanned` header, so
-//! what comes after can tell. Set `max_size` to clamd's StreamMaxLength.
+//! `INSTREAM size limit exceeded`. `on_oversize` decides: `"accept"` (the default) passes it
+//! unscanned but never silently: an `X-Smtpgate-Unchecked: <filter>; larger than max_size`
+//! header, a log line and `smtpgate_filter_unchecked_total`; `"tempfail"` answers `451 4.7.1`;
+//! `"reject"` answers `552 5.3.4`. Set `max_size` to clamd's StreamMaxLength.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,6 +44,15 @@ struct Options {
     socket: Option<PathBuf>,
     action: Option<String>,
     max_size: Option<String>,
+    on_oversize: Option<String>,
+}
+
+/// What to do with a message larger than `max_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnOversize {
+    Accept,
+    TempFail,
+    Reject,
 }
 
 /// Where clamd listens.
@@ -66,6 +75,7 @@ pub struct ClamAv {
     endpoint: Endpoint,
     on_virus: OnVirus,
     max_size: u64,
+    on_oversize: OnOversize,
 }
 
 /// clamd's answer to one scan.
@@ -96,6 +106,16 @@ pub fn build(raw: toml::Table, base_dir: &Path) -> Result<Arc<dyn Filter>, Build
             DEFAULT_MAX_SIZE
         }
     };
+    let on_oversize = match o.on_oversize.as_deref() {
+        None | Some("accept") => OnOversize::Accept,
+        Some("tempfail") => OnOversize::TempFail,
+        Some("reject") => OnOversize::Reject,
+        Some(other) => {
+            let message = format!("{other:?} is not one of \"accept\", \"tempfail\", \"reject\"");
+            errors.push(("on_oversize".into(), message));
+            OnOversize::Accept
+        }
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -103,6 +123,7 @@ pub fn build(raw: toml::Table, base_dir: &Path) -> Result<Arc<dyn Filter>, Build
         endpoint,
         on_virus,
         max_size,
+        on_oversize,
     }))
 }
 
@@ -144,9 +165,17 @@ impl Filter for ClamAv {
                 tracing::warn!(
                     size = m.message.len(),
                     max_size = self.max_size,
+                    on_oversize = ?self.on_oversize,
                     "clamav: message larger than max_size, not scanned"
                 );
-                return Ok(Verdict::accept());
+                return Ok(match self.on_oversize {
+                    OnOversize::Accept => Verdict::accept().with(Modification::Unchecked(format!(
+                        "larger than max_size ({} bytes), not scanned",
+                        self.max_size
+                    ))),
+                    OnOversize::TempFail => Verdict::tempfail(Reply::policy_unavailable()),
+                    OnOversize::Reject => Verdict::reject(Reply::message_too_big()),
+                });
             }
             let answer = self.scan(m.message).await?;
             Ok(self.verdict(answer, m))

@@ -88,6 +88,11 @@ pub enum Modification {
     RemoveRecipient(String),
     /// A tag that routing rules can match (`when = { tag = "..." }`).
     Tag(String),
+    /// The filter did not check the message (a scanner's size limit, or the filter failed and
+    /// its `on_error` accepts), and why. The pipeline never lets that pass silently: it adds an
+    /// `X-Smtpgate-Unchecked:` header naming the filter, logs it and counts it
+    /// (`smtpgate_filter_unchecked_total`).
+    Unchecked(String),
 }
 
 /// A filter's answer: an action plus modifications.

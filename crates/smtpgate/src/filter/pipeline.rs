@@ -15,6 +15,9 @@ pub struct Outcome {
     pub message: Vec<u8>,
     pub recipients: Vec<String>,
     pub tags: Vec<String>,
+    /// Filters that did not check the message (each also named in an `X-Smtpgate-Unchecked:`
+    /// header); the caller counts them.
+    pub unchecked: Vec<String>,
 }
 
 /// Runs the end-of-data hook of each filter in order. The first non-accept action ends the run.
@@ -32,6 +35,7 @@ pub async fn run_data(
         message,
         recipients,
         tags,
+        unchecked: Vec::new(),
     };
     for f in filters {
         let info = MessageInfo {
@@ -42,7 +46,19 @@ pub async fn run_data(
             tags: &out.tags,
         };
         let verdict = ask(f, f.filter.data(&info)).await;
-        apply(&mut out, verdict.modifications);
+        let modifications = verdict
+            .modifications
+            .into_iter()
+            .map(|m| match m {
+                Modification::Unchecked(why) => {
+                    tracing::warn!(filter = %f.name, reason = %why, "message passed without this filter's check");
+                    out.unchecked.push(f.name.clone());
+                    Modification::AddHeader("X-Smtpgate-Unchecked".into(), unchecked_value(&f.name, &why))
+                }
+                m => m,
+            })
+            .collect();
+        apply(&mut out, modifications);
         if verdict.action != Action::Accept {
             tracing::info!(filter = %f.name, action = ?verdict.action, "filter decided");
             out.action = verdict.action;
@@ -111,7 +127,7 @@ async fn ask(
     };
     tracing::warn!(filter = %f.name, error = %error, on_error = ?f.on_error, "filter failed");
     match f.on_error {
-        OnError::Accept => Verdict::accept(),
+        OnError::Accept => Verdict::accept().with(Modification::Unchecked(format!("filter failed: {error}"))),
         OnError::TempFail => Verdict::tempfail(Reply::policy_unavailable()),
     }
 }
@@ -139,8 +155,26 @@ fn apply(out: &mut Outcome, modifications: Vec<Modification>) {
                     out.tags.push(t);
                 }
             }
+            // Turned into a header by `run_data`; other hooks have no message to mark.
+            Modification::Unchecked(_) => {}
         }
     }
+}
+
+/// The `X-Smtpgate-Unchecked:` value: the filter's name and why, on one line, at most 200 bytes.
+fn unchecked_value(filter: &str, why: &str) -> String {
+    let mut value: String = format!("{filter}; {why}")
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if value.len() > 200 {
+        let mut cut = 200;
+        while !value.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        value.truncate(cut);
+    }
+    value
 }
 
 /// A recipient a filter (a milter, say) adds, as `local@domain`: it must be one mailbox, as RCPT
@@ -163,6 +197,7 @@ mod recipient_tests {
             message: Vec::new(),
             recipients: vec!["a@example.org".into()],
             tags: Vec::new(),
+            unchecked: Vec::new(),
         }
     }
 

@@ -45,6 +45,7 @@ pub(super) async fn run(queue: Queue, msg: Arc<QueuedMessage>) {
         ..Default::default()
     };
     let out = pipeline::run_data(&filters, &info, &msg.env.sender, rcpts, body, Vec::new()).await;
+    ctx.metrics.filter_unchecked.add(out.unchecked.len() as u64);
     let by = out.decided_by.clone().unwrap_or_default();
     match out.action {
         Action::Accept => passed(queue, msg, out.message).await,

@@ -89,6 +89,11 @@ impl Session {
         let info = self.session_info();
         let rcpts: Vec<String> = draft.recipients.iter().map(|r| r.address.clone()).collect();
         let out = pipeline::run_data(&filters, &info, &draft.sender, rcpts, body, Vec::new()).await;
+        self.listener
+            .ctx
+            .metrics
+            .filter_unchecked
+            .add(out.unchecked.len() as u64);
         let by = out.decided_by.clone().unwrap_or_default();
         intake::keep_recipients(&mut draft.recipients, &out.recipients);
         match out.action {
