@@ -1,6 +1,6 @@
 //! The `smtpgate` command: parses the command line and calls into the library.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -199,13 +199,21 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SMTPGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let colour = colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Whether log lines get ANSI colours: only on a terminal, and not when `NO_COLOR` is set to
+/// anything but the empty string (no-color.org). A file, a pipe or journald gets plain text.
+fn colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 fn serve(path: Option<PathBuf>, format: LogFormat) -> anyhow::Result<ExitCode> {
@@ -526,4 +534,18 @@ fn admin_request(addr: std::net::SocketAddr, method: &str, path: &str) -> anyhow
     let ok = head.split(' ').nth(1).is_some_and(|code| code.starts_with('2'));
     anyhow::ensure!(ok, "{}", body.trim());
     Ok(body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None));
+        assert!(!colour(false, Some("1".into())));
+    }
 }

@@ -1,5 +1,5 @@
 //! End-to-end tests of the `smtpgate` command line: `check-config`, `passwd`, and `serve`
-//! (JSON logs, a missing config file).
+//! (JSON logs, plain-text logs without colours off a terminal, a missing config file).
 
 mod support;
 
@@ -299,6 +299,36 @@ fn serve_with_json_logs_writes_one_json_line_per_reception_and_per_delivery_atte
         assert!(attempt.field("reply").starts_with("\"250"), "{attempt:?}");
         assert!(attempt.number("latency_ms") < 60_000, "{attempt:?}");
     }
+}
+
+/// Regression: log lines carried ANSI colour codes when standard error was a file, a pipe or
+/// journald (unless `NO_COLOR` was set, which the other tests do).
+#[test]
+fn serve_writes_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let sink = Sink::start();
+    let gate = LoggedGate::start_without_no_color(&GateConfig::relay_to(sink.addr()).to_toml(), &[]);
+
+    let sent = smtplib_send(
+        gate.smtp_addr(),
+        "alice@example.test",
+        &["bob@example.org"],
+        &message("plain-log@example.test", "logs", "Logged as text."),
+    );
+
+    assert!(sent.reply("END-OF-DATA").starts_with("250 "), "{sent}");
+    sink.wait_for_messages(1, SOON);
+    let logged = wait_until(SOON, || {
+        gate.stderr_lines().iter().any(|l| l.contains("delivery attempt"))
+    });
+    let lines = gate.stderr_lines();
+    assert!(logged, "log:\n{}", lines.join("\n"));
+    let accepted = lines
+        .iter()
+        .find(|l| l.contains("message accepted"))
+        .unwrap_or_else(|| panic!("no `message accepted` line:\n{}", lines.join("\n")));
+    let coloured: Vec<&String> = lines.iter().filter(|l| l.contains('\x1b')).collect();
+    assert!(coloured.is_empty(), "ESC in log lines written to a pipe: {coloured:?}");
+    assert!(accepted.contains(" INFO "), "{accepted:?}");
 }
 
 #[test]

@@ -285,6 +285,92 @@ fn null_mx_bounces_at_once_with_5_1_10() {
     );
 }
 
+/// Regression: the DSN said `Diagnostic-Code: smtp; domain ... does not accept mail`, smtpgate's
+/// own text under the type RFC 3464 keeps for a remote server's reply. It now gives the reply
+/// smtpgate itself gives (a proxy listener's answer at RCPT) under its own type; a remote
+/// server's refusal keeps `smtp`.
+#[test]
+fn null_mx_dsn_gives_smtpgates_own_reply_not_an_smtp_diagnostic() {
+    let upstream = Upstream::start();
+    let (_dns, gate) = start(&upstream, |t| t.mx("nullmx.test", 0, "."));
+
+    send(&gate, "sender@mx.test", "user@nullmx.test", "mx-null-diag@example.test");
+
+    expect_dsn(&upstream, "sender@mx.test", "user@nullmx.test", "5.1.10");
+    let dsn = upstream.messages()[0].text();
+    assert!(
+        dsn.contains(
+            "\r\nDiagnostic-Code: X-Smtpgate; 550 5.1.10 domain nullmx.test does not accept mail (null MX)\r\n"
+        ),
+        "{dsn}"
+    );
+    assert!(!dsn.contains("Diagnostic-Code: smtp;"), "{dsn}");
+    assert!(!dsn.contains("Remote-MTA:"), "no remote server was involved:\n{dsn}");
+    // An independent reader of RFC 3464 reports (Python's email package) sees the same field.
+    let fields = python_dsn_fields(&dsn);
+    assert!(
+        fields.contains(
+            &"diagnostic-code=X-Smtpgate; 550 5.1.10 domain nullmx.test does not accept mail (null MX)".to_string()
+        ),
+        "{fields:?}"
+    );
+}
+
+#[test]
+fn a_remote_refusal_keeps_its_smtp_diagnostic() {
+    let upstream = Upstream::start();
+    let (_dns, gate) = start(&upstream, |t| t);
+
+    send(
+        &gate,
+        "sender@mx.test",
+        "reject-rcpt@mx.test",
+        "mx-remote-diag@example.test",
+    );
+
+    expect_dsn(&upstream, "sender@mx.test", "reject-rcpt@mx.test", "5.1.1");
+    let dsn = upstream.messages()[0].text();
+    let fields = python_dsn_fields(&dsn);
+    assert!(
+        fields.iter().any(|f| f.starts_with("diagnostic-code=smtp; 550 5.1.1")),
+        "{fields:?}\n{dsn}"
+    );
+}
+
+/// The per-recipient fields of the `message/delivery-status` part of `dsn`, as Python's email
+/// package reads them: `name=value` (name lowercased).
+fn python_dsn_fields(dsn: &str) -> Vec<String> {
+    const SCRIPT: &str = r#"
+import sys, email
+msg = email.message_from_bytes(sys.stdin.buffer.read())
+for part in msg.walk():
+    if part.get_content_type() == 'message/delivery-status':
+        for block in part.get_payload()[1:]:
+            for k, v in block.items():
+                print(k.lower() + '=' + ' '.join(v.split()))
+"#;
+    let mut child = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(dsn.as_bytes()).unwrap();
+    let out = child.wait_with_output().expect("python3 finished");
+    assert!(
+        out.status.success(),
+        "python3: {}\non:\n{dsn}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 #[test]
 fn nonexistent_domain_bounces_with_5_1_2() {
     let upstream = Upstream::start();

@@ -9,10 +9,73 @@ pub struct Failure {
     pub recipient: Recipient,
     /// Enhanced status code, e.g. `5.1.1`.
     pub status: String,
-    /// The full diagnostic line, e.g. `550 5.1.1 no such user`.
-    pub diagnostic: String,
+    /// Why, and who said so.
+    pub diagnostic: Diagnostic,
     /// The server that said it, if any.
     pub remote: Option<String>,
+}
+
+/// Why a delivery failed, and who said so: a remote server's reply, or smtpgate itself.
+///
+/// RFC 3464 (2.3.6) keeps the `smtp` diagnostic type for a reply from a remote SMTP server, so
+/// only [`Diagnostic::Remote`] is written `Diagnostic-Code: smtp; ...`. What smtpgate found on its
+/// own (a null MX, a domain that does not exist, an expired message, a filter's refusal) goes under
+/// its own type, as Postfix writes `X-Postfix; ...`: `Diagnostic-Code: X-Smtpgate; ...`, with the
+/// reply smtpgate gives for it where it gives one (`550 5.1.10 ...` for a null MX, as a proxy
+/// listener answers at RCPT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Diagnostic {
+    /// A remote server's reply line: `550 5.1.1 no such user`.
+    Remote(String),
+    /// smtpgate's own finding; `code` is that of the reply smtpgate gives for it, if any.
+    Local { code: Option<u16>, text: String },
+}
+
+/// The `Diagnostic-Code` type of smtpgate's own diagnostics (RFC 3464 allows `X-` types).
+pub const LOCAL_DIAGNOSTIC_TYPE: &str = "X-Smtpgate";
+
+impl Diagnostic {
+    /// smtpgate's own finding, with no reply of its own (a connection that failed, say).
+    pub fn local(text: impl Into<String>) -> Self {
+        Diagnostic::Local {
+            code: None,
+            text: text.into(),
+        }
+    }
+
+    /// smtpgate's own finding, for which it gives the reply `code` (with the failure's status).
+    pub fn local_reply(code: u16, text: impl Into<String>) -> Self {
+        Diagnostic::Local {
+            code: Some(code),
+            text: text.into(),
+        }
+    }
+
+    /// The words alone, for logs and bounce classification: the remote reply line, or the local
+    /// text without a code.
+    pub fn text(&self) -> &str {
+        match self {
+            Diagnostic::Remote(line) => line,
+            Diagnostic::Local { text, .. } => text,
+        }
+    }
+
+    /// As a reply line where there is one (`550 5.1.10 domain ... (null MX)`), else the text.
+    pub fn line(&self, status: &str) -> String {
+        match self {
+            Diagnostic::Remote(line) => line.clone(),
+            Diagnostic::Local { code: Some(code), text } => format!("{code} {status} {text}"),
+            Diagnostic::Local { code: None, text } => text.clone(),
+        }
+    }
+
+    /// The value of the `Diagnostic-Code` field of a failure with `status`.
+    pub fn field(&self, status: &str) -> String {
+        match self {
+            Diagnostic::Remote(line) => format!("smtp; {line}"),
+            Diagnostic::Local { .. } => format!("{LOCAL_DIAGNOSTIC_TYPE}; {}", self.line(status)),
+        }
+    }
 }
 
 /// Builds the bounce message text for `failed` recipients of the message `env`/`body`.
@@ -44,7 +107,11 @@ fn human_part(m: &mut String, hostname: &str, boundary: &str, failed: &[Failure]
     m.push_str(&format!("This is the mail system at host {hostname}.\r\n\r\n"));
     m.push_str("Your message could not be delivered to one or more recipients.\r\n\r\n");
     for f in failed {
-        m.push_str(&format!("<{}>: {}\r\n", f.recipient.address, f.diagnostic));
+        m.push_str(&format!(
+            "<{}>: {}\r\n",
+            f.recipient.address,
+            f.diagnostic.line(&f.status)
+        ));
     }
     m.push_str("\r\n");
 }
@@ -69,7 +136,7 @@ fn status_part(m: &mut String, hostname: &str, boundary: &str, env: &Envelope, f
         if let Some(remote) = &f.remote {
             m.push_str(&format!("Remote-MTA: dns; {remote}\r\n"));
         }
-        m.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", f.diagnostic));
+        m.push_str(&format!("Diagnostic-Code: {}\r\n", f.diagnostic.field(&f.status)));
     }
     m.push_str("\r\n");
 }
@@ -119,7 +186,7 @@ mod tests {
         let failed = [Failure {
             recipient: Recipient::new("r@example.test"),
             status: "5.1.1".into(),
-            diagnostic: "550 5.1.1 no such user".into(),
+            diagnostic: Diagnostic::Remote("550 5.1.1 no such user".into()),
             remote: Some("mx.example.test".into()),
         }];
         let body = b"Subject: hi\r\n\r\nsecret body\r\n";
@@ -129,5 +196,59 @@ mod tests {
         assert!(out.contains("Original-Envelope-Id: E1"));
         assert!(out.contains("text/rfc822-headers\r\n\r\nSubject: hi\r\n"));
         assert!(!out.contains("secret body"), "RET=HDRS returns headers only");
+        assert!(
+            out.contains("\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\n"),
+            "{out}"
+        );
+    }
+
+    /// Regression: a null MX was reported as `Diagnostic-Code: smtp; domain ... does not accept
+    /// mail`, local text under the type RFC 3464 keeps for a remote server's reply.
+    #[test]
+    fn smtpgates_own_findings_are_not_smtp_diagnostics() {
+        let env = Envelope {
+            id: QueueId(8),
+            sender: "s@example.test".into(),
+            recipients: vec![Recipient::new("r@nullmx.test"), Recipient::new("t@example.test")],
+            received_at: 0,
+            eight_bit: false,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+            pool: None,
+            scan: Vec::new(),
+            stream: None,
+        };
+        let failed = [
+            Failure {
+                recipient: Recipient::new("r@nullmx.test"),
+                status: "5.1.10".into(),
+                diagnostic: Diagnostic::local_reply(550, "domain nullmx.test does not accept mail (null MX)"),
+                remote: None,
+            },
+            Failure {
+                recipient: Recipient::new("t@example.test"),
+                status: "4.4.7".into(),
+                diagnostic: Diagnostic::local("message expired in queue; last error: connection refused"),
+                remote: None,
+            },
+        ];
+        let out = String::from_utf8(build("gate.test", &env, b"Subject: hi\r\n\r\nx\r\n", &failed, 9)).unwrap();
+        assert!(
+            out.contains(
+                "Final-Recipient: rfc822; r@nullmx.test\r\nAction: failed\r\nStatus: 5.1.10\r\n\
+                 Diagnostic-Code: X-Smtpgate; 550 5.1.10 domain nullmx.test does not accept mail (null MX)\r\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("Diagnostic-Code: X-Smtpgate; message expired in queue; last error: connection refused\r\n"),
+            "{out}"
+        );
+        assert!(!out.contains("Diagnostic-Code: smtp;"), "{out}");
+        assert!(
+            out.contains("<r@nullmx.test>: 550 5.1.10 domain nullmx.test does not accept mail (null MX)\r\n"),
+            "{out}"
+        );
     }
 }

@@ -19,24 +19,27 @@ use crate::envelope::Recipient;
 use crate::queue::Delivery;
 use crate::route::NextHop;
 use crate::shaping::Shape;
+use bounce::Diagnostic;
 use client::{Client, ClientError, Connect};
 
 /// What became of one recipient in one attempt.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Delivered(String),
-    Transient { status: String, diagnostic: String },
-    Permanent { status: String, diagnostic: String },
+    Transient { status: String, diagnostic: Diagnostic },
+    Permanent { status: String, diagnostic: Diagnostic },
 }
 
 impl Outcome {
     fn from_reply(r: &ParsedReply) -> Outcome {
         let class = if r.is_permanent() { "5" } else { "4" };
         let status = r.status.clone().unwrap_or_else(|| format!("{class}.0.0"));
-        let diagnostic = r.to_string_line();
+        let line = r.to_string_line();
         if r.is_positive() {
-            Outcome::Delivered(diagnostic)
-        } else if r.is_permanent() {
+            return Outcome::Delivered(line);
+        }
+        let diagnostic = Diagnostic::Remote(line);
+        if r.is_permanent() {
             Outcome::Permanent { status, diagnostic }
         } else {
             Outcome::Transient { status, diagnostic }
@@ -47,7 +50,7 @@ impl Outcome {
     pub fn failure(&self) -> Option<(&str, &str)> {
         match self {
             Outcome::Transient { status, diagnostic } | Outcome::Permanent { status, diagnostic } => {
-                Some((status, diagnostic))
+                Some((status, diagnostic.text()))
             }
             Outcome::Delivered(_) => None,
         }
@@ -58,11 +61,11 @@ impl Outcome {
             ClientError::Reply { reply, .. } => Outcome::from_reply(reply),
             ClientError::TlsRequired(_) => Outcome::Transient {
                 status: "4.7.5".into(),
-                diagnostic: e.to_string(),
+                diagnostic: Diagnostic::local(e.to_string()),
             },
             _ => Outcome::Transient {
                 status: "4.4.2".into(),
-                diagnostic: e.to_string(),
+                diagnostic: Diagnostic::local(e.to_string()),
             },
         }
     }
@@ -79,7 +82,7 @@ impl ConnectFailure {
         ConnectFailure {
             outcome: Outcome::Transient {
                 status: status.into(),
-                diagnostic: text,
+                diagnostic: Diagnostic::local(text),
             },
         }
     }
@@ -321,12 +324,14 @@ pub async fn mx_targets(ctx: &Context, domain: &str) -> Result<Vec<(String, Sock
                 mx::MxError::NoSuchDomain(_) => ("5.1.2", true),
                 _ => ("4.4.3", false),
             };
-            let diagnostic = e.to_string();
             let status = status.to_string();
             ConnectFailure {
+                // The reply a proxy listener gives for a permanent one (`Reply::undeliverable`).
                 outcome: if permanent {
+                    let diagnostic = Diagnostic::local_reply(550, e.to_string());
                     Outcome::Permanent { status, diagnostic }
                 } else {
+                    let diagnostic = Diagnostic::local(e.to_string());
                     Outcome::Transient { status, diagnostic }
                 },
             }
@@ -356,7 +361,8 @@ pub async fn attempt(ctx: &Context, client: &mut Client, d: &Delivery) -> (Vec<(
     let env = &d.msg.env;
     let all = |o: Outcome| d.rcpts.iter().map(|&i| (i, o.clone())).collect::<Vec<_>>();
     if !client.can_take(env) {
-        let diagnostic = "the destination does not support SMTPUTF8".to_string();
+        // What a proxy listener answers (`Reply::upstream_lacks_smtputf8`).
+        let diagnostic = Diagnostic::local_reply(550, "the destination does not support SMTPUTF8");
         return (
             all(Outcome::Permanent {
                 status: "5.6.7".into(),
@@ -368,7 +374,7 @@ pub async fn attempt(ctx: &Context, client: &mut Client, d: &Delivery) -> (Vec<(
     let body = match d.msg.body(&ctx.spool) {
         Ok(b) => b,
         Err(e) => {
-            let diagnostic = format!("cannot read message from spool: {e}");
+            let diagnostic = Diagnostic::local(format!("cannot read message from spool: {e}"));
             return (
                 all(Outcome::Transient {
                     status: "4.3.0".into(),
@@ -387,7 +393,7 @@ pub async fn attempt(ctx: &Context, client: &mut Client, d: &Delivery) -> (Vec<(
                     (Ok(_), Some(data)) => Outcome::from_reply(data),
                     (Ok(_), None) => Outcome::Transient {
                         status: "4.4.2".into(),
-                        diagnostic: "no reply to end of data".into(),
+                        diagnostic: Diagnostic::local("no reply to end of data"),
                     },
                 };
                 (i, o)

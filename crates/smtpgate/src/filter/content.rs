@@ -6,7 +6,7 @@
 //! kind = "content"
 //! header_rules = [{ header = "Subject", regex = "viagra", action = "reject" }]
 //! body_rules = [{ regex = "(?i)wire transfer urgently", action = "quarantine" }]
-//! block_attachments = ["*.exe", "*.js", "*.vbs", "*.scr"]  # file name globs, also inside zips
+//! block_attachments = [".exe", "js", "*.vbs"]  # extensions (any form) or name globs, also inside zips
 //! block_types = ["application/x-msdownload"]               # media type globs
 //! max_mime_depth = 10        # nesting of multiparts and message/rfc822 parts
 //! max_parts = 200
@@ -16,6 +16,12 @@
 //! action = "reject"          # for attachment, type and limit hits, and rules without one
 //! tag = "content"            # the tag for action = "tag"
 //! ```
+//!
+//! `block_attachments` entries are matched against the file name alone (after the last `/` or
+//! `\`), ignoring case: an extension in any of the usual forms (`.exe`, `exe`, `*.exe`) blocks
+//! every name ending in it, anything else with a dot or a wildcard is a glob (`*` any run, `?` one
+//! character). An entry that could never match (empty, or holding a path separator) is refused
+//! when the configuration is loaded ([`attachments::name_glob`]).
 //!
 //! Actions: `reject` (550 5.7.1, or 554 5.6.0 for MIME limits), `quarantine`, `discard`, `tag`
 //! (adds the rule's `tag` or the filter's, then accepts). When several things match, the most
@@ -41,7 +47,7 @@ use regex::Regex;
 use serde::Deserialize;
 use smtpgate_proto::Reply;
 
-use self::attachments::{Blocklist, Finding};
+use self::attachments::{Blocklist, Finding, name_glob};
 use self::mime_limits::Structure;
 use self::zip::ZipLimits;
 use super::registry::{BuildErrors, options};
@@ -190,6 +196,13 @@ fn from_options(raw: toml::Table) -> Result<Content, BuildErrors> {
             DEFAULT_ZIP_SIZE
         }
     };
+    let mut names = Vec::new();
+    for (i, entry) in o.block_attachments.iter().enumerate() {
+        match name_glob(entry) {
+            Ok(glob) => names.push(glob),
+            Err(e) => errors.push((format!("block_attachments[{i}]"), e)),
+        }
+    }
     for (key, value) in [("max_mime_depth", o.max_mime_depth), ("max_parts", o.max_parts)] {
         if value == 0 {
             errors.push((key.to_owned(), "must be at least 1".to_owned()));
@@ -203,7 +216,7 @@ fn from_options(raw: toml::Table) -> Result<Content, BuildErrors> {
         header_rules,
         body_rules,
         blocklist: Blocklist {
-            names: lower(&o.block_attachments),
+            names,
             types: lower(&o.block_types),
             zip: ZipLimits {
                 max_entries: o.max_zip_entries,

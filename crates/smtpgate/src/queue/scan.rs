@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::settle;
 use super::{Queue, QueuedMessage};
 use crate::config::FilterConfig;
-use crate::deliver::bounce::Failure;
+use crate::deliver::bounce::{Diagnostic, Failure};
 use crate::filter::{Action, SessionInfo, pipeline};
 use crate::quarantine::Resume;
 use crate::spool::RcptState;
@@ -57,7 +57,7 @@ pub(super) async fn run(queue: Queue, msg: Arc<QueuedMessage>) {
                 .map(|&i| Failure {
                     recipient: msg.env.recipients[i as usize].clone(),
                     status: reply.status.to_string(),
-                    diagnostic: format!("{} {} {} (filter {by})", reply.code, reply.status, reply.text),
+                    diagnostic: Diagnostic::local_reply(reply.code, format!("{} (filter {by})", reply.text)),
                     remote: None,
                 })
                 .collect();

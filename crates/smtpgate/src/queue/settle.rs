@@ -8,7 +8,7 @@ use super::{Delivery, Queue, QueuedMessage};
 use crate::context::Context;
 use crate::datetime::now_unix;
 use crate::deliver::Outcome;
-use crate::deliver::bounce::{self, Failure};
+use crate::deliver::bounce::{self, Diagnostic, Failure};
 use crate::envelope::{Envelope, Recipient};
 use crate::route::NextHop;
 use crate::spool::RcptState;
@@ -50,7 +50,8 @@ async fn settle(
                 updates.push((idx, RcptState::Failed));
             }
             Outcome::Transient { diagnostic, .. } if expired => {
-                let diagnostic = format!("message expired in queue; last error: {diagnostic}");
+                let diagnostic =
+                    Diagnostic::local(format!("message expired in queue; last error: {}", diagnostic.text()));
                 failures.push(failure(rcpt, "4.4.7".into(), diagnostic, &remote));
                 updates.push((idx, RcptState::Failed));
             }
@@ -88,7 +89,7 @@ async fn settle(
     }
 }
 
-fn failure(rcpt: &Recipient, status: String, diagnostic: String, remote: &Option<String>) -> Failure {
+fn failure(rcpt: &Recipient, status: String, diagnostic: Diagnostic, remote: &Option<String>) -> Failure {
     Failure {
         recipient: rcpt.clone(),
         status,
@@ -111,13 +112,13 @@ fn log_attempt(
         Outcome::Delivered(r) => ("delivered", r.as_str(), None),
         Outcome::Transient { status, diagnostic } => (
             "deferred",
-            diagnostic.as_str(),
-            Some(ctx.feedback.failure(&rcpt.address, false, status, diagnostic)),
+            diagnostic.text(),
+            Some(ctx.feedback.failure(&rcpt.address, false, status, diagnostic.text())),
         ),
         Outcome::Permanent { status, diagnostic } => (
             "failed",
-            diagnostic.as_str(),
-            Some(ctx.feedback.failure(&rcpt.address, true, status, diagnostic)),
+            diagnostic.text(),
+            Some(ctx.feedback.failure(&rcpt.address, true, status, diagnostic.text())),
         ),
     };
     let (category, rule) = class.map_or(("-".to_string(), "-".to_string()), |c| (c.category.to_string(), c.rule));

@@ -1,6 +1,6 @@
 use super::*;
 
-use crate::deliver::bounce::{self, Failure};
+use crate::deliver::bounce::{self, Diagnostic, Failure};
 use crate::envelope::{Envelope, QueueId, Recipient, Ret};
 
 /// The example of RFC 5965, Appendix B.
@@ -322,13 +322,13 @@ fn smtpgate_bounce(ret: Option<Ret>) -> Vec<u8> {
         Failure {
             recipient: orcpt,
             status: "5.1.1".into(),
-            diagnostic: "550 5.1.1 <carol@example.com>: no such user".into(),
+            diagnostic: Diagnostic::Remote("550 5.1.1 <carol@example.com>: no such user".into()),
             remote: Some("mx.example.com".into()),
         },
         Failure {
             recipient: Recipient::new("dave@example.net"),
             status: "5.4.4".into(),
-            diagnostic: "no mail exchanger for example.net".into(),
+            diagnostic: Diagnostic::local("no mail exchanger for example.net"),
             remote: None,
         },
     ];

@@ -235,7 +235,9 @@ impl Session {
             Err(ConnectFailure { outcome }) => {
                 tracing::warn!(client = %self.peer, upstream = %route.describe(), outcome = ?outcome, "no upstream for a proxied transaction");
                 return Err(match outcome {
-                    Outcome::Permanent { status, diagnostic } => Reply::undeliverable(status, diagnostic),
+                    Outcome::Permanent { status, diagnostic } => {
+                        Reply::undeliverable(status, diagnostic.text().to_owned())
+                    }
                     _ => Reply::upstream_unavailable(),
                 });
             }

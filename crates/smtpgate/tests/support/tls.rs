@@ -185,16 +185,30 @@ impl LoggedGate {
     /// (e.g. `["--log-format", "json"]`) after `serve --config <file>`, until it prints
     /// `smtpgate ready`.
     pub fn start(config_toml: &str, global_args: &[&str]) -> LoggedGate {
+        LoggedGate::spawn(config_toml, global_args, Some("1"))
+    }
+
+    /// As [`LoggedGate::start`], but without `NO_COLOR` in the environment: smtpgate decides
+    /// alone whether its standard error (a pipe here) gets colours.
+    pub fn start_without_no_color(config_toml: &str, global_args: &[&str]) -> LoggedGate {
+        LoggedGate::spawn(config_toml, global_args, None)
+    }
+
+    fn spawn(config_toml: &str, global_args: &[&str], no_color: Option<&str>) -> LoggedGate {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("smtpgate.toml");
         fs::write(&config, config_toml).expect("write smtpgate.toml");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_smtpgate"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_smtpgate"));
+        match no_color {
+            Some(value) => command.env("NO_COLOR", value),
+            None => command.env_remove("NO_COLOR"),
+        };
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(&config)
             .args(global_args)
             .current_dir(dir.path())
-            .env("NO_COLOR", "1")
             .env_remove("SMTPGATE_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

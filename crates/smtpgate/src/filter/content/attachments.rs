@@ -10,7 +10,7 @@ const MAX_NESTED_MESSAGES: usize = 16;
 /// What is not allowed through.
 #[derive(Debug)]
 pub struct Blocklist {
-    /// Lowercased globs on file names: `*.exe`.
+    /// Lowercased globs on base file names: `*.exe` (see [`name_glob`]).
     pub names: Vec<String>,
     /// Lowercased globs on media types: `application/x-msdownload`.
     pub types: Vec<String>,
@@ -70,6 +70,34 @@ impl Blocklist {
         let base = name.rsplit(['/', '\\']).next().unwrap_or(name).trim().to_lowercase();
         self.names.iter().any(|g| glob_match(g, &base))
     }
+}
+
+/// A `block_attachments` entry as the glob it means on lowercased base file names.
+///
+/// The forms people write for an extension all mean "names ending in it": `.exe`, `exe` and
+/// `*.exe` give `*.exe` (and `.tar.gz` gives `*.tar.gz`). Anything else with a dot or a wildcard
+/// is a glob as written (`invoice?.pdf`, `*.tar.*`). An entry that could never match is refused:
+/// an empty one, and one with a `/` or `\`, since only the name after the last separator is
+/// matched.
+pub fn name_glob(entry: &str) -> Result<String, String> {
+    let glob = entry.trim().to_lowercase();
+    if glob.trim_start_matches('.').is_empty() {
+        return Err(format!(
+            "{entry:?} matches no file name: write an extension (\".exe\", \"exe\") or a glob (\"*.exe\")"
+        ));
+    }
+    if glob.contains(['/', '\\']) {
+        return Err(format!(
+            "{entry:?} can never match: only the file name after the last / or \\ is compared"
+        ));
+    }
+    Ok(if glob.starts_with('.') {
+        format!("*{glob}")
+    } else if !glob.contains(['.', '*', '?']) {
+        format!("*.{glob}")
+    } else {
+        glob
+    })
 }
 
 /// Shell-style glob on already lowercased text: `*` any run, `?` one character.

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use smtpgate_proto::Reply;
 
-use super::attachments::glob_match;
+use super::attachments::{glob_match, name_glob};
 use super::mime_limits::{Structure, scan};
 use super::{Content, from_options};
 use crate::config::values::parse_size;
@@ -318,6 +318,59 @@ fn globs() {
     assert!(glob_match("invoice?.pdf", "invoice1.pdf"));
     assert!(!glob_match("*.exe", "setup.exe.txt"));
     assert!(!glob_match("*.js", "app.json"));
+}
+
+/// Regression: `block_attachments = [".exe"]` was taken as a glob matching only a file named
+/// `.exe`, so it blocked nothing; only `"*.exe"` worked.
+#[test]
+fn every_usual_extension_form_blocks_the_extension() {
+    for entry in [".exe", "exe", "*.exe", ".EXE", " exe "] {
+        let c = content(&format!("block_attachments = [{entry:?}]"));
+        for name in ["setup.exe", "Invoice.PDF.EXE"] {
+            let m = with_attachment(name, "application/octet-stream", b"MZ\x90\0");
+            assert_eq!(
+                c.judge(&m).action,
+                rejected("attachment type not allowed"),
+                "{entry:?} let {name} through"
+            );
+        }
+        let archive = zip(&[("readme.txt", b"hi"), ("bin/run.exe", b"MZ")]);
+        let m = with_attachment("docs.zip", "application/zip", &archive);
+        assert_eq!(c.judge(&m).action, rejected("attachment type not allowed"), "{entry:?}");
+        for name in ["setup.exe.txt", "exe.pdf", "notes.txt"] {
+            let m = with_attachment(name, "application/octet-stream", b"data");
+            assert_eq!(c.judge(&m).action, Action::Accept, "{entry:?} blocked {name}");
+        }
+    }
+}
+
+#[test]
+fn attachment_entries_mean_extensions_or_globs() {
+    assert_eq!(name_glob(".exe").unwrap(), "*.exe");
+    assert_eq!(name_glob("exe").unwrap(), "*.exe");
+    assert_eq!(name_glob("*.EXE").unwrap(), "*.exe");
+    assert_eq!(name_glob(".tar.gz").unwrap(), "*.tar.gz");
+    assert_eq!(name_glob("invoice?.pdf").unwrap(), "invoice?.pdf");
+    assert_eq!(name_glob("report.pdf").unwrap(), "report.pdf");
+    assert_eq!(name_glob("*").unwrap(), "*");
+}
+
+#[test]
+fn attachment_entries_that_never_match_are_refused_with_their_key() {
+    let raw = r#"block_attachments = ["*.exe", "", ".", "bin/*.exe", "c:\\temp\\x.exe", "js"]"#;
+    let e = from_options(toml::from_str(raw).unwrap()).expect_err("invalid");
+    let keys: Vec<&str> = e.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "block_attachments[1]",
+            "block_attachments[2]",
+            "block_attachments[3]",
+            "block_attachments[4]"
+        ],
+        "{e:?}"
+    );
+    assert!(e[2].1.contains("only the file name"), "{e:?}");
 }
 
 #[test]
