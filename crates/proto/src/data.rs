@@ -6,6 +6,12 @@
 //! ([`BareEol::Reject`]) or stored as CRLF ([`BareEol::Normalize`]); either way the stored body
 //! has CRLF line endings only, so re-sending it with [`crate::dot_stuff`] is always safe.
 //!
+//! A NUL octet is refused by default ([`Nul::Reject`], reply `550 5.6.0`) or dropped
+//! ([`Nul::Strip`]); either way no NUL is ever stored. A NUL never changes where a line starts:
+//! `<CR><LF>NUL.<CR><LF>` is content here (the dot is not at the start of a line), while a
+//! receiver that drops NULs would take it for the end of data, so letting it through would be
+//! another way to smuggle a message.
+//!
 //! Both receivers are byte-at-a-time state machines (with a fast path for plain runs), so the
 //! result never depends on how the input was split into reads or chunks.
 
@@ -18,6 +24,16 @@ pub enum BareEol {
     Normalize,
 }
 
+/// What to do with a NUL octet in message content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Nul {
+    /// Drop it, and report [`DataOutcome::Nul`] (reply `550 5.6.0`). The default.
+    #[default]
+    Reject,
+    /// Drop it and accept the message.
+    Strip,
+}
+
 /// How a message body ended up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataOutcome {
@@ -26,6 +42,9 @@ pub enum DataOutcome {
     TooBig,
     /// A bare CR or LF was seen under [`BareEol::Reject`]: reply `550 5.6.0`.
     BareLineEnding,
+    /// A NUL octet was seen under [`Nul::Reject`]: reply `550 5.6.0`. Checked after the size
+    /// and before bare line endings.
+    Nul,
 }
 
 /// Where the DATA state machine is.
@@ -45,27 +64,41 @@ enum State {
     Done,
 }
 
-/// Counts stored octets, enforces the limit, and remembers bare line endings.
+/// Counts stored octets, enforces the limit, drops NULs, and remembers bare line endings.
 #[derive(Debug, Clone)]
 struct Sink {
     policy: BareEol,
+    nul_policy: Nul,
     max_size: u64,
     received: u64,
     bare: bool,
+    nul: bool,
 }
 
 impl Sink {
     fn new(policy: BareEol, max_size: u64) -> Self {
         Sink {
             policy,
+            nul_policy: Nul::Reject,
             max_size,
             received: 0,
             bare: false,
+            nul: false,
         }
     }
 
-    /// Stores `bytes`, but never more than `max_size` octets in total.
+    /// Stores `bytes` without their NULs, but never more than `max_size` octets in total.
     fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        let mut rest = bytes;
+        while let Some(at) = rest.iter().position(|&b| b == 0) {
+            self.nul = true;
+            self.store(&rest[..at], out);
+            rest = &rest[at + 1..];
+        }
+        self.store(rest, out);
+    }
+
+    fn store(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         let room = self.max_size.saturating_sub(self.received);
         let take = usize::try_from(room).unwrap_or(usize::MAX).min(bytes.len());
         out.extend_from_slice(&bytes[..take]);
@@ -75,12 +108,14 @@ impl Sink {
     /// A bare CR or LF: stored as CRLF either way.
     fn bare_eol(&mut self, out: &mut Vec<u8>) {
         self.bare = true;
-        self.emit(b"\r\n", out);
+        self.store(b"\r\n", out);
     }
 
     fn outcome(&self) -> DataOutcome {
         if self.received > self.max_size {
             DataOutcome::TooBig
+        } else if self.nul && self.nul_policy == Nul::Reject {
+            DataOutcome::Nul
         } else if self.bare && self.policy == BareEol::Reject {
             DataOutcome::BareLineEnding
         } else {
@@ -124,6 +159,12 @@ impl DataReceiver {
             i += 1;
         }
         (i, self.is_done())
+    }
+
+    /// The same receiver with `nul` as its NUL policy (the default is [`Nul::Reject`]).
+    pub fn with_nul(mut self, nul: Nul) -> Self {
+        self.sink.nul_policy = nul;
+        self
     }
 
     /// True once the end of data was seen.
@@ -209,6 +250,12 @@ impl BdatReceiver {
             pending_cr: false,
             sink: Sink::new(policy, max_size),
         }
+    }
+
+    /// The same receiver with `nul` as its NUL policy (the default is [`Nul::Reject`]).
+    pub fn with_nul(mut self, nul: Nul) -> Self {
+        self.sink.nul_policy = nul;
+        self
     }
 
     /// Stores one chunk (all of it is consumed). A CR at the end of a chunk is held back until

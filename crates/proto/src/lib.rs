@@ -47,7 +47,7 @@ pub mod xtext;
 pub use address::{Domain, ForwardPath, Mailbox, ReversePath};
 pub use client::{Capabilities, ParsedReply, ReplyError, parse_reply};
 pub use command::{Body, Command, CommandError, MailParams, Notify, RcptParams, Ret, parse_command};
-pub use data::{BareEol, BdatReceiver, DataOutcome, DataReceiver};
+pub use data::{BareEol, BdatReceiver, DataOutcome, DataReceiver, Nul};
 pub use line::{Framed, LineFramer};
 pub use reply::Reply;
 pub use stuff::dot_stuff;

@@ -232,6 +232,23 @@ impl Reply {
         Reply::new(554, "5.5.0", "talked before the greeting")
     }
 
+    /// `554 5.5.0`: the client sent more without waiting for a reply it must wait for (message
+    /// content before the `354`, commands behind EHLO or HELO, or any pipelining after HELO),
+    /// as Postfix's `smtpd_forbid_unauth_pipelining`. The connection is closed.
+    pub fn sync_error() -> Self {
+        Reply::new(554, "5.5.0", "Error: SMTP protocol synchronization")
+    }
+
+    /// `550 5.6.0`: a NUL octet in message content.
+    pub fn nul_byte() -> Self {
+        Reply::new(550, "5.6.0", "message contains NUL octets")
+    }
+
+    /// `554 5.4.6`: more `Received:` fields than the hop limit, a mail loop (RFC 5321 6.3).
+    pub fn too_many_hops() -> Self {
+        Reply::new(554, "5.4.6", "too many hops, mail loop detected")
+    }
+
     pub fn bdat_mixed() -> Self {
         Reply::new(503, "5.5.1", "DATA not allowed in a BDAT transaction")
     }
@@ -266,6 +283,11 @@ impl Reply {
 
     pub fn too_many_connections() -> Self {
         Reply::new(421, "4.7.0", "too many connections, try again later")
+    }
+
+    /// `454 4.7.0`: this client address failed AUTH too often and is locked out for a while.
+    pub fn auth_locked() -> Self {
+        Reply::new(454, "4.7.0", "too many authentication failures, try again later")
     }
 
     pub fn timeout() -> Self {

@@ -1,7 +1,7 @@
 //! DATA and BDAT receivers: strict end-of-data, bare CR/LF policy, dot-unstuffing, size limits,
 //! and the same result however the input is split.
 
-use smtpgate_proto::{BareEol, BdatReceiver, DataOutcome, DataReceiver, dot_stuff};
+use smtpgate_proto::{BareEol, BdatReceiver, DataOutcome, DataReceiver, Nul, dot_stuff};
 
 const BIG: u64 = 1 << 20;
 
@@ -74,7 +74,6 @@ const CASES: &[Case] = &[
     (b"a\r\n.\nb\r\n.\r\n", b"a\r\n\r\nb\r\n", true, b""),
     (b"a\r\n.\rb\r\n.\r\n", b"a\r\n\r\nb\r\n", true, b""),
     (b"a\r\n.\r\r\n.\r\n", b"a\r\n\r\n\r\n", true, b""),
-    (b"a\r\n\0.\r\n.\r\n", b"a\r\n\0.\r\n", false, b""),
     (b"a\r\n .\r\n.\r\n", b"a\r\n .\r\n", false, b""),
     (b"a\r.\r\n.\r\n", b"a\r\n.\r\n", true, b""),
     (b"\n.\n\r\n.\r\n", b"\r\n.\r\n\r\n", true, b""),
@@ -118,6 +117,71 @@ fn data_table_reject() {
         };
         assert_eq!(run.outcome, want, "{input:?}");
     }
+}
+
+/// (input with terminator and pipelined bytes, stored body under either NUL policy, rest)
+const NUL_CASES: &[(&[u8], &[u8], &[u8])] = &[
+    (b"a\0b\r\n.\r\n", b"ab\r\n", b""),
+    (b"\0\r\n.\r\n", b"\r\n", b""),
+    (b"a\r\n\0\r\n.\r\n", b"a\r\n\r\n", b""),
+    // A receiver that drops NULs would end the data at `<CR><LF>NUL.<CR><LF>`; here the dot is
+    // not at a line start, so it stays content, and what follows is still the message.
+    (b"a\r\n\0.\r\n.\r\n", b"a\r\n.\r\n", b""),
+    (
+        b"a\r\n\0.\r\nMAIL FROM:<x@y>\r\n.\r\nQUIT\r\n",
+        b"a\r\n.\r\nMAIL FROM:<x@y>\r\n",
+        b"QUIT\r\n",
+    ),
+    (b"a\r\n.\0\r\n.\r\n", b"a\r\n\r\n", b""),
+    (b"a\r\0\n\r\n.\r\n", b"a\r\n\r\n\r\n", b""),
+];
+
+/// Feeds `parts` to a receiver with the NUL policy `nul`; returns (out, consumed, done, outcome).
+fn feed_nul(parts: &[&[u8]], nul: Nul) -> (Vec<u8>, usize, bool, DataOutcome) {
+    let mut rx = DataReceiver::new(BareEol::Normalize, BIG).with_nul(nul);
+    let mut out = Vec::new();
+    let mut consumed = 0;
+    for part in parts {
+        let (used, done) = rx.feed(part, &mut out);
+        consumed += used;
+        if done {
+            return (out, consumed, true, rx.outcome());
+        }
+    }
+    (out, consumed, false, rx.outcome())
+}
+
+#[test]
+fn data_nul_is_refused_by_default_or_stripped_and_never_stored() {
+    for &(input, body, rest) in NUL_CASES {
+        for (nul, want) in [(Nul::Reject, DataOutcome::Nul), (Nul::Strip, DataOutcome::Ok)] {
+            let whole = feed_nul(&[input], nul);
+            for cut in 0..=input.len() {
+                let (a, b) = input.split_at(cut);
+                assert_eq!(feed_nul(&[a, b], nul), whole, "cut at {cut} of {input:?}");
+            }
+            let (out, consumed, done, outcome) = whole;
+            assert!(done, "{input:?}");
+            assert_eq!(out, body, "{input:?} {nul:?}");
+            assert!(!out.contains(&0), "{input:?}");
+            assert_eq!(&input[consumed..], rest, "{input:?}");
+            assert_eq!(outcome, want, "{input:?} {nul:?}");
+        }
+    }
+    // The default is to refuse.
+    let mut rx = DataReceiver::new(BareEol::Normalize, BIG);
+    rx.feed(b"a\0\r\n.\r\n", &mut Vec::new());
+    assert_eq!(rx.outcome(), DataOutcome::Nul);
+}
+
+#[test]
+fn data_nul_ranks_after_too_big_and_before_bare_line_ending() {
+    let mut rx = DataReceiver::new(BareEol::Reject, 2);
+    rx.feed(b"a\0bcd\r\n.\r\n", &mut Vec::new());
+    assert_eq!(rx.outcome(), DataOutcome::TooBig);
+    let mut rx = DataReceiver::new(BareEol::Reject, BIG);
+    rx.feed(b"a\nb\0\r\n.\r\n", &mut Vec::new());
+    assert_eq!(rx.outcome(), DataOutcome::Nul);
 }
 
 #[test]
@@ -312,6 +376,34 @@ fn bdat_table() {
         };
         assert_eq!(outcome, want, "{input:?}");
     }
+}
+
+#[test]
+fn bdat_nul_is_refused_by_default_or_stripped_and_never_stored() {
+    let cases: &[(&[u8], &[u8])] = &[
+        (b"a\0b", b"ab"),
+        (b"\0", b""),
+        (b"a\r\n\0.\r\nb", b"a\r\n.\r\nb"),
+        (b"a\r\0\nb", b"a\r\n\r\nb"),
+    ];
+    for &(input, body) in cases {
+        for (nul, want) in [(Nul::Reject, DataOutcome::Nul), (Nul::Strip, DataOutcome::Ok)] {
+            for cut in 0..=input.len() {
+                let (a, b) = input.split_at(cut);
+                let mut rx = BdatReceiver::new(BareEol::Normalize, BIG).with_nul(nul);
+                let mut out = Vec::new();
+                rx.feed(a, &mut out);
+                rx.feed(b, &mut out);
+                rx.finish(&mut out);
+                assert_eq!(out, body, "cut at {cut} of {input:?}");
+                assert_eq!(rx.outcome(), want, "cut at {cut} of {input:?} {nul:?}");
+            }
+        }
+    }
+    let mut rx = BdatReceiver::new(BareEol::Normalize, BIG);
+    rx.feed(b"\0", &mut Vec::new());
+    rx.finish(&mut Vec::new());
+    assert_eq!(rx.outcome(), DataOutcome::Nul, "refused by default");
 }
 
 #[test]

@@ -29,6 +29,21 @@ fn examples() {
     }
 }
 
+#[test]
+fn nuls_are_dropped_and_a_dot_behind_them_is_stuffed() {
+    let cases: &[(&[u8], &[u8])] = &[
+        (b"a\0b", b"ab\r\n.\r\n"),
+        (b"\0", b"\r\n.\r\n"),
+        (b"\0.", b"..\r\n.\r\n"),
+        (b"a\r\n\0.\r\nb", b"a\r\n..\r\nb\r\n.\r\n"),
+        (b"a\r\n\0\0.\r\n", b"a\r\n..\r\n.\r\n"),
+        (b"a\r\n.\0.\r\n", b"a\r\n...\r\n.\r\n"),
+    ];
+    for &(body, want) in cases {
+        assert_eq!(stuffed(body), want, "{body:?}");
+    }
+}
+
 /// The sequences a lax receiver might take for the end of data.
 const LAX_ENDS: &[&[u8]] = &[
     b"\n.\n",

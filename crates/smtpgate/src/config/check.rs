@@ -424,6 +424,11 @@ fn build_listener(index: usize, raw: RawListener, base_dir: &Path, issues: &mut 
             Duration::ZERO,
         ),
         bare_line_endings: build_bare_line_endings(key("bare_line_endings"), raw.bare_line_endings, issues),
+        nul_bytes: build_nul_bytes(key("nul_bytes"), raw.nul_bytes, issues),
+        max_hops: issues.count(key("max_hops"), raw.max_hops, 1, 50),
+        write_timeout: issues.timeout(key("write_timeout"), raw.write_timeout, Duration::from_secs(5 * MINUTE)),
+        min_data_rate: issues.count(key("min_data_rate"), raw.min_data_rate, 0, 500),
+        ipv6_prefix: build_ipv6_prefix(key("ipv6_prefix"), raw.ipv6_prefix, issues),
         auth: raw.auth.map(|auth| build_auth(&key("auth"), auth, base_dir, issues)),
         submission: raw.submission.unwrap_or(false),
         require_tls,
@@ -499,10 +504,35 @@ fn build_bare_line_endings(key: String, raw: Option<String>, issues: &mut Issues
     }
 }
 
+fn build_nul_bytes(key: String, raw: Option<String>, issues: &mut Issues) -> smtpgate_proto::Nul {
+    use smtpgate_proto::Nul;
+    match raw.as_deref() {
+        None | Some("reject") => Nul::Reject,
+        Some("strip") => Nul::Strip,
+        Some(other) => {
+            issues.push(key, format!("{other:?} is not one of \"reject\", \"strip\""));
+            Nul::Reject
+        }
+    }
+}
+
+fn build_ipv6_prefix(key: String, raw: Option<i64>, issues: &mut Issues) -> u8 {
+    match raw {
+        None => 64,
+        Some(n @ 1..=128) => n as u8,
+        Some(n) => {
+            issues.push(key, format!("{n} is not a prefix length from 1 to 128"));
+            64
+        }
+    }
+}
+
 fn build_auth(key: &str, raw: RawAuth, base_dir: &Path, issues: &mut Issues) -> AuthConfig {
     AuthConfig {
         users_file: issues.existing_file(format!("{key}.users_file"), base_dir, &raw.users_file),
         allow_plaintext: raw.allow_plaintext.unwrap_or(false),
+        max_failures: issues.count(format!("{key}.max_failures"), raw.max_failures, 1, 5),
+        lockout: issues.timeout(format!("{key}.lockout"), raw.lockout, Duration::from_secs(10 * MINUTE)),
     }
 }
 

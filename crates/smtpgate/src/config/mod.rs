@@ -184,6 +184,11 @@ pub struct AuthConfig {
     pub users_file: PathBuf,
     /// Allow AUTH before TLS. Only honoured for loopback clients.
     pub allow_plaintext: bool,
+    /// Failed AUTH attempts from one client address (IPv6: its `ipv6_prefix`), across its
+    /// connections, before it is locked out with `454 4.7.0`.
+    pub max_failures: u32,
+    /// How long a lock-out lasts, and how long a failure is remembered.
+    pub lockout: Duration,
 }
 
 /// One `[[listener]]`: an address we accept SMTP on, and its rules.
@@ -210,6 +215,17 @@ pub struct ListenerConfig {
     pub data_timeout: Duration,
     pub greeting_delay: Duration,
     pub bare_line_endings: BareLineEndings,
+    /// What a NUL octet in message content gets: refused (`550 5.6.0`, the default) or dropped.
+    pub nul_bytes: smtpgate_proto::Nul,
+    /// A message with more `Received:` fields than this is refused (`554 5.4.6`): a mail loop.
+    pub max_hops: usize,
+    /// Sending replies must finish within this; a client that does not read them is dropped.
+    pub write_timeout: Duration,
+    /// DATA and BDAT must come in at this many octets a second on average, after the first
+    /// `data_timeout`; 0 turns the rate off (then `data_timeout` bounds the whole message).
+    pub min_data_rate: u64,
+    /// IPv6 clients are counted (connection caps, AUTH failures) by this prefix length.
+    pub ipv6_prefix: u8,
     pub auth: Option<AuthConfig>,
     /// Add Message-ID and Date when missing.
     pub submission: bool,

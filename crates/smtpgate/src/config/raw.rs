@@ -73,6 +73,11 @@ pub struct RawListener {
     pub data_timeout: Option<Text>,
     pub greeting_delay: Option<Text>,
     pub bare_line_endings: Option<String>,
+    pub nul_bytes: Option<String>,
+    pub max_hops: Option<i64>,
+    pub write_timeout: Option<Text>,
+    pub min_data_rate: Option<i64>,
+    pub ipv6_prefix: Option<i64>,
     pub auth: Option<RawAuth>,
     pub submission: Option<bool>,
     pub require_tls: Option<bool>,
@@ -92,6 +97,8 @@ pub struct RawTlsFiles {
 pub struct RawAuth {
     pub users_file: String,
     pub allow_plaintext: Option<bool>,
+    pub max_failures: Option<i64>,
+    pub lockout: Option<Text>,
 }
 
 /// `[queue]`

@@ -74,9 +74,11 @@ enum Step {
 /// Gives a running listener its new state; open connections stay counted against its caps.
 fn update(r: Running, mut state: ListenerState) -> Running {
     state.limits = r.state.borrow().limits.clone();
+    state.auth_failures = r.state.borrow().auth_failures.clone();
+    let c = &state.config;
     state
         .limits
-        .set_caps(state.config.max_connections, state.config.max_connections_per_ip);
+        .set_caps(c.max_connections, c.max_connections_per_ip, c.ipv6_prefix);
     let mut r = r;
     r.bound.tls = tls_mode(&state);
     let _ = r.state.send(Arc::new(state));

@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::session::Users;
 use crate::spool::Spool;
+pub use limits::{AuthFailures, client_key};
 use limits::{ConnLimits, Sessions};
 
 /// Why the server could not start.
@@ -54,6 +55,8 @@ pub struct ListenerState {
     pub users: Option<Arc<Users>>,
     pub shutdown: watch::Receiver<bool>,
     limits: ConnLimits,
+    /// AUTH failures per client address, kept across reloads like `limits`.
+    pub auth_failures: AuthFailures,
     sessions: Arc<Sessions>,
 }
 
@@ -248,7 +251,8 @@ fn listener_state(
         tls,
         users,
         shutdown: shutdown.clone(),
-        limits: ConnLimits::new(lc.max_connections, lc.max_connections_per_ip),
+        limits: ConnLimits::new(lc.max_connections, lc.max_connections_per_ip, lc.ipv6_prefix),
+        auth_failures: AuthFailures::default(),
         sessions: sessions.clone(),
     })
 }

@@ -1,12 +1,20 @@
 //! AUTH PLAIN and LOGIN (RFC 4954, RFC 4616) against a file of argon2 password hashes.
+//!
+//! Guessing is made slow: failures are counted per client address across connections (the
+//! listener's `auth.max_failures` within `auth.lockout`, then `454 4.7.0` until the lock-out
+//! ends); an unknown user is checked against a dummy hash, so it costs the same time as a known
+//! one and the answer's timing tells nothing; hashes are checked off the async threads, at most
+//! one per CPU at a time, so a flood of AUTH attempts cannot take every blocking thread.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use smtpgate_proto::Reply;
+use tokio::sync::Semaphore;
 
 use super::conn::Line;
 use super::{Flow, Session, Txn};
@@ -15,9 +23,13 @@ use super::{Flow, Session, Txn};
 const MAX_AUTH_FAILURES: u32 = 3;
 
 /// Users and their password hashes: one `name:$argon2id$...` per line, `#` for comments.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Users {
     hashes: HashMap<String, String>,
+    /// Checked for unknown users, so they cost what a known user costs.
+    dummy: String,
+    /// Password checks in progress at once: one per CPU.
+    slots: Arc<Semaphore>,
 }
 
 impl Users {
@@ -39,20 +51,40 @@ impl Users {
             PasswordHash::new(hash).map_err(|e| format!("line {}: bad password hash: {e}", n + 1))?;
             hashes.insert(user.to_string(), hash.to_string());
         }
-        Ok(Users { hashes })
+        let dummy = hash_password("no user has this password")?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Users {
+            hashes,
+            dummy,
+            slots: Arc::new(Semaphore::new(cpus)),
+        })
     }
 
-    /// Checks a password (slow by design: call off the async threads).
+    /// Checks a password (slow by design: call off the async threads). An unknown user is
+    /// checked against the dummy hash, and fails.
     pub fn verify(&self, user: &str, password: &str) -> bool {
-        let Some(hash) = self.hashes.get(user) else {
-            return false;
+        let (hash, known) = match self.hashes.get(user) {
+            Some(hash) => (hash, true),
+            None => (&self.dummy, false),
         };
         let Ok(parsed) = PasswordHash::new(hash) else {
             return false;
         };
-        argon2::Argon2::default()
+        let ok = argon2::Argon2::default()
             .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
+            .is_ok();
+        ok && known
+    }
+
+    /// [`verify`](Self::verify) on the blocking pool, at most one check per CPU at a time.
+    pub async fn verify_blocking(self: &Arc<Self>, user: String, password: String) -> bool {
+        let Ok(_slot) = self.slots.clone().acquire_owned().await else {
+            return false;
+        };
+        let users = self.clone();
+        tokio::task::spawn_blocking(move || users.verify(&user, &password))
+            .await
+            .unwrap_or(false)
     }
 }
 
@@ -93,6 +125,15 @@ impl Session {
         if !self.auth_offered() {
             return self.error(Reply::auth_needs_tls());
         }
+        let auth = self.listener.config.auth.as_ref().expect("users means auth");
+        if self
+            .listener
+            .auth_failures
+            .locked(self.client_key(), auth.max_failures, auth.lockout)
+        {
+            tracing::warn!(client = %self.peer, "AUTH refused: client address locked out after failures");
+            return self.error(Reply::auth_locked());
+        }
         let creds = match mechanism.as_str() {
             "PLAIN" => self.plain(initial).await,
             "LOGIN" => self.login(initial).await,
@@ -107,18 +148,24 @@ impl Session {
 
     async fn check(&mut self, user: String, password: String) -> Flow {
         let users = self.listener.users.clone().expect("checked in auth");
-        let name = user.clone();
-        let ok = tokio::task::spawn_blocking(move || users.verify(&name, &password))
-            .await
-            .unwrap_or(false);
+        let ok = users.verify_blocking(user.clone(), password).await;
+        let key = self.client_key();
         if ok {
             tracing::info!(client = %self.peer, user = %user, "authenticated");
+            self.listener.auth_failures.clear(key);
             self.user = Some(user);
             return self.respond(Reply::auth_ok());
         }
         self.auth_failures += 1;
         self.listener.ctx.metrics.auth_failures.inc();
-        tracing::warn!(client = %self.peer, user = %user, failures = self.auth_failures, "authentication failed");
+        let lockout = self
+            .listener
+            .config
+            .auth
+            .as_ref()
+            .map_or(Default::default(), |a| a.lockout);
+        let recent = self.listener.auth_failures.fail(key, lockout);
+        tracing::warn!(client = %self.peer, user = %user, failures = self.auth_failures, recent, "authentication failed");
         if self.auth_failures >= MAX_AUTH_FAILURES {
             self.conn.reply(&Reply::auth_failed());
             self.conn.reply(&Reply::too_many_errors());
@@ -170,6 +217,13 @@ impl Session {
         B64.decode(text.as_bytes())
             .map(Some)
             .map_err(|_| self.error(Reply::syntax("invalid base64 in AUTH response")))
+    }
+}
+
+impl Session {
+    /// The client's address as failures are counted: IPv6 by the listener's `ipv6_prefix`.
+    fn client_key(&self) -> std::net::IpAddr {
+        crate::server::client_key(self.peer.ip(), self.listener.config.ipv6_prefix)
     }
 }
 

@@ -2,7 +2,7 @@
 
 use smtpgate_proto::{BareEol, BdatReceiver, DataOutcome, DataReceiver, Reply};
 
-use super::conn::ReadError;
+use super::conn::{Pace, ReadError};
 use super::headers::{self, Trace};
 use super::{Chunking, Draft, Flow, Session, Txn};
 use crate::config::BareLineEndings;
@@ -24,19 +24,27 @@ impl Session {
                 return self.error(Reply::bad_sequence("need MAIL and RCPT before DATA"));
             }
         };
+        if self.conn.has_buffered() {
+            // Content (or anything) sent before the 354 it must wait for (RFC 2920 3.1): not
+            // taken as a message, whatever it says.
+            tracing::info!(client = %self.peer, "improper pipelining: input before the 354 to DATA");
+            self.conn.reply(&Reply::sync_error());
+            return Flow::Close;
+        }
         self.conn.reply(&Reply::start_data());
         let id = self.listener.ctx.ids.next();
         let mut body = self.trace_header(id, &draft).into_bytes();
-        let mut rx = DataReceiver::new(self.bare_eol(), self.listener.config.max_message_size);
-        let limit = self.listener.config.data_timeout;
+        let mut rx = DataReceiver::new(self.bare_eol(), self.listener.config.max_message_size)
+            .with_nul(self.listener.config.nul_bytes);
+        let pace = self.pace();
         loop {
             let (used, done) = rx.feed(&self.conn.rbuf, &mut body);
             bytes::Buf::advance(&mut self.conn.rbuf, used);
             if done {
                 break;
             }
-            if let Err(e) = self.conn.read_more(limit, false).await {
-                tracing::info!(client = %self.peer, error = ?e, "connection lost during DATA");
+            if let Err(e) = self.conn.read_more(pace.deadline(rx.received()), false).await {
+                tracing::info!(client = %self.peer, error = ?e, received = rx.received(), "connection lost during DATA");
                 if let ReadError::Timeout = e {
                     self.conn.reply(&Reply::timeout());
                 }
@@ -47,13 +55,14 @@ impl Session {
     }
 
     pub(super) async fn bdat(&mut self, size: u64, last: bool) -> Flow {
-        let limit = self.listener.config.data_timeout;
+        let limit = self.pace();
         let mut chunking = match std::mem::replace(&mut self.txn, Txn::Idle) {
             Txn::Chunking(c) => c,
             Txn::Mail(draft) if !draft.recipients.is_empty() => {
                 let id = self.listener.ctx.ids.next();
                 let body = self.trace_header(id, &draft).into_bytes();
-                let receiver = BdatReceiver::new(self.bare_eol(), self.listener.config.max_message_size);
+                let receiver = BdatReceiver::new(self.bare_eol(), self.listener.config.max_message_size)
+                    .with_nul(self.listener.config.nul_bytes);
                 Box::new(Chunking {
                     draft,
                     id,
@@ -71,12 +80,15 @@ impl Session {
             }
         };
         let Chunking { receiver, body, .. } = &mut *chunking;
-        if self
+        if let Err(e) = self
             .conn
             .read_exact_with(size, limit, |chunk| receiver.feed(chunk, body))
             .await
-            .is_err()
         {
+            tracing::info!(client = %self.peer, error = ?e, "connection lost during BDAT");
+            if let ReadError::Timeout = e {
+                self.conn.reply(&Reply::timeout());
+            }
             return Flow::Close;
         }
         if let DataOutcome::TooBig = chunking.receiver.outcome() {
@@ -94,6 +106,12 @@ impl Session {
         } = *chunking;
         receiver.finish(&mut body);
         self.complete(id, draft, body, receiver.outcome()).await
+    }
+
+    /// How long message data may take: `data_timeout`, plus time earned at `min_data_rate`.
+    fn pace(&self) -> Pace {
+        let config = &self.listener.config;
+        Pace::new(config.data_timeout, config.min_data_rate)
     }
 
     fn bare_eol(&self) -> BareEol {
@@ -130,7 +148,18 @@ impl Session {
                 metrics.rejected.inc();
                 return self.respond(Reply::bare_line_ending());
             }
+            DataOutcome::Nul => {
+                metrics.rejected.inc();
+                tracing::info!(queue_id = %id, client = %self.peer, "message refused: NUL octets");
+                return self.respond(Reply::nul_byte());
+            }
             DataOutcome::Ok => {}
+        }
+        let hops = received_count(&body);
+        if hops > self.listener.config.max_hops {
+            metrics.rejected.inc();
+            tracing::warn!(queue_id = %id, client = %self.peer, hops, "message refused: too many hops (mail loop)");
+            return self.respond(Reply::too_many_hops());
         }
         if self.listener.config.submission || self.user.is_some() {
             let at = received_len(&body);
@@ -245,6 +274,18 @@ impl Session {
             stream: None,
         }
     }
+}
+
+/// How many `Received:` fields the header section holds (ours, just added, included).
+fn received_count(body: &[u8]) -> usize {
+    let end = body
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(body.len(), |i| i + 2);
+    body[..end]
+        .split(|&b| b == b'\n')
+        .filter(|line| line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:"))
+        .count()
 }
 
 /// Length of the leading `Received:` header that the session wrote (it ends at the first line that

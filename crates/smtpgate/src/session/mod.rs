@@ -84,7 +84,7 @@ pub struct Session {
 impl Session {
     pub fn new(listener: Arc<ListenerState>, io: BoxIo, peer: SocketAddr, tls: Option<TlsInfo>) -> Self {
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-        let conn = Conn::new(io, listener.shutdown.clone());
+        let conn = Conn::new(io, listener.shutdown.clone(), listener.config.write_timeout);
         Session {
             listener,
             conn,
@@ -149,6 +149,11 @@ impl Session {
                 }
                 Err(e) => return self.end_on(e),
             };
+            if self.conn.has_buffered() && self.must_wait(&line) {
+                tracing::info!(client = %self.peer, line = %String::from_utf8_lossy(&line), "improper pipelining");
+                self.conn.reply(&Reply::sync_error());
+                return;
+            }
             let flow = self.dispatch(&line).await;
             if self.proxy_pending() {
                 self.proxy_release().await;
@@ -159,10 +164,19 @@ impl Session {
         }
     }
 
+    /// Whether the client had to wait for the reply to `line` before sending more (RFC 2920:
+    /// EHLO and HELO end a pipelined group; a client that got HELO's reply had no PIPELINING).
+    fn must_wait(&self, line: &[u8]) -> bool {
+        let verb = line.get(..4).map(|v| v.to_ascii_uppercase());
+        let hello = matches!(verb.as_deref(), Some(b"EHLO" | b"HELO"));
+        hello || self.helo.as_ref().is_some_and(|h| !h.extended)
+    }
+
     fn end_on(&mut self, e: ReadError) {
         match e {
             ReadError::Timeout => self.conn.reply(&Reply::timeout()),
             ReadError::Shutdown => self.conn.reply(&Reply::shutting_down(&self.hostname())),
+            ReadError::WriteTimeout => tracing::info!(client = %self.peer, "client does not read its replies: dropped"),
             ReadError::Eof | ReadError::Io(_) => {}
         }
     }

@@ -45,7 +45,13 @@ async fn lax_end_of_data_sequences_do_not_end_the_message() {
         "\r\n\0.\r\n",
         "\r.\r\n",
     ] {
-        let mut h = ready_for_data("").await;
+        // A NUL is refused by default; stripped, it must still not end the message.
+        let extra = if lax.contains('\0') {
+            "nul_bytes = \"strip\""
+        } else {
+            ""
+        };
+        let mut h = ready_for_data(extra).await;
         h.cmd("DATA", "354").await;
         let smuggled = format!(
             "Subject: one\r\n\r\nfirst{lax}MAIL FROM:<evil@x.test>\r\nRCPT TO:<v@local.test>\r\nDATA\r\nSubject: smuggled\r\n\r\n.\r\n"
@@ -73,6 +79,33 @@ async fn bare_line_endings_can_be_refused() {
     h.cmd("DATA", "354").await;
     h.send(b"Subject: x\r\n\r\nbare\nlf\r\n.\r\n").await;
     h.expect("550 5.6.0").await;
+    assert!(h.spooled().is_empty());
+}
+
+#[tokio::test]
+async fn nul_in_content_is_refused_by_default_and_ends_nothing() {
+    let mut h = ready_for_data("").await;
+    h.cmd("DATA", "354").await;
+    h.send(b"Subject: x\r\n\r\nfirst\r\n\0.\r\nMAIL FROM:<evil@x.test>\r\n.\r\n")
+        .await;
+    h.expect("550 5.6.0").await;
+    h.cmd("NOOP", "250 2.0.0").await;
+    assert!(h.spooled().is_empty());
+}
+
+#[tokio::test]
+async fn nul_in_a_bdat_chunk_is_refused_by_default() {
+    let mut h = ready_for_data("").await;
+    h.send(b"BDAT 5 LAST\r\na\0b\r\n").await;
+    h.expect("550 5.6.0").await;
+    assert!(h.spooled().is_empty());
+}
+
+#[tokio::test]
+async fn content_before_the_354_closes_the_session_with_nothing_spooled() {
+    let mut h = ready_for_data("").await;
+    h.send(b"DATA\r\nSubject: early\r\n\r\n.\r\n").await;
+    h.expect("554 5.5.0").await;
     assert!(h.spooled().is_empty());
 }
 
