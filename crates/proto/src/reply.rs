@@ -413,6 +413,11 @@ impl Reply {
         Reply::new(452, "4.3.1", "insufficient system storage")
     }
 
+    /// The node's memory budget for message content is used up: try again later.
+    pub fn low_memory() -> Self {
+        Reply::new(452, "4.3.1", "insufficient system resources, try again later")
+    }
+
     /// A policy check (filter) could not answer and is configured to fail closed.
     pub fn policy_unavailable() -> Self {
         Self::new(451, "4.7.1", "policy check unavailable, try again later")

@@ -17,6 +17,8 @@ pub struct Context {
     pub resolver: TokioResolver,
     pub client_tls: Arc<rustls::ClientConfig>,
     pub ids: Arc<IdGen>,
+    /// Message content held in memory by all sessions (kept across reloads).
+    pub memory: Arc<crate::budget::MemoryBudget>,
     /// Routing rules, aliases and Sieve scripts, compiled from `config`.
     pub router: Arc<crate::route::Router>,
     /// Run-time state of the upstream pools: health, circuit breakers, idle connections.

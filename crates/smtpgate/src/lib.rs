@@ -13,6 +13,7 @@
 //!
 //! Configuration ([`config`]) is loaded and checked whole before anything starts.
 
+pub mod budget;
 pub mod config;
 pub mod context;
 pub mod datetime;

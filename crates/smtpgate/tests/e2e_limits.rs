@@ -286,3 +286,88 @@ quit(s)
         arrived[0]
     );
 }
+
+/// Sends one command and reads its whole reply (every line); returns the last line.
+fn command(stream: &mut TcpStream, line: &str) -> String {
+    stream.write_all(line.as_bytes()).expect("send");
+    loop {
+        let reply = read_line(stream);
+        if reply.len() < 4 || reply.as_bytes()[3] != b'-' {
+            return reply;
+        }
+    }
+}
+
+/// The node-wide memory budget for message content (`[spool] memory_budget`): while one client
+/// holds most of it in an unfinished DATA, another client's message that would go over it gets
+/// `452 4.3.1` (and nothing of it is delivered), new transactions get `452 4.3.1` at MAIL once
+/// the budget is used up, and everything goes through again once the first message is done.
+#[test]
+fn messages_over_the_memory_budget_wait_with_452() {
+    let upstream = Upstream::start();
+    let toml = GateConfig::relay_to(upstream.addr())
+        .listener("max_message_size = \"8MB\"")
+        .to_toml()
+        .replace(
+            "[spool]\ndir = \"spool\"",
+            "[spool]\ndir = \"spool\"\nmemory_budget = \"256KB\"",
+        );
+    let gate = Gate::start(&toml);
+    let held_bytes = || gate.metric("smtpgate_message_memory_bytes");
+
+    // Client A: 200 KB of an unfinished message (the budget is 262,144 bytes).
+    let mut a = held(Ipv4Addr::LOCALHOST.into(), gate.smtp_addr());
+    assert!(command(&mut a, "EHLO a.example\r\n").starts_with("250 "));
+    assert!(command(&mut a, "MAIL FROM:<a@example.test>\r\n").starts_with("250 "));
+    assert!(command(&mut a, "RCPT TO:<big@example.org>\r\n").starts_with("250 "));
+    assert!(command(&mut a, "DATA\r\n").starts_with("354 "));
+    let line = format!("{}\r\n", "a".repeat(98));
+    a.write_all(b"Subject: big\r\nMessage-ID: <budget-a@x>\r\n\r\n")
+        .unwrap();
+    for _ in 0..2_000 {
+        a.write_all(line.as_bytes()).unwrap();
+    }
+    assert!(
+        wait_until(SOON, || held_bytes() >= 200_000.0),
+        "A's content is held: {}",
+        held_bytes()
+    );
+
+    // Client B: 70 KB would go over the budget.
+    let body = "b".repeat(98) + "\n";
+    let big = message("budget-b@x", "b", &body.repeat(700));
+    let t = smtplib_send(gate.smtp_addr(), "b@example.test", &["b@example.org"], &big);
+    assert!(t.reply("END-OF-DATA").starts_with("452 4.3.1"), "{t}");
+
+    // 50 KB more from A leaves less than a sixteenth of the budget: a new transaction waits at
+    // MAIL.
+    for _ in 0..500 {
+        a.write_all(line.as_bytes()).unwrap();
+    }
+    assert!(wait_until(SOON, || held_bytes() >= 250_000.0), "{}", held_bytes());
+    let t = smtplib_send(
+        gate.smtp_addr(),
+        "c@example.test",
+        &["c@example.org"],
+        &message("budget-c@x", "c", "small"),
+    );
+    assert!(t.reply("MAIL").starts_with("452 4.3.1"), "{t}");
+
+    // A finishes: its message is accepted, and the budget is free again.
+    assert!(command(&mut a, ".\r\n").starts_with("250 "));
+    quit(a);
+    assert!(wait_until(SOON, || held_bytes() == 0.0), "{}", held_bytes());
+    let t = smtplib_send(gate.smtp_addr(), "b@example.test", &["b@example.org"], &big);
+    assert!(t.reply("END-OF-DATA").starts_with("250 "), "{t}");
+    let got = upstream.wait_for(2, SOON);
+    let ids: Vec<bool> = ["budget-a@x", "budget-b@x"]
+        .iter()
+        .map(|id| got.iter().any(|m| m.text().contains(id)))
+        .collect();
+    assert_eq!(ids, [true, true], "both messages delivered once accepted");
+    assert_eq!(
+        upstream.messages().len(),
+        2,
+        "nothing of the refused tries was delivered"
+    );
+}

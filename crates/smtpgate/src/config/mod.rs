@@ -89,6 +89,9 @@ pub struct SpoolConfig {
     pub min_free_space: u64,
     /// Size of one spool segment file, in bytes.
     pub segment_size: u64,
+    /// Message content all sessions together may hold in memory (`memory_budget`, default
+    /// 1 GiB); over it, new transactions get `452 4.3.1`.
+    pub memory_budget: u64,
 }
 
 /// `[admin]`: the HTTP endpoint for health, metrics and queue inspection.

@@ -46,6 +46,7 @@ pub struct RawSpool {
     pub dir: Option<String>,
     pub min_free_space: Option<Text>,
     pub segment_size: Option<Text>,
+    pub memory_budget: Option<Text>,
 }
 
 /// `[admin]`

@@ -145,7 +145,9 @@ async fn expire(queue: Queue, msg: Arc<QueuedMessage>) {
         .map(|&i| Failure {
             recipient: msg.env.recipients[i as usize].clone(),
             status: "4.4.7".into(),
-            diagnostic: crate::deliver::bounce::Diagnostic::local("message expired in queue before its after-queue scan could run"),
+            diagnostic: crate::deliver::bounce::Diagnostic::local(
+                "message expired in queue before its after-queue scan could run",
+            ),
             remote: None,
         })
         .collect();

@@ -71,7 +71,10 @@ fn render(ctx: &Context) -> String {
         "# HELP smtpgate_spool_records_total records written to the spool log\n\
          # TYPE smtpgate_spool_records_total counter\nsmtpgate_spool_records_total {records}\n\
          # HELP smtpgate_spool_fsyncs_total fsyncs of the spool log; records share them (group commit)\n\
-         # TYPE smtpgate_spool_fsyncs_total counter\nsmtpgate_spool_fsyncs_total {fsyncs}\n"
+         # TYPE smtpgate_spool_fsyncs_total counter\nsmtpgate_spool_fsyncs_total {fsyncs}\n\
+         # HELP smtpgate_message_memory_bytes message content sessions hold in memory ([spool] memory_budget)\n\
+         # TYPE smtpgate_message_memory_bytes gauge\nsmtpgate_message_memory_bytes {}\n",
+        ctx.memory.used()
     ));
     out.push_str(&ctx.pools.render());
     out.push_str(&ctx.feedback.render());

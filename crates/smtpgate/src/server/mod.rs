@@ -183,6 +183,7 @@ pub fn context_shared(
         resolver: crate::deliver::mx::resolver(&config.dns.nameservers).map_err(StartError::Dns)?,
         client_tls: crate::tls::client_config(),
         ids: Arc::new(IdGen::default()),
+        memory: crate::budget::MemoryBudget::new(config.spool.memory_budget),
         pools: crate::deliver::pool::Pools::new(&config),
         router: Arc::new(crate::route::Router::new(config.clone()).map_err(StartError::Routing)?),
         quarantine: Arc::new(

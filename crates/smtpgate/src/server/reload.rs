@@ -83,6 +83,7 @@ fn successor(old: &Context, config: Arc<Config>) -> Result<Arc<Context>, String>
         resolver,
         client_tls: old.client_tls.clone(),
         ids: old.ids.clone(),
+        memory: old.memory.clone(),
         router: Arc::new(router),
         quarantine: old.quarantine.clone(),
     }))

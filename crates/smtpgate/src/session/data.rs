@@ -37,9 +37,19 @@ impl Session {
         let mut rx = DataReceiver::new(self.bare_eol(), self.listener.config.max_message_size)
             .with_nul(self.listener.config.nul_bytes);
         let pace = self.pace();
+        // This message's share of the node's memory budget, held until it is answered.
+        let mut held = self.listener.ctx.memory.hold();
+        let mut over_budget = false;
         loop {
             let (used, done) = rx.feed(&self.conn.rbuf, &mut body);
             bytes::Buf::advance(&mut self.conn.rbuf, used);
+            if !over_budget && !held.grow_to(body.len() as u64) {
+                over_budget = true;
+                tracing::warn!(client = %self.peer, bytes = body.len(), "memory budget for messages used up: reading this one to its end without keeping it");
+            }
+            if over_budget {
+                body.clear();
+            }
             if done {
                 break;
             }
@@ -51,7 +61,13 @@ impl Session {
                 return Flow::Close;
             }
         }
-        self.complete(id, draft, body, rx.outcome()).await
+        if over_budget {
+            self.listener.ctx.metrics.rejected.inc();
+            return self.respond(Reply::low_memory());
+        }
+        let flow = self.complete(id, draft, body, rx.outcome()).await;
+        drop(held);
+        flow
     }
 
     pub(super) async fn bdat(&mut self, size: u64, last: bool) -> Flow {
@@ -68,6 +84,7 @@ impl Session {
                     id,
                     receiver,
                     body,
+                    held: self.listener.ctx.memory.hold(),
                 })
             }
             other => {
@@ -94,6 +111,12 @@ impl Session {
         if let DataOutcome::TooBig = chunking.receiver.outcome() {
             return self.error(Reply::message_too_big());
         }
+        if !chunking.held.grow_to(chunking.body.len() as u64) {
+            // The transaction ends here; its content and its share of the budget are dropped.
+            tracing::warn!(client = %self.peer, bytes = chunking.body.len(), "memory budget for messages used up: BDAT transaction refused");
+            self.listener.ctx.metrics.rejected.inc();
+            return self.respond(Reply::low_memory());
+        }
         if !last {
             self.txn = Txn::Chunking(chunking);
             return self.respond(Reply::chunk_ok(size));
@@ -103,9 +126,12 @@ impl Session {
             id,
             mut receiver,
             mut body,
+            held,
         } = *chunking;
         receiver.finish(&mut body);
-        self.complete(id, draft, body, receiver.outcome()).await
+        let flow = self.complete(id, draft, body, receiver.outcome()).await;
+        drop(held);
+        flow
     }
 
     /// How long message data may take: `data_timeout`, plus time earned at `min_data_rate`.

@@ -28,6 +28,10 @@ impl Session {
         if let Some(r) = self.storage_check(size).filter(|_| !self.proxying()) {
             return self.respond(r);
         }
+        if self.listener.ctx.memory.exhausted() {
+            tracing::warn!(client = %self.peer, held = self.listener.ctx.memory.used(), "memory budget for messages used up: refusing a new transaction");
+            return self.respond(Reply::low_memory());
+        }
         if from.mailbox().is_some_and(|m| m.is_utf8()) && !params.smtputf8 {
             return self.error(Reply::need_smtputf8());
         }

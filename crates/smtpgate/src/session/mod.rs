@@ -50,6 +50,8 @@ struct Chunking {
     id: QueueId,
     receiver: BdatReceiver,
     body: Vec<u8>,
+    /// The message's share of the node's memory budget.
+    held: crate::budget::Held,
 }
 
 /// The phase of the mail transaction.
