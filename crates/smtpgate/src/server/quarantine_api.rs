@@ -3,10 +3,11 @@
 //! `DELETE /quarantine/{id}`, `POST /quarantine/{id}/release` (delivered as if it had passed).
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 
+use super::admin_auth::Peer;
 use crate::quarantine::Entry;
 use crate::queue::Queue;
 
@@ -37,15 +38,18 @@ async fn show(State(queue): State<Queue>, Path(id): Path<String>) -> Answer {
     }
 }
 
-async fn delete(State(queue): State<Queue>, Path(id): Path<String>) -> Answer {
+async fn delete(State(queue): State<Queue>, Extension(Peer(peer)): Extension<Peer>, Path(id): Path<String>) -> Answer {
     match queue.ctx().quarantine.delete(&id) {
-        Ok(()) => (StatusCode::OK, format!("deleted {id}\n")),
+        Ok(()) => {
+            tracing::info!(%peer, quarantine_id = %id, "admin: deleted from quarantine");
+            (StatusCode::OK, format!("deleted {id}\n"))
+        }
         Err(e) => not_found(e),
     }
 }
 
 /// Releases an entry: it is spooled again without its after-queue filters, then removed.
-async fn release(State(queue): State<Queue>, Path(id): Path<String>) -> Answer {
+async fn release(State(queue): State<Queue>, Extension(Peer(peer)): Extension<Peer>, Path(id): Path<String>) -> Answer {
     let ctx = queue.ctx();
     let (entry, message) = match ctx
         .quarantine
@@ -63,7 +67,7 @@ async fn release(State(queue): State<Queue>, Path(id): Path<String>) -> Answer {
         return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot spool: {e}\n"));
     }
     let _ = ctx.quarantine.delete(&id);
-    tracing::info!(quarantine_id = %id, queue_id = %new_id, "released from quarantine");
+    tracing::info!(%peer, quarantine_id = %id, queue_id = %new_id, "admin: released from quarantine");
     (StatusCode::OK, format!("released {id} as {new_id}\n"))
 }
 
