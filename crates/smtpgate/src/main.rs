@@ -44,6 +44,9 @@ enum Cmd {
     Quarantine {
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
+        /// The admin token's file (default: `admin.token_file`, or `admin.token` in the spool).
+        #[arg(long, global = true)]
+        token_file: Option<PathBuf>,
         #[command(subcommand)]
         command: QuarantineCmd,
     },
@@ -54,6 +57,9 @@ enum Cmd {
         /// The admin address, when the configuration's is port 0.
         #[arg(long, global = true)]
         admin: Option<std::net::SocketAddr>,
+        /// The admin token's file (default: `admin.token_file`, or `admin.token` in the spool).
+        #[arg(long, global = true)]
+        token_file: Option<PathBuf>,
         #[command(subcommand)]
         command: SuppressionCmd,
     },
@@ -64,6 +70,9 @@ enum Cmd {
         /// The admin address, when the configuration's is port 0.
         #[arg(long, global = true)]
         admin: Option<std::net::SocketAddr>,
+        /// The admin token's file (default: `admin.token_file`, or `admin.token` in the spool).
+        #[arg(long, global = true)]
+        token_file: Option<PathBuf>,
         #[command(subcommand)]
         command: ThrottleCmd,
     },
@@ -183,9 +192,23 @@ fn main() -> ExitCode {
                 },
         } => route_test(&config, from, to, header, message, client, user, listener),
         Cmd::Reload { config } => signal_reload(config),
-        Cmd::Quarantine { config, command } => quarantine(config, command),
-        Cmd::Suppression { config, admin, command } => suppression(config, admin, command),
-        Cmd::Throttle { config, admin, command } => throttle(config, admin, command),
+        Cmd::Quarantine {
+            config,
+            token_file,
+            command,
+        } => quarantine(config, token_file, command),
+        Cmd::Suppression {
+            config,
+            admin,
+            token_file,
+            command,
+        } => suppression(config, AdminArgs { admin, token_file }, command),
+        Cmd::Throttle {
+            config,
+            admin,
+            token_file,
+            command,
+        } => throttle(config, AdminArgs { admin, token_file }, command),
     };
     match result {
         Ok(code) => code,
@@ -255,8 +278,9 @@ fn announce(server: &Server, builtin: bool) -> std::io::Result<()> {
             l.name, l.addr, l.tls
         )?;
     }
-    if let Some(a) = server.admin {
-        writeln!(out, "smtpgate admin: address={a}")?;
+    if let (Some(a), Some(file)) = (server.admin, &server.admin_token_file) {
+        let file = std::path::absolute(file)?;
+        writeln!(out, "smtpgate admin: address={a} token_file={}", file.display())?;
     }
     writeln!(
         out,
@@ -408,7 +432,11 @@ fn load_or_builtin(config: Option<PathBuf>) -> anyhow::Result<Config> {
     })
 }
 
-fn quarantine(config: Option<PathBuf>, command: QuarantineCmd) -> anyhow::Result<ExitCode> {
+fn quarantine(
+    config: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    command: QuarantineCmd,
+) -> anyhow::Result<ExitCode> {
     let config = load_or_builtin(config)?;
     let spool = std::path::absolute(&config.spool.dir)?;
     let q = smtpgate::quarantine::Quarantine::open(&spool)?;
@@ -427,47 +455,31 @@ fn quarantine(config: Option<PathBuf>, command: QuarantineCmd) -> anyhow::Result
             println!("deleted {id}");
         }
         QuarantineCmd::Release { id, admin } => {
-            let addr = admin
-                .or(config.admin.map(|a| a.address))
-                .context("no admin address configured")?;
-            print!("{}", admin_post(addr, &format!("/quarantine/{id}/release"))?);
+            let client = AdminClient::new(&config, AdminArgs { admin, token_file })?;
+            print!("{}", client.request("POST", &format!("/quarantine/{id}/release"))?);
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn suppression(
-    config: Option<PathBuf>,
-    admin: Option<std::net::SocketAddr>,
-    command: SuppressionCmd,
-) -> anyhow::Result<ExitCode> {
-    let config = load_or_builtin(config)?;
-    let addr = admin
-        .or(config.admin.map(|a| a.address))
-        .context("no admin address configured")?;
+fn suppression(config: Option<PathBuf>, args: AdminArgs, command: SuppressionCmd) -> anyhow::Result<ExitCode> {
+    let client = AdminClient::new(&load_or_builtin(config)?, args)?;
     let body = match command {
-        SuppressionCmd::List => admin_request(addr, "GET", "/suppression")?,
-        SuppressionCmd::Add { address } => admin_request(addr, "PUT", &format!("/suppression/{address}"))?,
-        SuppressionCmd::Remove { address } => admin_request(addr, "DELETE", &format!("/suppression/{address}"))?,
+        SuppressionCmd::List => client.request("GET", "/suppression")?,
+        SuppressionCmd::Add { address } => client.request("PUT", &format!("/suppression/{address}"))?,
+        SuppressionCmd::Remove { address } => client.request("DELETE", &format!("/suppression/{address}"))?,
     };
     print!("{body}");
     Ok(ExitCode::SUCCESS)
 }
 
-fn throttle(
-    config: Option<PathBuf>,
-    admin: Option<std::net::SocketAddr>,
-    command: ThrottleCmd,
-) -> anyhow::Result<ExitCode> {
-    let config = load_or_builtin(config)?;
-    let addr = admin
-        .or(config.admin.map(|a| a.address))
-        .context("no admin address configured")?;
+fn throttle(config: Option<PathBuf>, args: AdminArgs, command: ThrottleCmd) -> anyhow::Result<ExitCode> {
+    let client = AdminClient::new(&load_or_builtin(config)?, args)?;
     let path = |key: &str| format!("/throttles/{}", url_encode(key, "/:*"));
     let body = match command {
-        ThrottleCmd::List => admin_request(addr, "GET", "/throttles")?,
-        ThrottleCmd::Show { key } => admin_request(addr, "GET", &path(&key))?,
-        ThrottleCmd::Cancel { key } => admin_request(addr, "DELETE", &path(&key))?,
+        ThrottleCmd::List => client.request("GET", "/throttles")?,
+        ThrottleCmd::Show { key } => client.request("GET", &path(&key))?,
+        ThrottleCmd::Cancel { key } => client.request("DELETE", &path(&key))?,
         ThrottleCmd::Set {
             key,
             duration,
@@ -493,7 +505,7 @@ fn throttle(
                 !query.is_empty(),
                 "nothing to change: give --duration, --suspend, --rate-factor, ..."
             );
-            admin_request(addr, "PUT", &format!("{}?{}", path(&key), query.join("&")))?
+            client.request("PUT", &format!("{}?{}", path(&key), query.join("&")))?
         }
     };
     print!("{body}");
@@ -513,27 +525,62 @@ fn url_encode(text: &str, keep: &str) -> String {
     out
 }
 
-/// A minimal HTTP/1.1 POST to the admin address; returns the body, or an error for a non-2xx status.
-fn admin_post(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
-    admin_request(addr, "POST", path)
+/// What the command line says about the admin address: `--admin` and `--token-file`.
+struct AdminArgs {
+    admin: Option<std::net::SocketAddr>,
+    token_file: Option<PathBuf>,
 }
 
-/// A minimal HTTP/1.1 request to the admin address; returns the body, or an error for a non-2xx status.
-fn admin_request(addr: std::net::SocketAddr, method: &str, path: &str) -> anyhow::Result<String> {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10))
-        .with_context(|| format!("cannot reach the admin address {addr} (is smtpgate running?)"))?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    s.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let ok = head.split(' ').nth(1).is_some_and(|code| code.starts_with('2'));
-    anyhow::ensure!(ok, "{}", body.trim());
-    Ok(body.to_string())
+/// The running server's admin address and the token it wants.
+struct AdminClient {
+    addr: std::net::SocketAddr,
+    token: String,
+}
+
+impl AdminClient {
+    /// The address from `--admin` or the configuration; the token from `--token-file`, or where
+    /// the server keeps it for this configuration (`admin.token_file`, or the spool's).
+    fn new(config: &Config, args: AdminArgs) -> anyhow::Result<AdminClient> {
+        let addr = args
+            .admin
+            .or(config.admin.as_ref().map(|a| a.address))
+            .context("no admin address configured")?;
+        let file = match (args.token_file, &config.admin) {
+            (Some(file), _) => file,
+            (None, Some(admin)) => {
+                smtpgate::server::admin_auth::token_path(admin, &std::path::absolute(&config.spool.dir)?)
+            }
+            (None, None) => std::path::absolute(&config.spool.dir)?.join(smtpgate::server::admin_auth::TOKEN_FILE),
+        };
+        let token = smtpgate::server::admin_auth::read_token(&file)
+            .map_err(anyhow::Error::msg)
+            .context("no admin token (give --config of the running server, or --token-file)")?;
+        Ok(AdminClient { addr, token })
+    }
+
+    /// A minimal HTTP/1.1 request with the token; returns the body, or an error for a non-2xx
+    /// status.
+    fn request(&self, method: &str, path: &str) -> anyhow::Result<String> {
+        use std::io::Read;
+        let addr = self.addr;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10))
+            .with_context(|| format!("cannot reach the admin address {addr} (is smtpgate running?)"))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+        // The address connected to, so an admin address of 0.0.0.0 is named as the server sees it.
+        let host = s.peer_addr().unwrap_or(addr);
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n",
+            self.token
+        )?;
+        let mut response = String::new();
+        s.read_to_string(&mut response)?;
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        let ok = head.split(' ').nth(1).is_some_and(|code| code.starts_with('2'));
+        anyhow::ensure!(ok, "{}", body.trim());
+        Ok(body.to_string())
+    }
 }
 
 #[cfg(test)]

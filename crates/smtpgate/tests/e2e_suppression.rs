@@ -14,6 +14,8 @@ fn cli(gate: &Gate, args: &[&str]) -> (bool, String) {
         .arg("suppression")
         .args(args)
         .args(["--admin", &admin])
+        .arg("--token-file")
+        .arg(gate.admin_token_file())
         .output()
         .expect("run smtpgate suppression");
     let text = format!(

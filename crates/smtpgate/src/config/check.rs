@@ -40,7 +40,7 @@ fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Config {
     let default_shutdown = Duration::from_secs(30);
     let shutdown_timeout = issues.timeout("shutdown_timeout".into(), raw.shutdown_timeout, default_shutdown);
     let spool = build_spool(raw.spool.unwrap_or_default(), base_dir, issues);
-    let admin = build_admin(raw.admin.unwrap_or_default(), issues);
+    let admin = build_admin(raw.admin.unwrap_or_default(), base_dir, issues);
     let listeners = build_listeners(raw.listeners, base_dir, issues);
     let pools = super::pool::build_pools(raw.pools, base_dir, issues);
     let routes = super::route::build_routes(raw.routes, &pools, base_dir, issues);
@@ -346,10 +346,27 @@ fn build_spool(raw: RawSpool, base_dir: &Path, issues: &mut Issues) -> SpoolConf
     }
 }
 
-fn build_admin(raw: RawAdmin, issues: &mut Issues) -> Option<AdminConfig> {
+fn build_admin(raw: RawAdmin, base_dir: &Path, issues: &mut Issues) -> Option<AdminConfig> {
     let default = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8025);
     let address = issues.parse("admin.address", raw.address, parse_socket_addr, default);
-    raw.enabled.unwrap_or(true).then_some(AdminConfig { address })
+    let token_file = raw.token_file.map(|file| resolve(base_dir, &file));
+    if let Some(file) = &token_file
+        && let Err(e) = crate::server::admin_auth::read_token(file)
+    {
+        issues.push("admin.token_file", e);
+    }
+    let mut hosts = Vec::new();
+    for (i, name) in raw.hosts.unwrap_or_default().iter().enumerate() {
+        match crate::server::admin_auth::parse_host_name(name) {
+            Ok(name) => hosts.push(name),
+            Err(e) => issues.push(format!("admin.hosts[{i}]"), e),
+        }
+    }
+    raw.enabled.unwrap_or(true).then_some(AdminConfig {
+        address,
+        token_file,
+        hosts,
+    })
 }
 
 fn build_listeners(raw: Vec<RawListener>, base_dir: &Path, issues: &mut Issues) -> Vec<ListenerConfig> {

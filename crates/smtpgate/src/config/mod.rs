@@ -98,6 +98,12 @@ pub struct SpoolConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     pub address: SocketAddr,
+    /// Key `token_file`: the file holding the bearer token every endpoint but `/healthz` and
+    /// `/metrics` requires. `None`: smtpgate keeps a generated one in `<spool>/admin.token`.
+    pub token_file: Option<PathBuf>,
+    /// Key `hosts`: names, besides the admin address itself and `localhost`, that a request's
+    /// `Host` may carry (lower-cased, without a port).
+    pub hosts: Vec<String>,
 }
 
 /// What a listener does with a lone CR or LF in message data (`bare_line_endings`).

@@ -54,6 +54,8 @@ pub struct RawSpool {
 pub struct RawAdmin {
     pub enabled: Option<bool>,
     pub address: Option<Text>,
+    pub token_file: Option<String>,
+    pub hosts: Option<Vec<String>>,
 }
 
 /// One `[[listener]]`.

@@ -79,7 +79,9 @@ fn documented_example_loads() {
     assert_eq!(
         config.admin,
         Some(AdminConfig {
-            address: addr("127.0.0.1:8025")
+            address: addr("127.0.0.1:8025"),
+            token_file: None,
+            hosts: vec![],
         })
     );
     assert_eq!(config.listeners.len(), 1);
@@ -203,7 +205,9 @@ fn builtin_has_the_documented_defaults() {
     assert_eq!(
         config.admin,
         Some(AdminConfig {
-            address: addr("127.0.0.1:8025")
+            address: addr("127.0.0.1:8025"),
+            token_file: None,
+            hosts: vec![],
         })
     );
     assert_eq!(config.pools, vec![]);

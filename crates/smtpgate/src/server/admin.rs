@@ -1,8 +1,9 @@
 //! The admin address: `/healthz`, `/metrics` (Prometheus text format), `/shaping` (the limits per
 //! destination in use, JSON), `/sources` (source addresses and their warm-up), the adaptive actions (`/throttles`), the quarantine and the
-//! suppression list.
+//! suppression list. Every request passes [`admin_auth::check`] first (the `Host` and the token).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
@@ -10,11 +11,13 @@ use axum::routing::get;
 use tokio::sync::watch;
 
 use super::StartError;
+use super::admin_auth::{self, Conn, Guard};
 use crate::context::Context;
 use crate::queue::Queue;
 
 pub async fn start(
     addr: SocketAddr,
+    guard: Arc<Guard>,
     queue: Queue,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<SocketAddr, StartError> {
@@ -22,6 +25,14 @@ pub async fn start(
         .await
         .map_err(|e| StartError::Bind(addr, e))?;
     let bound = listener.local_addr().map_err(|e| StartError::Bind(addr, e))?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            address = %bound,
+            "admin: the admin address is not a loopback address and has no TLS: its token and \
+             everything it shows cross the network in clear (bind it to 127.0.0.1, or put a TLS \
+             proxy in front)"
+        );
+    }
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
@@ -30,7 +41,9 @@ pub async fn start(
         .merge(super::quarantine_api::routes())
         .merge(super::suppression_api::routes())
         .merge(super::throttle_api::routes())
+        .layer(axum::middleware::from_fn_with_state(guard, admin_auth::check))
         .with_state(queue);
+    let app = app.into_make_service_with_connect_info::<Conn>();
     tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.changed().await;

@@ -1,6 +1,7 @@
 //! Listeners, the admin endpoint, start-up and graceful shutdown.
 
 mod admin;
+pub mod admin_auth;
 mod limits;
 mod listeners;
 pub mod quarantine_api;
@@ -72,6 +73,8 @@ pub struct Bound {
 pub struct Server {
     listeners: listeners::Listeners,
     pub admin: Option<SocketAddr>,
+    /// The file holding the admin token (`admin.token_file`, or the generated one).
+    pub admin_token_file: Option<PathBuf>,
     pub spool_dir: PathBuf,
     pub recovered: usize,
     pub queue: Queue,
@@ -109,9 +112,14 @@ impl Server {
             .collect::<Result<Vec<_>, _>>()?;
         let mut listeners = listeners::Listeners::default();
         listeners.apply(states).await?;
-        let admin = match &config.admin {
-            Some(a) => Some(admin::start(a.address, queue.clone(), shutdown_rx.clone()).await?),
-            None => None,
+        let (admin, admin_token_file) = match &config.admin {
+            Some(a) => {
+                let (token, file) = admin_auth::load_or_create(a, &spool_dir).map_err(StartError::Setup)?;
+                let guard = admin_auth::Guard::new(token, a);
+                let bound = admin::start(a.address, guard, queue.clone(), shutdown_rx.clone()).await?;
+                (Some(bound), Some(file))
+            }
+            None => (None, None),
         };
         let recovered = queue.restore(found).await;
         queue.start_compaction(Duration::from_secs(30));
@@ -121,6 +129,7 @@ impl Server {
         Ok(Server {
             listeners,
             admin,
+            admin_token_file,
             spool_dir,
             recovered,
             queue,

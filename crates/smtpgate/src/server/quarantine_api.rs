@@ -3,10 +3,11 @@
 //! `DELETE /quarantine/{id}`, `POST /quarantine/{id}/release` (delivered as if it had passed).
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 
+use super::admin_auth::Peer;
 use crate::quarantine::Entry;
 use crate::queue::Queue;
 
@@ -37,17 +38,25 @@ async fn show(State(queue): State<Queue>, Path(id): Path<String>) -> Answer {
     }
 }
 
-async fn delete(State(queue): State<Queue>, Path(id): Path<String>) -> Answer {
+async fn delete(State(queue): State<Queue>, Extension(Peer(peer)): Extension<Peer>, Path(id): Path<String>) -> Answer {
     match queue.ctx().quarantine.delete(&id) {
-        Ok(()) => (StatusCode::OK, format!("deleted {id}\n")),
+        Ok(()) => {
+            tracing::info!(%peer, quarantine_id = %id, "admin: deleted from quarantine");
+            (StatusCode::OK, format!("deleted {id}\n"))
+        }
         Err(e) => not_found(e),
     }
 }
 
 /// Releases an entry: it goes on from where its filter stopped it (`intake::release`).
-async fn release(State(queue): State<Queue>, Path(id): Path<String>) -> Answer {
+async fn release(State(queue): State<Queue>, Extension(Peer(peer)): Extension<Peer>, Path(id): Path<String>) -> Answer {
     use crate::intake::{ReleaseError, Released};
-    match crate::intake::release(&queue, &id).await {
+    let released = crate::intake::release(&queue, &id).await;
+    match &released {
+        Ok(outcome) => tracing::info!(%peer, quarantine_id = %id, outcome = ?outcome, "admin: released from quarantine"),
+        Err(e) => tracing::warn!(%peer, quarantine_id = %id, error = %e, "admin: release refused"),
+    }
+    match released {
         Ok(Released::Spooled(ids)) if ids.is_empty() => (
             StatusCode::OK,
             format!("released {id}: routing and the route filters left no copy to deliver\n"),

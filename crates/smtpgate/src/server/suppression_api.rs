@@ -2,10 +2,11 @@
 //! `PUT /suppression/{address}` (added as a manual entry), `DELETE /suppression/{address}`.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 
+use super::admin_auth::Peer;
 use crate::queue::Queue;
 use crate::suppress::Reason;
 
@@ -32,10 +33,27 @@ async fn show(State(queue): State<Queue>, Path(address): Path<String>) -> Answer
     }
 }
 
-async fn add(State(queue): State<Queue>, Path(address): Path<String>) -> Answer {
+/// The longest address an administrator can add: a path is at most 256 octets with its angle
+/// brackets (RFC 5321 4.5.3.1.3).
+const MAX_ADDRESS: usize = 254;
+
+async fn add(
+    State(queue): State<Queue>,
+    Extension(Peer(peer)): Extension<Peer>,
+    Path(address): Path<String>,
+) -> Answer {
+    if address.len() > MAX_ADDRESS {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "an address is at most {MAX_ADDRESS} octets; this one has {}\n",
+                address.len()
+            ),
+        );
+    }
     match queue.ctx().feedback.add(&address, Reason::Manual, "admin") {
         Ok(new) => {
-            tracing::info!(address, "address suppressed by the administrator");
+            tracing::info!(%peer, address, new, "admin: address suppressed by the administrator");
             let what = if new {
                 "suppressed"
             } else {
@@ -48,12 +66,17 @@ async fn add(State(queue): State<Queue>, Path(address): Path<String>) -> Answer 
     }
 }
 
-async fn remove(State(queue): State<Queue>, Path(address): Path<String>) -> Answer {
+async fn remove(
+    State(queue): State<Queue>,
+    Extension(Peer(peer)): Extension<Peer>,
+    Path(address): Path<String>,
+) -> Answer {
     match queue.ctx().feedback.remove(&address) {
         Ok(true) => {
             tracing::info!(
+                %peer,
                 address,
-                "address removed from the suppression list by the administrator"
+                "admin: address removed from the suppression list by the administrator"
             );
             (StatusCode::OK, format!("{address} removed\n"))
         }

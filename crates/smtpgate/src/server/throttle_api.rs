@@ -11,13 +11,15 @@
 //! With Redis, each change applies on every node.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use serde::Serialize;
 
+use super::admin_auth::Peer;
 use crate::datetime::rfc3339_ms;
 use crate::queue::Queue;
 use crate::shaping::Limit;
@@ -30,6 +32,11 @@ pub fn routes() -> Router<Queue> {
 }
 
 type Answer = (StatusCode, String);
+
+/// The longest `duration` or `recover` an administrator can set.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The longest `reason`, in bytes.
+const MAX_REASON: usize = 200;
 
 /// An action as listed: times in RFC 3339, and its effect now.
 #[derive(Debug, Serialize)]
@@ -113,22 +120,26 @@ async fn show(State(queue): State<Queue>, Path(key): Path<String>) -> Answer {
     }
 }
 
-async fn cancel(State(queue): State<Queue>, Path(key): Path<String>) -> Answer {
+async fn cancel(State(queue): State<Queue>, Extension(Peer(peer)): Extension<Peer>, Path(key): Path<String>) -> Answer {
     let limit = match key_of(&key) {
         Ok(l) => l,
         Err(answer) => return answer,
     };
     match queue.ctx().shaper.cancel(&limit).await {
-        Some(_) => (
-            StatusCode::OK,
-            format!("{limit}: action cancelled, normal limits apply\n"),
-        ),
+        Some(_) => {
+            tracing::info!(%peer, key = %limit, "admin: adaptive action cancelled");
+            (
+                StatusCode::OK,
+                format!("{limit}: action cancelled, normal limits apply\n"),
+            )
+        }
         None => (StatusCode::NOT_FOUND, format!("no adaptive action on {limit}\n")),
     }
 }
 
 async fn edit(
     State(queue): State<Queue>,
+    Extension(Peer(peer)): Extension<Peer>,
     Path(key): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Answer {
@@ -161,6 +172,15 @@ async fn edit(
         );
     }
     let action = ctx.shaper.edit(&limit, &edit).await;
+    tracing::info!(
+        %peer,
+        key = %limit,
+        started = !exists,
+        action = %action.describe(),
+        until = %rfc3339_ms(action.until),
+        recovered = %rfc3339_ms(action.recovered.max(action.until)),
+        "admin: adaptive action set"
+    );
     (StatusCode::OK, json(&View::of(&action, now_ms())))
 }
 
@@ -168,7 +188,11 @@ async fn edit(
 fn parse_edit(params: &HashMap<String, String>) -> Result<Edit, String> {
     let mut edit = Edit::default();
     for (name, value) in params {
-        let duration = || crate::config::values::parse_duration(value).map_err(|e| format!("{name}: {e}"));
+        let duration = || match crate::config::values::parse_duration(value) {
+            Ok(d) if d > MAX_DURATION => Err(format!("{name}: {value:?} is longer than the most allowed, 30 days")),
+            Ok(d) => Ok(d),
+            Err(e) => Err(format!("{name}: {e}")),
+        };
         let factor = || {
             value
                 .parse::<f64>()
@@ -186,6 +210,12 @@ fn parse_edit(params: &HashMap<String, String>) -> Result<Edit, String> {
             }
             "rate_factor" => edit.rate_factor = Some(factor()?),
             "connection_factor" => edit.connection_factor = Some(factor()?),
+            "reason" if value.len() > MAX_REASON => {
+                return Err(format!(
+                    "reason: at most {MAX_REASON} bytes; this one has {}",
+                    value.len()
+                ));
+            }
             "reason" => edit.reason = Some(value.clone()),
             other => {
                 return Err(format!(

@@ -4,11 +4,16 @@
 //!
 //! ```text
 //! smtpgate listening: listener=<name> address=<ip:port> tls=<none|starttls|implicit>
-//! smtpgate admin: address=<ip:port>
+//! smtpgate admin: address=<ip:port> token_file=<absolute path>
 //! smtpgate spool: dir=<absolute path>
 //! smtpgate ready
 //! ```
+//!
+//! The admin address wants the token in `token_file`: the harness reads it at start-up and
+//! [`http_get`] and [`admin_token_file`] find it by the admin address, so tests that call the
+//! admin address need not know about it.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -121,7 +126,30 @@ impl GateConfig {
 pub(super) struct Announced {
     pub(super) listeners: Vec<(String, SocketAddr, String)>,
     pub(super) admin: SocketAddr,
+    pub(super) token_file: PathBuf,
     pub(super) spool: PathBuf,
+}
+
+/// The admin token (and its file) of every gate started, by admin address.
+static ADMIN_TOKENS: Mutex<BTreeMap<SocketAddr, (String, PathBuf)>> = Mutex::new(BTreeMap::new());
+
+/// Reads the token of the gate just announced and files it under its admin address.
+fn remember_token(announced: &Announced) -> Result<(), String> {
+    let file = &announced.token_file;
+    let text = fs::read_to_string(file).map_err(|e| format!("cannot read the admin token {}: {e}", file.display()))?;
+    let entry = (text.trim().to_owned(), file.clone());
+    ADMIN_TOKENS.lock().unwrap().insert(announced.admin, entry);
+    Ok(())
+}
+
+/// The admin token of the gate whose admin address is `addr`, if the harness started it.
+pub fn admin_token(addr: SocketAddr) -> Option<String> {
+    ADMIN_TOKENS.lock().unwrap().get(&addr).map(|(token, _)| token.clone())
+}
+
+/// The token file of the gate whose admin address is `addr`, if the harness started it.
+pub fn admin_token_file(addr: SocketAddr) -> Option<PathBuf> {
+    ADMIN_TOKENS.lock().unwrap().get(&addr).map(|(_, file)| file.clone())
 }
 
 /// Every line smtpgate printed so far, on stdout and on stderr (also forwarded to the test's stderr).
@@ -186,6 +214,16 @@ impl Gate {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.announced.admin
+    }
+
+    /// The admin token's file, as smtpgate announced it.
+    pub fn admin_token_file(&self) -> &Path {
+        &self.announced.token_file
+    }
+
+    /// The admin token (what `admin_token_file` holds).
+    pub fn admin_token(&self) -> String {
+        admin_token(self.admin_addr()).expect("the harness read the token at start-up")
     }
 
     /// The spool dir as smtpgate announced it.
@@ -283,7 +321,7 @@ fn spawn(config: &Path) -> (Child, Announced, Arc<Output>) {
     let output = Arc::new(Output::default());
     follow_stderr(child.stderr.take().expect("stderr"), output.clone());
     let lines = follow_stdout(child.stdout.take().expect("stdout"), output.clone());
-    match read_announcements(&lines) {
+    match read_announcements(&lines).and_then(|a| remember_token(&a).map(|()| a)) {
         Ok(announced) => (child, announced, output),
         Err(why) => {
             let _ = child.kill();
@@ -320,7 +358,7 @@ fn follow_stderr(stderr: impl Read + Send + 'static, output: Arc<Output>) {
 fn read_announcements(lines: &mpsc::Receiver<String>) -> Result<Announced, String> {
     let deadline = Instant::now() + START_DEADLINE;
     let mut listeners = Vec::new();
-    let (mut admin, mut spool) = (None, None);
+    let (mut admin, mut token_file, mut spool) = (None, None, None);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = lines.recv_timeout(left).map_err(|e| match e {
@@ -335,6 +373,7 @@ fn read_announcements(lines: &mpsc::Receiver<String>) -> Result<Announced, Strin
             listeners.push((name, address, field(rest, "tls")?));
         } else if let Some(rest) = line.strip_prefix("smtpgate admin:") {
             admin = Some(parse_addr(&field(rest, "address")?)?);
+            token_file = Some(PathBuf::from(field(rest, "token_file")?));
         } else if let Some(rest) = line.strip_prefix("smtpgate spool:") {
             spool = Some(PathBuf::from(field(rest, "dir")?));
         }
@@ -345,12 +384,13 @@ fn read_announcements(lines: &mpsc::Receiver<String>) -> Result<Announced, Strin
     Ok(Announced {
         listeners,
         admin: admin.ok_or("no `smtpgate admin:` line before ready")?,
+        token_file: token_file.ok_or("no `smtpgate admin:` line before ready")?,
         spool: spool.ok_or("no `smtpgate spool:` line before ready")?,
     })
 }
 
-/// The value of `key=value` in a start-up line. A `dir=` value runs up to the next
-/// ` key=` field, since a path may hold spaces; later fields (e.g. `recovered=0`) are ignored.
+/// The value of `key=value` in a start-up line. A path (`dir=`, `token_file=`) runs up to the
+/// next ` key=` field, since it may hold spaces; later fields (e.g. `recovered=0`) are ignored.
 fn field(rest: &str, key: &str) -> Result<String, String> {
     let marker = format!("{key}=");
     let missing = || format!("no {marker} in {rest:?}");
@@ -358,7 +398,7 @@ fn field(rest: &str, key: &str) -> Result<String, String> {
     let first = tokens
         .find_map(|t| t.strip_prefix(marker.as_str()))
         .ok_or_else(missing)?;
-    if key != "dir" {
+    if key != "dir" && key != "token_file" {
         return Ok(first.to_string());
     }
     let more = tokens.take_while(|t| !is_field(t));
@@ -375,12 +415,14 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     text.parse().map_err(|e| format!("bad address {text:?}: {e}"))
 }
 
-/// A one-shot HTTP/1.1 GET over a plain TcpStream: (status, body).
+/// A one-shot HTTP/1.1 GET over a plain TcpStream: (status, body). To the admin address of a
+/// gate the harness started, it sends that gate's token.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("connect to admin {addr}: {e}"));
     stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let auth = admin_token(addr).map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).expect("send request");
     let mut response = Vec::new();
     stream.read_to_end(&mut response).expect("read response");

@@ -124,10 +124,20 @@ pub fn smtpgate_passwd(password: &str) -> String {
 }
 
 /// Runs the `smtpgate` binary with `args`, feeding `stdin` (or nothing) and killing it
-/// after a minute; `cwd` defaults to the test's working directory.
+/// after a minute; `cwd` defaults to the test's working directory. With `--admin <address>` of
+/// a gate the harness started (and no `--token-file`), it adds `--token-file` with that gate's.
 pub fn run_smtpgate(args: &[&str], stdin: Option<&str>, cwd: Option<&Path>) -> Ran {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_smtpgate"));
     cmd.args(args).env("NO_COLOR", "1");
+    let admin = args
+        .windows(2)
+        .find(|w| w[0] == "--admin")
+        .and_then(|w| w[1].parse().ok());
+    if let Some(file) = admin.and_then(super::admin_token_file)
+        && !args.contains(&"--token-file")
+    {
+        cmd.arg("--token-file").arg(file);
+    }
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
