@@ -39,6 +39,7 @@ metrics! {
     filter_discarded: Counter = "smtpgate_filter_discarded_total", "messages dropped by a filter";
     proxied: Counter = "smtpgate_messages_proxied_total", "messages a proxy listener's upstream accepted";
     proxy_refused: Counter = "smtpgate_messages_proxy_refused_total", "messages a proxy listener's upstream refused at end of data";
+    spool_damaged: Counter = "smtpgate_spool_damaged_total", "spool segments whose damaged rest recovery set aside under damaged/ (never replayed)";
 }
 
 #[derive(Default)]
