@@ -522,32 +522,44 @@ fn dot_stuff_bytes(message: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A whole message record that a gate wrote to its spool (for a message to
-/// `anyone@elsewhere.example` with `Message-ID: <forged-N@attacker.example>`), with no bare CR or
+/// A whole message record made from one a gate wrote to its spool (for a message to
+/// `anyone@elsewhere.example` with `Message-ID: <forged@attacker.example>`), with no bare CR or
 /// LF in its binary fields, so that it passes through DATA byte for byte.
 fn record_written_by_a_gate() -> (String, Vec<u8>) {
     let sink = Sink::start();
     let gate = Gate::start(&GateConfig::relay_to(sink.addr()).to_toml());
     let mut conn = SmtpConn::connect(gate.smtp_addr(), IO_TIMEOUT).expect("connect");
     conn.ehlo("attacker.example").expect("EHLO");
-    for n in 0..50 {
-        let id = format!("forged-{n}@attacker.example");
-        let text = message(&id, "forged", "Whatever the attacker wants delivered.");
-        let reply = conn
-            .send_message("forged@attacker.example", &["anyone@elsewhere.example"], &text)
-            .expect("send");
-        assert!(reply.is(250), "{reply}");
-        let data = std::fs::read(newest_segment(gate.spool_dir())).expect("read segment");
-        let walked = smtpgate::spool::walk(&data);
-        let (start, _) = walked.records.last().expect("the message's record");
-        let bytes = &data[*start..];
-        let mut end = bytes.len();
-        if let Some((next, _)) = walked.records.iter().find(|(at, _)| at > start) {
-            end = next - start;
-        }
-        let bytes = &bytes[..end];
-        if only_crlf_line_endings(bytes) {
-            return (format!("<{id}>"), bytes.to_vec());
+    let id = "forged@attacker.example";
+    let text = message(id, "forged", "Whatever the attacker wants delivered.");
+    let reply = conn
+        .send_message("forged@attacker.example", &["anyone@elsewhere.example"], &text)
+        .expect("send");
+    assert!(reply.is(250), "{reply}");
+    let data = std::fs::read(newest_segment(gate.spool_dir())).expect("read segment");
+    let walked = smtpgate::spool::walk(&data);
+    // The record of this message (deliveries append Done records behind it).
+    let (mut env, states, body) = walked
+        .records
+        .into_iter()
+        .find_map(|(_, rec)| match rec {
+            smtpgate::spool::record::Record::Message { env, states, body, .. }
+                if body.windows(id.len()).any(|w| w == id.as_bytes()) =>
+            {
+                Some((env, states, body.to_vec()))
+            }
+            _ => None,
+        })
+        .expect("the message's record");
+    // The gate's clock and queue ids can hold bytes DATA would turn into line endings: the
+    // attacker picks an id and a time without any, and seals the record again (a CRC is no secret).
+    env.received_at = 1_700_000_000;
+    for n in 0..10_000u64 {
+        env.id = smtpgate::envelope::QueueId(0x4141_4141_0000 + n);
+        let mut bytes = Vec::new();
+        smtpgate::spool::record::encode_message(&env, &states, &body, &mut bytes);
+        if only_crlf_line_endings(&bytes) {
+            return (format!("<{id}>"), bytes);
         }
     }
     panic!("every record had a bare CR or LF in its binary fields");
@@ -608,17 +620,6 @@ fn a_record_carried_in_a_body_is_never_replayed_after_a_torn_write() {
         .expect("cut segment");
 
     gate.restart();
-    // Cut at the start of the torn record (the segment, with nothing live left, is then reaped).
-    let torn = wait_until(SOON, || {
-        gate.stderr_lines()
-            .iter()
-            .any(|l| l.contains("torn tail") && l.contains(&format!("offset={record_at} ")))
-    });
-    assert!(
-        torn,
-        "the restart did not cut the torn tail at {record_at}: {:?}",
-        gate.stderr_lines()
-    );
     let mut conn = SmtpConn::connect(gate.smtp_addr(), IO_TIMEOUT).expect("connect");
     conn.ehlo("client.example.test").expect("EHLO");
     let marker = message("marker@durability.test", "marker", "Marker.");
@@ -644,6 +645,17 @@ fn a_record_carried_in_a_body_is_never_replayed_after_a_torn_write() {
         metric(&gate, "smtpgate_spool_damaged_total"),
         0.0,
         "a torn tail is not damage"
+    );
+    // Cut at the start of the torn record (the segment, with nothing live left, is then reaped).
+    let torn = wait_until(SOON, || {
+        gate.stderr_lines()
+            .iter()
+            .any(|l| l.contains("torn tail") && l.contains(&format!("offset={record_at} ")))
+    });
+    assert!(
+        torn,
+        "the restart did not cut the torn tail at {record_at}: {:?}",
+        gate.stderr_lines()
     );
 }
 
