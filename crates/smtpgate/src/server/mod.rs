@@ -145,8 +145,12 @@ impl Server {
         self.listeners.bound()
     }
 
-    /// Stops accepting, lets sessions finish within the shutdown timeout, and returns.
-    /// Everything accepted is already on disk; deliveries in flight are retried after a restart.
+    /// Stops accepting, lets sessions finish within the shutdown timeout, closes the spool, and
+    /// returns. Everything accepted is already on disk; closing the spool waits until every record
+    /// handed to the committer (a session's message past the timeout, a delivery's outcome) is
+    /// written and fsynced, so an ordinary stop leaves no torn tail for recovery. Later spool
+    /// writes fail: a session past the timeout gets no `250` for them, and a delivery in flight is
+    /// retried after a restart.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         if !self.sessions.wait_idle(self.grace).await {
@@ -156,6 +160,7 @@ impl Server {
             );
         }
         self.queue.ctx().shaper.save_warmup();
+        self.queue.ctx().spool.close().await;
     }
 }
 
@@ -185,10 +190,12 @@ pub fn context_shared(
     });
     let mta_sts = mta_sts.transpose()?;
     let dane = crate::deliver::dane::Dane::for_config(&config).map_err(StartError::Dns)?;
+    let metrics = Metrics::default();
+    metrics.spool_damaged.add(spool.damaged());
     let ctx = Arc::new(Context {
         config: config.clone(),
         spool: Arc::new(spool),
-        metrics: Arc::new(Metrics::default()),
+        metrics: Arc::new(metrics),
         resolver: crate::deliver::mx::resolver(&config.dns.nameservers).map_err(StartError::Dns)?,
         client_tls: crate::tls::client_config(),
         ids: Arc::new(IdGen::default()),

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::{Job, Liveness, Placement, SpoolStats, segment_path};
+use super::{Job, Liveness, Msg, Placement, SpoolStats, segment_path};
 
 /// Most bytes gathered into one batch before it is written.
 const MAX_BATCH_BYTES: usize = 16 << 20;
@@ -26,7 +26,7 @@ pub(super) struct Committer {
     current: Segment,
     /// Live messages per segment, for every segment file that exists.
     live: BTreeMap<u64, u64>,
-    rx: mpsc::Receiver<Job>,
+    rx: mpsc::Receiver<Msg>,
     buf: Vec<u8>,
     stats: Arc<SpoolStats>,
 }
@@ -37,7 +37,7 @@ impl Committer {
         segment_size: u64,
         next: u64,
         live: BTreeMap<u64, u64>,
-        rx: mpsc::Receiver<Job>,
+        rx: mpsc::Receiver<Msg>,
         stats: Arc<SpoolStats>,
     ) -> io::Result<Self> {
         let current = create_segment(dir, next)?;
@@ -55,16 +55,41 @@ impl Committer {
         Ok(c)
     }
 
+    /// Writes batches until told to close (or every sender is gone). A close comes after every job
+    /// sent before it, so when the committer answers it, each of them is written and fsynced.
     pub fn run(mut self) {
-        while let Ok(first) = self.rx.recv() {
+        let mut closing = None;
+        while closing.is_none() {
+            let first = match self.rx.recv() {
+                Ok(Msg::Job(job)) => job,
+                Ok(Msg::Close(done)) => {
+                    closing = Some(done);
+                    break;
+                }
+                Err(_) => break,
+            };
             let mut batch = vec![first];
             let mut bytes = batch[0].bytes.len();
             while bytes < MAX_BATCH_BYTES {
-                let Ok(job) = self.rx.try_recv() else { break };
-                bytes += job.bytes.len();
-                batch.push(job);
+                match self.rx.try_recv() {
+                    Ok(Msg::Job(job)) => {
+                        bytes += job.bytes.len();
+                        batch.push(job);
+                    }
+                    Ok(Msg::Close(done)) => {
+                        closing = Some(done);
+                        break;
+                    }
+                    Err(_) => break,
+                }
             }
             self.commit(batch);
+        }
+        // Jobs sent after the close are refused (their senders see the spool closed): none of
+        // them was acknowledged.
+        drop(self.rx);
+        if let Some(done) = closing {
+            let _ = done.send(());
         }
     }
 

@@ -9,10 +9,17 @@
 //! Architecture invariant: no record is acknowledged before the `fdatasync` that covers it has
 //! returned, and a segment file is deleted only when it and every older segment hold no live message
 //! (so a status record is never lost while its message still needs it).
+//!
+//! Architecture invariant: recovery reads each segment strictly in sequence and never searches for
+//! a record inside a payload; a torn tail is cut, and damage with bytes behind it sets the rest of
+//! the segment aside under `damaged/`, never replayed (see `recover.rs`). [`Spool::close`] (an
+//! ordinary stop) returns only once everything handed to the committer is written and fsynced.
 
 mod commit;
 pub mod record;
-mod recover;
+pub mod recover;
+
+pub use recover::{End, Walk, walk};
 
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -74,11 +81,19 @@ struct Job {
     reply: oneshot::Sender<io::Result<Placement>>,
 }
 
+/// What the committer thread is sent.
+enum Msg {
+    Job(Job),
+    /// Finish every job sent before this one, answer, and stop.
+    Close(oneshot::Sender<()>),
+}
+
 /// Handle to the spool. Cheap to share behind an `Arc`.
 pub struct Spool {
     dir: PathBuf,
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Msg>,
     stats: Arc<SpoolStats>,
+    committer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Counts kept by the committer: records written and the fsyncs they shared.
@@ -89,6 +104,8 @@ pub struct SpoolStats {
     /// The oldest segment file that still exists, and the one being written.
     pub oldest_segment: AtomicU64,
     pub current_segment: AtomicU64,
+    /// Segments whose rest recovery set aside as damaged at open.
+    pub damaged: AtomicU64,
 }
 
 impl Spool {
@@ -97,9 +114,12 @@ impl Spool {
         std::fs::create_dir_all(dir)?;
         let found = recover::scan(dir)?;
         let (tx, rx) = mpsc::channel();
-        let stats = Arc::new(SpoolStats::default());
+        let stats = Arc::new(SpoolStats {
+            damaged: AtomicU64::new(found.damaged),
+            ..SpoolStats::default()
+        });
         let committer = commit::Committer::start(dir, segment_size, found.next_segment, found.live, rx, stats.clone())?;
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("spool-commit".into())
             .spawn(move || committer.run())?;
         Ok((
@@ -107,9 +127,34 @@ impl Spool {
                 dir: dir.to_path_buf(),
                 tx,
                 stats,
+                committer: std::sync::Mutex::new(Some(handle)),
             },
             found.messages,
         ))
+    }
+
+    /// Stops the committer once everything handed to it before this call is written and fsynced,
+    /// and waits for its thread to end. Later stores, updates and relocations fail with
+    /// [`SpoolError::Closed`] (nothing they carry was acknowledged). Returns false if the spool
+    /// was already closed.
+    pub async fn close(&self) -> bool {
+        let Some(handle) = self.committer.lock().unwrap().take() else {
+            return false;
+        };
+        let (done, finished) = oneshot::channel();
+        if self.tx.send(Msg::Close(done)).is_ok() {
+            let _ = finished.await;
+        }
+        // The thread has answered (or is gone): joining only waits for it to return.
+        let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        let (records, fsyncs) = self.stats();
+        tracing::info!(records, fsyncs, "spool closed cleanly");
+        true
+    }
+
+    /// Segments whose damaged rest recovery set aside when the spool was opened.
+    pub fn damaged(&self) -> u64 {
+        self.stats.damaged.load(Ordering::Relaxed)
     }
 
     /// (records written, fsyncs) since start.
@@ -127,7 +172,7 @@ impl Spool {
     async fn append(&self, bytes: Vec<u8>, liveness: Liveness) -> Result<Placement, SpoolError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job { bytes, liveness, reply })
+            .send(Msg::Job(Job { bytes, liveness, reply }))
             .map_err(|_| SpoolError::Closed)?;
         Ok(rx.await.map_err(|_| SpoolError::Closed)??)
     }
@@ -212,6 +257,11 @@ pub(crate) fn segment_id(name: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests;
+
+/// How every segment of a spool directory ends (clean, torn, damaged), without changing it.
+pub fn segment_ends(dir: &Path) -> io::Result<Vec<(u64, End)>> {
+    recover::ends(dir)
+}
 
 /// Reads every live message of a spool directory without changing it: envelopes and bodies.
 /// For looking at a spool (tests, inspection tools); a running server keeps writing to it.

@@ -1,12 +1,24 @@
 //! The on-disk record format of the spool log.
 //!
-//! Every record is `magic(4) kind(1) len(4) crc32(4) payload(len)`; the CRC covers kind, len and
-//! payload, so a torn or corrupted record is detected and never taken for a message.
+//! Every record is `magic(4) kind(1) len(4) crc32(4) header_crc32(4) payload(len)`. The first CRC
+//! covers kind, len and payload, so a torn or corrupted record is detected and never taken for a
+//! message. The header CRC covers the 13 bytes before it, so a length that was damaged on disk is
+//! told apart from a record that was cut short: recovery trusts a length only when its header
+//! checks out (see `recover.rs`).
+//!
+//! Records are only ever found by reading a segment from its start, one header's length after
+//! another: nothing looks for a record start inside a payload, so a message body that carries
+//! record-shaped bytes stays a body.
+//!
+//! Segments written before the header CRC existed (`SGR1`, a 13-byte header) are still read.
 
 use crate::envelope::{Envelope, QueueId, Reader};
 
-pub const MAGIC: &[u8; 4] = b"SGR1";
-pub const HEADER_LEN: usize = 13;
+pub const MAGIC: &[u8; 4] = b"SGR2";
+pub const HEADER_LEN: usize = 17;
+/// The first format: no header CRC.
+pub const LEGACY_MAGIC: &[u8; 4] = b"SGR1";
+const LEGACY_HEADER_LEN: usize = 13;
 
 /// The final or pending state of one recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +71,7 @@ fn frame(kind: u8, payload_len: usize, out: &mut Vec<u8>) -> usize {
     out.extend_from_slice(MAGIC);
     out.push(kind);
     out.extend_from_slice(&(payload_len as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&[0; 8]);
     start
 }
 
@@ -69,6 +81,8 @@ fn seal(out: &mut [u8], start: usize) {
     h.update(&out[start + HEADER_LEN..]);
     let crc = h.finalize().to_le_bytes();
     out[start + 9..start + 13].copy_from_slice(&crc);
+    let hcrc = crc32fast::hash(&out[start..start + 13]).to_le_bytes();
+    out[start + 13..start + 17].copy_from_slice(&hcrc);
 }
 
 /// Encodes a message record; returns where the body starts relative to the record's start.
@@ -103,44 +117,56 @@ pub fn encode_done(id: QueueId, out: &mut Vec<u8>) {
     seal(out, start);
 }
 
-/// What [`decode`] found at the front of a buffer.
+/// What [`decode`] found at the front of a buffer (the rest of a segment).
 #[derive(Debug)]
 // Short-lived: made and taken apart once per record while reading a segment; boxing the envelope
 // would only add an allocation per record.
 #[allow(clippy::large_enum_variant)]
 pub enum Decoded<'a> {
+    /// A whole, valid record and the bytes it takes.
     Record(Record<'a>, usize),
-    /// The buffer ends inside a record (a torn write).
+    /// The buffer ends inside a record: fewer bytes than a header, or a header that checks out
+    /// whose payload runs past the end (a torn write).
     Truncated,
-    /// The bytes are not a valid record.
-    Corrupt,
+    /// The header is not a valid header (wrong magic, or a header CRC that does not match): its
+    /// length cannot be trusted, so where the next record would start is unknown.
+    BadHeader,
+    /// A valid header whose record (`len` bytes from the front) fails its CRC or does not parse.
+    BadRecord { len: usize },
 }
 
 /// Decodes one record at the front of `buf`.
 pub fn decode(buf: &[u8]) -> Decoded<'_> {
-    if buf.len() < HEADER_LEN {
+    let header_len = match buf.get(..4) {
+        None => return Decoded::Truncated,
+        Some(m) if m == MAGIC => HEADER_LEN,
+        Some(m) if m == LEGACY_MAGIC => LEGACY_HEADER_LEN,
+        Some(_) => return Decoded::BadHeader,
+    };
+    if buf.len() < header_len {
         return Decoded::Truncated;
     }
-    if &buf[..4] != MAGIC {
-        return Decoded::Corrupt;
+    if header_len == HEADER_LEN && crc32fast::hash(&buf[..13]).to_le_bytes() != buf[13..17] {
+        return Decoded::BadHeader;
     }
     let len = u32::from_le_bytes(buf[5..9].try_into().unwrap()) as usize;
-    let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
+    let Some(payload) = buf.get(header_len..header_len + len) else {
         return Decoded::Truncated;
     };
+    let used = header_len + len;
     let mut h = crc32fast::Hasher::new();
     h.update(&buf[4..9]);
     h.update(payload);
     if h.finalize().to_le_bytes() != buf[9..13] {
-        return Decoded::Corrupt;
+        return Decoded::BadRecord { len: used };
     }
-    match parse_payload(buf[4], payload) {
-        Some(rec) => Decoded::Record(rec, HEADER_LEN + len),
-        None => Decoded::Corrupt,
+    match parse_payload(buf[4], payload, header_len) {
+        Some(rec) => Decoded::Record(rec, used),
+        None => Decoded::BadRecord { len: used },
     }
 }
 
-fn parse_payload(kind: u8, payload: &[u8]) -> Option<Record<'_>> {
+fn parse_payload(kind: u8, payload: &[u8], header_len: usize) -> Option<Record<'_>> {
     let mut r = Reader { buf: payload, pos: 0 };
     match kind {
         KIND_MESSAGE => {
@@ -154,7 +180,7 @@ fn parse_payload(kind: u8, payload: &[u8]) -> Option<Record<'_>> {
                 .iter()
                 .map(|b| RcptState::from_u8(*b))
                 .collect::<Option<Vec<_>>>()?;
-            let body_offset = HEADER_LEN + r.pos;
+            let body_offset = header_len + r.pos;
             Some(Record::Message {
                 env,
                 states,

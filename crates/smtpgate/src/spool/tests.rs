@@ -341,6 +341,7 @@ async fn a_corrupted_byte_inside_a_record_is_never_returned_as_a_message() {
         ("kind", 4),
         ("length", 6),
         ("crc", 10),
+        ("header crc", 14),
         ("envelope id", record::HEADER_LEN + 4 + 2),
         ("sender", record::HEADER_LEN + 4 + 8 + 4 + 3),
         ("body start", 120),
@@ -380,19 +381,248 @@ async fn a_corrupted_byte_inside_a_record_is_never_returned_as_a_message() {
             found.contains_key(&QueueId(1)),
             "{what}: the record before it is intact"
         );
-        // Recovery skips the damaged record and finds the next one: C, behind it, survives.
+        // Recovery never skips damage to look for the next record: C, behind it, is set aside
+        // with B, byte for byte, and counted; the segment ends where B started.
         assert!(
-            found.contains_key(&QueueId(3)),
-            "{what}: the record after it is recovered"
+            !found.contains_key(&QueueId(3)),
+            "{what}: a record behind the damage was replayed"
         );
         assert_matches_stored(&spool, &found, &stored);
+        assert_eq!(spool.damaged(), 1, "{what}: counted");
+        let aside = super::recover::damaged_path(dir, refs[1].segment, b_start as usize);
+        assert_eq!(
+            std::fs::read(&aside).unwrap_or_else(|e| panic!("{what}: {}: {e}", aside.display())),
+            &data[b_start as usize..],
+            "{what}: the rest of the segment is kept under damaged/"
+        );
         assert_eq!(
             file_len(&path),
-            data.len() as u64,
-            "{what}: a damaged middle is not truncated away"
+            b_start,
+            "{what}: the segment is cut where the damage starts"
         );
-        eprintln!("{what}: recovered {:?}", found.keys().map(|k| k.0).collect::<Vec<_>>());
+        close(spool).await;
+
+        // Once set aside, the next start finds a clean spool.
+        let (spool, found) = open(dir, BIG_SEGMENT);
+        assert_eq!(found.keys().copied().collect::<Vec<_>>(), [QueueId(1)], "{what}");
+        assert_eq!(spool.damaged(), 0, "{what}: nothing more set aside");
     }
+}
+
+/// One whole record as the spool wrote it: stores `env` in a scratch spool and copies the bytes of
+/// its record out of the segment.
+async fn record_written_by_spool(env: &Envelope, b: &[u8]) -> Vec<u8> {
+    let tmp = tempfile::tempdir().unwrap();
+    let (spool, _) = open(tmp.path(), BIG_SEGMENT);
+    let at = spool.store(env, b).await.unwrap();
+    close(spool).await;
+    let data = std::fs::read(segment_path(tmp.path(), at.segment)).unwrap();
+    let walked = super::walk(&data);
+    assert_eq!(walked.end, super::End::Clean);
+    let start = walked.records[0].0;
+    data[start..(at.offset + at.len) as usize].to_vec()
+}
+
+#[tokio::test]
+async fn records_inside_a_body_are_never_replayed_when_its_record_is_torn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut stored = BTreeMap::new();
+    let (spool, _) = open(dir, BIG_SEGMENT);
+    // A victim queued before the attack: its queue id is in its 250 reply.
+    let victim = envelope(1, &["a@example.org", "b@example.org"]);
+    let vb = body(1, 800);
+    spool.store(&victim, &vb).await.unwrap();
+    stored.insert(victim.id, (victim.clone(), vb));
+
+    // The attacker's body: a real message record (any sender, any recipient), a Done and a
+    // Status for the victim, then padding; the segment is cut inside the padding.
+    let mut forged_env = envelope(0xf0f0, &["anyone@elsewhere.example"]);
+    forged_env.sender = "forged@attacker.example".into();
+    let mut evil = b"Subject: hello\r\n\r\n".to_vec();
+    evil.extend_from_slice(&record_written_by_spool(&forged_env, &body(0xf0f0, 300)).await);
+    record::encode_done(victim.id, &mut evil);
+    record::encode_status(victim.id, &[(0, RcptState::Delivered)], &mut evil);
+    let padding_at = evil.len();
+    evil.extend_from_slice(&b"padding padding padding\r\n".repeat(4000));
+    let attacker = envelope(2, &["r@example.org"]);
+    let at = spool.store(&attacker, &evil).await.unwrap();
+    close(spool).await;
+
+    let path = segment_path(dir, at.segment);
+    let record_start = {
+        let data = std::fs::read(&path).unwrap();
+        super::walk(&data).records[1].0 as u64
+    };
+    let cut_at = at.offset + padding_at as u64 + 1000;
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(cut_at)
+        .unwrap();
+
+    let (spool, found) = open(dir, BIG_SEGMENT);
+    assert!(!found.contains_key(&forged_env.id), "a record from a body was replayed");
+    assert!(!found.contains_key(&attacker.id), "the torn record was taken");
+    assert_eq!(
+        found.keys().copied().collect::<Vec<_>>(),
+        [victim.id],
+        "the victim is still queued"
+    );
+    assert_eq!(
+        found[&victim.id].states,
+        [RcptState::Pending, RcptState::Pending],
+        "a Status from a body changed the victim"
+    );
+    assert_matches_stored(&spool, &found, &stored);
+    assert_eq!(file_len(&path), record_start, "the torn record is cut at its start");
+    assert_eq!(spool.damaged(), 0, "a torn tail is not damage");
+    assert!(!dir.join("damaged").exists());
+}
+
+#[tokio::test]
+async fn a_length_damaged_to_a_huge_value_sets_the_good_tail_aside_instead_of_dropping_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (spool, _) = open(dir, BIG_SEGMENT);
+    let mut refs = Vec::new();
+    for id in 1..=3u64 {
+        refs.push(
+            spool
+                .store(&envelope(id, &["r@example.org"]), &body(id, 1000))
+                .await
+                .unwrap(),
+        );
+    }
+    close(spool).await;
+    let path = segment_path(dir, refs[0].segment);
+    let mut data = std::fs::read(&path).unwrap();
+    let b_start = (refs[0].offset + refs[0].len) as usize;
+    // Length field of B: now far past the end of the file, which alone would look torn.
+    data[b_start + 8] = 0x7f;
+    std::fs::write(&path, &data).unwrap();
+
+    let (spool, found) = open(dir, BIG_SEGMENT);
+    assert_eq!(found.keys().copied().collect::<Vec<_>>(), [QueueId(1)]);
+    assert_eq!(
+        spool.damaged(),
+        1,
+        "the header CRC tells a damaged length from a torn record"
+    );
+    let aside = std::fs::read(super::recover::damaged_path(dir, refs[0].segment, b_start)).unwrap();
+    assert_eq!(aside, &data[b_start..], "B and C are kept for inspection");
+}
+
+#[tokio::test]
+async fn damage_in_an_older_segment_sets_aside_only_its_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut stored = BTreeMap::new();
+    // Segments small enough that every store starts a new one.
+    let (spool, _) = open(dir, 1500);
+    let mut refs = Vec::new();
+    for id in 1..=3u64 {
+        let env = envelope(id, &["r@example.org"]);
+        let b = body(id, 1000);
+        refs.push(spool.store(&env, &b).await.unwrap());
+        stored.insert(env.id, (env, b));
+    }
+    close(spool).await;
+    assert!(refs[0].segment < refs[1].segment && refs[1].segment < refs[2].segment);
+    let path = segment_path(dir, refs[1].segment);
+    let mut data = std::fs::read(&path).unwrap();
+    data[refs[1].offset as usize + 10] ^= 1;
+    std::fs::write(&path, &data).unwrap();
+
+    // B is the only record of its segment and fails its CRC: in the newest segment that is a torn
+    // tail, in an older one it is damage, kept aside.
+    let (spool, found) = open(dir, 1500);
+    assert_eq!(found.keys().copied().collect::<Vec<_>>(), [QueueId(1), QueueId(3)]);
+    assert_matches_stored(&spool, &found, &stored);
+    assert_eq!(spool.damaged(), 1);
+    assert_eq!(file_len(&path), 0);
+    let start = super::walk(&data).end;
+    assert_eq!(start, super::End::Torn { at: 0 });
+    assert_eq!(
+        std::fs::read(super::recover::damaged_path(dir, refs[1].segment, 0)).unwrap(),
+        data
+    );
+}
+
+#[tokio::test]
+async fn segments_in_the_first_format_are_still_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir).unwrap();
+    // The first format: `SGR1`, and no header CRC.
+    let legacy = |rec: Vec<u8>| {
+        let mut out = record::LEGACY_MAGIC.to_vec();
+        out.extend_from_slice(&rec[4..13]);
+        out.extend_from_slice(&rec[record::HEADER_LEN..]);
+        out
+    };
+    let env = envelope(7, &["r@example.org", "s@example.org"]);
+    let b = body(7, 600);
+    let mut message = Vec::new();
+    record::encode_message(&env, &[RcptState::Pending; 2], &b, &mut message);
+    let mut status = Vec::new();
+    record::encode_status(env.id, &[(1, RcptState::Delivered)], &mut status);
+    let mut seg = legacy(message);
+    seg.extend_from_slice(&legacy(status));
+    std::fs::write(segment_path(dir, 1), &seg).unwrap();
+
+    let (spool, found) = open(dir, BIG_SEGMENT);
+    assert_eq!(found.keys().copied().collect::<Vec<_>>(), [env.id]);
+    assert_eq!(found[&env.id].states, [RcptState::Pending, RcptState::Delivered]);
+    assert_eq!(spool.read_body(&found[&env.id].body).unwrap(), b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn close_waits_for_everything_handed_to_the_committer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (spool, _) = open(dir, BIG_SEGMENT);
+    let spool = Arc::new(spool);
+    let mut tasks = Vec::new();
+    for id in 1..=200u64 {
+        let spool = spool.clone();
+        tasks.push(tokio::spawn(async move {
+            let env = envelope(id, &["r@example.org"]);
+            spool.store(&env, &body(id, 20_000)).await.map(|_| id)
+        }));
+    }
+    // Close while stores are still arriving (some written, most not yet): each one is either
+    // written and acknowledged, or refused; none is left half done.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while spool.stats().0 < 20 {
+        assert!(tokio::time::Instant::now() < deadline, "stores never got going");
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    assert!(spool.close().await);
+    assert!(!spool.close().await, "closing twice");
+    let mut acked = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(id) => acked.push(QueueId(id)),
+            Err(e) => assert!(matches!(e, super::SpoolError::Closed), "{e}"),
+        }
+    }
+    assert!(matches!(
+        spool.store(&envelope(999, &["r@example.org"]), b"late").await,
+        Err(super::SpoolError::Closed)
+    ));
+    for (seg, end) in super::segment_ends(dir).unwrap() {
+        assert_eq!(end, super::End::Clean, "segment {seg}");
+    }
+    let (_spool, found) = open(dir, BIG_SEGMENT);
+    acked.sort();
+    assert!(!acked.is_empty(), "nothing was stored before the close");
+    assert_eq!(
+        found.keys().copied().collect::<Vec<_>>(),
+        acked,
+        "exactly the acknowledged messages are there"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
