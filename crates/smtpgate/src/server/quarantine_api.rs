@@ -53,7 +53,9 @@ async fn release(State(queue): State<Queue>, Extension(Peer(peer)): Extension<Pe
     use crate::intake::{ReleaseError, Released};
     let released = crate::intake::release(&queue, &id).await;
     match &released {
-        Ok(outcome) => tracing::info!(%peer, quarantine_id = %id, outcome = ?outcome, "admin: released from quarantine"),
+        Ok(outcome) => {
+            tracing::info!(%peer, quarantine_id = %id, outcome = ?outcome, "admin: released from quarantine")
+        }
         Err(e) => tracing::warn!(%peer, quarantine_id = %id, error = %e, "admin: release refused"),
     }
     match released {
