@@ -27,7 +27,8 @@ impl MemoryBudget {
     /// Whether the budget is used up, that is less than a sixteenth of it is left: a new
     /// transaction would most likely not fit, so it waits.
     pub fn exhausted(&self) -> bool {
-        self.used.load(Ordering::Relaxed) >= self.limit - self.limit / 16
+        let left = self.limit.saturating_sub(self.used.load(Ordering::Relaxed));
+        u128::from(left) * 16 < u128::from(self.limit)
     }
 
     /// Bytes held now.
@@ -86,8 +87,10 @@ mod tests {
         let mut b = budget.hold();
         assert!(a.grow_to(60));
         assert!(!b.grow_to(50), "60 + 50 is over 100");
+        assert!(b.grow_to(33));
+        assert!(!budget.exhausted(), "93 of 100: 7 left, more than a sixteenth");
         assert!(b.grow_to(34));
-        assert!(!budget.exhausted(), "94 of 100: more than a sixteenth is left");
+        assert!(budget.exhausted(), "94 of 100: 6 left, less than a sixteenth");
         assert!(b.grow_to(40));
         assert!(budget.exhausted());
         drop(a);
