@@ -592,9 +592,41 @@ fn a_record_carried_in_a_body_is_never_replayed_after_a_torn_write() {
     conn.send_raw(&dot_stuff_bytes(&body)).expect("body");
     conn.send_raw(b".\r\n").expect("end of data");
     let reply = conn.reply().expect("reply to end of data");
-    assert!(reply.is(250), "{reply}");
+    // The first defence: a record's binary fields hold NUL octets, and a message with NULs is
+    // refused (`nul_bytes = "reject"`, the default).
+    assert!(reply.is(550) && reply.to_string().contains("5.6.0"), "{reply}");
     conn.quit();
     gate.kill9();
+
+    // The second, tested on its own: had the carrier been taken (as a listener that let NULs
+    // through would), the spool holds it exactly as the gate stores a message.
+    let mut stored = b"Received: from attacker.example by gate.example.test\r\n".to_vec();
+    stored.extend_from_slice(&body);
+    let spool_dir = gate.spool_dir().to_path_buf();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let (spool, _) = smtpgate::spool::Spool::open(&spool_dir, 64 << 20).expect("open spool");
+        let env = smtpgate::envelope::Envelope {
+            id: smtpgate::envelope::QueueId(0x7777),
+            sender: FROM.into(),
+            recipients: vec![smtpgate::envelope::Recipient::new("bob@example.org")],
+            received_at: 1_700_000_000,
+            eight_bit: true,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+            pool: None,
+            scan: Vec::new(),
+            stream: None,
+        };
+        spool.store(&env, &stored).await.expect("store the carrier");
+        spool.close().await;
+    });
+    let padding_at = padding_at + (stored.len() - body.len());
+    let body = stored;
 
     // A crash while that record was being written: the segment ends inside the padding.
     let segment = newest_segment(gate.spool_dir());
