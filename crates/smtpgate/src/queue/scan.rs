@@ -28,8 +28,8 @@ pub(super) async fn run(queue: Queue, msg: Arc<QueuedMessage>) {
         .iter()
         .filter_map(|n| ctx.config.filters.iter().find(|f| &f.name == n))
         .collect();
-    let body = match msg.body(&ctx.spool) {
-        Ok(b) => b.to_vec(),
+    let body = match msg.whole(&ctx.spool).await {
+        Ok(b) => b,
         Err(e) => {
             tracing::error!(queue_id = %msg.env.id, error = %e, "scan: cannot read message; delivering unscanned is not allowed, retrying");
             return retry(queue, msg);
