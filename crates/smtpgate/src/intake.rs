@@ -58,7 +58,9 @@ pub async fn accept(
     origin: &SessionInfo,
     msg: Received,
 ) -> Result<Disposition, SpoolError> {
-    let plan = route(ctx, origin, &msg);
+    let Some(plan) = route(ctx, origin, &msg).await else {
+        return Ok(Disposition::Refused(Reply::local_error()));
+    };
     if let Some(r) = plan.reject {
         ctx.metrics.rejected.inc();
         tracing::info!(queue_id = %msg.id, client = ?origin.client, reply = %r.code, "message refused by routing");
@@ -83,20 +85,41 @@ pub async fn accept(
     Ok(Disposition::Accepted { spooled })
 }
 
-/// What routing makes of a message.
-fn route(ctx: &Context, origin: &SessionInfo, msg: &Received) -> crate::route::Plan {
-    let seen = msg.body.routing_view();
-    let mut view = MessageView {
+/// What routing makes of a message. When routing reads files (Sieve scripts, alias and
+/// address-list files it reloads), it runs on the blocking pool, off the runtime's threads.
+/// `None` if it panicked (logged).
+async fn route(ctx: &Context, origin: &SessionInfo, msg: &Received) -> Option<crate::route::Plan> {
+    let base = MessageView {
         sender: msg.env.sender.clone(),
         client: origin.client,
         user: origin.user.clone(),
         listener: origin.listener.clone(),
+        size: msg.body.len(),
+        tags: msg.tags.clone(),
         ..Default::default()
+    };
+    let limit = ctx.config.routing.body_scan_limit;
+    let plan = move |router: &crate::route::Router, seen: &[u8], base: MessageView<'static>, rcpts: &[Recipient]| {
+        let size = base.size;
+        let mut view = base.with_message(seen, limit);
+        view.size = size;
+        router.plan(&view, rcpts)
+    };
+    if !ctx.router.reads_files() {
+        return Some(plan(&ctx.router, &msg.body.routing_view(), base, &msg.env.recipients));
     }
-    .with_message(&seen, ctx.config.routing.body_scan_limit);
-    view.size = msg.body.len();
-    view.tags = msg.tags.clone();
-    ctx.router.plan(&view, &msg.env.recipients)
+    let (router, seen, rcpts) = (
+        ctx.router.clone(),
+        msg.body.routing_view().into_owned(),
+        msg.env.recipients.clone(),
+    );
+    match tokio::task::spawn_blocking(move || plan(&router, &seen, base, &rcpts)).await {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::error!(queue_id = %msg.id, error = %e, "routing failed");
+            None
+        }
+    }
 }
 
 /// Builds each routed copy (header changes) and runs its route's before-queue filters. The first
@@ -175,7 +198,11 @@ async fn filter_copy(
                 filters: names_after(filters, &by),
                 scan: copy.scan,
             };
-            if let Err(e) = ctx.quarantine.put(&env, &copy.message.head, &reason, &by, &resume) {
+            let stored = ctx
+                .quarantine
+                .store(env, std::mem::take(&mut copy.message.head), reason.clone(), by.clone(), resume)
+                .await;
+            if let Err(e) = stored {
                 tracing::error!(queue_id = %copy.id, error = %e, "cannot write to the quarantine");
                 return Err(Reply::local_error());
             }

@@ -73,7 +73,11 @@ pub(super) async fn run(queue: Queue, msg: Arc<QueuedMessage>) {
             // A release runs the scan's filters after this one.
             let mut env = msg.env.clone();
             env.scan = crate::intake::names_after(&filters, &by);
-            match ctx.quarantine.put(&env, &out.message, &reason, &by, &Resume::Scan) {
+            let stored = ctx
+                .quarantine
+                .store(env, out.message, reason.clone(), by.clone(), Resume::Scan)
+                .await;
+            match stored {
                 Ok(_) => {
                     ctx.metrics.quarantined.inc();
                     tracing::info!(queue_id = %msg.env.id, filter = %by, reason, "message quarantined after queue");

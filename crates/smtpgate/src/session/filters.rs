@@ -128,22 +128,26 @@ impl Session {
                     filters: intake::names_after(&filters, &by),
                     scan,
                 };
-                Err(self.quarantine(id, draft, &out.message, &reason, &by, &resume))
+                Err(self.quarantine(id, draft, out.message, &reason, &by, resume).await)
             }
         }
     }
 
-    fn quarantine(
+    async fn quarantine(
         &mut self,
         id: QueueId,
         draft: &Draft,
-        message: &[u8],
+        message: Vec<u8>,
         reason: &str,
         filter: &str,
-        resume: &Resume,
+        resume: Resume,
     ) -> Flow {
         let env = self.envelope(id, draft, message.is_ascii());
-        match self.listener.ctx.quarantine.put(&env, message, reason, filter, resume) {
+        let quarantine = self.listener.ctx.quarantine.clone();
+        let stored = quarantine
+            .store(env, message, reason.to_owned(), filter.to_owned(), resume)
+            .await;
+        match stored {
             Ok(_) => {
                 self.listener.ctx.metrics.quarantined.inc();
                 tracing::info!(queue_id = %id, filter, reason, "message quarantined");
