@@ -61,7 +61,7 @@ fn gate(data: &[u8]) {
     for (i, body) in rest.split(|&b| b == 0xff).enumerate().take(16) {
         let id = i as u64 + 1;
         written.push((seg.len(), id));
-        record::encode_message(&envelope(id), &[RcptState::Pending], body, &mut seg);
+        record::encode_message(&envelope(id), &[RcptState::Pending], body, None, &mut seg);
         if i % 3 == 2 {
             written.push((seg.len(), id));
             record::encode_done(QueueId(id), &mut seg);

@@ -50,4 +50,4 @@ pub use command::{Body, Command, CommandError, MailParams, Notify, RcptParams, R
 pub use data::{BareEol, BdatReceiver, DataOutcome, DataReceiver, Nul};
 pub use line::{Framed, LineFramer};
 pub use reply::Reply;
-pub use stuff::dot_stuff;
+pub use stuff::{DotStuffer, dot_stuff};

@@ -264,6 +264,11 @@ impl Reply {
         Reply::new(552, "5.3.4", "message size exceeds fixed limit")
     }
 
+    /// A large message whose header section does not end within the part kept in memory.
+    pub fn header_too_big() -> Self {
+        Reply::new(552, "5.3.4", "message header section too large")
+    }
+
     pub fn relay_denied() -> Self {
         Reply::new(554, "5.7.1", "relay access denied")
     }

@@ -14,14 +14,15 @@ use crate::filter::{Action, SessionInfo, pipeline};
 use crate::quarantine::{Origin, Resume};
 use crate::queue::Queue;
 use crate::route::{Group, MessageView};
-use crate::spool::SpoolError;
+use crate::spool::{Content, SpoolError};
 
 /// A message past the listener's before-queue filters.
 pub struct Received {
     pub id: QueueId,
     /// Sender, recipients and DSN parameters; pool, stream and scan are decided here.
     pub env: Envelope,
-    pub body: Vec<u8>,
+    /// In memory, or with its body in an incoming file (a large message no filter read whole).
+    pub body: Content,
     /// Tags the filters set, for routing.
     pub tags: Vec<String>,
     /// The listener's after-queue filters.
@@ -32,7 +33,8 @@ pub struct Received {
 pub struct Copy {
     pub id: QueueId,
     pub group: Group,
-    pub message: Vec<u8>,
+    /// The copy's header changes are made; a body in a file is shared by every copy.
+    pub message: Content,
     /// After-queue filters: the listener's, then the route's.
     pub scan: Vec<String>,
 }
@@ -56,7 +58,9 @@ pub async fn accept(
     origin: &SessionInfo,
     msg: Received,
 ) -> Result<Disposition, SpoolError> {
-    let plan = route(ctx, origin, &msg);
+    let Some(plan) = route(ctx, origin, &msg).await else {
+        return Ok(Disposition::Refused(Reply::local_error()));
+    };
     if let Some(r) = plan.reject {
         ctx.metrics.rejected.inc();
         tracing::info!(queue_id = %msg.id, client = ?origin.client, reply = %r.code, "message refused by routing");
@@ -76,23 +80,46 @@ pub async fn accept(
     relayed.extend(msg.env.recipients.iter().map(|r| r.address.clone()));
     let spooled = spool(queue, &msg.env, copies).await?;
     if !spooled.is_empty() {
-        ctx.feedback.record_sent(&msg.body, msg.id, &relayed);
+        ctx.feedback.record_sent(&msg.body.head, msg.id, &relayed);
     }
     Ok(Disposition::Accepted { spooled })
 }
 
-/// What routing makes of a message.
-fn route(ctx: &Context, origin: &SessionInfo, msg: &Received) -> crate::route::Plan {
-    let mut view = MessageView {
+/// What routing makes of a message. When routing reads files (Sieve scripts, alias and
+/// address-list files it reloads), it runs on the blocking pool, off the runtime's threads.
+/// `None` if it panicked (logged).
+async fn route(ctx: &Context, origin: &SessionInfo, msg: &Received) -> Option<crate::route::Plan> {
+    let base = MessageView {
         sender: msg.env.sender.clone(),
         client: origin.client,
         user: origin.user.clone(),
         listener: origin.listener.clone(),
+        size: msg.body.len(),
+        tags: msg.tags.clone(),
         ..Default::default()
+    };
+    let limit = ctx.config.routing.body_scan_limit;
+    let plan = move |router: &crate::route::Router, seen: &[u8], base: MessageView<'static>, rcpts: &[Recipient]| {
+        let size = base.size;
+        let mut view = base.with_message(seen, limit);
+        view.size = size;
+        router.plan(&view, rcpts)
+    };
+    if !ctx.router.reads_files() {
+        return Some(plan(&ctx.router, &msg.body.routing_view(), base, &msg.env.recipients));
     }
-    .with_message(&msg.body, ctx.config.routing.body_scan_limit);
-    view.tags = msg.tags.clone();
-    ctx.router.plan(&view, &msg.env.recipients)
+    let (router, seen, rcpts) = (
+        ctx.router.clone(),
+        msg.body.routing_view().into_owned(),
+        msg.env.recipients.clone(),
+    );
+    match tokio::task::spawn_blocking(move || plan(&router, &seen, base, &rcpts)).await {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::error!(queue_id = %msg.id, error = %e, "routing failed");
+            None
+        }
+    }
 }
 
 /// Builds each routed copy (header changes) and runs its route's before-queue filters. The first
@@ -107,7 +134,8 @@ pub async fn prepare(
     let mut copies = Vec::with_capacity(groups.len());
     for (i, group) in groups.into_iter().enumerate() {
         let id = if i == 0 { msg.id } else { ctx.ids.next() };
-        let message = crate::session::apply_header_changes(&msg.body, &group.add_headers, &group.remove_headers);
+        let head = crate::session::apply_header_changes(&msg.body.head, &group.add_headers, &group.remove_headers);
+        let message = msg.body.with_head(head);
         let (before, after) = route_filters(ctx, &group.filters);
         let mut scan = msg.scan.clone();
         scan.extend(after.into_iter().filter(|n| !msg.scan.contains(n)));
@@ -137,12 +165,18 @@ async fn filter_copy(
     }
     let rcpts: Vec<String> = copy.group.recipients.iter().map(|r| r.address.clone()).collect();
     let sender = copy.group.srs_sender.as_deref().unwrap_or(&msg.env.sender);
-    let out = pipeline::run_data(filters, origin, sender, rcpts, copy.message, msg.tags.clone()).await;
+    // Filters read the whole message: one in memory.
+    let message = std::mem::replace(&mut copy.message, Content::memory(Vec::new()));
+    let message = message.into_memory().await.map_err(|e| {
+        tracing::error!(queue_id = %copy.id, error = %e, "cannot read the incoming message for its route filters");
+        Reply::local_error()
+    })?;
+    let out = pipeline::run_data(filters, origin, sender, rcpts, message, msg.tags.clone()).await;
     ctx.metrics.filter_unchecked.add(out.unchecked.len() as u64);
     let by = out.decided_by.clone().unwrap_or_default();
     match out.action {
         Action::Accept => {
-            copy.message = out.message;
+            copy.message = Content::memory(out.message);
             Ok(Some(copy))
         }
         Action::Reject(r) | Action::TempFail(r) => {
@@ -156,7 +190,7 @@ async fn filter_copy(
             Ok(None)
         }
         Action::Quarantine(reason) => {
-            copy.message = out.message;
+            copy.message = Content::memory(out.message);
             let env = copy_envelope(&msg.env, &copy);
             let resume = Resume::Route {
                 origin: Origin::from(origin),
@@ -164,7 +198,11 @@ async fn filter_copy(
                 filters: names_after(filters, &by),
                 scan: copy.scan,
             };
-            if let Err(e) = ctx.quarantine.put(&env, &copy.message, &reason, &by, &resume) {
+            let stored = ctx
+                .quarantine
+                .store(env, std::mem::take(&mut copy.message.head), reason.clone(), by.clone(), resume)
+                .await;
+            if let Err(e) = stored {
                 tracing::error!(queue_id = %copy.id, error = %e, "cannot write to the quarantine");
                 return Err(Reply::local_error());
             }
@@ -221,7 +259,7 @@ async fn spool(queue: &Queue, template: &Envelope, copies: Vec<Copy>) -> Result<
     let mut ids = Vec::with_capacity(copies.len());
     for copy in copies {
         let env = copy_envelope(template, &copy);
-        queue.accept(env, copy.message).await?;
+        queue.accept_content(env, copy.message).await?;
         ids.push(copy.id);
     }
     Ok(ids)
@@ -284,7 +322,7 @@ pub async fn release(queue: &Queue, id: &str) -> Result<Released, ReleaseError> 
                     let received = Received {
                         id: env.id,
                         env,
-                        body: message,
+                        body: Content::memory(message),
                         tags,
                         scan,
                     };

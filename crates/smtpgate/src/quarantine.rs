@@ -12,6 +12,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::envelope::{Envelope, Reader};
 use crate::filter::SessionInfo;
@@ -106,6 +107,22 @@ impl Quarantine {
     }
 
     /// Stores a message durably; returns its entry id (the queue id).
+    /// [`put`](Self::put) on the blocking pool: for the message path, which must not wait on
+    /// an fsync on the runtime's threads.
+    pub async fn store(
+        self: &Arc<Self>,
+        env: Envelope,
+        message: Vec<u8>,
+        reason: String,
+        filter: String,
+        resume: Resume,
+    ) -> io::Result<String> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.put(&env, &message, &reason, &filter, &resume))
+            .await
+            .map_err(io::Error::other)?
+    }
+
     pub fn put(
         &self,
         env: &Envelope,

@@ -557,7 +557,7 @@ fn record_written_by_a_gate() -> (String, Vec<u8>) {
     for n in 0..10_000u64 {
         env.id = smtpgate::envelope::QueueId(0x4141_4141_0000 + n);
         let mut bytes = Vec::new();
-        smtpgate::spool::record::encode_message(&env, &states, &body, &mut bytes);
+        smtpgate::spool::record::encode_message(&env, &states, &body, None, &mut bytes);
         if only_crlf_line_endings(&bytes) {
             return (format!("<{id}>"), bytes);
         }

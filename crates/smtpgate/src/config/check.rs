@@ -343,6 +343,7 @@ fn build_spool(raw: RawSpool, base_dir: &Path, issues: &mut Issues) -> SpoolConf
         min_free_space: issues.parse("spool.min_free_space", raw.min_free_space, parse_size, 100 * MB),
         segment_size: issues.parse("spool.segment_size", raw.segment_size, parse_size, 64 * MB),
         memory_budget: issues.parse("spool.memory_budget", raw.memory_budget, parse_size, 1024 * MB),
+        spill_size: issues.parse("spool.spill_size", raw.spill_size, parse_size, MB),
     }
 }
 

@@ -92,6 +92,9 @@ pub struct SpoolConfig {
     /// Message content all sessions together may hold in memory (`memory_budget`, default
     /// 1 GiB); over it, new transactions get `452 4.3.1`.
     pub memory_budget: u64,
+    /// A message larger than this (`spill_size`, default 1 MiB) goes to a file under the spool as
+    /// it arrives, and only its header section stays in memory.
+    pub spill_size: u64,
 }
 
 /// `[admin]`: the HTTP endpoint for health, metrics and queue inspection.

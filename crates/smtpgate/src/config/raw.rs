@@ -47,6 +47,7 @@ pub struct RawSpool {
     pub min_free_space: Option<Text>,
     pub segment_size: Option<Text>,
     pub memory_budget: Option<Text>,
+    pub spill_size: Option<Text>,
 }
 
 /// `[admin]`

@@ -1,20 +1,25 @@
 //! smtpgate as an SMTP client: one connection to a next hop, reused for several messages.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::{Buf, BytesMut};
-use smtpgate_proto::{Capabilities, ParsedReply, dot_stuff, parse_reply};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use smtpgate_proto::{Capabilities, DotStuffer, ParsedReply, parse_reply};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 
 use crate::config::{QueueConfig, TlsPolicy, UpstreamAuth};
 use crate::envelope::{Envelope, Recipient, Ret};
 use crate::io::{BoxIo, TlsInfo};
+use crate::spool::{Ext, Stored};
+
+/// Octets of a body file read and sent at a time.
+const FILE_CHUNK: usize = 256 * 1024;
 
 /// The reply code of a server that closes the connection (RFC 5321 3.8): it may come in answer
 /// to any command, and nothing more will be read.
@@ -242,9 +247,9 @@ impl Client {
         &mut self,
         env: &Envelope,
         rcpts: &[&Recipient],
-        body: &[u8],
+        body: &Stored,
     ) -> Result<TxnResult, ClientError> {
-        let mut cmds = vec![self.mail_command(env, Some(body.len() as u64))];
+        let mut cmds = vec![self.mail_command(env, Some(body.len()))];
         cmds.extend(rcpts.iter().map(|r| self.rcpt_command(r)));
         cmds.push("DATA\r\n".to_string());
         let replies = self.send_commands(&cmds, true).await?;
@@ -286,7 +291,11 @@ impl Client {
                 data: None,
             });
         }
-        let final_reply = self.send_body(if any_ok { body } else { b"" }).await?;
+        let final_reply = if any_ok {
+            self.send_body(&body.inline, body.ext.as_ref()).await?
+        } else {
+            self.send_body(b"", None).await?
+        };
         Ok(TxnResult {
             rcpts: rcpt_replies,
             data: any_ok.then_some(final_reply),
@@ -327,17 +336,47 @@ impl Client {
         if reply.code != 354 {
             return Ok(reply);
         }
-        self.send_body(body).await
+        self.send_body(body, None).await
     }
 
-    /// The dot-stuffed body and its terminator, after a 354; returns the reply to the end of data.
-    async fn send_body(&mut self, body: &[u8]) -> Result<ParsedReply, ClientError> {
-        let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 8);
-        dot_stuff(body, &mut out);
-        timeout(self.data_timeout, self.io.write_all(&out))
+    /// The dot-stuffed message and its terminator, after a 354; returns the reply to the end of
+    /// data. `inline` is sent first, then the body file `ext` (if any), read and sent in bounded
+    /// chunks, each write with its own `data_timeout`. If the file cannot be read, the
+    /// terminator is never sent: the error ends the connection and the server drops the
+    /// transaction.
+    async fn send_body(&mut self, inline: &[u8], ext: Option<&(PathBuf, Ext)>) -> Result<ParsedReply, ClientError> {
+        let mut stuffer = DotStuffer::default();
+        let mut out = Vec::with_capacity(inline.len() + inline.len() / 64 + 8);
+        stuffer.push(inline, &mut out);
+        if let Some((path, at)) = ext {
+            self.write_data(&out).await?;
+            let mut file = tokio::fs::File::open(path).await?;
+            file.seek(std::io::SeekFrom::Start(at.offset)).await?;
+            let mut file = file.take(at.len);
+            let mut chunk = vec![0; FILE_CHUNK];
+            let mut sent = 0;
+            while sent < at.len {
+                let n = file.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "message body file is short").into());
+                }
+                sent += n as u64;
+                out.clear();
+                stuffer.push(&chunk[..n], &mut out);
+                self.write_data(&out).await?;
+            }
+            out.clear();
+        }
+        stuffer.finish(&mut out);
+        self.write_data(&out).await?;
+        self.read_reply(self.data_timeout).await
+    }
+
+    async fn write_data(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        timeout(self.data_timeout, self.io.write_all(bytes))
             .await
             .map_err(|_| ClientError::Timeout("data write"))??;
-        self.read_reply(self.data_timeout).await
+        Ok(())
     }
 
     /// Sends `cmds` and reads one reply each, in one write when the server pipelines. Without
@@ -523,7 +562,11 @@ mod tests {
             stream: None,
         };
         let rcpts: Vec<&Recipient> = env.recipients.iter().collect();
-        match client.deliver(&env, &rcpts, b"Subject: x\r\n\r\nx\r\n").await {
+        let body = Stored {
+            inline: Arc::from(&b"Subject: x\r\n\r\nx\r\n"[..]),
+            ext: None,
+        };
+        match client.deliver(&env, &rcpts, &body).await {
             Err(ClientError::Reply { stage, reply }) => {
                 assert_eq!((stage, reply.code), ("RCPT", 421));
                 assert_eq!(reply.status.as_deref(), Some("4.7.0"));

@@ -371,7 +371,7 @@ pub async fn attempt(ctx: &Context, client: &mut Client, d: &Delivery) -> (Vec<(
             true,
         );
     }
-    let body = match d.msg.body(&ctx.spool) {
+    let body = match d.msg.stored(&ctx.spool).await {
         Ok(b) => b,
         Err(e) => {
             let diagnostic = Diagnostic::local(format!("cannot read message from spool: {e}"));

@@ -27,7 +27,7 @@ async fn compact(queue: &Queue, segment: u64) {
         if *finished || from.segment != segment {
             continue;
         }
-        let body = match msg.body(&ctx.spool) {
+        let body = match msg.inline(&ctx.spool).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(queue_id = %msg.env.id, error = %e, "compaction: cannot read message");

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::envelope::Envelope;
-use crate::spool::{BodyRef, RcptState, Spool};
+use crate::spool::{BodyRef, RcptState, Spool, Stored};
 
 /// Bodies kept in memory between acceptance and delivery, up to a limit; the rest is read back
 /// from the spool when it is needed, so a backlog costs disk, not memory.
@@ -93,12 +93,31 @@ impl QueuedMessage {
         self.states.lock().unwrap().clone()
     }
 
-    /// The body: from memory while fresh, else read back from the spool.
-    pub fn body(&self, spool: &Spool) -> std::io::Result<Arc<[u8]>> {
+    /// The part of the message in its spool record (all of it, or the header section of a
+    /// message with a body file): from memory while fresh, else read back from the spool.
+    pub async fn inline(&self, spool: &Spool) -> std::io::Result<Arc<[u8]>> {
         if let Some(c) = self.cache.lock().unwrap().as_ref() {
             return Ok(c.bytes.clone());
         }
-        Ok(spool.read_body(&self.body_ref())?.into())
+        Ok(spool.read_inline(&self.body_ref()).await?.into())
+    }
+
+    /// The message as delivery sends it: the part in memory or its record, then its body file.
+    pub async fn stored(&self, spool: &Spool) -> std::io::Result<Stored> {
+        let at = self.body_ref();
+        Ok(Stored {
+            inline: self.inline(spool).await?,
+            ext: spool.ext_file(&at),
+        })
+    }
+
+    /// The whole message in memory, for filters that must see all of it.
+    pub async fn whole(&self, spool: &Spool) -> std::io::Result<Vec<u8>> {
+        let at = self.body_ref();
+        if at.ext.is_none() {
+            return Ok(self.inline(spool).await?.to_vec());
+        }
+        spool.read_whole(&at).await
     }
 
     /// Frees the in-memory copy (the message waits for a retry).

@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use crate::context::Context;
 use crate::envelope::{Envelope, QueueId};
 use crate::route::{NextHop, next_hop};
-use crate::spool::{Recovered, SpoolError};
+use crate::spool::{Content, Recovered, SpoolError};
 pub use message::{BodyCache, QueuedMessage};
 
 /// Memory for bodies waiting for their first delivery attempt.
@@ -94,8 +94,13 @@ impl Queue {
 
     /// Spools a new message durably, then schedules it. When this returns `Ok`, the message is safe.
     pub async fn accept(&self, env: Envelope, body: Vec<u8>) -> Result<(), SpoolError> {
-        let body_ref = self.ctx().spool.store(&env, &body).await?;
-        let msg = QueuedMessage::new(env, body_ref, None, self.cache.admit(body));
+        self.accept_content(env, Content::memory(body)).await
+    }
+
+    /// Spools a new message whose body may be in an incoming file, then schedules it.
+    pub async fn accept_content(&self, env: Envelope, content: Content) -> Result<(), SpoolError> {
+        let body_ref = self.ctx().spool.store_content(&env, &content).await?;
+        let msg = QueuedMessage::new(env, body_ref, None, self.cache.admit(content.head));
         self.schedule(Arc::new(msg));
         Ok(())
     }

@@ -28,8 +28,8 @@ pub(super) async fn run(queue: Queue, msg: Arc<QueuedMessage>) {
         .iter()
         .filter_map(|n| ctx.config.filters.iter().find(|f| &f.name == n))
         .collect();
-    let body = match msg.body(&ctx.spool) {
-        Ok(b) => b.to_vec(),
+    let body = match msg.whole(&ctx.spool).await {
+        Ok(b) => b,
         Err(e) => {
             tracing::error!(queue_id = %msg.env.id, error = %e, "scan: cannot read message; delivering unscanned is not allowed, retrying");
             return retry(queue, msg);
@@ -73,7 +73,11 @@ pub(super) async fn run(queue: Queue, msg: Arc<QueuedMessage>) {
             // A release runs the scan's filters after this one.
             let mut env = msg.env.clone();
             env.scan = crate::intake::names_after(&filters, &by);
-            match ctx.quarantine.put(&env, &out.message, &reason, &by, &Resume::Scan) {
+            let stored = ctx
+                .quarantine
+                .store(env, out.message, reason.clone(), by.clone(), Resume::Scan)
+                .await;
+            match stored {
                 Ok(_) => {
                     ctx.metrics.quarantined.inc();
                     tracing::info!(queue_id = %msg.env.id, filter = %by, reason, "message quarantined after queue");

@@ -199,7 +199,7 @@ pub(super) async fn bounce_for(queue: &Queue, msg: &QueuedMessage, failures: &[F
     if wanted.is_empty() {
         return true;
     }
-    let body = match msg.body(&ctx.spool) {
+    let body = match msg.inline(&ctx.spool).await {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(queue_id = %env.id, error = %e, "cannot read message for its bounce");
@@ -207,7 +207,15 @@ pub(super) async fn bounce_for(queue: &Queue, msg: &QueuedMessage, failures: &[F
         }
     };
     let id = ctx.ids.next();
-    let text = bounce::build(&ctx.config.hostname, env, &body, &wanted, id.0);
+    // A message too large for memory returns its header section only (as Postfix does past
+    // its bounce_size_limit): its record holds just that.
+    let text = if msg.body_ref().ext.is_some() {
+        let mut headers_only = env.clone();
+        headers_only.ret = Some(crate::envelope::Ret::Hdrs);
+        bounce::build(&ctx.config.hostname, &headers_only, &body, &wanted, id.0)
+    } else {
+        bounce::build(&ctx.config.hostname, env, &body, &wanted, id.0)
+    };
     let dsn = Envelope {
         id,
         sender: String::new(),

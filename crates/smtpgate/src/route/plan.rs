@@ -123,6 +123,12 @@ impl Router {
     }
 
     /// Routes every recipient of a message.
+    /// Whether routing reads files as it goes: Sieve scripts, and the alias and address-list
+    /// files it reloads when they change.
+    pub fn reads_files(&self) -> bool {
+        self.config.routing.sieve_dir.is_some() || self.aliases.is_some() || self.lists.iter().any(Option::is_some)
+    }
+
     pub fn plan(&self, msg: &MessageView<'_>, recipients: &[Recipient]) -> Plan {
         let mut st = State::default();
         for r in recipients {

@@ -161,7 +161,14 @@ impl Conn {
     }
 
     /// Passes exactly `n` octets to `sink` (a BDAT chunk), reading as needed, at `pace`.
-    pub async fn read_exact_with(&mut self, n: u64, pace: Pace, mut sink: impl FnMut(&[u8])) -> Result<(), ReadError> {
+    /// `before` octets of the same data were read already (they count for the pace).
+    pub async fn read_exact_with(
+        &mut self,
+        n: u64,
+        pace: Pace,
+        before: u64,
+        mut sink: impl FnMut(&[u8]),
+    ) -> Result<(), ReadError> {
         let mut left = n;
         loop {
             let take = (self.rbuf.len() as u64).min(left) as usize;
@@ -171,7 +178,7 @@ impl Conn {
             if left == 0 {
                 return Ok(());
             }
-            self.read_more(pace.deadline(n - left), false).await?;
+            self.read_more(pace.deadline(before + n - left), false).await?;
         }
     }
 

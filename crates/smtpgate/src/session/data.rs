@@ -1,5 +1,7 @@
 //! DATA and BDAT: receiving the message, then spooling it before the `250`.
 
+use std::net::SocketAddr;
+
 use smtpgate_proto::{BareEol, BdatReceiver, DataOutcome, DataReceiver, Reply};
 
 use super::conn::{Pace, ReadError};
@@ -9,7 +11,12 @@ use crate::config::BareLineEndings;
 use crate::datetime::now_unix;
 use crate::envelope::{Envelope, QueueId, Ret};
 use crate::intake::{self, Disposition};
+use crate::budget::Held;
 use crate::route::MessageView;
+use crate::spool::{Incoming, IncomingError};
+
+/// Octets of a BDAT chunk read before they are handed on (and, for a large message, written out).
+const BDAT_PIECE: u64 = 256 * 1024;
 
 impl Session {
     pub(super) async fn data(&mut self) -> Flow {
@@ -33,22 +40,21 @@ impl Session {
         }
         self.conn.reply(&Reply::start_data());
         let id = self.listener.ctx.ids.next();
-        let mut body = self.trace_header(id, &draft).into_bytes();
+        let mut incoming = self.incoming(id, &draft);
         let mut rx = DataReceiver::new(self.bare_eol(), self.listener.config.max_message_size)
             .with_nul(self.listener.config.nul_bytes);
         let pace = self.pace();
         // This message's share of the node's memory budget, held until it is answered.
         let mut held = self.listener.ctx.memory.hold();
-        let mut over_budget = false;
+        let mut lost = None;
         loop {
-            let (used, done) = rx.feed(&self.conn.rbuf, &mut body);
+            let (used, done) = rx.feed(&self.conn.rbuf, &mut incoming.buf);
             bytes::Buf::advance(&mut self.conn.rbuf, used);
-            if !over_budget && !held.grow_to(body.len() as u64) {
-                over_budget = true;
-                tracing::warn!(client = %self.peer, bytes = body.len(), "memory budget for messages used up: reading this one to its end without keeping it");
+            if lost.is_none() {
+                lost = Self::keep(self.peer, &mut incoming, &mut held).await.err();
             }
-            if over_budget {
-                body.clear();
+            if lost.is_some() {
+                incoming.buf.clear();
             }
             if done {
                 break;
@@ -61,11 +67,11 @@ impl Session {
                 return Flow::Close;
             }
         }
-        if over_budget {
+        if let Some(reply) = lost {
             self.listener.ctx.metrics.rejected.inc();
-            return self.respond(Reply::low_memory());
+            return self.respond(reply);
         }
-        let flow = self.complete(id, draft, body, rx.outcome()).await;
+        let flow = self.complete(id, draft, incoming, rx.outcome()).await;
         drop(held);
         flow
     }
@@ -76,46 +82,61 @@ impl Session {
             Txn::Chunking(c) => c,
             Txn::Mail(draft) if !draft.recipients.is_empty() => {
                 let id = self.listener.ctx.ids.next();
-                let body = self.trace_header(id, &draft).into_bytes();
+                let incoming = self.incoming(id, &draft);
                 let receiver = BdatReceiver::new(self.bare_eol(), self.listener.config.max_message_size)
                     .with_nul(self.listener.config.nul_bytes);
                 Box::new(Chunking {
                     draft,
                     id,
                     receiver,
-                    body,
+                    incoming,
                     held: self.listener.ctx.memory.hold(),
                 })
             }
             other => {
                 // RFC 3030: the chunk is read and thrown away even when the command fails.
                 self.txn = other;
-                if self.conn.read_exact_with(size, limit, |_| {}).await.is_err() {
+                if self.conn.read_exact_with(size, limit, 0, |_| {}).await.is_err() {
                     return Flow::Close;
                 }
                 return self.error(Reply::bad_sequence("need MAIL and RCPT before BDAT"));
             }
         };
-        let Chunking { receiver, body, .. } = &mut *chunking;
-        if let Err(e) = self
-            .conn
-            .read_exact_with(size, limit, |chunk| receiver.feed(chunk, body))
-            .await
-        {
-            tracing::info!(client = %self.peer, error = ?e, "connection lost during BDAT");
-            if let ReadError::Timeout = e {
-                self.conn.reply(&Reply::timeout());
+        // The chunk is read in pieces, so that a large one goes to the incoming file as it comes.
+        let mut lost = None;
+        let mut read = 0;
+        while read < size {
+            let piece = (size - read).min(BDAT_PIECE);
+            let Chunking { receiver, incoming, .. } = &mut *chunking;
+            let keeping = lost.is_none();
+            if let Err(e) = self
+                .conn
+                .read_exact_with(piece, limit, read, |chunk| {
+                    if keeping {
+                        receiver.feed(chunk, &mut incoming.buf)
+                    }
+                })
+                .await
+            {
+                tracing::info!(client = %self.peer, error = ?e, "connection lost during BDAT");
+                if let ReadError::Timeout = e {
+                    self.conn.reply(&Reply::timeout());
+                }
+                return Flow::Close;
             }
-            return Flow::Close;
+            read += piece;
+            if lost.is_none() {
+                let Chunking { incoming, held, .. } = &mut *chunking;
+                lost = Self::keep(self.peer, incoming, held).await.err();
+            }
         }
         if let DataOutcome::TooBig = chunking.receiver.outcome() {
             return self.error(Reply::message_too_big());
         }
-        if !chunking.held.grow_to(chunking.body.len() as u64) {
+        if let Some(reply) = lost {
             // The transaction ends here; its content and its share of the budget are dropped.
-            tracing::warn!(client = %self.peer, bytes = chunking.body.len(), "memory budget for messages used up: BDAT transaction refused");
             self.listener.ctx.metrics.rejected.inc();
-            return self.respond(Reply::low_memory());
+            return self.respond(reply);
         }
         if !last {
             self.txn = Txn::Chunking(chunking);
@@ -125,13 +146,40 @@ impl Session {
             draft,
             id,
             mut receiver,
-            mut body,
+            mut incoming,
             held,
         } = *chunking;
-        receiver.finish(&mut body);
-        let flow = self.complete(id, draft, body, receiver.outcome()).await;
+        receiver.finish(&mut incoming.buf);
+        let flow = self.complete(id, draft, incoming, receiver.outcome()).await;
         drop(held);
         flow
+    }
+
+    /// A new message, starting with its trace header; it goes to a file once it is large.
+    fn incoming(&self, id: QueueId, draft: &Draft) -> Incoming {
+        let ctx = &self.listener.ctx;
+        Incoming::new(
+            self.trace_header(id, draft).into_bytes(),
+            &ctx.spool.incoming_dir(),
+            id,
+            ctx.config.spool.spill_size,
+            ctx.config.routing.body_scan_limit,
+        )
+    }
+
+    /// After more content came in: writes it out once the message is large, and counts what is
+    /// left in memory against the node's budget. `Err` is the reply the message will get: it is
+    /// read to its end without being kept.
+    async fn keep(peer: SocketAddr, incoming: &mut Incoming, held: &mut Held) -> Result<(), Reply> {
+        if let Err(e) = incoming.settle().await {
+            tracing::error!(client = %peer, error = %e, "cannot write an incoming message: reading it to its end without keeping it");
+            return Err(Reply::local_error());
+        }
+        if !held.grow_to(incoming.in_memory()) {
+            tracing::warn!(client = %peer, bytes = incoming.in_memory(), "memory budget for messages used up: reading this one to its end without keeping it");
+            return Err(Reply::low_memory());
+        }
+        Ok(())
     }
 
     /// How long message data may take: `data_timeout`, plus time earned at `min_data_rate`.
@@ -163,7 +211,7 @@ impl Session {
     }
 
     /// The end of a message: refuse it, or spool it and answer `250` once it is on disk.
-    async fn complete(&mut self, id: QueueId, mut draft: Draft, mut body: Vec<u8>, outcome: DataOutcome) -> Flow {
+    async fn complete(&mut self, id: QueueId, mut draft: Draft, incoming: Incoming, outcome: DataOutcome) -> Flow {
         let metrics = self.listener.ctx.metrics.clone();
         match outcome {
             DataOutcome::TooBig => {
@@ -181,18 +229,30 @@ impl Session {
             }
             DataOutcome::Ok => {}
         }
-        let hops = received_count(&body);
+        let mut body = match incoming.finish().await {
+            Ok(content) => content,
+            Err(IncomingError::HeaderTooLarge) => {
+                metrics.rejected.inc();
+                tracing::info!(queue_id = %id, client = %self.peer, "message refused: header section too large");
+                return self.respond(Reply::header_too_big());
+            }
+            Err(IncomingError::Io(e)) => {
+                tracing::error!(queue_id = %id, error = %e, "cannot write an incoming message");
+                return self.respond(Reply::local_error());
+            }
+        };
+        let hops = received_count(&body.head);
         if hops > self.listener.config.max_hops {
             metrics.rejected.inc();
             tracing::warn!(queue_id = %id, client = %self.peer, hops, "message refused: too many hops (mail loop)");
             return self.respond(Reply::too_many_hops());
         }
         if self.listener.config.submission || self.user.is_some() {
-            let at = received_len(&body);
-            let extra = headers::missing_submission_headers(&body[at..], id, &self.listener.ctx.config.hostname);
-            body.splice(at..at, extra.into_bytes());
+            let at = received_len(&body.head);
+            let extra = headers::missing_submission_headers(&body.head[at..], id, &self.listener.ctx.config.hostname);
+            body.head.splice(at..at, extra.into_bytes());
         }
-        self.feedback_intake(id, &mut draft, &body);
+        self.feedback_intake(id, &mut draft, &body.routing_view());
         if draft.recipients.is_empty() {
             return self.respond(Reply::queued(&id.to_string()));
         }
@@ -205,12 +265,20 @@ impl Session {
             return self.respond(Reply::queued(&id.to_string()));
         }
         if self.proxying() {
+            // The proxy sends the message on before it answers: it takes it in memory.
+            let body = match body.into_memory().await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(queue_id = %id, error = %e, "cannot read an incoming message");
+                    return self.respond(Reply::local_error());
+                }
+            };
             return self.proxy_message(id, &draft, body, filtered).await;
         }
         let (sender, rcpts, size) = (draft.sender.clone(), draft.recipients.len(), body.len());
         let received = intake::Received {
             id,
-            env: self.envelope(id, &draft, &body),
+            env: self.envelope(id, &draft, body.is_ascii()),
             body,
             tags: filtered.tags,
             scan: filtered.scan,
@@ -281,14 +349,14 @@ impl Session {
         }
     }
 
-    pub(super) fn envelope(&self, id: QueueId, draft: &Draft, body: &[u8]) -> Envelope {
+    pub(super) fn envelope(&self, id: QueueId, draft: &Draft, ascii: bool) -> Envelope {
         let p = &draft.params;
         Envelope {
             id,
             sender: draft.sender.clone(),
             recipients: draft.recipients.clone(),
             received_at: now_unix(),
-            eight_bit: !body.is_ascii(),
+            eight_bit: !ascii,
             smtputf8: p.smtputf8,
             ret: p.ret.as_ref().map(|r| match r {
                 smtpgate_proto::Ret::Full => Ret::Full,

@@ -8,10 +8,11 @@ use crate::envelope::QueueId;
 use crate::filter::{Action, SessionInfo, pipeline};
 use crate::intake;
 use crate::quarantine::{Origin, Resume};
+use crate::spool::Content;
 
 /// What the filters left of a message that goes on.
 pub(super) struct Filtered {
-    pub body: Vec<u8>,
+    pub body: Content,
     pub tags: Vec<String>,
     /// `after_queue` filters to run before delivery.
     pub scan: Vec<String>,
@@ -71,7 +72,7 @@ impl Session {
         &mut self,
         id: QueueId,
         draft: &mut Draft,
-        body: Vec<u8>,
+        body: Content,
     ) -> Result<Filtered, Flow> {
         let scan: Vec<String> = self
             .listener_filters(Stage::AfterQueue)
@@ -86,6 +87,14 @@ impl Session {
                 scan,
             });
         }
+        // Filters read the whole message: one copy in memory.
+        let body = match body.into_memory().await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(queue_id = %id, error = %e, "cannot read the incoming message for its filters");
+                return Err(self.respond(Reply::local_error()));
+            }
+        };
         let info = self.session_info();
         let rcpts: Vec<String> = draft.recipients.iter().map(|r| r.address.clone()).collect();
         let out = pipeline::run_data(&filters, &info, &draft.sender, rcpts, body, Vec::new()).await;
@@ -98,7 +107,7 @@ impl Session {
         intake::keep_recipients(&mut draft.recipients, &out.recipients);
         match out.action {
             Action::Accept => Ok(Filtered {
-                body: out.message,
+                body: Content::memory(out.message),
                 tags: out.tags,
                 scan,
             }),
@@ -119,22 +128,26 @@ impl Session {
                     filters: intake::names_after(&filters, &by),
                     scan,
                 };
-                Err(self.quarantine(id, draft, &out.message, &reason, &by, &resume))
+                Err(self.quarantine(id, draft, out.message, &reason, &by, resume).await)
             }
         }
     }
 
-    fn quarantine(
+    async fn quarantine(
         &mut self,
         id: QueueId,
         draft: &Draft,
-        message: &[u8],
+        message: Vec<u8>,
         reason: &str,
         filter: &str,
-        resume: &Resume,
+        resume: Resume,
     ) -> Flow {
-        let env = self.envelope(id, draft, message);
-        match self.listener.ctx.quarantine.put(&env, message, reason, filter, resume) {
+        let env = self.envelope(id, draft, message.is_ascii());
+        let quarantine = self.listener.ctx.quarantine.clone();
+        let stored = quarantine
+            .store(env, message, reason.to_owned(), filter.to_owned(), resume)
+            .await;
+        match stored {
             Ok(_) => {
                 self.listener.ctx.metrics.quarantined.inc();
                 tracing::info!(queue_id = %id, filter, reason, "message quarantined");

@@ -49,7 +49,7 @@ struct Chunking {
     draft: Draft,
     id: QueueId,
     receiver: BdatReceiver,
-    body: Vec<u8>,
+    incoming: crate::spool::Incoming,
     /// The message's share of the node's memory budget.
     held: crate::budget::Held,
 }

@@ -26,6 +26,7 @@ use crate::deliver::{ConnectFailure, Outcome};
 use crate::envelope::{Envelope, QueueId, Recipient};
 use crate::intake;
 use crate::route::Group;
+use crate::spool::Content;
 
 /// Where a transaction goes: every recipient of one transaction must share it, since the
 /// message is sent once, as one copy.
@@ -284,7 +285,7 @@ impl Session {
 
     /// The envelope as the upstream sees it (at RCPT time: no body yet).
     fn upstream_envelope(&self, draft: &Draft, srs_sender: Option<String>) -> Envelope {
-        let mut env = self.envelope(QueueId(0), draft, b"");
+        let mut env = self.envelope(QueueId(0), draft, true);
         env.eight_bit = matches!(draft.params.body, Some(Body::EightBitMime));
         if let Some(sender) = srs_sender {
             env.sender = sender;
@@ -328,15 +329,23 @@ impl Session {
         };
         let received = intake::Received {
             id,
-            env: self.envelope(id, draft, &body),
-            body,
+            env: self.envelope(id, draft, body.is_ascii()),
+            body: Content::memory(body),
             tags: filtered.tags,
             scan: filtered.scan,
         };
         let ctx = self.listener.ctx.clone();
         let copies = intake::prepare(&ctx, &self.session_info(), &received, vec![group]).await;
         let message = match copies.map(|c| c.into_iter().next()) {
-            Ok(Some(copy)) => copy.message,
+            // The listener's message is in memory (`complete` reads it whole for a proxy).
+            Ok(Some(copy)) => match copy.message.into_memory().await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(queue_id = %id, error = %e, "cannot read the incoming message");
+                    self.proxy.upstream = Some(up);
+                    return self.respond(Reply::local_error());
+                }
+            },
             Ok(None) => {
                 // Discarded or quarantined by the route's filters.
                 self.proxy.upstream = Some(up);

@@ -123,6 +123,13 @@ impl Committer {
         self.stats.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
         for (job, at) in batch.into_iter().zip(placements) {
             self.account(job.liveness);
+            if let Some(path) = &job.unlink
+                && let Err(e) = std::fs::remove_file(path)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                // Recovery removes it at the next start: nothing live names it.
+                tracing::warn!(error = %e, path = %path.display(), "cannot remove a finished message's body file");
+            }
             let _ = job.reply.send(Ok(at));
         }
         self.reap();

@@ -16,9 +16,11 @@
 //! ordinary stop) returns only once everything handed to the committer is written and fsynced.
 
 mod commit;
+pub mod incoming;
 pub mod record;
 pub mod recover;
 
+pub use incoming::{Content, FileBody, Incoming, IncomingError};
 pub use recover::{End, Walk, walk};
 
 use std::io;
@@ -32,12 +34,57 @@ use tokio::sync::oneshot;
 use crate::envelope::{Envelope, QueueId};
 pub use record::RcptState;
 
-/// Where a message body lives on disk.
+/// Where a message body lives on disk: in its record in a segment, and for a large message the
+/// rest in a file of its own (`ext`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyRef {
     pub segment: u64,
     pub offset: u64,
+    /// Octets in the record: the whole message, or the header section when `ext` is set.
     pub len: u64,
+    pub ext: Option<Ext>,
+}
+
+impl BodyRef {
+    /// The size of the whole message.
+    pub fn total_len(&self) -> u64 {
+        self.len + self.ext.map_or(0, |e| e.len)
+    }
+}
+
+/// The body of a large message, in `bodies/<file>` (hex) from `offset`, `len` octets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ext {
+    pub file: u64,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// A stored message as delivery sends it: the octets in its record, then those of its body
+/// file, if any.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub inline: Arc<[u8]>,
+    pub ext: Option<(PathBuf, Ext)>,
+}
+
+impl Stored {
+    pub fn len(&self) -> u64 {
+        self.inline.len() as u64 + self.ext.as_ref().map_or(0, |(_, e)| e.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Incoming message files, under the spool directory.
+pub(crate) const INCOMING_DIR: &str = "incoming";
+/// Bodies of spooled large messages, under the spool directory.
+pub(crate) const BODIES_DIR: &str = "bodies";
+
+pub(crate) fn body_path(dir: &Path, file: u64) -> PathBuf {
+    dir.join(BODIES_DIR).join(format!("{file:016x}"))
 }
 
 /// A message found at start-up, with the state of each recipient.
@@ -78,6 +125,8 @@ struct Placement {
 struct Job {
     bytes: Vec<u8>,
     liveness: Liveness,
+    /// A body file to remove once the record is on disk (the message is finished).
+    unlink: Option<PathBuf>,
     reply: oneshot::Sender<io::Result<Placement>>,
 }
 
@@ -169,10 +218,20 @@ impl Spool {
         &self.dir
     }
 
-    async fn append(&self, bytes: Vec<u8>, liveness: Liveness) -> Result<Placement, SpoolError> {
+    /// Where incoming message files go.
+    pub fn incoming_dir(&self) -> PathBuf {
+        self.dir.join(INCOMING_DIR)
+    }
+
+    async fn append(&self, bytes: Vec<u8>, liveness: Liveness, unlink: Option<PathBuf>) -> Result<Placement, SpoolError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Job(Job { bytes, liveness, reply }))
+            .send(Msg::Job(Job {
+                bytes,
+                liveness,
+                unlink,
+                reply,
+            }))
             .map_err(|_| SpoolError::Closed)?;
         Ok(rx.await.map_err(|_| SpoolError::Closed)??)
     }
@@ -181,17 +240,64 @@ impl Spool {
     pub async fn store(&self, env: &Envelope, body: &[u8]) -> Result<BodyRef, SpoolError> {
         let states = vec![RcptState::Pending; env.recipients.len()];
         let mut bytes = Vec::with_capacity(body.len() + 256);
-        let body_offset = record::encode_message(env, &states, body, &mut bytes);
-        let at = self.append(bytes, Liveness::Born).await?;
+        let body_offset = record::encode_message(env, &states, body, None, &mut bytes);
+        let at = self.append(bytes, Liveness::Born, None).await?;
         Ok(BodyRef {
             segment: at.segment,
             offset: at.offset + body_offset as u64,
             len: body.len() as u64,
+            ext: None,
         })
     }
 
+    /// Stores a new message durably, whether in memory or with its body in an incoming file;
+    /// resolves once it is fsynced. A body file is linked under `bodies/` with the message's id
+    /// and fsynced (with its directory) before the record that names it is written.
+    pub async fn store_content(&self, env: &Envelope, content: &Content) -> Result<BodyRef, SpoolError> {
+        let Some(body) = &content.body else {
+            return self.store(env, &content.head).await;
+        };
+        let path = body_path(&self.dir, env.id.0);
+        let (spill, link) = (body.spill.clone(), path.clone());
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            spill.sync()?;
+            match std::fs::hard_link(&spill.path, &link) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    std::fs::remove_file(&link)?;
+                    std::fs::hard_link(&spill.path, &link)?;
+                }
+                other => other?,
+            }
+            std::fs::File::open(link.parent().expect("under bodies/"))?.sync_all()
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let ext = Ext {
+            file: env.id.0,
+            offset: body.offset,
+            len: body.len,
+        };
+        let states = vec![RcptState::Pending; env.recipients.len()];
+        let mut bytes = Vec::with_capacity(content.head.len() + 256);
+        let body_offset = record::encode_message(env, &states, &content.head, Some(&ext), &mut bytes);
+        match self.append(bytes, Liveness::Born, None).await {
+            Ok(at) => Ok(BodyRef {
+                segment: at.segment,
+                offset: at.offset + body_offset as u64,
+                len: content.head.len() as u64,
+                ext: Some(ext),
+            }),
+            Err(e) => {
+                // Not acknowledged: nothing refers to the link.
+                let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
+                Err(e)
+            }
+        }
+    }
+
     /// Rewrites a live message, with its recipients' current states, into the current segment, so
-    /// that an old segment it pins can be reclaimed. Replay takes the newest copy.
+    /// that an old segment it pins can be reclaimed. Replay takes the newest copy. `body` is the
+    /// part in the record; a body file stays where it is.
     pub async fn relocate(
         &self,
         env: &Envelope,
@@ -200,12 +306,13 @@ impl Spool {
         from: &BodyRef,
     ) -> Result<BodyRef, SpoolError> {
         let mut bytes = Vec::with_capacity(body.len() + 256);
-        let body_offset = record::encode_message(env, states, body, &mut bytes);
-        let at = self.append(bytes, Liveness::Moved(from.segment)).await?;
+        let body_offset = record::encode_message(env, states, body, from.ext.as_ref(), &mut bytes);
+        let at = self.append(bytes, Liveness::Moved(from.segment), None).await?;
         Ok(BodyRef {
             segment: at.segment,
             offset: at.offset + body_offset as u64,
             len: body.len() as u64,
+            ext: from.ext,
         })
     }
 
@@ -221,22 +328,44 @@ impl Spool {
     pub async fn update(&self, id: QueueId, updates: &[(u32, RcptState)]) -> Result<(), SpoolError> {
         let mut bytes = Vec::with_capacity(32 + updates.len() * 5);
         record::encode_status(id, updates, &mut bytes);
-        self.append(bytes, Liveness::Unchanged).await.map(|_| ())
+        self.append(bytes, Liveness::Unchanged, None).await.map(|_| ())
     }
 
-    /// Marks a message finished; its segment may then be reclaimed.
+    /// Marks a message finished; its segment may then be reclaimed, and its body file (if any)
+    /// is removed once the record is on disk.
     pub async fn done(&self, id: QueueId, body: &BodyRef) -> Result<(), SpoolError> {
         let mut bytes = Vec::with_capacity(32);
         record::encode_done(id, &mut bytes);
-        self.append(bytes, Liveness::Died(body.segment)).await.map(|_| ())
+        let unlink = body.ext.map(|e| body_path(&self.dir, e.file));
+        self.append(bytes, Liveness::Died(body.segment), unlink).await.map(|_| ())
     }
 
-    /// Reads a body back from its segment (a blocking `pread`).
+    /// Reads the part of a message in its record (the whole message, or the header section of
+    /// one with a body file), off the async runtime's threads.
+    pub async fn read_inline(&self, at: &BodyRef) -> io::Result<Vec<u8>> {
+        let (dir, at) = (self.dir.clone(), *at);
+        tokio::task::spawn_blocking(move || read_inline(&dir, &at))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// Reads a whole message into memory (for filters that must see all of it), off the async
+    /// runtime's threads.
+    pub async fn read_whole(&self, at: &BodyRef) -> io::Result<Vec<u8>> {
+        let (dir, at) = (self.dir.clone(), *at);
+        tokio::task::spawn_blocking(move || read_whole(&dir, &at))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// Reads the part of a message in its record with a blocking `pread` (for tests and tools).
     pub fn read_body(&self, at: &BodyRef) -> io::Result<Vec<u8>> {
-        let file = std::fs::File::open(segment_path(&self.dir, at.segment))?;
-        let mut buf = vec![0; at.len as usize];
-        file.read_exact_at(&mut buf, at.offset)?;
-        Ok(buf)
+        read_inline(&self.dir, at)
+    }
+
+    /// Where a message's body file is, for delivery to stream it.
+    pub fn ext_file(&self, at: &BodyRef) -> Option<(PathBuf, Ext)> {
+        at.ext.map(|e| (body_path(&self.dir, e.file), e))
     }
 
     /// Bytes available to unprivileged writers on the spool's filesystem.
@@ -269,10 +398,28 @@ pub fn inspect(dir: &Path) -> io::Result<Vec<(Envelope, Vec<u8>)>> {
     let found = recover::scan_readonly(dir)?;
     let mut out = Vec::with_capacity(found.len());
     for m in found {
-        let file = std::fs::File::open(segment_path(dir, m.body.segment))?;
-        let mut body = vec![0; m.body.len as usize];
-        file.read_exact_at(&mut body, m.body.offset)?;
+        let body = read_whole(dir, &m.body)?;
         out.push((m.env, body));
     }
     Ok(out)
+}
+
+/// The octets of a message in its record (blocking).
+fn read_inline(dir: &Path, at: &BodyRef) -> io::Result<Vec<u8>> {
+    let file = std::fs::File::open(segment_path(dir, at.segment))?;
+    let mut buf = vec![0; at.len as usize];
+    file.read_exact_at(&mut buf, at.offset)?;
+    Ok(buf)
+}
+
+/// A whole message: its record's part and its body file's (blocking).
+fn read_whole(dir: &Path, at: &BodyRef) -> io::Result<Vec<u8>> {
+    let mut buf = read_inline(dir, at)?;
+    if let Some(e) = at.ext {
+        let file = std::fs::File::open(body_path(dir, e.file))?;
+        let start = buf.len();
+        buf.resize(start + e.len as usize, 0);
+        file.read_exact_at(&mut buf[start..], e.offset)?;
+    }
+    Ok(buf)
 }

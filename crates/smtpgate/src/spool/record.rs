@@ -12,6 +12,7 @@
 //!
 //! Segments written before the header CRC existed (`SGR1`, a 13-byte header) are still read.
 
+use super::Ext;
 use crate::envelope::{Envelope, QueueId, Reader};
 
 pub const MAGIC: &[u8; 4] = b"SGR2";
@@ -47,11 +48,13 @@ impl RcptState {
 #[derive(Debug)]
 pub enum Record<'a> {
     /// A message: envelope, recipient states, and the body (at `body_offset` within the record).
+    /// A large message's record holds its header section only, and `ext` says where its body is.
     Message {
         env: Envelope,
         states: Vec<RcptState>,
         body: &'a [u8],
         body_offset: usize,
+        ext: Option<Ext>,
     },
     /// Recipients reached a final state.
     Status {
@@ -65,6 +68,8 @@ pub enum Record<'a> {
 const KIND_MESSAGE: u8 = 1;
 const KIND_STATUS: u8 = 2;
 const KIND_DONE: u8 = 3;
+/// A message whose body is in a file of its own under `bodies/`.
+const KIND_MESSAGE_EXT: u8 = 4;
 
 fn frame(kind: u8, payload_len: usize, out: &mut Vec<u8>) -> usize {
     let start = out.len();
@@ -86,14 +91,28 @@ fn seal(out: &mut [u8], start: usize) {
 }
 
 /// Encodes a message record; returns where the body starts relative to the record's start.
-pub fn encode_message(env: &Envelope, states: &[RcptState], body: &[u8], out: &mut Vec<u8>) -> usize {
+/// With `ext`, `body` is the header section and the rest of the message is in its own file.
+pub fn encode_message(
+    env: &Envelope,
+    states: &[RcptState],
+    body: &[u8],
+    ext: Option<&Ext>,
+    out: &mut Vec<u8>,
+) -> usize {
     let mut meta = Vec::with_capacity(128);
     env.encode(&mut meta);
-    let payload_len = 4 + meta.len() + states.len() + body.len();
-    let start = frame(KIND_MESSAGE, payload_len, out);
+    let ext_len = if ext.is_some() { 24 } else { 0 };
+    let payload_len = 4 + meta.len() + states.len() + ext_len + body.len();
+    let kind = if ext.is_some() { KIND_MESSAGE_EXT } else { KIND_MESSAGE };
+    let start = frame(kind, payload_len, out);
     out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
     out.extend_from_slice(&meta);
     out.extend(states.iter().map(|s| *s as u8));
+    if let Some(ext) = ext {
+        out.extend_from_slice(&ext.file.to_le_bytes());
+        out.extend_from_slice(&ext.offset.to_le_bytes());
+        out.extend_from_slice(&ext.len.to_le_bytes());
+    }
     let body_offset = out.len() - start;
     out.extend_from_slice(body);
     seal(out, start);
@@ -169,7 +188,7 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
 fn parse_payload(kind: u8, payload: &[u8], header_len: usize) -> Option<Record<'_>> {
     let mut r = Reader { buf: payload, pos: 0 };
     match kind {
-        KIND_MESSAGE => {
+        KIND_MESSAGE | KIND_MESSAGE_EXT => {
             let meta_len = r.u32()? as usize;
             let (env, used) = Envelope::decode(r.take(meta_len)?)?;
             if used != meta_len {
@@ -180,12 +199,21 @@ fn parse_payload(kind: u8, payload: &[u8], header_len: usize) -> Option<Record<'
                 .iter()
                 .map(|b| RcptState::from_u8(*b))
                 .collect::<Option<Vec<_>>>()?;
+            let ext = match kind {
+                KIND_MESSAGE_EXT => Some(Ext {
+                    file: r.u64()?,
+                    offset: r.u64()?,
+                    len: r.u64()?,
+                }),
+                _ => None,
+            };
             let body_offset = header_len + r.pos;
             Some(Record::Message {
                 env,
                 states,
                 body: &payload[r.pos..],
                 body_offset,
+                ext,
             })
         }
         KIND_STATUS => {

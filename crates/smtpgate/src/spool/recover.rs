@@ -125,6 +125,9 @@ fn scan_with(dir: &Path, mode: Mode) -> io::Result<Found> {
     for m in map.values() {
         *live.entry(m.body.segment).or_default() += 1;
     }
+    if mode == Mode::Repair {
+        tidy_body_files(dir, &map)?;
+    }
     let next_segment = ids.last().map_or(1, |l| l + 1);
     Ok(Found {
         messages: map.into_values().collect(),
@@ -217,11 +220,13 @@ fn apply(rec: Record<'_>, seg: u64, at: u64, map: &mut BTreeMap<QueueId, Recover
             states,
             body,
             body_offset,
+            ext,
         } => {
             let body = BodyRef {
                 segment: seg,
                 offset: at + body_offset as u64,
                 len: body.len() as u64,
+                ext,
             };
             map.insert(env.id, Recovered { env, states, body });
         }
@@ -238,4 +243,44 @@ fn apply(rec: Record<'_>, seg: u64, at: u64, map: &mut BTreeMap<QueueId, Recover
             map.remove(&id);
         }
     }
+}
+
+/// Removes what a stop or crash left of message files that nothing refers to: every incoming
+/// file (no message in it was acknowledged), and every body file no live message names. A body
+/// file a live message names but that is missing or short is logged; delivery of that message
+/// then fails as a spool read error, and it bounces when it expires.
+fn tidy_body_files(dir: &Path, live: &BTreeMap<QueueId, Recovered>) -> io::Result<()> {
+    for sub in [super::INCOMING_DIR, super::BODIES_DIR] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    for entry in std::fs::read_dir(dir.join(super::INCOMING_DIR))? {
+        let path = entry?.path();
+        std::fs::remove_file(&path)?;
+        tracing::info!(path = %path.display(), "removed an unfinished incoming message file");
+    }
+    let wanted: std::collections::HashMap<u64, u64> = live
+        .values()
+        .filter_map(|m| m.body.ext.map(|e| (e.file, e.offset + e.len)))
+        .collect();
+    for entry in std::fs::read_dir(dir.join(super::BODIES_DIR))? {
+        let entry = entry?;
+        let named = entry.file_name().to_str().and_then(|n| u64::from_str_radix(n, 16).ok());
+        match named.and_then(|id| wanted.get(&id)) {
+            Some(&needed) => {
+                let len = entry.metadata()?.len();
+                if len < needed {
+                    tracing::error!(path = %entry.path().display(), len, needed, "spooled message body is short");
+                }
+            }
+            None => std::fs::remove_file(entry.path())?,
+        }
+    }
+    for (id, m) in live {
+        if let Some(e) = m.body.ext
+            && !super::body_path(dir, e.file).exists()
+        {
+            tracing::error!(queue_id = %id, file = %super::body_path(dir, e.file).display(), "spooled message body is missing");
+        }
+    }
+    Ok(())
 }

@@ -251,7 +251,7 @@ async fn done_messages_are_gone_and_only_dead_old_segments_are_deleted() {
 fn torn_tails() -> Vec<(&'static str, Vec<u8>)> {
     let mut full = Vec::new();
     let env = envelope(0xdead, &["torn@example.org"]);
-    record::encode_message(&env, &[RcptState::Pending], &body(0xdead, 700), &mut full);
+    record::encode_message(&env, &[RcptState::Pending], &body(0xdead, 700), None, &mut full);
     let mut status = Vec::new();
     record::encode_status(QueueId(1), &[(0, RcptState::Delivered)], &mut status);
     let mut tails = vec![
@@ -565,7 +565,7 @@ async fn segments_in_the_first_format_are_still_read() {
     let env = envelope(7, &["r@example.org", "s@example.org"]);
     let b = body(7, 600);
     let mut message = Vec::new();
-    record::encode_message(&env, &[RcptState::Pending; 2], &b, &mut message);
+    record::encode_message(&env, &[RcptState::Pending; 2], &b, None, &mut message);
     let mut status = Vec::new();
     record::encode_status(env.id, &[(1, RcptState::Delivered)], &mut status);
     let mut seg = legacy(message);
@@ -763,4 +763,72 @@ async fn relocated_message_is_recovered_once_with_later_states_and_frees_its_old
     assert_eq!(r.body, moved);
     assert_eq!(r.states, [RcptState::Delivered, RcptState::Pending, RcptState::Failed]);
     assert_eq!(spool.read_body(&r.body).unwrap(), b);
+}
+
+/// A message received into an incoming file: it is spooled as a record with its header section
+/// and a link to the body file, survives a reopen whole, and its body file goes with `done`.
+/// Files that nothing live names (a crash's leftovers) are removed at open.
+#[tokio::test]
+async fn a_large_message_keeps_its_body_in_a_file_of_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("spool");
+    let (spool, _) = open(&dir, BIG_SEGMENT);
+    let env = envelope(9, &["a@example.org"]);
+    let whole = body(9, 300_000);
+    let mut incoming = super::Incoming::new(Vec::new(), &spool.incoming_dir(), QueueId(9), 64 << 10, 1024);
+    for piece in whole.chunks(10_000) {
+        incoming.buf.extend_from_slice(piece);
+        incoming.settle().await.unwrap();
+        assert!(incoming.in_memory() < (64 << 10) + 1024 + 10_000 + 256 * 1024 + 1);
+    }
+    assert!(incoming.spilled());
+    let content = incoming.finish().await.unwrap();
+    let head_len = whole.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(content.head, &whole[..head_len]);
+    assert_eq!(content.len(), whole.len() as u64);
+    let at = spool.store_content(&env, &content).await.expect("store");
+    let ext = at.ext.expect("a body file");
+    assert_eq!((at.len, ext.len), (head_len as u64, (whole.len() - head_len) as u64));
+    // The incoming name goes with the content; the spooled link stays.
+    let spill_path = content.body.as_ref().unwrap().spill.path.clone();
+    drop(content);
+    assert!(!spill_path.exists());
+    let body_file = super::body_path(&dir, 9);
+    assert!(body_file.exists());
+    // Leftovers of a crash: an incoming file and a body file no record names.
+    std::fs::write(spool.incoming_dir().join("00000000000000aa"), b"half a message").unwrap();
+    std::fs::write(super::body_path(&dir, 0xbb), b"an orphan").unwrap();
+    close(spool).await;
+
+    let (spool, found) = open(&dir, BIG_SEGMENT);
+    let r = &found[&env.id];
+    assert_eq!(r.body, at);
+    assert_eq!(spool.read_whole(&r.body).await.unwrap(), whole);
+    assert_eq!(super::inspect(&dir).unwrap()[0].1, whole);
+    assert!(!spool.incoming_dir().join("00000000000000aa").exists(), "incoming leftover kept");
+    assert!(!super::body_path(&dir, 0xbb).exists(), "orphan body kept");
+    assert!(body_file.exists(), "a live message's body was removed");
+
+    // Compaction keeps the body file; done removes it.
+    let moved = spool.relocate(&env, &r.states, &whole[..head_len], &r.body).await.unwrap();
+    assert_eq!(moved.ext, at.ext);
+    spool.done(env.id, &moved).await.unwrap();
+    assert!(!body_file.exists(), "the body file outlived its message");
+    close(spool).await;
+    let (_spool, found) = open(&dir, BIG_SEGMENT);
+    assert!(found.is_empty());
+}
+
+/// A small message stays in memory whole and in its record.
+#[tokio::test]
+async fn a_small_message_is_not_spilled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut incoming = super::Incoming::new(b"Received: x\r\n".to_vec(), tmp.path(), QueueId(1), 64 << 10, 1024);
+    incoming.buf.extend_from_slice(&body(1, 60_000));
+    incoming.settle().await.unwrap();
+    assert!(!incoming.spilled());
+    let content = incoming.finish().await.unwrap();
+    assert!(content.body.is_none());
+    assert_eq!(content.head.len(), 60_000 + 13);
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
 }
