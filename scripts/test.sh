@@ -77,4 +77,13 @@ if ! python3 -c "import dkim, nacl.signing" >/dev/null 2>&1; then
         python3 -m pip install --quiet --break-system-packages dkimpy pynacl
 fi
 
+# The SRS tests check smtpgate's addresses both ways against an independent implementation of
+# libsrs2's format, Python's srslib.
+if ! python3 -c "import srslib" >/dev/null 2>&1; then
+    echo "test.sh: installing srslib for the SRS tests" >&2
+    python3 -m pip --version >/dev/null 2>&1 || install_packages python3-pip
+    python3 -m pip install --quiet srslib ||
+        python3 -m pip install --quiet --break-system-packages srslib
+fi
+
 exec cargo test --release --workspace "$@"

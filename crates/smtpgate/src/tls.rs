@@ -1,8 +1,10 @@
-//! TLS set-up with rustls: the server side from certificate files, the client side for delivery.
+//! TLS set-up with rustls: the server side from certificate files, the client side for delivery and
+//! for upstream pools ([`UpstreamTls`]).
 
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
@@ -42,6 +44,88 @@ pub fn trust_roots(extra: Option<&Path>) -> Result<Arc<rustls::RootCertStore>, S
         }
     }
     Ok(Arc::new(roots))
+}
+
+/// Trust anchors for a pool's servers: the certificates in `ca_file` only (a private CA), or the
+/// public web PKI when there is none.
+pub fn pool_roots(ca_file: Option<&Path>) -> Result<Arc<rustls::RootCertStore>, String> {
+    let Some(path) = ca_file else {
+        return Ok(crate::deliver::mta_sts::webpki_roots());
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// What is known of a TLS session's certificate, and how to learn it.
+#[derive(Clone, Debug)]
+pub enum CertCheck {
+    /// The handshake verified it (a verifying client configuration): a session is a verified one.
+    InHandshake,
+    /// The handshake took any certificate; this verifier judges it afterwards, so that credentials go
+    /// only over a verified session.
+    After(Arc<WebPkiServerVerifier>),
+    /// Nobody asks (no credentials on this connection).
+    NotChecked,
+}
+
+impl CertCheck {
+    /// Whether the chain `conn` received is valid for `name`; why not when it is not.
+    pub fn verify(&self, conn: &rustls::ClientConnection, name: &ServerName<'_>) -> Result<(), String> {
+        let verifier = match self {
+            CertCheck::InHandshake => return Ok(()),
+            CertCheck::NotChecked => return Err("the certificate was not checked".into()),
+            CertCheck::After(verifier) => verifier,
+        };
+        let Some((end_entity, intermediates)) = conn.peer_certificates().and_then(|c| c.split_first()) else {
+            return Err("the server sent no certificate".into());
+        };
+        verifier
+            .verify_server_cert(end_entity, intermediates, name, &[], UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| format!("its certificate does not verify: {e}"))
+    }
+}
+
+/// How one pool's connections do TLS: the configuration the handshake runs with, and how the
+/// certificate is judged.
+///
+/// | pool | handshake | credentials |
+/// | --- | --- | --- |
+/// | `tls = "required"` | verifies chain and name (`ca_file` or the web PKI) | sent |
+/// | `tls = "required"`, `tls_verify = false` | any certificate | sent (unless `auth_unverified = false`) |
+/// | `tls = "opportunistic"` | any certificate | sent only if it verifies, or with `auth_unverified = true` |
+#[derive(Clone, Debug)]
+pub struct UpstreamTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub check: CertCheck,
+}
+
+impl UpstreamTls {
+    /// For a pool: `verify_in_handshake` is `tls = "required"` with `tls_verify`.
+    pub fn new(verify_in_handshake: bool, ca_file: Option<&Path>) -> Result<UpstreamTls, String> {
+        let roots = pool_roots(ca_file)?;
+        let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
+            .build()
+            .map_err(|e| format!("trust anchors: {e}"))?;
+        if !verify_in_handshake {
+            return Ok(UpstreamTls {
+                config: client_config(),
+                check: CertCheck::After(verifier),
+            });
+        }
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("the provider supports the default protocol versions")
+            .with_webpki_verifier(verifier)
+            .with_no_client_auth();
+        Ok(UpstreamTls {
+            config: Arc::new(config),
+            check: CertCheck::InHandshake,
+        })
+    }
 }
 
 /// The client configuration for delivery.

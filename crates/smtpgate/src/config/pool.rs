@@ -1,7 +1,7 @@
 //! `[[pool]]`: upstream servers, how load is spread over them, how their health is watched.
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -16,6 +16,9 @@ pub struct RawPool {
     pub name: Option<String>,
     pub servers: Option<Vec<RawServer>>,
     pub tls: Option<String>,
+    pub tls_verify: Option<bool>,
+    pub ca_file: Option<String>,
+    pub auth_unverified: Option<bool>,
     pub balance: Option<String>,
     pub max_connections: Option<i64>,
     pub auth: Option<RawUpstreamAuth>,
@@ -107,6 +110,14 @@ pub struct PoolConfig {
     /// At least one.
     pub servers: Vec<PoolServer>,
     pub tls: TlsPolicy,
+    /// With `tls = "required"`: the certificate must chain to the trust anchors and name the server
+    /// (`tls_verify`, true by default). False accepts any certificate.
+    pub tls_verify: bool,
+    /// The pool's own trust anchors (PEM), instead of the public web PKI.
+    pub ca_file: Option<PathBuf>,
+    /// Credentials may go over a TLS session whose certificate did not verify. False by default,
+    /// except with `tls_verify = false`, which accepts any certificate for everything.
+    pub auth_unverified: bool,
     pub balance: Balance,
     pub auth: Option<UpstreamAuth>,
     /// Local address outgoing connections are bound to.
@@ -153,10 +164,21 @@ fn build_pool(index: usize, raw: RawPool, base_dir: &Path, issues: &mut Issues) 
         .enumerate()
         .filter_map(|(i, s)| build_server(&format!("{}[{i}]", key("servers")), s, default_max, issues))
         .collect();
+    let tls = build_tls_policy(key("tls"), raw.tls, issues);
+    let cert = build_cert_checks(
+        &key,
+        tls,
+        (raw.tls_verify, raw.ca_file, raw.auth_unverified),
+        base_dir,
+        issues,
+    );
     PoolConfig {
         name,
         servers,
-        tls: build_tls_policy(key("tls"), raw.tls, issues),
+        tls,
+        tls_verify: cert.0,
+        ca_file: cert.1,
+        auth_unverified: cert.2,
         balance: build_balance(key("balance"), raw.balance, issues),
         auth: raw.auth.map(|a| build_auth(&key("auth"), a, base_dir, issues)),
         source_address: raw.source_address.and_then(|t| match t.as_str().parse::<IpAddr>() {
@@ -206,6 +228,43 @@ pub(super) fn build_tls_policy(key: String, raw: Option<String>, issues: &mut Is
             TlsPolicy::Opportunistic
         }
     }
+}
+
+/// `tls_verify`, `ca_file` and `auth_unverified`, checked against the pool's TLS policy.
+fn build_cert_checks(
+    key: &dyn Fn(&str) -> String,
+    tls: TlsPolicy,
+    (verify, ca_file, auth_unverified): (Option<bool>, Option<String>, Option<bool>),
+    base_dir: &Path,
+    issues: &mut Issues,
+) -> (bool, Option<PathBuf>, bool) {
+    if verify.is_some() && tls != TlsPolicy::Required {
+        let message = "applies to tls = \"required\" only (opportunistic TLS takes any certificate for \
+                       encryption; auth_unverified says whether credentials may go over it)";
+        issues.push(key("tls_verify"), message);
+    }
+    if tls == TlsPolicy::None {
+        for (name, set) in [
+            ("ca_file", ca_file.is_some()),
+            ("auth_unverified", auth_unverified.is_some()),
+        ] {
+            if set {
+                issues.push(key(name), "has no effect with tls = \"none\"");
+            }
+        }
+    }
+    let tls_verify = tls == TlsPolicy::Required && verify.unwrap_or(true);
+    let ca_file = ca_file.map(|f| {
+        let path = issues.existing_file(key("ca_file"), base_dir, &f);
+        if path.is_file()
+            && let Err(e) = crate::tls::pool_roots(Some(&path))
+        {
+            issues.push(key("ca_file"), e);
+        }
+        path
+    });
+    let auth_unverified = auth_unverified.unwrap_or(tls == TlsPolicy::Required && !tls_verify);
+    (tls_verify, ca_file, auth_unverified)
 }
 
 fn build_balance(key: String, raw: Option<String>, issues: &mut Issues) -> Balance {

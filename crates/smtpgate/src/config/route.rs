@@ -78,6 +78,7 @@ pub struct RawRouting {
 pub struct RawSrs {
     pub secret: String,
     pub domain: String,
+    pub hash_length: Option<i64>,
 }
 
 /// A pattern for an address or a domain, written as:
@@ -214,6 +215,8 @@ pub struct RoutingConfig {
 pub struct SrsConfig {
     pub secret: String,
     pub domain: String,
+    /// Base64 characters of the hash in an address: 4 by default, as libsrs2 and postsrsd.
+    pub hash_length: usize,
 }
 
 pub(super) fn build_routing(raw: RawRouting, base_dir: &Path, issues: &mut Issues) -> RoutingConfig {
@@ -223,9 +226,21 @@ pub(super) fn build_routing(raw: RawRouting, base_dir: &Path, issues: &mut Issue
         if s.secret.len() < 16 {
             issues.push("routing.srs.secret", "must be at least 16 characters");
         }
+        let hash_length = match s.hash_length {
+            None => crate::route::srs::DEFAULT_HASH_LENGTH,
+            Some(n) => usize::try_from(n)
+                .ok()
+                .filter(|n| (4..=crate::route::srs::MAX_HASH_LENGTH).contains(n))
+                .unwrap_or_else(|| {
+                    let max = crate::route::srs::MAX_HASH_LENGTH;
+                    issues.push("routing.srs.hash_length", format!("{n} is not between 4 and {max}"));
+                    crate::route::srs::DEFAULT_HASH_LENGTH
+                }),
+        };
         SrsConfig {
             secret: s.secret,
             domain: s.domain.to_ascii_lowercase(),
+            hash_length,
         }
     });
     RoutingConfig {

@@ -540,3 +540,31 @@ fn dane_can_be_disabled_and_its_keys_are_checked() {
     );
     assert!(got[0].contains("unknown field"), "{got:?}");
 }
+
+#[test]
+fn pool_certificate_checks_default_to_verified() {
+    let text = r#"
+[[pool]]
+name = "required"
+servers = ["a.example"]
+tls = "required"
+[[pool]]
+name = "unverified"
+servers = ["a.example"]
+tls = "required"
+tls_verify = false
+[[pool]]
+name = "strict-unverified"
+servers = ["a.example"]
+tls = "required"
+tls_verify = false
+auth_unverified = false
+[[pool]]
+name = "opportunistic"
+servers = ["a.example"]
+"#;
+    let config = Config::from_toml_str(text, Path::new(".")).unwrap();
+    let checks: Vec<(bool, bool)> = config.pools.iter().map(|p| (p.tls_verify, p.auth_unverified)).collect();
+    assert_eq!(checks, [(true, false), (false, true), (false, false), (false, false)]);
+    assert!(config.pools.iter().all(|p| p.ca_file.is_none()));
+}

@@ -17,6 +17,7 @@ use crate::config::{QueueConfig, TlsPolicy, UpstreamAuth};
 use crate::envelope::{Envelope, Recipient, Ret};
 use crate::io::{BoxIo, TlsInfo};
 use crate::spool::{Ext, Stored};
+use crate::tls::CertCheck;
 
 /// Octets of a body file read and sent at a time.
 const FILE_CHUNK: usize = 256 * 1024;
@@ -66,6 +67,8 @@ pub struct Client {
     caps: Capabilities,
     pub remote: String,
     pub tls: Option<TlsInfo>,
+    /// With TLS: whether the server's certificate verified, and why not.
+    cert: Option<Result<(), String>>,
     command_timeout: Duration,
     data_timeout: Duration,
 }
@@ -77,9 +80,13 @@ pub struct Connect<'a> {
     pub helo: &'a str,
     pub tls: TlsPolicy,
     pub tls_config: Arc<rustls::ClientConfig>,
+    /// How the certificate is known to be verified (credentials go over a verified session only).
+    pub cert_check: CertCheck,
     pub queue: &'a QueueConfig,
     /// Credentials to AUTH with, when the server offers PLAIN or LOGIN.
     pub auth: Option<&'a UpstreamAuth>,
+    /// Credentials may go over TLS whose certificate did not verify (the pool's `auth_unverified`).
+    pub auth_unverified: bool,
     /// Local address to bind the socket to (port 0).
     pub source: Option<IpAddr>,
 }
@@ -98,6 +105,7 @@ impl Client {
             caps: Capabilities::default(),
             remote,
             tls: None,
+            cert: None,
             command_timeout: c.queue.command_timeout,
             data_timeout: c.queue.data_timeout,
         };
@@ -105,24 +113,39 @@ impl Client {
         client.ehlo(c.helo).await?;
         client.maybe_starttls(&c).await?;
         if let Some(auth) = c.auth {
-            client.authenticate(auth, c.addr).await?;
+            client.may_send_credentials(c.addr, c.auth_unverified)?;
+            client.authenticate(auth).await?;
         }
         Ok(client)
     }
 
-    /// AUTH PLAIN (or LOGIN) after EHLO and any STARTTLS. Credentials go in the clear only to a
-    /// server on loopback; a server that offers neither mechanism gets the mail unauthenticated.
-    async fn authenticate(&mut self, auth: &UpstreamAuth, addr: SocketAddr) -> Result<(), ClientError> {
+    /// Whether credentials may go to this server: over TLS, when its certificate verified (or the
+    /// pool accepts an unverified one); without TLS, only to a server on loopback, where nobody can
+    /// listen in. Checked before anything else, whatever mechanisms the server offers.
+    fn may_send_credentials(&self, addr: SocketAddr, auth_unverified: bool) -> Result<(), ClientError> {
+        let why = match &self.cert {
+            Some(Ok(())) => return Ok(()),
+            Some(Err(_)) if auth_unverified => return Ok(()),
+            Some(Err(cert)) => format!(
+                "refusing to send credentials to {}: {cert} (give the pool its CA in ca_file, or set \
+                 auth_unverified = true to send them anyway)",
+                self.remote
+            ),
+            None if addr.ip().to_canonical().is_loopback() => return Ok(()),
+            None => format!("refusing to send credentials to {} without TLS", self.remote),
+        };
+        tracing::error!(server = %self.remote, "{why}");
+        Err(ClientError::Auth(why))
+    }
+
+    /// AUTH PLAIN (or LOGIN) after EHLO and any STARTTLS, once [`Self::may_send_credentials`] said
+    /// yes; a server that offers neither mechanism gets the mail unauthenticated.
+    async fn authenticate(&mut self, auth: &UpstreamAuth) -> Result<(), ClientError> {
         let offers = |m: &str| self.caps.auth.iter().any(|a| a == m);
         let (plain, login) = (offers("PLAIN"), offers("LOGIN"));
         if !plain && !login {
             tracing::warn!(server = %self.remote, offered = ?self.caps.auth, "server offers no AUTH PLAIN or LOGIN: sending without authenticating");
             return Ok(());
-        }
-        if self.tls.is_none() && !addr.ip().to_canonical().is_loopback() {
-            let why = format!("refusing to send credentials to {} without TLS", self.remote);
-            tracing::error!(server = %self.remote, "{why}");
-            return Err(ClientError::Auth(why));
         }
         let reply = if plain {
             let token = B64.encode(format!("\0{}\0{}", auth.username, auth.password));
@@ -188,6 +211,7 @@ impl Client {
     async fn upgrade(&mut self, c: &Connect<'_>) -> Result<(), ClientError> {
         let name = server_name(c.host, c.addr);
         let connector = tokio_rustls::TlsConnector::from(c.tls_config.clone());
+        let checked_name = name.clone();
         let io = std::mem::replace(&mut self.io, crate::io::placeholder());
         self.buf.clear();
         let tls = match timeout(self.command_timeout, connector.connect(name, io)).await {
@@ -200,6 +224,7 @@ impl Client {
             Ok(r) => r?,
         };
         self.tls = Some(TlsInfo::from_conn(tls.get_ref().1));
+        self.cert = Some(c.cert_check.verify(tls.get_ref().1, &checked_name));
         self.io = Box::new(tls);
         Ok(())
     }
@@ -542,8 +567,10 @@ mod tests {
             helo: "gate.test",
             tls: TlsPolicy::None,
             tls_config: crate::tls::client_config(),
+            cert_check: CertCheck::NotChecked,
             queue: &config.queue,
             auth: None,
+            auth_unverified: false,
             source: None,
         })
         .await

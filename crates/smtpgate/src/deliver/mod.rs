@@ -276,6 +276,7 @@ pub async fn connect_targets(
             TargetTls::MtaSts(tls) | TargetTls::Dane(tls) => {
                 params.tls = TlsPolicy::Required;
                 params.tls_config = tls.clone();
+                params.cert_check = crate::tls::CertCheck::InHandshake;
             }
             TargetTls::DaneUnauthenticated => params.tls = TlsPolicy::Required,
         }
@@ -308,8 +309,10 @@ fn connect_params<'a>(ctx: &'a Context, host: &'a str, addr: SocketAddr, tls: Tl
         helo: &ctx.config.hostname,
         tls,
         tls_config: ctx.client_tls.clone(),
+        cert_check: crate::tls::CertCheck::NotChecked,
         queue: &ctx.config.queue,
         auth: None,
+        auth_unverified: false,
         source: None,
     }
 }

@@ -109,7 +109,11 @@ impl Router {
                 None => None,
             });
         }
-        let srs = config.routing.srs.as_ref().map(|s| Srs::new(&s.secret, &s.domain));
+        let srs = config
+            .routing
+            .srs
+            .as_ref()
+            .map(|s| Srs::with_hash_length(&s.secret, &s.domain, s.hash_length));
         Ok(Router {
             config,
             aliases,
@@ -155,7 +159,7 @@ impl Router {
 
     /// The rejection a recipient gets at RCPT time, when the rules can tell from the envelope alone.
     pub fn check_rcpt(&self, msg: &MessageView<'_>, address: &str) -> Option<Rejection> {
-        if self.rewritten_before_rules(address) {
+        if self.rewritten_before_rules(msg, address) {
             return None;
         }
         for (i, rule) in self.config.routes.iter().enumerate() {
@@ -188,11 +192,12 @@ impl Router {
     }
 
     /// Whether SRS, an alias or a Sieve script acts on `address` before the rules see it.
-    fn rewritten_before_rules(&self, address: &str) -> bool {
-        let srs = self
-            .srs
-            .as_ref()
-            .is_some_and(|s| s.reverse(address, now_unix()).is_some());
+    fn rewritten_before_rules(&self, msg: &MessageView<'_>, address: &str) -> bool {
+        let srs = msg.sender.is_empty()
+            && self
+                .srs
+                .as_ref()
+                .is_some_and(|s| s.reverse(address, now_unix()).is_some());
         let alias = self.aliases.as_ref().is_some_and(|a| a.get().expand(address).is_some());
         let sieve = self
             .config
@@ -225,9 +230,24 @@ impl Router {
     }
 
     /// `SRS0=...@<our srs domain>`: a bounce coming back to a forwarded message's original sender.
+    ///
+    /// Only a bounce (the null sender) is reversed. An SRS address is made to carry bounces back; mail
+    /// with a sender is not a bounce, and reversing it would let anyone who saw one of our SRS addresses
+    /// (in a Return-Path, a list archive) send through us to the original sender for as long as the
+    /// timestamp lasts, with our reputation. Postfix with postsrsd reverses every recipient, because its
+    /// `recipient_canonical_maps` cannot see the sender; we can. Other mail to such an address is routed
+    /// as it is, like any recipient at that domain.
     fn reverse_srs(&self, msg: &MessageView<'_>, rcpt: &Recipient, origin: Origin, st: &mut State) -> bool {
         let Some(srs) = &self.srs else { return false };
-        match srs.reverse(&rcpt.address, now_unix()) {
+        let reversed = srs.reverse(&rcpt.address, now_unix());
+        if reversed.is_some() && !msg.sender.is_empty() {
+            st.plan.trace.push(format!(
+                "  SRS <{}>: not a bounce (sender <{}>), not reversed",
+                rcpt.address, msg.sender
+            ));
+            return false;
+        }
+        match reversed {
             None => false,
             Some(Ok(original)) => {
                 st.plan.trace.push(format!("  SRS <{}> -> <{original}>", rcpt.address));

@@ -339,6 +339,30 @@ fn forwarding_to_another_domain_rewrites_the_sender_with_srs() {
     assert_eq!(p.groups[0].srs_sender, None);
 }
 
+/// Regression: any mail to an SRS address was reversed, so whoever saw one of our SRS addresses could
+/// send through us to the original sender. Only a bounce (the null sender) is reversed now.
+#[test]
+fn srs_address_is_reversed_for_bounces_only() {
+    let s = Setup::new();
+    s.file("aliases", "fwd@example.test: me@gmail.example\n");
+    let r = s.router(
+        "[routing]\naliases = \"aliases\"\nsrs = { secret = \"0123456789abcdef0123\", domain = \"srs.test\" }\n",
+    );
+    let srs = plan(&r, "sender@origin.test", &["fwd@example.test"], MSG).groups[0]
+        .srs_sender
+        .clone()
+        .expect("rewritten");
+    let bounce = plan(&r, "", &[&srs], MSG);
+    assert_eq!(copies(&bounce), vec![(None, vec!["sender@origin.test"])]);
+    let spam = plan(&r, "spammer@elsewhere.test", &[&srs], MSG);
+    assert_eq!(copies(&spam), vec![(None, vec![srs.as_str()])], "{:#?}", spam.trace);
+    assert!(
+        spam.trace.iter().any(|l| l.contains("not a bounce")),
+        "{:#?}",
+        spam.trace
+    );
+}
+
 /// A proxy listener routes at RCPT time: content rules are passed over, aliases still apply.
 #[test]
 fn envelope_plan_skips_content_rules_and_expands_aliases() {

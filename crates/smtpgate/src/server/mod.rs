@@ -200,7 +200,7 @@ pub fn context_shared(
         client_tls: crate::tls::client_config(),
         ids: Arc::new(IdGen::default()),
         memory: crate::budget::MemoryBudget::new(config.spool.memory_budget),
-        pools: crate::deliver::pool::Pools::new(&config),
+        pools: crate::deliver::pool::Pools::new(&config).map_err(StartError::Setup)?,
         router: Arc::new(crate::route::Router::new(config.clone()).map_err(StartError::Routing)?),
         quarantine: Arc::new(
             crate::quarantine::Quarantine::open(&spool_dir).map_err(|e| StartError::Spool(spool_dir.clone(), e))?,

@@ -76,7 +76,7 @@ fn successor(old: &Context, config: Arc<Config>) -> Result<Arc<Context>, String>
         shared: old.shared.clone(),
         feedback: Arc::new(feedback),
         shaper,
-        pools: Pools::new(&config),
+        pools: Pools::new(&config)?,
         config,
         spool: old.spool.clone(),
         metrics: old.metrics.clone(),

@@ -19,7 +19,10 @@
 //! It announces PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, DSN and SMTPUTF8, answers
 //! pipelined commands in order, ends DATA only at CRLF.CRLF, and records every message it
 //! accepts, and whether it came over TLS. Started with [`Upstream::with_starttls`], it also
-//! offers STARTTLS with the given certificate (and forgets what was pipelined after it). It runs on its own thread and tokio runtime, so tests stay plain `#[test]`s.
+//! offers STARTTLS with the given certificate (and forgets what was pipelined after it); with
+//! [`Upstream::with_starttls_and_auth`] it also offers AUTH PLAIN, takes any credentials and
+//! records them ([`Upstream::auth_attempts`]). It runs on its own thread and tokio runtime, so
+//! tests stay plain `#[test]`s.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -77,8 +80,19 @@ impl UpstreamMessage {
     }
 }
 
+/// Credentials a client sent with AUTH PLAIN.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthAttempt {
+    pub username: String,
+    pub password: String,
+    /// Whether they came over TLS.
+    pub tls: bool,
+}
+
 #[derive(Default)]
 struct Shared {
+    /// AUTH PLAIN is offered, and every attempt recorded here.
+    auth: Option<Mutex<Vec<AuthAttempt>>>,
     messages: Mutex<Vec<UpstreamMessage>>,
     rcpt_attempts: Mutex<HashMap<String, usize>>,
     connections: AtomicUsize,
@@ -114,15 +128,30 @@ impl Upstream {
         Upstream::start_with(None, Some(acceptor))
     }
 
+    /// An upstream that offers STARTTLS presenting `cert`, and AUTH PLAIN (before and after
+    /// STARTTLS: the client decides where its credentials go), accepting any credentials.
+    pub fn with_starttls_and_auth(cert: &super::ServerCert) -> Upstream {
+        let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config());
+        Upstream::start_shared(Shared {
+            tls: Some(acceptor),
+            auth: Some(Mutex::new(Vec::new())),
+            ..Shared::default()
+        })
+    }
+
     fn start_with(fail_first: Option<usize>, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
-        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("local_addr");
-        let shared = Arc::new(Shared {
+        Upstream::start_shared(Shared {
             fail_first,
             tls,
             ..Shared::default()
-        });
+        })
+    }
+
+    fn start_shared(shared: Shared) -> Upstream {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("local_addr");
+        let shared = Arc::new(shared);
         let (stop, stopped) = oneshot::channel();
         let server = shared.clone();
         let thread = thread::Builder::new()
@@ -162,6 +191,12 @@ impl Upstream {
     /// STARTTLS handshakes that failed so far (a client that refused the certificate, say).
     pub fn tls_failures(&self) -> usize {
         self.shared.tls_failures.load(Ordering::SeqCst)
+    }
+
+    /// The credentials clients sent so far (an upstream started with AUTH).
+    pub fn auth_attempts(&self) -> Vec<AuthAttempt> {
+        let auth = self.shared.auth.as_ref().expect("an upstream started with AUTH");
+        auth.lock().unwrap().clone()
     }
 
     /// TCP connections accepted so far.
@@ -329,6 +364,7 @@ impl Session {
             "RCPT" => return self.rcpt(rest).await,
             "DATA" => return self.data().await,
             "STARTTLS" => return self.starttls().await,
+            "AUTH" => self.auth(rest).await?,
             "RSET" => {
                 self.transaction = None;
                 self.reply("250 2.0.0 Ok").await?
@@ -351,11 +387,52 @@ impl Session {
         } else {
             ""
         };
+        let auth = if self.shared.auth.is_some() {
+            "250-AUTH PLAIN\r\n"
+        } else {
+            ""
+        };
         self.reply(&format!(
             "250-upstream.test\r\n250-PIPELINING\r\n250-SIZE 104857600\r\n250-8BITMIME\r\n\
-             {starttls}250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250 SMTPUTF8"
+             {starttls}{auth}250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250 SMTPUTF8"
         ))
         .await
+    }
+
+    /// AUTH PLAIN with its initial response (or after a `334`): any credentials are accepted and
+    /// recorded.
+    async fn auth(&mut self, args: &str) -> std::io::Result<()> {
+        if self.shared.auth.is_none() {
+            return self.reply("502 5.5.1 AUTH not available").await;
+        }
+        let (mechanism, initial) = args.split_once(' ').unwrap_or((args, ""));
+        if !mechanism.eq_ignore_ascii_case("PLAIN") {
+            return self.reply("504 5.5.4 Unrecognized authentication type").await;
+        }
+        let token = if initial.is_empty() {
+            self.reply("334 ").await?;
+            self.input.line().await?.unwrap_or_default()
+        } else {
+            initial.to_string()
+        };
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(token.trim())
+            .unwrap_or_default();
+        let fields: Vec<String> = decoded
+            .split(|&b| b == 0)
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect();
+        let [_, username, password] = &fields[..] else {
+            return self.reply("501 5.5.2 Cannot decode AUTH PLAIN").await;
+        };
+        let attempts = self.shared.auth.as_ref().expect("checked above");
+        attempts.lock().unwrap().push(AuthAttempt {
+            username: username.clone(),
+            password: password.clone(),
+            tls: self.tls,
+        });
+        self.reply("235 2.7.0 Authentication successful").await
     }
 
     /// STARTTLS (RFC 3207): the handshake, then a fresh session over TLS; what the client

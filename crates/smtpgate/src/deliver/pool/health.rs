@@ -49,8 +49,10 @@ async fn probe(ctx: &Context, pool: &PoolState, server: &ServerState) -> Result<
             helo: &ctx.config.hostname,
             tls: TlsPolicy::None,
             tls_config: ctx.client_tls.clone(),
+            cert_check: crate::tls::CertCheck::NotChecked,
             queue: &ctx.config.queue,
             auth: None,
+            auth_unverified: false,
             source: pool.config.source_address,
         };
         match Client::connect(c).await {

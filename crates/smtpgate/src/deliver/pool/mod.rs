@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use super::client::{Client, Connect};
 use super::{ConnectFailure, resolve_host};
-use crate::config::{Config, PoolConfig};
+use crate::config::{Config, PoolConfig, TlsPolicy};
 use crate::context::Context;
 use balance::{Balancer, Candidate};
 use server::{Avail, ServerState, Take};
@@ -40,6 +40,8 @@ pub struct Pools {
 /// One pool: its config, its servers, the balancer's memory.
 pub struct PoolState {
     config: PoolConfig,
+    /// How its connections do TLS, built from `config` once.
+    tls: crate::tls::UpstreamTls,
     servers: Vec<Arc<ServerState>>,
     balancer: Mutex<Balancer>,
 }
@@ -55,9 +57,14 @@ pub struct Lease {
 }
 
 impl Pools {
-    pub fn new(config: &Config) -> Self {
-        let pools = config.pools.iter().map(|p| Arc::new(PoolState::new(p))).collect();
-        Pools { pools }
+    /// Fails when a pool's `ca_file` cannot be read as trust anchors (the config check read it).
+    pub fn new(config: &Config) -> Result<Self, String> {
+        let pools = config
+            .pools
+            .iter()
+            .map(|p| PoolState::new(p).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Pools { pools })
     }
 
     fn get(&self, name: &str) -> Option<&Arc<PoolState>> {
@@ -188,17 +195,27 @@ impl Pools {
 }
 
 impl PoolState {
-    fn new(config: &PoolConfig) -> Self {
+    fn new(config: &PoolConfig) -> Result<Self, String> {
         let servers = config
             .servers
             .iter()
             .map(|s| Arc::new(ServerState::new(s, config.breaker)))
             .collect();
-        PoolState {
+        let verify_in_handshake = config.tls == TlsPolicy::Required && config.tls_verify;
+        let tls = crate::tls::UpstreamTls::new(verify_in_handshake, config.ca_file.as_deref())
+            .map_err(|e| format!("pool {}: {e}", config.name))?;
+        if config.tls == TlsPolicy::Required && !config.tls_verify {
+            tracing::warn!(
+                pool = %config.name, auth_unverified = config.auth_unverified,
+                "tls_verify = false: the pool's servers are not authenticated, any certificate is accepted"
+            );
+        }
+        Ok(PoolState {
             config: config.clone(),
+            tls,
             servers,
             balancer: Mutex::new(Balancer::new(config.balance, config.servers.len())),
-        }
+        })
     }
 
     /// A connection to one of this pool's servers, or `None` when every server is down or failed to
@@ -281,9 +298,11 @@ impl PoolState {
             host,
             helo: &ctx.config.hostname,
             tls: self.config.tls,
-            tls_config: ctx.client_tls.clone(),
+            tls_config: self.tls.config.clone(),
+            cert_check: self.tls.check.clone(),
             queue: &ctx.config.queue,
             auth: self.config.auth.as_ref(),
+            auth_unverified: self.config.auth_unverified,
             source: self.config.source_address,
         }
     }
