@@ -316,3 +316,14 @@ mod tests {
         }
     }
 }
+
+/// What the session knew of a message's client: what filter hooks see, and what a quarantined
+/// message keeps for its release.
+#[derive(Debug, Clone, Default)]
+pub struct SessionInfo {
+    pub client: Option<std::net::IpAddr>,
+    pub helo: Option<String>,
+    pub user: Option<String>,
+    pub listener: String,
+    pub tls: bool,
+}

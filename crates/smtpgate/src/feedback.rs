@@ -27,7 +27,7 @@ use crate::deliver::classify::{Category, Classification, Classifier};
 use crate::envelope::QueueId;
 use crate::filter::KeyedRate;
 use crate::report::{Complaint, Dsn};
-use crate::route::reload::Reloading;
+use crate::reloading::Reloading;
 use crate::sent::SentLog;
 use crate::suppress::{Reason, SuppressionList};
 
@@ -418,7 +418,7 @@ pub fn reply_code(diagnostic: &str) -> Option<u16> {
 
 /// The Message-ID of a message (without angle brackets), from its header section.
 fn message_id(message: &[u8]) -> Option<String> {
-    let (headers, _) = crate::route::parse_headers(message);
+    let (headers, _) = crate::message::parse_headers(message);
     let value = headers
         .iter()
         .find(|(name, _)| name.eq_ignore_ascii_case("message-id"))

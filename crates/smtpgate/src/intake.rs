@@ -134,7 +134,7 @@ pub async fn prepare(
     let mut copies = Vec::with_capacity(groups.len());
     for (i, group) in groups.into_iter().enumerate() {
         let id = if i == 0 { msg.id } else { ctx.ids.next() };
-        let head = crate::session::apply_header_changes(&msg.body.head, &group.add_headers, &group.remove_headers);
+        let head = crate::message::apply_header_changes(&msg.body.head, &group.add_headers, &group.remove_headers);
         let message = msg.body.with_head(head);
         let (before, after) = route_filters(ctx, &group.filters);
         let mut scan = msg.scan.clone();
@@ -230,14 +230,7 @@ fn find_filters<'c>(ctx: &'c Context, names: &[String]) -> Vec<&'c FilterConfig>
     names.iter().filter_map(|n| all.iter().find(|f| &f.name == n)).collect()
 }
 
-/// The names of the filters after the one named `by`.
-pub fn names_after(filters: &[&FilterConfig], by: &str) -> Vec<String> {
-    let at = filters
-        .iter()
-        .position(|f| f.name == by)
-        .map_or(filters.len(), |i| i + 1);
-    filters[at..].iter().map(|f| f.name.clone()).collect()
-}
+pub use crate::config::filter::names_after;
 
 /// The envelope of one copy: its id, recipients, pool, stream, scan and (SRS) sender.
 fn copy_envelope(template: &Envelope, copy: &Copy) -> Envelope {

@@ -36,3 +36,15 @@ impl TlsInfo {
 pub fn placeholder() -> BoxIo {
     Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink()))
 }
+
+/// The address a client is counted as: IPv4 as it is, IPv6 cut to `ipv6_prefix` bits.
+pub fn client_key(ip: std::net::IpAddr, ipv6_prefix: u8) -> std::net::IpAddr {
+    match ip.to_canonical() {
+        std::net::IpAddr::V6(v6) => {
+            let bits = u32::from(ipv6_prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            std::net::IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & mask))
+        }
+        v4 => v4,
+    }
+}

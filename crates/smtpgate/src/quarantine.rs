@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::envelope::{Envelope, Reader};
-use crate::filter::SessionInfo;
+use crate::envelope::SessionInfo;
 
 /// Where a quarantined message was stopped, and what is left of its path.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -34,10 +34,18 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
+/// The Mozilla root certificates (the `webpki-roots` crate): the production trust anchors for
+/// policy hosts and for MX certificates under an enforced policy.
+pub fn webpki_roots() -> Arc<rustls::RootCertStore> {
+    Arc::new(rustls::RootCertStore::from_iter(
+        webpki_roots::TLS_SERVER_ROOTS.iter().cloned(),
+    ))
+}
+
 /// Trust anchors for verified TLS towards MX hosts and MTA-STS policy hosts: the public web PKI,
 /// plus the certificates in `extra` (a PEM file: a private CA).
 pub fn trust_roots(extra: Option<&Path>) -> Result<Arc<rustls::RootCertStore>, String> {
-    let mut roots = (*crate::deliver::mta_sts::webpki_roots()).clone();
+    let mut roots = (*webpki_roots()).clone();
     if let Some(path) = extra {
         for cert in load_certs(path)? {
             roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -352,7 +352,7 @@ fn build_admin(raw: RawAdmin, base_dir: &Path, issues: &mut Issues) -> Option<Ad
     let address = issues.parse("admin.address", raw.address, parse_socket_addr, default);
     let token_file = raw.token_file.map(|file| resolve(base_dir, &file));
     if let Some(file) = &token_file
-        && let Err(e) = crate::server::admin_auth::read_token(file)
+        && let Err(e) = super::read_token(file)
     {
         issues.push("admin.token_file", e);
     }

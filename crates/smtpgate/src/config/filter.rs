@@ -117,3 +117,12 @@ pub(super) fn check_names(key: &str, names: &[String], filters: &[FilterConfig],
         }
     }
 }
+
+/// The names of the filters after the one named `by` (where a quarantined message resumes).
+pub fn names_after(filters: &[&FilterConfig], by: &str) -> Vec<String> {
+    let at = filters
+        .iter()
+        .position(|f| f.name == by)
+        .map_or(filters.len(), |i| i + 1);
+    filters[at..].iter().map(|f| f.name.clone()).collect()
+}

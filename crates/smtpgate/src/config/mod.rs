@@ -31,6 +31,7 @@ pub mod stream;
 #[cfg(test)]
 mod tests;
 pub mod values;
+pub use values::read_token;
 
 pub use filter::{FilterConfig, OnError, Stage};
 pub use pool::{Balance, CircuitBreaker, HealthCheck, PoolConfig, PoolServer, UpstreamAuth};

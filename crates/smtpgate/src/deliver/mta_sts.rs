@@ -160,13 +160,7 @@ pub fn verifying_client_config(roots: Arc<rustls::RootCertStore>) -> Arc<rustls:
     Arc::new(config)
 }
 
-/// The Mozilla root certificates (the `webpki-roots` crate): the production trust anchors for
-/// policy hosts and for MX certificates under an enforced policy.
-pub fn webpki_roots() -> Arc<rustls::RootCertStore> {
-    Arc::new(rustls::RootCertStore::from_iter(
-        webpki_roots::TLS_SERVER_ROOTS.iter().cloned(),
-    ))
-}
+pub use crate::tls::webpki_roots;
 
 /// `domain` in lower case without a trailing dot, or None when it cannot have a policy.
 fn policy_domain(domain: &str) -> Option<String> {

@@ -291,7 +291,7 @@ impl Auth {
 /// `message` without the `Authentication-Results:` fields whose authserv-id is `authserv_id`
 /// (case-insensitive), or `None` when it has none.
 pub(super) fn without_results_of(message: &[u8], authserv_id: &str) -> Option<Vec<u8>> {
-    let (_, end) = crate::route::parse_headers(message);
+    let (_, end) = crate::message::parse_headers(message);
     let mut out = Vec::with_capacity(message.len());
     let mut removed = false;
     let mut pos = 0;

@@ -31,7 +31,6 @@ mod tests;
 
 use std::fmt;
 use std::future::Future;
-use std::net::IpAddr;
 use std::pin::Pin;
 
 use smtpgate_proto::Reply;
@@ -39,15 +38,7 @@ use smtpgate_proto::Reply;
 /// A boxed future, for trait methods that filters implement with `Box::pin(async move { .. })`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// What the session knows when a hook runs.
-#[derive(Debug, Clone, Default)]
-pub struct SessionInfo {
-    pub client: Option<IpAddr>,
-    pub helo: Option<String>,
-    pub user: Option<String>,
-    pub listener: String,
-    pub tls: bool,
-}
+pub use crate::envelope::SessionInfo;
 
 /// A complete message as a filter sees it at the end of data.
 #[derive(Debug, Clone)]

@@ -136,10 +136,10 @@ fn apply(out: &mut Outcome, modifications: Vec<Modification>) {
     for m in modifications {
         match m {
             Modification::AddHeader(name, value) => {
-                out.message = crate::session::apply_header_changes(&out.message, &[(name, value)], &[]);
+                out.message = crate::message::apply_header_changes(&out.message, &[(name, value)], &[]);
             }
             Modification::RemoveHeader(name) => {
-                out.message = crate::session::apply_header_changes(&out.message, &[], &[name]);
+                out.message = crate::message::apply_header_changes(&out.message, &[], &[name]);
             }
             Modification::ReplaceMessage(m) => out.message = m,
             Modification::AddRecipient(r) => match checked_recipient(&r) {

@@ -292,7 +292,7 @@ fn limit(raw: RawLimit, max_keys: usize, at: &str, errors: &mut BuildErrors) -> 
     if burst == 0 {
         error("burst", "must be at least 1".into());
     }
-    let (Some(key), Some(counted), Some((count, period, unit))) = (key, counted, rate) else {
+    let (Some(key), Some(counted), Some((count, period, shown))) = (key, counted, rate) else {
         return None;
     };
     if errors.len() > before {
@@ -302,7 +302,7 @@ fn limit(raw: RawLimit, max_keys: usize, at: &str, errors: &mut BuildErrors) -> 
         key,
         counted,
         gcra: Gcra::new(count, period, burst),
-        label: format!("{key:?} {counted:?} {count}/{unit} burst {burst}").to_lowercase(),
+        label: format!("{key:?} {counted:?} {shown} burst {burst}").to_lowercase(),
         table: Mutex::new(Table::new(max_keys)),
     })
 }
@@ -315,19 +315,11 @@ fn must_be_one_of(got: Option<&str>, allowed: &[&str]) -> String {
     }
 }
 
-/// `"100/min"` → (100, 60 s, "min"). Units: `s`, `min`, `h`, `d` (and their long forms).
-fn parse_rate(text: &str) -> Result<(u32, Duration, &'static str), String> {
-    let error = || format!("{text:?} is not a rate (use e.g. \"100/min\"; units s, min, h, d)");
-    let (count, unit) = text.split_once('/').ok_or_else(error)?;
-    let count: u32 = count.trim().parse().ok().filter(|&n| n > 0).ok_or_else(error)?;
-    let (seconds, unit) = match unit.trim() {
-        "s" | "sec" | "second" => (1, "s"),
-        "min" | "minute" => (60, "min"),
-        "h" | "hr" | "hour" => (3600, "h"),
-        "d" | "day" => (86400, "d"),
-        _ => return Err(error()),
-    };
-    Ok((count, Duration::from_secs(seconds), unit))
+/// `"100/min"` → (100, 60 s, "100/min"): the one rate parser the gate has
+/// ([`crate::config::values::Rate`]).
+fn parse_rate(text: &str) -> Result<(u32, Duration, String), String> {
+    let rate: crate::config::values::Rate = text.parse()?;
+    Ok((rate.count, rate.per, rate.to_string()))
 }
 
 impl Filter for RateLimit {
@@ -544,10 +536,15 @@ mod tests {
 
     #[test]
     fn rates() {
-        assert_eq!(parse_rate("100/min"), Ok((100, Duration::from_secs(60), "min")));
-        assert_eq!(parse_rate("5/s"), Ok((5, Duration::from_secs(1), "s")));
-        assert_eq!(parse_rate(" 2 / h "), Ok((2, Duration::from_secs(3600), "h")));
-        assert_eq!(parse_rate("1/d"), Ok((1, Duration::from_secs(86400), "d")));
+        let ok = |n, secs, shown: &str| Ok((n, Duration::from_secs(secs), shown.to_owned()));
+        assert_eq!(parse_rate("100/min"), ok(100, 60, "100/min"));
+        assert_eq!(parse_rate("5/s"), ok(5, 1, "5/s"));
+        assert_eq!(parse_rate(" 2 / h "), ok(2, 3600, "2/h"));
+        assert_eq!(parse_rate("1/d"), ok(1, 86400, "1/d"));
+        // The units shaping takes are taken here too, and the other way round.
+        assert_eq!(parse_rate("30/m"), ok(30, 60, "30/min"));
+        assert_eq!(parse_rate("7/hr"), ok(7, 3600, "7/h"));
+        assert_eq!("7/hr".parse::<crate::shaping::Rate>().map(|r| r.per), Ok(Duration::from_secs(3600)));
         for bad in ["100", "0/min", "-1/s", "1/week", "x/min", "/min"] {
             assert!(parse_rate(bad).is_err(), "{bad:?}");
         }

@@ -72,7 +72,7 @@ pub(super) async fn run(queue: Queue, msg: Arc<QueuedMessage>) {
         Action::Quarantine(reason) => {
             // A release runs the scan's filters after this one.
             let mut env = msg.env.clone();
-            env.scan = crate::intake::names_after(&filters, &by);
+            env.scan = crate::config::filter::names_after(&filters, &by);
             let stored = ctx
                 .quarantine
                 .store(env, out.message, reason.clone(), by.clone(), Resume::Scan)

@@ -22,7 +22,7 @@ pub struct MessageView<'a> {
 impl<'a> MessageView<'a> {
     /// Parses the header section of `message`; the body view is cut at `body_limit` bytes.
     pub fn with_message(mut self, message: &'a [u8], body_limit: u64) -> Self {
-        let (headers, body_start) = parse_headers(message);
+        let (headers, body_start) = crate::message::parse_headers(message);
         self.headers = headers;
         let body = &message[body_start.min(message.len())..];
         self.body = &body[..body.len().min(body_limit as usize)];
@@ -39,41 +39,12 @@ impl<'a> MessageView<'a> {
     }
 }
 
-/// Header fields (unfolded) and where the body starts.
-pub fn parse_headers(message: &[u8]) -> (Vec<(String, String)>, usize) {
-    let mut headers: Vec<(String, String)> = Vec::new();
-    let mut pos = 0;
-    while pos < message.len() {
-        let end = message[pos..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(message.len(), |i| pos + i + 1);
-        let line = String::from_utf8_lossy(&message[pos..end]);
-        let line = line.trim_end_matches(['\r', '\n']);
-        pos = end;
-        if line.is_empty() {
-            break;
-        }
-        if line.starts_with([' ', '\t']) {
-            if let Some(last) = headers.last_mut() {
-                last.1.push(' ');
-                last.1.push_str(line.trim());
-            }
-            continue;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            headers.push((name.trim().to_owned(), value.trim().to_owned()));
-        }
-    }
-    (headers, pos)
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn unfolds_headers_and_finds_the_body() {
         let msg = b"Subject: hello\r\n world\r\nX-A: 1\r\n\r\nbody here";
-        let (h, at) = super::parse_headers(msg);
+        let (h, at) = crate::message::parse_headers(msg);
         assert_eq!(
             h,
             vec![("Subject".into(), "hello world".into()), ("X-A".into(), "1".into())]

@@ -14,7 +14,7 @@ pub mod dryrun;
 mod lists;
 mod message;
 mod plan;
-pub mod reload;
+pub use crate::reloading as reload;
 mod rules;
 mod sieve;
 pub mod srs;
@@ -25,7 +25,8 @@ mod tests;
 use std::fmt;
 use std::sync::Arc;
 
-pub use message::{MessageView, parse_headers};
+pub use crate::message::parse_headers;
+pub use message::MessageView;
 pub use plan::{Group, Plan, Router};
 
 use crate::envelope::{Envelope, Recipient};

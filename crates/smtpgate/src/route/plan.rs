@@ -8,7 +8,7 @@ use smtpgate_sieve::Action;
 use super::aliases::Aliases;
 use super::lists::AddressList;
 use super::message::MessageView;
-use super::reload::Reloading;
+use crate::reloading::Reloading;
 use super::rules::{self, Subject};
 use super::srs::Srs;
 use crate::config::{Config, RouteAction};

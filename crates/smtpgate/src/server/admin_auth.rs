@@ -27,8 +27,6 @@ use crate::config::AdminConfig;
 
 /// The generated token's file name under the spool directory.
 pub const TOKEN_FILE: &str = "admin.token";
-/// A token shorter than this is refused: it could be guessed.
-const MIN_TOKEN_LEN: usize = 16;
 /// Bytes of randomness in a generated token (written as hex).
 const TOKEN_BYTES: usize = 32;
 /// Paths anyone who can reach the address may read (health checks and scrapers).
@@ -39,19 +37,7 @@ pub fn token_path(admin: &AdminConfig, spool: &Path) -> PathBuf {
     admin.token_file.clone().unwrap_or_else(|| spool.join(TOKEN_FILE))
 }
 
-/// Reads a token file: one token of at least 16 visible ASCII characters (surrounding white
-/// space is ignored).
-pub fn read_token(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let token = text.trim();
-    if token.len() < MIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!(
-            "{} must hold one token of at least {MIN_TOKEN_LEN} visible ASCII characters",
-            path.display()
-        ));
-    }
-    Ok(token.to_owned())
-}
+pub use crate::config::read_token;
 
 /// The token for `admin`, and the file it is in: read from `admin.token_file`, or from
 /// `<spool>/admin.token`, which is created with a new random token if it does not exist.

@@ -6,7 +6,7 @@
 //! client take every place from its own prefix.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,17 +29,7 @@ struct Inner {
     ipv6_prefix: AtomicU8,
 }
 
-/// The address a client is counted as: IPv4 as it is, IPv6 cut to `ipv6_prefix` bits.
-pub fn client_key(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let bits = u32::from(ipv6_prefix.min(128));
-            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
-            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
-        }
-        v4 => v4,
-    }
-}
+pub use crate::io::client_key;
 
 /// Holds one connection's place; gives it back when dropped.
 pub struct ConnGuard {

@@ -223,7 +223,7 @@ impl Session {
 impl Session {
     /// The client's address as failures are counted: IPv6 by the listener's `ipv6_prefix`.
     fn client_key(&self) -> std::net::IpAddr {
-        crate::server::client_key(self.peer.ip(), self.listener.config.ipv6_prefix)
+        crate::io::client_key(self.peer.ip(), self.listener.config.ipv6_prefix)
     }
 }
 

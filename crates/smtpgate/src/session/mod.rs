@@ -26,7 +26,6 @@ use crate::io::{BoxIo, TlsInfo};
 use crate::server::ListenerState;
 pub use auth::{Users, hash_password};
 use conn::{Conn, Line, ReadError};
-pub use headers::apply_changes as apply_header_changes;
 
 /// RFC 5321 4.5.3.1.4: a command line is at most 512 octets with its CRLF.
 const MAX_LINE: usize = 512;

@@ -37,7 +37,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::QueueConfig;
-use crate::route::reload::Reloading;
+use crate::reloading::Reloading;
 pub use gate::{Gate, Permit};
 pub use rules::{Key, Rate, Rules, Shape};
 pub use warmup::{Pick, SourceUsage};

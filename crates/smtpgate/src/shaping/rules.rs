@@ -31,71 +31,7 @@ use serde::Deserialize;
 
 use crate::config::{QueueConfig, TlsPolicy};
 
-/// A rate: `count` events per `per`, as in `"100/min"`, `"20000/h"`, `"5/s"`, `"1000/d"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    pub count: u32,
-    pub per: Duration,
-}
-
-impl Rate {
-    /// The time between two events at this rate.
-    pub fn interval(self) -> Duration {
-        self.per / self.count
-    }
-
-    /// A rate `factor` (0 < factor <= 1) times this one (an adaptive action lowering it). The
-    /// count is scaled while it stays at 10 or more (the error of rounding it stays under 5%),
-    /// else the period is stretched: 1/s times 0.5 is one every 2 s.
-    pub fn scaled(self, factor: f64) -> Rate {
-        let factor = factor.clamp(f64::MIN_POSITIVE, 1.0);
-        let count = (self.count as f64) * factor;
-        if count >= 10.0 {
-            return Rate {
-                count: count.round() as u32,
-                per: self.per,
-            };
-        }
-        Rate {
-            count: self.count,
-            per: self.per.div_f64(factor),
-        }
-    }
-}
-
-impl std::str::FromStr for Rate {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Rate, String> {
-        let bad = || format!("{text:?} is not a rate like \"100/min\", \"20000/h\", \"5/s\" or \"1000/d\"");
-        let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
-        let count: u32 = count.trim().parse().map_err(|_| bad())?;
-        let per = match unit.trim() {
-            "s" | "sec" | "second" => Duration::from_secs(1),
-            "m" | "min" | "minute" => Duration::from_secs(60),
-            "h" | "hour" => Duration::from_secs(3600),
-            "d" | "day" => Duration::from_secs(86_400),
-            _ => return Err(bad()),
-        };
-        if count == 0 {
-            return Err(format!("{text:?}: the count must be at least 1"));
-        }
-        Ok(Rate { count, per })
-    }
-}
-
-impl std::fmt::Display for Rate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let unit = match self.per.as_secs() {
-            1 => "s",
-            60 => "min",
-            3600 => "h",
-            86_400 => "d",
-            other => return write!(f, "{}/{other}s", self.count),
-        };
-        write!(f, "{}/{unit}", self.count)
-    }
-}
+pub use crate::config::values::Rate;
 
 /// How mail to one destination is sent: the limits in force.
 #[derive(Debug, Clone, PartialEq, Eq)]

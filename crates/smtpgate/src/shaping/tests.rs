@@ -183,7 +183,7 @@ async fn the_file_reloads_and_state_survives_a_new_shaper() {
         "[domain.\"a.test\"]\nmax_message_rate = \"20/min\"\nmax_connections = 3\n",
     )
     .unwrap();
-    let changed = crate::route::reload::CHECK_INTERVAL * 3;
+    let changed = crate::reloading::CHECK_INTERVAL * 3;
     let deadline = std::time::Instant::now() + changed + Duration::from_secs(5);
     while shaper.shape("a.test", &[]).1.message_rate != Some("20/min".parse().unwrap()) {
         assert!(std::time::Instant::now() < deadline, "the file was not reloaded");

@@ -33,9 +33,9 @@ fn run(f: &Sanitize, message: &str, recipients: &[&str]) -> (Verdict, Vec<u8>) {
         out = match m {
             Modification::ReplaceMessage(new) => new.clone(),
             Modification::AddHeader(n, val) => {
-                crate::session::apply_header_changes(&out, &[(n.clone(), val.clone())], &[])
+                crate::message::apply_header_changes(&out, &[(n.clone(), val.clone())], &[])
             }
-            Modification::RemoveHeader(n) => crate::session::apply_header_changes(&out, &[], std::slice::from_ref(n)),
+            Modification::RemoveHeader(n) => crate::message::apply_header_changes(&out, &[], std::slice::from_ref(n)),
             other => panic!("unexpected {other:?}"),
         };
     }

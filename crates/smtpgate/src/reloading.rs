@@ -7,7 +7,7 @@
 //!
 //! ```
 //! # use std::path::Path;
-//! # use smtpgate::route::reload::Reloading;
+//! # use smtpgate::reloading::Reloading;
 //! fn load(path: &Path) -> Result<String, String> {
 //!     std::fs::read_to_string(path).map_err(|e| e.to_string())
 //! }
