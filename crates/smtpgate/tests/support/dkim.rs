@@ -129,7 +129,7 @@ pub fn apply(message: &[u8], verdict: &Verdict) -> Vec<u8> {
             _ => None,
         })
         .collect();
-    smtpgate::session::apply_header_changes(message, &adds, &[])
+    smtpgate::message::apply_header_changes(message, &adds, &[])
 }
 
 /// The values of the headers named `name` (any case) that the verdict adds.
