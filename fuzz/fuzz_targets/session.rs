@@ -9,7 +9,7 @@
 //! pipelined.
 #![no_main]
 
-use std::cell::RefCell;
+use std::sync::Mutex;
 
 use libfuzzer_sys::fuzz_target;
 use smtpgate::testing::{Gate, Peer, check_replies};
@@ -17,9 +17,10 @@ use smtpgate::testing::{Gate, Peer, check_replies};
 /// Sessions a gate serves before it is replaced (its spool and queue only grow).
 const SESSIONS_PER_GATE: u32 = 2000;
 
-thread_local! {
-    static GATE: RefCell<Option<(Gate, u32)>> = const { RefCell::new(None) };
-}
+/// The gate and how many sessions it served. A static, never dropped: a thread-local would be
+/// dropped at exit after tokio's own thread-locals, and a gate cannot be dropped without its
+/// runtime (`Gate::new` removes the directory it leaves).
+static GATE: Mutex<Option<(Gate, u32)>> = Mutex::new(None);
 
 /// `client` in chunks of the given lengths (clipped to what is left), then the rest.
 fn chunks<'a>(mut client: &'a [u8], lengths: &[u8]) -> Vec<&'a [u8]> {
@@ -38,15 +39,14 @@ fuzz_target!(|raw: &[u8]| {
     let peer = if mode & 1 == 0 { Peer::Inside } else { Peer::Outside };
     let n = usize::from(mode >> 1 & 7).min(rest.len());
     let (lengths, client) = rest.split_at(n);
-    let out = GATE.with_borrow_mut(|slot| {
-        if slot.as_ref().is_none_or(|(_, served)| *served >= SESSIONS_PER_GATE) {
-            *slot = None;
-            *slot = Some((Gate::new().expect("a gate"), 0));
-        }
-        let (gate, served) = slot.as_mut().expect("just made");
-        *served += 1;
-        gate.session(peer, &chunks(client, lengths))
-    });
+    let mut slot = GATE.lock().unwrap_or_else(|e| e.into_inner());
+    if slot.as_ref().is_none_or(|(_, served)| *served >= SESSIONS_PER_GATE) {
+        *slot = None;
+        *slot = Some((Gate::new().expect("a gate"), 0));
+    }
+    let (gate, served) = slot.as_mut().expect("just made");
+    *served += 1;
+    let out = gate.session(peer, &chunks(client, lengths));
     if let Err(e) = check_replies(&out) {
         panic!("{e}\nthe whole output: {:?}", String::from_utf8_lossy(&out));
     }

@@ -90,7 +90,8 @@ pub struct Gate {
     /// two sessions.
     rt: tokio::runtime::Runtime,
     dir: PathBuf,
-    state: Arc<ListenerState>,
+    /// Always `Some` but in `drop`, which must drop it inside the runtime.
+    state: Option<Arc<ListenerState>>,
     _shutdown: watch::Sender<bool>,
 }
 
@@ -110,7 +111,7 @@ impl Gate {
         Ok(Gate {
             rt,
             dir,
-            state: Arc::new(state),
+            state: Some(Arc::new(state)),
             _shutdown: tx,
         })
     }
@@ -120,7 +121,8 @@ impl Gate {
     pub fn session(&self, peer: Peer, chunks: &[&[u8]]) -> Vec<u8> {
         self.rt.block_on(async {
             let (mut client, server) = tokio::io::duplex(64 * 1024);
-            let session = Session::new(self.state.clone(), Box::new(server), peer.addr(), None);
+            let state = self.state.clone().expect("a gate being dropped runs no session");
+            let session = Session::new(state, Box::new(server), peer.addr(), None);
             let task = tokio::spawn(session.run());
             let (mut rx, mut tx) = tokio::io::split(&mut client);
             let send = async {
@@ -146,8 +148,12 @@ impl Gate {
 
 impl Drop for Gate {
     fn drop(&mut self) {
-        let spool = self.state.ctx.spool.clone();
-        self.rt.block_on(spool.close());
+        if let Some(state) = self.state.take() {
+            self.rt.block_on(state.ctx.spool.close());
+            // Parts of the context spawn tasks as they go: drop it where a runtime is current.
+            let _entered = self.rt.enter();
+            drop(state);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -159,16 +165,36 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime")
 }
 
-/// A new, empty directory for one gate's spool.
+/// A new, empty directory for one gate's spool, `smtpgate-fuzz-<pid>-<n>`. The directories of
+/// processes that are gone are removed first: a gate kept to the end of a process (a fuzzer
+/// exits without dropping it) leaves its directory behind.
 fn fresh_dir() -> std::io::Result<PathBuf> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let shm = PathBuf::from("/dev/shm");
     let base = if shm.is_dir() { shm } else { std::env::temp_dir() };
+    remove_orphans(&base);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let dir = base.join(format!("smtpgate-fuzz-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// Removes the gate directories in `base` whose process is gone.
+fn remove_orphans(base: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(base) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("smtpgate-fuzz-")?.split_once('-'));
+        if let Some((pid, _)) = pid
+            && pid.parse::<u32>().is_ok()
+            && !PathBuf::from("/proc").join(pid).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Checks that `out` is nothing but whole, well-formed replies (RFC 5321 4.2): every line is
