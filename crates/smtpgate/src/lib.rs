@@ -37,6 +37,8 @@ pub mod shaping;
 pub mod shared;
 pub mod spool;
 pub mod suppress;
+#[cfg(feature = "fuzzing")]
+pub mod testing;
 pub mod tls;
 
 pub use config::Config;

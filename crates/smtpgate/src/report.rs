@@ -3,7 +3,8 @@
 //!
 //! `mail-parser` finds the MIME structure; the machine-readable parts (`message/feedback-report`,
 //! `message/delivery-status`) are blocks of header-like fields that this module reads itself:
-//! continuation lines unfolded, field names case-insensitive, CRLF or LF line endings. Anything
+//! continuation lines unfolded, field names case-insensitive, CRLF or LF line endings; no value it
+//! returns holds a CR or an LF (they reach logs and the suppression list). Anything
 //! that is not a report of the asked type, or lacks the report's machine-readable part, is `None`.
 //! No input makes these functions panic.
 //!
@@ -202,15 +203,17 @@ impl Original {
             .flat_map(|list| list.iter())
             .filter_map(|addr| addr.address())
             .map(str::to_lowercase)
-            .filter(|a| a.contains('@'))
+            .filter(|a| a.contains('@') && !a.contains(|c: char| c.is_whitespace() || c.is_control()))
             .collect();
         let message_id = headers.iter().rev().find(|h| h.name == HeaderName::MessageId);
         Original {
             to,
+            // mail-parser hands back an id without `<>` as the raw text, folding included.
             message_id: message_id
                 .and_then(|h| first_text(&h.value))
                 .map(strip_angles)
-                .and_then(non_empty),
+                .and_then(first_word)
+                .map(str::to_owned),
         }
     }
 }
@@ -239,10 +242,12 @@ impl Fields {
         all
     }
 
-    /// The blocks of fields in `text`, separated by blank lines; empty blocks are left out.
+    /// The blocks of fields in `text`, separated by blank lines; empty blocks are left out. A bare
+    /// CR is no line ending (RFC 5322 2.2): it is white space, so no value holds a CR or an LF.
     fn blocks(text: &str) -> Vec<Fields> {
         let mut blocks = vec![Fields::default()];
         for line in text.lines() {
+            let line = &line.replace('\r', " ");
             let Some(current) = blocks.last_mut() else { break };
             if line.trim().is_empty() {
                 if !current.0.is_empty() {

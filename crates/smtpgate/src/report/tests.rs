@@ -573,3 +573,68 @@ fn damaged_reports_never_panic() {
         }
     }
 }
+
+/// Every text a report yields, for the one-line checks below.
+fn texts_of_dsn(dsn: &Dsn) -> Vec<String> {
+    let mut all: Vec<String> = [&dsn.envelope_id, &dsn.reporting_mta, &dsn.original_message_id]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    for r in &dsn.recipients {
+        all.extend([r.recipient.clone(), r.action.clone(), r.status.clone()]);
+        all.extend(r.diagnostic.iter().chain(&r.remote_mta).cloned());
+    }
+    all
+}
+
+fn texts_of_complaint(c: &Complaint) -> Vec<String> {
+    let mut all = vec![c.feedback_type.clone()];
+    all.extend(c.recipients.iter().cloned());
+    all.extend(
+        [&c.original_sender, &c.source_ip, &c.original_message_id]
+            .into_iter()
+            .flatten()
+            .cloned(),
+    );
+    all
+}
+
+// Found by the `reports` fuzz target: mail-parser hands back a Message-ID without angle brackets
+// as the raw, folded text, line breaks included.
+#[test]
+fn an_unbracketed_folded_message_id_comes_back_as_one_word() {
+    let text = RFC5965_EXAMPLE.replace(
+        "Message-ID: 8787KJKJ3K4J3K4J3K4J3.mail@example.net",
+        "Message-ID: 8787KJKJ3K4J3K4J3K4J3.mail@example.net\n   (folded comment)\n   more",
+    );
+    assert!(text.contains("(folded comment)"), "the sample changed");
+    let complaint = parse_complaint(&crlf(&text)).expect("a complaint");
+    assert_eq!(
+        complaint.original_message_id.as_deref(),
+        Some("8787KJKJ3K4J3K4J3K4J3.mail@example.net")
+    );
+}
+
+// A bare CR is no line ending (RFC 5322 2.2); it must not reach a value, where it would split a
+// log line or a suppression-list entry.
+#[test]
+fn a_bare_cr_in_a_report_field_never_reaches_a_value() {
+    let text = POSTFIX_BOUNCE
+        .replace(
+            "Final-Recipient: rfc822; user@example.com",
+            "Final-Recipient: rfc822; user@example.com\rX-Injected: yes",
+        )
+        .replace("Diagnostic-Code: smtp; 550 5.1.1", "Diagnostic-Code: smtp; 550\r5.1.1");
+    let dsn = parse_dsn(&crlf(&text)).expect("a DSN");
+    for value in texts_of_dsn(&dsn) {
+        assert!(!value.contains(['\r', '\n']), "{value:?}");
+    }
+    let text = RFC5965_EXAMPLE
+        .replace("Feedback-Type: abuse", "Feedback-Type: abuse\rx")
+        .replace("Source-IP: 192.0.2.1", "Source-IP: 192.0.2.1\r\r");
+    let complaint = parse_complaint(&crlf(&text)).expect("a complaint");
+    for value in texts_of_complaint(&complaint) {
+        assert!(!value.contains(['\r', '\n']), "{value:?}");
+    }
+}
