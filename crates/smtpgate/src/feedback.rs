@@ -26,8 +26,8 @@ use crate::config::SuppressionConfig;
 use crate::deliver::classify::{Category, Classification, Classifier};
 use crate::envelope::QueueId;
 use crate::filter::KeyedRate;
-use crate::report::{Complaint, Dsn};
 use crate::reloading::Reloading;
+use crate::report::{Complaint, Dsn};
 use crate::sent::SentLog;
 use crate::suppress::{Reason, SuppressionList};
 

@@ -200,7 +200,13 @@ async fn filter_copy(
             };
             let stored = ctx
                 .quarantine
-                .store(env, std::mem::take(&mut copy.message.head), reason.clone(), by.clone(), resume)
+                .store(
+                    env,
+                    std::mem::take(&mut copy.message.head),
+                    reason.clone(),
+                    by.clone(),
+                    resume,
+                )
                 .await;
             if let Err(e) = stored {
                 tracing::error!(queue_id = %copy.id, error = %e, "cannot write to the quarantine");

@@ -14,8 +14,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::envelope::{Envelope, Reader};
 use crate::envelope::SessionInfo;
+use crate::envelope::{Envelope, Reader};
 
 /// Where a quarantined message was stopped, and what is left of its path.
 #[derive(Debug, Clone, PartialEq, Eq)]

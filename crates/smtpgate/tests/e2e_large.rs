@@ -27,9 +27,7 @@ fn gate_toml(upstream: &Upstream, extra_spool: &str) -> String {
 /// A message of about `size` octets whose lines include dots at their start (stuffed on the
 /// wire both ways) and lines of every length, so chunk edges fall anywhere.
 fn big_message(id: &str, size: usize) -> String {
-    let mut m = format!(
-        "From: <{FROM}>\r\nTo: <far@example.org>\r\nSubject: large\r\nMessage-ID: <{id}>\r\n\r\n"
-    );
+    let mut m = format!("From: <{FROM}>\r\nTo: <far@example.org>\r\nSubject: large\r\nMessage-ID: <{id}>\r\n\r\n");
     let mut n = 0usize;
     while m.len() < size {
         let len = (n * 37) % 997;
@@ -46,7 +44,12 @@ fn files_in(dir: &Path) -> Vec<(String, u64)> {
     match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(|e| e.ok())
-            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().map_or(0, |m| m.len())))
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().map_or(0, |m| m.len()),
+                )
+            })
             .collect(),
         Err(_) => Vec::new(),
     }
@@ -64,7 +67,11 @@ fn largest_segment(spool: &Path) -> u64 {
 
 /// What the upstream got, less the `Received:` field the gate put first.
 fn without_trace(data: &[u8]) -> &[u8] {
-    assert!(data.starts_with(b"Received: "), "{:?}", String::from_utf8_lossy(&data[..80]));
+    assert!(
+        data.starts_with(b"Received: "),
+        "{:?}",
+        String::from_utf8_lossy(&data[..80])
+    );
     let mut at = 0;
     loop {
         let end = at + data[at..].windows(2).position(|w| w == b"\r\n").expect("line end") + 2;
@@ -99,7 +106,11 @@ fn a_large_message_is_kept_in_a_body_file_and_relayed_byte_for_byte_after_a_cras
     let bodies = files_in(&spool.join("bodies"));
     assert_eq!(bodies.len(), 1, "{bodies:?}");
     assert!(bodies[0].1 >= 3 << 20, "{bodies:?}");
-    assert!(largest_segment(&spool) < 64 << 10, "segment {}", largest_segment(&spool));
+    assert!(
+        largest_segment(&spool) < 64 << 10,
+        "segment {}",
+        largest_segment(&spool)
+    );
     assert_eq!(files_in(&spool.join("incoming")), vec![], "incoming/");
 
     // A crash, and the recovered message goes out whole.

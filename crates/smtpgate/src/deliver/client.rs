@@ -383,7 +383,9 @@ impl Client {
             while sent < at.len {
                 let n = file.read(&mut chunk).await?;
                 if n == 0 {
-                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "message body file is short").into());
+                    return Err(
+                        std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "message body file is short").into(),
+                    );
                 }
                 sent += n as u64;
                 out.clear();

@@ -544,7 +544,10 @@ mod tests {
         // The units shaping takes are taken here too, and the other way round.
         assert_eq!(parse_rate("30/m"), ok(30, 60, "30/min"));
         assert_eq!(parse_rate("7/hr"), ok(7, 3600, "7/h"));
-        assert_eq!("7/hr".parse::<crate::shaping::Rate>().map(|r| r.per), Ok(Duration::from_secs(3600)));
+        assert_eq!(
+            "7/hr".parse::<crate::shaping::Rate>().map(|r| r.per),
+            Ok(Duration::from_secs(3600))
+        );
         for bad in ["100", "0/min", "-1/s", "1/week", "x/min", "/min"] {
             assert!(parse_rate(bad).is_err(), "{bad:?}");
         }

@@ -8,12 +8,12 @@ use smtpgate_sieve::Action;
 use super::aliases::Aliases;
 use super::lists::AddressList;
 use super::message::MessageView;
-use crate::reloading::Reloading;
 use super::rules::{self, Subject};
 use super::srs::Srs;
 use crate::config::{Config, RouteAction};
 use crate::datetime::now_unix;
 use crate::envelope::Recipient;
+use crate::reloading::Reloading;
 
 /// How deep aliases, redirects and copies may nest before a recipient is given up.
 const MAX_DEPTH: usize = 12;

@@ -7,11 +7,11 @@ use smtpgate_proto::{BareEol, BdatReceiver, DataOutcome, DataReceiver, Reply};
 use super::conn::{Pace, ReadError};
 use super::headers::{self, Trace};
 use super::{Chunking, Draft, Flow, Session, Txn};
+use crate::budget::Held;
 use crate::config::BareLineEndings;
 use crate::datetime::now_unix;
 use crate::envelope::{Envelope, QueueId, Ret};
 use crate::intake::{self, Disposition};
-use crate::budget::Held;
 use crate::route::MessageView;
 use crate::spool::{Incoming, IncomingError};
 

@@ -50,7 +50,10 @@ pub struct FileBody {
 impl Content {
     /// A message held in memory.
     pub fn memory(bytes: Vec<u8>) -> Content {
-        Content { head: bytes, body: None }
+        Content {
+            head: bytes,
+            body: None,
+        }
     }
 
     /// The size of the message.
@@ -199,7 +202,11 @@ impl Incoming {
 
     /// Writes out what was received, once the message is too large for memory.
     pub async fn settle(&mut self) -> io::Result<()> {
-        let threshold = if self.file.is_some() { WRITE_CHUNK } else { self.spill_at };
+        let threshold = if self.file.is_some() {
+            WRITE_CHUNK
+        } else {
+            self.spill_at
+        };
         if self.buf.len() <= threshold {
             return Ok(());
         }

@@ -223,7 +223,12 @@ impl Spool {
         self.dir.join(INCOMING_DIR)
     }
 
-    async fn append(&self, bytes: Vec<u8>, liveness: Liveness, unlink: Option<PathBuf>) -> Result<Placement, SpoolError> {
+    async fn append(
+        &self,
+        bytes: Vec<u8>,
+        liveness: Liveness,
+        unlink: Option<PathBuf>,
+    ) -> Result<Placement, SpoolError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Job(Job {
@@ -337,7 +342,9 @@ impl Spool {
         let mut bytes = Vec::with_capacity(32);
         record::encode_done(id, &mut bytes);
         let unlink = body.ext.map(|e| body_path(&self.dir, e.file));
-        self.append(bytes, Liveness::Died(body.segment), unlink).await.map(|_| ())
+        self.append(bytes, Liveness::Died(body.segment), unlink)
+            .await
+            .map(|_| ())
     }
 
     /// Reads the part of a message in its record (the whole message, or the header section of

@@ -805,12 +805,18 @@ async fn a_large_message_keeps_its_body_in_a_file_of_its_own() {
     assert_eq!(r.body, at);
     assert_eq!(spool.read_whole(&r.body).await.unwrap(), whole);
     assert_eq!(super::inspect(&dir).unwrap()[0].1, whole);
-    assert!(!spool.incoming_dir().join("00000000000000aa").exists(), "incoming leftover kept");
+    assert!(
+        !spool.incoming_dir().join("00000000000000aa").exists(),
+        "incoming leftover kept"
+    );
     assert!(!super::body_path(&dir, 0xbb).exists(), "orphan body kept");
     assert!(body_file.exists(), "a live message's body was removed");
 
     // Compaction keeps the body file; done removes it.
-    let moved = spool.relocate(&env, &r.states, &whole[..head_len], &r.body).await.unwrap();
+    let moved = spool
+        .relocate(&env, &r.states, &whole[..head_len], &r.body)
+        .await
+        .unwrap();
     assert_eq!(moved.ext, at.ext);
     spool.done(env.id, &moved).await.unwrap();
     assert!(!body_file.exists(), "the body file outlived its message");
