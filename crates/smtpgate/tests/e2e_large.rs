@@ -31,7 +31,7 @@ fn big_message(id: &str, size: usize) -> String {
     let mut n = 0usize;
     while m.len() < size {
         let len = (n * 37) % 997;
-        let lead = if n % 5 == 0 { "." } else { "" };
+        let lead = if n.is_multiple_of(5) { "." } else { "" };
         m.push_str(lead);
         m.push_str(&"x".repeat(len));
         m.push_str(&format!(" line {n}\r\n"));

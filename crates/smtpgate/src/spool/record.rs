@@ -46,6 +46,8 @@ impl RcptState {
 
 /// A decoded record.
 #[derive(Debug)]
+// Short-lived, like `Decoded`: made and taken apart once per record while a segment is read.
+#[allow(clippy::large_enum_variant)]
 pub enum Record<'a> {
     /// A message: envelope, recipient states, and the body (at `body_offset` within the record).
     /// A large message's record holds its header section only, and `ext` says where its body is.
