@@ -58,7 +58,7 @@ pub fn trust_roots(extra: Option<&Path>) -> Result<Arc<rustls::RootCertStore>, S
 /// public web PKI when there is none.
 pub fn pool_roots(ca_file: Option<&Path>) -> Result<Arc<rustls::RootCertStore>, String> {
     let Some(path) = ca_file else {
-        return Ok(crate::deliver::mta_sts::webpki_roots());
+        return Ok(webpki_roots());
     };
     let mut roots = rustls::RootCertStore::empty();
     for cert in load_certs(path)? {
