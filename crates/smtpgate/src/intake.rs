@@ -295,8 +295,12 @@ pub enum ReleaseError {
 /// removed once that is done; a refusal or an error leaves it in place.
 pub async fn release(queue: &Queue, id: &str) -> Result<Released, ReleaseError> {
     let ctx = queue.ctx();
-    let entry = ctx.quarantine.entry(id).map_err(ReleaseError::NotFound)?;
-    let message = ctx.quarantine.message(id).map_err(ReleaseError::NotFound)?;
+    let read = id.to_owned();
+    let (entry, message) = ctx
+        .quarantine
+        .blocking(move |q| Ok((q.entry(&read)?, q.message(&read)?)))
+        .await
+        .map_err(ReleaseError::NotFound)?;
     let mut env = entry.envelope;
     env.id = ctx.ids.next();
     let resume = entry.resume.unwrap_or_else(|| legacy_resume(&env));
@@ -338,7 +342,7 @@ pub async fn release(queue: &Queue, id: &str) -> Result<Released, ReleaseError> 
                         tags: q.tags.clone(),
                         scan,
                     };
-                    Released::Quarantined(requarantine(&ctx, q, &resume)?)
+                    Released::Quarantined(requarantine(&ctx, q, resume).await?)
                 }
             }
         }
@@ -366,12 +370,16 @@ pub async fn release(queue: &Queue, id: &str) -> Result<Released, ReleaseError> 
                         tags: q.tags.clone(),
                         scan,
                     };
-                    Released::Quarantined(requarantine(&ctx, q, &resume)?)
+                    Released::Quarantined(requarantine(&ctx, q, resume).await?)
                 }
             }
         }
     };
-    ctx.quarantine.delete(id).map_err(ReleaseError::NotFound)?;
+    let done = id.to_owned();
+    ctx.quarantine
+        .blocking(move |q| q.delete(&done))
+        .await
+        .map_err(ReleaseError::NotFound)?;
     tracing::info!(quarantine_id = %id, outcome = ?released, "released from quarantine");
     Ok(released)
 }
@@ -451,13 +459,15 @@ async fn resume_filters(
 }
 
 /// Stores a message a later filter quarantined on release; returns the new entry's id.
-fn requarantine(ctx: &Context, held: Held, resume: &Resume) -> Result<String, ReleaseError> {
+async fn requarantine(ctx: &Context, held: Held, resume: Resume) -> Result<String, ReleaseError> {
+    let (by, reason) = (held.by.clone(), held.reason.clone());
     let id = ctx
         .quarantine
-        .put(&held.env, &held.message, &held.reason, &held.by, resume)
+        .store(held.env, held.message, held.reason, held.by, resume)
+        .await
         .map_err(ReleaseError::Quarantine)?;
     ctx.metrics.quarantined.inc();
-    tracing::info!(queue_id = %id, filter = %held.by, reason = %held.reason, "message quarantined");
+    tracing::info!(queue_id = %id, filter = %by, reason = %reason, "message quarantined");
     Ok(id)
 }
 

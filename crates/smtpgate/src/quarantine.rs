@@ -117,8 +117,19 @@ impl Quarantine {
         filter: String,
         resume: Resume,
     ) -> io::Result<String> {
+        self.blocking(move |q| q.put(&env, &message, &reason, &filter, &resume))
+            .await
+    }
+
+    /// Runs `f` on the blocking pool. Every operation of the quarantine reads files or fsyncs
+    /// them: the async callers (the message path, the admin address, release) go through here
+    /// so that a slow disk never stalls the runtime's threads.
+    pub async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Quarantine) -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.put(&env, &message, &reason, &filter, &resume))
+        tokio::task::spawn_blocking(move || f(&me))
             .await
             .map_err(io::Error::other)?
     }

@@ -766,3 +766,93 @@ fn sigterm_under_load_closes_the_spool_cleanly_and_loses_nothing() {
         acked.len()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// A bounce that cannot be spooled is tried again, never dropped.
+// ---------------------------------------------------------------------------------------------
+
+/// Moves every spool segment out of the spool directory, or back. The gate keeps writing through
+/// its open descriptors; what it opens by name (a queued message's record, read again for its
+/// bounce) cannot be read meanwhile: the fault a failing disk gives.
+fn move_segments(from: &std::path::Path, to: &std::path::Path) -> usize {
+    let mut moved = 0;
+    for entry in std::fs::read_dir(from).expect("read dir").map_while(Result::ok) {
+        if entry.file_name().to_string_lossy().starts_with("seg-") {
+            std::fs::rename(entry.path(), to.join(entry.file_name())).expect("rename segment");
+            moved += 1;
+        }
+    }
+    moved
+}
+
+#[test]
+fn a_bounce_that_cannot_be_spooled_is_tried_again_until_it_is() {
+    let upstream = Upstream::start();
+    let toml = GateConfig::relay_to(upstream.addr())
+        .queue("max_age = \"3s\"")
+        .to_toml();
+    let gate = Gate::start(&toml);
+    let rcpt = "tempfail-rcpt@example.org";
+    let mut conn = SmtpConn::connect(gate.smtp_addr(), IO_TIMEOUT).expect("connect");
+    conn.ehlo("client.example.test").expect("EHLO");
+    let text = message("unbounceable@example.test", "bounce me", "never accepted");
+    let reply = conn.send_message(FROM, &[rcpt], &text).expect("send");
+    assert!(reply.is(250), "{reply}");
+    conn.quit();
+    assert!(
+        wait_until(SOON, || upstream.attempts_for(rcpt) >= 1),
+        "no first attempt"
+    );
+
+    // The message's record cannot be read: the attempt at its expiry fails it, and its bounce
+    // (which returns the message) cannot be built.
+    let aside = gate.dir().join("segments-aside");
+    std::fs::create_dir(&aside).expect("mkdir");
+    assert!(move_segments(gate.spool_dir(), &aside) >= 1, "no segment to move");
+    let tried = |needle: &str| gate.stderr_lines().iter().any(|l| l.contains(needle));
+    assert!(
+        wait_until(SOON, || tried("cannot read message for its bounce")),
+        "the bounce was never attempted"
+    );
+    assert!(
+        wait_until(SOON, || tried("bounce still not spooled")),
+        "the bounce was not tried again"
+    );
+    assert!(
+        upstream.messages().iter().all(|m| !m.mail_from.is_empty()),
+        "a bounce went out without the message it returns"
+    );
+    assert_eq!(
+        metric(&gate, "smtpgate_queue_depth"),
+        1.0,
+        "the failed message left the queue"
+    );
+
+    // Readable again: the next try spools the bounce, it goes to the sender, and the message
+    // is finished.
+    move_segments(&aside, gate.spool_dir());
+    let bounces = |u: &Upstream| {
+        u.messages()
+            .into_iter()
+            .filter(|m| m.mail_from.is_empty())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_until(SOON, || !bounces(&upstream).is_empty()),
+        "the bounce never arrived"
+    );
+    let bounce = &bounces(&upstream)[0];
+    assert_eq!(bounce.rcpt_addresses(), [FROM]);
+    let dsn = bounce.text();
+    assert!(dsn.contains("Action: failed") && dsn.contains(rcpt), "{dsn}");
+    assert!(
+        dsn.contains("unbounceable@example.test"),
+        "the bounce does not return the message: {dsn}"
+    );
+    assert!(
+        wait_until(SOON, || metric(&gate, "smtpgate_queue_depth") == 0.0),
+        "the failed message stayed queued after its bounce: depth {}",
+        metric(&gate, "smtpgate_queue_depth")
+    );
+    assert_eq!(bounces(&upstream).len(), 1, "more than one bounce");
+}

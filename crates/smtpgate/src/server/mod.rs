@@ -280,7 +280,8 @@ async fn expire_quarantine(queue: Queue) {
     loop {
         tick.tick().await;
         let ctx = queue.ctx();
-        match ctx.quarantine.expire(ctx.config.quarantine_max_age.as_secs()) {
+        let max_age = ctx.config.quarantine_max_age.as_secs();
+        match ctx.quarantine.blocking(move |q| q.expire(max_age)).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(expired = n, "quarantine entries expired"),
             Err(e) => tracing::warn!(error = %e, "cannot expire quarantine entries"),

@@ -25,21 +25,23 @@ fn not_found(e: std::io::Error) -> Answer {
 }
 
 async fn list(State(queue): State<Queue>) -> Answer {
-    match queue.ctx().quarantine.list() {
+    match queue.ctx().quarantine.blocking(|q| q.list()).await {
         Ok(entries) => (StatusCode::OK, entries_json(&entries)),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     }
 }
 
 async fn show(State(queue): State<Queue>, Path(id): Path<String>) -> Answer {
-    match queue.ctx().quarantine.message(&id) {
+    let shown = id.clone();
+    match queue.ctx().quarantine.blocking(move |q| q.message(&shown)).await {
         Ok(m) => (StatusCode::OK, String::from_utf8_lossy(&m).into_owned()),
         Err(e) => not_found(e),
     }
 }
 
 async fn delete(State(queue): State<Queue>, Extension(Peer(peer)): Extension<Peer>, Path(id): Path<String>) -> Answer {
-    match queue.ctx().quarantine.delete(&id) {
+    let deleted = id.clone();
+    match queue.ctx().quarantine.blocking(move |q| q.delete(&deleted)).await {
         Ok(()) => {
             tracing::info!(%peer, quarantine_id = %id, "admin: deleted from quarantine");
             (StatusCode::OK, format!("deleted {id}\n"))
