@@ -19,14 +19,14 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::config::SuppressionConfig;
-use crate::deliver::classify::{Category, Classification, Classifier};
 use crate::envelope::QueueId;
 use crate::filter::KeyedRate;
-use crate::reloading::Reloading;
+use crate::reloading::{Loaded, Reloading};
+use crate::reply::classify::{Category, Classification, Classifier};
 use crate::report::{Complaint, Dsn};
 use crate::sent::SentLog;
 use crate::suppress::{Reason, SuppressionList};
@@ -83,21 +83,21 @@ pub struct State {
 }
 
 impl Feedback {
-    /// The bounce rules in `rules_file` (checked now; reloaded when it changes) or the built-in
+    /// The bounce rules the configuration loaded (reloaded when the file changes) or the built-in
     /// ones, the suppression list in `<spool>/suppression`, and the log of sent mail. `state`
     /// carries counters over from the previous configuration.
     pub fn new(
-        rules_file: Option<PathBuf>,
+        rules_file: Option<Loaded<Classifier>>,
         suppression: Arc<SuppressionList>,
         sent: Arc<SentLog>,
         config: &SuppressionConfig,
         state: Option<Arc<State>>,
-    ) -> Result<Feedback, String> {
+    ) -> Feedback {
         let rules = match rules_file {
             None => Rules::Defaults(Classifier::defaults()),
-            Some(path) => Rules::File(Reloading::new(path, Classifier::load)?),
+            Some(loaded) => Rules::File(Reloading::from_loaded(loaded, Classifier::load)),
         };
-        Ok(Feedback {
+        Feedback {
             rules,
             suppression,
             state: state.unwrap_or_default(),
@@ -105,7 +105,7 @@ impl Feedback {
             sent,
             report_rate: KeyedRate::per_minute(config.reports_per_minute, REPORT_CLIENTS),
             report_max_recipients: config.report_max_recipients,
-        })
+        }
     }
 
     /// Shares suppressions with the other nodes through Redis.
@@ -434,7 +434,7 @@ mod tests {
     fn feedback(dir: &Path) -> Feedback {
         let sent = SentLog::open(dir, std::time::Duration::from_secs(3600), None).unwrap();
         let config = crate::config::Config::builtin().suppression.clone();
-        Feedback::new(None, Feedback::open_suppression(dir).unwrap(), sent, &config, None).unwrap()
+        Feedback::new(None, Feedback::open_suppression(dir).unwrap(), sent, &config, None)
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod quarantine;
 pub mod queue;
 pub mod reloading;
+pub mod reply;
 pub mod report;
 pub mod route;
 pub mod sent;
@@ -40,6 +41,7 @@ pub mod suppress;
 #[cfg(feature = "fuzzing")]
 pub mod testing;
 pub mod tls;
+pub mod upstream;
 
 pub use config::Config;
 pub use server::Server;

@@ -65,6 +65,44 @@ impl Stamp {
     }
 }
 
+/// A file's value as read once, with the version of the file it was read from. The configuration
+/// holds these for the files it names (the shaping file, the bounce rules), so that a mistake
+/// there is a configuration error, and the service that reloads the file starts from this value
+/// ([`Reloading::from_loaded`]) instead of parsing the file a second time.
+pub struct Loaded<T> {
+    pub path: PathBuf,
+    stamp: Stamp,
+    pub value: Arc<T>,
+}
+
+impl<T> Clone for Loaded<T> {
+    fn clone(&self) -> Self {
+        Loaded {
+            path: self.path.clone(),
+            stamp: self.stamp,
+            value: self.value.clone(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for Loaded<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loaded")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Loaded<T> {
+    /// Reads and parses the file now.
+    pub fn read(path: PathBuf, load: impl Fn(&Path) -> Result<T, String>) -> Result<Self, String> {
+        // The stamp is taken before reading, so a change made during the load is seen by the next check.
+        let stamp = Stamp::of(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let value = Arc::new(load(&path)?);
+        Ok(Loaded { path, stamp, value })
+    }
+}
+
 impl<T: Send + Sync + 'static> Reloading<T> {
     /// Loads now; an error here is returned (the config check reports it).
     pub fn new(
@@ -80,19 +118,30 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         load: impl Fn(&Path) -> Result<T, String> + Send + Sync + 'static,
         interval: Duration,
     ) -> Result<Self, String> {
-        // The stamp is taken before reading, so a change made during the load is seen by the next check.
-        let stamp = Stamp::of(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let value = load(&path)?;
-        Ok(Reloading {
-            path,
+        let loaded = Loaded::read(path, &load)?;
+        Ok(Self::from_loaded_with_interval(loaded, load, interval))
+    }
+
+    /// Starts from a value the configuration already read: the file is not parsed twice.
+    pub fn from_loaded(loaded: Loaded<T>, load: impl Fn(&Path) -> Result<T, String> + Send + Sync + 'static) -> Self {
+        Self::from_loaded_with_interval(loaded, load, CHECK_INTERVAL)
+    }
+
+    fn from_loaded_with_interval(
+        loaded: Loaded<T>,
+        load: impl Fn(&Path) -> Result<T, String> + Send + Sync + 'static,
+        interval: Duration,
+    ) -> Self {
+        Reloading {
+            path: loaded.path,
             load: Box::new(load),
             interval,
-            value: RwLock::new(Arc::new(value)),
+            value: RwLock::new(loaded.value),
             check: Mutex::new(Check {
                 at: Instant::now(),
-                stamp: Some(stamp),
+                stamp: Some(loaded.stamp),
             }),
-        })
+        }
     }
 
     /// The current value. At most once per interval it checks the file's modification time and size; if

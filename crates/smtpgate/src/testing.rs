@@ -27,8 +27,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::context::Context;
 use crate::queue::Queue;
-use crate::server::{ListenerState, context};
+use crate::session::ListenerState;
 use crate::session::Session;
 
 /// RFC 5321 4.5.3.1.5: a reply line is at most 512 octets with its CRLF.
@@ -102,7 +103,7 @@ impl Gate {
         let config = Config::from_toml_str(&config_text(&dir.join("spool")), &dir).map_err(|e| e.to_string())?;
         let rt = runtime();
         let entered = rt.enter();
-        let (ctx, _) = context(Arc::new(config)).map_err(|e| e.to_string())?;
+        let (ctx, _) = Context::start(Arc::new(config), None).map_err(|e| e.to_string())?;
         let queue = Queue::new(ctx.clone());
         let (tx, rx) = watch::channel(false);
         let state =

@@ -1,4 +1,4 @@
-//! MTA-STS policy discovery end to end: `smtpgate::deliver::mta_sts::MtaSts` against the test DNS
+//! MTA-STS policy discovery end to end: `smtpgate::upstream::mta_sts::MtaSts` against the test DNS
 //! server ([`DnsServer`]) and a real HTTPS policy host started here on 127.0.0.1, with a test CA
 //! and a certificate for `mta-sts.example.test` made with rcgen. One scenario per test; each has
 //! its own DNS server, policy host and cache.
@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::RootCertStore;
-use smtpgate::deliver::mta_sts::{Mode, MtaSts, Policy};
+use smtpgate::upstream::mta_sts::{Mode, MtaSts, Policy};
 use support::{DnsServer, DnsTable, SOON, TestCa};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -140,7 +140,7 @@ fn zone(id: &str) -> DnsTable {
 }
 
 fn client(dns: &DnsServer, roots: Arc<RootCertStore>, host: &PolicyHost) -> MtaSts {
-    let resolver = smtpgate::deliver::mx::resolver(&[dns.addr()]).expect("resolver");
+    let resolver = smtpgate::upstream::mx::resolver(&[dns.addr()]).expect("resolver");
     MtaSts::new(resolver, roots, host.port())
 }
 

@@ -14,6 +14,7 @@ use super::{
     ListenerConfig, ListenerMode, MtaStsConfig, QueueConfig, RedisConfig, RouteConfig, SpoolConfig, Stage,
     SuppressAction, SuppressionConfig, TlsFiles,
 };
+use crate::reloading::Loaded;
 
 const MB: u64 = 1024 * 1024;
 const MINUTE: u64 = 60;
@@ -69,16 +70,16 @@ fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Config {
     let shaping_file = raw
         .shaping
         .and_then(|s| s.file)
-        .map(|f| build_shaping_file(&f, base_dir, &queue, issues));
+        .and_then(|f| build_shaping_file(&f, base_dir, &queue, issues));
     let suppression = build_suppression(raw.suppression.unwrap_or_default(), issues);
-    let bounce_rules = raw.bounces.and_then(|b| b.rules).map(|f| {
+    let bounce_rules = raw.bounces.and_then(|b| b.rules).and_then(|f| {
         let path = issues.existing_file("bounces.rules".into(), base_dir, &f);
-        if path.is_file()
-            && let Err(e) = crate::deliver::classify::Classifier::load(&path)
-        {
-            issues.push("bounces.rules", e);
+        if !path.is_file() {
+            return None;
         }
-        path
+        Loaded::read(path, crate::reply::Classifier::load)
+            .map_err(|e| issues.push("bounces.rules", e))
+            .ok()
     });
     let redis = raw.redis.map(|r| {
         let url = r.url.unwrap_or_default();
@@ -210,14 +211,19 @@ fn build_suppression(raw: super::raw::RawSuppression, issues: &mut Issues) -> Su
 }
 
 /// The shaping file must exist and load now: a mistake there is a configuration error.
-fn build_shaping_file(raw: &str, base_dir: &Path, queue: &QueueConfig, issues: &mut Issues) -> PathBuf {
+fn build_shaping_file(
+    raw: &str,
+    base_dir: &Path,
+    queue: &QueueConfig,
+    issues: &mut Issues,
+) -> Option<Loaded<super::shaping::Rules>> {
     let path = issues.existing_file("shaping.file".into(), base_dir, raw);
-    if path.is_file()
-        && let Err(e) = crate::shaping::Rules::load(&path, queue)
-    {
-        issues.push("shaping.file", e);
+    if !path.is_file() {
+        return None;
     }
-    path
+    Loaded::read(path, |p| super::shaping::Rules::load(p, queue))
+        .map_err(|e| issues.push("shaping.file", e))
+        .ok()
 }
 
 /// Mistakes found so far, with helpers that record one and return a stand-in value.
@@ -358,7 +364,7 @@ fn build_admin(raw: RawAdmin, base_dir: &Path, issues: &mut Issues) -> Option<Ad
     }
     let mut hosts = Vec::new();
     for (i, name) in raw.hosts.unwrap_or_default().iter().enumerate() {
-        match crate::server::admin_auth::parse_host_name(name) {
+        match super::values::parse_host_name(name) {
             Ok(name) => hosts.push(name),
             Err(e) => issues.push(format!("admin.hosts[{i}]"), e),
         }

@@ -21,12 +21,14 @@
 //! Relative paths in the file (spool dir, TLS files, users file) are relative to the folder
 //! the file is in. Config is passed explicitly; there is no global.
 
+pub mod adaptive;
 mod check;
 pub mod filter;
 mod locate;
 pub mod pool;
 pub mod raw;
 pub mod route;
+pub mod shaping;
 pub mod stream;
 #[cfg(test)]
 mod tests;
@@ -65,7 +67,7 @@ pub struct Config {
     /// `[quarantine] max_age`: entries older than this are deleted (default 30 days).
     pub quarantine_max_age: Duration,
     /// `[shaping] file`: limits per destination (checked at load, reloaded when it changes).
-    pub shaping_file: Option<PathBuf>,
+    pub shaping_file: Option<crate::reloading::Loaded<shaping::Rules>>,
     /// `[[stream]]`s; route rules name them.
     pub streams: Vec<stream::StreamConfig>,
     pub suppression: SuppressionConfig,
@@ -74,7 +76,7 @@ pub struct Config {
     pub mta_sts: MtaStsConfig,
     pub dane: DaneConfig,
     /// `[bounces] rules`: the administrator's bounce classification rules, before the built-in ones.
-    pub bounce_rules: Option<PathBuf>,
+    pub bounce_rules: Option<crate::reloading::Loaded<crate::reply::Classifier>>,
     /// How long a graceful shutdown waits for open sessions to finish their transaction. Deliveries
     /// in flight are not waited for: their state is on disk and they are retried after a restart.
     /// Key `shutdown_timeout`.

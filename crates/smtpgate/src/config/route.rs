@@ -219,6 +219,13 @@ pub struct SrsConfig {
     pub hash_length: usize,
 }
 
+/// How many base64 characters of the SRS MAC an address carries (libsrs2's and postsrsd's default).
+pub const SRS_DEFAULT_HASH_LENGTH: usize = 4;
+
+/// The longest SRS hash: all the characters that base64 of a 20-byte SHA-1 MAC has (the 28th is
+/// padding).
+pub const SRS_MAX_HASH_LENGTH: usize = 27;
+
 pub(super) fn build_routing(raw: RawRouting, base_dir: &Path, issues: &mut Issues) -> RoutingConfig {
     let file =
         |issues: &mut Issues, key: &str, v: Option<String>| v.map(|f| issues.existing_file(key.into(), base_dir, &f));
@@ -227,14 +234,14 @@ pub(super) fn build_routing(raw: RawRouting, base_dir: &Path, issues: &mut Issue
             issues.push("routing.srs.secret", "must be at least 16 characters");
         }
         let hash_length = match s.hash_length {
-            None => crate::route::srs::DEFAULT_HASH_LENGTH,
+            None => SRS_DEFAULT_HASH_LENGTH,
             Some(n) => usize::try_from(n)
                 .ok()
-                .filter(|n| (4..=crate::route::srs::MAX_HASH_LENGTH).contains(n))
+                .filter(|n| (4..=SRS_MAX_HASH_LENGTH).contains(n))
                 .unwrap_or_else(|| {
-                    let max = crate::route::srs::MAX_HASH_LENGTH;
+                    let max = SRS_MAX_HASH_LENGTH;
                     issues.push("routing.srs.hash_length", format!("{n} is not between 4 and {max}"));
-                    crate::route::srs::DEFAULT_HASH_LENGTH
+                    SRS_DEFAULT_HASH_LENGTH
                 }),
         };
         SrsConfig {

@@ -178,6 +178,28 @@ pub fn parse_domain(text: &str) -> Result<String, String> {
     }
 }
 
+/// Checks one `admin.hosts` entry: a DNS name or an IP address, without a port. Returns it
+/// lower-cased.
+pub fn parse_host_name(name: &str) -> Result<String, String> {
+    let lower = name.trim_end_matches('.').to_ascii_lowercase();
+    if lower.parse::<IpAddr>().is_ok() {
+        return Ok(lower);
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if lower.is_empty() || lower.len() > 253 || !lower.split('.').all(label_ok) {
+        return Err(format!(
+            "{name:?} is not a host name (a DNS name or an IP address, no port)"
+        ));
+    }
+    Ok(lower)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,6 +341,15 @@ mod tests {
             parse_server_addr("mx.example.com").unwrap().to_string(),
             "mx.example.com:25"
         );
+    }
+
+    #[test]
+    fn host_names_are_checked() {
+        assert_eq!(parse_host_name("Gate.Internal.").unwrap(), "gate.internal");
+        assert_eq!(parse_host_name("10.0.0.1").unwrap(), "10.0.0.1");
+        for bad in ["", "gate:8025", "a b", "-x.test", "http://x"] {
+            assert!(parse_host_name(bad).is_err(), "{bad}");
+        }
     }
 }
 

@@ -1,12 +1,6 @@
 //! Delivery: connecting to a next hop and turning SMTP replies into per-recipient outcomes.
 
 pub mod bounce;
-pub mod classify;
-pub mod client;
-pub mod dane;
-pub mod mta_sts;
-pub mod mx;
-pub mod pool;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -15,12 +9,13 @@ use smtpgate_proto::ParsedReply;
 
 use crate::config::TlsPolicy;
 use crate::context::Context;
-use crate::envelope::Recipient;
-use crate::queue::Delivery;
+use crate::envelope::{Envelope, Recipient};
 use crate::route::NextHop;
 use crate::shaping::Shape;
+use crate::spool::Stored;
+use crate::upstream::client::{self, Client, ClientError, Connect};
+use crate::upstream::{Unavailable, dane, mta_sts, mx};
 use bounce::Diagnostic;
-use client::{Client, ClientError, Connect};
 
 /// What became of one recipient in one attempt.
 #[derive(Debug, Clone)]
@@ -77,6 +72,12 @@ pub struct ConnectFailure {
     pub outcome: Outcome,
 }
 
+impl From<Unavailable> for ConnectFailure {
+    fn from(u: Unavailable) -> Self {
+        ConnectFailure::transient(u.status, u.text)
+    }
+}
+
 impl ConnectFailure {
     pub(crate) fn transient(status: &str, text: String) -> Self {
         ConnectFailure {
@@ -89,7 +90,7 @@ impl ConnectFailure {
 }
 
 /// Opens a connection to the first mail server of `domain` that answers (MX delivery; pools go
-/// through [`pool::Pools::lease`]), with the destination's TLS policy and timeouts from the
+/// through [`Pools::lease`](crate::upstream::pool::Pools::lease)), with the destination's TLS policy and timeouts from the
 /// shaping file (its rate and connection limits are the caller's to apply).
 pub async fn connect_mx(ctx: &Context, domain: &str) -> Result<Client, ConnectFailure> {
     let targets = mx_plan(ctx, domain).await?;
@@ -345,24 +346,17 @@ pub async fn mx_targets(ctx: &Context, domain: &str) -> Result<Vec<(String, Sock
         .collect())
 }
 
-async fn resolve_host(ctx: &Context, host: &str, port: u16) -> Vec<SocketAddr> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return vec![SocketAddr::new(ip, port)];
-    }
-    match ctx.resolver.lookup_ip(format!("{host}.").as_str()).await {
-        Ok(ips) => ips.iter().map(|ip| SocketAddr::new(ip, port)).collect(),
-        Err(e) => {
-            tracing::warn!(host, error = %e, "cannot resolve upstream server");
-            Vec::new()
-        }
-    }
-}
-
 /// Sends one delivery over an open connection. Returns each recipient's outcome and whether the
 /// connection can carry another message.
-pub async fn attempt(ctx: &Context, client: &mut Client, d: &Delivery) -> (Vec<(u32, Outcome)>, bool) {
-    let env = &d.msg.env;
-    let all = |o: Outcome| d.rcpts.iter().map(|&i| (i, o.clone())).collect::<Vec<_>>();
+/// `rcpts` are the indices in `env` of the recipients this attempt is for; `body` reads the
+/// message from the spool, and is awaited only if the connection can take the message.
+pub async fn attempt(
+    client: &mut Client,
+    env: &Envelope,
+    rcpts: &[u32],
+    body: impl Future<Output = std::io::Result<Stored>>,
+) -> (Vec<(u32, Outcome)>, bool) {
+    let all = |o: Outcome| rcpts.iter().map(|&i| (i, o.clone())).collect::<Vec<_>>();
     if !client.can_take(env) {
         // What a proxy listener answers (`Reply::upstream_lacks_smtputf8`).
         let diagnostic = Diagnostic::local_reply(550, "the destination does not support SMTPUTF8");
@@ -374,7 +368,7 @@ pub async fn attempt(ctx: &Context, client: &mut Client, d: &Delivery) -> (Vec<(
             true,
         );
     }
-    let body = match d.msg.stored(&ctx.spool).await {
+    let body = match body.await {
         Ok(b) => b,
         Err(e) => {
             let diagnostic = Diagnostic::local(format!("cannot read message from spool: {e}"));
@@ -387,10 +381,10 @@ pub async fn attempt(ctx: &Context, client: &mut Client, d: &Delivery) -> (Vec<(
             );
         }
     };
-    let rcpts: Vec<&Recipient> = d.rcpts.iter().map(|&i| &env.recipients[i as usize]).collect();
-    match client.deliver(env, &rcpts, &body).await {
+    let to: Vec<&Recipient> = rcpts.iter().map(|&i| &env.recipients[i as usize]).collect();
+    match client.deliver(env, &to, &body).await {
         Ok(res) => {
-            let outcomes = d.rcpts.iter().zip(res.rcpts).map(|(&i, r)| {
+            let outcomes = rcpts.iter().zip(res.rcpts).map(|(&i, r)| {
                 let o = match (r, &res.data) {
                     (Err(refused), _) => Outcome::from_reply(&refused),
                     (Ok(_), Some(data)) => Outcome::from_reply(data),

@@ -116,7 +116,7 @@ pub(super) fn machine_hostname() -> String {
 }
 
 /// A resolver on the given name servers (UDP, then TCP), or the system's when there are none.
-/// mail-auth uses its own hickory version, so this mirrors `deliver::mx::resolver` on its types.
+/// mail-auth uses its own hickory version, so this mirrors `upstream::mx::resolver` on its types.
 pub(super) fn authenticator(nameservers: &[SocketAddr], timeout: Duration) -> Result<MessageAuthenticator, String> {
     let (config, mut opts) = if nameservers.is_empty() {
         mail_auth::hickory_resolver::system_conf::read_system_conf()

@@ -202,7 +202,7 @@ fn machine_hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// Like `deliver::mx::resolver`, with one attempt of `timeout` per question, both address
+/// Like `upstream::mx::resolver`, with one attempt of `timeout` per question, both address
 /// families for forward confirmation, and DNS only (`/etc/hosts` would confirm `localhost`).
 fn resolver(nameservers: &[SocketAddr], timeout: Duration) -> Result<TokioResolver, String> {
     let mut builder = if nameservers.is_empty() {

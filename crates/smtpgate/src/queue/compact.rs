@@ -104,7 +104,7 @@ mod tests {
             retry = ["1h"]
         "#;
         let config = Config::from_toml_str(toml, dir.path()).unwrap();
-        let (ctx, _) = crate::server::context(Arc::new(config)).unwrap();
+        let (ctx, _) = crate::context::Context::start(Arc::new(config), None).unwrap();
         let queue = Queue::new(ctx.clone());
         queue
             .accept(envelope(1), b"Subject: stuck\r\n\r\nwaiting\r\n".to_vec())

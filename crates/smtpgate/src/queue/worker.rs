@@ -11,9 +11,10 @@ use tokio::time::Instant;
 
 use super::{Delivery, Lane, Queue, settle};
 use crate::context::Context;
-use crate::deliver::{self, ConnectFailure, Outcome, client::Client};
+use crate::deliver::{self, ConnectFailure, Outcome};
 use crate::route::NextHop;
 use crate::shaping::{Limit, Permit, Pick, Shape};
+use crate::upstream::client::Client;
 
 pub(super) async fn run(queue: Queue, lane: Lane) {
     match &lane.hop {
@@ -253,7 +254,7 @@ async fn run_mx(queue: &Queue, lane: &Lane, domain: &str) {
             Ok(c) => c,
             Err(fail) => return unreachable(queue, lane, d, &fail, started),
         };
-        let (results, keep) = deliver::attempt(&ctx, &mut c.client, &d).await;
+        let (results, keep) = deliver::attempt(&mut c.client, &d.msg.env, &d.rcpts, d.msg.stored(&ctx.spool)).await;
         let failures: Vec<(Option<&str>, &str)> = results
             .iter()
             .filter_map(|(_, o)| o.failure())
@@ -293,11 +294,11 @@ async fn run_pool(queue: &Queue, lane: &Lane, pool: &str) {
         // Each delivery leases from the pools of the configuration current now.
         let ctx = queue.ctx();
         let per_conn = ctx.config.queue.messages_per_connection;
-        let mut lease = match ctx.pools.lease(&ctx, pool).await {
+        let mut lease = match ctx.pools.lease(pool).await.map_err(ConnectFailure::from) {
             Ok(lease) => lease,
             Err(fail) => return unreachable(queue, lane, d, &fail, started),
         };
-        let (results, keep) = deliver::attempt(&ctx, lease.client(), &d).await;
+        let (results, keep) = deliver::attempt(lease.client(), &d.msg.env, &d.rcpts, d.msg.stored(&ctx.spool)).await;
         let remote = Some(lease.client().remote.clone());
         let delivered = results.iter().any(|(_, o)| matches!(o, Outcome::Delivered(_)));
         lease.finish(keep, delivered, per_conn).await;

@@ -33,11 +33,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 /// How many days a rewritten address can be reversed (libsrs2's default).
 pub const MAX_AGE_DAYS: u64 = 21;
 
-/// How many base64 characters of the MAC an address carries (libsrs2's and postsrsd's default).
-pub const DEFAULT_HASH_LENGTH: usize = 4;
-
-/// The longest hash: all the characters that base64 of a 20-byte SHA-1 MAC has (the 28th is padding).
-pub const MAX_HASH_LENGTH: usize = 27;
+pub use crate::config::route::{
+    SRS_DEFAULT_HASH_LENGTH as DEFAULT_HASH_LENGTH, SRS_MAX_HASH_LENGTH as MAX_HASH_LENGTH,
+};
 
 /// The timestamp's alphabet: five bits a character, as in libsrs2.
 const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";

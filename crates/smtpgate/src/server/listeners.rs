@@ -8,10 +8,10 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::limits;
 use super::{Bound, ListenerState, StartError};
 use crate::io::{BoxIo, TlsInfo};
 use crate::session::Session;
+use crate::session::limits;
 
 /// One listener that is accepting connections.
 struct Running {

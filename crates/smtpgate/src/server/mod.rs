@@ -2,7 +2,6 @@
 
 mod admin;
 pub mod admin_auth;
-mod limits;
 mod listeners;
 pub mod quarantine_api;
 mod reload;
@@ -15,50 +14,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, ListenerConfig};
+use crate::config::Config;
 use crate::context::Context;
-use crate::envelope::IdGen;
 
-use crate::metrics::Metrics;
 use crate::queue::Queue;
-use crate::session::Users;
-use crate::spool::Spool;
-pub use limits::{AuthFailures, client_key};
-use limits::{ConnLimits, Sessions};
+use crate::session::{ListenerState, Sessions};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot open spool {0}: {1}")]
-    Spool(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Context(#[from] crate::context::BuildError),
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
-    #[error("listener {0}: TLS: {1}")]
-    Tls(String, String),
-    #[error("listener {0}: users file: {1}")]
-    Users(String, String),
-    #[error("cannot set up DNS resolver: {0}")]
-    Dns(std::io::Error),
-    #[error("routing: {0}")]
-    Routing(String),
+    #[error(transparent)]
+    Listener(#[from] crate::session::ListenerError),
     #[error("{0}")]
     Setup(String),
-}
-
-/// What one listener's sessions share.
-pub struct ListenerState {
-    pub config: ListenerConfig,
-    pub ctx: Arc<Context>,
-    pub queue: Queue,
-    pub tls: Option<TlsAcceptor>,
-    pub users: Option<Arc<Users>>,
-    pub shutdown: watch::Receiver<bool>,
-    limits: ConnLimits,
-    /// AUTH failures per client address, kept across reloads like `limits`.
-    pub auth_failures: AuthFailures,
-    sessions: Arc<Sessions>,
 }
 
 /// A bound listener, as reported at start-up.
@@ -96,7 +69,7 @@ impl Server {
             ),
             None => None,
         };
-        let (ctx, found) = context_shared(config.clone(), shared)?;
+        let (ctx, found) = Context::start(config.clone(), shared)?;
         // Suppressions made on other nodes reach this one for as long as it runs.
         let _follower = ctx.feedback.follow_shared();
         // So do adaptive actions.
@@ -108,7 +81,7 @@ impl Server {
         let states = config
             .listeners
             .iter()
-            .map(|lc| listener_state(lc, &ctx, &queue, &shutdown_rx, &sessions))
+            .map(|lc| ListenerState::new(lc, &ctx, &queue, &shutdown_rx, &sessions))
             .collect::<Result<Vec<_>, _>>()?;
         let mut listeners = listeners::Listeners::default();
         listeners.apply(states).await?;
@@ -124,7 +97,7 @@ impl Server {
         let recovered = queue.restore(found).await;
         queue.start_compaction(Duration::from_secs(30));
         tokio::spawn(expire_quarantine(queue.clone()));
-        crate::deliver::pool::Pools::start(&ctx);
+        ctx.pools.start();
         let grace = config.shutdown_timeout;
         Ok(Server {
             listeners,
@@ -162,116 +135,6 @@ impl Server {
         self.queue.ctx().shaper.save_warmup();
         self.queue.ctx().spool.close().await;
     }
-}
-
-/// Opens the spool and builds what every part of the server shares.
-pub fn context(config: Arc<Config>) -> Result<(Arc<Context>, Vec<crate::spool::Recovered>), StartError> {
-    context_shared(config, None)
-}
-
-/// [`context`] with the Redis the nodes share.
-pub fn context_shared(
-    config: Arc<Config>,
-    shared: Option<crate::shared::Shared>,
-) -> Result<(Arc<Context>, Vec<crate::spool::Recovered>), StartError> {
-    let spool_dir = std::path::absolute(&config.spool.dir).unwrap_or(config.spool.dir.clone());
-    let (spool, found) =
-        Spool::open(&spool_dir, config.spool.segment_size).map_err(|e| StartError::Spool(spool_dir.clone(), e))?;
-    let roots = crate::tls::trust_roots(config.mta_sts.ca_file.as_deref()).map_err(StartError::Setup)?;
-    let mta_sts = config.mta_sts.enabled.then(|| {
-        let resolver = crate::deliver::mx::resolver(&config.dns.nameservers).map_err(StartError::Dns);
-        resolver.map(|r| {
-            Arc::new(crate::deliver::mta_sts::MtaSts::new(
-                r,
-                roots.clone(),
-                config.mta_sts.https_port,
-            ))
-        })
-    });
-    let mta_sts = mta_sts.transpose()?;
-    let dane = crate::deliver::dane::Dane::for_config(&config).map_err(StartError::Dns)?;
-    let metrics = Metrics::default();
-    metrics.spool_damaged.add(spool.damaged());
-    let ctx = Arc::new(Context {
-        config: config.clone(),
-        spool: Arc::new(spool),
-        metrics: Arc::new(metrics),
-        resolver: crate::deliver::mx::resolver(&config.dns.nameservers).map_err(StartError::Dns)?,
-        client_tls: crate::tls::client_config(),
-        ids: Arc::new(IdGen::default()),
-        memory: crate::budget::MemoryBudget::new(config.spool.memory_budget),
-        pools: crate::deliver::pool::Pools::new(&config).map_err(StartError::Setup)?,
-        router: Arc::new(crate::route::Router::new(config.clone()).map_err(StartError::Routing)?),
-        quarantine: Arc::new(
-            crate::quarantine::Quarantine::open(&spool_dir).map_err(|e| StartError::Spool(spool_dir.clone(), e))?,
-        ),
-        shaper: crate::shaping::Shaper::new(config.shaping_file.clone(), &config.queue, None)
-            .map_err(|e| StartError::Setup(format!("shaping: {e}")))?
-            .with_shared(shared.clone())
-            .with_warmup_file(spool_dir.join("warmup.json")),
-        feedback: Arc::new(
-            crate::feedback::Feedback::new(
-                config.bounce_rules.clone(),
-                crate::feedback::Feedback::open_suppression(&spool_dir)
-                    .map_err(|e| StartError::Spool(spool_dir.clone(), e))?,
-                crate::sent::SentLog::open(&spool_dir, config.suppression.reports_remember, shared.clone())
-                    .map_err(|e| StartError::Spool(spool_dir.clone(), e))?,
-                &config.suppression,
-                None,
-            )
-            .map_err(|e| StartError::Setup(format!("bounces: {e}")))?
-            .with_shared(shared.clone()),
-        ),
-        shared,
-        mta_sts,
-        dane,
-        verified_tls: crate::deliver::mta_sts::verifying_client_config(roots),
-    });
-    Ok((ctx, found))
-}
-
-impl ListenerState {
-    /// A listener's shared state outside a running server (for driving sessions directly).
-    pub fn standalone(
-        lc: &ListenerConfig,
-        ctx: &Arc<Context>,
-        queue: &Queue,
-        shutdown: &watch::Receiver<bool>,
-    ) -> Result<ListenerState, StartError> {
-        listener_state(lc, ctx, queue, shutdown, &Arc::default())
-    }
-}
-
-fn listener_state(
-    lc: &ListenerConfig,
-    ctx: &Arc<Context>,
-    queue: &Queue,
-    shutdown: &watch::Receiver<bool>,
-    sessions: &Arc<Sessions>,
-) -> Result<ListenerState, StartError> {
-    let tls = match &lc.tls {
-        Some(files) => Some(TlsAcceptor::from(
-            crate::tls::server_config(&files.cert, &files.key).map_err(|e| StartError::Tls(lc.name.clone(), e))?,
-        )),
-        None => None,
-    };
-    let users = match &lc.auth {
-        Some(a) => Some(Arc::new(
-            Users::load(&a.users_file).map_err(|e| StartError::Users(lc.name.clone(), e))?,
-        )),
-        None => None,
-    };
-    Ok(ListenerState {
-        config: lc.clone(),
-        ctx: ctx.clone(),
-        queue: queue.clone(),
-        tls,
-        users,
-        shutdown: shutdown.clone(),
-        limits: ConnLimits::new(lc.max_connections, lc.max_connections_per_ip, lc.ipv6_prefix),
-        auth_failures: AuthFailures::default(),
-        sessions: sessions.clone(),
-    })
 }
 
 /// Deletes quarantine entries past `[quarantine] max_age`, every ten minutes.

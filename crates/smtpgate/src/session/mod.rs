@@ -10,6 +10,8 @@ mod data;
 mod ehlo;
 mod filters;
 mod headers;
+pub mod limits;
+mod listener;
 mod mail;
 mod proxy;
 mod rcpt;
@@ -23,9 +25,10 @@ use tokio::io::AsyncReadExt;
 
 use crate::envelope::{QueueId, Recipient};
 use crate::io::{BoxIo, TlsInfo};
-use crate::server::ListenerState;
 pub use auth::{Users, hash_password};
 use conn::{Conn, Line, ReadError};
+pub use limits::{AuthFailures, ConnLimits, Sessions};
+pub use listener::{ListenerError, ListenerState};
 
 /// RFC 5321 4.5.3.1.4: a command line is at most 512 octets with its CRLF.
 const MAX_LINE: usize = 512;

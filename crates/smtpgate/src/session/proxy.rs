@@ -20,13 +20,13 @@ use smtpgate_proto::{Body, ParsedReply, Reply};
 use super::filters::Filtered;
 use super::{Draft, Flow, Session, Txn};
 use crate::config::ListenerMode;
-use crate::deliver::client::{Client, ClientError};
-use crate::deliver::pool::Lease;
 use crate::deliver::{ConnectFailure, Outcome};
 use crate::envelope::{Envelope, QueueId, Recipient};
 use crate::intake;
 use crate::route::Group;
 use crate::spool::Content;
+use crate::upstream::client::{Client, ClientError};
+use crate::upstream::pool::Lease;
 
 /// Where a transaction goes: every recipient of one transaction must share it, since the
 /// message is sent once, as one copy.
@@ -218,7 +218,12 @@ impl Session {
         // connection no longer than a connection may take to open.
         let connecting = async {
             match &route.pool {
-                Some(pool) => ctx.pools.lease(&ctx, pool).await.map(Link::Pool),
+                Some(pool) => ctx
+                    .pools
+                    .lease(pool)
+                    .await
+                    .map(Link::Pool)
+                    .map_err(ConnectFailure::from),
                 None => crate::deliver::connect_mx(&ctx, &route.domain)
                     .await
                     .map(|c| Link::Mx(Box::new(c))),

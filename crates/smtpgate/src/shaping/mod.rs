@@ -26,18 +26,17 @@
 pub mod adaptive;
 mod gate;
 pub mod outbound;
-pub mod rules;
+pub use crate::config::shaping as rules;
 pub mod warmup;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::config::QueueConfig;
-use crate::reloading::Reloading;
+use crate::reloading::{Loaded, Reloading};
 pub use gate::{Gate, Permit};
 pub use rules::{Key, Rate, Rules, Shape};
 pub use warmup::{Pick, SourceUsage};
@@ -161,21 +160,21 @@ pub struct Usage {
 }
 
 impl Shaper {
-    /// The shaping file at `file` (checked now: an error is a configuration error), or `[queue]`'s
+    /// The shaping file the configuration loaded (reloaded when it changes), or `[queue]`'s
     /// limits for everyone. `state` carries the counters over from the previous configuration.
-    pub fn new(file: Option<PathBuf>, queue: &QueueConfig, state: Option<Arc<State>>) -> Result<Shaper, String> {
+    pub fn new(file: Option<Loaded<Rules>>, queue: &QueueConfig, state: Option<Arc<State>>) -> Shaper {
         let rules = match file {
             None => Source::Fixed(Arc::new(Rules::from_queue(queue))),
-            Some(path) => {
+            Some(loaded) => {
                 let q = queue.clone();
-                Source::File(Reloading::new(path, move |p| Rules::load(p, &q))?)
+                Source::File(Reloading::from_loaded(loaded, move |p| Rules::load(p, &q)))
             }
         };
-        Ok(Shaper {
+        Shaper {
             rules,
             state: state.unwrap_or_default(),
             shared: None,
-        })
+        }
     }
 
     /// Counts message and connection rates in the Redis the nodes share (falling back to this

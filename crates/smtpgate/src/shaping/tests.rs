@@ -111,7 +111,7 @@ colour = "blue"
 /// holds more than 60 messages, and the limit is used, not starved.
 #[tokio::test(start_paused = true)]
 async fn sixty_per_minute_holds_over_five_minutes_for_a_shared_rollup() {
-    let shaper = Arc::new(Shaper::new(None, &queue(), None).unwrap());
+    let shaper = Arc::new(Shaper::new(None, &queue(), None));
     let key = Limit::new(Some("bulk"), Key::Mx("*.mail.protection.outlook.com".into()));
     let rate: Rate = "60/min".parse().unwrap();
     let start = Instant::now();
@@ -149,7 +149,7 @@ async fn sixty_per_minute_holds_over_five_minutes_for_a_shared_rollup() {
 /// Connections beyond the key's limit wait until one closes.
 #[tokio::test(start_paused = true)]
 async fn connections_beyond_the_limit_wait() {
-    let shaper = Arc::new(Shaper::new(None, &queue(), None).unwrap());
+    let shaper = Arc::new(Shaper::new(None, &queue(), None));
     let key = Limit::new(None, Key::Domain("a.test".into()));
     let first = shaper.connection(&key, 2).await;
     let _second = shaper.connection(&key, 2).await;
@@ -171,7 +171,7 @@ async fn the_file_reloads_and_state_survives_a_new_shaper() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shaping.toml");
     std::fs::write(&path, "[domain.\"a.test\"]\nmax_message_rate = \"10/min\"\n").unwrap();
-    let shaper = Shaper::new(Some(path.clone()), &queue(), None).unwrap();
+    let shaper = Shaper::new(Some(load(&path)), &queue(), None);
     assert_eq!(
         shaper.shape("a.test", &[]).1.message_rate,
         Some("10/min".parse().unwrap())
@@ -189,7 +189,7 @@ async fn the_file_reloads_and_state_survives_a_new_shaper() {
         assert!(std::time::Instant::now() < deadline, "the file was not reloaded");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let next = Shaper::new(Some(path), &queue(), Some(shaper.state())).unwrap();
+    let next = Shaper::new(Some(load(&path)), &queue(), Some(shaper.state()));
     let usage = next.usage();
     assert_eq!(usage.len(), 1, "{usage:?}");
     assert_eq!((usage[0].key.as_str(), usage[0].connections), ("domain:a.test", 1));
@@ -206,7 +206,7 @@ source_addresses = ["127.0.0.2", { address = "127.0.0.3", weight = 3 }]
 name = "plain"
 "#;
     let config = Config::from_toml_str(text, std::path::Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
-    let shaper = Shaper::new(None, &config.queue, None).unwrap();
+    let shaper = Shaper::new(None, &config.queue, None);
     let picks: Vec<_> = (0..40)
         .map(|_| shaper.source(&config, "bulk").address().unwrap())
         .collect();
@@ -235,7 +235,7 @@ fn warming(extra: &str) -> Config {
 #[test]
 fn a_warming_address_sends_its_daily_volume_and_no_more() {
     let config = warming("");
-    let shaper = Shaper::new(None, &config.queue, None).unwrap();
+    let shaper = Shaper::new(None, &config.queue, None);
     let mut from_new = 0;
     for _ in 0..20 {
         let ip = shaper.source(&config, "bulk").address().expect("an address");
@@ -266,7 +266,7 @@ fn a_stream_whose_addresses_are_all_capped_waits_for_the_next_day() {
          [[stream]]\nname = \"later\"\nsource_addresses = [{{ address = \"127.0.0.5\", warmup_since = \"2999-01-01\" }}]\n"
     );
     let config = Config::from_toml_str(&text, std::path::Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
-    let shaper = Shaper::new(None, &config.queue, None).unwrap();
+    let shaper = Shaper::new(None, &config.queue, None);
     for _ in 0..2 {
         let ip = shaper.source(&config, "new").address().expect("within the cap");
         assert!(shaper.take_source(&config, "new", ip));
@@ -293,4 +293,9 @@ fn warmup_mistakes_are_reported_with_their_keys() {
     ] {
         assert!(err.contains(key), "{key} missing from: {err}");
     }
+}
+
+/// The shaping file as the configuration loads it.
+fn load(path: &std::path::Path) -> crate::reloading::Loaded<Rules> {
+    crate::reloading::Loaded::read(path.to_path_buf(), |p| Rules::load(p, &queue())).unwrap()
 }

@@ -119,10 +119,10 @@ async fn low_disk_space_refuses_mail_with_452() {
 async fn talking_before_the_greeting_gets_554() {
     let dir = tempfile::tempdir().unwrap();
     let config = crate::config::Config::from_toml_str(&config_with("greeting_delay = \"300ms\""), dir.path()).unwrap();
-    let (ctx, _) = crate::server::context(std::sync::Arc::new(config)).unwrap();
+    let (ctx, _) = crate::context::Context::start(std::sync::Arc::new(config), None).unwrap();
     let queue = crate::queue::Queue::new(ctx.clone());
     let (_tx, rx) = tokio::sync::watch::channel(false);
-    let state = crate::server::ListenerState::standalone(&ctx.config.listeners[0], &ctx, &queue, &rx).unwrap();
+    let state = crate::session::ListenerState::standalone(&ctx.config.listeners[0], &ctx, &queue, &rx).unwrap();
     let (mut client, server) = tokio::io::duplex(4096);
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     client.write_all(b"EHLO eager.test\r\n").await.unwrap();

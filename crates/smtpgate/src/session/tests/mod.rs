@@ -19,7 +19,7 @@ use super::Session;
 use crate::config::Config;
 use crate::context::Context;
 use crate::queue::Queue;
-use crate::server::{ListenerState, context};
+use crate::session::ListenerState;
 
 /// A listener config for tests: the pool points at a closed port so nothing leaves the machine.
 pub fn config_with(listener_extra: &str) -> String {
@@ -72,7 +72,7 @@ impl Harness {
     }
 
     pub async fn with_config(config: Config, dir: tempfile::TempDir, peer: &str) -> Harness {
-        let (ctx, _) = context(Arc::new(config)).unwrap();
+        let (ctx, _) = Context::start(Arc::new(config), None).unwrap();
         let queue = Queue::new(ctx.clone());
         let (tx, rx) = watch::channel(false);
         let state = Arc::new(ListenerState::standalone(&ctx.config.listeners[0], &ctx, &queue, &rx).unwrap());

@@ -38,12 +38,10 @@ use serde::{Deserialize, Serialize};
 
 use super::Limit;
 
-mod rule;
 mod shaper;
-pub(crate) use rule::RawRule;
 #[cfg(test)]
-use rule::status_starts_with;
-pub use rule::{Reply, Rule};
+use crate::config::adaptive::status_starts_with;
+pub use crate::config::adaptive::{Reply, Rule};
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 4)
@@ -251,7 +249,7 @@ struct Entry {
 impl Actions {
     /// Records a match of `rule` on `limit`: a new action or the one in force renewed.
     pub fn hit(&self, limit: &Limit, rule: &Rule, reason: &str, now: u64) -> (Action, Change) {
-        let fresh = rule.action(limit, reason, now);
+        let fresh = action(rule, limit, reason, now);
         let mut map = self.map.lock().unwrap();
         match map.get_mut(limit) {
             Some(e) if e.action.effect(now).is_some() => {
@@ -430,6 +428,27 @@ fn manual(limit: &Limit, now: u64) -> Action {
 
 /// The destination as listed: `domain:<name>` or `mx:<pattern>`, with ` from <address>` for a
 /// limit per source address.
+/// The action `rule` puts on `limit` at `now` (ms), for `reason`.
+pub fn action(rule: &Rule, limit: &Limit, reason: &str, now: u64) -> Action {
+    let until = now + ms(rule.duration);
+    Action {
+        key: limit.to_string(),
+        stream: limit.stream.clone().unwrap_or_else(|| "default".into()),
+        destination: destination(limit),
+        rule: rule.name.clone(),
+        reason: reason.to_owned(),
+        suspended_until: rule.suspend.then_some(until),
+        rate_factor: rule.rate_factor,
+        connection_factor: rule.connection_factor,
+        since: now,
+        until,
+        recovered: until + ms(rule.recover),
+        hits: 1,
+        updated: now,
+        by: "rule".into(),
+    }
+}
+
 fn destination(limit: &Limit) -> String {
     match limit.source {
         Some(ip) => format!("{} from {ip}", limit.dest),

@@ -52,7 +52,7 @@ impl Shaper {
         domain: &str,
         hosts: &[&str],
         failures: &[(Option<&str>, &str)],
-        classify: impl Fn(Option<&str>, &str) -> crate::deliver::classify::Category,
+        classify: impl Fn(Option<&str>, &str) -> crate::reply::classify::Category,
     ) {
         let rules = self.rules();
         if rules.adaptive.is_empty() || failures.is_empty() {

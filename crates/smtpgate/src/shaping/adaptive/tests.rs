@@ -1,5 +1,5 @@
 use super::*;
-use crate::deliver::classify::Category;
+use crate::reply::classify::Category;
 
 use crate::shaping::{Key, Rate, Rules, Shape};
 
@@ -286,7 +286,7 @@ fn limits_per_source_print_and_parse_back() {
     assert!(Limit::parse("bulk@nowhere/mx:x").is_err());
     let rule = one_rule("[[adaptive]]\ncode = \"421\"\naction = \"suspend\"\nduration = \"1h\"\n");
     assert_eq!(
-        rule.action(&limit, "421", T0).destination,
+        action(&rule, &limit, "421", T0).destination,
         "mx:*.yahoodns.net from 192.0.2.1"
     );
 }

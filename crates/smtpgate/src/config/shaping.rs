@@ -29,9 +29,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{QueueConfig, TlsPolicy};
+use super::adaptive;
+use super::{QueueConfig, TlsPolicy};
 
-pub use crate::config::values::Rate;
+pub use super::values::Rate;
 
 /// How mail to one destination is sent: the limits in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +90,7 @@ struct RawFile {
     #[serde(default)]
     mx: HashMap<String, RawShape>,
     #[serde(default)]
-    adaptive: Vec<super::adaptive::RawRule>,
+    adaptive: Vec<adaptive::RawRule>,
 }
 
 /// Whose limit a delivery counts against.
@@ -118,7 +119,7 @@ pub struct Rules {
     /// Patterns in the order they sort, so the first match is the same on every load.
     mx: Vec<(String, Shape)>,
     /// `[[adaptive]]`: rules on remote replies, in file order (every matching rule acts).
-    pub adaptive: Vec<super::adaptive::Rule>,
+    pub adaptive: Vec<adaptive::Rule>,
 }
 
 impl Rules {
@@ -171,7 +172,7 @@ impl Rules {
             .adaptive
             .into_iter()
             .enumerate()
-            .filter_map(|(i, r)| super::adaptive::Rule::parse(r, i, &mut errors))
+            .filter_map(|(i, r)| adaptive::Rule::parse(r, i, &mut errors))
             .collect();
         if !errors.is_empty() {
             return Err(errors.join("; "));
@@ -259,7 +260,7 @@ fn merge(base: &Shape, raw: RawShape, key: &str, errors: &mut Vec<String>) -> Sh
         ("data_timeout", raw.data_timeout, &mut shape.data_timeout),
     ] {
         if let Some(text) = value {
-            match crate::config::values::parse_duration(&text) {
+            match super::values::parse_duration(&text) {
                 Ok(d) if !d.is_zero() => *target = d,
                 Ok(_) => errors.push(format!("{key}.{field}: must be more than 0s")),
                 Err(e) => errors.push(format!("{key}.{field}: {e}")),

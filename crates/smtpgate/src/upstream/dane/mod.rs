@@ -21,13 +21,13 @@
 //!
 //! ```no_run
 //! # async fn example() -> std::io::Result<()> {
-//! use smtpgate::deliver::dane::{Dane, HostDane, SecureDns};
+//! use smtpgate::upstream::dane::{Dane, HostDane, SecureDns};
 //! let dane = Dane::new(SecureDns::new(&["127.0.0.1:53".parse().unwrap()])?, 25);
 //! let hosts = vec!["mx1.example.com".to_string()];
 //! if let Ok(found) = dane.hosts("example.com", &hosts).await
 //!     && let HostDane::Authenticated(records) = &found[0]
 //! {
-//!     let tls = smtpgate::deliver::dane::client_config(records.clone());
+//!     let tls = smtpgate::upstream::dane::client_config(records.clone());
 //! }
 //! # Ok(())
 //! # }

@@ -6,25 +6,23 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Deserialize;
 
-use super::{Action, destination, ms};
-use crate::deliver::classify::Category;
-use crate::shaping::Limit;
+use crate::reply::classify::Category;
 
 /// A rule of the shaping file's `[[adaptive]]` array.
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub name: String,
-    code: Option<String>,
-    status: Option<String>,
-    text: Option<Regex>,
-    category: Option<Category>,
-    domain: Option<String>,
-    mx: Option<String>,
-    suspend: bool,
-    rate_factor: f64,
-    connection_factor: f64,
-    duration: Duration,
-    recover: Duration,
+    pub code: Option<String>,
+    pub status: Option<String>,
+    pub text: Option<Regex>,
+    pub category: Option<Category>,
+    pub domain: Option<String>,
+    pub mx: Option<String>,
+    pub suspend: bool,
+    pub rate_factor: f64,
+    pub connection_factor: f64,
+    pub duration: Duration,
+    pub recover: Duration,
 }
 
 impl PartialEq for Rule {
@@ -154,7 +152,7 @@ impl Rule {
                 Duration::ZERO
             }
             None => Duration::ZERO,
-            Some(text) => match crate::config::values::parse_duration(&text) {
+            Some(text) => match super::values::parse_duration(&text) {
                 Ok(d) if !d.is_zero() || !required => d,
                 Ok(_) => {
                     errors.push(format!("{key}.{field}: must be more than 0s"));
@@ -191,12 +189,12 @@ impl Rule {
     /// Whether every condition of the rule holds for `reply`.
     pub fn matches(&self, reply: &Reply<'_>) -> bool {
         if let Some(d) = &self.domain
-            && !crate::shaping::rules::host_matches(d, reply.domain)
+            && !super::shaping::host_matches(d, reply.domain)
         {
             return false;
         }
         if let Some(p) = &self.mx
-            && !reply.hosts.iter().any(|h| crate::shaping::rules::host_matches(p, h))
+            && !reply.hosts.iter().any(|h| super::shaping::host_matches(p, h))
         {
             return false;
         }
@@ -217,31 +215,10 @@ impl Rule {
         }
         self.text.as_ref().is_none_or(|re| re.is_match(reply.text))
     }
-
-    /// The action this rule puts on `limit` at `now` (ms), for `reason`.
-    pub fn action(&self, limit: &Limit, reason: &str, now: u64) -> Action {
-        let until = now + ms(self.duration);
-        Action {
-            key: limit.to_string(),
-            stream: limit.stream.clone().unwrap_or_else(|| "default".into()),
-            destination: destination(limit),
-            rule: self.name.clone(),
-            reason: reason.to_owned(),
-            suspended_until: self.suspend.then_some(until),
-            rate_factor: self.rate_factor,
-            connection_factor: self.connection_factor,
-            since: now,
-            until,
-            recovered: until + ms(self.recover),
-            hits: 1,
-            updated: now,
-            by: "rule".into(),
-        }
-    }
 }
 
 /// `4.7.0` starts with `4.7.` and with `4.7.0`, not with `4.7.1` nor with `4.7.00`.
-pub(super) fn status_starts_with(status: &str, prefix: &str) -> bool {
+pub fn status_starts_with(status: &str, prefix: &str) -> bool {
     status == prefix
         || (status.starts_with(prefix) && (prefix.ends_with('.') || status.as_bytes()[prefix.len()] == b'.'))
 }

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::{CircuitBreaker, PoolServer, ServerAddr};
-use crate::deliver::client::Client;
+use crate::upstream::client::Client;
 
 /// How long a connection may sit idle before it is closed (the queue workers' idle time).
 pub const IDLE: Duration = Duration::from_secs(2);

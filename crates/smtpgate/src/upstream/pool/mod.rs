@@ -26,15 +26,15 @@ use std::sync::{Arc, Mutex};
 use tokio::time::Instant;
 
 use super::client::{Client, Connect};
-use super::{ConnectFailure, resolve_host};
+use super::{Dialer, Unavailable};
 use crate::config::{Config, PoolConfig, TlsPolicy};
-use crate::context::Context;
 use balance::{Balancer, Candidate};
 use server::{Avail, ServerState, Take};
 
 /// Every configured pool's run-time state.
 pub struct Pools {
     pools: Vec<Arc<PoolState>>,
+    dialer: Arc<Dialer>,
 }
 
 /// One pool: its config, its servers, the balancer's memory.
@@ -58,13 +58,13 @@ pub struct Lease {
 
 impl Pools {
     /// Fails when a pool's `ca_file` cannot be read as trust anchors (the config check read it).
-    pub fn new(config: &Config) -> Result<Self, String> {
+    pub fn new(config: &Config, dialer: Arc<Dialer>) -> Result<Self, String> {
         let pools = config
             .pools
             .iter()
             .map(|p| PoolState::new(p).map(Arc::new))
             .collect::<Result<_, _>>()?;
-        Ok(Pools { pools })
+        Ok(Pools { pools, dialer })
     }
 
     fn get(&self, name: &str) -> Option<&Arc<PoolState>> {
@@ -94,37 +94,37 @@ impl Pools {
 
     /// A connection for one delivery to pool `name`: a server chosen by the pool's policy, else by
     /// its fallback pools'. Fails (transiently) when no server anywhere in the chain is up.
-    pub async fn lease(&self, ctx: &Context, name: &str) -> Result<Lease, ConnectFailure> {
+    pub async fn lease(&self, name: &str) -> Result<Lease, Unavailable> {
         let chain = self.chain(name);
         if chain.is_empty() {
-            return Err(ConnectFailure::transient(
-                "4.3.5",
-                format!("pool {name} is not configured"),
-            ));
+            return Err(Unavailable {
+                status: "4.3.5",
+                text: format!("pool {name} is not configured"),
+            });
         }
         let mut last = None;
         for pool in chain {
-            if let Some(lease) = pool.lease(ctx, &mut last).await {
+            if let Some(lease) = pool.lease(&self.dialer, &mut last).await {
                 return Ok(lease);
             }
             tracing::debug!(pool = %pool.config.name, "no server of the pool is available");
         }
         let why = last.map(|e| format!("; last error: {e}")).unwrap_or_default();
-        Err(ConnectFailure::transient(
-            "4.4.1",
-            format!("all servers of pool {name} are down{why}"),
-        ))
+        Err(Unavailable {
+            status: "4.4.1",
+            text: format!("all servers of pool {name} are down{why}"),
+        })
     }
 
     /// Starts the active health checks of every pool that has them, and the idle-connection sweeper.
-    /// They end when `ctx` is dropped (replaced by a reload and no longer used).
-    pub fn start(ctx: &Arc<Context>) {
-        for pool in &ctx.pools.pools {
+    /// They end when these pools are dropped (replaced by a reload and no longer used).
+    pub fn start(self: &Arc<Self>) {
+        for pool in &self.pools {
             if let Some(check) = pool.config.health {
-                tokio::spawn(health::run(Arc::downgrade(ctx), pool.clone(), check));
+                tokio::spawn(health::run(Arc::downgrade(self), pool.clone(), check));
             }
         }
-        tokio::spawn(health::sweep(Arc::downgrade(ctx)));
+        tokio::spawn(health::sweep(Arc::downgrade(self)));
     }
 
     /// The per-server metrics, in the Prometheus text format.
@@ -220,11 +220,11 @@ impl PoolState {
 
     /// A connection to one of this pool's servers, or `None` when every server is down or failed to
     /// connect just now (the last error goes to `last`).
-    async fn lease(&self, ctx: &Context, last: &mut Option<String>) -> Option<Lease> {
+    async fn lease(&self, dialer: &Dialer, last: &mut Option<String>) -> Option<Lease> {
         let mut tried = vec![false; self.servers.len()];
         while let Some(i) = self.pick(&tried) {
             let server = &self.servers[i];
-            match self.take(ctx, server, last).await {
+            match self.take(dialer, server, last).await {
                 Some(lease) => return Some(lease),
                 None => tried[i] = true,
             }
@@ -250,7 +250,7 @@ impl PoolState {
 
     /// A connection to `server`: an idle one, or a new one when a slot is free (waiting for one while
     /// all are busy). `None` when the server is down or cannot be connected to.
-    async fn take(&self, ctx: &Context, server: &Arc<ServerState>, last: &mut Option<String>) -> Option<Lease> {
+    async fn take(&self, dialer: &Dialer, server: &Arc<ServerState>, last: &mut Option<String>) -> Option<Lease> {
         loop {
             let mut stale = Vec::new();
             let took = server.take(Instant::now(), &mut stale);
@@ -262,7 +262,7 @@ impl PoolState {
                 Take::Full => server.released().await,
                 Take::Down => return None,
                 Take::Open => {
-                    return match self.connect(ctx, server).await {
+                    return match self.connect(dialer, server).await {
                         Ok(client) => {
                             server.connected(Ok(()));
                             Some(Lease::new(server, Box::new(client), 0))
@@ -280,11 +280,11 @@ impl PoolState {
     }
 
     /// Opens a connection to one of the server's addresses: greeting, EHLO, STARTTLS, AUTH.
-    async fn connect(&self, ctx: &Context, server: &ServerState) -> Result<Client, String> {
-        let addrs = resolve_host(ctx, &server.addr.host, server.addr.port).await;
+    async fn connect(&self, dialer: &Dialer, server: &ServerState) -> Result<Client, String> {
+        let addrs = dialer.resolve_host(&server.addr.host, server.addr.port).await;
         let mut last = format!("cannot resolve {}", server.addr.host);
         for addr in addrs {
-            match Client::connect(self.connect_params(ctx, &server.addr.host, addr)).await {
+            match Client::connect(self.connect_params(dialer, &server.addr.host, addr)).await {
                 Ok(client) => return Ok(client),
                 Err(e) => last = e.to_string(),
             }
@@ -292,15 +292,15 @@ impl PoolState {
         Err(last)
     }
 
-    fn connect_params<'a>(&'a self, ctx: &'a Context, host: &'a str, addr: SocketAddr) -> Connect<'a> {
+    fn connect_params<'a>(&'a self, dialer: &'a Dialer, host: &'a str, addr: SocketAddr) -> Connect<'a> {
         Connect {
             addr,
             host,
-            helo: &ctx.config.hostname,
+            helo: &dialer.hostname,
             tls: self.config.tls,
             tls_config: self.tls.config.clone(),
             cert_check: self.tls.check.clone(),
-            queue: &ctx.config.queue,
+            queue: &dialer.queue,
             auth: self.config.auth.as_ref(),
             auth_unverified: self.config.auth_unverified,
             source: self.config.source_address,

@@ -24,7 +24,7 @@
 //!
 //! ```no_run
 //! # async fn example(resolver: hickory_resolver::TokioResolver) {
-//! use smtpgate::deliver::mta_sts::{Mode, MtaSts, webpki_roots};
+//! use smtpgate::upstream::mta_sts::{Mode, MtaSts, webpki_roots};
 //! let sts = MtaSts::new(resolver, webpki_roots(), 443);
 //! if let Ok(Some(policy)) = sts.policy("example.com").await {
 //!     let allowed = policy.mode != Mode::Enforce || policy.matches("mx1.example.com");
@@ -150,7 +150,7 @@ impl MtaSts {
 
 /// The client configuration for delivering to an MX under an enforced policy (RFC 8461 4.2): the
 /// certificate must chain to one of `roots` and be valid for the MX host name, which
-/// [`crate::deliver::client`] gives as the TLS server name.
+/// [`crate::upstream::client`] gives as the TLS server name.
 pub fn verifying_client_config(roots: Arc<rustls::RootCertStore>) -> Arc<rustls::ClientConfig> {
     let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
