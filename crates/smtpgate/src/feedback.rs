@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use crate::config::SuppressionConfig;
 use crate::deliver::classify::{Category, Classification, Classifier};
 use crate::envelope::QueueId;
-use crate::filter::KeyedRate;
+use crate::rate::KeyedRate;
 use crate::reloading::Reloading;
 use crate::report::{Complaint, Dsn};
 use crate::sent::SentLog;
