@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::SuppressionConfig;
 use crate::envelope::QueueId;
-use crate::filter::KeyedRate;
+use crate::rate::KeyedRate;
 use crate::reloading::{Loaded, Reloading};
 use crate::reply::classify::{Category, Classification, Classifier};
 use crate::report::{Complaint, Dsn};

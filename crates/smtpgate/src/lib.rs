@@ -27,6 +27,7 @@ pub mod message;
 pub mod metrics;
 pub mod quarantine;
 pub mod queue;
+pub mod rate;
 pub mod reloading;
 pub mod reply;
 pub mod report;

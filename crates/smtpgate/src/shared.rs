@@ -5,7 +5,7 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `P:gcra:<key>` | string | a throttle's theoretical arrival time (TAT), microseconds of the server's clock; expires when idle |
+//! | `P:gcra:<key>` | string | a rate's theoretical arrival time (TAT), microseconds of the server's clock ([`crate::rate`]'s GCRA, in `shared/gcra.lua`); expires when idle |
 //! | `P:suppressed` | hash | the suppression list: normalised address → JSON [`Entry`] |
 //! | `P:state:<namespace>` | hash | [`Shared::put`]'s values: id → `{"expires_at_ms":..,"value":"<json>"}` |
 //! | `P:sent:<message-id>` | set | the recipients a message was relayed to ([`Shared::record_sent`]); expires after the retention |
@@ -44,6 +44,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use crate::rate::{Decision, Gcra, Mode};
 use crate::suppress::Entry;
 
 /// How long [`Shared::connect`] (and each reconnection) may take.
@@ -69,7 +70,7 @@ struct Inner {
     /// The URL for messages, with any password hidden.
     url: String,
     keys: Keys,
-    reserve: redis::Script,
+    rate: redis::Script,
     put: redis::Script,
     all: redis::Script,
 }
@@ -215,30 +216,38 @@ impl Shared {
                 push_client,
                 url: shown,
                 keys: Keys::new(prefix),
-                reserve: redis::Script::new(include_str!("shared/reserve.lua")),
+                rate: redis::Script::new(RATE_LUA),
                 put: redis::Script::new(include_str!("shared/put.lua")),
                 all: redis::Script::new(include_str!("shared/all.lua")),
             }),
         })
     }
 
-    /// Shared GCRA: reserves the next slot of `key` at one slot per `interval` for all nodes
-    /// together and returns how long the caller must wait before its slot (`Duration::ZERO` = now).
-    ///
-    /// The same algorithm as [`crate::shaping`]'s local one (no burst; slots in order of asking),
-    /// done atomically by one Lua script on the server's clock, with microsecond resolution. The
-    /// key expires once its last slot has passed.
-    pub async fn reserve(&self, key: &str, interval: Duration) -> Result<Duration, SharedError> {
-        let interval_us = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX);
-        let wait_us: i64 = self
+    /// Shared GCRA: one event of `key` under `gcra` for all nodes together, decided as
+    /// [`crate::rate::Buckets::take`] decides it on one node (same arithmetic, same burst, both
+    /// modes), done atomically by one Lua script on the server's clock, in microseconds. The key
+    /// expires once its TAT has passed.
+    pub async fn take(&self, key: &str, gcra: &Gcra, mode: Mode) -> Result<Decision, SharedError> {
+        let (interval_us, tolerance_us, mode) = gcra_args(gcra, mode);
+        let (kind, wait_us): (i64, i64) = self
             .inner
-            .reserve
+            .rate
             .key(self.inner.keys.gcra(key))
             .arg(interval_us)
+            .arg(tolerance_us)
+            .arg(mode)
             .invoke_async(&mut self.conn())
             .await
             .map_err(|e| self.request_error(e))?;
-        Ok(Duration::from_micros(wait_us.max(0).unsigned_abs()))
+        decision(kind, wait_us).ok_or_else(|| self.data_error(format!("rate.lua answered {kind} {wait_us}")))
+    }
+
+    /// Reserves the next slot of `key` at one slot per `interval` for all nodes together (no
+    /// burst; slots in order of asking) and returns how long the caller must wait before its slot
+    /// (`Duration::ZERO` = now): [`Shared::take`] with [`Mode::Reserve`].
+    pub async fn reserve(&self, key: &str, interval: Duration) -> Result<Duration, SharedError> {
+        let decision = self.take(key, &Gcra::new(1, interval, 1), Mode::Reserve).await?;
+        Ok(decision.delay())
     }
 
     /// Adds `entry` to the suppression list shared by all nodes (replacing any entry for its
@@ -433,6 +442,30 @@ impl fmt::Debug for Shared {
             .field("url", &self.inner.url)
             .field("prefix", &self.inner.keys.prefix)
             .finish_non_exhaustive()
+    }
+}
+
+/// [`Shared::take`]'s script: the GCRA function, then its call on the server's clock.
+const RATE_LUA: &str = concat!(include_str!("shared/gcra.lua"), include_str!("shared/rate.lua"));
+
+/// The GCRA script's arguments: interval and tolerance in microseconds, and the mode.
+fn gcra_args(gcra: &Gcra, mode: Mode) -> (u64, u64, &'static str) {
+    let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let mode = match mode {
+        Mode::Admit => "admit",
+        Mode::Reserve => "reserve",
+    };
+    (micros(gcra.interval()), micros(gcra.tolerance()), mode)
+}
+
+/// The GCRA script's answer as a decision (`None`: not one it gives).
+fn decision(kind: i64, wait_us: i64) -> Option<Decision> {
+    let wait = Duration::from_micros(u64::try_from(wait_us).ok()?);
+    match kind {
+        0 => Some(Decision::Allowed),
+        1 => Some(Decision::Wait(wait)),
+        2 => Some(Decision::Denied(wait)),
+        _ => None,
     }
 }
 

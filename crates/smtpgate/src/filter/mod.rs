@@ -21,7 +21,6 @@ mod dlp;
 mod milter;
 pub mod pipeline;
 mod ratelimit;
-pub(crate) use ratelimit::KeyedRate;
 pub mod registry;
 mod rspamd;
 mod sanitize;

@@ -1,5 +1,5 @@
 //! `kind = "rate_limit"`: limits on how fast a client, sender or user may connect, send
-//! messages or add recipients, with the generic cell rate algorithm (GCRA).
+//! messages or add recipients, with the generic cell rate algorithm (GCRA) of [`crate::rate`].
 //!
 //! ```toml
 //! [[filter]]
@@ -31,9 +31,8 @@
 //! full again is forgotten; when `max_keys` are tracked, the key closest to being forgotten
 //! makes room, so a flood of new keys costs memory up to the bound and no more.
 
-use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -42,8 +41,7 @@ use tokio::time::Instant;
 
 use super::registry::{BuildErrors, options};
 use super::{BoxFuture, Filter, FilterError, SessionInfo, Verdict};
-
-const DEFAULT_MAX_KEYS: usize = 100_000;
+use crate::rate::{Buckets, DEFAULT_MAX_KEYS, Decision, Gcra, Limiter, Mode};
 
 #[derive(Debug, Deserialize)]
 struct Options {
@@ -76,122 +74,6 @@ enum Counted {
     Recipients,
 }
 
-/// The GCRA parameters: one event per `interval` on average, `tolerance` ahead of that at most.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Gcra {
-    interval: Duration,
-    tolerance: Duration,
-}
-
-impl Gcra {
-    /// `count` per `period`, `burst` (at least 1) at once.
-    fn new(count: u32, period: Duration, burst: u32) -> Gcra {
-        let interval = period / count;
-        Gcra {
-            interval,
-            tolerance: interval * burst.saturating_sub(1),
-        }
-    }
-
-    /// Given the key's theoretical arrival time (`None`: not tracked), the new one if an event at
-    /// `now` is admitted, or how long until it would be.
-    fn admit(&self, tat: Option<Instant>, now: Instant) -> Result<Instant, Duration> {
-        let tat = tat.map_or(now, |t| t.max(now));
-        let earliest = now + self.tolerance;
-        if earliest < tat {
-            return Err(tat - earliest);
-        }
-        Ok(tat + self.interval)
-    }
-}
-
-/// The theoretical arrival time of each tracked key, with an index by time for forgetting.
-#[derive(Debug)]
-struct Table {
-    tat: HashMap<String, Instant>,
-    by_tat: BTreeSet<(Instant, String)>,
-    max_keys: usize,
-}
-
-impl Table {
-    fn new(max_keys: usize) -> Table {
-        Table {
-            tat: HashMap::new(),
-            by_tat: BTreeSet::new(),
-            max_keys,
-        }
-    }
-
-    /// Drops keys whose allowance is full again: they are as good as never seen.
-    fn forget_expired(&mut self, now: Instant) {
-        while let Some((t, key)) = self.by_tat.first().cloned().filter(|(t, _)| *t <= now) {
-            self.by_tat.remove(&(t, key.clone()));
-            self.tat.remove(&key);
-        }
-    }
-
-    fn get(&self, key: &str) -> Option<Instant> {
-        self.tat.get(key).copied()
-    }
-
-    fn set(&mut self, key: &str, tat: Instant) {
-        match self.tat.insert(key.to_string(), tat) {
-            Some(old) => {
-                self.by_tat.remove(&(old, key.to_string()));
-            }
-            None if self.tat.len() > self.max_keys => self.evict_one(key),
-            None => {}
-        }
-        self.by_tat.insert((tat, key.to_string()));
-    }
-
-    /// Makes room by forgetting the key, other than `keep`, closest to being forgotten anyway.
-    fn evict_one(&mut self, keep: &str) {
-        let victim = self.by_tat.iter().find(|(_, k)| k != keep).cloned();
-        if let Some((t, k)) = victim {
-            self.by_tat.remove(&(t, k.clone()));
-            self.tat.remove(&k);
-        }
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.tat.len()
-    }
-}
-
-/// One GCRA limit per key, for callers outside the filter (reports read per client address).
-#[derive(Debug)]
-pub(crate) struct KeyedRate {
-    gcra: Gcra,
-    table: std::sync::Mutex<Table>,
-}
-
-impl KeyedRate {
-    /// `count` per minute per key, all of them at once at most; at most `max_keys` keys tracked.
-    pub(crate) fn per_minute(count: u32, max_keys: usize) -> KeyedRate {
-        let count = count.max(1);
-        KeyedRate {
-            gcra: Gcra::new(count, Duration::from_secs(60), count),
-            table: std::sync::Mutex::new(Table::new(max_keys)),
-        }
-    }
-
-    /// Whether one more event for `key` is within the limit (and counts it if so).
-    pub(crate) fn admit(&self, key: &str) -> bool {
-        let now = Instant::now();
-        let mut table = self.table.lock().unwrap();
-        table.forget_expired(now);
-        match self.gcra.admit(table.get(key), now) {
-            Ok(tat) => {
-                table.set(key, tat);
-                true
-            }
-            Err(_) => false,
-        }
-    }
-}
-
 #[derive(Debug)]
 struct Limit {
     key: Key,
@@ -199,7 +81,7 @@ struct Limit {
     gcra: Gcra,
     /// As configured, for the log: `sender messages 3/min burst 1`.
     label: String,
-    table: Mutex<Table>,
+    table: Limiter<String>,
 }
 
 impl Limit {
@@ -212,8 +94,8 @@ impl Limit {
         }
     }
 
-    fn table(&self) -> MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    fn table(&self) -> MutexGuard<'_, Buckets<String>> {
+        self.table.lock()
     }
 }
 
@@ -303,7 +185,7 @@ fn limit(raw: RawLimit, max_keys: usize, at: &str, errors: &mut BuildErrors) -> 
         counted,
         gcra: Gcra::new(count, period, burst),
         label: format!("{key:?} {counted:?} {shown} burst {burst}").to_lowercase(),
-        table: Mutex::new(Table::new(max_keys)),
+        table: Limiter::new(max_keys),
     })
 }
 
@@ -368,17 +250,16 @@ impl RateLimit {
             .filter_map(|l| l.key_of(s, sender).map(|k| (l, k)))
             .collect();
         // All locks at once, always in configured order, so the check and the count are one step.
-        let mut tables: Vec<MutexGuard<'_, Table>> = applicable.iter().map(|(l, _)| l.table()).collect();
+        let mut tables: Vec<MutexGuard<'_, Buckets<String>>> = applicable.iter().map(|(l, _)| l.table()).collect();
         let mut next = Vec::with_capacity(applicable.len());
         for ((limit, key), table) in applicable.iter().zip(tables.iter_mut()) {
-            table.forget_expired(now);
-            match limit.gcra.admit(table.get(key), now) {
-                Ok(tat) => next.push(tat),
-                Err(wait) => return Err((limit, key.clone(), wait)),
+            match table.peek(key.as_str(), &limit.gcra, Mode::Admit, now) {
+                (Decision::Allowed, Some(tat)) => next.push(tat),
+                (decision, _) => return Err((limit, key.clone(), decision.delay())),
             }
         }
         for (((_, key), table), tat) in applicable.iter().zip(tables.iter_mut()).zip(next) {
-            table.set(key, tat);
+            table.set(key.as_str(), tat);
         }
         Ok(())
     }
@@ -513,27 +394,6 @@ mod tests {
         assert_eq!(f.rcpt(&s, "", "c@example.org").await, Ok(refused));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn tracked_keys_are_bounded_and_idle_ones_forgotten() {
-        let mut t = Table::new(3);
-        let gcra = Gcra::new(1, Duration::from_secs(10), 1);
-        let now = Instant::now();
-        for (i, key) in ["a", "b", "c"].iter().enumerate() {
-            let at = now + Duration::from_secs(i as u64);
-            t.set(key, gcra.admit(None, at).unwrap());
-        }
-        // "a" is the closest to being forgotten: it makes room for "d".
-        t.set("d", gcra.admit(None, now + Duration::from_secs(3)).unwrap());
-        assert_eq!(t.len(), 3);
-        assert_eq!(t.get("a"), None);
-        assert!(t.get("b").is_some() && t.get("d").is_some());
-        // Once their allowance is full again they go by themselves.
-        t.forget_expired(now + Duration::from_secs(11));
-        assert_eq!(t.len(), 2);
-        t.forget_expired(now + Duration::from_secs(13));
-        assert_eq!(t.len(), 0);
-    }
-
     #[test]
     fn rates() {
         let ok = |n, secs, shown: &str| Ok((n, Duration::from_secs(secs), shown.to_owned()));
@@ -552,11 +412,11 @@ mod tests {
             assert!(parse_rate(bad).is_err(), "{bad:?}");
         }
         assert_eq!(
-            Gcra::new(3, Duration::from_secs(60), 2).interval,
+            Gcra::new(3, Duration::from_secs(60), 2).interval(),
             Duration::from_secs(20)
         );
         assert_eq!(
-            Gcra::new(3, Duration::from_secs(60), 2).tolerance,
+            Gcra::new(3, Duration::from_secs(60), 2).tolerance(),
             Duration::from_secs(20)
         );
     }

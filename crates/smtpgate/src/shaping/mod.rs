@@ -2,8 +2,9 @@
 //!
 //! [`rules`] reads the shaping file (reloaded when it changes). The [`Shaper`] keeps the run-time
 //! state per [`Key`] (a domain, or an MX rollup shared by every domain whose mail servers match):
-//! a connection semaphore, and the next instant a message and a connection may start (GCRA with no
-//! burst, so a rate of 60/min sends one message a second, never 60 at once). The state lives
+//! a connection semaphore, and the next instant a message and a connection may start ([`crate::rate`]'s
+//! GCRA with no burst, reserving slots in order of asking, so a rate of 60/min sends one message a
+//! second, never 60 at once). The state lives
 //! across configuration reloads; only the limits change.
 //!
 //! A delivery worker for an MX hop asks, in order: [`Shaper::shape`] (after the MX lookup, with
@@ -36,6 +37,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::QueueConfig;
+use crate::rate::{Gcra, Limiter, Mode};
 use crate::reloading::{Loaded, Reloading};
 pub use gate::{Gate, Permit};
 pub use rules::{Key, Rate, Rules, Shape};
@@ -57,9 +59,10 @@ enum Source {
 /// What survives a configuration reload.
 #[derive(Default)]
 pub struct State {
-    /// GCRA: the earliest instant the next message (or connection) of a key may start.
-    next_message: Mutex<HashMap<Limit, Instant>>,
-    next_connection: Mutex<HashMap<Limit, Instant>>,
+    /// GCRA: the earliest instant the next message (or connection) of a key may start (idle keys
+    /// forgotten).
+    next_message: Limiter<Limit>,
+    next_connection: Limiter<Limit>,
     /// With Redis: this node's line of workers waiting for a shared message (or connection)
     /// slot of a key.
     message_lines: Mutex<HashMap<Limit, Line>>,
@@ -293,13 +296,13 @@ impl Shaper {
             let mut turn = line.lock_owned().await;
             if turn.down_until.is_none_or(|until| Instant::now() >= until) {
                 match shared
-                    .reserve(&format!("{}:{key}", counters.kind), rate.interval())
+                    .take(&format!("{}:{key}", counters.kind), &gcra(rate), Mode::Reserve)
                     .await
                 {
-                    Ok(wait) => {
+                    Ok(decision) => {
                         turn.down_until = None;
                         return Reserved {
-                            at: Instant::now() + wait,
+                            at: Instant::now() + decision.delay(),
                             _turn: Some(turn),
                         };
                     }
@@ -387,7 +390,7 @@ fn line(lines: &Mutex<HashMap<Limit, Line>>, key: &Limit) -> Line {
 
 /// The counters of one kind of slot (messages or connections).
 struct Counters<'a> {
-    local: &'a Mutex<HashMap<Limit, Instant>>,
+    local: &'a Limiter<Limit>,
     lines: &'a Mutex<HashMap<Limit, Line>>,
     /// The shared key's prefix.
     kind: &'static str,
@@ -435,14 +438,16 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// GCRA without burst: takes the key's next slot and returns when it comes. Slots are handed out
-/// in order of asking, so waiters never starve each other.
-fn reserve(next: &Mutex<HashMap<Limit, Instant>>, key: &Limit, rate: Rate) -> Instant {
-    let mut next = next.lock().unwrap();
+/// Takes the key's next slot and returns when it comes. Slots are handed out in order of asking,
+/// so waiters never starve each other.
+fn reserve(next: &Limiter<Limit>, key: &Limit, rate: Rate) -> Instant {
     let now = Instant::now();
-    let due = next.get(key).copied().unwrap_or(now).max(now);
-    next.insert(key.clone(), due + rate.interval());
-    due
+    now + next.take(key, &gcra(rate), Mode::Reserve, now).delay()
+}
+
+/// A shaping rate as a GCRA: no burst.
+fn gcra(rate: Rate) -> Gcra {
+    Gcra::new(rate.count, rate.per, 1)
 }
 
 #[cfg(test)]

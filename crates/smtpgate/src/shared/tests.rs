@@ -384,3 +384,5 @@ fn urls_in_messages_hide_passwords() {
         "redis+unix:///run/redis.sock?db=1&pass=***"
     );
 }
+
+mod gcra;
