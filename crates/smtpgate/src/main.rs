@@ -558,28 +558,55 @@ impl AdminClient {
         Ok(AdminClient { addr, token })
     }
 
-    /// A minimal HTTP/1.1 request with the token; returns the body, or an error for a non-2xx
-    /// status.
+    /// One request with the token, over HTTP/1.1 with hyper on a small runtime of its own;
+    /// returns the body, or an error with the body's text for a non-2xx status.
     fn request(&self, method: &str, path: &str) -> anyhow::Result<String> {
-        use std::io::Read;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the runtime")?;
+        let (status, body) = runtime.block_on(self.exchange(method, path))?;
+        let body = String::from_utf8_lossy(&body).into_owned();
+        anyhow::ensure!(status.is_success(), "{}", body.trim());
+        Ok(body)
+    }
+
+    /// Sends the request; the status and body of the answer. Connecting may take 10 s, the
+    /// answer 30 s more.
+    async fn exchange(&self, method: &str, path: &str) -> anyhow::Result<(hyper::StatusCode, bytes::Bytes)> {
+        use http_body_util::{BodyExt, Empty};
+        use hyper::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST};
+        use std::time::Duration;
         let addr = self.addr;
-        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10))
-            .with_context(|| format!("cannot reach the admin address {addr} (is smtpgate running?)"))?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+        let unreachable = || format!("cannot reach the admin address {addr} (is smtpgate running?)");
+        let tcp = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(addr))
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+            .with_context(unreachable)?;
         // The address connected to, so an admin address of 0.0.0.0 is named as the server sees it.
-        let host = s.peer_addr().unwrap_or(addr);
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\n\
-             Content-Length: 0\r\nConnection: close\r\n\r\n",
-            self.token
-        )?;
-        let mut response = String::new();
-        s.read_to_string(&mut response)?;
-        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-        let ok = head.split(' ').nth(1).is_some_and(|code| code.starts_with('2'));
-        anyhow::ensure!(ok, "{}", body.trim());
-        Ok(body.to_string())
+        let host = tcp.peer_addr().unwrap_or(addr);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .with_context(unreachable)?;
+        // Ends with the runtime, when the command is done.
+        tokio::spawn(conn);
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, host.to_string())
+            .header(AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(CONTENT_LENGTH, "0")
+            .header(CONNECTION, "close")
+            .body(Empty::<bytes::Bytes>::new())?;
+        let answer = async {
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, body))
+        };
+        tokio::time::timeout(Duration::from_secs(30), answer)
+            .await
+            .with_context(|| format!("no answer from the admin address {addr} within 30 s"))?
     }
 }
 

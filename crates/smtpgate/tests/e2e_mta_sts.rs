@@ -6,12 +6,12 @@
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::RootCertStore;
-use smtpgate::upstream::mta_sts::{Mode, MtaSts, Policy};
+use smtpgate::upstream::mta_sts::{FETCH_TIMEOUT, MAX_BODY, Mode, MtaSts, Policy};
 use support::{DnsServer, DnsTable, SOON, TestCa};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -30,12 +30,15 @@ async fn within<T>(fut: impl Future<Output = T>) -> T {
 }
 
 /// An HTTPS policy host on 127.0.0.1: answers every request with the raw HTTP response set by
-/// [`PolicyHost::respond`], counts requests and keeps the last request head.
+/// [`PolicyHost::respond`], counts requests and keeps the last request head. After the response
+/// it closes the connection (with a TLS close_notify), or with [`PolicyHost::hold`] keeps it open
+/// until the client closes it.
 struct PolicyHost {
     addr: SocketAddr,
     requests: Arc<AtomicUsize>,
     last_request: Arc<Mutex<String>>,
     response: Arc<Mutex<String>>,
+    hold: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -49,21 +52,32 @@ impl PolicyHost {
         let requests = Arc::new(AtomicUsize::new(0));
         let last_request = Arc::new(Mutex::new(String::new()));
         let response = Arc::new(Mutex::new(ok_response(POLICY)));
-        let (r, l, s) = (requests.clone(), last_request.clone(), response.clone());
+        let hold = Arc::new(AtomicBool::new(false));
+        let (r, l, s, h) = (requests.clone(), last_request.clone(), response.clone(), hold.clone());
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, r, l, s) = (acceptor.clone(), r.clone(), l.clone(), s.clone());
+                let (acceptor, r, l, s, h) = (acceptor.clone(), r.clone(), l.clone(), s.clone(), h.clone());
                 tokio::spawn(async move {
-                    let served = tokio::time::timeout(REQUEST_DEADLINE, async {
+                    let answered = tokio::time::timeout(REQUEST_DEADLINE, async {
                         let mut tls = acceptor.accept(tcp).await?;
                         let head = read_head(&mut tls).await?;
                         r.fetch_add(1, Ordering::SeqCst);
                         *l.lock().unwrap() = head;
                         let reply = s.lock().unwrap().clone();
                         tls.write_all(reply.as_bytes()).await?;
-                        tls.shutdown().await
+                        std::io::Result::Ok(tls)
                     });
-                    if let Ok(Err(e)) = served.await {
+                    let ended = match answered.await {
+                        Ok(Ok(mut tls)) if h.load(Ordering::SeqCst) => {
+                            let mut rest = Vec::new();
+                            let _ = tokio::time::timeout(SOON, tls.read_to_end(&mut rest)).await;
+                            Ok(())
+                        }
+                        Ok(Ok(mut tls)) => tls.shutdown().await,
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Ok(()),
+                    };
+                    if let Err(e) = ended {
                         eprintln!("[policy host] connection ended: {e}");
                     }
                 });
@@ -74,6 +88,7 @@ impl PolicyHost {
             requests,
             last_request,
             response,
+            hold,
             task,
         }
     }
@@ -84,6 +99,11 @@ impl PolicyHost {
 
     fn respond(&self, raw: String) {
         *self.response.lock().unwrap() = raw;
+    }
+
+    /// Whether connections stay open after the response until the client closes them.
+    fn hold(&self, hold: bool) {
+        self.hold.store(hold, Ordering::SeqCst);
     }
 
     fn requests(&self) -> usize {
@@ -296,6 +316,181 @@ async fn redirect_is_not_followed() {
         "{err}"
     );
     assert_eq!(host.requests(), 1, "the redirect was not followed");
+    host.stop().await;
+}
+
+/// A response with a head of `fields` and `body` sent as two chunks, the first with a chunk
+/// extension, and a trailer field.
+fn chunked_with_trailer(fields: &str, body: &str) -> String {
+    let (a, b) = body.split_at(body.len() / 2);
+    format!(
+        "HTTP/1.1 200 OK\r\n{fields}Transfer-Encoding: chunked\r\n\r\n{:x};ext=1\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\nX-Trailer: 1\r\n\r\n",
+        a.len(),
+        b.len()
+    )
+}
+
+/// What the host does after its response in a case of [`http_rules_table`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum After {
+    Close,
+    /// Keeps the connection open: a client waiting for more than it needs runs into its timeout.
+    Hold,
+}
+
+/// Each rule of RFC 8461 3.3 the fetch keeps, and the framings it reads, against a real HTTPS
+/// host: `Ok` means the policy was fetched and parsed, `Err(text)` an error containing `text`.
+/// Every case is checked before the test fails, so one run shows all rules a change breaks.
+#[tokio::test]
+async fn http_rules_table() {
+    use After::{Close, Hold};
+    let ca = TestCa::new("test CA");
+    let host = PolicyHost::start(&ca, POLICY_HOST).await;
+    let dns = DnsServer::start(zone("1"));
+    let plain = "Content-Type: text/plain\r\n";
+    let head = format!("HTTP/1.1 200 OK\r\n{plain}");
+    let too_long = "x".repeat(MAX_BODY + 1);
+    let cases: Vec<(&str, String, After, Result<(), &str>)> = vec![
+        ("content-length", ok_response(POLICY), Close, Ok(())),
+        (
+            "content-length, connection left open",
+            ok_response(POLICY),
+            Hold,
+            Ok(()),
+        ),
+        (
+            "chunked with extension and trailer",
+            chunked_with_trailer(plain, POLICY),
+            Close,
+            Ok(()),
+        ),
+        ("close-delimited", format!("{head}\r\n{POLICY}"), Close, Ok(())),
+        (
+            "HTTP/1.0",
+            format!("HTTP/1.0 200 OK\r\n{plain}\r\n{POLICY}"),
+            Close,
+            Ok(()),
+        ),
+        (
+            "media type in another case, with charset",
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: Text/Plain; charset=utf-8\r\ncontent-length: {}\r\n\r\n{POLICY}",
+                POLICY.len()
+            ),
+            Close,
+            Ok(()),
+        ),
+        (
+            "404",
+            "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n".into(),
+            Close,
+            Err("HTTP status 404"),
+        ),
+        (
+            "302 with a policy body",
+            format!(
+                "HTTP/1.1 302 Found\r\nLocation: /x\r\n{plain}Content-Length: {}\r\n\r\n{POLICY}",
+                POLICY.len()
+            ),
+            Close,
+            Err("HTTP status 302: redirects are not followed"),
+        ),
+        (
+            "text/html",
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{POLICY}",
+                POLICY.len()
+            ),
+            Close,
+            Err("not text/plain"),
+        ),
+        (
+            "no Content-Type",
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{POLICY}", POLICY.len()),
+            Close,
+            Err("no Content-Type"),
+        ),
+        (
+            "declared length over 64 KiB, no body sent",
+            format!("{head}Content-Length: {}\r\n\r\n", 100 * MAX_BODY),
+            Hold,
+            Err("larger than 65536 bytes"),
+        ),
+        (
+            "chunked body over 64 KiB",
+            format!(
+                "{head}Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{too_long}\r\n",
+                too_long.len()
+            ),
+            Hold,
+            Err("larger than 65536 bytes"),
+        ),
+        (
+            "close-delimited body over 64 KiB",
+            format!("{head}\r\n{too_long}"),
+            Hold,
+            Err("larger than 65536 bytes"),
+        ),
+        (
+            "gzip transfer coding",
+            format!("{head}Transfer-Encoding: gzip\r\n\r\n{POLICY}"),
+            Close,
+            Err("unsupported Transfer-Encoding"),
+        ),
+        (
+            "closed inside a length-delimited body",
+            format!("{head}Content-Length: 1000\r\n\r\n{POLICY}"),
+            Close,
+            Err("reading the response"),
+        ),
+        (
+            "closed inside a chunked body",
+            format!("{head}Transfer-Encoding: chunked\r\n\r\n3e8\r\n{POLICY}"),
+            Close,
+            Err("reading the response"),
+        ),
+        (
+            "conflicting lengths",
+            format!("{head}Content-Length: 5\r\nContent-Length: 6\r\n\r\nabcdef"),
+            Close,
+            Err("HTTP: "),
+        ),
+        ("not HTTP", "SSH-2.0-OpenSSH_9.6\r\n\r\n".into(), Close, Err("HTTP: ")),
+    ];
+    let mut failures = Vec::new();
+    for (name, raw, after, want) in cases {
+        host.respond(raw);
+        host.hold(after == Hold);
+        // A client of its own for each case: nothing cached, no failure remembered.
+        let got = within(client(&dns, ca.roots(), &host).policy(DOMAIN)).await;
+        let passed = match (&want, &got) {
+            (Ok(()), Ok(Some(policy))) => *policy == the_policy("1"),
+            (Err(want), Err(got)) => got.contains(want) && got.contains(POLICY_HOST),
+            _ => false,
+        };
+        if !passed {
+            failures.push(format!("{name}: got {got:?}, want {want:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    host.stop().await;
+}
+
+/// A host that takes the request and never answers costs one [`FETCH_TIMEOUT`], not more.
+#[tokio::test]
+async fn a_host_that_never_answers_times_out() {
+    let ca = TestCa::new("test CA");
+    let host = PolicyHost::start(&ca, POLICY_HOST).await;
+    host.respond(String::new());
+    host.hold(true);
+    let dns = DnsServer::start(zone("1"));
+    let sts = client(&dns, ca.roots(), &host);
+
+    let started = std::time::Instant::now();
+    let err = within(sts.policy(DOMAIN)).await.expect_err("no answer");
+    assert!(err.contains("no answer within 10s"), "{err}");
+    assert!(started.elapsed() >= FETCH_TIMEOUT, "{:?}", started.elapsed());
+    assert_eq!(host.requests(), 1);
     host.stop().await;
 }
 

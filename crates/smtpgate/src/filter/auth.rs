@@ -291,36 +291,18 @@ impl Auth {
 /// `message` without the `Authentication-Results:` fields whose authserv-id is `authserv_id`
 /// (case-insensitive), or `None` when it has none.
 pub(super) fn without_results_of(message: &[u8], authserv_id: &str) -> Option<Vec<u8>> {
-    let (_, end) = crate::message::parse_headers(message);
+    let section = crate::message::header_section(message);
     let mut out = Vec::with_capacity(message.len());
     let mut removed = false;
-    let mut pos = 0;
-    while pos < end {
-        let field_end = field_end(&message[..end], pos);
-        let field = &message[pos..field_end];
-        if claims(field, authserv_id) {
+    for field in &section.fields {
+        if claims(field.raw, authserv_id) {
             removed = true;
         } else {
-            out.extend_from_slice(field);
+            out.extend_from_slice(field.raw);
         }
-        pos = field_end;
     }
-    out.extend_from_slice(&message[end..]);
+    out.extend_from_slice(&message[section.end..]);
     removed.then_some(out)
-}
-
-/// Where the header field starting at `start` ends (after its last continuation line's LF).
-fn field_end(headers: &[u8], start: usize) -> usize {
-    let mut pos = start;
-    loop {
-        match headers[pos..].iter().position(|&b| b == b'\n') {
-            Some(i) => pos += i + 1,
-            None => return headers.len(),
-        }
-        if !matches!(headers.get(pos), Some(b' ' | b'\t')) {
-            return pos;
-        }
-    }
 }
 
 /// Whether a whole header field is an `Authentication-Results:` field for `authserv_id`.

@@ -50,15 +50,9 @@ pub fn protocol(extended: bool, tls: bool, auth: bool) -> &'static str {
 
 /// Headers missing from a submitted message (`Message-ID:`, `Date:`), ready to insert.
 pub fn missing_submission_headers(message: &[u8], id: QueueId, host: &str) -> String {
-    let (mut has_id, mut has_date) = (false, false);
-    for line in message.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            break;
-        }
-        has_id |= starts_with_ci(line, b"message-id:");
-        has_date |= starts_with_ci(line, b"date:");
-    }
+    let fields = crate::message::header_section(message).fields;
+    let has = |prefix: &[u8]| fields.iter().any(|f| starts_with_ci(f.first_line(), prefix));
+    let (has_id, has_date) = (has(b"message-id:"), has(b"date:"));
     let mut out = String::new();
     if !has_id {
         out.push_str(&format!("Message-ID: <{id}.{}@{host}>\r\n", now_unix()));

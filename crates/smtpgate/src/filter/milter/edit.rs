@@ -67,31 +67,23 @@ pub struct Message {
 }
 
 impl Message {
+    /// Splits `raw` with [`crate::message::header_section`]. A line that is not a header field
+    /// (no colon, or continuation lines with no field before them) starts the body, without a
+    /// separator.
     pub fn parse(raw: &[u8], lead: LeadingSpace) -> Message {
-        let mut fields: Vec<Field> = Vec::new();
-        let mut pos = 0;
-        while pos < raw.len() {
-            let end = raw[pos..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(raw.len(), |i| pos + i + 1);
-            let line = &raw[pos..end];
-            if line == b"\r\n" || line == b"\n" {
-                return Message::new(fields, line.to_vec(), raw[end..].to_vec(), lead);
-            }
-            let continuation = line.starts_with(b" ") || line.starts_with(b"\t");
-            match (continuation, fields.last_mut(), line.iter().position(|&b| b == b':')) {
-                (true, Some(last), _) => last.raw.extend_from_slice(line),
-                (false, _, Some(colon)) => fields.push(Field {
-                    name: String::from_utf8_lossy(&line[..colon]).into_owned(),
-                    raw: line.to_vec(),
-                }),
-                // Not a header field: the body starts here, without a separator.
-                _ => return Message::new(fields, Vec::new(), raw[pos..].to_vec(), lead),
-            }
-            pos = end;
+        let section = crate::message::header_section(raw);
+        let mut fields = Vec::with_capacity(section.fields.len());
+        for f in &section.fields {
+            let Some(name) = f.name() else {
+                return Message::new(fields, Vec::new(), raw[f.start..].to_vec(), lead);
+            };
+            fields.push(Field {
+                name: String::from_utf8_lossy(name).into_owned(),
+                raw: f.raw.to_vec(),
+            });
         }
-        Message::new(fields, Vec::new(), Vec::new(), lead)
+        let body = raw[section.body_start..].to_vec();
+        Message::new(fields, section.separator.to_vec(), body, lead)
     }
 
     fn new(fields: Vec<Field>, separator: Vec<u8>, body: Vec<u8>, lead: LeadingSpace) -> Message {

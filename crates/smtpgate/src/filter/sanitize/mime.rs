@@ -1,4 +1,5 @@
-//! Byte-level MIME helpers: the fields of a header section, and transfer decoding and encoding.
+//! Byte-level MIME helpers: transfer decoding and encoding (header fields are
+//! [`crate::message::header_section`]'s).
 //!
 //! Everything here keeps bytes it does not have to change exactly as they were, and writes CRLF
 //! line endings and lines of at most [`MAX_LINE`] octets.
@@ -11,76 +12,6 @@ pub const MAX_LINE: usize = 998;
 
 /// Line length of quoted-printable and base64 output (RFC 2045 6.7, 6.8).
 const ENCODED_LINE: usize = 76;
-
-/// One header field as written: its name and every byte of it (continuation lines, final CRLF).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Field<'a> {
-    pub name: &'a [u8],
-    pub raw: &'a [u8],
-}
-
-impl Field<'_> {
-    pub fn is(&self, name: &str) -> bool {
-        self.name.eq_ignore_ascii_case(name.as_bytes())
-    }
-
-    /// The value after the colon, unfolded and trimmed (lossy UTF-8).
-    pub fn value(&self) -> String {
-        let after = self.raw.get(self.name.len() + 1..).unwrap_or_default();
-        let text = String::from_utf8_lossy(after);
-        text.split(['\r', '\n'])
-            .map(str::trim)
-            .collect::<Vec<_>>()
-            .join(" ")
-            .trim()
-            .to_string()
-    }
-}
-
-/// The fields of a header section, stopping at the empty line (which is not included).
-pub fn fields(header: &[u8]) -> Vec<Field<'_>> {
-    let mut out: Vec<Field<'_>> = Vec::new();
-    let mut start = None;
-    let mut pos = 0;
-    while pos < header.len() {
-        let end = header[pos..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(header.len(), |i| pos + i + 1);
-        let line = &header[pos..end];
-        if line == b"\r\n" || line == b"\n" {
-            break;
-        }
-        let continuation = line.starts_with(b" ") || line.starts_with(b"\t");
-        if !continuation || start.is_none() {
-            if let Some(s) = start {
-                out.push(field(&header[s..pos]));
-            }
-            start = Some(pos);
-        }
-        pos = end;
-    }
-    if let Some(s) = start {
-        out.push(field(&header[s..pos]));
-    }
-    out
-}
-
-fn field(raw: &[u8]) -> Field<'_> {
-    let name = raw.iter().position(|&b| b == b':').map_or(&raw[..0], |i| &raw[..i]);
-    Field { name, raw }
-}
-
-/// Where the body starts: after the first empty line, or the end when there is none.
-pub fn body_start(message: &[u8]) -> usize {
-    if message.starts_with(b"\r\n") {
-        return 2;
-    }
-    message
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(message.len(), |i| i + 4)
-}
 
 /// A `Content-Transfer-Encoding`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

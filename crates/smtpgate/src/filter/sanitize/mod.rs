@@ -201,9 +201,7 @@ fn signed(msg: &Message<'_>) -> Option<&'static str> {
 }
 
 fn has_field(message: &[u8], name: &str) -> bool {
-    mime::fields(&message[..mime::body_start(message)])
-        .iter()
-        .any(|f| f.is(name))
+    (crate::message::header_section(message).fields.iter()).any(|f| f.is(name))
 }
 
 fn dotted(parent: &str, key: &str) -> String {

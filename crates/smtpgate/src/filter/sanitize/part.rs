@@ -8,7 +8,7 @@
 
 use mail_parser::{MessagePart, MimeHeaders, PartType};
 
-use super::mime::{Cte, MAX_LINE, decode, encode, fields, longest_line, qp_encode};
+use super::mime::{Cte, MAX_LINE, decode, encode, longest_line, qp_encode};
 
 /// New bytes for `start..end` of the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +119,7 @@ pub fn normalize(message: &[u8], part: &MessagePart<'_>, level: Level) -> Option
 /// The part's header without its `Content-Transfer-Encoding` (and with a new `Content-Type` for
 /// [`Charset::Utf8`]), then the new encoding, then the empty line.
 fn rewrite_header(header: &[u8], part: &MessagePart<'_>, cte: Cte, charset: Charset, level: Level) -> Vec<u8> {
-    let all = fields(header);
+    let all = crate::message::header_section(header).fields;
     let mut out = Vec::with_capacity(header.len() + 64);
     for f in &all {
         let replaced = f.is("Content-Transfer-Encoding") || (charset == Charset::Utf8 && f.is("Content-Type"));

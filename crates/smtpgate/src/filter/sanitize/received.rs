@@ -10,8 +10,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::mime::{body_start, fields};
-
 /// Which `Received:` fields to remove.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReceivedPolicy {
@@ -36,13 +34,11 @@ pub fn remove(message: &[u8], policy: ReceivedPolicy) -> Option<Vec<u8>> {
     if policy == ReceivedPolicy::Keep {
         return None;
     }
-    let header = &message[..body_start(message)];
-    let all = fields(header);
-    let consumed: usize = all.iter().map(|f| f.raw.len()).sum();
+    let section = crate::message::header_section(message);
     let mut out = Vec::with_capacity(message.len());
     let mut seen_ours = false;
     let mut removed = 0;
-    for f in &all {
+    for f in &section.fields {
         let drop = f.is("Received") && seen_ours && (policy == ReceivedPolicy::AllButOurs || is_internal(&f.value()));
         seen_ours |= f.is("Received");
         if drop {
@@ -55,7 +51,7 @@ pub fn remove(message: &[u8], policy: ReceivedPolicy) -> Option<Vec<u8>> {
         return None;
     }
     tracing::debug!(removed, "sanitize: removed Received fields of internal hops");
-    out.extend_from_slice(&message[consumed..]);
+    out.extend_from_slice(&message[section.end..]);
     Some(out)
 }
 
