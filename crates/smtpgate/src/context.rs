@@ -44,6 +44,8 @@ pub struct Context {
     pub dane: Option<Arc<crate::upstream::dane::Dane>>,
     /// The certificate-verifying client configuration an enforced MTA-STS policy needs.
     pub verified_tls: Arc<rustls::ClientConfig>,
+    /// The `[[filter]]`s, built; listeners, routes and spooled messages name them.
+    pub filters: Arc<crate::filter::Filters>,
 }
 
 /// Why a context could not be built.
@@ -55,6 +57,9 @@ pub enum BuildError {
     Dns(std::io::Error),
     #[error("routing: {0}")]
     Routing(String),
+    /// A filter's options are wrong (each mistake under its key).
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
     #[error("{0}")]
     Setup(String),
 }
@@ -153,6 +158,7 @@ impl Context {
 
     /// What a configuration decides, around what is kept.
     fn build(config: Arc<Config>, kept: Kept) -> Result<Arc<Context>, BuildError> {
+        let filters = crate::filter::Filters::build(&config)?;
         let router = crate::route::Router::new(config.clone()).map_err(BuildError::Routing)?;
         let resolver = crate::upstream::mx::resolver(&config.dns.nameservers).map_err(BuildError::Dns)?;
         let dialer = Arc::new(Dialer {
@@ -193,6 +199,7 @@ impl Context {
             mta_sts: kept.mta_sts,
             dane,
             verified_tls: kept.verified_tls,
+            filters: Arc::new(filters),
             config,
         }))
     }

@@ -7,9 +7,10 @@
 
 use smtpgate_proto::Reply;
 
-use crate::config::{FilterConfig, Stage};
+use crate::config::Stage;
 use crate::context::Context;
 use crate::envelope::{Envelope, QueueId, Recipient};
+use crate::filter::Handle;
 use crate::filter::{Action, SessionInfo, pipeline};
 use crate::quarantine::{Origin, Resume};
 use crate::queue::Queue;
@@ -158,7 +159,7 @@ async fn filter_copy(
     origin: &SessionInfo,
     msg: &Received,
     mut copy: Copy,
-    filters: &[&FilterConfig],
+    filters: &[&Handle],
 ) -> Result<Option<Copy>, Reply> {
     if filters.is_empty() {
         return Ok(Some(copy));
@@ -220,7 +221,7 @@ async fn filter_copy(
 }
 
 /// A route's filters split by stage: (before the queue, after it by name).
-fn route_filters<'c>(ctx: &'c Context, names: &[String]) -> (Vec<&'c FilterConfig>, Vec<String>) {
+fn route_filters<'c>(ctx: &'c Context, names: &[String]) -> (Vec<&'c Handle>, Vec<String>) {
     let found = find_filters(ctx, names);
     let after = found
         .iter()
@@ -231,12 +232,11 @@ fn route_filters<'c>(ctx: &'c Context, names: &[String]) -> (Vec<&'c FilterConfi
     (before, after)
 }
 
-fn find_filters<'c>(ctx: &'c Context, names: &[String]) -> Vec<&'c FilterConfig> {
-    let all = &ctx.config.filters;
-    names.iter().filter_map(|n| all.iter().find(|f| &f.name == n)).collect()
+fn find_filters<'c>(ctx: &'c Context, names: &[String]) -> Vec<&'c Handle> {
+    ctx.filters.named(names)
 }
 
-pub use crate::config::filter::names_after;
+pub use crate::filter::names_after;
 
 /// The envelope of one copy: its id, recipients, pool, stream, scan and (SRS) sender.
 fn copy_envelope(template: &Envelope, copy: &Copy) -> Envelope {
@@ -399,7 +399,7 @@ fn legacy_resume(env: &Envelope) -> Resume {
 }
 
 /// The named filters, or the first name that no longer exists.
-fn resolve<'c>(ctx: &'c Context, names: &[String]) -> Result<Vec<&'c FilterConfig>, ReleaseError> {
+fn resolve<'c>(ctx: &'c Context, names: &[String]) -> Result<Vec<&'c Handle>, ReleaseError> {
     let found = find_filters(ctx, names);
     if let Some(missing) = names.iter().find(|n| !found.iter().any(|f| &f.name == *n)) {
         return Err(ReleaseError::MissingFilter(missing.clone()));
@@ -430,7 +430,7 @@ async fn resume_filters(
     mut env: Envelope,
     message: Vec<u8>,
     tags: Vec<String>,
-    filters: &[&FilterConfig],
+    filters: &[&Handle],
 ) -> Result<Resumed, ReleaseError> {
     if filters.is_empty() {
         return Ok(Resumed::Pass(env, message, tags));

@@ -353,7 +353,9 @@ async fn reload(server: &mut Server, path: Option<&std::path::Path>) {
 }
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<ExitCode> {
-    match Config::load(file) {
+    // The filters' own options are checked by building them, as start-up does.
+    let checked = Config::load(file).and_then(|config| smtpgate::filter::Filters::build(&config).map(|_| config));
+    match checked {
         Ok(_) => {
             println!("{}: OK", file.display());
             Ok(ExitCode::SUCCESS)

@@ -37,6 +37,7 @@ metrics! {
     filter_rejected: Counter = "smtpgate_filter_rejected_total", "messages refused by a filter";
     quarantined: Counter = "smtpgate_quarantined_total", "messages put in the quarantine";
     filter_discarded: Counter = "smtpgate_filter_discarded_total", "messages dropped by a filter";
+    scan_held: Counter = "smtpgate_scan_held_total", "after-queue scans that could not run because their filter is no longer configured (the message waits; never delivered unscanned)";
     filter_unchecked: Counter = "smtpgate_filter_unchecked_total", "messages a filter let pass without checking them (size limit, or failed with on_error = accept)";
     proxied: Counter = "smtpgate_messages_proxied_total", "messages a proxy listener's upstream accepted";
     proxy_refused: Counter = "smtpgate_messages_proxy_refused_total", "messages a proxy listener's upstream refused at end of data";

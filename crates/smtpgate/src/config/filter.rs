@@ -1,14 +1,14 @@
-//! `[[filter]]`: the policy filters, each built by its kind from the rest of its keys.
+//! `[[filter]]`: the policy filters as the configuration states them: a name, a kind, a stage, a
+//! timeout, what a failure means, and the kind's own options (checked and built by the filter's
+//! kind when the running server's context is built: `crate::filter::Filters`).
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::check::Issues;
 use super::raw::Text;
-use crate::filter::Filter;
 
 #[derive(Debug, Deserialize)]
 pub struct RawFilter {
@@ -40,15 +40,35 @@ pub enum OnError {
     TempFail,
 }
 
-/// One configured filter, built.
-#[derive(Debug, Clone)]
+/// Every filter kind, by the name used in `kind = "..."`.
+pub const KINDS: &[&str] = &[
+    "arc_seal",
+    "auth",
+    "clamav",
+    "connection",
+    "content",
+    "dkim_sign",
+    "dlp",
+    "milter",
+    "rate_limit",
+    "rspamd",
+    "sanitize",
+];
+
+/// One configured filter.
+#[derive(Debug, Clone, PartialEq)]
 pub struct FilterConfig {
     pub name: String,
     pub kind: String,
     pub stage: Stage,
     pub timeout: Duration,
     pub on_error: OnError,
-    pub filter: Arc<dyn Filter>,
+    /// The rest of its keys: the kind's options.
+    pub options: toml::Table,
+    /// Where relative paths in the options start (the configuration file's directory).
+    pub base_dir: PathBuf,
+    /// Its place in the `[[filter]]` array, for naming its keys in errors (`filter[2].keys`).
+    pub index: usize,
 }
 
 pub(super) fn build_filters(raw: Vec<RawFilter>, base_dir: &Path, issues: &mut Issues) -> Vec<FilterConfig> {
@@ -60,10 +80,7 @@ pub(super) fn build_filters(raw: Vec<RawFilter>, base_dir: &Path, issues: &mut I
             issues.push(key("name"), format!("{name:?} is already the name of another filter"));
         }
         let Some(kind) = f.kind else {
-            issues.push(
-                key("kind"),
-                format!("is required (one of {})", crate::filter::registry::KINDS.join(", ")),
-            );
+            issues.push(key("kind"), format!("is required (one of {})", KINDS.join(", ")));
             continue;
         };
         let stage = match f.stage.as_deref() {
@@ -89,22 +106,23 @@ pub(super) fn build_filters(raw: Vec<RawFilter>, base_dir: &Path, issues: &mut I
             }
         };
         let timeout = issues.timeout(key("timeout"), f.timeout, Duration::from_secs(30));
-        match crate::filter::registry::build(&kind, f.options, base_dir) {
-            Ok(filter) => out.push(FilterConfig {
-                name,
-                kind,
-                stage,
-                timeout,
-                on_error,
-                filter,
-            }),
-            Err(errors) => {
-                for (field, message) in errors {
-                    let k = if field.is_empty() { key("kind") } else { key(&field) };
-                    issues.push(k, message);
-                }
-            }
+        if !KINDS.contains(&kind.as_str()) {
+            issues.push(
+                key("kind"),
+                format!("unknown kind {kind:?} (one of {})", KINDS.join(", ")),
+            );
+            continue;
         }
+        out.push(FilterConfig {
+            name,
+            kind,
+            stage,
+            timeout,
+            on_error,
+            options: f.options,
+            base_dir: base_dir.to_path_buf(),
+            index,
+        });
     }
     out
 }
@@ -116,13 +134,4 @@ pub(super) fn check_names(key: &str, names: &[String], filters: &[FilterConfig],
             issues.push(format!("{key}[{i}]"), format!("no filter named {n:?}"));
         }
     }
-}
-
-/// The names of the filters after the one named `by` (where a quarantined message resumes).
-pub fn names_after(filters: &[&FilterConfig], by: &str) -> Vec<String> {
-    let at = filters
-        .iter()
-        .position(|f| f.name == by)
-        .map_or(filters.len(), |i| i + 1);
-    filters[at..].iter().map(|f| f.name.clone()).collect()
 }

@@ -31,13 +31,102 @@ mod tests;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
 use smtpgate_proto::Reply;
+
+use crate::config::{Config, ConfigError, ConfigIssue, FilterConfig, OnError, Stage};
 
 /// A boxed future, for trait methods that filters implement with `Box::pin(async move { .. })`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 pub use crate::envelope::SessionInfo;
+
+/// A configured filter, built: its settings from the configuration and the filter itself.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    pub name: String,
+    pub kind: String,
+    pub stage: Stage,
+    pub timeout: Duration,
+    pub on_error: OnError,
+    pub filter: Arc<dyn Filter>,
+}
+
+/// Every configured filter, built once per configuration (at start and at each reload), found
+/// by name.
+#[derive(Debug, Default)]
+pub struct Filters {
+    all: Vec<Handle>,
+}
+
+impl Filters {
+    /// Builds every `[[filter]]` by its kind. Every mistake in any filter's options is reported,
+    /// each under its key (`filter[2].keys`), as the configuration's other mistakes are.
+    pub fn build(config: &Config) -> Result<Filters, ConfigError> {
+        let mut all = Vec::with_capacity(config.filters.len());
+        let mut errors = Vec::new();
+        for f in &config.filters {
+            match registry::build(&f.kind, f.options.clone(), &f.base_dir) {
+                Ok(filter) => all.push(Handle::new(f, filter)),
+                Err(problems) => {
+                    for (field, message) in problems {
+                        let field = if field.is_empty() { "kind" } else { field.as_str() };
+                        errors.push(ConfigIssue::new(format!("filter[{}].{field}", f.index), message));
+                    }
+                }
+            }
+        }
+        match errors.is_empty() {
+            true => Ok(Filters { all }),
+            false => Err(ConfigError { errors }),
+        }
+    }
+
+    /// Filters built outside a configuration (tests).
+    pub fn from_handles(all: Vec<Handle>) -> Filters {
+        Filters { all }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Handle> {
+        self.all.iter().find(|f| f.name == name)
+    }
+
+    /// The named filters in the order named, or the first name that no filter has (a reload
+    /// removed it: whatever was to run it must wait, never go on without it).
+    pub fn resolve(&self, names: &[String]) -> Result<Vec<&Handle>, String> {
+        names.iter().map(|n| self.get(n).ok_or_else(|| n.clone())).collect()
+    }
+
+    /// The named filters in the order named, leaving out unknown names: for lists the
+    /// configuration itself checked against its `[[filter]]`s (a listener's, a route's).
+    pub fn named(&self, names: &[String]) -> Vec<&Handle> {
+        names.iter().filter_map(|n| self.get(n)).collect()
+    }
+}
+
+impl Handle {
+    fn new(f: &FilterConfig, filter: Arc<dyn Filter>) -> Handle {
+        Handle {
+            name: f.name.clone(),
+            kind: f.kind.clone(),
+            stage: f.stage,
+            timeout: f.timeout,
+            on_error: f.on_error,
+            filter,
+        }
+    }
+}
+
+/// The names of the filters after the one named `by` (where a quarantined message resumes).
+pub fn names_after(filters: &[&Handle], by: &str) -> Vec<String> {
+    let at = filters
+        .iter()
+        .position(|f| f.name == by)
+        .map_or(filters.len(), |i| i + 1);
+    filters[at..].iter().map(|f| f.name.clone()).collect()
+}
 
 /// A complete message as a filter sees it at the end of data.
 #[derive(Debug, Clone)]

@@ -3,8 +3,9 @@
 
 use smtpgate_proto::Reply;
 
+use super::Handle;
 use super::{Action, MessageInfo, Modification, SessionInfo, Verdict};
-use crate::config::{FilterConfig, OnError};
+use crate::config::OnError;
 
 /// The message after the filters, and what they decided.
 #[derive(Debug, Clone)]
@@ -22,7 +23,7 @@ pub struct Outcome {
 
 /// Runs the end-of-data hook of each filter in order. The first non-accept action ends the run.
 pub async fn run_data(
-    filters: &[&FilterConfig],
+    filters: &[&Handle],
     session: &SessionInfo,
     sender: &str,
     recipients: Vec<String>,
@@ -70,7 +71,7 @@ pub async fn run_data(
 }
 
 /// Runs the RCPT hook of each filter; the first refusal is the answer.
-pub async fn run_rcpt(filters: &[&FilterConfig], session: &SessionInfo, sender: &str, rcpt: &str) -> Action {
+pub async fn run_rcpt(filters: &[&Handle], session: &SessionInfo, sender: &str, rcpt: &str) -> Action {
     for f in filters {
         let verdict = ask(f, f.filter.rcpt(session, sender, rcpt)).await;
         if verdict.action != Action::Accept {
@@ -81,7 +82,7 @@ pub async fn run_rcpt(filters: &[&FilterConfig], session: &SessionInfo, sender: 
 }
 
 /// Runs the EHLO/HELO hook of each filter; the first refusal is the answer.
-pub async fn run_ehlo(filters: &[&FilterConfig], session: &SessionInfo) -> Action {
+pub async fn run_ehlo(filters: &[&Handle], session: &SessionInfo) -> Action {
     for f in filters {
         let verdict = ask(f, f.filter.ehlo(session)).await;
         if verdict.action != Action::Accept {
@@ -92,7 +93,7 @@ pub async fn run_ehlo(filters: &[&FilterConfig], session: &SessionInfo) -> Actio
 }
 
 /// Runs the MAIL hook of each filter; the first refusal is the answer.
-pub async fn run_mail(filters: &[&FilterConfig], session: &SessionInfo, sender: &str) -> Action {
+pub async fn run_mail(filters: &[&Handle], session: &SessionInfo, sender: &str) -> Action {
     for f in filters {
         let verdict = ask(f, f.filter.mail(session, sender)).await;
         if verdict.action != Action::Accept {
@@ -103,7 +104,7 @@ pub async fn run_mail(filters: &[&FilterConfig], session: &SessionInfo, sender: 
 }
 
 /// Runs the connect hook of each filter; the first refusal is the answer.
-pub async fn run_connect(filters: &[&FilterConfig], session: &SessionInfo) -> Action {
+pub async fn run_connect(filters: &[&Handle], session: &SessionInfo) -> Action {
     for f in filters {
         let verdict = ask(f, f.filter.connect(session)).await;
         if verdict.action != Action::Accept {
@@ -114,10 +115,7 @@ pub async fn run_connect(filters: &[&FilterConfig], session: &SessionInfo) -> Ac
 }
 
 /// One hook with the filter's timeout; a failure or timeout becomes its `on_error` answer.
-async fn ask(
-    f: &FilterConfig,
-    hook: impl std::future::Future<Output = Result<Verdict, super::FilterError>>,
-) -> Verdict {
+async fn ask(f: &Handle, hook: impl std::future::Future<Output = Result<Verdict, super::FilterError>>) -> Verdict {
     use tracing::Instrument;
     let span = tracing::info_span!("filter", name = %f.name);
     let error = match tokio::time::timeout(f.timeout, hook.instrument(span)).await {

@@ -6,19 +6,7 @@ use std::sync::Arc;
 use super::Filter;
 
 /// Every kind, for error messages.
-pub const KINDS: &[&str] = &[
-    "arc_seal",
-    "auth",
-    "clamav",
-    "connection",
-    "content",
-    "dkim_sign",
-    "dlp",
-    "milter",
-    "rate_limit",
-    "rspamd",
-    "sanitize",
-];
+pub use crate::config::filter::KINDS;
 
 /// A kind's problems with its options: (key inside the `[[filter]]` block, message).
 pub type BuildErrors = Vec<(String, String)>;

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use smtpgate_proto::Reply;
 
+use super::Handle;
 use super::pipeline::run_data;
 use super::{Action, BoxFuture, Filter, FilterError, MessageInfo, Modification, SessionInfo, Verdict};
-use crate::config::{FilterConfig, OnError, Stage};
+use crate::config::{OnError, Stage};
 
 #[derive(Debug)]
 enum Behaviour {
@@ -54,8 +55,8 @@ impl Filter for Scripted {
     }
 }
 
-fn spec(name: &str, b: Behaviour, on_error: OnError) -> FilterConfig {
-    FilterConfig {
+fn spec(name: &str, b: Behaviour, on_error: OnError) -> Handle {
+    Handle {
         name: name.into(),
         kind: "test".into(),
         stage: Stage::BeforeQueue,
@@ -65,8 +66,8 @@ fn spec(name: &str, b: Behaviour, on_error: OnError) -> FilterConfig {
     }
 }
 
-async fn run(filters: &[FilterConfig]) -> super::pipeline::Outcome {
-    let refs: Vec<&FilterConfig> = filters.iter().collect();
+async fn run(filters: &[Handle]) -> super::pipeline::Outcome {
+    let refs: Vec<&Handle> = filters.iter().collect();
     let info = SessionInfo::default();
     let msg = b"Received: x\r\nSubject: s\r\n\r\nbody\r\n".to_vec();
     run_data(&refs, &info, "s@x.test", vec!["r@y.test".into()], msg, Vec::new()).await
@@ -102,7 +103,7 @@ async fn a_broken_or_slow_filter_fails_open_or_closed_as_configured() {
 #[tokio::test]
 async fn the_ehlo_hook_sees_the_helo_name() {
     let f = [spec("h", Behaviour::RejectIfTagged("evil.test"), OnError::Accept)];
-    let refs: Vec<&FilterConfig> = f.iter().collect();
+    let refs: Vec<&Handle> = f.iter().collect();
     let mut info = SessionInfo {
         helo: Some("good.test".into()),
         ..Default::default()

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use super::settle;
 use super::{Queue, QueuedMessage};
-use crate::config::FilterConfig;
 use crate::deliver::bounce::{Diagnostic, Failure};
 use crate::filter::{Action, SessionInfo, pipeline};
 use crate::quarantine::Resume;
@@ -22,12 +21,19 @@ pub(super) async fn run(queue: Queue, msg: Arc<QueuedMessage>) {
         return;
     };
     let ctx = queue.ctx();
-    let filters: Vec<&FilterConfig> = msg
-        .env
-        .scan
-        .iter()
-        .filter_map(|n| ctx.config.filters.iter().find(|f| &f.name == n))
-        .collect();
+    // A filter a reload removed holds the message: it is never delivered around its scan. It
+    // waits (retried on the queue's schedule, bounced at `max_age`) for the filter to return.
+    let filters = match ctx.filters.resolve(&msg.env.scan) {
+        Ok(filters) => filters,
+        Err(missing) => {
+            ctx.metrics.scan_held.inc();
+            tracing::error!(
+                queue_id = %msg.env.id, filter = %missing,
+                "scan: the message's after-queue filter is no longer configured; holding the message until it is"
+            );
+            return retry(queue, msg);
+        }
+    };
     let body = match msg.whole(&ctx.spool).await {
         Ok(b) => b,
         Err(e) => {
@@ -72,7 +78,7 @@ pub(super) async fn run(queue: Queue, msg: Arc<QueuedMessage>) {
         Action::Quarantine(reason) => {
             // A release runs the scan's filters after this one.
             let mut env = msg.env.clone();
-            env.scan = crate::config::filter::names_after(&filters, &by);
+            env.scan = crate::filter::names_after(&filters, &by);
             let stored = ctx
                 .quarantine
                 .store(env, out.message, reason.clone(), by.clone(), Resume::Scan)

@@ -3,8 +3,9 @@
 use smtpgate_proto::Reply;
 
 use super::{Draft, Flow, Session, Txn};
-use crate::config::{FilterConfig, Stage};
+use crate::config::Stage;
 use crate::envelope::QueueId;
+use crate::filter::Handle;
 use crate::filter::{Action, SessionInfo, pipeline};
 use crate::intake;
 use crate::quarantine::{Origin, Resume};
@@ -30,15 +31,10 @@ impl Session {
     }
 
     /// The listener's filters of one stage, in configured order.
-    pub(super) fn listener_filters(&self, stage: Stage) -> Vec<&FilterConfig> {
-        let all = &self.listener.ctx.config.filters;
-        self.listener
-            .config
-            .filters
-            .iter()
-            .filter_map(|n| all.iter().find(|f| &f.name == n))
-            .filter(|f| f.stage == stage)
-            .collect()
+    pub(super) fn listener_filters(&self, stage: Stage) -> Vec<&Handle> {
+        let mut filters = self.listener.ctx.filters.named(&self.listener.config.filters);
+        filters.retain(|f| f.stage == stage);
+        filters
     }
 
     /// The connect hooks: a refusal is sent instead of the greeting.
