@@ -414,3 +414,50 @@ fn a_listener_that_cannot_bind_refuses_the_reload_and_keeps_the_old_listeners() 
     assert_arrives("after-refusal@example.org", ("a", &a), ("b", &b));
     drop(taken);
 }
+
+/// A message spooled with an after-queue scan still to run (its scanner is down, so the scan
+/// fails closed and is retried), then a reload that removes that filter: the message is held and
+/// counted, never delivered around its scan.
+#[test]
+fn a_message_whose_scan_filter_a_reload_removed_is_held_not_delivered() {
+    let up = Upstream::start();
+    let plain = config(&[listener("inbound")], &[pool("a", &[up.addr()])], "a");
+    let scanned = plain.replace(
+        "relay_networks = [\"127.0.0.0/8\"]\n",
+        "relay_networks = [\"127.0.0.0/8\"]\nfilters = [\"av\"]\n",
+    ) + &format!(
+        "\n[[filter]]\nname = \"av\"\nkind = \"clamav\"\nstage = \"after_queue\"\non_error = \"tempfail\"\n\
+         address = \"{}\"\n",
+        dead_address()
+    );
+    let mut gate = Gate::start(&scanned);
+    send_ok(gate.smtp_addr(), "scanned@example.org");
+    assert!(
+        wait_until(SOON, || gate
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("filter failed") && l.contains("av"))),
+        "the scan never ran"
+    );
+
+    gate.reload(&plain);
+    assert!(
+        wait_until(SOON, || gate.try_metric("smtpgate_scan_held_total").unwrap_or(0.0)
+            >= 1.0),
+        "the message was not held"
+    );
+    assert!(
+        gate.stderr_lines()
+            .iter()
+            .any(|l| l.contains("no longer configured") && l.contains("av")),
+        "the hold is not reported"
+    );
+    // Held for good: later retries hold it again, and nothing reaches the upstream.
+    assert!(
+        wait_until(SOON, || gate.try_metric("smtpgate_scan_held_total").unwrap_or(0.0)
+            >= 2.0),
+        "the message was not held again on its next try"
+    );
+    assert!(up.messages().is_empty(), "delivered without its scan: {:?}", rcpts(&up));
+    assert_eq!(gate.metric("smtpgate_queue_depth"), 1.0);
+}
