@@ -7,8 +7,26 @@
 # machine they are missing, so this script installs them first (as root, or through sudo), making
 # sure no package leaves a daemon running (no postfix, clamd, freshclam, rspamd, opendkim or
 # redis-server service: the tests start their own), then runs every test of the workspace.
+#
+# Between the two it runs the checks (`run_checks`: formatting, clippy, module layering); if one
+# fails, the run fails without testing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Formatting, clippy with warnings as errors (in release, so it reuses the build scripts and proc
+# macros the release test build compiles), and the module-layering check with its own tests. Each
+# runs even when an earlier one failed, so one run shows every problem.
+run_checks() {
+    local failed=()
+    cargo fmt --all -- --check || failed+=("cargo fmt --check")
+    cargo clippy --workspace --all-targets --release -- -D warnings || failed+=("cargo clippy")
+    python3 scripts/test_check_modules.py || failed+=("scripts/test_check_modules.py")
+    python3 scripts/check-modules.py crates/smtpgate/src || failed+=("scripts/check-modules.py")
+    if ((${#failed[@]} > 0)); then
+        printf 'test.sh: check failed: %s\n' "${failed[@]}" >&2
+        return 1
+    fi
+}
 
 missing_packages() {
     [[ -x /usr/sbin/smtp-sink && -x /usr/sbin/smtp-source ]] || echo postfix
@@ -86,4 +104,5 @@ if ! python3 -c "import srslib" >/dev/null 2>&1; then
         python3 -m pip install --quiet --break-system-packages srslib
 fi
 
+run_checks
 exec cargo test --release --workspace "$@"

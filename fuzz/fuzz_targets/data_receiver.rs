@@ -2,6 +2,7 @@
 //! same result however the input is split, CRLF-only output within the size limit, and an end
 //! of data only at `<CR><LF>.<CR><LF>`.
 #![no_main]
+#![forbid(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
 use smtpgate_proto::{BareEol, BdatReceiver, DataOutcome, DataReceiver, dot_stuff};

@@ -1,6 +1,7 @@
 //! Parses arbitrary command lines: no panic, and every parsed path prints in a form that parses
 //! back to the same path.
 #![no_main]
+#![forbid(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
 use smtpgate_proto::{Command, ForwardPath, LineFramer, ReversePath, parse_command};

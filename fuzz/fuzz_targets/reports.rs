@@ -7,6 +7,7 @@
 //! "not a report" here instead of a crash. Any other panic in the parser is a crash (in the gate
 //! itself, parsing runs on a blocking task, so one would cost that report, not the process).
 #![no_main]
+#![forbid(unsafe_code)]
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Once;

@@ -8,6 +8,7 @@
 //! rest as one last chunk. The server runs between chunks, so a cut decides what it sees as
 //! pipelined.
 #![no_main]
+#![forbid(unsafe_code)]
 
 use std::sync::Mutex;
 

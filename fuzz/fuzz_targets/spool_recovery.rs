@@ -7,6 +7,7 @@
 //! changes one byte at a fuzzer-chosen place: the walk returns exactly the records written before
 //! the break, at their offsets, and never one that lies inside a body.
 #![no_main]
+#![forbid(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
 use smtpgate::envelope::{Envelope, QueueId, Recipient};

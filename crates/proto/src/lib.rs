@@ -34,6 +34,7 @@
 //! Reply::sender_ok().write_to(&mut out);
 //! assert_eq!(out, b"250 2.1.0 sender OK\r\n");
 //! ```
+#![forbid(unsafe_code)]
 
 pub mod address;
 pub mod client;

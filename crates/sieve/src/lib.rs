@@ -44,6 +44,7 @@
 //! let other = SimpleMessage::new("me@example.com").with_header("From", "Ann <ann@example.org>");
 //! assert_eq!(script.evaluate(&other).actions, vec![Action::Keep]);
 //! ```
+#![forbid(unsafe_code)]
 
 mod address;
 mod ast;

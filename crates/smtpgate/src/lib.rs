@@ -12,6 +12,7 @@
 //!    become DSN bounces, temporary ones retries.
 //!
 //! Configuration ([`config`]) is loaded and checked whole before anything starts.
+#![forbid(unsafe_code)]
 
 pub mod budget;
 pub mod config;

@@ -1,4 +1,5 @@
 //! The `smtpgate` command: parses the command line and calls into the library.
+#![forbid(unsafe_code)]
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;

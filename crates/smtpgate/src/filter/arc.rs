@@ -50,7 +50,7 @@ use mail_auth::{AuthenticatedMessage, MessageAuthenticator};
 use serde::Deserialize;
 
 use super::auth::{Checker, authenticator, dns_options, results_for};
-use super::registry::{BuildErrors, options};
+use super::options::{BuildErrors, options};
 use super::{BoxFuture, Filter, FilterError, MessageInfo, Modification, Verdict};
 
 /// The header fields the `ARC-Message-Signature` covers (those present in the message are).

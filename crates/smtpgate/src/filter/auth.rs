@@ -37,7 +37,7 @@ use mail_auth::{
 use serde::Deserialize;
 use smtpgate_proto::Reply;
 
-use super::registry::{BuildErrors, options};
+use super::options::{BuildErrors, options};
 use super::{BoxFuture, Filter, FilterError, MessageInfo, Modification, Verdict};
 use crate::config::values::{parse_duration, parse_nameserver};
 

@@ -43,7 +43,7 @@ use hickory_resolver::proto::xfer::Protocol;
 use serde::Deserialize;
 use smtpgate_proto::Reply;
 
-use super::registry::{BuildErrors, options};
+use super::options::{BuildErrors, options};
 use super::{BoxFuture, Filter, FilterError, SessionInfo, Verdict};
 use crate::config::values::{is_domain, parse_domain, parse_duration, parse_nameserver};
 

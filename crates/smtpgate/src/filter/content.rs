@@ -50,7 +50,7 @@ use smtpgate_proto::Reply;
 use self::attachments::{Blocklist, Finding, name_glob};
 use self::mime_limits::Structure;
 use self::zip::ZipLimits;
-use super::registry::{BuildErrors, options};
+use super::options::{BuildErrors, options};
 use super::{Action, BoxFuture, Filter, FilterError, MessageInfo, Modification, Verdict};
 use crate::config::values::parse_size;
 

@@ -30,7 +30,7 @@ use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 use serde::Deserialize;
 
-use super::registry::{BuildErrors, options};
+use super::options::{BuildErrors, options};
 use super::{BoxFuture, Filter, FilterError, MessageInfo, Modification, Verdict};
 
 /// The header fields signed when `headers` is not given (those present in the message are).

@@ -57,7 +57,7 @@ use smtpgate_proto::Reply;
 
 use self::detectors::Detector;
 use super::content::text;
-use super::registry::{BuildErrors, options};
+use super::options::{BuildErrors, options};
 use super::{BoxFuture, Filter, FilterError, MessageInfo, Modification, Verdict};
 use crate::config::values::parse_size;
 

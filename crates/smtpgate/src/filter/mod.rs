@@ -19,6 +19,7 @@ mod content;
 mod dkim;
 mod dlp;
 mod milter;
+mod options;
 pub mod pipeline;
 mod ratelimit;
 pub mod registry;

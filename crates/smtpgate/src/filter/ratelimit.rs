@@ -39,7 +39,7 @@ use serde::Deserialize;
 use smtpgate_proto::Reply;
 use tokio::time::Instant;
 
-use super::registry::{BuildErrors, options};
+use super::options::{BuildErrors, options};
 use super::{BoxFuture, Filter, FilterError, SessionInfo, Verdict};
 use crate::rate::{Buckets, DEFAULT_MAX_KEYS, Decision, Gcra, Limiter, Mode};
 

@@ -4,12 +4,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::Filter;
+use super::options::BuildErrors;
 
 /// Every kind, for error messages.
 pub use crate::config::filter::KINDS;
-
-/// A kind's problems with its options: (key inside the `[[filter]]` block, message).
-pub type BuildErrors = Vec<(String, String)>;
 
 /// Builds a filter of `kind` from the rest of its `[[filter]]` keys.
 pub fn build(kind: &str, options: toml::Table, base_dir: &Path) -> Result<Arc<dyn Filter>, BuildErrors> {
@@ -29,21 +27,5 @@ pub fn build(kind: &str, options: toml::Table, base_dir: &Path) -> Result<Arc<dy
             String::new(),
             format!("unknown kind {other:?} (one of {})", KINDS.join(", ")),
         )]),
-    }
-}
-
-/// Deserializes a kind's options, reporting unknown keys and type errors with their key.
-pub fn options<T: serde::de::DeserializeOwned>(options: toml::Table) -> Result<T, BuildErrors> {
-    let mut unknown = Vec::new();
-    let value = toml::Value::Table(options);
-    let parsed: Result<T, _> = serde_ignored::deserialize(value, |path| unknown.push(path.to_string()));
-    let mut errors: BuildErrors = unknown.into_iter().map(|k| (k, "unknown key".to_string())).collect();
-    match parsed {
-        Ok(v) if errors.is_empty() => Ok(v),
-        Ok(_) => Err(errors),
-        Err(e) => {
-            errors.push((String::new(), e.to_string()));
-            Err(errors)
-        }
     }
 }

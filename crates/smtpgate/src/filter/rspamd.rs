@@ -37,7 +37,7 @@ use smtpgate_proto::Reply;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::registry::{BuildErrors, options};
+use super::options::{BuildErrors, options};
 use super::{Action, BoxFuture, Filter, FilterError, MessageInfo, Modification, Verdict};
 
 /// A larger answer than this is not rspamd's.

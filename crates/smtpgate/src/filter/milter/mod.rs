@@ -43,7 +43,7 @@ use tokio::net::{TcpStream, UnixStream};
 
 use self::edit::{LeadingSpace, Message};
 use self::protocol::{Command, Peer, Response, action, code, step};
-use super::registry::{BuildErrors, options};
+use super::options::{BuildErrors, options};
 use super::{Action, BoxFuture, Filter, FilterError, MessageInfo, Modification, Verdict};
 
 #[derive(Debug, Deserialize)]

@@ -40,7 +40,7 @@ use std::sync::Arc;
 use mail_parser::{Message, MessageParser, MimeHeaders};
 use serde::Deserialize;
 
-use super::registry::{BuildErrors, options};
+use super::options::{BuildErrors, options};
 use super::{BoxFuture, Filter, FilterError, MessageInfo, Modification, Verdict};
 use footer::Footer;
 use part::{Level, PartChange};
