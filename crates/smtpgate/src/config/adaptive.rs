@@ -189,12 +189,12 @@ impl Rule {
     /// Whether every condition of the rule holds for `reply`.
     pub fn matches(&self, reply: &Reply<'_>) -> bool {
         if let Some(d) = &self.domain
-            && !super::shaping::host_matches(d, reply.domain)
+            && !super::values::host_matches(d, reply.domain)
         {
             return false;
         }
         if let Some(p) = &self.mx
-            && !reply.hosts.iter().any(|h| super::shaping::host_matches(p, h))
+            && !reply.hosts.iter().any(|h| super::values::host_matches(p, h))
         {
             return false;
         }

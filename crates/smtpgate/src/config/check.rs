@@ -4,15 +4,16 @@
 //! pass reports everything that is wrong. The half-built config is thrown away if anything was.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use super::issues::{Issues, resolve};
 use super::raw::{RawAdmin, RawAuth, RawConfig, RawListener, RawQueue, RawSpool, Text};
 use super::values::{parse_domain, parse_duration, parse_nameserver, parse_net, parse_size, parse_socket_addr};
 use super::{
-    AdminConfig, AuthConfig, BareLineEndings, Config, ConfigError, ConfigIssue, DaneConfig, DnsConfig, FilterConfig,
-    ListenerConfig, ListenerMode, MtaStsConfig, QueueConfig, RedisConfig, RouteConfig, SpoolConfig, Stage,
-    SuppressAction, SuppressionConfig, TlsFiles,
+    AdminConfig, AuthConfig, BareLineEndings, Config, ConfigError, DaneConfig, DnsConfig, FilterConfig, ListenerConfig,
+    ListenerMode, MtaStsConfig, QueueConfig, RedisConfig, RouteConfig, SpoolConfig, Stage, SuppressAction,
+    SuppressionConfig, TlsFiles,
 };
 use crate::reloading::Loaded;
 
@@ -224,95 +225,6 @@ fn build_shaping_file(
     Loaded::read(path, |p| super::shaping::Rules::load(p, queue))
         .map_err(|e| issues.push("shaping.file", e))
         .ok()
-}
-
-/// Mistakes found so far, with helpers that record one and return a stand-in value.
-#[derive(Default)]
-pub(super) struct Issues(pub(super) Vec<ConfigIssue>);
-
-impl Issues {
-    pub(super) fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigIssue::new(key, message));
-    }
-
-    /// Parses an optional text value, or gives `default` when it is absent or wrong.
-    pub(super) fn parse<T>(
-        &mut self,
-        key: impl Into<String>,
-        raw: Option<Text>,
-        parse: fn(&str) -> Result<T, String>,
-        default: T,
-    ) -> T {
-        let Some(text) = raw else { return default };
-        parse(text.as_str()).unwrap_or_else(|message| {
-            self.push(key, message);
-            default
-        })
-    }
-
-    /// Parses each entry of an optional list; wrong entries are reported as `key[i]`.
-    pub(super) fn list<T>(
-        &mut self,
-        key: &str,
-        raw: Option<Vec<Text>>,
-        parse: fn(&str) -> Result<T, String>,
-    ) -> Vec<T> {
-        let mut values = Vec::new();
-        for (index, text) in raw.unwrap_or_default().into_iter().enumerate() {
-            match parse(text.as_str()) {
-                Ok(value) => values.push(value),
-                Err(message) => self.push(format!("{key}[{index}]"), message),
-            }
-        }
-        values
-    }
-
-    /// A duration that must not be zero (timeouts, retry delays, ages).
-    pub(super) fn timeout(&mut self, key: String, raw: Option<Text>, default: Duration) -> Duration {
-        let value = self.parse(key.clone(), raw, parse_duration, default);
-        if value.is_zero() {
-            self.push(key, "must be more than 0s");
-            return default;
-        }
-        value
-    }
-
-    /// An integer count of at least `min` that fits `T`.
-    pub(super) fn count<T: TryFrom<i64>>(&mut self, key: String, raw: Option<i64>, min: i64, default: T) -> T {
-        let Some(number) = raw else { return default };
-        match T::try_from(number) {
-            Ok(value) if number >= min => value,
-            _ if number < min => {
-                self.push(key, format!("{number} is too small (at least {min})"));
-                default
-            }
-            _ => {
-                self.push(key, format!("{number} is too large"));
-                default
-            }
-        }
-    }
-
-    /// A file that must exist, relative to `base_dir`.
-    pub(super) fn existing_file(&mut self, key: String, base_dir: &Path, raw: &str) -> PathBuf {
-        let path = resolve(base_dir, raw);
-        match std::fs::metadata(&path) {
-            _ if raw.trim().is_empty() => self.push(key, "must not be empty"),
-            Ok(meta) if meta.is_dir() => self.push(key, format!("{} is a folder, not a file", path.display())),
-            Ok(_) => {}
-            Err(error) => self.push(key, format!("cannot use {}: {error}", path.display())),
-        }
-        path
-    }
-}
-
-/// `raw` as a path; relative ones are taken relative to `base_dir`.
-fn resolve(base_dir: &Path, raw: &str) -> PathBuf {
-    let path = Path::new(raw);
-    match path.is_absolute() {
-        true => path.to_owned(),
-        false => base_dir.join(path),
-    }
 }
 
 fn build_hostname(raw: Option<String>, issues: &mut Issues) -> String {

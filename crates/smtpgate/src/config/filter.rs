@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::check::Issues;
-use super::raw::Text;
+use super::issues::Issues;
+use super::text::Text;
 
 #[derive(Debug, Deserialize)]
 pub struct RawFilter {

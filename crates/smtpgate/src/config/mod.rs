@@ -24,6 +24,7 @@
 pub mod adaptive;
 mod check;
 pub mod filter;
+mod issues;
 mod locate;
 pub mod pool;
 pub mod raw;
@@ -32,6 +33,7 @@ pub mod shaping;
 pub mod stream;
 #[cfg(test)]
 mod tests;
+mod text;
 pub mod values;
 pub use values::read_token;
 

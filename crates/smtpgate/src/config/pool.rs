@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::check::Issues;
-use super::raw::Text;
+use super::issues::Issues;
+use super::text::Text;
 use super::values::parse_server_addr;
 use super::{ServerAddr, TlsPolicy};
 

@@ -8,8 +8,8 @@ use regex::Regex;
 use serde::Deserialize;
 
 use super::PoolConfig;
-use super::check::Issues;
-use super::raw::Text;
+use super::issues::Issues;
+use super::text::Text;
 use super::values::{parse_net, parse_size};
 
 /// A string or a list of strings.

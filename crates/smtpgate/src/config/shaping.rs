@@ -214,18 +214,7 @@ impl Rules {
     }
 }
 
-/// `*.example.com` matches any host under example.com; anything else matches the host exactly.
-pub(super) fn host_matches(pattern: &str, host: &str) -> bool {
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    match pattern.strip_prefix("*.") {
-        Some(parent) => {
-            host.len() > parent.len() + 1
-                && host.ends_with(parent)
-                && host.as_bytes()[host.len() - parent.len() - 1] == b'.'
-        }
-        None => host == pattern,
-    }
-}
+pub(super) use super::values::host_matches;
 
 fn merge(base: &Shape, raw: RawShape, key: &str, errors: &mut Vec<String>) -> Shape {
     let mut shape = base.clone();

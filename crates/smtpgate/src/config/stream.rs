@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use super::check::Issues;
+use super::issues::Issues;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
