@@ -9,7 +9,8 @@
 //! clamd ([`Clamd`], shared with other tests in `support::clamd`) knows one signature,
 //! `Smtpgate.Test.Sig`, matching [`VIRUS_MARKER`]. rspamd gets three test symbols whose scores
 //! pick its action: a body line `smtpgate test: reject`, `smtpgate test: add header` or
-//! `smtpgate test: rewrite subject`.
+//! `smtpgate test: rewrite subject`; a fourth, `SMTPGATE_ENVELOPE`, fires when rspamd read the
+//! filter's envelope (client address, HELO, sender, recipient) from the request headers.
 
 mod support;
 
@@ -57,6 +58,17 @@ end
 marker('SMTPGATE_REJECT', 'smtpgate test: reject', 100)
 marker('SMTPGATE_ADD_HEADER', 'smtpgate test: add header', 7)
 marker('SMTPGATE_REWRITE', 'smtpgate test: rewrite subject', 12)
+rspamd_config['SMTPGATE_ENVELOPE'] = {
+  callback = function(task)
+    local from, rcpts, ip = task:get_from('smtp'), task:get_recipients('smtp'), task:get_from_ip()
+    return from ~= nil and from[1].addr == 'alice@example.test'
+      and rcpts ~= nil and #rcpts == 1 and rcpts[1].addr == 'bob@example.org'
+      and task:get_helo() == 'client.example.test'
+      and ip ~= nil and ip:is_valid() and ip:to_string() == '127.0.0.1'
+  end,
+  score = 0.5,
+  description = 'smtpgate test: the envelope arrived as request headers',
+}
 "#;
 
 impl Rspamd {
@@ -253,6 +265,11 @@ async fn rspamd_filter_follows_real_rspamds_action() {
     assert!(
         added(&clean, "X-Spamd-Result")[0].starts_with("default: False ["),
         "{clean:?}"
+    );
+    assert!(
+        added(&clean, "X-Spamd-Result")[0].contains("SMTPGATE_ENVELOPE(0.50)"),
+        "{clean:?}\n{}",
+        rspamd.log()
     );
 
     let reject = ask(&*f, "hello", "smtpgate test: reject").await.expect("reject");

@@ -24,24 +24,33 @@
 //! symbols that fired). rspamd unreachable, a non-200 status, or an answer that cannot be read
 //! → `Err`, so the filter's `on_error` decides.
 //!
-//! The HTTP client is a minimal HTTP/1.1 one (one request per connection, `Connection: close`):
-//! rspamd is on loopback or a trusted network and speaks plain HTTP, so a full client and its
-//! dependencies would buy nothing.
+//! The request is one HTTP/1.1 POST per connection (`Connection: close`) with hyper's client,
+//! which does the framing (Content-Length, chunked, close-delimited answers); the answer's head
+//! may be at most 16 KiB and its body [`MAX_RESPONSE`]. The pipeline's filter timeout bounds the
+//! whole exchange: the connection is driven inside the filter's future, so nothing outlives it.
 
 use std::fmt::Write as _;
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Incoming};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use smtpgate_proto::Reply;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::options::{BuildErrors, options};
 use super::{Action, BoxFuture, Filter, FilterError, MessageInfo, Modification, Verdict};
 
-/// A larger answer than this is not rspamd's.
-const MAX_RESPONSE: u64 = 4 * 1024 * 1024;
+/// A larger answer body than this is not rspamd's.
+const MAX_RESPONSE: usize = 4 * 1024 * 1024;
+/// hyper's read buffer, which bounds the answer's status line and header block.
+const MAX_HEAD: usize = 16 * 1024;
 /// `X-Spamd-Result` lists at most this many symbols (the highest scores).
 const MAX_SYMBOLS: usize = 30;
 
@@ -57,7 +66,7 @@ struct Endpoint {
     /// `host:port`, for the connection and the `Host` header.
     authority: String,
     /// The path of `/checkv2`, after any prefix in the URL.
-    path: String,
+    path: Uri,
 }
 
 #[derive(Debug)]
@@ -121,6 +130,7 @@ fn parse_url(url: &str) -> Result<Endpoint, String> {
     } else {
         format!("/{prefix}/checkv2")
     };
+    let path = path.parse().map_err(|_| error())?;
     Ok(Endpoint { authority, path })
 }
 
@@ -128,7 +138,7 @@ impl Filter for Rspamd {
     fn data<'a>(&'a self, m: &'a MessageInfo<'a>) -> BoxFuture<'a, Result<Verdict, FilterError>> {
         Box::pin(async move {
             let request = request(&self.endpoint, m);
-            let body = post(&self.endpoint.authority, &request)
+            let body = post(&self.endpoint.authority, request)
                 .await
                 .map_err(|e| FilterError(format!("rspamd at {}: {e}", self.endpoint.authority)))?;
             let answer: CheckResult = serde_json::from_slice(&body)
@@ -216,104 +226,81 @@ fn result_header(answer: &CheckResult) -> String {
     value
 }
 
-/// The whole HTTP request: `POST {path}`, the envelope as headers, the message as the body.
-fn request(endpoint: &Endpoint, m: &MessageInfo<'_>) -> Vec<u8> {
-    let mut head = format!("POST {} HTTP/1.1\r\nHost: {}\r\n", endpoint.path, endpoint.authority);
-    let mut header = |name: &str, value: &str| {
-        // Envelope values come from the client: never let one end the header early.
-        if !value.is_empty() && !value.chars().any(|c| c.is_control()) {
-            let _ = write!(head, "{name}: {value}\r\n");
+/// The request: `POST {path}`, the envelope as headers, the message as the body.
+fn request(endpoint: &Endpoint, m: &MessageInfo<'_>) -> Request<Full<Bytes>> {
+    let mut request = Request::new(Full::new(Bytes::copy_from_slice(m.message)));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = endpoint.path.clone();
+    let headers = request.headers_mut();
+    let mut header = |name: &'static str, value: &str| {
+        // Envelope values come from the client: none may carry a line break or other control.
+        if !value.is_empty()
+            && !value.chars().any(|c| c.is_control())
+            && let Ok(value) = HeaderValue::from_bytes(value.as_bytes())
+        {
+            headers.append(HeaderName::from_static(name), value);
         }
     };
+    header("host", &endpoint.authority);
     if let Some(ip) = m.session.client {
-        header("IP", &ip.to_string());
+        header("ip", &ip.to_string());
     }
-    header("Helo", m.session.helo.as_deref().unwrap_or(""));
-    header("From", if m.sender.is_empty() { "<>" } else { m.sender });
+    header("helo", m.session.helo.as_deref().unwrap_or(""));
+    header("from", if m.sender.is_empty() { "<>" } else { m.sender });
     for r in m.recipients {
-        header("Rcpt", r);
+        header("rcpt", r);
     }
-    header("User", m.session.user.as_deref().unwrap_or(""));
-    let _ = write!(head, "Content-Length: {}\r\nConnection: close\r\n\r\n", m.message.len());
-    let mut out = head.into_bytes();
-    out.extend_from_slice(m.message);
-    out
+    header("user", m.session.user.as_deref().unwrap_or(""));
+    header("connection", "close");
+    request
 }
 
-/// Sends one request on a new connection and returns the body of a `200` response.
-async fn post(authority: &str, request: &[u8]) -> Result<Vec<u8>, String> {
-    let mut stream = TcpStream::connect(authority).await.map_err(|e| e.to_string())?;
-    stream.write_all(request).await.map_err(|e| format!("sending: {e}"))?;
-    let mut response = Vec::new();
-    let mut limited = (&mut stream).take(MAX_RESPONSE + 1);
-    limited
-        .read_to_end(&mut response)
+/// Sends one request on a new connection and returns the body of a `200` answer.
+async fn post(authority: &str, request: Request<Full<Bytes>>) -> Result<Bytes, String> {
+    let tcp = TcpStream::connect(authority)
         .await
-        .map_err(|e| format!("reading: {e}"))?;
-    if response.len() as u64 > MAX_RESPONSE {
-        return Err("response too large".into());
-    }
-    parse_response(&response)
-}
-
-/// Status line, headers, body (by Content-Length, chunked, or up to the end). Only 200 is OK.
-fn parse_response(response: &[u8]) -> Result<Vec<u8>, String> {
-    let end = find(response, b"\r\n\r\n").ok_or("incomplete HTTP response")?;
-    let head = std::str::from_utf8(&response[..end]).map_err(|_| "HTTP header is not text")?;
-    let body = &response[end + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    let status = status_line
-        .strip_prefix("HTTP/1.")
-        .and_then(|s| s.get(2..5))
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    if status != 200 {
-        return Err(format!("HTTP status {status_line:?}"));
-    }
-    let mut chunked = false;
-    let mut length = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.to_ascii_lowercase().contains("chunked");
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = Some(value.parse::<usize>().map_err(|_| "bad Content-Length")?);
+        .map_err(|e| format!("connecting: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(MAX_HEAD)
+        .handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+        .await
+        .map_err(|e| format!("HTTP: {e}"))?;
+    let exchange = async {
+        let response = sender.send_request(request).await.map_err(|e| format!("HTTP: {e}"))?;
+        if response.status() != StatusCode::OK {
+            return Err(format!("HTTP status {}", response.status()));
         }
-    }
-    match (chunked, length) {
-        (true, _) => dechunk(body),
-        (false, Some(n)) if body.len() >= n => Ok(body[..n].to_vec()),
-        (false, Some(_)) => Err("response body shorter than its Content-Length".into()),
-        (false, None) => Ok(body.to_vec()),
-    }
+        read_body(response.into_body()).await
+    };
+    alongside(conn, exchange).await
 }
 
-/// Decodes a chunked body: `<hex size>[;ext]\r\n<data>\r\n` ... `0\r\n\r\n`.
-fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
+/// Runs `exchange` while `conn` (hyper's connection task) moves its bytes; both end together,
+/// so a filter timeout leaves nothing running. A failure of the connection reaches the
+/// exchange as an error of the response or the body.
+async fn alongside<T>(conn: impl Future, exchange: impl Future<Output = T>) -> T {
+    tokio::pin!(conn, exchange);
+    let mut conn_done = false;
     loop {
-        let line_end = find(body, b"\r\n").ok_or("truncated chunked body")?;
-        let size_text = std::str::from_utf8(&body[..line_end]).map_err(|_| "bad chunk size")?;
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
+        tokio::select! {
+            out = &mut exchange => return out,
+            _ = &mut conn, if !conn_done => conn_done = true,
         }
-        if body.len() < size + 2 {
-            return Err("truncated chunked body".into());
-        }
-        out.extend_from_slice(&body[..size]);
-        body = &body[size + 2..];
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// The body, at most [`MAX_RESPONSE`] bytes: a declared length over it is refused before
+/// reading, a chunked or close-delimited body as soon as it passes it.
+async fn read_body(body: Incoming) -> Result<Bytes, String> {
+    let too_large = || format!("response larger than {MAX_RESPONSE} bytes");
+    if body.size_hint().lower() > MAX_RESPONSE as u64 {
+        return Err(too_large());
+    }
+    match Limited::new(body, MAX_RESPONSE).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(format!("reading: {e}")),
+    }
 }
 
 #[cfg(test)]
@@ -324,10 +311,10 @@ mod tests {
     #[test]
     fn urls() {
         let e = parse_url("http://127.0.0.1:11333").unwrap();
-        assert_eq!((e.authority.as_str(), e.path.as_str()), ("127.0.0.1:11333", "/checkv2"));
+        assert_eq!((e.authority.as_str(), e.path.path()), ("127.0.0.1:11333", "/checkv2"));
         let e = parse_url("http://rspamd.internal/scan/").unwrap();
         assert_eq!(
-            (e.authority.as_str(), e.path.as_str()),
+            (e.authority.as_str(), e.path.path()),
             ("rspamd.internal:80", "/scan/checkv2")
         );
         assert_eq!(parse_url("http://[::1]:11333").unwrap().authority, "[::1]:11333");
@@ -338,6 +325,7 @@ mod tests {
             "http://",
             "http://x:port",
             "http://u@x:1",
+            "http://x:1/a b",
         ] {
             assert!(parse_url(bad).is_err(), "{bad:?}");
         }
@@ -355,18 +343,120 @@ mod tests {
         assert_eq!(keys, ["url", "greylist"]);
     }
 
-    #[test]
-    fn responses() {
-        let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
-        assert_eq!(parse_response(plain).unwrap(), b"{}");
-        let chunked =
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n5;x=y\r\n\":1}\n\r\n0\r\n\r\n";
-        assert_eq!(parse_response(chunked).unwrap(), b"{\"a\":1}\n");
-        let to_end = b"HTTP/1.0 200 OK\r\n\r\n{}";
-        assert_eq!(parse_response(to_end).unwrap(), b"{}");
-        assert!(parse_response(b"HTTP/1.1 500 Internal Server Error\r\n\r\n").is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}").is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2").is_err());
+    /// A one-request HTTP server on a free loopback port: it reads the request (head and
+    /// Content-Length body), answers `answer` and closes. Returns its address and, from the
+    /// task, the request it read.
+    async fn serve_once(answer: Vec<u8>) -> (String, tokio::task::JoinHandle<Vec<u8>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request_is_whole(&request) {
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client closed before its request was whole");
+                request.extend_from_slice(&buf[..n]);
+            }
+            // The client may stop reading an answer it refuses: that is not the server's failure.
+            let _ = stream.write_all(&answer).await;
+            let _ = stream.shutdown().await;
+            request
+        });
+        (addr, task)
+    }
+
+    fn request_is_whole(request: &[u8]) -> bool {
+        let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return false;
+        };
+        let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+        request.len() >= end + 4 + length
+    }
+
+    async fn answer(raw: Vec<u8>) -> Result<Bytes, String> {
+        let (addr, server) = serve_once(raw).await;
+        let mut request = Request::new(Full::new(Bytes::from_static(b"x")));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = Uri::from_static("/checkv2");
+        let result = post(&addr, request).await;
+        server.await.unwrap();
+        result
+    }
+
+    /// Each framing hyper must read, and each answer the filter must refuse.
+    #[tokio::test]
+    async fn responses() {
+        let big = "x".repeat(MAX_RESPONSE + 1);
+        let ok: &[(&str, &[u8])] = &[
+            (
+                "Content-Length",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+            ),
+            (
+                "chunked, with a chunk extension",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n5;x=y\r\n\":1}\n\r\n0\r\n\r\n",
+            ),
+            ("close-delimited", b"HTTP/1.0 200 OK\r\n\r\n{}"),
+        ];
+        let bodies: [&[u8]; 3] = [b"{}", b"{\"a\":1}\n", b"{}"];
+        for ((what, raw), body) in ok.iter().zip(bodies) {
+            assert_eq!(answer(raw.to_vec()).await.as_deref(), Ok(body), "{what}");
+        }
+        let refused: Vec<(&str, Vec<u8>, &str)> = vec![
+            (
+                "a status other than 200",
+                b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                "HTTP status 500",
+            ),
+            (
+                "a body shorter than its Content-Length",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}".to_vec(),
+                "reading",
+            ),
+            (
+                "a head that never ends",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2".to_vec(),
+                "HTTP",
+            ),
+            (
+                "a declared length over the limit",
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", MAX_RESPONSE + 1).into_bytes(),
+                "larger than",
+            ),
+            (
+                "a close-delimited body over the limit",
+                format!("HTTP/1.0 200 OK\r\n\r\n{big}").into_bytes(),
+                "larger than",
+            ),
+            (
+                "a chunked body over the limit",
+                format!(
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{big}\r\n0\r\n\r\n",
+                    big.len()
+                )
+                .into_bytes(),
+                "larger than",
+            ),
+            (
+                "a head over its limit",
+                format!(
+                    "HTTP/1.1 200 OK\r\nX-Pad: {}\r\nContent-Length: 2\r\n\r\n{{}}",
+                    "p".repeat(MAX_HEAD)
+                )
+                .into_bytes(),
+                "HTTP",
+            ),
+        ];
+        for (what, raw, error) in refused {
+            let result = answer(raw).await;
+            assert!(result.as_ref().is_err_and(|e| e.contains(error)), "{what}: {result:?}");
+        }
     }
 
     fn session() -> SessionInfo {
@@ -379,8 +469,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn request_carries_the_envelope() {
+    /// The request on the wire: the path, the envelope as headers (a recipient with a line break
+    /// left out, no `User` for an unauthenticated client), the message as the body, unchanged.
+    #[tokio::test]
+    async fn request_carries_the_envelope() {
         let s = session();
         let rcpts = vec![
             "a@example.org".to_string(),
@@ -394,14 +486,29 @@ mod tests {
             message: b"Subject: hi\r\n\r\nbody\r\n",
             tags: &[],
         };
-        let endpoint = parse_url("http://127.0.0.1:11333").unwrap();
-        let text = String::from_utf8(request(&endpoint, &m)).unwrap();
+        let (addr, server) = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}".to_vec()).await;
+        let endpoint = parse_url(&format!("http://{addr}/scan")).unwrap();
+        assert_eq!(post(&addr, request(&endpoint, &m)).await.as_deref(), Ok(&b"{}"[..]));
+        let text = String::from_utf8(server.await.unwrap()).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let mut lines: Vec<String> = head.lines().map(str::to_ascii_lowercase).collect();
+        assert_eq!(lines.remove(0), "post /scan/checkv2 http/1.1");
+        lines.sort();
+        let host = format!("host: {addr}");
         assert_eq!(
-            text,
-            "POST /checkv2 HTTP/1.1\r\nHost: 127.0.0.1:11333\r\nIP: 192.0.2.7\r\nHelo: client.example\r\n\
-             From: <>\r\nRcpt: a@example.org\r\nRcpt: b@example.org\r\nContent-Length: 21\r\n\
-             Connection: close\r\n\r\nSubject: hi\r\n\r\nbody\r\n"
+            lines,
+            [
+                "connection: close",
+                "content-length: 21",
+                "from: <>",
+                "helo: client.example",
+                &host,
+                "ip: 192.0.2.7",
+                "rcpt: a@example.org",
+                "rcpt: b@example.org",
+            ]
         );
+        assert_eq!(body, "Subject: hi\r\n\r\nbody\r\n");
     }
 
     fn verdict(json: &str, greylist_tempfails: bool) -> Result<Verdict, FilterError> {
