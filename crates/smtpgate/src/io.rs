@@ -48,3 +48,18 @@ pub fn client_key(ip: std::net::IpAddr, ipv6_prefix: u8) -> std::net::IpAddr {
         v4 => v4,
     }
 }
+
+/// Runs an HTTP `exchange` while `conn` (hyper's connection task) moves its bytes; both end
+/// together, so nothing is left running after a timeout. The exchange's result is the answer: a
+/// failure of the connection reaches it as an error of the response or the body. For the gate's
+/// HTTP clients (MTA-STS policy fetches, rspamd).
+pub async fn alongside<T>(conn: impl std::future::Future, exchange: impl std::future::Future<Output = T>) -> T {
+    tokio::pin!(conn, exchange);
+    let mut conn_done = false;
+    loop {
+        tokio::select! {
+            out = &mut exchange => return out,
+            _ = &mut conn, if !conn_done => conn_done = true,
+        }
+    }
+}

@@ -30,7 +30,6 @@
 //! whole exchange: the connection is driven inside the filter's future, so nothing outlives it.
 
 use std::fmt::Write as _;
-use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -272,21 +271,7 @@ async fn post(authority: &str, request: Request<Full<Bytes>>) -> Result<Bytes, S
         }
         read_body(response.into_body()).await
     };
-    alongside(conn, exchange).await
-}
-
-/// Runs `exchange` while `conn` (hyper's connection task) moves its bytes; both end together,
-/// so a filter timeout leaves nothing running. A failure of the connection reaches the
-/// exchange as an error of the response or the body.
-async fn alongside<T>(conn: impl Future, exchange: impl Future<Output = T>) -> T {
-    tokio::pin!(conn, exchange);
-    let mut conn_done = false;
-    loop {
-        tokio::select! {
-            out = &mut exchange => return out,
-            _ = &mut conn, if !conn_done => conn_done = true,
-        }
-    }
+    crate::io::alongside(conn, exchange).await
 }
 
 /// The body, at most [`MAX_RESPONSE`] bytes: a declared length over it is refused before

@@ -6,7 +6,6 @@
 //! checked here, on the response head before any of the body is read ([`check_head`]) and on the
 //! body as it arrives ([`read_body`]). e2e_mta_sts.rs tests each rule against a real HTTPS host.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,21 +103,7 @@ where
         check_head(&response)?;
         read_body(response.into_body()).await
     };
-    alongside(conn, exchange).await
-}
-
-/// Runs `exchange` while `conn` (hyper's connection task) moves its bytes; both end together,
-/// so nothing is left running after a timeout. The exchange's result is the answer: a failure
-/// of the connection reaches it as an error of the response or the body.
-async fn alongside<T>(conn: impl Future, exchange: impl Future<Output = T>) -> T {
-    tokio::pin!(conn, exchange);
-    let mut conn_done = false;
-    loop {
-        tokio::select! {
-            out = &mut exchange => return out,
-            _ = &mut conn, if !conn_done => conn_done = true,
-        }
-    }
+    crate::io::alongside(conn, exchange).await
 }
 
 /// Status 200 (a redirect is not followed), `text/plain`, a framing hyper knows; the body is
