@@ -18,7 +18,7 @@ fn envelope(id: u64) -> Envelope {
     Envelope {
         id: QueueId(id),
         sender: format!("s{id}@example.test"),
-        recipients: vec![Recipient::new("r@example.org")],
+        recipients: vec![Recipient::parse("r@example.org").unwrap()],
         received_at: id,
         eight_bit: false,
         smtputf8: false,

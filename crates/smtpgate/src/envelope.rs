@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+pub use crate::address::{Address, AddressError, Sender};
+
 /// A queue id: the seconds of acceptance in the high half, a per-process counter in the low half.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct QueueId(pub u64);
@@ -58,28 +60,30 @@ impl Notify {
 /// One envelope recipient with its DSN parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipient {
-    /// The address as `local@domain`.
-    pub address: String,
+    /// `local@domain`, or a bare `postmaster`.
+    pub address: Address,
     pub notify: Option<Notify>,
     /// The raw `ORCPT=` value (`rfc822;xtext`).
     pub orcpt: Option<String>,
 }
 
 impl Recipient {
-    pub fn new(address: impl Into<String>) -> Self {
+    pub fn new(address: Address) -> Self {
         Recipient {
-            address: address.into(),
+            address,
             notify: None,
             orcpt: None,
         }
     }
 
+    /// A recipient without DSN parameters, from its text (see [`Address::parse`]).
+    pub fn parse(address: &str) -> Result<Self, AddressError> {
+        Address::parse(address).map(Recipient::new)
+    }
+
     /// The recipient's domain, lowercased (empty for a bare `postmaster`).
     pub fn domain(&self) -> String {
-        self.address
-            .rsplit_once('@')
-            .map(|(_, d)| d.to_ascii_lowercase())
-            .unwrap_or_default()
+        self.address.domain()
     }
 
     /// Whether the sender wants a failure report for this recipient.
@@ -99,8 +103,7 @@ pub enum Ret {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     pub id: QueueId,
-    /// Empty for the null sender `<>`.
-    pub sender: String,
+    pub sender: Sender,
     pub recipients: Vec<Recipient>,
     /// Unix seconds at acceptance.
     pub received_at: u64,
@@ -119,13 +122,13 @@ pub struct Envelope {
 
 impl Envelope {
     pub fn is_null_sender(&self) -> bool {
-        self.sender.is_empty()
+        self.sender.is_null()
     }
 
     /// Appends the binary encoding.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.id.0.to_le_bytes());
-        put_str(out, &self.sender);
+        put_str(out, self.sender.as_str());
         out.extend_from_slice(&self.received_at.to_le_bytes());
         let ret = match self.ret {
             None => 0u8,
@@ -154,7 +157,7 @@ impl Envelope {
     pub fn decode(input: &[u8]) -> Option<(Envelope, usize)> {
         let mut r = Reader { buf: input, pos: 0 };
         let id = QueueId(r.u64()?);
-        let sender = r.string()?;
+        let sender = Sender::from_stored(r.string()?);
         let received_at = r.u64()?;
         let flags = r.take(3)?;
         let (eight_bit, smtputf8) = (flags[0] != 0, flags[1] != 0);
@@ -173,7 +176,7 @@ impl Envelope {
         let n = r.u32()? as usize;
         let mut recipients = Vec::with_capacity(n.min(10_000));
         for _ in 0..n {
-            let address = r.string()?;
+            let address = Address::trusted(r.string()?);
             let bits = r.take(1)?[0];
             let notify = (bits != 0xff).then(|| Notify::from_bits(bits));
             let orcpt = r.opt()?;
@@ -274,11 +277,11 @@ mod tests {
     fn envelope_round_trips_and_rejects_truncation() {
         let env = Envelope {
             id: QueueId(0x1234),
-            sender: "a@example.test".into(),
+            sender: Sender::parse("a@example.test").unwrap(),
             recipients: vec![
-                Recipient::new("b@example.test"),
+                Recipient::new(Address::parse("b@example.test").unwrap()),
                 Recipient {
-                    address: "c@example.test".into(),
+                    address: Address::parse("c@example.test").unwrap(),
                     notify: Some(Notify {
                         failure: true,
                         delay: true,

@@ -9,7 +9,7 @@ use smtpgate_proto::Reply;
 
 use crate::config::Stage;
 use crate::context::Context;
-use crate::envelope::{Envelope, QueueId, Recipient};
+use crate::envelope::{Address, Envelope, QueueId, Recipient, Sender};
 use crate::filter::Handle;
 use crate::filter::{Action, SessionInfo, pipeline};
 use crate::quarantine::{Origin, Resume};
@@ -76,9 +76,9 @@ pub async fn accept(
     };
     let mut relayed: Vec<String> = Vec::new();
     for copy in &copies {
-        relayed.extend(copy.group.recipients.iter().map(|r| r.address.clone()));
+        relayed.extend(copy.group.recipients.iter().map(|r| r.address.to_string()));
     }
-    relayed.extend(msg.env.recipients.iter().map(|r| r.address.clone()));
+    relayed.extend(msg.env.recipients.iter().map(|r| r.address.to_string()));
     let spooled = spool(queue, &msg.env, copies).await?;
     if !spooled.is_empty() {
         ctx.feedback.record_sent(&msg.body.head, msg.id, &relayed);
@@ -164,8 +164,9 @@ async fn filter_copy(
     if filters.is_empty() {
         return Ok(Some(copy));
     }
-    let rcpts: Vec<String> = copy.group.recipients.iter().map(|r| r.address.clone()).collect();
-    let sender = copy.group.srs_sender.as_deref().unwrap_or(&msg.env.sender);
+    let rcpts: Vec<Address> = copy.group.recipients.iter().map(|r| r.address.clone()).collect();
+    let srs = copy.group.srs_sender.clone().map(Sender::Mailbox);
+    let sender = srs.as_ref().unwrap_or(&msg.env.sender);
     // Filters read the whole message: one in memory.
     let message = std::mem::replace(&mut copy.message, Content::memory(Vec::new()));
     let message = message.into_memory().await.map_err(|e| {
@@ -248,7 +249,7 @@ fn copy_envelope(template: &Envelope, copy: &Copy) -> Envelope {
     env.stream = copy.group.stream.clone();
     env.scan = copy.scan.clone();
     if let Some(sender) = &copy.group.srs_sender {
-        env.sender = sender.clone();
+        env.sender = Sender::Mailbox(sender.clone());
     }
     env
 }
@@ -435,7 +436,7 @@ async fn resume_filters(
     if filters.is_empty() {
         return Ok(Resumed::Pass(env, message, tags));
     }
-    let rcpts: Vec<String> = env.recipients.iter().map(|r| r.address.clone()).collect();
+    let rcpts: Vec<Address> = env.recipients.iter().map(|r| r.address.clone()).collect();
     let out = pipeline::run_data(filters, info, &env.sender, rcpts, message, tags).await;
     ctx.metrics.filter_unchecked.add(out.unchecked.len() as u64);
     let by = out.decided_by.clone().unwrap_or_default();
@@ -472,7 +473,7 @@ async fn requarantine(ctx: &Context, held: Held, resume: Resume) -> Result<Strin
 }
 
 /// Applies the filters' recipient changes: removed ones go, added ones join.
-pub fn keep_recipients(recipients: &mut Vec<Recipient>, wanted: &[String]) {
+pub fn keep_recipients(recipients: &mut Vec<Recipient>, wanted: &[Address]) {
     recipients.retain(|r| wanted.iter().any(|w| w.eq_ignore_ascii_case(&r.address)));
     for w in wanted {
         if !recipients.iter().any(|r| r.address.eq_ignore_ascii_case(w)) {

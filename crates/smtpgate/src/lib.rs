@@ -14,6 +14,7 @@
 //! Configuration ([`config`]) is loaded and checked whole before anything starts.
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod budget;
 pub mod config;
 pub mod context;

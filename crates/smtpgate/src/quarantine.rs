@@ -343,8 +343,8 @@ mod tests {
         let q = Quarantine::open(dir.path()).unwrap();
         let env = Envelope {
             id: QueueId(0xABC),
-            sender: "s@example.test".into(),
-            recipients: vec![Recipient::new("r@example.test")],
+            sender: crate::envelope::Sender::parse("s@example.test").unwrap(),
+            recipients: vec![Recipient::parse("r@example.test").unwrap()],
             received_at: 1,
             eight_bit: false,
             smtputf8: false,
@@ -384,8 +384,8 @@ mod tests {
         let q = Quarantine::open(dir.path()).unwrap();
         let mut env = Envelope {
             id: QueueId(0xABD),
-            sender: String::new(),
-            recipients: vec![Recipient::new("r@example.test")],
+            sender: crate::envelope::Sender::Null,
+            recipients: vec![Recipient::parse("r@example.test").unwrap()],
             received_at: 1,
             eight_bit: false,
             smtputf8: false,

@@ -611,8 +611,8 @@ fn a_record_carried_in_a_body_is_never_replayed_after_a_torn_write() {
         let (spool, _) = smtpgate::spool::Spool::open(&spool_dir, 64 << 20).expect("open spool");
         let env = smtpgate::envelope::Envelope {
             id: smtpgate::envelope::QueueId(0x7777),
-            sender: FROM.into(),
-            recipients: vec![smtpgate::envelope::Recipient::new("bob@example.org")],
+            sender: smtpgate::envelope::Sender::parse(FROM).unwrap(),
+            recipients: vec![smtpgate::envelope::Recipient::parse("bob@example.org").unwrap()],
             received_at: 1_700_000_000,
             eight_bit: true,
             smtputf8: false,

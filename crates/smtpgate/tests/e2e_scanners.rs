@@ -157,10 +157,10 @@ async fn ask(f: &dyn Filter, subject: &str, body: &str) -> Result<Verdict, Strin
         tls: false,
     };
     let text = message("scan@example.test", subject, body);
-    let recipients = vec!["bob@example.org".to_string()];
+    let recipients = vec![smtpgate::envelope::Address::parse("bob@example.org").unwrap()];
     let m = MessageInfo {
         session: &session,
-        sender: "alice@example.test",
+        sender: &smtpgate::envelope::Sender::parse("alice@example.test").unwrap(),
         recipients: &recipients,
         message: text.as_bytes(),
         tags: &[],

@@ -172,8 +172,8 @@ mod tests {
     fn report_names_each_failed_recipient() {
         let env = Envelope {
             id: QueueId(7),
-            sender: "s@example.test".into(),
-            recipients: vec![Recipient::new("r@example.test")],
+            sender: crate::envelope::Sender::parse("s@example.test").unwrap(),
+            recipients: vec![Recipient::parse("r@example.test").unwrap()],
             received_at: 0,
             eight_bit: false,
             smtputf8: false,
@@ -184,7 +184,7 @@ mod tests {
             stream: None,
         };
         let failed = [Failure {
-            recipient: Recipient::new("r@example.test"),
+            recipient: Recipient::parse("r@example.test").unwrap(),
             status: "5.1.1".into(),
             diagnostic: Diagnostic::Remote("550 5.1.1 no such user".into()),
             remote: Some("mx.example.test".into()),
@@ -208,8 +208,11 @@ mod tests {
     fn smtpgates_own_findings_are_not_smtp_diagnostics() {
         let env = Envelope {
             id: QueueId(8),
-            sender: "s@example.test".into(),
-            recipients: vec![Recipient::new("r@nullmx.test"), Recipient::new("t@example.test")],
+            sender: crate::envelope::Sender::parse("s@example.test").unwrap(),
+            recipients: vec![
+                Recipient::parse("r@nullmx.test").unwrap(),
+                Recipient::parse("t@example.test").unwrap(),
+            ],
             received_at: 0,
             eight_bit: false,
             smtputf8: false,
@@ -221,13 +224,13 @@ mod tests {
         };
         let failed = [
             Failure {
-                recipient: Recipient::new("r@nullmx.test"),
+                recipient: Recipient::parse("r@nullmx.test").unwrap(),
                 status: "5.1.10".into(),
                 diagnostic: Diagnostic::local_reply(550, "domain nullmx.test does not accept mail (null MX)"),
                 remote: None,
             },
             Failure {
-                recipient: Recipient::new("t@example.test"),
+                recipient: Recipient::parse("t@example.test").unwrap(),
                 status: "4.4.7".into(),
                 diagnostic: Diagnostic::local("message expired in queue; last error: connection refused"),
                 remote: None,

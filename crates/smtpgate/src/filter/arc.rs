@@ -204,12 +204,12 @@ impl Filter for ArcSeal {
                 tracing::info!(target: "smtpgate::filter::arc", "not sealing: the ARC chain already failed");
                 return Ok(Verdict::accept());
             }
-            let mut ar = results_for(&self.authserv_id, &results, m.sender);
+            let mut ar = results_for(&self.authserv_id, &results, m.sender.as_str());
             if let Some(dmarc) = &results.dmarc {
                 ar = ar.with_dmarc_result(dmarc);
             }
             let arc = results.arc.as_ref().expect("set above");
-            let key = self.key_for(m.sender);
+            let key = self.key_for(m.sender.as_str());
             let set = key.sealer.seal(&parsed, &ar, arc).map_err(|e| {
                 FilterError(format!(
                     "ARC sealing as {}._domainkey.{} failed: {e}",

@@ -179,13 +179,13 @@ impl Checker<'_> {
             let params = SpfParameters::verify_ehlo(ip, helo, self.hostname);
             Some(self.authenticator.verify_spf(params).await)
         };
-        let mail_result = if m.sender.is_empty() {
+        let mail_result = if m.sender.is_null() {
             // RFC 7208 2.4: for the null sender, the MAIL FROM identity is postmaster@HELO.
             helo_result
                 .clone()
                 .unwrap_or_else(|| SpfOutput::new(String::new()).with_result(SpfResult::None))
         } else {
-            let params = SpfParameters::verify_mail_from(ip, helo, self.hostname, m.sender);
+            let params = SpfParameters::verify_mail_from(ip, helo, self.hostname, m.sender.as_str());
             self.authenticator.verify_spf(params).await
         };
         (helo_result, mail_result)
@@ -225,7 +225,7 @@ impl Checker<'_> {
         }
         let no_spf = SpfOutput::new(String::new()).with_result(SpfResult::None);
         let spf = results.spf_mail.as_ref().unwrap_or(&no_spf);
-        let mail_from_domain = match domain_of(m.sender) {
+        let mail_from_domain = match domain_of(m.sender.as_str()) {
             "" => results.helo.as_str(),
             d => d,
         };
@@ -257,7 +257,7 @@ impl Filter for Auth {
         Box::pin(async move {
             let parsed = AuthenticatedMessage::parse(m.message);
             let results = self.checker().check(m, parsed.as_ref()).await;
-            let header = self.header_for(&results, m.sender);
+            let header = self.header_for(&results, m.sender.as_str());
             let mut verdict = self.action(results.dmarc.as_ref());
             tracing::debug!(target: "smtpgate::filter::auth", result = %header.replace("\r\n\t", " "), "authentication");
             // RFC 8601 5: results that claim to be ours but came with the message are forged.

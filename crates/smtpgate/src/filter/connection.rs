@@ -46,6 +46,7 @@ use smtpgate_proto::Reply;
 use super::options::{BuildErrors, options};
 use super::{BoxFuture, Filter, FilterError, SessionInfo, Verdict};
 use crate::config::values::{is_domain, parse_domain, parse_duration, parse_nameserver};
+use crate::envelope::Sender;
 
 const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(5);
 /// PTR names tried for forward confirmation; a client with more is not helped by them.
@@ -248,7 +249,7 @@ impl Filter for Connection {
         })
     }
 
-    fn mail<'a>(&'a self, s: &'a SessionInfo, _sender: &'a str) -> BoxFuture<'a, Result<Verdict, FilterError>> {
+    fn mail<'a>(&'a self, s: &'a SessionInfo, _sender: &'a Sender) -> BoxFuture<'a, Result<Verdict, FilterError>> {
         Box::pin(async move {
             let (HeloCheck::On { ours }, Some(helo), None) = (&self.helo, &s.helo, &s.user) else {
                 return Ok(Verdict::accept());
@@ -482,13 +483,28 @@ mod tests {
     #[tokio::test]
     async fn bad_helo_is_refused_at_mail_unless_authenticated() {
         let f = helo_only(Refusal::Reject);
-        let refused = f.mail(&session("localhost", None), "a@example.test").await.unwrap();
+        let refused = f
+            .mail(
+                &session("localhost", None),
+                &crate::envelope::Sender::parse("a@example.test").unwrap(),
+            )
+            .await
+            .unwrap();
         assert_eq!(refused, Verdict::reject(Reply::bad_helo()));
-        let authenticated = f.mail(&session("localhost", Some("alice")), "a@example.test").await;
+        let authenticated = f
+            .mail(
+                &session("localhost", Some("alice")),
+                &crate::envelope::Sender::parse("a@example.test").unwrap(),
+            )
+            .await;
         assert_eq!(authenticated, Ok(Verdict::accept()));
-        let fine = f.mail(&session("client.example.test", None), "").await;
+        let fine = f
+            .mail(&session("client.example.test", None), &crate::envelope::Sender::Null)
+            .await;
         assert_eq!(fine, Ok(Verdict::accept()));
-        let deferred = helo_only(Refusal::TempFail).mail(&session("10.0.0.1", None), "").await;
+        let deferred = helo_only(Refusal::TempFail)
+            .mail(&session("10.0.0.1", None), &crate::envelope::Sender::Null)
+            .await;
         assert_eq!(deferred, Ok(Verdict::tempfail(Reply::bad_helo_deferred())));
     }
 }

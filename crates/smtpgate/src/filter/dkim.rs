@@ -181,7 +181,7 @@ impl DkimSign {
         let from = AuthenticatedMessage::parse(m.message)
             .and_then(|parsed| parsed.from.first().map(|a| domain_of(a)))
             .unwrap_or_default();
-        for domain in [from, domain_of(m.sender)] {
+        for domain in [from, domain_of(m.sender.as_str())] {
             let keys: Vec<&Key> = self
                 .keys
                 .iter()

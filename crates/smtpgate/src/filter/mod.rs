@@ -38,6 +38,7 @@ use std::time::Duration;
 use smtpgate_proto::Reply;
 
 use crate::config::{Config, ConfigError, ConfigIssue, FilterConfig, OnError, Stage};
+use crate::envelope::{Address, Sender};
 
 /// A boxed future, for trait methods that filters implement with `Box::pin(async move { .. })`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -133,9 +134,8 @@ pub fn names_after(filters: &[&Handle], by: &str) -> Vec<String> {
 #[derive(Debug, Clone)]
 pub struct MessageInfo<'a> {
     pub session: &'a SessionInfo,
-    /// Empty for the null sender.
-    pub sender: &'a str,
-    pub recipients: &'a [String],
+    pub sender: &'a Sender,
+    pub recipients: &'a [Address],
     /// The whole message: header section, empty line, body; CRLF line endings.
     pub message: &'a [u8],
     pub tags: &'a [String],
@@ -244,8 +244,8 @@ pub trait Filter: Send + Sync + fmt::Debug {
         Box::pin(async { Ok(Verdict::accept()) })
     }
 
-    /// After MAIL FROM (`sender` empty for the null sender).
-    fn mail<'a>(&'a self, _s: &'a SessionInfo, _sender: &'a str) -> BoxFuture<'a, Result<Verdict, FilterError>> {
+    /// After MAIL FROM.
+    fn mail<'a>(&'a self, _s: &'a SessionInfo, _sender: &'a Sender) -> BoxFuture<'a, Result<Verdict, FilterError>> {
         Box::pin(async { Ok(Verdict::accept()) })
     }
 
@@ -253,8 +253,8 @@ pub trait Filter: Send + Sync + fmt::Debug {
     fn rcpt<'a>(
         &'a self,
         _s: &'a SessionInfo,
-        _sender: &'a str,
-        _rcpt: &'a str,
+        _sender: &'a Sender,
+        _rcpt: &'a Address,
     ) -> BoxFuture<'a, Result<Verdict, FilterError>> {
         Box::pin(async { Ok(Verdict::accept()) })
     }

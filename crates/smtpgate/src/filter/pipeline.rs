@@ -6,6 +6,7 @@ use smtpgate_proto::Reply;
 use super::Handle;
 use super::{Action, MessageInfo, Modification, SessionInfo, Verdict};
 use crate::config::OnError;
+use crate::envelope::{Address, Sender};
 
 /// The message after the filters, and what they decided.
 #[derive(Debug, Clone)]
@@ -14,7 +15,7 @@ pub struct Outcome {
     /// The filter that decided, when it was not an accept.
     pub decided_by: Option<String>,
     pub message: Vec<u8>,
-    pub recipients: Vec<String>,
+    pub recipients: Vec<Address>,
     pub tags: Vec<String>,
     /// Filters that did not check the message (each also named in an `X-Smtpgate-Unchecked:`
     /// header); the caller counts them.
@@ -25,8 +26,8 @@ pub struct Outcome {
 pub async fn run_data(
     filters: &[&Handle],
     session: &SessionInfo,
-    sender: &str,
-    recipients: Vec<String>,
+    sender: &Sender,
+    recipients: Vec<Address>,
     message: Vec<u8>,
     tags: Vec<String>,
 ) -> Outcome {
@@ -71,7 +72,7 @@ pub async fn run_data(
 }
 
 /// Runs the RCPT hook of each filter; the first refusal is the answer.
-pub async fn run_rcpt(filters: &[&Handle], session: &SessionInfo, sender: &str, rcpt: &str) -> Action {
+pub async fn run_rcpt(filters: &[&Handle], session: &SessionInfo, sender: &Sender, rcpt: &Address) -> Action {
     for f in filters {
         let verdict = ask(f, f.filter.rcpt(session, sender, rcpt)).await;
         if verdict.action != Action::Accept {
@@ -93,7 +94,7 @@ pub async fn run_ehlo(filters: &[&Handle], session: &SessionInfo) -> Action {
 }
 
 /// Runs the MAIL hook of each filter; the first refusal is the answer.
-pub async fn run_mail(filters: &[&Handle], session: &SessionInfo, sender: &str) -> Action {
+pub async fn run_mail(filters: &[&Handle], session: &SessionInfo, sender: &Sender) -> Action {
     for f in filters {
         let verdict = ask(f, f.filter.mail(session, sender)).await;
         if verdict.action != Action::Accept {
@@ -177,11 +178,11 @@ fn unchecked_value(filter: &str, why: &str) -> String {
 
 /// A recipient a filter (a milter, say) adds, as `local@domain`: it must be one mailbox, as RCPT
 /// would take it (angle brackets allowed); anything else is refused.
-fn checked_recipient(r: &str) -> Option<String> {
+fn checked_recipient(r: &str) -> Option<Address> {
     let bare = r.trim();
     let bare = bare.strip_prefix('<').and_then(|b| b.strip_suffix('>')).unwrap_or(bare);
     let mailbox = smtpgate_proto::Mailbox::parse(bare).ok()?;
-    Some(mailbox.to_string())
+    Some(Address::from(&mailbox))
 }
 
 #[cfg(test)]
@@ -193,7 +194,7 @@ mod recipient_tests {
             action: Action::Accept,
             decided_by: None,
             message: Vec::new(),
-            recipients: vec!["a@example.org".into()],
+            recipients: vec![crate::envelope::Address::parse("a@example.org").unwrap()],
             tags: Vec::new(),
             unchecked: Vec::new(),
         }

@@ -41,6 +41,7 @@ use tokio::time::Instant;
 
 use super::options::{BuildErrors, options};
 use super::{BoxFuture, Filter, FilterError, SessionInfo, Verdict};
+use crate::envelope::{Address, Sender};
 use crate::rate::{Buckets, DEFAULT_MAX_KEYS, Decision, Gcra, Limiter, Mode};
 
 #[derive(Debug, Deserialize)]
@@ -209,17 +210,31 @@ impl Filter for RateLimit {
         Box::pin(async move { Ok(self.verdict(Counted::Connections, s, None, Reply::connection_rate_exceeded())) })
     }
 
-    fn mail<'a>(&'a self, s: &'a SessionInfo, sender: &'a str) -> BoxFuture<'a, Result<Verdict, FilterError>> {
-        Box::pin(async move { Ok(self.verdict(Counted::Messages, s, Some(sender), Reply::rate_limit_exceeded())) })
+    fn mail<'a>(&'a self, s: &'a SessionInfo, sender: &'a Sender) -> BoxFuture<'a, Result<Verdict, FilterError>> {
+        Box::pin(async move {
+            Ok(self.verdict(
+                Counted::Messages,
+                s,
+                Some(sender.as_str()),
+                Reply::rate_limit_exceeded(),
+            ))
+        })
     }
 
     fn rcpt<'a>(
         &'a self,
         s: &'a SessionInfo,
-        sender: &'a str,
-        _rcpt: &'a str,
+        sender: &'a Sender,
+        _rcpt: &'a Address,
     ) -> BoxFuture<'a, Result<Verdict, FilterError>> {
-        Box::pin(async move { Ok(self.verdict(Counted::Recipients, s, Some(sender), Reply::rate_limit_exceeded())) })
+        Box::pin(async move {
+            Ok(self.verdict(
+                Counted::Recipients,
+                s,
+                Some(sender.as_str()),
+                Reply::rate_limit_exceeded(),
+            ))
+        })
     }
 }
 
@@ -384,14 +399,30 @@ mod tests {
         assert_eq!(f.connect(&s).await, Ok(Verdict::accept()));
         let refused = Verdict::tempfail(Reply::connection_rate_exceeded());
         assert_eq!(f.connect(&s).await, Ok(refused));
-        assert_eq!(f.mail(&s, "").await, Ok(Verdict::accept()));
+        assert_eq!(f.mail(&s, &Sender::Null).await, Ok(Verdict::accept()));
         assert_eq!(
-            f.mail(&s, "").await,
+            f.mail(&s, &Sender::Null).await,
             Ok(Verdict::tempfail(Reply::rate_limit_exceeded()))
         );
-        assert_eq!(f.rcpt(&s, "", "b@example.org").await, Ok(Verdict::accept()));
+        assert_eq!(
+            f.rcpt(
+                &s,
+                &Sender::Null,
+                &crate::envelope::Address::parse("b@example.org").unwrap()
+            )
+            .await,
+            Ok(Verdict::accept())
+        );
         let refused = Verdict::tempfail(Reply::rate_limit_exceeded());
-        assert_eq!(f.rcpt(&s, "", "c@example.org").await, Ok(refused));
+        assert_eq!(
+            f.rcpt(
+                &s,
+                &Sender::Null,
+                &crate::envelope::Address::parse("c@example.org").unwrap()
+            )
+            .await,
+            Ok(refused)
+        );
     }
 
     #[test]

@@ -245,7 +245,7 @@ fn request(endpoint: &Endpoint, m: &MessageInfo<'_>) -> Request<Full<Bytes>> {
         header("ip", &ip.to_string());
     }
     header("helo", m.session.helo.as_deref().unwrap_or(""));
-    header("from", if m.sender.is_empty() { "<>" } else { m.sender });
+    header("from", if m.sender.is_null() { "<>" } else { m.sender.as_str() });
     for r in m.recipients {
         header("rcpt", r);
     }
@@ -460,13 +460,14 @@ mod tests {
     async fn request_carries_the_envelope() {
         let s = session();
         let rcpts = vec![
-            "a@example.org".to_string(),
-            "b@example.org".to_string(),
-            "x\r\nEvil: 1".to_string(),
+            crate::envelope::Address::parse("a@example.org").unwrap(),
+            crate::envelope::Address::parse("b@example.org").unwrap(),
+            // Not an address the session would take: the request must still carry it safely.
+            crate::envelope::Address::trusted("x\r\nEvil: 1".to_string()),
         ];
         let m = MessageInfo {
             session: &s,
-            sender: "",
+            sender: &crate::envelope::Sender::Null,
             recipients: &rcpts,
             message: b"Subject: hi\r\n\r\nbody\r\n",
             tags: &[],
@@ -504,7 +505,7 @@ mod tests {
         let s = session();
         let m = MessageInfo {
             session: &s,
-            sender: "a@b",
+            sender: &crate::envelope::Sender::parse("a@b").unwrap(),
             recipients: &[],
             message: b"",
             tags: &[],

@@ -70,7 +70,15 @@ async fn run(filters: &[Handle]) -> super::pipeline::Outcome {
     let refs: Vec<&Handle> = filters.iter().collect();
     let info = SessionInfo::default();
     let msg = b"Received: x\r\nSubject: s\r\n\r\nbody\r\n".to_vec();
-    run_data(&refs, &info, "s@x.test", vec!["r@y.test".into()], msg, Vec::new()).await
+    run_data(
+        &refs,
+        &info,
+        &crate::envelope::Sender::parse("s@x.test").unwrap(),
+        vec![crate::envelope::Address::parse("r@y.test").unwrap()],
+        msg,
+        Vec::new(),
+    )
+    .await
 }
 
 #[tokio::test]

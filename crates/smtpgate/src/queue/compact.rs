@@ -65,8 +65,8 @@ mod tests {
     fn envelope(id: u64) -> Envelope {
         Envelope {
             id: QueueId(id),
-            sender: "s@example.test".into(),
-            recipients: vec![Recipient::new("r@example.test")],
+            sender: crate::envelope::Sender::parse("s@example.test").unwrap(),
+            recipients: vec![Recipient::parse("r@example.test").unwrap()],
             received_at: crate::datetime::now_unix(),
             eight_bit: false,
             smtputf8: false,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::settle;
 use super::{Queue, QueuedMessage};
 use crate::deliver::bounce::{Diagnostic, Failure};
+use crate::envelope::Address;
 use crate::filter::{Action, SessionInfo, pipeline};
 use crate::quarantine::Resume;
 use crate::spool::RcptState;
@@ -42,7 +43,7 @@ pub(super) async fn run(queue: Queue, msg: Arc<QueuedMessage>) {
         }
     };
     let pending = msg.pending();
-    let rcpts: Vec<String> = pending
+    let rcpts: Vec<Address> = pending
         .iter()
         .map(|&i| msg.env.recipients[i as usize].address.clone())
         .collect();

@@ -9,7 +9,7 @@ use crate::context::Context;
 use crate::datetime::now_unix;
 use crate::deliver::Outcome;
 use crate::deliver::bounce::{self, Diagnostic, Failure};
-use crate::envelope::{Envelope, Recipient};
+use crate::envelope::{Address, Envelope, Recipient, Sender};
 use crate::route::NextHop;
 use crate::spool::RcptState;
 
@@ -187,10 +187,10 @@ pub(super) async fn retry_bounce(
 pub(super) async fn bounce_for(queue: &Queue, msg: &QueuedMessage, failures: &[Failure]) -> bool {
     let ctx = &queue.ctx();
     let env = &msg.env;
-    if env.is_null_sender() {
+    let Some(sender) = env.sender.address() else {
         tracing::info!(queue_id = %env.id, "not bouncing a message from the null sender");
         return true;
-    }
+    };
     let wanted: Vec<Failure> = failures
         .iter()
         .filter(|f| f.recipient.wants_failure_report())
@@ -218,14 +218,14 @@ pub(super) async fn bounce_for(queue: &Queue, msg: &QueuedMessage, failures: &[F
     };
     let dsn = Envelope {
         id,
-        sender: String::new(),
-        recipients: vec![Recipient::new(env.sender.clone())],
+        sender: Sender::Null,
+        recipients: vec![Recipient::new(sender.clone())],
         received_at: now_unix(),
         eight_bit: !text.is_ascii(),
         smtputf8: env.smtputf8,
         ret: None,
         envid: None,
-        pool: bounce_pool(ctx, &env.sender),
+        pool: bounce_pool(ctx, sender),
         scan: Vec::new(),
         stream: None,
     };
@@ -243,11 +243,11 @@ pub(super) async fn bounce_for(queue: &Queue, msg: &QueuedMessage, failures: &[F
 }
 
 /// Bounces are routed like any message from the null sender to the original sender.
-fn bounce_pool(ctx: &Context, sender: &str) -> Option<String> {
+fn bounce_pool(ctx: &Context, sender: &Address) -> Option<String> {
     let view = crate::route::MessageView {
         listener: "bounce".into(),
         ..Default::default()
     };
-    let plan = ctx.router.plan(&view, &[Recipient::new(sender)]);
+    let plan = ctx.router.plan(&view, &[Recipient::new(sender.clone())]);
     plan.groups.into_iter().next().and_then(|g| g.pool)
 }

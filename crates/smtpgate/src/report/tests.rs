@@ -303,12 +303,12 @@ fn lf(text: &str) -> Vec<u8> {
 
 /// A message smtpgate sent, and the DSN it builds when both recipients fail.
 fn smtpgate_bounce(ret: Option<Ret>) -> Vec<u8> {
-    let mut orcpt = Recipient::new("carol@example.com");
+    let mut orcpt = Recipient::parse("carol@example.com").unwrap();
     orcpt.orcpt = Some("rfc822;Carol@Example.com".into());
     let env = Envelope {
         id: QueueId(42),
-        sender: "sender@example.org".into(),
-        recipients: vec![orcpt.clone(), Recipient::new("dave@example.net")],
+        sender: crate::envelope::Sender::parse("sender@example.org").unwrap(),
+        recipients: vec![orcpt.clone(), Recipient::parse("dave@example.net").unwrap()],
         received_at: 1_770_000_000,
         eight_bit: false,
         smtputf8: false,
@@ -326,7 +326,7 @@ fn smtpgate_bounce(ret: Option<Ret>) -> Vec<u8> {
             remote: Some("mx.example.com".into()),
         },
         Failure {
-            recipient: Recipient::new("dave@example.net"),
+            recipient: Recipient::parse("dave@example.net").unwrap(),
             status: "5.4.4".into(),
             diagnostic: Diagnostic::local("no mail exchanger for example.net"),
             remote: None,

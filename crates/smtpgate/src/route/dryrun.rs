@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::message::MessageView;
 use super::plan::{Group, Plan, Router};
 use crate::config::{Balance, Config};
-use crate::envelope::Recipient;
+use crate::envelope::{Address, Recipient, Sender};
 
 /// The message to try.
 #[derive(Debug, Default)]
@@ -40,14 +40,22 @@ pub fn run(config: Arc<Config>, input: &DryRun) -> Result<String, String> {
         .clone()
         .or_else(|| config.listeners.first().map(|l| l.name.clone()));
     let view = MessageView {
-        sender: input.from.clone(),
+        sender: Sender::parse(&input.from).map_err(|e| format!("sender {:?}: {e}", input.from))?,
         client: input.client,
         user: input.user.clone(),
         listener: listener.unwrap_or_default(),
         ..Default::default()
     }
     .with_message(&body, config.routing.body_scan_limit);
-    let recipients: Vec<Recipient> = input.to.iter().map(Recipient::new).collect();
+    let recipients = input
+        .to
+        .iter()
+        .map(|to| {
+            Address::parse(to)
+                .map(Recipient::new)
+                .map_err(|e| format!("recipient {to:?}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let plan = router.plan(&view, &recipients);
     Ok(describe(&config, &plan))
 }

@@ -1,12 +1,12 @@
 //! What routing sees of a message: envelope, session facts, headers, and a bounded part of the body.
 
+use crate::envelope::Sender;
 use std::net::IpAddr;
 
 /// A message as routing rules and Sieve scripts see it.
 #[derive(Debug, Clone, Default)]
 pub struct MessageView<'a> {
-    /// Empty for the null sender.
-    pub sender: String,
+    pub sender: Sender,
     pub client: Option<IpAddr>,
     pub user: Option<String>,
     pub listener: String,

@@ -12,7 +12,7 @@ use super::rules::{self, Subject};
 use super::srs::Srs;
 use crate::config::{Config, RouteAction};
 use crate::datetime::now_unix;
-use crate::envelope::Recipient;
+use crate::envelope::{Address, Recipient};
 use crate::reloading::Reloading;
 
 /// How deep aliases, redirects and copies may nest before a recipient is given up.
@@ -62,7 +62,7 @@ pub struct Group {
     pub add_headers: Vec<(String, String)>,
     pub remove_headers: Vec<String>,
     /// Rewrite the envelope sender with SRS (the message is forwarded to another domain).
-    pub srs_sender: Option<String>,
+    pub srs_sender: Option<Address>,
     /// Names of the `[[filter]]`s the matching rules attach to this copy.
     pub filters: Vec<String>,
     /// The `[[stream]]` the matching rules put this copy in; `None` is the default stream.
@@ -193,7 +193,7 @@ impl Router {
 
     /// Whether SRS, an alias or a Sieve script acts on `address` before the rules see it.
     fn rewritten_before_rules(&self, msg: &MessageView<'_>, address: &str) -> bool {
-        let srs = msg.sender.is_empty()
+        let srs = msg.sender.is_null()
             && self
                 .srs
                 .as_ref()
@@ -240,7 +240,7 @@ impl Router {
     fn reverse_srs(&self, msg: &MessageView<'_>, rcpt: &Recipient, origin: Origin, st: &mut State) -> bool {
         let Some(srs) = &self.srs else { return false };
         let reversed = srs.reverse(&rcpt.address, now_unix());
-        if reversed.is_some() && !msg.sender.is_empty() {
+        if reversed.is_some() && !msg.sender.is_null() {
             st.plan.trace.push(format!(
                 "  SRS <{}>: not a bounce (sender <{}>), not reversed",
                 rcpt.address, msg.sender
@@ -328,7 +328,7 @@ impl Router {
         }
         if !keep {
             st.plan.trace.push(format!("  sieve: <{}> not kept", rcpt.address));
-            st.plan.discarded.push(rcpt.address.clone());
+            st.plan.discarded.push(rcpt.address.to_string());
         }
         keep
     }
@@ -395,7 +395,7 @@ impl Router {
             }
             RouteAction::Discard => {
                 st.plan.trace.push(format!("  discard <{}>", rcpt.address));
-                st.plan.discarded.push(rcpt.address);
+                st.plan.discarded.push(rcpt.address.into_string());
             }
             RouteAction::Redirect(targets) => {
                 st.plan
@@ -425,8 +425,8 @@ impl Router {
             return;
         }
         let srs_sender = match (&self.srs, forwarded) {
-            (Some(srs), true) if !msg.sender.is_empty() && !self.is_local(&rcpt.domain()) => {
-                Some(srs.forward(&msg.sender, now_unix()))
+            (Some(srs), true) if !msg.sender.is_null() && !self.is_local(&rcpt.domain()) => {
+                Some(Address::trusted(srs.forward(msg.sender.as_str(), now_unix())))
             }
             _ => None,
         };
@@ -503,9 +503,11 @@ impl State {
     }
 }
 
+/// A recipient routing made from another: `address` comes from configuration checked at load
+/// (redirects, copies), an alias or list file, a Sieve redirect, or a reversed SRS address.
 fn with_address(original: &Recipient, address: String) -> Recipient {
     Recipient {
-        address,
+        address: Address::trusted(address),
         notify: original.notify,
         orcpt: original.orcpt.clone(),
     }

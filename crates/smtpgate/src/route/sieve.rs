@@ -5,6 +5,7 @@ use std::path::Path;
 use smtpgate_sieve::{Outcome, Script};
 
 use super::message::MessageView;
+use crate::envelope::Address;
 
 struct ForRecipient<'a, 'm> {
     msg: &'a MessageView<'m>,
@@ -16,7 +17,7 @@ impl smtpgate_sieve::Message for ForRecipient<'_, '_> {
         self.msg.header(name).map(str::to_owned).collect()
     }
     fn envelope_from(&self) -> Option<String> {
-        (!self.msg.sender.is_empty()).then(|| self.msg.sender.clone())
+        self.msg.sender.address().map(Address::to_string)
     }
     fn envelope_to(&self) -> String {
         self.to.to_owned()

@@ -53,12 +53,12 @@ servers = ["127.0.0.1:2603"]
 
 fn plan(router: &Router, from: &str, to: &[&str], message: &[u8]) -> Plan {
     let view = MessageView {
-        sender: from.into(),
+        sender: crate::envelope::Sender::parse(from).unwrap(),
         listener: "in".into(),
         ..Default::default()
     }
     .with_message(message, 1 << 20);
-    let rcpts: Vec<Recipient> = to.iter().map(|a| Recipient::new(*a)).collect();
+    let rcpts: Vec<Recipient> = to.iter().map(|a| Recipient::parse(a).unwrap()).collect();
     router.plan(&view, &rcpts)
 }
 
@@ -236,7 +236,7 @@ reject = "550 5.7.1 decided at DATA"
 "#,
     );
     let view = MessageView {
-        sender: "a@example.test".into(),
+        sender: crate::envelope::Sender::parse("a@example.test").unwrap(),
         ..Default::default()
     };
     let r1 = r.check_rcpt(&view, "x@blocked.test").expect("refused at RCPT");
@@ -254,7 +254,7 @@ fn rcpt_time_rejection_waits_for_aliases() {
     s.file("aliases", "team@example.test: a@x.test\n");
     let r = s.router("[routing]\naliases = \"aliases\"\n[[route]]\nwhen = { recipient = \"team@example.test\" }\nreject = \"550 5.7.1 closed\"\n");
     let view = MessageView {
-        sender: "s@example.test".into(),
+        sender: crate::envelope::Sender::parse("s@example.test").unwrap(),
         ..Default::default()
     };
     assert_eq!(
@@ -383,16 +383,16 @@ pool = "old"
 "#,
     );
     let view = MessageView {
-        sender: "s@example.org".into(),
+        sender: crate::envelope::Sender::parse("s@example.org").unwrap(),
         listener: "in".into(),
         ..Default::default()
     };
-    let team = r.plan_envelope(&view, &Recipient::new("team@example.test"));
+    let team = r.plan_envelope(&view, &Recipient::parse("team@example.test").unwrap());
     assert_eq!(
         copies(&team),
         vec![(Some("new"), vec!["a@example.test", "b@example.test"])]
     );
-    let other = r.plan_envelope(&view, &Recipient::new("x@example.org"));
+    let other = r.plan_envelope(&view, &Recipient::parse("x@example.org").unwrap());
     assert_eq!(copies(&other), vec![(Some("old"), vec!["x@example.org"])]);
     // The full plan, with the message, takes the content rule first.
     let full = plan(&r, "s@example.org", &["x@example.org"], MSG);

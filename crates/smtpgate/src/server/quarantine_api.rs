@@ -90,7 +90,7 @@ pub fn entries_json(entries: &[Entry]) -> String {
             let rcpts: Vec<&str> = e.envelope.recipients.iter().map(|r| r.address.as_str()).collect();
             serde_json::json!({
                 "id": e.id, "reason": e.reason, "filter": e.filter, "quarantined_at": e.quarantined_at,
-                "sender": e.envelope.sender, "recipients": rcpts, "size": e.size,
+                "sender": e.envelope.sender.as_str(), "recipients": rcpts, "size": e.size,
             })
         })
         .collect();

@@ -10,7 +10,7 @@ use super::{Chunking, Draft, Flow, Session, Txn};
 use crate::budget::Held;
 use crate::config::BareLineEndings;
 use crate::datetime::now_unix;
-use crate::envelope::{Envelope, QueueId, Ret};
+use crate::envelope::{Envelope, QueueId, Ret, Sender};
 use crate::intake::{self, Disposition};
 use crate::route::MessageView;
 use crate::spool::{Incoming, IncomingError};
@@ -320,7 +320,7 @@ impl Session {
             });
             draft.recipients.retain(|r| !r.address.eq_ignore_ascii_case(fbl));
         }
-        if draft.sender.is_empty() {
+        if draft.sender.is_null() {
             let (feedback, report) = (ctx.feedback.clone(), body.to_vec());
             tokio::spawn(async move { feedback.late_bounce(report, client).await });
         }
@@ -339,9 +339,9 @@ impl Session {
     }
 
     /// The message as routing sees it, before its content is known.
-    pub(super) fn view(&self, sender: &str) -> MessageView<'static> {
+    pub(super) fn view(&self, sender: &Sender) -> MessageView<'static> {
         MessageView {
-            sender: sender.to_owned(),
+            sender: sender.clone(),
             client: Some(self.peer.ip()),
             user: self.user.clone(),
             listener: self.listener.config.name.clone(),

@@ -4,7 +4,7 @@ use smtpgate_proto::Reply;
 
 use super::{Draft, Flow, Session, Txn};
 use crate::config::Stage;
-use crate::envelope::QueueId;
+use crate::envelope::{Address, QueueId, Sender};
 use crate::filter::Handle;
 use crate::filter::{Action, SessionInfo, pipeline};
 use crate::intake;
@@ -50,13 +50,13 @@ impl Session {
     }
 
     /// The MAIL hooks (they see the HELO name too).
-    pub(super) async fn filter_mail(&mut self, sender: &str) -> Option<Reply> {
+    pub(super) async fn filter_mail(&mut self, sender: &Sender) -> Option<Reply> {
         let filters = self.listener_filters(Stage::BeforeQueue);
         refusal(pipeline::run_mail(&filters, &self.session_info(), sender).await)
     }
 
     /// The RCPT hooks.
-    pub(super) async fn filter_rcpt(&mut self, rcpt: &str) -> Option<Reply> {
+    pub(super) async fn filter_rcpt(&mut self, rcpt: &Address) -> Option<Reply> {
         let Txn::Mail(draft) = &self.txn else { return None };
         let filters = self.listener_filters(Stage::BeforeQueue);
         refusal(pipeline::run_rcpt(&filters, &self.session_info(), &draft.sender, rcpt).await)
@@ -92,7 +92,7 @@ impl Session {
             }
         };
         let info = self.session_info();
-        let rcpts: Vec<String> = draft.recipients.iter().map(|r| r.address.clone()).collect();
+        let rcpts: Vec<Address> = draft.recipients.iter().map(|r| r.address.clone()).collect();
         let out = pipeline::run_data(&filters, &info, &draft.sender, rcpts, body, Vec::new()).await;
         self.listener
             .ctx

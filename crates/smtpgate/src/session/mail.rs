@@ -3,6 +3,7 @@
 use smtpgate_proto::{Body, MailParams, Reply, ReversePath};
 
 use super::{Draft, Flow, Session, Txn};
+use crate::envelope::Sender;
 
 impl Session {
     pub(super) async fn mail(&mut self, from: ReversePath, params: MailParams) -> Flow {
@@ -35,7 +36,7 @@ impl Session {
         if from.mailbox().is_some_and(|m| m.is_utf8()) && !params.smtputf8 {
             return self.error(Reply::need_smtputf8());
         }
-        let sender = from.to_string();
+        let sender = Sender::from(&from);
         if let Some(r) = self.filter_mail(&sender).await {
             return self.error(r);
         }

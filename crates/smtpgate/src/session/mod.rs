@@ -23,7 +23,7 @@ use std::sync::Arc;
 use smtpgate_proto::{BdatReceiver, Command, LineFramer, Reply, parse_command};
 use tokio::io::AsyncReadExt;
 
-use crate::envelope::{QueueId, Recipient};
+use crate::envelope::{QueueId, Recipient, Sender};
 use crate::io::{BoxIo, TlsInfo};
 pub use auth::{Users, hash_password};
 use conn::{Conn, Line, ReadError};
@@ -41,7 +41,7 @@ struct Helo {
 
 /// The transaction being built by MAIL and RCPT.
 struct Draft {
-    sender: String,
+    sender: Sender,
     params: smtpgate_proto::MailParams,
     recipients: Vec<Recipient>,
 }

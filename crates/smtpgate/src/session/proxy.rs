@@ -21,7 +21,7 @@ use super::filters::Filtered;
 use super::{Draft, Flow, Session, Txn};
 use crate::config::ListenerMode;
 use crate::deliver::{ConnectFailure, Outcome};
-use crate::envelope::{Envelope, QueueId, Recipient};
+use crate::envelope::{Address, Envelope, QueueId, Recipient, Sender};
 use crate::intake;
 use crate::route::Group;
 use crate::spool::Content;
@@ -37,7 +37,7 @@ struct RouteKey {
     domain: String,
     add_headers: Vec<(String, String)>,
     remove_headers: Vec<String>,
-    srs_sender: Option<String>,
+    srs_sender: Option<Address>,
     filters: Vec<String>,
 }
 
@@ -101,7 +101,7 @@ pub(super) struct Upstream {
     link: Link,
     /// Each recipient the client got a `250` for, with the addresses it went upstream as (none when
     /// routing discarded it).
-    accepted: Vec<(String, Vec<Recipient>)>,
+    accepted: Vec<(Address, Vec<Recipient>)>,
     /// A transaction is open upstream: it needs RSET before the connection is reused.
     open: bool,
     /// The upstream accepted the message.
@@ -289,11 +289,11 @@ impl Session {
     }
 
     /// The envelope as the upstream sees it (at RCPT time: no body yet).
-    fn upstream_envelope(&self, draft: &Draft, srs_sender: Option<String>) -> Envelope {
+    fn upstream_envelope(&self, draft: &Draft, srs_sender: Option<Address>) -> Envelope {
         let mut env = self.envelope(QueueId(0), draft, true);
         env.eight_bit = matches!(draft.params.body, Some(Body::EightBitMime));
         if let Some(sender) = srs_sender {
-            env.sender = sender;
+            env.sender = Sender::Mailbox(sender);
         }
         env
     }
@@ -374,7 +374,7 @@ impl Session {
         up.delivered = reply.is_positive();
         up.open = !up.delivered;
         if up.delivered {
-            let relayed: Vec<String> = up.recipients().iter().map(|r| r.address.clone()).collect();
+            let relayed: Vec<String> = up.recipients().iter().map(|r| r.address.to_string()).collect();
             self.listener.ctx.feedback.record_sent(&message, id, &relayed);
             metrics.proxied.inc();
         } else {

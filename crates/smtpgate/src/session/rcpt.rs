@@ -8,7 +8,7 @@ use smtpgate_proto::{Domain, ForwardPath, Mailbox, RcptParams, Reply};
 
 use super::{Flow, Session, Txn};
 use crate::config::SuppressAction;
-use crate::envelope::{Notify, Recipient};
+use crate::envelope::{Address, Notify, Recipient};
 use crate::suppress::Reason;
 
 pub(super) fn reason_text(reason: Reason) -> &'static str {
@@ -39,7 +39,7 @@ impl Session {
                     tracing::info!(client = %self.peer, recipient = %mb, reply = %r.code, "recipient refused");
                     return self.error(r);
                 }
-                mb.to_string()
+                Address::from(mb)
             }
         };
         if let Some(r) = self.suppression_refusal(&address) {
@@ -83,9 +83,11 @@ impl Session {
         Some(Reply::suppressed(why))
     }
 
-    fn postmaster(&self) -> String {
+    /// The bare `<postmaster>` (RFC 5321 4.5.1) as `postmaster@` the first local domain, or this
+    /// host's name: both were checked as domain names when the configuration was loaded.
+    fn postmaster(&self) -> Address {
         let domain = self.listener.config.local_domains.first().cloned();
-        format!("postmaster@{}", domain.unwrap_or_else(|| self.hostname()))
+        Address::trusted(format!("postmaster@{}", domain.unwrap_or_else(|| self.hostname())))
     }
 
     fn relay_check(&self, mb: &Mailbox) -> Result<(), Reply> {

@@ -17,8 +17,8 @@ const BIG_SEGMENT: u64 = 64 << 20;
 fn envelope(id: u64, recipients: &[&str]) -> Envelope {
     Envelope {
         id: QueueId(id),
-        sender: format!("sender-{id}@example.test"),
-        recipients: recipients.iter().map(|r| Recipient::new(*r)).collect(),
+        sender: crate::envelope::Sender::parse(&format!("sender-{id}@example.test")).unwrap(),
+        recipients: recipients.iter().map(|r| Recipient::parse(r).unwrap()).collect(),
         received_at: 1_700_000_000 + id,
         eight_bit: false,
         smtputf8: false,
@@ -438,7 +438,7 @@ async fn records_inside_a_body_are_never_replayed_when_its_record_is_torn() {
     // The attacker's body: a real message record (any sender, any recipient), a Done and a
     // Status for the victim, then padding; the segment is cut inside the padding.
     let mut forged_env = envelope(0xf0f0, &["anyone@elsewhere.example"]);
-    forged_env.sender = "forged@attacker.example".into();
+    forged_env.sender = crate::envelope::Sender::parse("forged@attacker.example").unwrap();
     let mut evil = b"Subject: hello\r\n\r\n".to_vec();
     evil.extend_from_slice(&record_written_by_spool(&forged_env, &body(0xf0f0, 300)).await);
     record::encode_done(victim.id, &mut evil);

@@ -579,8 +579,8 @@ mod tests {
         .expect("connect");
         let env = Envelope {
             id: QueueId(1),
-            sender: "a@example.test".into(),
-            recipients: vec![Recipient::new("b@busy.test")],
+            sender: crate::envelope::Sender::parse("a@example.test").unwrap(),
+            recipients: vec![Recipient::parse("b@busy.test").unwrap()],
             received_at: 0,
             eight_bit: false,
             smtputf8: false,

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 
+use smtpgate::envelope::{Address, Sender};
 use smtpgate::filter::registry;
 use smtpgate::filter::{Filter, MessageInfo, Modification, SessionInfo, Verdict};
 
@@ -107,10 +108,11 @@ pub async fn run(filter: &dyn Filter, client: Ipv4Addr, helo: &str, sender: &str
         listener: "in".into(),
         ..SessionInfo::default()
     };
-    let recipients = vec!["alice@dest.test".to_string()];
+    let recipients = vec![Address::parse("alice@dest.test").unwrap()];
+    let sender = Sender::parse(sender).expect("a sender");
     let info = MessageInfo {
         session: &session,
-        sender,
+        sender: &sender,
         recipients: &recipients,
         message,
         tags: &[],

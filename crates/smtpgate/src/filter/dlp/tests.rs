@@ -272,7 +272,7 @@ async fn works_through_the_filter_trait() {
     let msg = message("IBAN DE89 3704 0044 0532 0130 00");
     let info = MessageInfo {
         session: &session,
-        sender: "a@example.test",
+        sender: &crate::envelope::Sender::parse("a@example.test").unwrap(),
         recipients: &[],
         message: &msg,
         tags: &[],

@@ -253,7 +253,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conversation<S> {
         }
         let rcpts = if self.wants(step::NORCPT) { m.recipients } else { &[] };
         for rcpt in rcpts {
-            self.macros(code::RCPT, vec![("{rcpt_addr}".to_string(), rcpt.clone())])
+            self.macros(code::RCPT, vec![("{rcpt_addr}".to_string(), rcpt.to_string())])
                 .await?;
             stop_unless_continue!(
                 self.ask(&Command::Rcpt(vec![format!("<{rcpt}>")]), step::NR_RCPT)

@@ -86,10 +86,13 @@ async fn run_with(script: Script, message: &[u8]) -> (Result<Verdict, FilterErro
     let (client, server) = tokio::io::duplex(1 << 20);
     let milter = tokio::spawn(fake_milter(server, script));
     let s = session();
-    let rcpts = vec!["bob@example.org".to_string(), "carol@example.org".to_string()];
+    let rcpts = vec![
+        crate::envelope::Address::parse("bob@example.org").unwrap(),
+        crate::envelope::Address::parse("carol@example.org").unwrap(),
+    ];
     let m = MessageInfo {
         session: &s,
-        sender: "alice@example.test",
+        sender: &crate::envelope::Sender::parse("alice@example.test").unwrap(),
         recipients: &rcpts,
         message,
         tags: &[],
@@ -350,7 +353,7 @@ async fn nothing_listening_is_an_error() {
     let s = session();
     let m = MessageInfo {
         session: &s,
-        sender: "",
+        sender: &crate::envelope::Sender::Null,
         recipients: &[],
         message: MESSAGE,
         tags: &[],

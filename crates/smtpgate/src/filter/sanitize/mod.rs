@@ -42,6 +42,7 @@ use serde::Deserialize;
 
 use super::options::{BuildErrors, options};
 use super::{BoxFuture, Filter, FilterError, MessageInfo, Modification, Verdict};
+use crate::envelope::Address;
 use footer::Footer;
 use part::{Level, PartChange};
 use received::ReceivedPolicy;
@@ -110,7 +111,7 @@ impl Sanitize {
     }
 
     /// The verdict for one message.
-    fn verdict(&self, message: &[u8], recipients: &[String]) -> Verdict {
+    fn verdict(&self, message: &[u8], recipients: &[Address]) -> Verdict {
         let mut v = Verdict::accept();
         if let Some(new) = self.rewrite(message) {
             v = v.with(Modification::ReplaceMessage(new));
@@ -122,7 +123,7 @@ impl Sanitize {
             if has_field(message, "List-Unsubscribe") {
                 tracing::debug!("sanitize: the message has a List-Unsubscribe already");
             } else {
-                for (name, value) in u.fields(recipients.first().map(String::as_str)) {
+                for (name, value) in u.fields(recipients.first().map(Address::as_str)) {
                     v = v.with(Modification::AddHeader(name, value));
                 }
             }

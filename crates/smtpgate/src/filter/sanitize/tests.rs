@@ -26,7 +26,7 @@ fn build_errors(options: &str) -> BuildErrors {
 
 /// The message after the verdict's modifications, applied as the pipeline does.
 fn run(f: &Sanitize, message: &str, recipients: &[&str]) -> (Verdict, Vec<u8>) {
-    let rcpts: Vec<String> = recipients.iter().map(|r| r.to_string()).collect();
+    let rcpts: Vec<Address> = recipients.iter().map(|r| Address::parse(r).unwrap()).collect();
     let v = f.verdict(message.as_bytes(), &rcpts);
     let mut out = message.as_bytes().to_vec();
     for m in &v.modifications {
