@@ -10,14 +10,14 @@
 #![forbid(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
-use smtpgate::envelope::{Envelope, QueueId, Recipient};
+use smtpgate::envelope::{Envelope, QueueId, Recipient, Sender};
 use smtpgate::spool::record::{self, RcptState, Record};
 use smtpgate::spool::{End, walk};
 
 fn envelope(id: u64) -> Envelope {
     Envelope {
         id: QueueId(id),
-        sender: format!("s{id}@example.test"),
+        sender: Sender::parse(&format!("s{id}@example.test")).unwrap(),
         recipients: vec![Recipient::parse("r@example.org").unwrap()],
         received_at: id,
         eight_bit: false,
