@@ -38,6 +38,7 @@ metrics! {
     quarantined: Counter = "smtpgate_quarantined_total", "messages put in the quarantine";
     filter_discarded: Counter = "smtpgate_filter_discarded_total", "messages dropped by a filter";
     scan_held: Counter = "smtpgate_scan_held_total", "after-queue scans that could not run because their filter is no longer configured (the message waits; never delivered unscanned)";
+    delivery_held: Counter = "smtpgate_delivery_held_total", "delivery attempts that could not start because the message's pool or stream is no longer configured (the message waits; never sent another way)";
     filter_unchecked: Counter = "smtpgate_filter_unchecked_total", "messages a filter let pass without checking them (size limit, or failed with on_error = accept)";
     proxied: Counter = "smtpgate_messages_proxied_total", "messages a proxy listener's upstream accepted";
     proxy_refused: Counter = "smtpgate_messages_proxy_refused_total", "messages a proxy listener's upstream refused at end of data";

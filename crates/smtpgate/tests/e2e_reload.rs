@@ -461,3 +461,84 @@ fn a_message_whose_scan_filter_a_reload_removed_is_held_not_delivered() {
     assert!(up.messages().is_empty(), "delivered without its scan: {:?}", rcpts(&up));
     assert_eq!(gate.metric("smtpgate_queue_depth"), 1.0);
 }
+
+/// Waits until `metric` has counted at least `least`, or fails with `why`.
+fn assert_counted(gate: &Gate, metric: &str, least: f64, why: &str) {
+    assert!(
+        wait_until(SOON, || gate.try_metric(metric).unwrap_or(0.0) >= least),
+        "{why} ({metric} = {:?})",
+        gate.try_metric(metric)
+    );
+}
+
+/// Held for good: the hold is reported naming what is gone, a later retry holds the message
+/// again, and nothing reaches `up`.
+fn assert_held(gate: &Gate, up: &Upstream, what: &str) {
+    assert_counted(gate, "smtpgate_delivery_held_total", 1.0, "the message was not held");
+    assert!(
+        gate.stderr_lines()
+            .iter()
+            .any(|l| l.contains("no longer configured") && l.contains(what)),
+        "the hold is not reported"
+    );
+    assert_counted(
+        gate,
+        "smtpgate_delivery_held_total",
+        2.0,
+        "not held again on its next try",
+    );
+    assert!(up.messages().is_empty(), "delivered another way: {:?}", rcpts(up));
+    assert_eq!(gate.metric("smtpgate_queue_depth"), 1.0);
+}
+
+/// A message deferred for pool `a` (its server is down), then a reload that replaces `a` by `b`
+/// (up): the message is held, never sent to `b`, which it was not routed to.
+#[test]
+fn a_message_whose_pool_a_reload_removed_is_held_not_sent_elsewhere() {
+    let up = Upstream::start();
+    let before = config(&[listener("inbound")], &[pool("a", &[dead_address()])], "a");
+    let mut gate = Gate::start(&before);
+    send_ok(gate.smtp_addr(), "pooled@example.org");
+    assert_counted(&gate, "smtpgate_messages_deferred_total", 1.0, "never tried");
+
+    gate.reload(&config(&[listener("inbound")], &[pool("b", &[up.addr()])], "b"));
+    assert_held(&gate, &up, "pool");
+}
+
+/// A message of stream `bulk`, deferred (its MX is down), then a reload that removes the stream
+/// and brings the MX up: the message is held, never sent outside its stream (from the default
+/// stream's addresses, under the default stream's limits).
+#[test]
+fn a_message_whose_stream_a_reload_removed_is_held_not_sent_outside_it() {
+    use std::net::Ipv4Addr;
+    use support::{DnsServer, DnsTable};
+    let up = Upstream::start();
+    let dns = DnsServer::start(
+        DnsTable::new()
+            .mx("one.test", 10, "mx.one.test")
+            .a("mx.one.test", Ipv4Addr::LOCALHOST),
+    );
+    let with = |stream: &str, port: u16| {
+        format!(
+            "hostname = \"gate.example.test\"\nshutdown_timeout = \"5s\"\n\n[spool]\ndir = \"spool\"\n\n\
+             [admin]\naddress = \"127.0.0.1:0\"\n\n{}\n[dns]\nnameservers = [\"{}\"]\n\n{stream}\
+             [queue]\nretry = [\"1s\"]\nsmtp_port = {port}\n",
+            listener("inbound"),
+            dns.addr()
+        )
+    };
+    let bulk =
+        "[[stream]]\nname = \"bulk\"\n\n[[route]]\nwhen = { sender = \"alice@example.test\" }\nstream = \"bulk\"\n\n";
+    let mut gate = Gate::start(&with(bulk, dead_address().port()));
+    let t = smtplib_send(
+        gate.smtp_addr(),
+        "alice@example.test",
+        &["reader@one.test"],
+        &message("s-1@example.test", "bulk", "hello"),
+    );
+    assert!(t.reply("END-OF-DATA").starts_with("250 "), "not accepted:\n{t}");
+    assert_counted(&gate, "smtpgate_messages_deferred_total", 1.0, "never tried");
+
+    gate.reload(&with("", up.addr().port()));
+    assert_held(&gate, &up, "stream");
+}

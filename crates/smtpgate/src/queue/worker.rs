@@ -250,6 +250,14 @@ async fn run_mx(queue: &Queue, lane: &Lane, domain: &str) {
                 c.client.quit().await;
             }
         }
+        if let Some(fail) = gone(
+            &ctx,
+            &d,
+            "stream",
+            stream.filter(|s| !ctx.config.streams.iter().any(|c| c.name == *s)),
+        ) {
+            return unreachable(queue, lane, d, &fail, started);
+        }
         let c = match ready(&ctx, domain, stream, &mut conn).await {
             Ok(c) => c,
             Err(fail) => return unreachable(queue, lane, d, &fail, started),
@@ -293,6 +301,9 @@ async fn run_pool(queue: &Queue, lane: &Lane, pool: &str) {
         let started = Instant::now();
         // Each delivery leases from the pools of the configuration current now.
         let ctx = queue.ctx();
+        if let Some(fail) = gone(&ctx, &d, "pool", Some(pool).filter(|p| !ctx.pools.contains(p))) {
+            return unreachable(queue, lane, d, &fail, started);
+        }
         let per_conn = ctx.config.queue.messages_per_connection;
         let mut lease = match ctx.pools.lease(pool).await.map_err(ConnectFailure::from) {
             Ok(lease) => lease,
@@ -304,6 +315,22 @@ async fn run_pool(queue: &Queue, lane: &Lane, pool: &str) {
         lease.finish(keep, delivered, per_conn).await;
         settle::spawn(queue, hop, d, results, remote, started);
     }
+}
+
+/// A message whose pool or stream (`missing`, of kind `what`) a reload removed is held: deferred
+/// on the queue's schedule (bounced at `max_age`) until the name is configured again, counted and
+/// reported, and never sent another way (another pool, or without its stream's source addresses).
+fn gone(ctx: &Context, d: &Delivery, what: &str, missing: Option<&str>) -> Option<ConnectFailure> {
+    let name = missing?;
+    ctx.metrics.delivery_held.inc();
+    tracing::error!(
+        queue_id = %d.msg.env.id, %what, name,
+        "delivery: the message's {what} is no longer configured; holding the message until it is"
+    );
+    Some(ConnectFailure::transient(
+        "4.3.5",
+        format!("{what} {name} is no longer configured"),
+    ))
 }
 
 /// Runs the adaptive rules on a delivery's failed replies.

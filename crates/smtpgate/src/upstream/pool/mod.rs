@@ -67,6 +67,11 @@ impl Pools {
         Ok(Pools { pools, dialer })
     }
 
+    /// Whether a pool named `name` is configured.
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
     fn get(&self, name: &str) -> Option<&Arc<PoolState>> {
         self.pools.iter().find(|p| p.config.name == name)
     }
