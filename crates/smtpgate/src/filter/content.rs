@@ -192,7 +192,7 @@ fn from_options(raw: toml::Table) -> Result<Content, BuildErrors> {
         None => DEFAULT_ZIP_SIZE,
         Some(Ok(n)) => n,
         Some(Err(e)) => {
-            errors.push(("max_zip_size".to_owned(), e));
+            errors.push(("max_zip_size".to_owned(), e.to_string()));
             DEFAULT_ZIP_SIZE
         }
     };
