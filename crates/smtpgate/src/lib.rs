@@ -25,6 +25,7 @@ pub mod feedback;
 pub mod filter;
 pub mod intake;
 pub mod io;
+pub mod issues;
 pub mod message;
 pub mod metrics;
 pub mod quarantine;

@@ -330,7 +330,12 @@ async fn reload(server: &mut Server, path: Option<&std::path::Path>) {
         Ok(c) => c,
         Err(e) => {
             for issue in &e.errors {
-                tracing::error!(key = %issue.key, "{}", issue.message);
+                let file = issue
+                    .file
+                    .as_deref()
+                    .map(|f| f.display().to_string())
+                    .unwrap_or_default();
+                tracing::error!(file = %file, key = %issue.key, "{}", issue.message);
             }
             tracing::error!(
                 errors = e.errors.len(),
@@ -354,8 +359,11 @@ async fn reload(server: &mut Server, path: Option<&std::path::Path>) {
 }
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<ExitCode> {
-    // The filters' own options are checked by building them, as start-up does.
-    let checked = Config::load(file).and_then(|config| smtpgate::filter::Filters::build(&config).map(|_| config));
+    // The filters' own options are checked by building them, as start-up does, and their
+    // mistakes are listed with those of every file the configuration reads.
+    let checked = Config::load_checking(file, |config, issues| {
+        smtpgate::filter::Filters::check(config, issues);
+    });
     match checked {
         Ok(_) => {
             println!("{}: OK", file.display());

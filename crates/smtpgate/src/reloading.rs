@@ -16,7 +16,7 @@
 //! # std::fs::write(&path, "hello").unwrap();
 //! let motd = Reloading::new(path, load)?;
 //! assert_eq!(*motd.get(), "hello");
-//! # Ok::<(), String>(())
+//! # Ok::<(), smtpgate::reloading::ReadError<String>>(())
 //! ```
 
 use std::fmt;
@@ -28,8 +28,43 @@ use std::time::{Duration, Instant, SystemTime};
 /// How often [`Reloading::get`] looks at the file.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Parses the file at a path into a value; the error is a message for the operator.
+/// Parses the file at a path into a value; the error is a message for the operator (the loader
+/// given may return any error that displays: it is shown in the log of a failed reload).
 pub type Loader<T> = Box<dyn Fn(&Path) -> Result<T, String> + Send + Sync>;
+
+/// Why a file could not be read at first: it could not be examined, or its loader refused it.
+#[derive(Debug)]
+pub enum ReadError<E> {
+    /// The file's modification time and size could not be read.
+    Stamp(PathBuf, std::io::Error),
+    /// The loader's own error, as it gave it (e.g. every mistake in a configuration file).
+    Load(E),
+}
+
+impl<E: fmt::Display> fmt::Display for ReadError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Stamp(path, error) => write!(f, "{}: {error}", path.display()),
+            ReadError::Load(error) => error.fmt(f),
+        }
+    }
+}
+
+impl<E: fmt::Display + fmt::Debug> std::error::Error for ReadError<E> {}
+
+/// For callers whose own errors are still messages.
+impl<E: fmt::Display> From<ReadError<E>> for String {
+    fn from(error: ReadError<E>) -> String {
+        error.to_string()
+    }
+}
+
+/// Turns a loader with its own error type into a [`Loader`].
+fn boxed<T: 'static, E: fmt::Display + 'static>(
+    load: impl Fn(&Path) -> Result<T, E> + Send + Sync + 'static,
+) -> Loader<T> {
+    Box::new(move |path| load(path).map_err(|e| e.to_string()))
+}
 
 /// A value loaded from a file, reloaded by [`Reloading::get`] when the file changes.
 pub struct Reloading<T> {
@@ -95,46 +130,52 @@ impl<T> fmt::Debug for Loaded<T> {
 
 impl<T> Loaded<T> {
     /// Reads and parses the file now.
-    pub fn read(path: PathBuf, load: impl Fn(&Path) -> Result<T, String>) -> Result<Self, String> {
+    pub fn read<E>(path: PathBuf, load: impl Fn(&Path) -> Result<T, E>) -> Result<Self, ReadError<E>> {
         // The stamp is taken before reading, so a change made during the load is seen by the next check.
-        let stamp = Stamp::of(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let value = Arc::new(load(&path)?);
+        let stamp = match Stamp::of(&path) {
+            Ok(stamp) => stamp,
+            Err(e) => return Err(ReadError::Stamp(path, e)),
+        };
+        let value = Arc::new(load(&path).map_err(ReadError::Load)?);
         Ok(Loaded { path, stamp, value })
     }
 }
 
 impl<T: Send + Sync + 'static> Reloading<T> {
     /// Loads now; an error here is returned (the config check reports it).
-    pub fn new(
+    pub fn new<E: fmt::Display + 'static>(
         path: PathBuf,
-        load: impl Fn(&Path) -> Result<T, String> + Send + Sync + 'static,
-    ) -> Result<Self, String> {
+        load: impl Fn(&Path) -> Result<T, E> + Send + Sync + 'static,
+    ) -> Result<Self, ReadError<E>> {
         Self::with_interval(path, load, CHECK_INTERVAL)
     }
 
     /// Like [`Reloading::new`], looking at the file at most once per `interval`.
-    pub fn with_interval(
+    pub fn with_interval<E: fmt::Display + 'static>(
         path: PathBuf,
-        load: impl Fn(&Path) -> Result<T, String> + Send + Sync + 'static,
+        load: impl Fn(&Path) -> Result<T, E> + Send + Sync + 'static,
         interval: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ReadError<E>> {
         let loaded = Loaded::read(path, &load)?;
         Ok(Self::from_loaded_with_interval(loaded, load, interval))
     }
 
     /// Starts from a value the configuration already read: the file is not parsed twice.
-    pub fn from_loaded(loaded: Loaded<T>, load: impl Fn(&Path) -> Result<T, String> + Send + Sync + 'static) -> Self {
+    pub fn from_loaded<E: fmt::Display + 'static>(
+        loaded: Loaded<T>,
+        load: impl Fn(&Path) -> Result<T, E> + Send + Sync + 'static,
+    ) -> Self {
         Self::from_loaded_with_interval(loaded, load, CHECK_INTERVAL)
     }
 
-    fn from_loaded_with_interval(
+    fn from_loaded_with_interval<E: fmt::Display + 'static>(
         loaded: Loaded<T>,
-        load: impl Fn(&Path) -> Result<T, String> + Send + Sync + 'static,
+        load: impl Fn(&Path) -> Result<T, E> + Send + Sync + 'static,
         interval: Duration,
     ) -> Self {
         Reloading {
             path: loaded.path,
-            load: Box::new(load),
+            load: boxed(load),
             interval,
             value: RwLock::new(loaded.value),
             check: Mutex::new(Check {
@@ -238,10 +279,10 @@ mod tests {
     fn creation_reports_a_broken_or_missing_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("n");
-        let missing = Reloading::new(path.clone(), load_number).unwrap_err();
+        let missing = Reloading::new(path.clone(), load_number).unwrap_err().to_string();
         assert!(missing.contains(&path.display().to_string()), "{missing}");
         fs::write(&path, "seven").unwrap();
-        let broken = Reloading::new(path, load_number).unwrap_err();
+        let broken = Reloading::new(path, load_number).unwrap_err().to_string();
         assert!(broken.starts_with("not a number"), "{broken}");
     }
 

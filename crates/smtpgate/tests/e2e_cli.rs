@@ -42,10 +42,19 @@ fn check_config(toml: &str) -> (bool, String, String) {
     (status.success(), ran.stdout, ran.stderr)
 }
 
-/// Whether `output` has a line `<key>: ...` that also mentions `detail`.
+/// Whether `output` has a line `<file>: <key>: ...` that also mentions `detail`, the file being
+/// the configuration file (`smtpgate.toml`).
 fn reports(output: &str, key: &str, detail: &str) -> bool {
-    let prefix = format!("{key}: ");
-    output.lines().any(|l| l.starts_with(&prefix) && l.contains(detail))
+    reports_in(output, "smtpgate.toml", key, detail)
+}
+
+/// Whether `output` has a line `<dir>/<file>: <key>: ...` that also mentions `detail`.
+fn reports_in(output: &str, file: &str, key: &str, detail: &str) -> bool {
+    let (file, prefix) = (format!("/{file}"), format!("{key}: "));
+    output.lines().any(|l| {
+        l.split_once(": ")
+            .is_some_and(|(path, rest)| path.ends_with(&file) && rest.starts_with(&prefix) && rest.contains(detail))
+    })
 }
 
 #[test]
@@ -96,6 +105,54 @@ fn check_config_reports_an_unknown_key_together_with_the_other_mistakes() {
     let missing: Vec<_> = expected
         .iter()
         .filter(|(key, detail)| !reports(&output, key, detail))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "check-config did not report {missing:?}; it printed:\n{output}"
+    );
+}
+
+/// A mistake in each file the configuration reads (its own keys, the shaping file, the bounce
+/// rules, a filter's options) is listed in one run, each naming its file and key.
+#[test]
+fn check_config_lists_the_mistakes_of_every_file_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| fs::write(dir.path().join(name), text).expect("write");
+    write("shaping.toml", "[default]\nmax_connections = 0\n");
+    write("bounces.toml", "[[rule]]\ncategory = \"hard\"\ntext = \"x\"\n");
+    write(
+        "smtpgate.toml",
+        r#"
+[[listener]]
+address = "127.0.0.1:0"
+max_message_size = "50XB"
+
+[[filter]]
+name = "zips"
+kind = "content"
+max_zip_size = "lots"
+
+[shaping]
+file = "shaping.toml"
+
+[bounces]
+rules = "bounces.toml"
+"#,
+    );
+    let file = dir.path().join("smtpgate.toml");
+    let ran = run_smtpgate(&["check-config", file.to_str().unwrap()], None, None);
+    let status = ran.status.expect("check-config finished");
+    let output = format!("{}{}", ran.stdout, ran.stderr);
+    assert!(!status.success(), "check-config accepted broken files:\n{output}");
+    let expected = [
+        ("smtpgate.toml", "listener[0].max_message_size", "50XB"),
+        ("shaping.toml", "default.max_connections", "0 is not between"),
+        ("bounces.toml", "rule[0].category", "hard"),
+        ("smtpgate.toml", "filter[0].max_zip_size", "lots"),
+    ];
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|(file, key, detail)| !reports_in(&output, file, key, detail))
         .collect();
     assert!(
         missing.is_empty(),

@@ -6,6 +6,7 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Deserialize;
 
+use super::Issues;
 use crate::reply::classify::Category;
 
 /// A rule of the shaping file's `[[adaptive]]` array.
@@ -79,55 +80,61 @@ pub struct Reply<'a> {
 }
 
 impl Rule {
-    /// Checks and compiles the `index`th rule; every mistake goes to `errors`.
-    pub(crate) fn parse(raw: RawRule, index: usize, errors: &mut Vec<String>) -> Option<Rule> {
+    /// Checks and compiles the `index`th rule; every mistake goes to `issues`, under `adaptive[index]`.
+    pub(crate) fn parse(raw: RawRule, index: usize, issues: &mut Issues) -> Option<Rule> {
         let key = format!("adaptive[{index}]");
-        let before = errors.len();
+        // Mistakes before this rule's do not make it wrong.
+        let before = issues.len();
         let name = raw.name.unwrap_or_else(|| format!("adaptive rule {}", index + 1));
         let code = raw.code.map(|c| c.trim().to_owned());
         if let Some(c) = &code
             && (c.is_empty() || c.len() > 3 || !c.bytes().all(|b| b.is_ascii_digit()) || !c.starts_with(['4', '5']))
         {
-            errors.push(format!(
-                "{key}.code: {c:?} is not a reply code like \"421\" or its start (\"4\")"
-            ));
+            issues.push(
+                format!("{key}.code"),
+                format!("{c:?} is not a reply code like \"421\" or its start (\"4\")"),
+            );
         }
         let status = raw.status.map(|s| s.trim().to_owned());
         if let Some(s) = &status
             && (s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit() || b == b'.') || !s.starts_with(['4', '5']))
         {
-            errors.push(format!(
-                "{key}.status: {s:?} is not an enhanced status code like \"4.7.0\" or its start"
-            ));
+            issues.push(
+                format!("{key}.status"),
+                format!("{s:?} is not an enhanced status code like \"4.7.0\" or its start"),
+            );
         }
         let text = raw
             .text
             .and_then(|t| match regex::RegexBuilder::new(&t).case_insensitive(true).build() {
                 Ok(re) => Some(re),
                 Err(e) => {
-                    errors.push(format!("{key}.text: {e}"));
+                    issues.push(format!("{key}.text"), e.to_string());
                     None
                 }
             });
         let category = raw.category.and_then(|c| match c.parse::<Category>() {
             Ok(c) => Some(c),
             Err(e) => {
-                errors.push(format!("{key}.category: {e}"));
+                issues.push(format!("{key}.category"), e.to_string());
                 None
             }
         });
-        if code.is_none() && status.is_none() && text.is_none() && category.is_none() && errors.len() == before {
-            errors.push(format!("{key}: needs at least one of code, status, text, category"));
+        if code.is_none() && status.is_none() && text.is_none() && category.is_none() && issues.len() == before {
+            issues.push(key.clone(), "needs at least one of code, status, text, category");
         }
         let suspend = match raw.action.as_deref() {
             Some("suspend") => true,
             Some("throttle") => false,
             Some(other) => {
-                errors.push(format!("{key}.action: {other:?} is not \"suspend\" or \"throttle\""));
+                issues.push(
+                    format!("{key}.action"),
+                    format!("{other:?} is not \"suspend\" or \"throttle\""),
+                );
                 false
             }
             None => {
-                errors.push(format!("{key}.action: missing (\"suspend\" or \"throttle\")"));
+                issues.push(format!("{key}.action"), "missing (\"suspend\" or \"throttle\")");
                 false
             }
         };
@@ -135,31 +142,32 @@ impl Rule {
             None => 1.0,
             Some(f) if f > 0.0 && f <= 1.0 => f,
             Some(f) => {
-                errors.push(format!("{key}.{field}: {f} is not more than 0 and at most 1"));
+                issues.push(
+                    format!("{key}.{field}"),
+                    format!("{f} is not more than 0 and at most 1"),
+                );
                 1.0
             }
         };
         let rate_factor = factor("rate_factor", raw.rate_factor);
         let connection_factor = factor("connection_factor", raw.connection_factor);
         if !suspend && rate_factor == 1.0 && connection_factor == 1.0 && raw.action.is_some() {
-            errors.push(format!(
-                "{key}: a throttle needs rate_factor or connection_factor below 1"
-            ));
+            issues.push(key.clone(), "a throttle needs rate_factor or connection_factor below 1");
         }
         let mut duration = |field: &str, value: Option<String>, required: bool| match value {
             None if required => {
-                errors.push(format!("{key}.{field}: missing (a duration like \"30m\")"));
+                issues.push(format!("{key}.{field}"), "missing (a duration like \"30m\")");
                 Duration::ZERO
             }
             None => Duration::ZERO,
             Some(text) => match super::values::parse_duration(&text) {
                 Ok(d) if !d.is_zero() || !required => d,
                 Ok(_) => {
-                    errors.push(format!("{key}.{field}: must be more than 0s"));
+                    issues.push(format!("{key}.{field}"), "must be more than 0s");
                     Duration::ZERO
                 }
                 Err(e) => {
-                    errors.push(format!("{key}.{field}: {e}"));
+                    issues.push(format!("{key}.{field}"), e.to_string());
                     Duration::ZERO
                 }
             },
@@ -167,7 +175,7 @@ impl Rule {
         let duration_value = duration("duration", raw.duration, true);
         let recover = duration("recover", raw.recover, false);
         let pattern = |p: Option<String>| p.map(|p| p.trim().trim_end_matches('.').to_ascii_lowercase());
-        if errors.len() > before {
+        if issues.len() > before {
             return None;
         }
         Some(Rule {

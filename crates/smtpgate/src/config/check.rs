@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use super::issues::{Issues, resolve};
+use super::issues::{Checks as _, Issues, resolve};
 use super::raw::{RawAdmin, RawAuth, RawConfig, RawListener, RawQueue, RawSpool, Text};
 use super::values::{parse_domain, parse_duration, parse_nameserver, parse_net, parse_size, parse_socket_addr};
 use super::{
@@ -15,7 +15,7 @@ use super::{
     ListenerMode, MtaStsConfig, QueueConfig, RedisConfig, RouteConfig, SpoolConfig, Stage, SuppressAction,
     SuppressionConfig, TlsFiles,
 };
-use crate::reloading::Loaded;
+use crate::reloading::{Loaded, ReadError};
 
 const MB: u64 = 1024 * 1024;
 const MINUTE: u64 = 60;
@@ -29,15 +29,12 @@ impl Config {
     pub fn from_raw(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigError> {
         let mut issues = Issues::default();
         let config = build(raw, base_dir, &mut issues);
-        match issues.0.is_empty() {
-            true => Ok(config),
-            false => Err(ConfigError { errors: issues.0 }),
-        }
+        issues.finish(config)
     }
 }
 
 /// Builds each part in the order of the file's layout, so issues come out in that order.
-fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Config {
+pub(super) fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Config {
     let hostname = build_hostname(raw.hostname, issues);
     let default_shutdown = Duration::from_secs(30);
     let shutdown_timeout = issues.timeout("shutdown_timeout".into(), raw.shutdown_timeout, default_shutdown);
@@ -73,15 +70,10 @@ fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Config {
         .and_then(|s| s.file)
         .and_then(|f| build_shaping_file(&f, base_dir, &queue, issues));
     let suppression = build_suppression(raw.suppression.unwrap_or_default(), issues);
-    let bounce_rules = raw.bounces.and_then(|b| b.rules).and_then(|f| {
-        let path = issues.existing_file("bounces.rules".into(), base_dir, &f);
-        if !path.is_file() {
-            return None;
-        }
-        Loaded::read(path, crate::reply::Classifier::load)
-            .map_err(|e| issues.push("bounces.rules", e))
-            .ok()
-    });
+    let bounce_rules = raw
+        .bounces
+        .and_then(|b| b.rules)
+        .and_then(|f| build_bounce_rules(&f, base_dir, issues));
     let redis = raw.redis.map(|r| {
         let url = r.url.unwrap_or_default();
         if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")) {
@@ -211,7 +203,8 @@ fn build_suppression(raw: super::raw::RawSuppression, issues: &mut Issues) -> Su
     }
 }
 
-/// The shaping file must exist and load now: a mistake there is a configuration error.
+/// The shaping file must exist and load now: each mistake there is a configuration error, named
+/// by its own file and key.
 fn build_shaping_file(
     raw: &str,
     base_dir: &Path,
@@ -222,9 +215,37 @@ fn build_shaping_file(
     if !path.is_file() {
         return None;
     }
-    Loaded::read(path, |p| super::shaping::Rules::load(p, queue))
-        .map_err(|e| issues.push("shaping.file", e))
-        .ok()
+    let loaded = Loaded::read(path, |p| super::shaping::Rules::load(p, queue));
+    read_into("shaping.file", loaded, issues)
+}
+
+/// The bounce rules file must exist and load now, as the shaping file.
+fn build_bounce_rules(raw: &str, base_dir: &Path, issues: &mut Issues) -> Option<Loaded<crate::reply::Classifier>> {
+    let path = issues.existing_file("bounces.rules".into(), base_dir, raw);
+    if !path.is_file() {
+        return None;
+    }
+    read_into(
+        "bounces.rules",
+        Loaded::read(path, crate::reply::Classifier::load),
+        issues,
+    )
+}
+
+/// The value of a file the configuration names, or its mistakes in the collector: each under
+/// its own key, naming that file. A file that cannot be examined is a mistake of `key`.
+fn read_into<T>(key: &str, read: Result<Loaded<T>, ReadError<ConfigError>>, issues: &mut Issues) -> Option<Loaded<T>> {
+    match read {
+        Ok(loaded) => Some(loaded),
+        Err(ReadError::Load(error)) => {
+            issues.absorb(error);
+            None
+        }
+        Err(stamp) => {
+            issues.push(key, stamp.to_string());
+            None
+        }
+    }
 }
 
 fn build_hostname(raw: Option<String>, issues: &mut Issues) -> String {

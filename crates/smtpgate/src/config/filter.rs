@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::issues::Issues;
+use super::issues::{Checks as _, Issues};
 use super::text::Text;
 
 #[derive(Debug, Deserialize)]

@@ -1,56 +1,67 @@
-//! The one collector of configuration mistakes: each under its key, with a stand-in value so
-//! that checking goes on and every mistake is reported at once.
+//! The value checks of the configuration files, reporting into the one collector of mistakes
+//! ([`Issues`], below config): each mistake under its key, with a stand-in value so that
+//! checking goes on and every mistake is reported at once.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::ConfigIssue;
+use std::fmt::Display;
+
 use super::text::Text;
 use super::values::*;
+pub(super) use crate::issues::Issues;
 
-/// Mistakes found so far, with helpers that record one and return a stand-in value.
-#[derive(Default)]
-pub(super) struct Issues(pub(super) Vec<ConfigIssue>);
-
-impl Issues {
-    pub(super) fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigIssue::new(key, message));
-    }
-
+/// Checks that record a mistake in the collector and return a stand-in value.
+pub(super) trait Checks {
     /// Parses an optional text value, or gives `default` when it is absent or wrong.
-    pub(super) fn parse<T>(
+    fn parse<T, E: Display>(
         &mut self,
         key: impl Into<String>,
         raw: Option<Text>,
-        parse: fn(&str) -> Result<T, String>,
+        parse: fn(&str) -> Result<T, E>,
+        default: T,
+    ) -> T;
+
+    /// Parses each entry of an optional list; wrong entries are reported as `key[i]`.
+    fn list<T, E: Display>(&mut self, key: &str, raw: Option<Vec<Text>>, parse: fn(&str) -> Result<T, E>) -> Vec<T>;
+
+    /// A duration that must not be zero (timeouts, retry delays, ages).
+    fn timeout(&mut self, key: String, raw: Option<Text>, default: Duration) -> Duration;
+
+    /// An integer count of at least `min` that fits `T`.
+    fn count<T: TryFrom<i64>>(&mut self, key: String, raw: Option<i64>, min: i64, default: T) -> T;
+
+    /// A file that must exist, relative to `base_dir`.
+    fn existing_file(&mut self, key: String, base_dir: &Path, raw: &str) -> PathBuf;
+}
+
+impl Checks for Issues {
+    fn parse<T, E: Display>(
+        &mut self,
+        key: impl Into<String>,
+        raw: Option<Text>,
+        parse: fn(&str) -> Result<T, E>,
         default: T,
     ) -> T {
         let Some(text) = raw else { return default };
         parse(text.as_str()).unwrap_or_else(|message| {
-            self.push(key, message);
+            self.push(key, message.to_string());
             default
         })
     }
 
-    /// Parses each entry of an optional list; wrong entries are reported as `key[i]`.
-    pub(super) fn list<T>(
-        &mut self,
-        key: &str,
-        raw: Option<Vec<Text>>,
-        parse: fn(&str) -> Result<T, String>,
-    ) -> Vec<T> {
+    fn list<T, E: Display>(&mut self, key: &str, raw: Option<Vec<Text>>, parse: fn(&str) -> Result<T, E>) -> Vec<T> {
         let mut values = Vec::new();
         for (index, text) in raw.unwrap_or_default().into_iter().enumerate() {
             match parse(text.as_str()) {
                 Ok(value) => values.push(value),
-                Err(message) => self.push(format!("{key}[{index}]"), message),
+                Err(message) => self.push(format!("{key}[{index}]"), message.to_string()),
             }
         }
         values
     }
 
-    /// A duration that must not be zero (timeouts, retry delays, ages).
-    pub(super) fn timeout(&mut self, key: String, raw: Option<Text>, default: Duration) -> Duration {
+    fn timeout(&mut self, key: String, raw: Option<Text>, default: Duration) -> Duration {
         let value = self.parse(key.clone(), raw, parse_duration, default);
         if value.is_zero() {
             self.push(key, "must be more than 0s");
@@ -59,8 +70,7 @@ impl Issues {
         value
     }
 
-    /// An integer count of at least `min` that fits `T`.
-    pub(super) fn count<T: TryFrom<i64>>(&mut self, key: String, raw: Option<i64>, min: i64, default: T) -> T {
+    fn count<T: TryFrom<i64>>(&mut self, key: String, raw: Option<i64>, min: i64, default: T) -> T {
         let Some(number) = raw else { return default };
         match T::try_from(number) {
             Ok(value) if number >= min => value,
@@ -75,8 +85,7 @@ impl Issues {
         }
     }
 
-    /// A file that must exist, relative to `base_dir`.
-    pub(super) fn existing_file(&mut self, key: String, base_dir: &Path, raw: &str) -> PathBuf {
+    fn existing_file(&mut self, key: String, base_dir: &Path, raw: &str) -> PathBuf {
         let path = resolve(base_dir, raw);
         match std::fs::metadata(&path) {
             _ if raw.trim().is_empty() => self.push(key, "must not be empty"),

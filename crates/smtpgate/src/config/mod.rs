@@ -37,6 +37,9 @@ mod text;
 pub mod values;
 pub use values::read_token;
 
+/// The mistakes of every file the configuration reads are collected in one place, below config.
+pub use crate::issues::{ConfigError, ConfigIssue, Issues, ValueError};
+
 pub use filter::{FilterConfig, OnError, Stage};
 pub use pool::{Balance, CircuitBreaker, HealthCheck, PoolConfig, PoolServer, UpstreamAuth};
 pub use route::{Pattern, RouteAction, RouteConfig, RoutingConfig, SrsConfig, When};
@@ -308,107 +311,41 @@ pub struct DnsConfig {
     pub nameservers: Vec<SocketAddr>,
 }
 
-/// Everything wrong with a config file. Displayed as one line per issue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub errors: Vec<ConfigIssue>,
-}
-
-/// One mistake: the key path (`listener[0].max_message_size`; empty when the mistake is not
-/// about one key) and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigIssue {
-    pub key: String,
-    pub message: String,
-}
-
-impl ConfigIssue {
-    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigIssue {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigIssue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.key, self.message)
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, issue) in self.errors.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{issue}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-impl From<ConfigIssue> for ConfigError {
-    fn from(issue: ConfigIssue) -> Self {
-        ConfigError { errors: vec![issue] }
-    }
-}
-
 impl Config {
     /// Reads and checks the file at `path`. Relative paths in it are relative to its folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_checking(path, |_, _| {})
+    }
+
+    /// Like [`Config::load`], and `more` checks what the configuration cannot check itself
+    /// (the filters' own options) on the configuration as far as it was built, reporting into
+    /// the same collector: `check-config` lists every mistake of every file at once.
+    pub fn load_checking(path: &Path, more: impl FnOnce(&Config, &mut Issues)) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|error| ConfigIssue::new("", format!("cannot read {}: {error}", path.display())))?;
-        let base_dir = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent,
-            _ => Path::new("."),
-        };
-        Config::from_toml_str(&text, base_dir).map_err(|mut error| {
-            for issue in &mut error.errors {
-                if issue.key.is_empty() {
-                    issue.message = format!("{}: {}", path.display(), issue.message);
-                }
-            }
-            error
-        })
+        Config::checked(&text, base_dir_of(path), more).map_err(|error| error.in_file(path))
     }
 
     /// Parses and checks config text; relative paths in it are relative to `base_dir`.
     pub fn from_toml_str(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        Config::checked(text, base_dir, |_, _| {})
+    }
+
+    /// Parses `text`, checks every value, then runs `more`. Unknown keys come first, then the
+    /// mistakes in the order of the file's layout, then those `more` found; the half-built
+    /// configuration is thrown away if anything was wrong.
+    fn checked(text: &str, base_dir: &Path, more: impl FnOnce(&Config, &mut Issues)) -> Result<Config, ConfigError> {
         let mut unknown = Vec::new();
         let deserializer = toml::Deserializer::parse(text).map_err(|error| syntax_issue(text, &error))?;
         let raw: raw::RawConfig = serde_ignored::deserialize(deserializer, |path| {
-            // serde_ignored writes `?` for the `Option` around a section (`dane.?.ports`).
-            let full = path.to_string();
-            let dotted = full.split('.').filter(|s| *s != "?").collect::<Vec<_>>().join(".");
-            let segments: Vec<String> = dotted.split('.').map(str::to_owned).collect();
-            let name = segments.last().cloned().unwrap_or_default();
-            let message = match locate::offset_of(text, &segments) {
-                Some(at) => {
-                    let (line, column) = line_column(text, at);
-                    format!("line {line}, column {column}: unknown field `{name}`")
-                }
-                None => format!("unknown field `{name}`"),
-            };
-            unknown.push(ConfigIssue::new(key_path(&dotted), message))
+            unknown.push(unknown_key_issue(text, &path.to_string()))
         })
         .map_err(|error| syntax_issue(text, &error))?;
         // Unknown keys are reported together with every other mistake, not instead of them.
-        match (Config::from_raw(raw, base_dir), unknown.is_empty()) {
-            (result, true) => result,
-            (Ok(_), false) => Err(ConfigError { errors: unknown }),
-            (Err(mut error), false) => {
-                unknown.append(&mut error.errors);
-                Err(ConfigError { errors: unknown })
-            }
-        }
+        let mut issues = Issues::from(unknown);
+        let config = check::build(raw, base_dir, &mut issues);
+        more(&config, &mut issues);
+        issues.finish(config)
     }
 
     /// The configuration used when there is no file: the defaults of an empty file, relative
@@ -421,6 +358,30 @@ impl Config {
             Err(error) => unreachable!("the built-in config is invalid: {error}"),
         }
     }
+}
+
+/// The folder relative paths in the file at `path` start from.
+fn base_dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
+/// An unknown key as serde_ignored names it (`listener.0.max_size`), with where it is written.
+fn unknown_key_issue(text: &str, full: &str) -> ConfigIssue {
+    // serde_ignored writes `?` for the `Option` around a section (`dane.?.ports`).
+    let dotted = full.split('.').filter(|s| *s != "?").collect::<Vec<_>>().join(".");
+    let segments: Vec<String> = dotted.split('.').map(str::to_owned).collect();
+    let name = segments.last().cloned().unwrap_or_default();
+    let message = match locate::offset_of(text, &segments) {
+        Some(at) => {
+            let (line, column) = line_column(text, at);
+            format!("line {line}, column {column}: unknown field `{name}`")
+        }
+        None => format!("unknown field `{name}`"),
+    };
+    ConfigIssue::new(key_path(&dotted), message)
 }
 
 /// `listener.0.max_size` (as serde_ignored writes paths) to `listener[0].max_size`.
@@ -441,7 +402,7 @@ fn key_path(dotted: &str) -> String {
 
 /// Turns a TOML syntax or serde error into one issue: toml's own message with its line and
 /// column, and the key path it points at when one can be found.
-fn syntax_issue(text: &str, error: &toml::de::Error) -> ConfigIssue {
+pub(super) fn syntax_issue(text: &str, error: &toml::de::Error) -> ConfigIssue {
     let message = error.message().trim().replace('\n', " ");
     let Some(span) = error.span() else {
         return ConfigIssue::new("", message);

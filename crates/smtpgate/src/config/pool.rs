@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::issues::Issues;
+use super::issues::{Checks as _, Issues};
 use super::text::Text;
 use super::values::parse_server_addr;
 use super::{ServerAddr, TlsPolicy};

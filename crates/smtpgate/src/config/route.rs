@@ -8,8 +8,9 @@ use regex::Regex;
 use serde::Deserialize;
 
 use super::PoolConfig;
-use super::issues::Issues;
+use super::issues::{Checks as _, Issues};
 use super::text::Text;
+use super::values::ValueError;
 use super::values::{parse_net, parse_size};
 
 /// A string or a list of strings.
@@ -93,7 +94,7 @@ pub enum Pattern {
 }
 
 impl Pattern {
-    pub fn parse(text: &str) -> Result<Pattern, String> {
+    pub fn parse(text: &str) -> Result<Pattern, ValueError> {
         if let Some(re) = text.strip_prefix('/').and_then(|t| t.strip_suffix('/')) {
             return compile(re).map(Pattern::Regex);
         }
@@ -128,13 +129,13 @@ impl Pattern {
 }
 
 /// Compiles a case-insensitive regular expression (bounded in size).
-pub fn compile(re: &str) -> Result<Regex, String> {
+pub fn compile(re: &str) -> Result<Regex, ValueError> {
     regex::RegexBuilder::new(re)
         .case_insensitive(true)
         .crlf(true)
         .size_limit(1 << 20)
         .build()
-        .map_err(|e| format!("bad regular expression: {e}"))
+        .map_err(|e| ValueError::new(format!("bad regular expression: {e}")))
 }
 
 /// What a rule looks at. Every condition given must hold; lists match if any entry does.
@@ -394,22 +395,22 @@ fn build_when(key: &str, raw: RawWhen, base_dir: &Path, issues: &mut Issues) -> 
 }
 
 /// `"550 5.7.1 not here"` into a reject action; the code must be 4xx or 5xx.
-fn parse_reject(reply: &str) -> Result<RouteAction, String> {
+fn parse_reject(reply: &str) -> Result<RouteAction, ValueError> {
     let mut parts = reply.splitn(3, ' ');
     let code: u16 = parts
         .next()
         .and_then(|c| c.parse().ok())
         .ok_or("must start with a reply code, e.g. \"550 5.7.1 text\"")?;
     if !(400..600).contains(&code) {
-        return Err(format!("{code} is not a 4xx or 5xx reply code"));
+        return Err(ValueError::new(format!("{code} is not a 4xx or 5xx reply code")));
     }
     let status = parts.next().unwrap_or_default().to_owned();
     let valid_status = status.split('.').count() == 3 && status.starts_with(&(code / 100).to_string());
     if !valid_status {
-        return Err(format!(
+        return Err(ValueError::new(format!(
             "{status:?} is not an enhanced status code matching {code} (e.g. {}.7.1)",
             code / 100
-        ));
+        )));
     }
     let text = parts.next().unwrap_or("rejected by policy").to_owned();
     Ok(RouteAction::Reject { code, status, text })

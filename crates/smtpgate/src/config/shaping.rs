@@ -30,7 +30,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::adaptive;
-use super::{QueueConfig, TlsPolicy};
+use super::{ConfigError, ConfigIssue, Issues, QueueConfig, TlsPolicy};
 
 pub use super::values::Rate;
 
@@ -133,24 +133,33 @@ impl Rules {
         }
     }
 
-    /// Reads and checks a shaping file; the error names the file and every mistake's key.
-    pub fn load(path: &Path, q: &QueueConfig) -> Result<Rules, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Rules::parse(&text, q).map_err(|e| format!("{}: {e}", path.display()))
+    /// Reads and checks a shaping file; every mistake names the file and its key
+    /// (`domain."example.com".max_connections`, `adaptive[2].action`).
+    pub fn load(path: &Path, q: &QueueConfig) -> Result<Rules, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigIssue::new("", e.to_string()).in_file(path))?;
+        Rules::parse(&text, q).map_err(|e| e.in_file(path))
     }
 
-    pub fn parse(text: &str, q: &QueueConfig) -> Result<Rules, String> {
-        let raw: RawFile = toml::from_str(text).map_err(|e| e.to_string())?;
-        let mut errors = Vec::new();
+    /// Checks a shaping file's text: every mistake, each under its key.
+    pub fn parse(text: &str, q: &QueueConfig) -> Result<Rules, ConfigError> {
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| super::syntax_issue(text, &e))?;
+        let raw = RawFile::deserialize(deserializer).map_err(|e| super::syntax_issue(text, &e))?;
+        let mut issues = Issues::default();
+        let rules = Rules::check(raw, q, &mut issues);
+        issues.finish(rules)
+    }
+
+    /// Builds the rules from the file as written, recording every mistake in `issues`.
+    fn check(raw: RawFile, q: &QueueConfig, issues: &mut Issues) -> Rules {
         let base = Shape::from_queue(q);
-        let default = merge(&base, raw.default.unwrap_or_default(), "default", &mut errors);
+        let default = merge(&base, raw.default.unwrap_or_default(), "default", issues);
         let domains = raw
             .domain
             .into_iter()
             .map(|(d, s)| {
                 let key = format!("domain.{d:?}");
                 let domain = d.trim_end_matches('.').to_ascii_lowercase();
-                (domain, merge(&default, s, &key, &mut errors))
+                (domain, merge(&default, s, &key, issues))
             })
             .collect();
         let mut mx: Vec<(String, Shape)> = raw
@@ -159,11 +168,11 @@ impl Rules {
             .map(|(p, s)| {
                 let key = format!("mx.{p:?}");
                 if p.trim().is_empty() || p.contains(char::is_whitespace) {
-                    errors.push(format!("{key}: not a host name or \"*.domain\" pattern"));
+                    issues.push(key.clone(), "not a host name or \"*.domain\" pattern");
                 }
                 (
                     p.trim_end_matches('.').to_ascii_lowercase(),
-                    merge(&default, s, &key, &mut errors),
+                    merge(&default, s, &key, issues),
                 )
             })
             .collect();
@@ -172,17 +181,14 @@ impl Rules {
             .adaptive
             .into_iter()
             .enumerate()
-            .filter_map(|(i, r)| adaptive::Rule::parse(r, i, &mut errors))
+            .filter_map(|(i, r)| adaptive::Rule::parse(r, i, issues))
             .collect();
-        if !errors.is_empty() {
-            return Err(errors.join("; "));
-        }
-        Ok(Rules {
+        Rules {
             default,
             domains,
             mx,
             adaptive,
-        })
+        }
     }
 
     /// The limit a delivery to `domain`, whose mail servers are `mx_hosts`, counts against.
@@ -216,13 +222,13 @@ impl Rules {
 
 pub(super) use super::values::host_matches;
 
-fn merge(base: &Shape, raw: RawShape, key: &str, errors: &mut Vec<String>) -> Shape {
+fn merge(base: &Shape, raw: RawShape, key: &str, issues: &mut Issues) -> Shape {
     let mut shape = base.clone();
     let mut count = |field: &str, value: Option<i64>, target: &mut usize| {
         if let Some(v) = value {
             match usize::try_from(v) {
                 Ok(n) if (1..=10_000).contains(&n) => *target = n,
-                _ => errors.push(format!("{key}.{field}: {v} is not between 1 and 10000")),
+                _ => issues.push(format!("{key}.{field}"), format!("{v} is not between 1 and 10000")),
             }
         }
     };
@@ -239,7 +245,7 @@ fn merge(base: &Shape, raw: RawShape, key: &str, errors: &mut Vec<String>) -> Sh
         if let Some(text) = value {
             match text.parse() {
                 Ok(rate) => *target = Some(rate),
-                Err(e) => errors.push(format!("{key}.{field}: {e}")),
+                Err(e) => issues.push(format!("{key}.{field}"), e),
             }
         }
     }
@@ -251,8 +257,8 @@ fn merge(base: &Shape, raw: RawShape, key: &str, errors: &mut Vec<String>) -> Sh
         if let Some(text) = value {
             match super::values::parse_duration(&text) {
                 Ok(d) if !d.is_zero() => *target = d,
-                Ok(_) => errors.push(format!("{key}.{field}: must be more than 0s")),
-                Err(e) => errors.push(format!("{key}.{field}: {e}")),
+                Ok(_) => issues.push(format!("{key}.{field}"), "must be more than 0s"),
+                Err(e) => issues.push(format!("{key}.{field}"), e),
             }
         }
     }
@@ -264,9 +270,10 @@ fn merge(base: &Shape, raw: RawShape, key: &str, errors: &mut Vec<String>) -> Sh
             "none" => shape.tls = TlsPolicy::None,
             "opportunistic" => shape.tls = TlsPolicy::Opportunistic,
             "required" => shape.tls = TlsPolicy::Required,
-            other => errors.push(format!(
-                "{key}.tls: {other:?} is not one of \"none\", \"opportunistic\", \"required\""
-            )),
+            other => issues.push(
+                format!("{key}.tls"),
+                format!("{other:?} is not one of \"none\", \"opportunistic\", \"required\""),
+            ),
         }
     }
     shape

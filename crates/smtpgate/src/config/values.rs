@@ -1,8 +1,8 @@
 //! Parsers for the human-written values of the config file: sizes, durations, networks and
 //! server addresses.
 //!
-//! Each parser takes the text as written and returns either the typed value or a message that
-//! quotes the text and shows a valid example, e.g. `"50XB" is not a size (use e.g. 50MB)`.
+//! Each parser takes the text as written and returns either the typed value or a
+//! [`ValueError`] whose message quotes the text and shows a valid example, e.g. `"50XB" is not a size (use e.g. 50MB)`.
 //! The caller puts the key path in front of it.
 
 use std::net::{IpAddr, SocketAddr};
@@ -12,6 +12,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::ServerAddr;
+pub use crate::issues::ValueError;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -22,8 +23,8 @@ const TIB: u64 = 1024 * GIB;
 ///
 /// Units are binary and case-insensitive: K, KB and KiB are all 1024 bytes; M/MB/MiB 1024²;
 /// G/GB/GiB 1024³; T/TB/TiB 1024⁴. `B` or no unit means bytes.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let error = || format!("{text:?} is not a size (use e.g. 50MB)");
+pub fn parse_size(text: &str) -> Result<u64, ValueError> {
+    let error = || ValueError::new(format!("{text:?} is not a size (use e.g. 50MB)"));
     let (number, unit) = split_number(text.trim());
     let number: u64 = number.parse().map_err(|_| error())?;
     let multiplier = match unit.trim().to_ascii_lowercase().as_str() {
@@ -36,14 +37,14 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     };
     number
         .checked_mul(multiplier)
-        .ok_or_else(|| format!("{text:?} is too large"))
+        .ok_or_else(|| ValueError::new(format!("{text:?} is too large")))
 }
 
 /// Parses a duration made of one or more `<number><unit>` parts: `"100ms"`, `"30s"`, `"5m"`,
 /// `"2h"`, `"5d"`, `"1h30m"`, `"1h 30m"`. Units: ms, s, m, h, d (case-insensitive). A bare
 /// `"0"` is zero; any other number needs a unit.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let error = || format!("{text:?} is not a duration (use e.g. 30s, 5m, 1h30m)");
+pub fn parse_duration(text: &str) -> Result<Duration, ValueError> {
+    let error = || ValueError::new(format!("{text:?} is not a duration (use e.g. 30s, 5m, 1h30m)"));
     let mut rest = text.trim();
     if rest == "0" {
         return Ok(Duration::ZERO);
@@ -58,7 +59,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let (unit, after) = after.split_at(unit_len);
         let number: u64 = number.parse().map_err(|_| error())?;
         let part = duration_part(number, unit).ok_or_else(error)?;
-        total = total.checked_add(part).ok_or_else(|| format!("{text:?} is too long"))?;
+        total = total
+            .checked_add(part)
+            .ok_or_else(|| ValueError::new(format!("{text:?} is too long")))?;
         rest = after.trim_start();
     }
     Ok(total)
@@ -86,7 +89,7 @@ fn split_number(text: &str) -> (&str, &str) {
 /// Parses a network: `"127.0.0.0/8"`, `"::1/128"`, or a bare address, which means that one
 /// address (`/32` or `/128`). Host bits after the prefix are cleared: `"10.1.2.3/8"` is
 /// `10.0.0.0/8`.
-pub fn parse_net(text: &str) -> Result<IpNet, String> {
+pub fn parse_net(text: &str) -> Result<IpNet, ValueError> {
     let text = text.trim();
     let net = if text.contains('/') {
         IpNet::from_str(text).ok()
@@ -94,29 +97,37 @@ pub fn parse_net(text: &str) -> Result<IpNet, String> {
         IpAddr::from_str(text).ok().map(IpNet::from)
     };
     net.map(|net| net.trunc())
-        .ok_or_else(|| format!("{text:?} is not a network (use e.g. 10.0.0.0/8 or 192.0.2.1)"))
+        .ok_or_else(|| ValueError::new(format!("{text:?} is not a network (use e.g. 10.0.0.0/8 or 192.0.2.1)")))
 }
 
 /// Parses a listening address: `"127.0.0.1:2525"`, `"[::1]:25"`, `"0.0.0.0:0"`.
-pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
-    SocketAddr::from_str(text.trim())
-        .map_err(|_| format!("{text:?} is not an address (use e.g. 127.0.0.1:2525 or [::1]:25)"))
+pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, ValueError> {
+    SocketAddr::from_str(text.trim()).map_err(|_| {
+        ValueError::new(format!(
+            "{text:?} is not an address (use e.g. 127.0.0.1:2525 or [::1]:25)"
+        ))
+    })
 }
 
 /// Parses a name server address: `"127.0.0.1:53"`, `"[::1]:53"`, or a bare IP for port 53.
-pub fn parse_nameserver(text: &str) -> Result<SocketAddr, String> {
+pub fn parse_nameserver(text: &str) -> Result<SocketAddr, ValueError> {
     let text = text.trim();
     if let Ok(ip) = IpAddr::from_str(text) {
         return Ok(SocketAddr::new(ip, 53));
     }
-    SocketAddr::from_str(text).map_err(|_| format!("{text:?} is not a name server (use e.g. 127.0.0.1:53)"))
+    SocketAddr::from_str(text)
+        .map_err(|_| ValueError::new(format!("{text:?} is not a name server (use e.g. 127.0.0.1:53)")))
 }
 
 /// Parses an upstream server: `"127.0.0.1:2600"`, `"mx.example.com:25"`, `"[::1]:25"`; without
 /// a port (`"mx.example.com"`, `"[::1]"`, `"::1"`) the port is 25. The host is kept without
 /// brackets and lowercased.
-pub fn parse_server_addr(text: &str) -> Result<ServerAddr, String> {
-    let error = || format!("{text:?} is not a server address (use e.g. mx.example.com:25 or 127.0.0.1:2600)");
+pub fn parse_server_addr(text: &str) -> Result<ServerAddr, ValueError> {
+    let error = || {
+        ValueError::new(format!(
+            "{text:?} is not a server address (use e.g. mx.example.com:25 or 127.0.0.1:2600)"
+        ))
+    };
     let (host, port) = split_host_port(text.trim()).ok_or_else(error)?;
     let port = match port {
         None => 25,
@@ -168,19 +179,21 @@ pub fn is_domain(name: &str) -> bool {
 }
 
 /// Normalises a domain as written in `local_domains`: lowercased, trailing dot removed.
-pub fn parse_domain(text: &str) -> Result<String, String> {
+pub fn parse_domain(text: &str) -> Result<String, ValueError> {
     let trimmed = text.trim();
     let domain = trimmed.strip_suffix('.').unwrap_or(trimmed).to_lowercase();
     if is_domain(&domain) {
         Ok(domain)
     } else {
-        Err(format!("{text:?} is not a domain (use e.g. example.com)"))
+        Err(ValueError::new(format!(
+            "{text:?} is not a domain (use e.g. example.com)"
+        )))
     }
 }
 
 /// Checks one `admin.hosts` entry: a DNS name or an IP address, without a port. Returns it
 /// lower-cased.
-pub fn parse_host_name(name: &str) -> Result<String, String> {
+pub fn parse_host_name(name: &str) -> Result<String, ValueError> {
     let lower = name.trim_end_matches('.').to_ascii_lowercase();
     if lower.parse::<IpAddr>().is_ok() {
         return Ok(lower);
@@ -193,9 +206,9 @@ pub fn parse_host_name(name: &str) -> Result<String, String> {
             && !l.ends_with('-')
     };
     if lower.is_empty() || lower.len() > 253 || !lower.split('.').all(label_ok) {
-        return Err(format!(
+        return Err(ValueError::new(format!(
             "{name:?} is not a host name (a DNS name or an IP address, no port)"
-        ));
+        )));
     }
     Ok(lower)
 }
@@ -401,10 +414,14 @@ impl Rate {
 }
 
 impl std::str::FromStr for Rate {
-    type Err = String;
+    type Err = ValueError;
 
-    fn from_str(text: &str) -> Result<Rate, String> {
-        let bad = || format!("{text:?} is not a rate like \"100/min\", \"20000/h\", \"5/s\" or \"1000/d\"");
+    fn from_str(text: &str) -> Result<Rate, ValueError> {
+        let bad = || {
+            ValueError::new(format!(
+                "{text:?} is not a rate like \"100/min\", \"20000/h\", \"5/s\" or \"1000/d\""
+            ))
+        };
         let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
         let count: u32 = count.trim().parse().map_err(|_| bad())?;
         let per = match unit.trim() {
@@ -415,7 +432,7 @@ impl std::str::FromStr for Rate {
             _ => return Err(bad()),
         };
         if count == 0 {
-            return Err(format!("{text:?}: the count must be at least 1"));
+            return Err(ValueError::new(format!("{text:?}: the count must be at least 1")));
         }
         Ok(Rate { count, per })
     }
@@ -439,14 +456,15 @@ pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
 /// Reads a token file: one token of at least 16 visible ASCII characters (surrounding white
 /// space is ignored).
-pub fn read_token(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+pub fn read_token(path: &std::path::Path) -> Result<String, ValueError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ValueError::new(format!("cannot read {}: {e}", path.display())))?;
     let token = text.trim();
     if token.len() < MIN_ADMIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!(
+        return Err(ValueError::new(format!(
             "{} must hold one token of at least {MIN_ADMIN_TOKEN_LEN} visible ASCII characters",
             path.display()
-        ));
+        )));
     }
     Ok(token.to_owned())
 }

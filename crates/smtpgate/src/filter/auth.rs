@@ -359,7 +359,7 @@ pub(super) fn dns_options(
             DEFAULT_DNS_TIMEOUT
         }
         Some(Err(e)) => {
-            errors.push(("dns_timeout".into(), e));
+            errors.push(("dns_timeout".into(), e.to_string()));
             DEFAULT_DNS_TIMEOUT
         }
     };
@@ -367,7 +367,7 @@ pub(super) fn dns_options(
     for (i, text) in nameservers.iter().enumerate() {
         match parse_nameserver(text) {
             Ok(addr) => servers.push(addr),
-            Err(e) => errors.push((format!("nameservers[{i}]"), e)),
+            Err(e) => errors.push((format!("nameservers[{i}]"), e.to_string())),
         }
     }
     let host = host.unwrap_or_else(machine_hostname);

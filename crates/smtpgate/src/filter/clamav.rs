@@ -102,7 +102,7 @@ pub fn build(raw: toml::Table, base_dir: &Path) -> Result<Arc<dyn Filter>, Build
         None => DEFAULT_MAX_SIZE,
         Some(Ok(n)) => n,
         Some(Err(e)) => {
-            errors.push(("max_size".into(), e));
+            errors.push(("max_size".into(), e.to_string()));
             DEFAULT_MAX_SIZE
         }
     };

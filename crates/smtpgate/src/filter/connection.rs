@@ -163,7 +163,7 @@ fn zones(raw: &[String], errors: &mut BuildErrors) -> Vec<String> {
     for (i, zone) in raw.iter().enumerate() {
         match parse_domain(zone) {
             Ok(zone) => out.push(zone),
-            Err(e) => errors.push((format!("dnsbl[{i}]"), e)),
+            Err(e) => errors.push((format!("dnsbl[{i}]"), e.to_string())),
         }
     }
     out
@@ -178,7 +178,7 @@ fn dns_timeout(raw: Option<&str>, errors: &mut BuildErrors) -> Duration {
             DEFAULT_DNS_TIMEOUT
         }
         Some(Err(e)) => {
-            errors.push(("dns_timeout".into(), e));
+            errors.push(("dns_timeout".into(), e.to_string()));
             DEFAULT_DNS_TIMEOUT
         }
     }
@@ -189,7 +189,7 @@ fn nameservers(raw: &[String], errors: &mut BuildErrors) -> Vec<SocketAddr> {
     for (i, text) in raw.iter().enumerate() {
         match parse_nameserver(text) {
             Ok(addr) => out.push(addr),
-            Err(e) => errors.push((format!("nameservers[{i}]"), e)),
+            Err(e) => errors.push((format!("nameservers[{i}]"), e.to_string())),
         }
     }
     out

@@ -192,7 +192,7 @@ fn from_options(raw: toml::Table) -> Result<Content, BuildErrors> {
         None => DEFAULT_ZIP_SIZE,
         Some(Ok(n)) => n,
         Some(Err(e)) => {
-            errors.push(("max_zip_size".to_owned(), e));
+            errors.push(("max_zip_size".to_owned(), e.to_string()));
             DEFAULT_ZIP_SIZE
         }
     };
@@ -200,7 +200,7 @@ fn from_options(raw: toml::Table) -> Result<Content, BuildErrors> {
     for (i, entry) in o.block_attachments.iter().enumerate() {
         match name_glob(entry) {
             Ok(glob) => names.push(glob),
-            Err(e) => errors.push((format!("block_attachments[{i}]"), e)),
+            Err(e) => errors.push((format!("block_attachments[{i}]"), e.to_string())),
         }
     }
     for (key, value) in [("max_mime_depth", o.max_mime_depth), ("max_parts", o.max_parts)] {

@@ -174,7 +174,7 @@ fn from_options(raw: toml::Table) -> Result<Dlp, BuildErrors> {
         None => DEFAULT_SCAN_LIMIT,
         Some(Ok(n)) => n,
         Some(Err(e)) => {
-            errors.push(("scan_limit".to_owned(), e));
+            errors.push(("scan_limit".to_owned(), e.to_string()));
             DEFAULT_SCAN_LIMIT
         }
     };

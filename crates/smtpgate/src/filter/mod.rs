@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use smtpgate_proto::Reply;
 
-use crate::config::{Config, ConfigError, ConfigIssue, FilterConfig, OnError, Stage};
+use crate::config::{Config, ConfigError, FilterConfig, Issues, OnError, Stage};
 use crate::envelope::{Address, Sender};
 
 /// A boxed future, for trait methods that filters implement with `Box::pin(async move { .. })`.
@@ -67,23 +67,27 @@ impl Filters {
     /// Builds every `[[filter]]` by its kind. Every mistake in any filter's options is reported,
     /// each under its key (`filter[2].keys`), as the configuration's other mistakes are.
     pub fn build(config: &Config) -> Result<Filters, ConfigError> {
+        let mut issues = Issues::default();
+        let filters = Filters::check(config, &mut issues);
+        issues.finish(filters)
+    }
+
+    /// Builds every filter whose options are right, recording the mistakes of the others in
+    /// the configuration's collector (so `check-config` lists them with every other mistake).
+    pub fn check(config: &Config, issues: &mut Issues) -> Filters {
         let mut all = Vec::with_capacity(config.filters.len());
-        let mut errors = Vec::new();
         for f in &config.filters {
             match registry::build(&f.kind, f.options.clone(), &f.base_dir) {
                 Ok(filter) => all.push(Handle::new(f, filter)),
                 Err(problems) => {
                     for (field, message) in problems {
                         let field = if field.is_empty() { "kind" } else { field.as_str() };
-                        errors.push(ConfigIssue::new(format!("filter[{}].{field}", f.index), message));
+                        issues.push(format!("filter[{}].{field}", f.index), message);
                     }
                 }
             }
         }
-        match errors.is_empty() {
-            true => Ok(Filters { all }),
-            false => Err(ConfigError { errors }),
-        }
+        Filters { all }
     }
 
     /// Filters built outside a configuration (tests).

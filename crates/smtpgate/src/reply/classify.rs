@@ -13,7 +13,9 @@
 //! text = "(?i)unsolicited|spam"    # optional: a regex matched against the text
 //! ```
 //!
-//! A rule needs at least one condition. Rules are numbered from 1 in errors and in logs.
+//! A rule needs at least one condition. Rules are numbered from 1 in logs; a mistake names its
+//! file and the rule's key, counted from 0 as in every configuration file (`rule[1].code` is the
+//! second rule's `code`), and every mistake of the file is reported at once.
 //! Pure: no I/O except [`Classifier::load`] reading its file.
 
 use std::fmt;
@@ -22,6 +24,8 @@ use std::str::FromStr;
 
 use regex::Regex;
 use serde::Deserialize;
+
+use crate::issues::{ConfigError, ConfigIssue, Issues, ValueError};
 
 const DEFAULTS: &str = include_str!("classify_defaults.toml");
 
@@ -94,12 +98,12 @@ impl Category {
 }
 
 impl FromStr for Category {
-    type Err = String;
+    type Err = ValueError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Category::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| {
             let names: Vec<_> = Category::ALL.iter().map(|c| c.as_str()).collect();
-            format!("unknown category {s:?} (expected one of {})", names.join(", "))
+            ValueError::new(format!("unknown category {s:?} (expected one of {})", names.join(", ")))
         })
     }
 }
@@ -135,15 +139,15 @@ impl Classifier {
     }
 
     /// The administrator's rules file first (first match wins), then the built-in defaults.
-    /// The error names the file, the rule index and what is wrong.
-    pub fn load(path: &Path) -> Result<Classifier, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    /// Every mistake names the file and the rule's key (`rule[2].code`).
+    pub fn load(path: &Path) -> Result<Classifier, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigIssue::new("", e.to_string()).in_file(path))?;
         Classifier::parse(&text, &path.display().to_string())
     }
 
-    /// As [`load`](Classifier::load), from text; `origin` names it in errors and in
-    /// [`Classification::rule`].
-    pub fn parse(text: &str, origin: &str) -> Result<Classifier, String> {
+    /// As [`load`](Classifier::load), from text; `origin` names it as the file of every mistake
+    /// and in [`Classification::rule`].
+    pub fn parse(text: &str, origin: &str) -> Result<Classifier, ConfigError> {
         let mut rules = compile(text, origin)?;
         rules.extend(Classifier::defaults().rules);
         Ok(Classifier { rules })
@@ -280,79 +284,124 @@ struct RawRule {
     text: Option<String>,
 }
 
-fn compile(text: &str, origin: &str) -> Result<Vec<Rule>, String> {
-    let file: RawFile = toml::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
-    let rules = file.rule.into_iter().enumerate().map(|(i, table)| {
-        let name = format!("{origin} rule {}", i + 1);
-        compile_rule(table, name.clone()).map_err(|e| format!("{name}: {e}"))
-    });
-    rules.collect()
+/// Every rule of the file, or every mistake in it, each naming `origin` as its file.
+fn compile(text: &str, origin: &str) -> Result<Vec<Rule>, ConfigError> {
+    let in_origin = |e: ConfigError| e.in_file(Path::new(origin));
+    let file: RawFile = toml::from_str(text).map_err(|e| in_origin(ConfigIssue::new("", e.to_string()).into()))?;
+    let mut issues = Issues::default();
+    let rules = file
+        .rule
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, table)| {
+            compile_rule(
+                table,
+                format!("{origin} rule {}", i + 1),
+                &format!("rule[{i}]"),
+                &mut issues,
+            )
+        })
+        .collect();
+    issues.finish(rules).map_err(in_origin)
 }
 
-fn compile_rule(table: toml::Table, mut name: String) -> Result<Rule, String> {
-    let raw: RawRule = toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| e.message().to_string())?;
+/// One `[[rule]]`, or `None` with its mistakes recorded under `key`.
+fn compile_rule(table: toml::Table, mut name: String, key: &str, issues: &mut Issues) -> Option<Rule> {
+    let raw: RawRule = match toml::Value::Table(table).try_into() {
+        Ok(raw) => raw,
+        Err(e) => {
+            let e: toml::de::Error = e;
+            issues.push(key, e.message());
+            return None;
+        }
+    };
+    let before = issues.len();
     if raw.code.is_none() && raw.status.is_none() && raw.text.is_none() {
-        return Err("no condition: give at least one of code, status and text".into());
+        issues.push(key, "no condition: give at least one of code, status and text");
     }
     if let Some(provider) = &raw.provider {
         name = format!("{name} ({provider})");
     }
-    Ok(Rule {
-        category: raw.category.parse()?,
-        name,
-        codes: list("code", raw.code, parse_code)?,
-        statuses: list("status", raw.status, parse_status)?,
-        text: raw
-            .text
-            .map(|re| Regex::new(&re).map_err(|e| format!("text: {e}")))
-            .transpose()?,
-    })
+    let field = |f: &str| format!("{key}.{f}");
+    let category = raw.category.parse().map_err(|e| issues.push(field("category"), e)).ok();
+    let codes = list(&field("code"), raw.code, parse_code, issues);
+    let statuses = list(&field("status"), raw.status, parse_status, issues);
+    let text = match raw.text.map(|re| Regex::new(&re)).transpose() {
+        Ok(text) => text,
+        Err(e) => {
+            issues.push(field("text"), e.to_string());
+            None
+        }
+    };
+    match (category, issues.len() == before) {
+        (Some(category), true) => Some(Rule {
+            category,
+            name,
+            codes,
+            statuses,
+            text,
+        }),
+        _ => None,
+    }
 }
 
-/// One value or a non-empty array of them, each converted by `item`; errors name `key`.
+/// One value or a non-empty array of them, each converted by `item`; mistakes go under `key`.
 fn list<T>(
     key: &str,
     value: Option<toml::Value>,
-    item: impl Fn(toml::Value) -> Result<T, String>,
-) -> Result<Vec<T>, String> {
+    item: impl Fn(toml::Value) -> Result<T, ValueError>,
+    issues: &mut Issues,
+) -> Vec<T> {
     let items = match value {
-        None => return Ok(Vec::new()),
-        Some(toml::Value::Array(a)) if a.is_empty() => return Err(format!("{key}: empty list")),
+        None => return Vec::new(),
+        Some(toml::Value::Array(a)) if a.is_empty() => {
+            issues.push(key, "empty list");
+            return Vec::new();
+        }
         Some(toml::Value::Array(a)) => a,
         Some(one) => vec![one],
     };
-    items
-        .into_iter()
-        .map(|v| item(v).map_err(|e| format!("{key}: {e}")))
-        .collect()
+    let mut out = Vec::new();
+    for v in items {
+        match item(v) {
+            Ok(value) => out.push(value),
+            Err(e) => issues.push(key, e),
+        }
+    }
+    out
 }
 
-fn parse_code(v: toml::Value) -> Result<CodeMatch, String> {
+fn parse_code(v: toml::Value) -> Result<CodeMatch, ValueError> {
     match v {
         toml::Value::Integer(n) => u16::try_from(n)
             .ok()
             .filter(|c| (200..600).contains(c))
             .map(CodeMatch::Exact)
-            .ok_or_else(|| format!("{n} is not an SMTP reply code")),
+            .ok_or_else(|| ValueError::new(format!("{n} is not an SMTP reply code"))),
         toml::Value::String(s) => match s.to_ascii_lowercase().as_bytes() {
             [d @ b'2'..=b'5', b'x', b'x'] => Ok(CodeMatch::Class(u16::from(d - b'0'))),
-            _ => Err(format!("{s:?} is not a reply code class such as \"5xx\"")),
+            _ => Err(ValueError::new(format!(
+                "{s:?} is not a reply code class such as \"5xx\""
+            ))),
         },
-        other => Err(format!(
+        other => Err(ValueError::new(format!(
             "expected a number or a class such as \"5xx\", found {}",
             other.type_str()
-        )),
+        ))),
     }
 }
 
-fn parse_status(v: toml::Value) -> Result<StatusMatch, String> {
+fn parse_status(v: toml::Value) -> Result<StatusMatch, ValueError> {
     match v {
         toml::Value::String(s) => StatusMatch::parse(&s).ok_or_else(|| {
-            format!("{s:?} is not an enhanced status code such as \"5.1.1\" or a prefix such as \"5.7.\"")
+            ValueError::new(format!(
+                "{s:?} is not an enhanced status code such as \"5.1.1\" or a prefix such as \"5.7.\""
+            ))
         }),
-        other => Err(format!("expected a string, found {}", other.type_str())),
+        other => Err(ValueError::new(format!(
+            "expected a string, found {}",
+            other.type_str()
+        ))),
     }
 }
 
@@ -502,6 +551,7 @@ mod tests {
             "Bad_Mailbox"
                 .parse::<Category>()
                 .unwrap_err()
+                .message()
                 .contains("expected one of bad_mailbox")
         );
     }
@@ -558,7 +608,9 @@ mod tests {
     }
 
     fn parse_err(text: &str) -> String {
-        Classifier::parse(text, "rules.toml").expect_err("should be rejected")
+        Classifier::parse(text, "rules.toml")
+            .expect_err("should be rejected")
+            .to_string()
     }
 
     #[test]
@@ -567,37 +619,37 @@ mod tests {
         let cases = [
             (
                 "category = \"hard\"\ntext = \"x\"",
-                "rules.toml rule 2: unknown category \"hard\"",
+                "rules.toml: rule[1].category: unknown category \"hard\"",
             ),
             (
                 "category = \"tls\"\ntext = \"(unclosed\"",
-                "rules.toml rule 2: text: regex parse error",
+                "rules.toml: rule[1].text: regex parse error",
             ),
             (
                 "category = \"tls\"\ntxt = \"x\"",
-                "rules.toml rule 2: unknown field `txt`",
+                "rules.toml: rule[1]: unknown field `txt`",
             ),
             (
                 "category = \"tls\"\nprovider = \"x\"",
-                "rules.toml rule 2: no condition",
+                "rules.toml: rule[1]: no condition",
             ),
-            ("text = \"x\"", "rules.toml rule 2: missing field `category`"),
+            ("text = \"x\"", "rules.toml: rule[1]: missing field `category`"),
             (
                 "category = \"tls\"\ncode = [999]",
-                "rules.toml rule 2: code: 999 is not an SMTP reply code",
+                "rules.toml: rule[1].code: 999 is not an SMTP reply code",
             ),
             (
                 "category = \"tls\"\ncode = \"6xx\"",
-                "rules.toml rule 2: code: \"6xx\" is not a reply code class",
+                "rules.toml: rule[1].code: \"6xx\" is not a reply code class",
             ),
-            ("category = \"tls\"\ncode = []", "rules.toml rule 2: code: empty list"),
+            ("category = \"tls\"\ncode = []", "rules.toml: rule[1].code: empty list"),
             (
                 "category = \"tls\"\nstatus = [\"5.7\"]",
-                "rules.toml rule 2: status: \"5.7\" is not an enhanced status code",
+                "rules.toml: rule[1].status: \"5.7\" is not an enhanced status code",
             ),
             (
                 "category = \"tls\"\nstatus = [571]",
-                "rules.toml rule 2: status: expected a string, found integer",
+                "rules.toml: rule[1].status: expected a string, found integer",
             ),
         ];
         for (rule, want) in cases {
@@ -609,10 +661,24 @@ mod tests {
     }
 
     #[test]
+    fn every_mistake_of_every_rule_is_reported_at_once() {
+        let text = "[[rule]]\ncategory = \"hard\"\ncode = [999]\n\n[[rule]]\ncategory = \"tls\"\nstatus = \"5.7\"\n";
+        let err = Classifier::parse(text, "rules.toml").expect_err("should be rejected");
+        let keys: Vec<_> = err.errors.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(keys, ["rule[0].category", "rule[0].code", "rule[1].status"], "{err}");
+        assert!(
+            err.errors
+                .iter()
+                .all(|i| i.file.as_deref() == Some(Path::new("rules.toml"))),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn load_reads_a_file_and_names_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bounce-rules.toml");
-        let err = Classifier::load(&path).expect_err("missing file");
+        let err = Classifier::load(&path).expect_err("missing file").to_string();
         assert!(err.starts_with(&path.display().to_string()), "{err}");
         std::fs::write(&path, USER_RULES).unwrap();
         let c = Classifier::load(&path).expect("valid file");

@@ -3,6 +3,7 @@
 use mail_parser::{Message, MessagePart, MimeHeaders, PartType};
 
 use super::zip::{self, ZipFinding, ZipLimits};
+use crate::issues::ValueError;
 
 /// How deep nested `message/rfc822` parts are followed (the structure scan already bounded it).
 const MAX_NESTED_MESSAGES: usize = 16;
@@ -79,17 +80,17 @@ impl Blocklist {
 /// is a glob as written (`invoice?.pdf`, `*.tar.*`). An entry that could never match is refused:
 /// an empty one, and one with a `/` or `\`, since only the name after the last separator is
 /// matched.
-pub fn name_glob(entry: &str) -> Result<String, String> {
+pub fn name_glob(entry: &str) -> Result<String, ValueError> {
     let glob = entry.trim().to_lowercase();
     if glob.trim_start_matches('.').is_empty() {
-        return Err(format!(
+        return Err(ValueError::new(format!(
             "{entry:?} matches no file name: write an extension (\".exe\", \"exe\") or a glob (\"*.exe\")"
-        ));
+        )));
     }
     if glob.contains(['/', '\\']) {
-        return Err(format!(
+        return Err(ValueError::new(format!(
             "{entry:?} can never match: only the file name after the last / or \\ is compared"
-        ));
+        )));
     }
     Ok(if glob.starts_with('.') {
         format!("*{glob}")

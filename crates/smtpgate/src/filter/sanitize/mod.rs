@@ -85,7 +85,7 @@ impl Sanitize {
     fn from_options(o: Options) -> Result<Sanitize, BuildErrors> {
         let mut errors = BuildErrors::new();
         let received = ReceivedPolicy::parse(o.remove_received.as_deref()).unwrap_or_else(|e| {
-            errors.push(("remove_received".into(), e));
+            errors.push(("remove_received".into(), e.to_string()));
             ReceivedPolicy::Keep
         });
         let unsubscribe = o.list_unsubscribe.and_then(|raw| {

@@ -19,12 +19,12 @@ pub enum ReceivedPolicy {
 }
 
 impl ReceivedPolicy {
-    pub fn parse(value: Option<&str>) -> Result<ReceivedPolicy, String> {
+    pub fn parse(value: Option<&str>) -> Result<ReceivedPolicy, crate::issues::ValueError> {
         match value {
             None | Some("keep") => Ok(ReceivedPolicy::Keep),
             Some("internal") => Ok(ReceivedPolicy::Internal),
             Some("all") => Ok(ReceivedPolicy::AllButOurs),
-            Some(other) => Err(format!("{other:?} is not one of \"keep\", \"internal\", \"all\"")),
+            Some(other) => Err(format!("{other:?} is not one of \"keep\", \"internal\", \"all\"").into()),
         }
     }
 }

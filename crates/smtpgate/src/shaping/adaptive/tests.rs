@@ -7,7 +7,7 @@ const MIN: u64 = 60_000;
 const T0: u64 = 1_795_366_400_000;
 
 fn rules(text: &str) -> Result<Rules, String> {
-    Rules::parse(text, &crate::config::Config::builtin().queue)
+    Rules::parse(text, &crate::config::Config::builtin().queue).map_err(|e| e.to_string())
 }
 
 fn one_rule(text: &str) -> Rule {
