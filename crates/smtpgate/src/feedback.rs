@@ -26,7 +26,8 @@ use crate::config::SuppressionConfig;
 use crate::envelope::QueueId;
 use crate::rate::KeyedRate;
 use crate::reloading::{Loaded, Reloading};
-use crate::reply::classify::{Category, Classification, Classifier};
+use crate::reply::classify::{Category, Classification, Classified, Classifier};
+use crate::reply::upstream::Upstream;
 use crate::report::{Complaint, Dsn};
 use crate::sent::SentLog;
 use crate::suppress::{Reason, SuppressionList};
@@ -174,29 +175,36 @@ impl Feedback {
         self.state.clone()
     }
 
-    /// Classifies a failure. `diagnostic` is a remote reply line (`550 5.1.1 text`) or a local
-    /// error message.
-    pub fn classify(&self, status: Option<&str>, diagnostic: &str) -> Classification {
+    /// Classifies a failed reply with the bounce rules in force.
+    pub fn classify(&self, reply: &Upstream) -> Classification {
+        match &self.rules {
+            Rules::Defaults(c) => c.reply(reply),
+            Rules::File(r) => r.get().reply(reply),
+        }
+    }
+
+    /// Classifies a failure known only as text: a late bounce's `Diagnostic-Code` (a remote reply
+    /// line such as `550 5.1.1 text`, or some MTA's own words).
+    fn classify_text(&self, status: &str, diagnostic: &str) -> Classification {
         let code = reply_code(diagnostic);
         match &self.rules {
-            Rules::Defaults(c) => c.classify(code, status, diagnostic),
-            Rules::File(r) => r.get().classify(code, status, diagnostic),
+            Rules::Defaults(c) => c.classify(code, Some(status), diagnostic),
+            Rules::File(r) => r.get().classify(code, Some(status), diagnostic),
         }
     }
 
-    /// A failed delivery to `rcpt`: classified and counted; a permanent hard failure suppresses
-    /// the address. Returns the classification (for the log).
-    pub fn failure(&self, rcpt: &str, permanent: bool, status: &str, diagnostic: &str) -> Classification {
-        let class = self.count_failure(permanent, status, diagnostic);
-        if permanent && class.category.is_hard() {
-            self.suppress(rcpt, Reason::HardBounce, &format!("{}: {diagnostic}", class.category));
+    /// A failed delivery to `rcpt`, classified where the delivery's outcome was had: counted; a
+    /// permanent hard failure suppresses the address.
+    pub fn failure(&self, rcpt: &str, permanent: bool, failed: &Classified) {
+        self.count_failure(permanent, &failed.class);
+        if permanent && failed.class.category.is_hard() {
+            let source = format!("{}: {}", failed.class.category, failed.reply.line());
+            self.suppress(rcpt, Reason::HardBounce, &source);
         }
-        class
     }
 
-    /// Classifies and counts a failure.
-    fn count_failure(&self, permanent: bool, status: &str, diagnostic: &str) -> Classification {
-        let class = self.classify(Some(status), diagnostic);
+    /// Counts a classified failure.
+    fn count_failure(&self, permanent: bool, class: &Classification) {
         let kind = if permanent { '5' } else { '4' };
         *self
             .state
@@ -205,7 +213,6 @@ impl Feedback {
             .unwrap()
             .entry((class.category, kind))
             .or_default() += 1;
-        class
     }
 
     fn suppress(&self, address: &str, reason: Reason, source: &str) {
@@ -350,7 +357,8 @@ impl Feedback {
         for r in failed.iter().filter(|r| matched.contains(&r.recipient.as_str())) {
             let diagnostic = r.diagnostic.clone().unwrap_or_else(|| format!("status {}", r.status));
             let permanent = r.status.starts_with('5');
-            let class = self.count_failure(permanent, &r.status, &diagnostic);
+            let class = self.classify_text(&r.status, &diagnostic);
+            self.count_failure(permanent, &class);
             if permanent && class.category.is_hard() {
                 batch.push((
                     r.recipient.clone(),
@@ -404,8 +412,10 @@ impl Feedback {
     }
 }
 
-/// The reply code a diagnostic starts with (`550 5.1.1 ...`, `421-...`); `None` for local errors.
-pub fn reply_code(diagnostic: &str) -> Option<u16> {
+/// The reply code a late bounce's diagnostic starts with (`550 5.1.1 ...`, `421-...`); `None`
+/// for an MTA's own words. Deliveries carry their code typed ([`Upstream`]); only text from a
+/// report is read this way.
+fn reply_code(diagnostic: &str) -> Option<u16> {
     let b = diagnostic.as_bytes();
     let digits = b.get(..3)?;
     let sep = b.get(3).copied();
@@ -437,6 +447,20 @@ mod tests {
         Feedback::new(None, Feedback::open_suppression(dir).unwrap(), sent, &config, None)
     }
 
+    /// A server's reply to RCPT (`line` as sent), classified as the queue worker does, then
+    /// handed to [`Feedback::failure`] as settling does.
+    fn failure(f: &Feedback, rcpt: &str, permanent: bool, line: &str) -> Classification {
+        let wire = format!("{line}\r\n");
+        let parsed = smtpgate_proto::parse_reply(wire.as_bytes()).unwrap().unwrap().0;
+        let reply = Upstream::parsed(&parsed, crate::reply::Command::Rcpt, "mx.example.org:25");
+        let failed = Classified {
+            class: f.classify(&reply),
+            reply,
+        };
+        f.failure(rcpt, permanent, &failed);
+        failed.class
+    }
+
     #[test]
     fn reply_codes_are_read_only_from_replies() {
         assert_eq!(reply_code("550 5.1.1 no such user"), Some(550));
@@ -451,10 +475,10 @@ mod tests {
     fn a_permanent_hard_bounce_suppresses_and_a_soft_one_does_not() {
         let dir = tempfile::tempdir().unwrap();
         let f = feedback(dir.path());
-        let hard = f.failure(
+        let hard = failure(
+            &f,
             "Gone@Example.ORG",
             true,
-            "5.1.1",
             "550 5.1.1 <gone@example.org>: User unknown",
         );
         assert_eq!(hard.category, Category::BadMailbox);
@@ -462,8 +486,8 @@ mod tests {
         assert_eq!(entry.reason, Reason::HardBounce);
         assert!(entry.source.contains("User unknown"), "{entry:?}");
         // Temporary, or not about the address: not suppressed.
-        f.failure("busy@example.org", false, "4.2.2", "452 4.2.2 Mailbox full");
-        f.failure("spam@example.org", true, "5.7.1", "550 5.7.1 Message rejected as spam");
+        failure(&f, "busy@example.org", false, "452 4.2.2 Mailbox full");
+        failure(&f, "spam@example.org", true, "550 5.7.1 Message rejected as spam");
         assert_eq!(f.suppression.len(), 1);
         let metrics = f.render();
         assert!(

@@ -2,79 +2,33 @@
 
 use crate::datetime::{now_unix, rfc5322};
 use crate::envelope::{Envelope, Recipient, Ret};
+use crate::reply::{Origin, Upstream};
 
 /// One recipient that failed for good, and why.
 #[derive(Debug, Clone)]
 pub struct Failure {
     pub recipient: Recipient,
-    /// Enhanced status code, e.g. `5.1.1`.
-    pub status: String,
-    /// Why, and who said so.
-    pub diagnostic: Diagnostic,
+    /// Why, and who said so; its [`Upstream::dsn_status`] is the DSN's `Status`.
+    pub reply: Upstream,
     /// The server that said it, if any.
     pub remote: Option<String>,
-}
-
-/// Why a delivery failed, and who said so: a remote server's reply, or smtpgate itself.
-///
-/// RFC 3464 (2.3.6) keeps the `smtp` diagnostic type for a reply from a remote SMTP server, so
-/// only [`Diagnostic::Remote`] is written `Diagnostic-Code: smtp; ...`. What smtpgate found on its
-/// own (a null MX, a domain that does not exist, an expired message, a filter's refusal) goes under
-/// its own type, as Postfix writes `X-Postfix; ...`: `Diagnostic-Code: X-Smtpgate; ...`, with the
-/// reply smtpgate gives for it where it gives one (`550 5.1.10 ...` for a null MX, as a proxy
-/// listener answers at RCPT).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Diagnostic {
-    /// A remote server's reply line: `550 5.1.1 no such user`.
-    Remote(String),
-    /// smtpgate's own finding; `code` is that of the reply smtpgate gives for it, if any.
-    Local { code: Option<u16>, text: String },
 }
 
 /// The `Diagnostic-Code` type of smtpgate's own diagnostics (RFC 3464 allows `X-` types).
 pub const LOCAL_DIAGNOSTIC_TYPE: &str = "X-Smtpgate";
 
-impl Diagnostic {
-    /// smtpgate's own finding, with no reply of its own (a connection that failed, say).
-    pub fn local(text: impl Into<String>) -> Self {
-        Diagnostic::Local {
-            code: None,
-            text: text.into(),
-        }
-    }
-
-    /// smtpgate's own finding, for which it gives the reply `code` (with the failure's status).
-    pub fn local_reply(code: u16, text: impl Into<String>) -> Self {
-        Diagnostic::Local {
-            code: Some(code),
-            text: text.into(),
-        }
-    }
-
-    /// The words alone, for logs and bounce classification: the remote reply line, or the local
-    /// text without a code.
-    pub fn text(&self) -> &str {
-        match self {
-            Diagnostic::Remote(line) => line,
-            Diagnostic::Local { text, .. } => text,
-        }
-    }
-
-    /// As a reply line where there is one (`550 5.1.10 domain ... (null MX)`), else the text.
-    pub fn line(&self, status: &str) -> String {
-        match self {
-            Diagnostic::Remote(line) => line.clone(),
-            Diagnostic::Local { code: Some(code), text } => format!("{code} {status} {text}"),
-            Diagnostic::Local { code: None, text } => text.clone(),
-        }
-    }
-
-    /// The value of the `Diagnostic-Code` field of a failure with `status`.
-    pub fn field(&self, status: &str) -> String {
-        match self {
-            Diagnostic::Remote(line) => format!("smtp; {line}"),
-            Diagnostic::Local { .. } => format!("{LOCAL_DIAGNOSTIC_TYPE}; {}", self.line(status)),
-        }
+/// The value of the `Diagnostic-Code` field for `reply`.
+///
+/// RFC 3464 (2.3.6) keeps the `smtp` diagnostic type for a reply from a remote SMTP server, so
+/// only a remote reply is written `Diagnostic-Code: smtp; ...`. What smtpgate found on its own (a
+/// null MX, a domain that does not exist, an expired message, a filter's refusal) goes under its
+/// own type, as Postfix writes `X-Postfix; ...`: `Diagnostic-Code: X-Smtpgate; ...`, with the
+/// reply smtpgate gives for it where it gives one (`550 5.1.10 ...` for a null MX, as a proxy
+/// listener answers at RCPT).
+pub fn diagnostic_code(reply: &Upstream) -> String {
+    match reply.origin {
+        Origin::Remote { .. } => format!("smtp; {}", reply.dsn_line()),
+        Origin::Local => format!("{LOCAL_DIAGNOSTIC_TYPE}; {}", reply.dsn_line()),
     }
 }
 
@@ -107,11 +61,7 @@ fn human_part(m: &mut String, hostname: &str, boundary: &str, failed: &[Failure]
     m.push_str(&format!("This is the mail system at host {hostname}.\r\n\r\n"));
     m.push_str("Your message could not be delivered to one or more recipients.\r\n\r\n");
     for f in failed {
-        m.push_str(&format!(
-            "<{}>: {}\r\n",
-            f.recipient.address,
-            f.diagnostic.line(&f.status)
-        ));
+        m.push_str(&format!("<{}>: {}\r\n", f.recipient.address, f.reply.dsn_line()));
     }
     m.push_str("\r\n");
 }
@@ -132,11 +82,11 @@ fn status_part(m: &mut String, hostname: &str, boundary: &str, env: &Envelope, f
             m.push_str(&format!("Original-Recipient: {}\r\n", orcpt.replacen(';', "; ", 1)));
         }
         m.push_str(&format!("Final-Recipient: rfc822; {}\r\n", f.recipient.address));
-        m.push_str(&format!("Action: failed\r\nStatus: {}\r\n", f.status));
+        m.push_str(&format!("Action: failed\r\nStatus: {}\r\n", f.reply.dsn_status()));
         if let Some(remote) = &f.remote {
             m.push_str(&format!("Remote-MTA: dns; {remote}\r\n"));
         }
-        m.push_str(&format!("Diagnostic-Code: {}\r\n", f.diagnostic.field(&f.status)));
+        m.push_str(&format!("Diagnostic-Code: {}\r\n", diagnostic_code(&f.reply)));
     }
     m.push_str("\r\n");
 }
@@ -167,6 +117,18 @@ pub fn header_block(body: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
     use crate::envelope::QueueId;
+    use crate::reply::{Command, EnhancedStatus};
+
+    /// A server's reply to RCPT.
+    fn remote_reply(code: u16, status: &str, text: &str) -> Upstream {
+        Upstream::remote(
+            code,
+            Some(EnhancedStatus::new(status)),
+            text,
+            Command::Rcpt,
+            "mx.example.test:25",
+        )
+    }
 
     #[test]
     fn report_names_each_failed_recipient() {
@@ -185,8 +147,7 @@ mod tests {
         };
         let failed = [Failure {
             recipient: Recipient::parse("r@example.test").unwrap(),
-            status: "5.1.1".into(),
-            diagnostic: Diagnostic::Remote("550 5.1.1 no such user".into()),
+            reply: remote_reply(550, "5.1.1", "no such user"),
             remote: Some("mx.example.test".into()),
         }];
         let body = b"Subject: hi\r\n\r\nsecret body\r\n";
@@ -225,14 +186,21 @@ mod tests {
         let failed = [
             Failure {
                 recipient: Recipient::parse("r@nullmx.test").unwrap(),
-                status: "5.1.10".into(),
-                diagnostic: Diagnostic::local_reply(550, "domain nullmx.test does not accept mail (null MX)"),
+                reply: Upstream::local_reply(
+                    550,
+                    "5.1.10",
+                    "domain nullmx.test does not accept mail (null MX)",
+                    Command::Outside,
+                ),
                 remote: None,
             },
             Failure {
                 recipient: Recipient::parse("t@example.test").unwrap(),
-                status: "4.4.7".into(),
-                diagnostic: Diagnostic::local("message expired in queue; last error: connection refused"),
+                reply: Upstream::local(
+                    "4.4.7",
+                    "message expired in queue; last error: connection refused",
+                    Command::Outside,
+                ),
                 remote: None,
             },
         ];

@@ -10,59 +10,70 @@ use smtpgate_proto::ParsedReply;
 use crate::config::TlsPolicy;
 use crate::context::Context;
 use crate::envelope::{Envelope, Recipient};
+use crate::reply::{Command, Upstream};
 use crate::route::NextHop;
 use crate::shaping::Shape;
 use crate::spool::Stored;
 use crate::upstream::client::{self, Client, ClientError, Connect};
 use crate::upstream::{Unavailable, dane, mta_sts, mx};
-use bounce::Diagnostic;
 
-/// What became of one recipient in one attempt.
+/// What became of one recipient in one attempt, with the reply (or the gate's own reason) that
+/// says so.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    Delivered(String),
-    Transient { status: String, diagnostic: Diagnostic },
-    Permanent { status: String, diagnostic: Diagnostic },
+    Delivered(Upstream),
+    Transient(Upstream),
+    Permanent(Upstream),
 }
 
 impl Outcome {
-    fn from_reply(r: &ParsedReply) -> Outcome {
-        let class = if r.is_permanent() { "5" } else { "4" };
-        let status = r.status.clone().unwrap_or_else(|| format!("{class}.0.0"));
-        let line = r.to_string_line();
+    /// `server`'s reply to `command`, as what it means for the recipient.
+    fn from_reply(r: &ParsedReply, command: Command, server: &str) -> Outcome {
+        let reply = Upstream::parsed(r, command, server);
         if r.is_positive() {
-            return Outcome::Delivered(line);
-        }
-        let diagnostic = Diagnostic::Remote(line);
-        if r.is_permanent() {
-            Outcome::Permanent { status, diagnostic }
+            Outcome::Delivered(reply)
+        } else if r.is_permanent() {
+            Outcome::Permanent(reply)
         } else {
-            Outcome::Transient { status, diagnostic }
+            Outcome::Transient(reply)
         }
     }
 
-    /// The status and diagnostic of a failure; `None` for a delivery.
-    pub fn failure(&self) -> Option<(&str, &str)> {
+    /// The failed reply; `None` for a delivery.
+    pub fn failure(&self) -> Option<&Upstream> {
         match self {
-            Outcome::Transient { status, diagnostic } | Outcome::Permanent { status, diagnostic } => {
-                Some((status, diagnostic.text()))
-            }
+            Outcome::Transient(reply) | Outcome::Permanent(reply) => Some(reply),
             Outcome::Delivered(_) => None,
         }
     }
 
-    fn from_error(e: &ClientError) -> Outcome {
-        match e {
-            ClientError::Reply { reply, .. } => Outcome::from_reply(reply),
-            ClientError::TlsRequired(_) => Outcome::Transient {
-                status: "4.7.5".into(),
-                diagnostic: Diagnostic::local(e.to_string()),
-            },
-            _ => Outcome::Transient {
-                status: "4.4.2".into(),
-                diagnostic: Diagnostic::local(e.to_string()),
-            },
+    /// The reply, whatever came of the attempt.
+    pub fn reply(&self) -> &Upstream {
+        match self {
+            Outcome::Delivered(reply) | Outcome::Transient(reply) | Outcome::Permanent(reply) => reply,
         }
+    }
+
+    fn from_error(e: &ClientError, server: &str) -> Outcome {
+        match e {
+            ClientError::Reply { stage, reply } => Outcome::from_reply(reply, Command::of_stage(stage), server),
+            ClientError::TlsRequired(_) => {
+                Outcome::Transient(Upstream::local("4.7.5", e.to_string(), Command::StartTls))
+            }
+            _ => Outcome::Transient(Upstream::local("4.4.2", e.to_string(), error_command(e))),
+        }
+    }
+}
+
+/// Where in the dialogue a client error other than a reply or a TLS requirement happened, as far
+/// as it tells.
+fn error_command(e: &ClientError) -> Command {
+    match e {
+        ClientError::Connect(..) => Command::Connect,
+        ClientError::Timeout("greeting") => Command::Greeting,
+        ClientError::Timeout("TLS handshake") => Command::StartTls,
+        ClientError::Auth(_) => Command::Auth,
+        _ => Command::Unknown,
     }
 }
 
@@ -79,12 +90,10 @@ impl From<Unavailable> for ConnectFailure {
 }
 
 impl ConnectFailure {
+    /// A temporary failure to connect that the gate found on its own.
     pub(crate) fn transient(status: &str, text: String) -> Self {
         ConnectFailure {
-            outcome: Outcome::Transient {
-                status: status.into(),
-                diagnostic: Diagnostic::local(text),
-            },
+            outcome: Outcome::Transient(Upstream::local(status, text, Command::Connect)),
         }
     }
 }
@@ -328,15 +337,12 @@ pub async fn mx_targets(ctx: &Context, domain: &str) -> Result<Vec<(String, Sock
                 mx::MxError::NoSuchDomain(_) => ("5.1.2", true),
                 _ => ("4.4.3", false),
             };
-            let status = status.to_string();
             ConnectFailure {
                 // The reply a proxy listener gives for a permanent one (`Reply::undeliverable`).
                 outcome: if permanent {
-                    let diagnostic = Diagnostic::local_reply(550, e.to_string());
-                    Outcome::Permanent { status, diagnostic }
+                    Outcome::Permanent(Upstream::local_reply(550, status, e.to_string(), Command::Outside))
                 } else {
-                    let diagnostic = Diagnostic::local(e.to_string());
-                    Outcome::Transient { status, diagnostic }
+                    Outcome::Transient(Upstream::local(status, e.to_string(), Command::Outside))
                 },
             }
         })?;
@@ -359,26 +365,18 @@ pub async fn attempt(
     let all = |o: Outcome| rcpts.iter().map(|&i| (i, o.clone())).collect::<Vec<_>>();
     if !client.can_take(env) {
         // What a proxy listener answers (`Reply::upstream_lacks_smtputf8`).
-        let diagnostic = Diagnostic::local_reply(550, "the destination does not support SMTPUTF8");
-        return (
-            all(Outcome::Permanent {
-                status: "5.6.7".into(),
-                diagnostic,
-            }),
-            true,
-        );
+        let reply = Upstream::local_reply(550, "5.6.7", "the destination does not support SMTPUTF8", Command::Mail);
+        return (all(Outcome::Permanent(reply)), true);
     }
     let body = match body.await {
         Ok(b) => b,
         Err(e) => {
-            let diagnostic = Diagnostic::local(format!("cannot read message from spool: {e}"));
-            return (
-                all(Outcome::Transient {
-                    status: "4.3.0".into(),
-                    diagnostic,
-                }),
-                true,
+            let reply = Upstream::local(
+                "4.3.0",
+                format!("cannot read message from spool: {e}"),
+                Command::Outside,
             );
+            return (all(Outcome::Transient(reply)), true);
         }
     };
     let to: Vec<&Recipient> = rcpts.iter().map(|&i| &env.recipients[i as usize]).collect();
@@ -386,12 +384,11 @@ pub async fn attempt(
         Ok(res) => {
             let outcomes = rcpts.iter().zip(res.rcpts).map(|(&i, r)| {
                 let o = match (r, &res.data) {
-                    (Err(refused), _) => Outcome::from_reply(&refused),
-                    (Ok(_), Some(data)) => Outcome::from_reply(data),
-                    (Ok(_), None) => Outcome::Transient {
-                        status: "4.4.2".into(),
-                        diagnostic: Diagnostic::local("no reply to end of data"),
-                    },
+                    (Err(refused), _) => Outcome::from_reply(&refused, Command::Rcpt, &client.remote),
+                    (Ok(_), Some(data)) => Outcome::from_reply(data, Command::EndOfData, &client.remote),
+                    (Ok(_), None) => {
+                        Outcome::Transient(Upstream::local("4.4.2", "no reply to end of data", Command::EndOfData))
+                    }
                 };
                 (i, o)
             });
@@ -399,7 +396,7 @@ pub async fn attempt(
         }
         Err(e) => {
             let keep = matches!(&e, ClientError::Reply { reply, .. } if reply.code != client::CLOSING);
-            (all(Outcome::from_error(&e)), keep)
+            (all(Outcome::from_error(&e, &client.remote)), keep)
         }
     }
 }

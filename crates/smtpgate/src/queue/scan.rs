@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use super::settle;
 use super::{Queue, QueuedMessage};
-use crate::deliver::bounce::{Diagnostic, Failure};
+use crate::deliver::bounce::Failure;
 use crate::envelope::Address;
 use crate::filter::{Action, SessionInfo, pipeline};
 use crate::quarantine::Resume;
+use crate::reply::{Command, Upstream};
 use crate::spool::RcptState;
 
 pub(super) async fn run(queue: Queue, msg: Arc<QueuedMessage>) {
@@ -63,8 +64,7 @@ pub(super) async fn run(queue: Queue, msg: Arc<QueuedMessage>) {
                 .iter()
                 .map(|&i| Failure {
                     recipient: msg.env.recipients[i as usize].clone(),
-                    status: reply.status.to_string(),
-                    diagnostic: Diagnostic::local_reply(reply.code, format!("{} (filter {by})", reply.text)),
+                    reply: refused(&reply, &by),
                     remote: None,
                 })
                 .collect();
@@ -102,6 +102,13 @@ pub(super) async fn run(queue: Queue, msg: Arc<QueuedMessage>) {
             finish(&queue, &msg, &pending).await;
         }
     }
+}
+
+/// A filter's refusal after the queue, as the gate's own reply (its code, status and text, the
+/// filter named): the bounce says the gate refused it, not a remote server.
+fn refused(reply: &smtpgate_proto::Reply, by: &str) -> Upstream {
+    let text = format!("{} (filter {by})", reply.text);
+    Upstream::local_reply(reply.code, &reply.status, text, Command::Outside)
 }
 
 /// The scan passed: the message is rewritten without its pending scan, then delivered.
@@ -155,9 +162,10 @@ async fn expire(queue: Queue, msg: Arc<QueuedMessage>) {
         .iter()
         .map(|&i| Failure {
             recipient: msg.env.recipients[i as usize].clone(),
-            status: "4.4.7".into(),
-            diagnostic: crate::deliver::bounce::Diagnostic::local(
+            reply: Upstream::local(
+                "4.4.7",
                 "message expired in queue before its after-queue scan could run",
+                Command::Outside,
             ),
             remote: None,
         })

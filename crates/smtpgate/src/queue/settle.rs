@@ -8,16 +8,53 @@ use super::{Delivery, Queue, QueuedMessage};
 use crate::context::Context;
 use crate::datetime::now_unix;
 use crate::deliver::Outcome;
-use crate::deliver::bounce::{self, Diagnostic, Failure};
+use crate::deliver::bounce::{self, Failure};
 use crate::envelope::{Address, Envelope, Recipient, Sender};
+use crate::reply::{Classified, Command, Upstream};
 use crate::route::NextHop;
 use crate::spool::RcptState;
+
+/// What came of one recipient in one attempt, a failure classified once, where the worker got
+/// the outcome: the same classification drives adaptive shaping, feedback, bounces and logs.
+#[derive(Debug, Clone)]
+pub(super) enum Attempted {
+    Delivered(Upstream),
+    Deferred(Classified),
+    Failed(Classified),
+}
+
+impl Attempted {
+    /// `outcome`, its failure (if any) classified by the bounce rules in force.
+    pub(super) fn classify(ctx: &Context, outcome: Outcome) -> Attempted {
+        let classified = |reply: Upstream| Classified {
+            class: ctx.feedback.classify(&reply),
+            reply,
+        };
+        match outcome {
+            Outcome::Delivered(reply) => Attempted::Delivered(reply),
+            Outcome::Transient(reply) => Attempted::Deferred(classified(reply)),
+            Outcome::Permanent(reply) => Attempted::Failed(classified(reply)),
+        }
+    }
+
+    /// The classified failure; `None` for a delivery.
+    pub(super) fn failure(&self) -> Option<&Classified> {
+        match self {
+            Attempted::Deferred(c) | Attempted::Failed(c) => Some(c),
+            Attempted::Delivered(_) => None,
+        }
+    }
+
+    pub(super) fn is_delivered(&self) -> bool {
+        matches!(self, Attempted::Delivered(_))
+    }
+}
 
 pub(super) fn spawn(
     queue: &Queue,
     hop: &NextHop,
     d: Delivery,
-    results: Vec<(u32, Outcome)>,
+    results: Vec<(u32, Attempted)>,
     remote: Option<String>,
     started: Instant,
 ) {
@@ -29,7 +66,7 @@ async fn settle(
     queue: Queue,
     hop: NextHop,
     d: Delivery,
-    results: Vec<(u32, Outcome)>,
+    results: Vec<(u32, Attempted)>,
     remote: Option<String>,
     started: Instant,
 ) {
@@ -40,22 +77,22 @@ async fn settle(
     let mut updates = Vec::new();
     let mut failures = Vec::new();
     let mut retry = Vec::new();
-    for (idx, outcome) in results {
+    for (idx, attempted) in results {
         let rcpt = &msg.env.recipients[idx as usize];
-        log_attempt(&ctx, &msg, rcpt, &hop, &outcome, remote.as_deref(), latency_ms);
-        match outcome {
-            Outcome::Delivered(_) => updates.push((idx, RcptState::Delivered)),
-            Outcome::Permanent { status, diagnostic } => {
-                failures.push(failure(rcpt, status, diagnostic, &remote));
+        log_attempt(&ctx, &msg, rcpt, &hop, &attempted, remote.as_deref(), latency_ms);
+        match attempted {
+            Attempted::Delivered(_) => updates.push((idx, RcptState::Delivered)),
+            Attempted::Failed(failed) => {
+                failures.push(failure(rcpt, failed.reply, &remote));
                 updates.push((idx, RcptState::Failed));
             }
-            Outcome::Transient { diagnostic, .. } if expired => {
-                let diagnostic =
-                    Diagnostic::local(format!("message expired in queue; last error: {}", diagnostic.text()));
-                failures.push(failure(rcpt, "4.4.7".into(), diagnostic, &remote));
+            Attempted::Deferred(deferred) if expired => {
+                let last = deferred.reply.line();
+                let text = format!("message expired in queue; last error: {last}");
+                failures.push(failure(rcpt, Upstream::local("4.4.7", text, Command::Outside), &remote));
                 updates.push((idx, RcptState::Failed));
             }
-            Outcome::Transient { .. } => retry.push(idx),
+            Attempted::Deferred(_) => retry.push(idx),
         }
     }
     let delivered = updates.iter().filter(|u| u.1 == RcptState::Delivered).count() as u64;
@@ -89,42 +126,41 @@ async fn settle(
     }
 }
 
-fn failure(rcpt: &Recipient, status: String, diagnostic: Diagnostic, remote: &Option<String>) -> Failure {
+fn failure(rcpt: &Recipient, reply: Upstream, remote: &Option<String>) -> Failure {
     Failure {
         recipient: rcpt.clone(),
-        status,
-        diagnostic,
+        reply,
         remote: remote.clone(),
     }
 }
 
-/// Logs an attempt; a failure is classified first (and a hard bounce suppresses the address).
+/// Logs an attempt; a failure, as the worker classified it, is counted first (and a hard bounce
+/// suppresses the address).
 fn log_attempt(
     ctx: &Context,
     msg: &QueuedMessage,
     rcpt: &Recipient,
     hop: &NextHop,
-    o: &Outcome,
+    a: &Attempted,
     remote: Option<&str>,
     ms: u64,
 ) {
-    let (result, reply, class) = match o {
-        Outcome::Delivered(r) => ("delivered", r.as_str(), None),
-        Outcome::Transient { status, diagnostic } => (
-            "deferred",
-            diagnostic.text(),
-            Some(ctx.feedback.failure(&rcpt.address, false, status, diagnostic.text())),
-        ),
-        Outcome::Permanent { status, diagnostic } => (
-            "failed",
-            diagnostic.text(),
-            Some(ctx.feedback.failure(&rcpt.address, true, status, diagnostic.text())),
-        ),
+    let (result, reply, class) = match a {
+        Attempted::Delivered(r) => ("delivered", r, None),
+        Attempted::Deferred(c) => {
+            ctx.feedback.failure(&rcpt.address, false, c);
+            ("deferred", &c.reply, Some(&c.class))
+        }
+        Attempted::Failed(c) => {
+            ctx.feedback.failure(&rcpt.address, true, c);
+            ("failed", &c.reply, Some(&c.class))
+        }
     };
-    let (category, rule) = class.map_or(("-".to_string(), "-".to_string()), |c| (c.category.to_string(), c.rule));
+    let reply = reply.line();
+    let (category, rule) = class.map_or(("-".to_string(), "-"), |c| (c.category.to_string(), c.rule.as_str()));
     tracing::info!(
         queue_id = %msg.env.id, recipient = %rcpt.address, next_hop = %hop, server = remote.unwrap_or("-"),
-        result, reply, category, rule, latency_ms = ms, "delivery attempt"
+        result, reply = reply.as_str(), category, rule, latency_ms = ms, "delivery attempt"
     );
 }
 

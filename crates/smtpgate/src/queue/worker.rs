@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Delivery, Lane, Queue, settle};
+use super::settle::{self, Attempted};
+use super::{Delivery, Lane, Queue};
 use crate::context::Context;
 use crate::deliver::{self, ConnectFailure, Outcome};
+
+use crate::reply::{Classified, Command, Upstream};
 use crate::route::NextHop;
 use crate::shaping::{Limit, Permit, Pick, Shape};
 use crate::upstream::client::Client;
@@ -46,9 +49,11 @@ struct MxConn {
 impl MxConn {
     /// Looks up the domain's mail servers, finds its shaping, waits out a suspension, waits for
     /// a connection permit and the connection rate, and connects. A refused connection (a reply
-    /// such as `421` to the greeting) goes to the adaptive rules.
-    async fn open(ctx: &Context, domain: &str, stream: Option<&str>) -> Result<MxConn, ConnectFailure> {
-        let targets = deliver::mx_plan(ctx, domain).await?;
+    /// such as `421` to the greeting) goes to the adaptive rules. A failure comes classified.
+    async fn open(ctx: &Context, domain: &str, stream: Option<&str>) -> Result<MxConn, Attempted> {
+        let targets = deliver::mx_plan(ctx, domain)
+            .await
+            .map_err(|fail| Attempted::classify(ctx, fail.outcome))?;
         let hosts: Vec<&str> = targets.iter().map(|t| t.host.as_str()).collect();
         let (dest, shape) = ctx.shaper.shape(domain, &hosts);
         let source = pick_source(ctx, stream).await;
@@ -71,8 +76,9 @@ impl MxConn {
         let client = match deliver::connect_targets(ctx, domain, &targets, &shape, source).await {
             Ok(client) => client,
             Err(fail) => {
-                if let Some((status, diagnostic)) = fail.outcome.failure() {
-                    observe(ctx, &key, domain, &hosts, &[(Some(status), diagnostic)]).await;
+                let fail = Attempted::classify(ctx, fail.outcome);
+                if let Some(failed) = fail.failure() {
+                    observe(ctx, &key, domain, &hosts, &[failed]).await;
                 }
                 return Err(fail);
             }
@@ -155,12 +161,7 @@ const FAIR_SHARE: usize = 10;
 const LONG_WAIT: Duration = Duration::from_secs(10);
 
 /// Closes the connection in `conn`, if any, and opens a new one.
-async fn reopen(
-    ctx: &Context,
-    domain: &str,
-    stream: Option<&str>,
-    conn: &mut Option<MxConn>,
-) -> Result<(), ConnectFailure> {
+async fn reopen(ctx: &Context, domain: &str, stream: Option<&str>, conn: &mut Option<MxConn>) -> Result<(), Attempted> {
     if let Some(c) = conn.take() {
         c.client.quit().await;
     }
@@ -177,7 +178,7 @@ async fn ready<'a>(
     domain: &str,
     stream: Option<&str>,
     conn: &'a mut Option<MxConn>,
-) -> Result<&'a mut MxConn, ConnectFailure> {
+) -> Result<&'a mut MxConn, Attempted> {
     if conn.is_none() {
         reopen(ctx, domain, stream, conn).await?;
     }
@@ -262,12 +263,9 @@ async fn run_mx(queue: &Queue, lane: &Lane, domain: &str) {
             Ok(c) => c,
             Err(fail) => return unreachable(queue, lane, d, &fail, started),
         };
-        let (results, keep) = deliver::attempt(&mut c.client, &d.msg.env, &d.rcpts, d.msg.stored(&ctx.spool)).await;
-        let failures: Vec<(Option<&str>, &str)> = results
-            .iter()
-            .filter_map(|(_, o)| o.failure())
-            .map(|(status, diagnostic)| (Some(status), diagnostic))
-            .collect();
+        let (outcomes, keep) = deliver::attempt(&mut c.client, &d.msg.env, &d.rcpts, d.msg.stored(&ctx.spool)).await;
+        let results = classify(&ctx, outcomes);
+        let failures: Vec<&Classified> = results.iter().filter_map(|(_, a)| a.failure()).collect();
         if !failures.is_empty() {
             let hosts: Vec<&str> = c.hosts.iter().map(String::as_str).collect();
             observe(&ctx, &c.key, domain, &hosts, &failures).await;
@@ -305,13 +303,17 @@ async fn run_pool(queue: &Queue, lane: &Lane, pool: &str) {
             return unreachable(queue, lane, d, &fail, started);
         }
         let per_conn = ctx.config.queue.messages_per_connection;
-        let mut lease = match ctx.pools.lease(pool).await.map_err(ConnectFailure::from) {
+        let mut lease = match ctx.pools.lease(pool).await {
             Ok(lease) => lease,
-            Err(fail) => return unreachable(queue, lane, d, &fail, started),
+            Err(unavailable) => {
+                let fail = Attempted::classify(&ctx, ConnectFailure::from(unavailable).outcome);
+                return unreachable(queue, lane, d, &fail, started);
+            }
         };
-        let (results, keep) = deliver::attempt(lease.client(), &d.msg.env, &d.rcpts, d.msg.stored(&ctx.spool)).await;
+        let (outcomes, keep) = deliver::attempt(lease.client(), &d.msg.env, &d.rcpts, d.msg.stored(&ctx.spool)).await;
+        let results = classify(&ctx, outcomes);
         let remote = Some(lease.client().remote.clone());
-        let delivered = results.iter().any(|(_, o)| matches!(o, Outcome::Delivered(_)));
+        let delivered = results.iter().any(|(_, a)| a.is_delivered());
         lease.finish(keep, delivered, per_conn).await;
         settle::spawn(queue, hop, d, results, remote, started);
     }
@@ -320,31 +322,38 @@ async fn run_pool(queue: &Queue, lane: &Lane, pool: &str) {
 /// A message whose pool or stream (`missing`, of kind `what`) a reload removed is held: deferred
 /// on the queue's schedule (bounced at `max_age`) until the name is configured again, counted and
 /// reported, and never sent another way (another pool, or without its stream's source addresses).
-fn gone(ctx: &Context, d: &Delivery, what: &str, missing: Option<&str>) -> Option<ConnectFailure> {
+fn gone(ctx: &Context, d: &Delivery, what: &str, missing: Option<&str>) -> Option<Attempted> {
     let name = missing?;
     ctx.metrics.delivery_held.inc();
     tracing::error!(
         queue_id = %d.msg.env.id, %what, name,
         "delivery: the message's {what} is no longer configured; holding the message until it is"
     );
-    Some(ConnectFailure::transient(
-        "4.3.5",
-        format!("{what} {name} is no longer configured"),
-    ))
+    let text = format!("{what} {name} is no longer configured");
+    let held = Outcome::Transient(Upstream::local("4.3.5", text, Command::Outside));
+    Some(Attempted::classify(ctx, held))
+}
+
+/// Each recipient's outcome of an attempt, its failure classified: once, here, for everything
+/// after (adaptive shaping, settling, feedback, bounces, logs).
+fn classify(ctx: &Context, outcomes: Vec<(u32, deliver::Outcome)>) -> Vec<(u32, Attempted)> {
+    outcomes
+        .into_iter()
+        .map(|(i, o)| (i, Attempted::classify(ctx, o)))
+        .collect()
 }
 
 /// Runs the adaptive rules on a delivery's failed replies.
-async fn observe(ctx: &Context, key: &Limit, domain: &str, hosts: &[&str], failures: &[(Option<&str>, &str)]) {
-    let classify = |status: Option<&str>, text: &str| ctx.feedback.classify(status, text).category;
-    ctx.shaper.observe(key, domain, hosts, failures, classify).await;
+async fn observe(ctx: &Context, key: &Limit, domain: &str, hosts: &[&str], failures: &[&Classified]) {
+    ctx.shaper.observe(key, domain, hosts, failures).await;
 }
 
-/// The hop is unreachable: everything waiting for it shares the outcome.
-fn unreachable(queue: &Queue, lane: &Lane, d: Delivery, fail: &ConnectFailure, started: Instant) {
+/// The hop is unreachable: everything waiting for it shares the (classified) outcome.
+fn unreachable(queue: &Queue, lane: &Lane, d: Delivery, fail: &Attempted, started: Instant) {
     let mut all = vec![d];
     all.extend(queue.drain(lane));
     for d in all {
-        let results = d.rcpts.iter().map(|&i| (i, fail.outcome.clone())).collect();
+        let results = d.rcpts.iter().map(|&i| (i, fail.clone())).collect();
         settle::spawn(queue, &lane.hop, d, results, None, started);
     }
 }

@@ -25,6 +25,7 @@ use std::str::FromStr;
 use regex::Regex;
 use serde::Deserialize;
 
+use super::upstream::Upstream;
 use crate::issues::{ConfigError, ConfigIssue, Issues, ValueError};
 
 const DEFAULTS: &str = include_str!("classify_defaults.toml");
@@ -125,6 +126,14 @@ pub struct Classification {
     pub rule: String,
 }
 
+/// A reply with its classification, computed once where the delivery's outcome is known and
+/// carried as it is to settling, bounces, feedback, adaptive shaping and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classified {
+    pub reply: Upstream,
+    pub class: Classification,
+}
+
 /// Compiled classification rules, the administrator's first, then the built-in defaults.
 #[derive(Debug, Clone)]
 pub struct Classifier {
@@ -151,6 +160,12 @@ impl Classifier {
         let mut rules = compile(text, origin)?;
         rules.extend(Classifier::defaults().rules);
         Ok(Classifier { rules })
+    }
+
+    /// Classifies one failed reply: a server's code (never the gate's own for a local failure),
+    /// the status a DSN gives it (the reply's, else `X.0.0` of its class) and its line as logged.
+    pub fn reply(&self, reply: &Upstream) -> Classification {
+        self.classify(reply.remote_code(), Some(&reply.dsn_status()), &reply.line())
     }
 
     /// Classifies one failure. `code`: the SMTP reply code when the failure came from a remote
@@ -684,5 +699,98 @@ mod tests {
         let c = Classifier::load(&path).expect("valid file");
         let got = c.classify(Some(550), Some("5.1.1"), "550 5.1.1 User unknown");
         assert_eq!(got.rule, format!("{} rule 2", path.display()));
+    }
+
+    /// A reply as the upstream client read it off the wire.
+    fn wire(text: &[u8]) -> Upstream {
+        use crate::reply::upstream::Command;
+        let parsed = smtpgate_proto::parse_reply(text).unwrap().unwrap().0;
+        Upstream::parsed(&parsed, Command::Rcpt, "mx.example.org:25")
+    }
+
+    #[test]
+    fn typed_replies_classify_as_the_table_says() {
+        let c = Classifier::defaults();
+        let gone = wire(
+            b"550 5.1.1 <jdoe@example.org>: Recipient address rejected: User unknown in virtual mailbox table\r\n",
+        );
+        assert_eq!(c.reply(&gone).category, BadMailbox);
+        // The table's Gmail case, as the server sends it: several lines.
+        let gmail = wire(
+            b"550-5.1.1 The email account that you tried to reach does not exist. Please try\r\n\
+              550-5.1.1 double-checking the recipient's email address for typos or\r\n\
+              550 5.1.1 unnecessary spaces. https://support.google.com/mail/?p=NoSuchUser - gsmtp\r\n",
+        );
+        assert_eq!(gmail.status.as_ref().map(|s| s.as_str()), Some("5.1.1"));
+        let got = c.reply(&gmail);
+        assert_eq!(
+            (got.category, got.rule.as_str()),
+            (BadMailbox, "defaults rule 1 (gmail)")
+        );
+    }
+
+    #[test]
+    fn typed_replies_without_a_status_classify_as_their_line_did() {
+        let c = Classifier::defaults();
+        for (text, want) in [
+            (
+                &b"550 Requested action not taken: mailbox unavailable\r\n"[..],
+                BadMailbox,
+            ),
+            (
+                b"554 Blocked - see https://ipcheck.proofpoint.com/?ip=203.0.113.5\r\n",
+                SpamBlock,
+            ),
+            (b"450 Requested mail action not taken: mailbox unavailable\r\n", Other),
+        ] {
+            let reply = wire(text);
+            assert_eq!(reply.status, None);
+            let line = reply.line();
+            assert_eq!(
+                c.reply(&reply),
+                c.classify(Some(reply.code.unwrap()), Some(&reply.dsn_status()), &line)
+            );
+            assert_eq!(c.reply(&reply).category, want, "{line}");
+        }
+    }
+
+    #[test]
+    fn local_failures_classify_by_their_words_not_the_gates_code() {
+        use crate::reply::upstream::Command;
+        let c = Classifier::defaults();
+        let refused = Upstream::local(
+            "4.4.1",
+            "connection to 192.0.2.25:25 failed: Connection refused (os error 111)",
+            Command::Connect,
+        );
+        assert_eq!(c.reply(&refused).category, Network);
+        let dns = Upstream::local(
+            "4.4.3",
+            "DNS lookup for example.org failed: request timed out",
+            Command::Outside,
+        );
+        assert_eq!(c.reply(&dns).category, Dns);
+        let tls = Upstream::local(
+            "4.7.5",
+            "TLS required but mx.example.org:25 does not offer STARTTLS",
+            Command::StartTls,
+        );
+        assert_eq!(c.reply(&tls).category, Tls);
+        let null_mx = Upstream::local_reply(
+            550,
+            "5.1.10",
+            "domain example.com does not accept mail (null MX)",
+            Command::Outside,
+        );
+        let got = c.reply(&null_mx);
+        assert_eq!(got.category, BadDomain);
+        assert_eq!(
+            got,
+            c.classify(
+                None,
+                Some("5.1.10"),
+                "domain example.com does not accept mail (null MX)"
+            )
+        );
     }
 }

@@ -1,7 +1,8 @@
 use super::*;
 
-use crate::deliver::bounce::{self, Diagnostic, Failure};
+use crate::deliver::bounce::{self, Failure};
 use crate::envelope::{Envelope, QueueId, Recipient, Ret};
+use crate::reply::{Command, EnhancedStatus, Upstream};
 
 /// The example of RFC 5965, Appendix B.
 const RFC5965_EXAMPLE: &str = r#"From: <abusedesk@example.com>
@@ -321,14 +322,18 @@ fn smtpgate_bounce(ret: Option<Ret>) -> Vec<u8> {
     let failed = [
         Failure {
             recipient: orcpt,
-            status: "5.1.1".into(),
-            diagnostic: Diagnostic::Remote("550 5.1.1 <carol@example.com>: no such user".into()),
+            reply: Upstream::remote(
+                550,
+                Some(EnhancedStatus::new("5.1.1")),
+                "<carol@example.com>: no such user",
+                Command::Rcpt,
+                "mx.example.com:25",
+            ),
             remote: Some("mx.example.com".into()),
         },
         Failure {
             recipient: Recipient::parse("dave@example.net").unwrap(),
-            status: "5.4.4".into(),
-            diagnostic: Diagnostic::local("no mail exchanger for example.net"),
+            reply: Upstream::local("5.4.4", "no mail exchanger for example.net", Command::Outside),
             remote: None,
         },
     ];

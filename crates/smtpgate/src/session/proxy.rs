@@ -241,9 +241,7 @@ impl Session {
             Err(ConnectFailure { outcome }) => {
                 tracing::warn!(client = %self.peer, upstream = %route.describe(), outcome = ?outcome, "no upstream for a proxied transaction");
                 return Err(match outcome {
-                    Outcome::Permanent { status, diagnostic } => {
-                        Reply::undeliverable(status, diagnostic.text().to_owned())
-                    }
+                    Outcome::Permanent(reply) => Reply::undeliverable(reply.dsn_status().into_owned(), reply.text),
                     _ => Reply::upstream_unavailable(),
                 });
             }

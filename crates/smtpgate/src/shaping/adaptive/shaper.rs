@@ -3,6 +3,7 @@
 //! administrator's edits and cancels, and sharing actions with the other nodes through Redis.
 
 use super::{Action, Change, Edit, Reply, now_ms};
+use crate::reply::Classified;
 use crate::shaping::{Limit, Shape, Shaper};
 
 /// The namespace of adaptive actions in the shared store.
@@ -44,37 +45,31 @@ impl Shaper {
     }
 
     /// Runs the adaptive rules on the failed replies of a delivery to `domain` (mail servers
-    /// `hosts`) under `key`: each distinct reply once, every matching rule acting. `classify`
-    /// gives a reply's bounce category.
-    pub async fn observe(
-        &self,
-        key: &Limit,
-        domain: &str,
-        hosts: &[&str],
-        failures: &[(Option<&str>, &str)],
-        classify: impl Fn(Option<&str>, &str) -> crate::reply::classify::Category,
-    ) {
+    /// `hosts`) under `key`: each distinct reply once, every matching rule acting. Each reply
+    /// comes classified, with its code typed: a code rule matches only a server's code.
+    pub async fn observe(&self, key: &Limit, domain: &str, hosts: &[&str], failures: &[&Classified]) {
         let rules = self.rules();
         if rules.adaptive.is_empty() || failures.is_empty() {
             return;
         }
-        let mut seen: Vec<&str> = Vec::new();
+        let mut seen: Vec<String> = Vec::new();
         let mut touched = Vec::new();
-        for &(status, text) in failures {
+        for failed in failures {
+            let text = failed.reply.line();
             if seen.contains(&text) {
                 continue;
             }
-            seen.push(text);
+            let status = failed.reply.dsn_status();
             let reply = Reply {
                 domain,
                 hosts,
-                code: crate::feedback::reply_code(text),
-                status,
-                text,
-                category: classify(status, text),
+                code: failed.reply.remote_code(),
+                status: Some(&status),
+                text: &text,
+                category: failed.class.category,
             };
             for rule in rules.adaptive.iter().filter(|r| r.matches(&reply)) {
-                let (action, change) = self.state.actions.hit(key, rule, text, now_ms());
+                let (action, change) = self.state.actions.hit(key, rule, &text, now_ms());
                 match change {
                     Change::Started => tracing::warn!(
                         key = %action.key,
@@ -95,6 +90,7 @@ impl Shaper {
                 }
                 touched.push(action);
             }
+            seen.push(text);
         }
         for action in touched {
             self.publish(key, &action, action.hits == 1).await;

@@ -20,11 +20,16 @@ fn reply<'a>(hosts: &'a [&'a str], text: &'a str, status: Option<&'a str>, categ
     Reply {
         domain: "yahoo.com",
         hosts,
-        code: crate::feedback::reply_code(text),
+        code: code_of(text),
         status,
         text,
         category,
     }
+}
+
+/// The code a test reply line starts with, as the typed reply would carry it.
+fn code_of(text: &str) -> Option<u16> {
+    text.get(..3).and_then(|c| c.parse().ok())
 }
 
 fn limit() -> Limit {
@@ -289,4 +294,49 @@ fn limits_per_source_print_and_parse_back() {
         action(&rule, &limit, "421", T0).destination,
         "mx:*.yahoodns.net from 192.0.2.1"
     );
+}
+
+/// The shaper matches code rules on a reply's typed code: a server's `421` suspends, while a
+/// `451` whose text starts with "421" and the gate's own failure worded like one do not.
+#[tokio::test]
+async fn the_shaper_reacts_to_the_typed_code() {
+    use crate::reply::{Classified, Classifier, Command, EnhancedStatus, Upstream};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shaping.toml");
+    std::fs::write(
+        &path,
+        "[[adaptive]]\ncode = \"421\"\naction = \"suspend\"\nduration = \"10m\"\n",
+    )
+    .unwrap();
+    let queue = crate::config::Config::builtin().queue.clone();
+    let loaded = crate::reloading::Loaded::read(path, |p| Rules::load(p, &queue)).unwrap();
+    let shaper = crate::shaping::Shaper::new(Some(loaded), &queue, None);
+    let classified = |reply: Upstream| Classified {
+        class: Classifier::defaults().reply(&reply),
+        reply,
+    };
+    let (key, hosts) = (limit(), ["mta5.am0.yahoodns.net"]);
+    let suspended = |shaper: &crate::shaping::Shaper| {
+        let shape = shaper.shape("yahoo.com", &hosts).1;
+        shaper.effective(&key, shape).1.is_some()
+    };
+    let local = classified(Upstream::local("4.4.1", "421 said the proxy", Command::Connect));
+    let other = classified(Upstream::remote(
+        451,
+        None,
+        "421 in the text only",
+        Command::Rcpt,
+        "mx:25",
+    ));
+    shaper.observe(&key, "yahoo.com", &hosts, &[&local, &other]).await;
+    assert!(!suspended(&shaper), "no server replied 421");
+    let busy = classified(Upstream::remote(
+        421,
+        Some(EnhancedStatus::new("4.7.0")),
+        "try again later",
+        Command::Greeting,
+        "mx:25",
+    ));
+    shaper.observe(&key, "yahoo.com", &hosts, &[&busy]).await;
+    assert!(suspended(&shaper), "a server's 421 suspends");
 }
