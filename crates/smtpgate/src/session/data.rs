@@ -1,19 +1,21 @@
-//! DATA and BDAT: receiving the message, then spooling it before the `250`.
+//! DATA and BDAT: receiving the message, then handing it to intake (`intake::take`), which spools
+//! it (or sends it upstream, on a proxy listener) before the `250`.
 
 use std::net::SocketAddr;
 
 use smtpgate_proto::{BareEol, BdatReceiver, DataOutcome, DataReceiver, Reply};
 
 use super::conn::{Pace, ReadError};
-use super::headers::{self, Trace};
 use super::{Chunking, Draft, Flow, Session, Txn};
 use crate::budget::Held;
 use crate::config::BareLineEndings;
 use crate::datetime::now_unix;
 use crate::envelope::{Envelope, QueueId, Ret, Sender};
-use crate::intake::{self, Disposition};
+use crate::intake::headers::{self, Trace};
+use crate::intake::proxy::ProxySink;
+use crate::intake::{self, Disposition, SpoolSink, Taken};
 use crate::route::MessageView;
-use crate::spool::{Incoming, IncomingError};
+use crate::spool::{Content, Incoming, IncomingError};
 
 /// Octets of a BDAT chunk read before they are handed on (and, for a large message, written out).
 const BDAT_PIECE: u64 = 256 * 1024;
@@ -210,131 +212,68 @@ impl Session {
         })
     }
 
-    /// The end of a message: refuse it, or spool it and answer `250` once it is on disk.
-    async fn complete(&mut self, id: QueueId, mut draft: Draft, incoming: Incoming, outcome: DataOutcome) -> Flow {
-        let metrics = self.listener.ctx.metrics.clone();
+    /// The end of a message: refused as it came in, or handed to intake, with the spool or the
+    /// upstream (on a proxy listener) as its sink; the session only answers what intake decided.
+    async fn complete(&mut self, id: QueueId, draft: Draft, incoming: Incoming, outcome: DataOutcome) -> Flow {
+        let body = match self.finished(id, incoming, outcome).await {
+            Ok(body) => body,
+            Err(reply) => return self.respond(reply),
+        };
+        let received = intake::Draft {
+            env: self.envelope(id, &draft, body.is_ascii()),
+            body,
+            origin: self.session_info(),
+        };
+        let ctx = self.listener.ctx.clone();
+        let listener = self.listener.clone();
+        let disposition = if self.proxying() {
+            let upstream_env = self.upstream_envelope(&draft, None);
+            let mut sink = ProxySink::new(&mut self.proxy, self.peer, upstream_env, draft.params.size);
+            intake::take(&ctx, &listener.config, received, &mut sink).await
+        } else {
+            let mut sink = SpoolSink::new(&listener.queue);
+            intake::take(&ctx, &listener.config, received, &mut sink).await
+        };
+        let reply = match disposition {
+            Disposition::Refused(reply) | Disposition::Accepted(Taken::Proxied(reply)) => reply,
+            Disposition::Accepted(Taken::Spooled(_)) | Disposition::Quarantined(_) | Disposition::Dropped(_) => {
+                Reply::queued(&id.to_string())
+            }
+        };
+        self.respond(reply)
+    }
+
+    /// The message as received, or the reply that refuses it as it came in (too big, bare line
+    /// endings, NUL octets, a header section too large) or that says it could not be kept.
+    async fn finished(&mut self, id: QueueId, incoming: Incoming, outcome: DataOutcome) -> Result<Content, Reply> {
+        let metrics = &self.listener.ctx.metrics;
         match outcome {
             DataOutcome::TooBig => {
                 metrics.rejected.inc();
-                return self.respond(Reply::message_too_big());
+                return Err(Reply::message_too_big());
             }
             DataOutcome::BareLineEnding => {
                 metrics.rejected.inc();
-                return self.respond(Reply::bare_line_ending());
+                return Err(Reply::bare_line_ending());
             }
             DataOutcome::Nul => {
                 metrics.rejected.inc();
                 tracing::info!(queue_id = %id, client = %self.peer, "message refused: NUL octets");
-                return self.respond(Reply::nul_byte());
+                return Err(Reply::nul_byte());
             }
             DataOutcome::Ok => {}
         }
-        let mut body = match incoming.finish().await {
-            Ok(content) => content,
+        match incoming.finish().await {
+            Ok(content) => Ok(content),
             Err(IncomingError::HeaderTooLarge) => {
                 metrics.rejected.inc();
                 tracing::info!(queue_id = %id, client = %self.peer, "message refused: header section too large");
-                return self.respond(Reply::header_too_big());
+                Err(Reply::header_too_big())
             }
             Err(IncomingError::Io(e)) => {
                 tracing::error!(queue_id = %id, error = %e, "cannot write an incoming message");
-                return self.respond(Reply::local_error());
+                Err(Reply::local_error())
             }
-        };
-        let hops = received_count(&body.head);
-        if hops > self.listener.config.max_hops {
-            metrics.rejected.inc();
-            tracing::warn!(queue_id = %id, client = %self.peer, hops, "message refused: too many hops (mail loop)");
-            return self.respond(Reply::too_many_hops());
-        }
-        if self.listener.config.submission || self.user.is_some() {
-            let at = received_len(&body.head);
-            let extra = headers::missing_submission_headers(&body.head[at..], id, &self.listener.ctx.config.hostname);
-            body.head.splice(at..at, extra.into_bytes());
-        }
-        self.feedback_intake(id, &mut draft, &body.routing_view());
-        if draft.recipients.is_empty() {
-            return self.respond(Reply::queued(&id.to_string()));
-        }
-        let mut filtered = match self.filter_message(id, &mut draft, body).await {
-            Ok(f) => f,
-            Err(flow) => return flow,
-        };
-        let body = std::mem::take(&mut filtered.body);
-        if draft.recipients.is_empty() {
-            return self.respond(Reply::queued(&id.to_string()));
-        }
-        if self.proxying() {
-            // The proxy sends the message on before it answers: it takes it in memory.
-            let body = match body.into_memory().await {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(queue_id = %id, error = %e, "cannot read an incoming message");
-                    return self.respond(Reply::local_error());
-                }
-            };
-            return self.proxy_message(id, &draft, body, filtered).await;
-        }
-        let (sender, rcpts, size) = (draft.sender.clone(), draft.recipients.len(), body.len());
-        let received = intake::Received {
-            id,
-            env: self.envelope(id, &draft, body.is_ascii()),
-            body,
-            tags: filtered.tags,
-            scan: filtered.scan,
-        };
-        let ctx = self.listener.ctx.clone();
-        match intake::accept(&ctx, &self.listener.queue, &self.session_info(), received).await {
-            Ok(Disposition::Refused(r)) => self.respond(r),
-            Ok(Disposition::Accepted { spooled }) => {
-                metrics.received.inc();
-                tracing::info!(
-                    queue_id = %id, client = %self.peer, sender = %sender, recipients = rcpts, size, copies = spooled.len(),
-                    tls = self.tls.is_some(), user = self.user.as_deref().unwrap_or("-"), "message accepted"
-                );
-                self.respond(Reply::queued(&id.to_string()))
-            }
-            Err(e) => {
-                tracing::error!(queue_id = %id, error = %e, "cannot spool message");
-                self.respond(Reply::local_error())
-            }
-        }
-    }
-
-    /// Feedback that comes in as mail: a complaint report to `complaints_address` is read (and
-    /// that recipient consumed), a late bounce to anyone is read (and still delivered), and with
-    /// `[suppression] action = "drop"` suppressed recipients are dropped here. Reports are read
-    /// in the background, off the runtime's threads (`Feedback::complaint`, `late_bounce`).
-    fn feedback_intake(&self, id: QueueId, draft: &mut Draft, body: &[u8]) {
-        let ctx = &self.listener.ctx;
-        let config = &ctx.config.suppression;
-        let client = Some(self.peer.ip());
-        if let Some(fbl) = &config.complaints_address
-            && draft.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(fbl))
-        {
-            let (feedback, report, peer) = (ctx.feedback.clone(), body.to_vec(), self.peer);
-            tokio::spawn(async move {
-                if feedback.complaint(report, client).await.is_none() {
-                    tracing::warn!(queue_id = %id, client = %peer, "mail to the complaints address was not read as a complaint report: dropped");
-                }
-            });
-            draft.recipients.retain(|r| !r.address.eq_ignore_ascii_case(fbl));
-        }
-        if draft.sender.is_null() {
-            let (feedback, report) = (ctx.feedback.clone(), body.to_vec());
-            tokio::spawn(async move { feedback.late_bounce(report, client).await });
-        }
-        if config.action == crate::config::SuppressAction::Drop {
-            draft
-                .recipients
-                .retain(|r| match ctx.feedback.suppression.contains(&r.address) {
-                    Some(entry) => {
-                        let reason = super::rcpt::reason_text(entry.reason);
-                        tracing::info!(queue_id = %id, recipient = %r.address, reason, "suppressed recipient dropped");
-                        false
-                    }
-                    None => true,
-                });
         }
     }
 
@@ -368,29 +307,4 @@ impl Session {
             stream: None,
         }
     }
-}
-
-/// How many `Received:` fields the header section holds (ours, just added, included).
-fn received_count(body: &[u8]) -> usize {
-    let end = body
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(body.len(), |i| i + 2);
-    body[..end]
-        .split(|&b| b == b'\n')
-        .filter(|line| line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:"))
-        .count()
-}
-
-/// Length of the leading `Received:` header that the session wrote (it ends at the first line that
-/// does not start with a tab).
-fn received_len(body: &[u8]) -> usize {
-    let mut pos = 0;
-    while let Some(i) = body[pos..].windows(2).position(|w| w == b"\r\n") {
-        pos += i + 2;
-        if body.get(pos) != Some(&b'\t') {
-            return pos;
-        }
-    }
-    body.len()
 }

@@ -9,7 +9,6 @@ mod conn;
 mod data;
 mod ehlo;
 mod filters;
-mod headers;
 pub mod limits;
 mod listener;
 mod mail;
@@ -82,7 +81,7 @@ pub struct Session {
     errors: u32,
     auth_failures: u32,
     /// The upstream side of the transaction, on a proxy listener.
-    proxy: proxy::Proxy,
+    proxy: crate::intake::proxy::Proxy,
 }
 
 impl Session {
@@ -100,7 +99,7 @@ impl Session {
             txn: Txn::Idle,
             errors: 0,
             auth_failures: 0,
-            proxy: proxy::Proxy::default(),
+            proxy: crate::intake::proxy::Proxy::default(),
         }
     }
 

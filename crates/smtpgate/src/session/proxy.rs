@@ -1,4 +1,6 @@
 //! Inline proxy mode (`mode = "proxy"`): each transaction is forwarded live to its routed upstream.
+//! This is the SMTP side, up to RCPT; at end of data the upstream transaction is intake's sink
+//! (`intake::proxy::ProxySink`).
 //!
 //! EHLO, STARTTLS and AUTH stay local, and so do the checks on MAIL. The first recipient picks the
 //! upstream (routing on the envelope alone: [`Router::plan_envelope`]) and opens the upstream
@@ -17,110 +19,12 @@
 
 use smtpgate_proto::{Body, ParsedReply, Reply};
 
-use super::filters::Filtered;
 use super::{Draft, Flow, Session, Txn};
 use crate::config::ListenerMode;
 use crate::deliver::{ConnectFailure, Outcome};
 use crate::envelope::{Address, Envelope, QueueId, Recipient, Sender};
-use crate::intake;
-use crate::route::Group;
-use crate::spool::Content;
-use crate::upstream::client::{Client, ClientError};
-use crate::upstream::pool::Lease;
-
-/// Where a transaction goes: every recipient of one transaction must share it, since the
-/// message is sent once, as one copy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct RouteKey {
-    pool: Option<String>,
-    /// The recipients' domain, for MX delivery (`pool` is `None`).
-    domain: String,
-    add_headers: Vec<(String, String)>,
-    remove_headers: Vec<String>,
-    srs_sender: Option<Address>,
-    filters: Vec<String>,
-}
-
-impl RouteKey {
-    /// `None` when the group goes by MX to several domains: that is several upstreams.
-    fn of(group: &Group) -> Option<RouteKey> {
-        let domain = match group.pool {
-            Some(_) => String::new(),
-            None => {
-                let first = group.recipients.first()?.domain();
-                if group.recipients.iter().any(|r| r.domain() != first) {
-                    return None;
-                }
-                first
-            }
-        };
-        Some(RouteKey {
-            pool: group.pool.clone(),
-            domain,
-            add_headers: group.add_headers.clone(),
-            remove_headers: group.remove_headers.clone(),
-            srs_sender: group.srs_sender.clone(),
-            filters: group.filters.clone(),
-        })
-    }
-
-    fn describe(&self) -> String {
-        match &self.pool {
-            Some(pool) => format!("pool {pool}"),
-            None => format!("MX of {}", self.domain),
-        }
-    }
-}
-
-/// The connection to the upstream: lent by a pool, or opened to an MX for this session.
-enum Link {
-    Pool(Lease),
-    Mx(Box<Client>),
-}
-
-impl Link {
-    fn client(&mut self) -> &mut Client {
-        match self {
-            Link::Pool(lease) => lease.client(),
-            Link::Mx(client) => client,
-        }
-    }
-
-    async fn finish(self, usable: bool, delivered: bool, per_connection: usize) {
-        match self {
-            Link::Pool(lease) => lease.finish(usable, delivered, per_connection).await,
-            Link::Mx(client) if usable => client.quit().await,
-            Link::Mx(_) => {}
-        }
-    }
-}
-
-/// The upstream side of a proxied transaction.
-pub(super) struct Upstream {
-    route: RouteKey,
-    link: Link,
-    /// Each recipient the client got a `250` for, with the addresses it went upstream as (none when
-    /// routing discarded it).
-    accepted: Vec<(Address, Vec<Recipient>)>,
-    /// A transaction is open upstream: it needs RSET before the connection is reused.
-    open: bool,
-    /// The upstream accepted the message.
-    delivered: bool,
-}
-
-impl Upstream {
-    fn recipients(&self) -> Vec<Recipient> {
-        self.accepted.iter().flat_map(|(_, r)| r.iter().cloned()).collect()
-    }
-}
-
-/// The state of proxying in a session.
-#[derive(Default)]
-pub(super) struct Proxy {
-    upstream: Option<Upstream>,
-    /// The upstream connection broke after it had accepted recipients: the transaction can only fail.
-    lost: bool,
-}
+use crate::intake::proxy::{Link, RouteKey, Upstream};
+use crate::upstream::client::ClientError;
 
 impl Session {
     pub(super) fn proxying(&self) -> bool {
@@ -254,13 +158,7 @@ impl Session {
         match link.client().begin(&env, size, rcpts).await {
             Ok((mail, replies)) if mail.is_positive() => {
                 tracing::debug!(client = %self.peer, upstream = %link.client().remote, "proxied transaction opened");
-                self.proxy.upstream = Some(Upstream {
-                    route,
-                    link,
-                    accepted: Vec::new(),
-                    open: true,
-                    delivered: false,
-                });
+                self.proxy.upstream = Some(Upstream::opened(route, link));
                 Ok(replies)
             }
             Ok((mail, _)) => {
@@ -279,15 +177,12 @@ impl Session {
     /// The upstream connection failed mid-transaction: recipients it had accepted are lost with it.
     async fn upstream_broke(&mut self, e: &ClientError) -> Flow {
         tracing::warn!(client = %self.peer, error = %e, "upstream connection lost during a proxied transaction");
-        if let Some(up) = self.proxy.upstream.take() {
-            self.proxy.lost = !up.accepted.is_empty();
-            up.link.finish(false, false, 0).await;
-        }
+        self.proxy.broke().await;
         self.respond(Reply::upstream_lost())
     }
 
     /// The envelope as the upstream sees it (at RCPT time: no body yet).
-    fn upstream_envelope(&self, draft: &Draft, srs_sender: Option<Address>) -> Envelope {
+    pub(super) fn upstream_envelope(&self, draft: &Draft, srs_sender: Option<Address>) -> Envelope {
         let mut env = self.envelope(QueueId(0), draft, true);
         env.eight_bit = matches!(draft.params.body, Some(Body::EightBitMime));
         if let Some(sender) = srs_sender {
@@ -296,149 +191,11 @@ impl Session {
         env
     }
 
-    /// The end of a proxied message, after the listener's before-queue filters: the route's header
-    /// changes and filters, then DATA upstream; the client gets the upstream's answer.
-    pub(super) async fn proxy_message(
-        &mut self,
-        id: QueueId,
-        draft: &Draft,
-        body: Vec<u8>,
-        filtered: Filtered,
-    ) -> Flow {
-        let Some(mut up) = self.proxy.upstream.take() else {
-            if self.proxy.lost {
-                return self.respond(Reply::upstream_lost());
-            }
-            tracing::info!(queue_id = %id, client = %self.peer, "every recipient was discarded by routing");
-            return self.respond(Reply::queued(&id.to_string()));
-        };
-        if let Err(flow) = self.apply_recipient_changes(&mut up, draft).await {
-            return flow;
-        }
-        let rcpts = up.recipients();
-        if rcpts.is_empty() {
-            self.proxy.upstream = Some(up);
-            tracing::info!(queue_id = %id, "every forwarded recipient was removed by filters");
-            return self.respond(Reply::queued(&id.to_string()));
-        }
-        let group = Group {
-            pool: up.route.pool.clone(),
-            recipients: rcpts,
-            add_headers: up.route.add_headers.clone(),
-            remove_headers: up.route.remove_headers.clone(),
-            srs_sender: up.route.srs_sender.clone(),
-            filters: up.route.filters.clone(),
-            stream: None,
-        };
-        let received = intake::Received {
-            id,
-            env: self.envelope(id, draft, body.is_ascii()),
-            body: Content::memory(body),
-            tags: filtered.tags,
-            scan: filtered.scan,
-        };
-        let ctx = self.listener.ctx.clone();
-        let copies = intake::prepare(&ctx, &self.session_info(), &received, vec![group]).await;
-        let message = match copies.map(|c| c.into_iter().next()) {
-            // The listener's message is in memory (`complete` reads it whole for a proxy).
-            Ok(Some(copy)) => match copy.message.into_memory().await {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(queue_id = %id, error = %e, "cannot read the incoming message");
-                    self.proxy.upstream = Some(up);
-                    return self.respond(Reply::local_error());
-                }
-            },
-            Ok(None) => {
-                // Discarded or quarantined by the route's filters.
-                self.proxy.upstream = Some(up);
-                return self.respond(Reply::queued(&id.to_string()));
-            }
-            Err(reply) => {
-                self.proxy.upstream = Some(up);
-                return self.respond(reply);
-            }
-        };
-        let sent = up.link.client().send_data(&message).await;
-        let reply = match sent {
-            Ok(reply) => reply,
-            Err(e) => {
-                tracing::warn!(queue_id = %id, error = %e, "upstream connection lost at end of data");
-                up.link.finish(false, false, 0).await;
-                return self.respond(Reply::upstream_lost());
-            }
-        };
-        let metrics = &self.listener.ctx.metrics;
-        up.delivered = reply.is_positive();
-        up.open = !up.delivered;
-        if up.delivered {
-            let relayed: Vec<String> = up.recipients().iter().map(|r| r.address.to_string()).collect();
-            self.listener.ctx.feedback.record_sent(&message, id, &relayed);
-            metrics.proxied.inc();
-        } else {
-            metrics.proxy_refused.inc();
-        }
-        tracing::info!(
-            queue_id = %id, client = %self.peer, sender = %draft.sender, recipients = draft.recipients.len(),
-            size = message.len(), upstream = %up.link.client().remote, reply = %reply.to_string_line(), "message proxied"
-        );
-        self.proxy.upstream = Some(up);
-        self.respond(Reply::relayed(&reply))
-    }
-
-    /// Filters may have removed recipients the upstream already accepted: start the upstream
-    /// transaction again with those that remain. Recipients a filter added are not forwarded
-    /// (they were never routed; logged).
-    async fn apply_recipient_changes(&mut self, up: &mut Upstream, draft: &Draft) -> Result<(), Flow> {
-        let wanted = |addr: &str| draft.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(addr));
-        for added in draft
-            .recipients
-            .iter()
-            .filter(|r| !up.accepted.iter().any(|(a, _)| a.eq_ignore_ascii_case(&r.address)))
-        {
-            tracing::warn!(recipient = %added.address, "a recipient added by a filter is not forwarded in proxy mode");
-        }
-        if up.accepted.iter().all(|(a, _)| wanted(a)) {
-            return Ok(());
-        }
-        up.accepted.retain(|(a, _)| wanted(a));
-        let rcpts = up.recipients();
-        let env = self.upstream_envelope(draft, up.route.srs_sender.clone());
-        let client = up.link.client();
-        let restarted = async {
-            client.reset().await?;
-            if rcpts.is_empty() {
-                return Ok(None);
-            }
-            let refs: Vec<&Recipient> = rcpts.iter().collect();
-            client.begin(&env, draft.params.size, &refs).await.map(Some)
-        }
-        .await;
-        match restarted {
-            Ok(None) => {
-                up.open = false;
-                Ok(())
-            }
-            Ok(Some((mail, replies))) if mail.is_positive() && replies.iter().all(|r| r.is_positive()) => Ok(()),
-            Ok(Some((mail, replies))) => {
-                let refusal = replies.iter().find(|r| !r.is_positive()).unwrap_or(&mail);
-                tracing::info!(reply = %refusal.to_string_line(), "upstream refused the transaction after filters changed its recipients");
-                Err(self.respond(Reply::relayed(refusal)))
-            }
-            Err(e) => Err(self.upstream_broke(&e).await),
-        }
-    }
-
     /// Ends the upstream side of a transaction that is over (completed, reset or abandoned): RSET
     /// if it is still open there, then the connection goes back to its pool (or is closed).
     pub(super) async fn proxy_release(&mut self) {
-        self.proxy.lost = false;
-        let Some(mut up) = self.proxy.upstream.take() else {
-            return;
-        };
-        let usable = !up.open || up.link.client().reset().await.is_ok();
         let per_connection = self.listener.ctx.config.queue.messages_per_connection;
-        up.link.finish(usable, up.delivered, per_connection).await;
+        self.proxy.release(per_connection).await;
     }
 
     /// Whether an upstream transaction is left over after a command that ended the transaction.

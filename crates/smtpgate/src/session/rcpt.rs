@@ -9,15 +9,7 @@ use smtpgate_proto::{Domain, ForwardPath, Mailbox, RcptParams, Reply};
 use super::{Flow, Session, Txn};
 use crate::config::SuppressAction;
 use crate::envelope::{Address, Notify, Recipient};
-use crate::suppress::Reason;
-
-pub(super) fn reason_text(reason: Reason) -> &'static str {
-    match reason {
-        Reason::HardBounce => "hard bounce",
-        Reason::Complaint => "complaint",
-        Reason::Manual => "manual",
-    }
-}
+use crate::intake::reason_text;
 
 impl Session {
     pub(super) async fn rcpt(&mut self, to: ForwardPath, params: RcptParams) -> Flow {

@@ -1,4 +1,6 @@
-//! Headers the session adds: `Received:`, and `Message-ID:`/`Date:` on submission.
+//! Headers smtpgate adds to a message: `Received:` (the session writes it as the message starts)
+//! and `Message-ID:`/`Date:` on submission (added at end of data, once the header section is known);
+//! and the count of `Received:` fields that stops mail loops.
 
 use crate::datetime::{now_unix, rfc5322};
 use crate::envelope::QueueId;
@@ -61,6 +63,39 @@ pub fn missing_submission_headers(message: &[u8], id: QueueId, host: &str) -> St
         out.push_str(&format!("Date: {}\r\n", rfc5322(now_unix())));
     }
     out
+}
+
+/// Adds the `Message-ID:` and `Date:` a submitted message lacks, after the session's own
+/// `Received:` (so they are part of the author's header section, not of the trace).
+pub fn add_submission_headers(head: &mut Vec<u8>, id: QueueId, host: &str) {
+    let at = received_len(head);
+    let extra = missing_submission_headers(&head[at..], id, host);
+    head.splice(at..at, extra.into_bytes());
+}
+
+/// How many `Received:` fields the header section holds (ours, just added, included).
+pub fn received_count(body: &[u8]) -> usize {
+    let end = body
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(body.len(), |i| i + 2);
+    body[..end]
+        .split(|&b| b == b'\n')
+        .filter(|line| line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:"))
+        .count()
+}
+
+/// Length of the leading `Received:` header that the session wrote (it ends at the first line that
+/// does not start with a tab).
+fn received_len(body: &[u8]) -> usize {
+    let mut pos = 0;
+    while let Some(i) = body[pos..].windows(2).position(|w| w == b"\r\n") {
+        pos += i + 2;
+        if body.get(pos) != Some(&b'\t') {
+            return pos;
+        }
+    }
+    body.len()
 }
 
 #[cfg(test)]
