@@ -1,6 +1,8 @@
 //! The listener's filters at end of data: its `before_queue` filters read the whole message and
 //! decide what becomes of it; its `after_queue` filters are named for the queue to run.
 
+use std::net::SocketAddr;
+
 use smtpgate_proto::Reply;
 
 use super::{Disposition, Dropped, Filtered, keep_recipients};
@@ -24,6 +26,7 @@ pub async fn run(
     ctx: &Context,
     listener: &ListenerConfig,
     origin: &SessionInfo,
+    peer: SocketAddr,
     mut env: Envelope,
     body: Content,
 ) -> Result<Filtered, Disposition> {
@@ -50,7 +53,7 @@ pub async fn run(
         Action::Accept => Ok(Filtered::new(env, Content::memory(out.message), out.tags, scan)),
         Action::Reject(r) | Action::TempFail(r) => {
             ctx.metrics.filter_rejected.inc();
-            tracing::info!(queue_id = %id, client = ?origin.client, filter = %by, reply = %r.code, "message refused by filter");
+            tracing::info!(queue_id = %id, client = %peer, filter = %by, reply = %r.code, "message refused by filter");
             Err(Disposition::Refused(r))
         }
         Action::Discard => {

@@ -25,6 +25,8 @@ mod sink;
 #[cfg(test)]
 mod tests;
 
+use std::net::SocketAddr;
+
 use smtpgate_proto::Reply;
 
 use crate::config::ListenerConfig;
@@ -48,6 +50,8 @@ pub struct Draft {
     pub body: Content,
     /// The client: address, HELO name, user it authenticated as, TLS, listener.
     pub origin: SessionInfo,
+    /// The client's address and port, for logs.
+    pub peer: SocketAddr,
 }
 
 /// A message past the listener's before-queue filters.
@@ -116,22 +120,23 @@ pub async fn take(ctx: &Context, listener: &ListenerConfig, draft: Draft, sink: 
         mut env,
         mut body,
         origin,
+        peer,
     } = draft;
     let id = env.id;
     let hops = headers::received_count(&body.head);
     if hops > listener.max_hops {
         ctx.metrics.rejected.inc();
-        tracing::warn!(queue_id = %id, client = ?origin.client, hops, "message refused: too many hops (mail loop)");
+        tracing::warn!(queue_id = %id, client = %peer, hops, "message refused: too many hops (mail loop)");
         return Disposition::Refused(Reply::too_many_hops());
     }
     if listener.submission || origin.user.is_some() {
         headers::add_submission_headers(&mut body.head, id, &ctx.config.hostname);
     }
-    reports::take_reports(ctx, id, origin.client, &mut env, &body.routing_view());
+    reports::take_reports(ctx, id, peer, &mut env, &body.routing_view());
     if env.recipients.is_empty() {
         return Disposition::Dropped(Dropped::NoRecipients);
     }
-    let msg = match filters::run(ctx, listener, &origin, env, body).await {
+    let msg = match filters::run(ctx, listener, &origin, peer, env, body).await {
         Ok(msg) => msg,
         Err(disposition) => return disposition,
     };
@@ -143,7 +148,7 @@ pub async fn take(ctx: &Context, listener: &ListenerConfig, draft: Draft, sink: 
     if let Disposition::Accepted(Taken::Spooled(ids)) = &disposition {
         ctx.metrics.received.inc();
         tracing::info!(
-            queue_id = %id, client = ?origin.client, sender = %sender, recipients = rcpts, size, copies = ids.len(),
+            queue_id = %id, client = %peer, sender = %sender, recipients = rcpts, size, copies = ids.len(),
             tls = origin.tls, user = origin.user.as_deref().unwrap_or("-"), "message accepted"
         );
     }

@@ -1,7 +1,7 @@
 //! Feedback that comes in as mail, read at end of data: complaint reports, late bounces, and
 //! recipients on the suppression list when they are to be dropped.
 
-use std::net::IpAddr;
+use std::net::SocketAddr;
 
 use crate::config::SuppressAction;
 use crate::context::Context;
@@ -21,7 +21,8 @@ pub fn reason_text(reason: Reason) -> &'static str {
 /// bounce to anyone is read (and still delivered), and with `[suppression] action = "drop"`
 /// suppressed recipients are dropped here. Reports are read in the background, off the runtime's
 /// threads (`Feedback::complaint`, `late_bounce`), so the client does not wait for them.
-pub fn take_reports(ctx: &Context, id: QueueId, client: Option<IpAddr>, env: &mut Envelope, body: &[u8]) {
+pub fn take_reports(ctx: &Context, id: QueueId, peer: SocketAddr, env: &mut Envelope, body: &[u8]) {
+    let client = Some(peer.ip());
     let config = &ctx.config.suppression;
     if let Some(fbl) = &config.complaints_address
         && env.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(fbl))
@@ -29,7 +30,7 @@ pub fn take_reports(ctx: &Context, id: QueueId, client: Option<IpAddr>, env: &mu
         let (feedback, report) = (ctx.feedback.clone(), body.to_vec());
         tokio::spawn(async move {
             if feedback.complaint(report, client).await.is_none() {
-                tracing::warn!(queue_id = %id, client = ?client, "mail to the complaints address was not read as a complaint report: dropped");
+                tracing::warn!(queue_id = %id, client = %peer, "mail to the complaints address was not read as a complaint report: dropped");
             }
         });
         env.recipients.retain(|r| !r.address.eq_ignore_ascii_case(fbl));

@@ -93,6 +93,7 @@ fn draft(ctx: &Context, rcpts: &[&str], subject: &str) -> Draft {
             listener: "test".into(),
             tls: false,
         },
+        peer: "127.0.0.1:40000".parse().unwrap(),
     }
 }
 

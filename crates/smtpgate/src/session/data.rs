@@ -223,6 +223,7 @@ impl Session {
             env: self.envelope(id, &draft, body.is_ascii()),
             body,
             origin: self.session_info(),
+            peer: self.peer,
         };
         let ctx = self.listener.ctx.clone();
         let listener = self.listener.clone();
