@@ -475,10 +475,12 @@ fn assert_counted(gate: &Gate, metric: &str, least: f64, why: &str) {
 /// again, and nothing reaches `up`.
 fn assert_held(gate: &Gate, up: &Upstream, what: &str) {
     assert_counted(gate, "smtpgate_delivery_held_total", 1.0, "the message was not held");
+    // The log line reaches the harness through a pipe, after the counter: wait for it too.
     assert!(
-        gate.stderr_lines()
+        wait_until(SOON, || gate
+            .stderr_lines()
             .iter()
-            .any(|l| l.contains("no longer configured") && l.contains(what)),
+            .any(|l| l.contains("no longer configured") && l.contains(what))),
         "the hold is not reported"
     );
     assert_counted(

@@ -324,11 +324,11 @@ async fn run_pool(queue: &Queue, lane: &Lane, pool: &str) {
 /// reported, and never sent another way (another pool, or without its stream's source addresses).
 fn gone(ctx: &Context, d: &Delivery, what: &str, missing: Option<&str>) -> Option<Attempted> {
     let name = missing?;
-    ctx.metrics.delivery_held.inc();
     tracing::error!(
         queue_id = %d.msg.env.id, %what, name,
         "delivery: the message's {what} is no longer configured; holding the message until it is"
     );
+    ctx.metrics.delivery_held.inc();
     let text = format!("{what} {name} is no longer configured");
     let held = Outcome::Transient(Upstream::local("4.3.5", text, Command::Outside));
     Some(Attempted::classify(ctx, held))
