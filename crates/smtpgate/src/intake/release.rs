@@ -63,55 +63,13 @@ pub async fn release(queue: &Queue, id: &str) -> Result<Released, ReleaseError> 
             tags,
             filters,
             scan,
-        } => {
-            let info = SessionInfo::from(&origin);
-            resolve(&ctx, &scan)?;
-            let found = resolve(&ctx, &filters)?;
-            match resume_filters(&ctx, &info, env, message, tags, &found).await? {
-                Resumed::Pass(env, message, tags) => {
-                    let msg = Filtered::new(env, Content::memory(message), tags, scan);
-                    route_released(&ctx, queue, &info, msg).await?
-                }
-                Resumed::Discard => Released::Discarded,
-                Resumed::Quarantine(q) => {
-                    let resume = Resume::Listener {
-                        origin,
-                        filters: names_after(&found, &q.by),
-                        tags: q.tags.clone(),
-                        scan,
-                    };
-                    Released::Quarantined(requarantine(&ctx, q, resume).await?)
-                }
-            }
-        }
+        } => resume_held(&ctx, queue, env, message, HeldBy::Listener, origin, tags, filters, scan).await?,
         Resume::Route {
             origin,
             tags,
             filters,
             scan,
-        } => {
-            let info = SessionInfo::from(&origin);
-            resolve(&ctx, &scan)?;
-            let found = resolve(&ctx, &filters)?;
-            env.scan = scan.clone();
-            match resume_filters(&ctx, &info, env, message, tags, &found).await? {
-                Resumed::Pass(env, message, _) => {
-                    let new_id = env.id;
-                    queue.accept(env, message).await?;
-                    Released::Spooled(vec![new_id])
-                }
-                Resumed::Discard => Released::Discarded,
-                Resumed::Quarantine(q) => {
-                    let resume = Resume::Route {
-                        origin,
-                        filters: names_after(&found, &q.by),
-                        tags: q.tags.clone(),
-                        scan,
-                    };
-                    Released::Quarantined(requarantine(&ctx, q, resume).await?)
-                }
-            }
-        }
+        } => resume_held(&ctx, queue, env, message, HeldBy::Route, origin, tags, filters, scan).await?,
     };
     let done = id.to_owned();
     ctx.quarantine
@@ -120,6 +78,68 @@ pub async fn release(queue: &Queue, id: &str) -> Result<Released, ReleaseError> 
         .map_err(ReleaseError::NotFound)?;
     tracing::info!(quarantine_id = %id, outcome = ?released, "released from quarantine");
     Ok(released)
+}
+
+/// Which before-queue filter held the message: a listener's (routing comes after its filters) or
+/// a route's (the envelope already is the routed copy).
+#[derive(Clone, Copy)]
+enum HeldBy {
+    Listener,
+    Route,
+}
+
+/// A message a listener's or a route's filter held: the filters after that one run, then it goes
+/// on as it would have (`HeldBy`); quarantined again, it resumes after the filter that held it now.
+#[allow(clippy::too_many_arguments)]
+async fn resume_held(
+    ctx: &Context,
+    queue: &Queue,
+    mut env: Envelope,
+    message: Vec<u8>,
+    held: HeldBy,
+    origin: Origin,
+    tags: Vec<String>,
+    filters: Vec<String>,
+    scan: Vec<String>,
+) -> Result<Released, ReleaseError> {
+    let info = SessionInfo::from(&origin);
+    resolve(ctx, &scan)?;
+    let found = resolve(ctx, &filters)?;
+    if let HeldBy::Route = held {
+        env.scan = scan.clone();
+    }
+    Ok(match resume_filters(ctx, &info, env, message, tags, &found).await? {
+        Resumed::Pass(env, message, tags) => match held {
+            HeldBy::Listener => {
+                let msg = Filtered::new(env, Content::memory(message), tags, scan);
+                route_released(ctx, queue, &info, msg).await?
+            }
+            HeldBy::Route => {
+                let new_id = env.id;
+                queue.accept(env, message).await?;
+                Released::Spooled(vec![new_id])
+            }
+        },
+        Resumed::Discard => Released::Discarded,
+        Resumed::Quarantine(q) => {
+            let (filters, tags) = (names_after(&found, &q.by), q.tags.clone());
+            let resume = match held {
+                HeldBy::Listener => Resume::Listener {
+                    origin,
+                    filters,
+                    tags,
+                    scan,
+                },
+                HeldBy::Route => Resume::Route {
+                    origin,
+                    filters,
+                    tags,
+                    scan,
+                },
+            };
+            Released::Quarantined(requarantine(ctx, q, resume).await?)
+        }
+    })
 }
 
 /// A message a listener's filter held, past its remaining filters: routed, its copies
