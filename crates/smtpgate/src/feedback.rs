@@ -224,10 +224,11 @@ impl Feedback {
     }
 
     /// Records that a message was relayed to `recipients`, to match a report that comes back
-    /// later (by its Message-ID; a message without one cannot be matched).
-    pub fn record_sent(&self, message: &[u8], queue_id: QueueId, recipients: &[String]) {
-        if let Some(message_id) = message_id(message) {
-            self.sent.record(&message_id, &queue_id.to_string(), recipients);
+    /// later by its Message-ID (intake's parsed view has it; a message without one cannot be
+    /// matched).
+    pub fn record_sent(&self, message_id: Option<&str>, queue_id: QueueId, recipients: &[String]) {
+        if let Some(message_id) = message_id {
+            self.sent.record(message_id, &queue_id.to_string(), recipients);
         }
     }
 
@@ -426,17 +427,6 @@ fn reply_code(diagnostic: &str) -> Option<u16> {
     .flatten()
 }
 
-/// The Message-ID of a message (without angle brackets), from its header section.
-fn message_id(message: &[u8]) -> Option<String> {
-    let (headers, _) = crate::message::parse_headers(message);
-    let value = headers
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case("message-id"))
-        .map(|(_, v)| v.trim())?;
-    let id = value.trim_start_matches('<').trim_end_matches('>').trim();
-    (!id.is_empty()).then(|| id.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,14 +489,5 @@ mod tests {
             "{metrics}"
         );
         assert!(metrics.contains("smtpgate_suppressed_addresses 1"), "{metrics}");
-    }
-
-    #[test]
-    fn message_ids_are_remembered_without_brackets() {
-        assert_eq!(
-            message_id(b"Subject: x\r\nMessage-ID:  <a.b@c>\r\n\r\nbody"),
-            Some("a.b@c".into())
-        );
-        assert_eq!(message_id(b"Subject: x\r\n\r\nMessage-ID: <in@body>\r\n"), None);
     }
 }

@@ -181,24 +181,77 @@ pub(crate) fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
     line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
-/// Header fields (unfolded, names and values trimmed) and where the body starts. A line without
-/// a colon is left out (continuation lines after it continue the field before it), and so are
-/// continuation lines before the first field.
-pub fn parse_headers(message: &[u8]) -> (Vec<(String, String)>, usize) {
-    let section = header_section(message);
-    let mut headers: Vec<(String, String)> = Vec::new();
-    for field in &section.fields {
-        match field.name() {
-            Some(name) => headers.push((String::from_utf8_lossy(name).trim().to_owned(), field.value())),
-            None if field.is_orphan() => {}
-            None => {
-                if let Some(last) = headers.last_mut() {
-                    unfold_into(&mut last.1, field.continuation());
+/// A message's header fields, unfolded (names and values trimmed), parsed once when the message
+/// arrives and handed to whoever reads them: the hop count, submission headers, routing rules and
+/// Sieve scripts, and the record of sent mail (by Message-ID). A line without a colon is left
+/// out (continuation lines after it continue the field before it), and so are continuation
+/// lines before the first field.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    fields: Vec<(String, String)>,
+    /// Where the body starts in the message the fields were read from.
+    body_start: usize,
+}
+
+impl Headers {
+    /// Reads the header section at the start of `message`.
+    pub fn parse(message: &[u8]) -> Headers {
+        let section = header_section(message);
+        let mut fields: Vec<(String, String)> = Vec::new();
+        for field in &section.fields {
+            match field.name() {
+                Some(name) => fields.push((String::from_utf8_lossy(name).trim().to_owned(), field.value())),
+                None if field.is_orphan() => {}
+                None => {
+                    if let Some(last) = fields.last_mut() {
+                        unfold_into(&mut last.1, field.continuation());
+                    }
                 }
             }
         }
+        Headers {
+            fields,
+            body_start: section.body_start,
+        }
     }
-    (headers, section.body_start)
+
+    /// Every field, in order, as (name, unfolded value).
+    pub fn fields(&self) -> &[(String, String)] {
+        &self.fields
+    }
+
+    /// Every value of the fields named `name` (ignoring ASCII case), in order.
+    pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.fields
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// How many fields are named `name`.
+    pub fn count(&self, name: &str) -> usize {
+        self.values(name).count()
+    }
+
+    /// The Message-ID, without its angle brackets; `None` when it is missing or empty.
+    pub fn message_id(&self) -> Option<&str> {
+        let value = self.values("message-id").next()?.trim();
+        let id = value.trim_start_matches('<').trim_end_matches('>').trim();
+        (!id.is_empty()).then_some(id)
+    }
+
+    /// Where the body starts in the message.
+    pub fn body_start(&self) -> usize {
+        self.body_start
+    }
+
+    /// Records fields inserted into the message before field number `at` (`bytes` long in
+    /// all), so the view stays that of the message without reading it again.
+    pub fn inserted(&mut self, at: usize, added: Vec<(String, String)>, bytes: usize) {
+        let at = at.min(self.fields.len());
+        self.fields.splice(at..at, added);
+        self.body_start += bytes;
+    }
 }
 
 #[cfg(test)]
@@ -284,8 +337,11 @@ mod tests {
         assert!(!section.fields[1].is("not a field"));
         assert_covers(msg);
         // Routing leaves the line out; its continuation lines continue the field before it.
-        let (headers, _) = parse_headers(msg);
-        assert_eq!(headers, [("A".into(), "1 more".into()), ("B".into(), "2".into())]);
+        let headers = Headers::parse(msg);
+        assert_eq!(
+            headers.fields(),
+            [("A".into(), "1 more".into()), ("B".into(), "2".into())]
+        );
     }
 
     #[test]
@@ -295,7 +351,7 @@ mod tests {
         assert!(section.fields[0].is_orphan());
         assert_eq!(section.fields[0].name(), None);
         assert_eq!(section.fields[0].raw, b" orphan: x\r\n\tmore\r\n");
-        assert_eq!(parse_headers(msg).0, [("A".into(), "1".into())]);
+        assert_eq!(Headers::parse(msg).fields(), [("A".into(), "1".into())]);
         assert_covers(msg);
     }
 
@@ -307,7 +363,10 @@ mod tests {
             !section.fields[1].is("subject"),
             "a space before the colon is part of the name"
         );
-        assert_eq!(parse_headers(b"Subject : b\r\n").0, [("Subject".into(), "b".into())]);
+        assert_eq!(
+            Headers::parse(b"Subject : b\r\n").fields(),
+            [("Subject".into(), "b".into())]
+        );
     }
 
     #[test]
@@ -361,5 +420,29 @@ mod tests {
     fn header_added_when_the_trace_header_is_the_only_field() {
         let out = apply_header_changes(b"Received: from x\r\n\r\nbody\r\n", &[("A".into(), "1".into())], &[]);
         assert_eq!(out, b"Received: from x\r\nA: 1\r\n\r\nbody\r\n");
+    }
+
+    #[test]
+    fn the_parsed_view_finds_values_counts_and_the_message_id() {
+        let msg = b"Received: a\r\nreceived: b\r\nMessage-ID:\r\n  <x@y> \r\n\r\nbody";
+        let headers = Headers::parse(msg);
+        assert_eq!(headers.count("RECEIVED"), 2);
+        assert_eq!(headers.values("Received").collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(headers.message_id(), Some("x@y"));
+        assert_eq!(&msg[headers.body_start()..], b"body");
+        assert_eq!(Headers::parse(b"Message-ID: <>\r\n\r\n").message_id(), None);
+        let in_body = Headers::parse(b"Subject: x\r\n\r\nMessage-ID: <in@body>\r\n");
+        assert_eq!(in_body.message_id(), None);
+    }
+
+    #[test]
+    fn inserted_fields_keep_the_view_that_of_the_message() {
+        let before = b"Received: a\r\nSubject: s\r\n\r\nbody".to_vec();
+        let added = b"Message-ID: <m@h>\r\n";
+        let mut after = before.clone();
+        after.splice(13..13, added.iter().copied());
+        let mut headers = Headers::parse(&before);
+        headers.inserted(1, vec![("Message-ID".into(), "<m@h>".into())], added.len());
+        assert_eq!(headers, Headers::parse(&after));
     }
 }

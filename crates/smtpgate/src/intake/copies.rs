@@ -8,6 +8,7 @@ use crate::config::Stage;
 use crate::context::Context;
 use crate::envelope::{Address, Envelope, QueueId, Recipient, Sender, SessionInfo};
 use crate::filter::{Action, Handle, names_after, pipeline};
+use crate::message::Headers;
 use crate::quarantine::{Origin, Resume};
 use crate::route::{Group, MessageView, Plan};
 use crate::spool::Content;
@@ -44,21 +45,28 @@ pub async fn route(ctx: &Context, origin: &SessionInfo, msg: &Filtered) -> Optio
         ..Default::default()
     };
     let limit = ctx.config.routing.body_scan_limit;
-    let plan = move |router: &crate::route::Router, seen: &[u8], base: MessageView<'static>, rcpts: &[Recipient]| {
-        let size = base.size;
-        let mut view = base.with_message(seen, limit);
-        view.size = size;
-        router.plan(&view, rcpts)
-    };
+    let plan =
+        move |router: &crate::route::Router,
+              headers: &Headers,
+              seen: &[u8],
+              base: MessageView<'_>,
+              rcpts: &[Recipient]| { router.plan(&base.with_parsed(headers, seen, limit), rcpts) };
     if !ctx.router.reads_files() {
-        return Some(plan(&ctx.router, &msg.body.routing_view(), base, &msg.env.recipients));
+        return Some(plan(
+            &ctx.router,
+            &msg.headers,
+            &msg.body.routing_view(),
+            base,
+            &msg.env.recipients,
+        ));
     }
-    let (router, seen, rcpts) = (
+    let (router, headers, seen, rcpts) = (
         ctx.router.clone(),
+        msg.headers.clone(),
         msg.body.routing_view().into_owned(),
         msg.env.recipients.clone(),
     );
-    match tokio::task::spawn_blocking(move || plan(&router, &seen, base, &rcpts)).await {
+    match tokio::task::spawn_blocking(move || plan(&router, &headers, &seen, base, &rcpts)).await {
         Ok(p) => Some(p),
         Err(e) => {
             tracing::error!(queue_id = %msg.id, error = %e, "routing failed");

@@ -10,6 +10,7 @@ use crate::config::{ListenerConfig, Stage};
 use crate::context::Context;
 use crate::envelope::{Address, Envelope, QueueId, SessionInfo};
 use crate::filter::{Action, Handle, names_after, pipeline};
+use crate::message::Headers;
 use crate::quarantine::{Origin, Resume};
 use crate::spool::Content;
 
@@ -29,6 +30,7 @@ pub async fn run(
     peer: SocketAddr,
     mut env: Envelope,
     body: Content,
+    headers: Headers,
 ) -> Result<Filtered, Disposition> {
     let id = env.id;
     let scan: Vec<String> = listener_filters(ctx, listener, Stage::AfterQueue)
@@ -37,7 +39,7 @@ pub async fn run(
         .collect();
     let filters = listener_filters(ctx, listener, Stage::BeforeQueue);
     if filters.is_empty() {
-        return Ok(Filtered::new(env, body, Vec::new(), scan));
+        return Ok(Filtered::new(env, body, headers, Vec::new(), scan));
     }
     // Filters read the whole message: one copy in memory.
     let body = body.into_memory().await.map_err(|e| {
@@ -50,7 +52,17 @@ pub async fn run(
     let by = out.decided_by.clone().unwrap_or_default();
     keep_recipients(&mut env.recipients, &out.recipients);
     match out.action {
-        Action::Accept => Ok(Filtered::new(env, Content::memory(out.message), out.tags, scan)),
+        Action::Accept => {
+            // A filter may have changed the header section: the view is the message's again.
+            let headers = Headers::parse(&out.message);
+            Ok(Filtered::new(
+                env,
+                Content::memory(out.message),
+                headers,
+                out.tags,
+                scan,
+            ))
+        }
         Action::Reject(r) | Action::TempFail(r) => {
             ctx.metrics.filter_rejected.inc();
             tracing::info!(queue_id = %id, client = %peer, filter = %by, reply = %r.code, "message refused by filter");

@@ -1,10 +1,9 @@
 //! Headers smtpgate adds to a message: `Received:` (the session writes it as the message starts)
-//! and `Message-ID:`/`Date:` on submission (added at end of data, once the header section is known);
-//! and the count of `Received:` fields that stops mail loops.
+//! and `Message-ID:`/`Date:` on submission (added at end of data, once the header section is known).
 
 use crate::datetime::{now_unix, rfc5322};
 use crate::envelope::QueueId;
-use crate::message::starts_with_ci;
+use crate::message::Headers;
 
 /// What a `Received:` header says about the session.
 pub struct Trace<'a> {
@@ -50,39 +49,35 @@ pub fn protocol(extended: bool, tls: bool, auth: bool) -> &'static str {
     }
 }
 
-/// Headers missing from a submitted message (`Message-ID:`, `Date:`), ready to insert.
-pub fn missing_submission_headers(message: &[u8], id: QueueId, host: &str) -> String {
-    let fields = crate::message::header_section(message).fields;
-    let has = |prefix: &[u8]| fields.iter().any(|f| starts_with_ci(f.first_line(), prefix));
-    let (has_id, has_date) = (has(b"message-id:"), has(b"date:"));
-    let mut out = String::new();
-    if !has_id {
-        out.push_str(&format!("Message-ID: <{id}.{}@{host}>\r\n", now_unix()));
+/// Headers missing from a submitted message (`Message-ID:`, `Date:`), as fields and ready to
+/// insert.
+pub fn missing_submission_headers(headers: &Headers, id: QueueId, host: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if headers.count("message-id") == 0 {
+        out.push(("Message-ID".to_owned(), format!("<{id}.{}@{host}>", now_unix())));
     }
-    if !has_date {
-        out.push_str(&format!("Date: {}\r\n", rfc5322(now_unix())));
+    if headers.count("date") == 0 {
+        out.push(("Date".to_owned(), rfc5322(now_unix())));
     }
     out
 }
 
 /// Adds the `Message-ID:` and `Date:` a submitted message lacks, after the session's own
-/// `Received:` (so they are part of the author's header section, not of the trace).
-pub fn add_submission_headers(head: &mut Vec<u8>, id: QueueId, host: &str) {
+/// `Received:` (so they are part of the author's header section, not of the trace), to the
+/// message and to its parsed view.
+pub fn add_submission_headers(head: &mut Vec<u8>, headers: &mut Headers, id: QueueId, host: &str) {
+    let extra = missing_submission_headers(headers, id, host);
+    if extra.is_empty() {
+        return;
+    }
+    let bytes: Vec<u8> = extra
+        .iter()
+        .flat_map(|(name, value)| format!("{name}: {value}\r\n").into_bytes())
+        .collect();
     let at = received_len(head);
-    let extra = missing_submission_headers(&head[at..], id, host);
-    head.splice(at..at, extra.into_bytes());
-}
-
-/// How many `Received:` fields the header section holds (ours, just added, included).
-pub fn received_count(body: &[u8]) -> usize {
-    let end = body
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(body.len(), |i| i + 2);
-    body[..end]
-        .split(|&b| b == b'\n')
-        .filter(|line| line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:"))
-        .count()
+    let len = bytes.len();
+    head.splice(at..at, bytes);
+    headers.inserted(1, extra, len);
 }
 
 /// Length of the leading `Received:` header that the session wrote (it ends at the first line that
@@ -105,11 +100,20 @@ mod tests {
     #[test]
     fn adds_only_what_is_missing() {
         let id = QueueId(1);
-        let both = missing_submission_headers(b"Subject: x\r\n\r\nMessage-ID: in body\r\n", id, "h");
-        assert!(both.starts_with("Message-ID: <0000000000000001."));
-        assert!(both.contains("\r\nDate: "));
-        let none = missing_submission_headers(b"message-id: <a@b>\r\nDATE: today\r\n\r\nbody", id, "h");
-        assert_eq!(none, "");
+        let mut head = b"Received: from x\r\n\tby y\r\nSubject: x\r\n\r\nMessage-ID: in body\r\n".to_vec();
+        let mut headers = Headers::parse(&head);
+        add_submission_headers(&mut head, &mut headers, id, "h");
+        let text = String::from_utf8_lossy(&head);
+        assert!(
+            text.starts_with("Received: from x\r\n\tby y\r\nMessage-ID: <0000000000000001."),
+            "{text}"
+        );
+        assert!(text.contains("\r\nDate: "), "{text}");
+        assert_eq!(headers, Headers::parse(&head), "the view follows the message");
+        let mut complete = b"message-id: <a@b>\r\nDATE: today\r\n\r\nbody".to_vec();
+        let mut headers = Headers::parse(&complete);
+        add_submission_headers(&mut complete, &mut headers, id, "h");
+        assert_eq!(complete, b"message-id: <a@b>\r\nDATE: today\r\n\r\nbody");
     }
 
     #[test]

@@ -32,6 +32,7 @@ use smtpgate_proto::Reply;
 use crate::config::ListenerConfig;
 use crate::context::Context;
 use crate::envelope::{Address, Envelope, QueueId, Recipient, SessionInfo};
+use crate::message::Headers;
 use crate::route::Group;
 use crate::spool::Content;
 pub use copies::Copy;
@@ -60,6 +61,8 @@ pub struct Filtered {
     pub env: Envelope,
     /// In memory, or with its body in an incoming file (a large message no filter read whole).
     pub body: Content,
+    /// Its header section, parsed once (again only after a filter that may have changed it).
+    pub headers: Headers,
     /// Tags the filters set, for routing.
     pub tags: Vec<String>,
     /// The listener's after-queue filters.
@@ -67,13 +70,15 @@ pub struct Filtered {
 }
 
 impl Filtered {
-    /// The message as the filters left it (its 8-bit flag follows the content they left).
-    pub fn new(mut env: Envelope, body: Content, tags: Vec<String>, scan: Vec<String>) -> Filtered {
+    /// The message as the filters left it (its 8-bit flag follows the content they left), with
+    /// the parsed view of its header section.
+    pub fn new(mut env: Envelope, body: Content, headers: Headers, tags: Vec<String>, scan: Vec<String>) -> Filtered {
         env.eight_bit = !body.is_ascii();
         Filtered {
             id: env.id,
             env,
             body,
+            headers,
             tags,
             scan,
         }
@@ -123,20 +128,23 @@ pub async fn take(ctx: &Context, listener: &ListenerConfig, draft: Draft, sink: 
         peer,
     } = draft;
     let id = env.id;
-    let hops = headers::received_count(&body.head);
+    // The one parse of the header section: routing and the record of sent mail read this view,
+    // and it is read again only when a filter may have rewritten the message.
+    let mut parsed = Headers::parse(&body.head);
+    let hops = parsed.count("received");
     if hops > listener.max_hops {
         ctx.metrics.rejected.inc();
         tracing::warn!(queue_id = %id, client = %peer, hops, "message refused: too many hops (mail loop)");
         return Disposition::Refused(Reply::too_many_hops());
     }
     if listener.submission || origin.user.is_some() {
-        headers::add_submission_headers(&mut body.head, id, &ctx.config.hostname);
+        headers::add_submission_headers(&mut body.head, &mut parsed, id, &ctx.config.hostname);
     }
     reports::take_reports(ctx, id, peer, &mut env, &body.routing_view());
     if env.recipients.is_empty() {
         return Disposition::Dropped(Dropped::NoRecipients);
     }
-    let msg = match filters::run(ctx, listener, &origin, peer, env, body).await {
+    let msg = match filters::run(ctx, listener, &origin, peer, env, body, parsed).await {
         Ok(msg) => msg,
         Err(disposition) => return disposition,
     };

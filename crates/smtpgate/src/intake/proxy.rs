@@ -275,7 +275,7 @@ impl<'p> ProxySink<'p> {
         up.open = !up.delivered;
         if up.delivered {
             let relayed: Vec<String> = up.recipients().iter().map(|r| r.address.to_string()).collect();
-            ctx.feedback.record_sent(&message, msg.id, &relayed);
+            ctx.feedback.record_sent(msg.headers.message_id(), msg.id, &relayed);
             ctx.metrics.proxied.inc();
         } else {
             ctx.metrics.proxy_refused.inc();

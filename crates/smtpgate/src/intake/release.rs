@@ -7,6 +7,7 @@ use super::{Disposition, Filtered, Taken, keep_recipients, pass};
 use crate::context::Context;
 use crate::envelope::{Address, Envelope, QueueId, SessionInfo};
 use crate::filter::{Action, Handle, names_after, pipeline};
+use crate::message::Headers;
 use crate::quarantine::{Origin, Resume};
 use crate::queue::Queue;
 use crate::spool::{Content, SpoolError};
@@ -111,7 +112,8 @@ async fn resume_held(
     Ok(match resume_filters(ctx, &info, env, message, tags, &found).await? {
         Resumed::Pass(env, message, tags) => match held {
             HeldBy::Listener => {
-                let msg = Filtered::new(env, Content::memory(message), tags, scan);
+                let headers = Headers::parse(&message);
+                let msg = Filtered::new(env, Content::memory(message), headers, tags, scan);
                 route_released(ctx, queue, &info, msg).await?
             }
             HeldBy::Route => {

@@ -71,7 +71,7 @@ impl Sink for SpoolSink<'_> {
                 }
             };
             if !spooled.is_empty() {
-                ctx.feedback.record_sent(&msg.body.head, msg.id, &relayed);
+                ctx.feedback.record_sent(msg.headers.message_id(), msg.id, &relayed);
             }
             Ok(Taken::Spooled(spooled))
         })

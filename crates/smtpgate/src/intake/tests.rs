@@ -309,3 +309,28 @@ async fn too_many_hops_is_refused() {
     assert!(matches!(got, Disposition::Refused(_)), "{got:?}");
     assert!(sink.got.is_empty());
 }
+
+#[tokio::test]
+async fn a_submitted_message_is_recorded_as_sent_under_the_message_id_intake_added() {
+    let s = setup();
+    let mut d = draft(&s.ctx, &["b@local.test"], "hello");
+    d.origin.user = Some("a@local.test".into());
+    let id = d.env.id;
+    let mut sink = SpoolSink::new(&s.queue);
+    let disposition = take(&s.ctx, &s.ctx.config.listeners[0], d, &mut sink).await;
+    assert!(
+        matches!(disposition, Disposition::Accepted(Taken::Spooled(ref ids)) if ids == &[id]),
+        "{disposition:?}"
+    );
+    let spooled = crate::spool::inspect(&s.ctx.config.spool.dir).unwrap();
+    let (_, message) = spooled
+        .iter()
+        .find(|(env, _)| env.id == id)
+        .expect("the copy is spooled");
+    let headers = Headers::parse(message);
+    let message_id = headers.message_id().expect("submission adds a Message-ID");
+    assert!(message_id.starts_with(&format!("{id}.")), "{message_id}");
+    assert_eq!(headers.count("date"), 1);
+    // The record of sent mail read the Message-ID from the view intake kept up to date.
+    assert_eq!(s.ctx.feedback.sent.queue_id(message_id), Some(id.to_string()));
+}

@@ -25,7 +25,6 @@ mod tests;
 use std::fmt;
 use std::sync::Arc;
 
-pub use crate::message::parse_headers;
 pub use message::MessageView;
 pub use plan::{Group, Plan, Router};
 
