@@ -56,8 +56,12 @@ fn a_transactional_message_leaves_within_a_second_under_a_bulk_backlog() {
         Duration::from_secs(600),
     );
     assert!(status.is_some_and(|s| s.success()), "smtp-source: {status:?}\n{output}");
+    // The backlog drains at 60/min while smtp-source runs, which takes longer on a loaded
+    // machine: every message is queued or delivered, and nearly all are still queued.
     let depth = gate.metric("smtpgate_queue_depth");
-    assert!(depth >= 99_900.0, "the bulk backlog is in the queue: {depth}");
+    let delivered = upstream.messages().len() as f64;
+    assert!(depth + delivered >= 100_000.0, "every message is queued or delivered: {depth} + {delivered}");
+    assert!(depth >= 99_000.0, "the bulk backlog is in the queue: {depth}");
 
     // A transactional message to the same domain goes out at once.
     let before = upstream.messages().len();
