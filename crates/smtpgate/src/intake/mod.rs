@@ -18,6 +18,7 @@
 mod copies;
 mod filters;
 pub mod headers;
+pub mod inject;
 pub mod proxy;
 mod release;
 mod reports;

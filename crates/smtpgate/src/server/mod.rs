@@ -2,6 +2,7 @@
 
 mod admin;
 pub mod admin_auth;
+mod inject_api;
 mod listeners;
 pub mod quarantine_api;
 mod reload;
