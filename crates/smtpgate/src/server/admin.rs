@@ -91,5 +91,6 @@ fn render(ctx: &Context) -> String {
     ));
     out.push_str(&ctx.pools.render());
     out.push_str(&ctx.feedback.render());
+    out.push_str(&ctx.webhooks.render());
     out
 }
