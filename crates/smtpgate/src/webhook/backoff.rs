@@ -32,8 +32,8 @@ impl Backoff {
         Duration::from_millis(half + random % (half + 1))
     }
 
-    /// [`Backoff::next_with`] with a random jitter.
-    pub fn next(&mut self) -> Duration {
+    /// [`Backoff::next_with`] with a random jitter: the wait after this failure.
+    pub fn wait(&mut self) -> Duration {
         let mut bytes = [0u8; 8];
         let _ = getrandom::fill(&mut bytes);
         self.next_with(u64::from_le_bytes(bytes))
@@ -55,7 +55,7 @@ mod tests {
         for _ in 0..20 {
             let low = b.clone().next_with(0);
             let high = b.clone().next_with(u64::MAX - 1);
-            let wait = b.next();
+            let wait = b.wait();
             assert_eq!(low, nominal / 2);
             assert!(high <= nominal && high >= nominal / 2, "{high:?} for {nominal:?}");
             assert!(wait >= low && wait <= nominal, "{wait:?} for {nominal:?}");

@@ -162,6 +162,7 @@ impl Webhooks {
     }
 
     fn new_hook(&self, config: &WebhookConfig) -> Result<Hook, String> {
+        warn_if_readable(config);
         let opened = self.registry.open(&config.name)?;
         let target = post::Target::new(config).map_err(|e| format!("webhook {}: {e}", config.name))?;
         Ok(Hook {
@@ -304,6 +305,22 @@ impl Webhooks {
             }
         }
         out
+    }
+}
+
+/// Logs a warning when other users can read the webhook's secret file (it should be 0600, as
+/// the admin token is); the secret is what makes a receiver trust a request.
+fn warn_if_readable(config: &WebhookConfig) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(path) = &config.secret_file
+        && let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            webhook = %config.name,
+            file = %path.display(),
+            "the webhook's secret file can be read by other users; make it mode 0600"
+        );
     }
 }
 

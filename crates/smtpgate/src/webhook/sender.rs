@@ -56,7 +56,7 @@ impl Sender {
                 Ok(batch) => batch,
                 Err(e) => {
                     tracing::error!(webhook = %self.target.name, error = %e, "cannot read the webhook outbox");
-                    if pause(backoff.next(), &mut stop).await {
+                    if pause(backoff.wait(), &mut stop).await {
                         return;
                     }
                     continue;
@@ -71,7 +71,7 @@ impl Sender {
             match self.deliver(batch, &mut stop).await {
                 Step::Done => backoff.reset(),
                 Step::Retry => {
-                    if pause(backoff.next(), &mut stop).await {
+                    if pause(backoff.wait(), &mut stop).await {
                         return;
                     }
                 }

@@ -214,3 +214,36 @@ fn config_mistakes_have_keys() {
         (100, Duration::from_secs(86_400), Duration::from_secs(10))
     );
 }
+
+/// A reload keeps an unchanged webhook's sender, replaces a changed one's (on the same outbox)
+/// and stops a removed one's, whose outbox stays on disk; nothing stops before `start`.
+#[tokio::test]
+async fn reload_keeps_unchanged_senders() {
+    let dir = tempfile::tempdir().unwrap();
+    let load = |text: &str| crate::config::Config::from_toml_str(text, dir.path()).unwrap().webhooks;
+    let a = "[[webhook]]\nname = \"a\"\nurl = \"http://127.0.0.1:9/a\"\n";
+    let b = "[[webhook]]\nname = \"b\"\nurl = \"http://127.0.0.1:9/b\"\n";
+    let b2 = "[[webhook]]\nname = \"b\"\nurl = \"http://127.0.0.1:9/other\"\n";
+    let first = super::Webhooks::open(dir.path(), &load(&format!("{a}{b}"))).unwrap();
+    first.start();
+    let second = first.successor(&load(&format!("{a}{b2}"))).unwrap();
+    assert!(
+        Arc::ptr_eq(&first.hooks[0], &second.hooks[0]),
+        "unchanged: the same sender"
+    );
+    assert!(!Arc::ptr_eq(&first.hooks[1], &second.hooks[1]), "changed: a new sender");
+    assert!(
+        Arc::ptr_eq(&first.hooks[1].opened, &second.hooks[1].opened),
+        "on the same outbox"
+    );
+    assert!(!*first.hooks[1].stop.borrow(), "nothing stops before start");
+    second.start();
+    assert!(*first.hooks[1].stop.borrow(), "the changed webhook's old sender stops");
+    assert!(!*second.hooks[0].stop.borrow() && !*second.hooks[1].stop.borrow());
+    let third = second.successor(&load(a)).unwrap();
+    third.start();
+    assert!(*second.hooks[1].stop.borrow(), "a removed webhook's sender stops");
+    assert!(!*third.hooks[0].stop.borrow());
+    assert!(dir.path().join("webhooks/b").is_dir(), "its outbox stays");
+    third.close().await;
+}
