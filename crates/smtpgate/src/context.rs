@@ -46,6 +46,9 @@ pub struct Context {
     pub verified_tls: Arc<rustls::ClientConfig>,
     /// The `[[filter]]`s, built; listeners, routes and spooled messages name them.
     pub filters: Arc<crate::filter::Filters>,
+    /// The `[[webhook]]`s: each with its durable outbox; a reload keeps an unchanged one's
+    /// sender. Senders run from `Webhooks::start`, once this context is the server's.
+    pub webhooks: Arc<crate::webhook::Webhooks>,
 }
 
 /// Why a context could not be built.
@@ -81,6 +84,8 @@ struct Kept {
     feedback: Option<Arc<crate::feedback::State>>,
     /// The DANE cache, reused while it serves the new configuration.
     dane: Option<Arc<crate::upstream::dane::Dane>>,
+    /// The previous configuration's webhooks (their outboxes stay open for the process).
+    webhooks: Arc<crate::webhook::Webhooks>,
 }
 
 impl Context {
@@ -120,6 +125,7 @@ impl Context {
             shaping: None,
             feedback: None,
             dane: None,
+            webhooks: Arc::new(crate::webhook::Webhooks::open(&spool_dir, &[]).map_err(BuildError::Setup)?),
         };
         Ok((Context::build(config, kept)?, found))
     }
@@ -152,6 +158,7 @@ impl Context {
             shaping: Some(self.shaper.state()),
             feedback: Some(self.feedback.state()),
             dane: self.dane.clone(),
+            webhooks: self.webhooks.clone(),
         };
         Context::build(config, kept)
     }
@@ -183,7 +190,10 @@ impl Context {
             Some(same) if config.dane.enabled => Some(same),
             _ => crate::upstream::dane::Dane::for_config(&config).map_err(BuildError::Dns)?,
         };
+        // Last, so that a mistake above leaves no outbox opened for nothing.
+        let webhooks = kept.webhooks.successor(&config.webhooks).map_err(BuildError::Setup)?;
         Ok(Arc::new(Context {
+            webhooks: Arc::new(webhooks),
             spool: kept.spool,
             metrics: kept.metrics,
             resolver,

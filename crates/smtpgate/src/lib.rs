@@ -46,6 +46,7 @@ pub mod suppress;
 pub mod testing;
 pub mod tls;
 pub mod upstream;
+pub mod webhook;
 
 pub use config::Config;
 pub use server::Server;

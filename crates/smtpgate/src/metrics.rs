@@ -72,6 +72,15 @@ impl Gauge {
     pub fn dec(&self) {
         self.0.fetch_sub(1, Relaxed);
     }
+    pub fn add(&self, n: i64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+    pub fn sub(&self, n: i64) {
+        self.0.fetch_sub(n, Relaxed);
+    }
+    pub fn set(&self, n: i64) {
+        self.0.store(n, Relaxed);
+    }
     pub fn get(&self) -> i64 {
         self.0.load(Relaxed)
     }

@@ -114,6 +114,7 @@ pub(super) fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Con
     let dane = DaneConfig {
         enabled: raw.dane.and_then(|d| d.enabled).unwrap_or(true),
     };
+    let webhooks = super::webhook::build_webhooks(raw.webhooks, base_dir, issues);
     Config {
         mta_sts,
         dane,
@@ -138,6 +139,7 @@ pub(super) fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Con
             Duration::from_secs(30 * DAY),
         ),
         shutdown_timeout,
+        webhooks,
     }
 }
 

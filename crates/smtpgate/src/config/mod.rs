@@ -35,6 +35,7 @@ pub mod stream;
 mod tests;
 mod text;
 pub mod values;
+pub mod webhook;
 pub use values::read_token;
 
 /// The mistakes of every file the configuration reads are collected in one place, below config.
@@ -86,6 +87,8 @@ pub struct Config {
     /// in flight are not waited for: their state is on disk and they are retried after a restart.
     /// Key `shutdown_timeout`.
     pub shutdown_timeout: Duration,
+    /// `[[webhook]]`s: where events are POSTed (the `webhook` module).
+    pub webhooks: Vec<webhook::WebhookConfig>,
 }
 
 /// `[spool]`: where accepted messages are kept until delivered.

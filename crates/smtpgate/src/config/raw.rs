@@ -35,6 +35,8 @@ pub struct RawConfig {
     pub bounces: Option<RawBounces>,
     #[serde(default, rename = "filter")]
     pub filters: Vec<super::filter::RawFilter>,
+    #[serde(default, rename = "webhook")]
+    pub webhooks: Vec<super::webhook::RawWebhook>,
 }
 
 /// `[spool]`

@@ -92,5 +92,6 @@ fn render(ctx: &Context) -> String {
     ));
     out.push_str(&ctx.pools.render());
     out.push_str(&ctx.feedback.render());
+    out.push_str(&ctx.webhooks.render());
     out
 }

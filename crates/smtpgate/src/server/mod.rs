@@ -99,6 +99,7 @@ impl Server {
         queue.start_compaction(Duration::from_secs(30));
         tokio::spawn(expire_quarantine(queue.clone()));
         ctx.pools.start();
+        ctx.webhooks.start();
         let grace = config.shutdown_timeout;
         Ok(Server {
             listeners,
@@ -135,6 +136,8 @@ impl Server {
         }
         self.queue.ctx().shaper.save_warmup();
         self.queue.ctx().spool.close().await;
+        // Events published until now are written and fsynced; unsent ones go after a restart.
+        self.queue.ctx().webhooks.close().await;
     }
 }
 

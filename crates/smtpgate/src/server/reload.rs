@@ -26,6 +26,7 @@ impl Server {
         self.listeners.apply(states).await.map_err(|e| e.to_string())?;
         self.queue.set_context(ctx.clone());
         ctx.pools.start();
+        ctx.webhooks.start();
         self.ctx = ctx;
         self.grace = config.shutdown_timeout;
         tracing::info!(
