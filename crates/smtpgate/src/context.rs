@@ -46,6 +46,9 @@ pub struct Context {
     pub verified_tls: Arc<rustls::ClientConfig>,
     /// The `[[filter]]`s, built; listeners, routes and spooled messages name them.
     pub filters: Arc<crate::filter::Filters>,
+    /// The message history: every event goes through here (kept across reloads; `[events]`
+    /// changes take effect at the next start).
+    pub events: crate::events::Events,
 }
 
 /// Why a context could not be built.
@@ -81,6 +84,7 @@ struct Kept {
     feedback: Option<Arc<crate::feedback::State>>,
     /// The DANE cache, reused while it serves the new configuration.
     dane: Option<Arc<crate::upstream::dane::Dane>>,
+    events: crate::events::Events,
 }
 
 impl Context {
@@ -104,9 +108,13 @@ impl Context {
         };
         let metrics = Metrics::default();
         metrics.spool_damaged.add(spool.damaged());
+        let metrics = Arc::new(metrics);
+        // Further sinks (webhooks) are given here, at start: they live as long as the process.
+        let events = crate::events::Events::open(&config.events, &spool_dir, metrics.clone(), Vec::new())
+            .map_err(|e| BuildError::Setup(e.to_string()))?;
         let kept = Kept {
             spool: Arc::new(spool),
-            metrics: Arc::new(metrics),
+            metrics,
             ids: Arc::new(IdGen::default()),
             memory: crate::budget::MemoryBudget::new(config.spool.memory_budget),
             quarantine: Arc::new(crate::quarantine::Quarantine::open(&spool_dir).map_err(at_spool)?),
@@ -120,6 +128,7 @@ impl Context {
             shaping: None,
             feedback: None,
             dane: None,
+            events,
         };
         Ok((Context::build(config, kept)?, found))
     }
@@ -133,6 +142,9 @@ impl Context {
         }
         if config.redis != self.config.redis {
             tracing::warn!("[redis] changed: this takes effect at the next restart");
+        }
+        if config.events != self.config.events {
+            tracing::warn!("[events] changed: this takes effect at the next restart");
         }
         if config.mta_sts != self.config.mta_sts {
             tracing::warn!("[mta_sts] changed: this takes effect at the next restart");
@@ -152,6 +164,7 @@ impl Context {
             shaping: Some(self.shaper.state()),
             feedback: Some(self.feedback.state()),
             dane: self.dane.clone(),
+            events: self.events.clone(),
         };
         Context::build(config, kept)
     }
@@ -200,6 +213,7 @@ impl Context {
             dane,
             verified_tls: kept.verified_tls,
             filters: Arc::new(filters),
+            events: kept.events,
             config,
         }))
     }

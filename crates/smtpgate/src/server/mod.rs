@@ -134,6 +134,9 @@ impl Server {
         }
         self.queue.ctx().shaper.save_warmup();
         self.queue.ctx().spool.close().await;
+        // What was recorded so far is on disk before the process ends.
+        let events = self.queue.ctx().events.clone();
+        let _ = tokio::task::spawn_blocking(move || events.flush()).await;
     }
 }
 
