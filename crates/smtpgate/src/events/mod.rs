@@ -50,7 +50,7 @@ use crate::config::EventsConfig;
 use crate::envelope::{QueueId, Recipient, Sender};
 use crate::metrics::Metrics;
 use crate::reply::Upstream;
-pub use id::IdGen;
+pub use id::{IdGen, now_ms};
 pub use store::{Order, Query, Store, StoreError};
 
 /// Events the writer may be behind by before new ones are dropped.

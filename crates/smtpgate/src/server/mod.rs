@@ -2,6 +2,7 @@
 
 mod admin;
 pub mod admin_auth;
+pub mod events_api;
 mod listeners;
 pub mod quarantine_api;
 mod reload;
