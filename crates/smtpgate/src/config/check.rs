@@ -145,10 +145,15 @@ pub(super) fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Con
 
 /// `[events]`: the defaults, with sizes and the retention checked.
 fn build_events(raw: super::raw::RawEvents, hostname: &str, base_dir: &Path, issues: &mut Issues) -> EventsConfig {
-    let node = raw.node.unwrap_or_else(|| hostname.to_owned());
-    if node.trim().is_empty() {
-        issues.push("events.node", "must not be empty");
-    }
+    // A wrong hostname is reported once, under its own key.
+    let node = match raw.node {
+        Some(node) if node.trim().is_empty() => {
+            issues.push("events.node", "must not be empty");
+            node
+        }
+        Some(node) => node,
+        None => hostname.to_owned(),
+    };
     let size = |issues: &mut Issues, key: &str, raw: Option<Text>, default: u64| {
         let value = issues.parse(key, raw, parse_size, default);
         if value == 0 {
