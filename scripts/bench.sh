@@ -5,6 +5,7 @@
 #   BENCH_MESSAGES=2000 ./scripts/bench.sh
 #   BENCH_POSTFIX=0 ./scripts/bench.sh  # skip phase 3 (the Postfix comparison)
 #   BENCH_LATENCY_MESSAGES=500 ./scripts/bench.sh  # phase 4 sample size (default 2000 each way)
+#   BENCH_EVENTS=0 ./scripts/bench.sh  # smtpgate with [events] enabled = false (default: on)
 #   (also BENCH_SESSIONS, BENCH_SIZE, BENCH_PHASE_TIMEOUT seconds, SMTPGATE_BIN)
 #
 # Phase 1 sends the load with Postfix's smtp-source straight to smtp-sink; phase 2 sends the
@@ -36,6 +37,8 @@ SIZE=${BENCH_SIZE:-5000}
 PHASE_TIMEOUT=${BENCH_PHASE_TIMEOUT:-600}
 START_TIMEOUT=30
 POSTFIX_PHASE=${BENCH_POSTFIX:-1}
+EVENTS_SECTION=""
+[[ ${BENCH_EVENTS:-1} == 0 ]] && EVENTS_SECTION=$'[events]\nenabled = false'
 
 for tool in /usr/sbin/smtp-sink /usr/sbin/smtp-source python3; do
     command -v "$tool" >/dev/null || { echo "bench.sh: $tool missing (./scripts/test.sh installs it)" >&2; exit 1; }
@@ -289,6 +292,8 @@ pool = "sink"
 
 [queue]
 retry = ["1s"]
+
+$EVENTS_SECTION
 TOML
 start_gate "$START_TIMEOUT"
 GATE_PORT=$(listener_port inbound)

@@ -49,6 +49,11 @@ pub struct Context {
     /// The `[[webhook]]`s: each with its durable outbox; a reload keeps an unchanged one's
     /// sender. Senders run from `Webhooks::start`, once this context is the server's.
     pub webhooks: Arc<crate::webhook::Webhooks>,
+    /// The message history: every event goes through here (kept across reloads; `[events]`
+    /// changes take effect at the next start).
+    pub events: crate::events::Events,
+    /// Where the event writer hands events for the webhooks (kept across reloads).
+    relay: WebhookRelay,
 }
 
 /// Why a context could not be built.
@@ -86,6 +91,9 @@ struct Kept {
     dane: Option<Arc<crate::upstream::dane::Dane>>,
     /// The previous configuration's webhooks (their outboxes stay open for the process).
     webhooks: Arc<crate::webhook::Webhooks>,
+    /// Where the event writer hands events for the webhooks.
+    relay: WebhookRelay,
+    events: crate::events::Events,
 }
 
 impl Context {
@@ -109,9 +117,16 @@ impl Context {
         };
         let metrics = Metrics::default();
         metrics.spool_damaged.add(spool.damaged());
+        let metrics = Arc::new(metrics);
+        // The webhooks are the events' further sink, through a relay that each configuration's
+        // webhooks replace (the event writer lives as long as the process).
+        let relay = WebhookRelay::default();
+        let sinks: Vec<Box<dyn crate::events::EventSink>> = vec![Box::new(relay.clone())];
+        let events = crate::events::Events::open(&config.events, &spool_dir, metrics.clone(), sinks)
+            .map_err(|e| BuildError::Setup(e.to_string()))?;
         let kept = Kept {
             spool: Arc::new(spool),
-            metrics: Arc::new(metrics),
+            metrics,
             ids: Arc::new(IdGen::default()),
             memory: crate::budget::MemoryBudget::new(config.spool.memory_budget),
             quarantine: Arc::new(crate::quarantine::Quarantine::open(&spool_dir).map_err(at_spool)?),
@@ -126,6 +141,8 @@ impl Context {
             feedback: None,
             dane: None,
             webhooks: Arc::new(crate::webhook::Webhooks::open(&spool_dir, &[]).map_err(BuildError::Setup)?),
+            relay,
+            events,
         };
         Ok((Context::build(config, kept)?, found))
     }
@@ -139,6 +156,9 @@ impl Context {
         }
         if config.redis != self.config.redis {
             tracing::warn!("[redis] changed: this takes effect at the next restart");
+        }
+        if config.events != self.config.events {
+            tracing::warn!("[events] changed: this takes effect at the next restart");
         }
         if config.mta_sts != self.config.mta_sts {
             tracing::warn!("[mta_sts] changed: this takes effect at the next restart");
@@ -159,6 +179,8 @@ impl Context {
             feedback: Some(self.feedback.state()),
             dane: self.dane.clone(),
             webhooks: self.webhooks.clone(),
+            relay: self.relay.clone(),
+            events: self.events.clone(),
         };
         Context::build(config, kept)
     }
@@ -191,9 +213,13 @@ impl Context {
             _ => crate::upstream::dane::Dane::for_config(&config).map_err(BuildError::Dns)?,
         };
         // Last, so that a mistake above leaves no outbox opened for nothing.
-        let webhooks = kept.webhooks.successor(&config.webhooks).map_err(BuildError::Setup)?;
+        let webhooks = Arc::new(kept.webhooks.successor(&config.webhooks).map_err(BuildError::Setup)?);
+        // Events go to the newest configuration's webhooks: an unchanged webhook is the same one,
+        // and a changed one writes to the same outbox as before.
+        kept.relay.set(webhooks.clone());
         Ok(Arc::new(Context {
-            webhooks: Arc::new(webhooks),
+            webhooks,
+            relay: kept.relay,
             spool: kept.spool,
             metrics: kept.metrics,
             resolver,
@@ -210,7 +236,31 @@ impl Context {
             dane,
             verified_tls: kept.verified_tls,
             filters: Arc::new(filters),
+            events: kept.events,
             config,
         }))
+    }
+}
+
+/// Hands every recorded event to the webhooks of the configuration built last.
+#[derive(Clone, Default)]
+struct WebhookRelay(Arc<std::sync::RwLock<Option<Arc<crate::webhook::Webhooks>>>>);
+
+impl WebhookRelay {
+    fn set(&self, webhooks: Arc<crate::webhook::Webhooks>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(webhooks);
+    }
+}
+
+impl crate::events::EventSink for WebhookRelay {
+    fn publish(&self, _event: &crate::events::Event, json: &str) {
+        let webhooks = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(webhooks) = webhooks.filter(|w| !w.is_empty()) else {
+            return;
+        };
+        match serde_json::from_str::<serde_json::Value>(json) {
+            Ok(event) => webhooks.publish(&event),
+            Err(e) => tracing::error!(error = %e, "an event could not be read back for the webhooks"),
+        }
     }
 }

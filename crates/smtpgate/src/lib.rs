@@ -21,6 +21,7 @@ pub mod context;
 pub mod datetime;
 pub mod deliver;
 pub mod envelope;
+pub mod events;
 pub mod feedback;
 pub mod filter;
 pub mod intake;

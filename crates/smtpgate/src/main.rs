@@ -77,6 +77,25 @@ enum Cmd {
         #[command(subcommand)]
         command: ThrottleCmd,
     },
+    /// The history of a message (queue id or Message-ID) or of an address, oldest first.
+    Trace {
+        /// A queue id, a Message-ID or an address.
+        query: String,
+        /// Only events newer than this (e.g. 2h).
+        #[arg(long)]
+        since: Option<String>,
+        /// One JSON event per line instead of a timeline.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The admin address, when the configuration's is port 0.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// The admin token's file (default: `admin.token_file`, or `admin.token` in the spool).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
     /// Ask the running server (its PID from the spool) to reload its configuration (SIGHUP).
     Reload {
         #[arg(long, short)]
@@ -210,6 +229,14 @@ fn main() -> ExitCode {
             token_file,
             command,
         } => throttle(config, AdminArgs { admin, token_file }, command),
+        Cmd::Trace {
+            query,
+            since,
+            json,
+            config,
+            admin,
+            token_file,
+        } => trace(config, AdminArgs { admin, token_file }, &query, since, json),
     };
     match result {
         Ok(code) => code,
@@ -521,6 +548,63 @@ fn throttle(config: Option<PathBuf>, args: AdminArgs, command: ThrottleCmd) -> a
     };
     print!("{body}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Asks the running server for the history of `query` and prints it oldest first: a timeline
+/// (time, type, queue id, recipients, reply and server) or, with `json`, one event per line.
+fn trace(
+    config: Option<PathBuf>,
+    args: AdminArgs,
+    query: &str,
+    since: Option<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = AdminClient::new(&load_or_builtin(config)?, args)?;
+    let mut path = format!("/api/v1/messages?order=asc&q={}", url_encode(query, "@"));
+    if let Some(since) = since {
+        path.push_str(&format!("&since={}", url_encode(&since, "")));
+    }
+    let events: Vec<serde_json::Value> = serde_json::from_str(&client.request("GET", &path)?)?;
+    let mut out = std::io::stdout().lock();
+    for e in &events {
+        match json {
+            true => writeln!(out, "{e}")?,
+            false => writeln!(out, "{}", timeline_line(e))?,
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One event as a line of a timeline.
+fn timeline_line(e: &serde_json::Value) -> String {
+    let text = |key: &str| e.get(key).and_then(|v| v.as_str()).unwrap_or("-").to_owned();
+    let at = smtpgate::datetime::rfc3339_ms(e.get("at").and_then(|v| v.as_u64()).unwrap_or(0));
+    let rcpts: Vec<&str> = e
+        .get("recipients")
+        .and_then(|r| r.as_array())
+        .map(|r| r.iter().filter_map(|a| a.as_str()).collect())
+        .unwrap_or_default();
+    let reply = e.get("reply").map(|r| {
+        let part = |k: &str| r.get(k).map(|v| v.to_string().trim_matches('"').to_owned());
+        [part("code"), part("status"), part("text")]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    let mut line = format!("{at}  {:<11} {}  {}", text("type"), text("queue_id"), rcpts.join(","));
+    let category = e
+        .get("category")
+        .and_then(|c| c.as_str())
+        .map(|c| format!("category={c}"));
+    for extra in [
+        reply,
+        category,
+        e.get("server").and_then(|s| s.as_str()).map(|s| format!("server={s}")),
+    ] {
+        line.extend(extra.map(|x| format!("  {x}")));
+    }
+    line
 }
 
 /// Percent-encodes `text` for a URL, leaving unreserved characters and those in `keep` as they are.

@@ -42,6 +42,7 @@ metrics! {
     filter_unchecked: Counter = "smtpgate_filter_unchecked_total", "messages a filter let pass without checking them (size limit, or failed with on_error = accept)";
     proxied: Counter = "smtpgate_messages_proxied_total", "messages a proxy listener's upstream accepted";
     proxy_refused: Counter = "smtpgate_messages_proxy_refused_total", "messages a proxy listener's upstream refused at end of data";
+    events_dropped: Counter = "smtpgate_events_dropped_total", "events not recorded because the event writer was behind (its queue was full)";
     spool_damaged: Counter = "smtpgate_spool_damaged_total", "spool segments whose damaged rest recovery set aside under damaged/ (never replayed)";
 }
 

@@ -11,9 +11,9 @@ use super::issues::{Checks as _, Issues, resolve};
 use super::raw::{RawAdmin, RawAuth, RawConfig, RawListener, RawQueue, RawSpool, Text};
 use super::values::{parse_domain, parse_duration, parse_nameserver, parse_net, parse_size, parse_socket_addr};
 use super::{
-    AdminConfig, AuthConfig, BareLineEndings, Config, ConfigError, DaneConfig, DnsConfig, FilterConfig, ListenerConfig,
-    ListenerMode, MtaStsConfig, QueueConfig, RedisConfig, RouteConfig, SpoolConfig, Stage, SuppressAction,
-    SuppressionConfig, TlsFiles,
+    AdminConfig, AuthConfig, BareLineEndings, Config, ConfigError, DaneConfig, DnsConfig, EventsConfig, FilterConfig,
+    ListenerConfig, ListenerMode, MtaStsConfig, QueueConfig, RedisConfig, RouteConfig, SpoolConfig, Stage,
+    SuppressAction, SuppressionConfig, TlsFiles,
 };
 use crate::reloading::{Loaded, ReadError};
 
@@ -115,9 +115,11 @@ pub(super) fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Con
         enabled: raw.dane.and_then(|d| d.enabled).unwrap_or(true),
     };
     let webhooks = super::webhook::build_webhooks(raw.webhooks, base_dir, issues);
+    let events = build_events(raw.events.unwrap_or_default(), &hostname, base_dir, issues);
     Config {
         mta_sts,
         dane,
+        events,
         redis,
         streams,
         suppression,
@@ -140,6 +142,37 @@ pub(super) fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Con
         ),
         shutdown_timeout,
         webhooks,
+    }
+}
+
+/// `[events]`: the defaults, with sizes and the retention checked.
+fn build_events(raw: super::raw::RawEvents, hostname: &str, base_dir: &Path, issues: &mut Issues) -> EventsConfig {
+    // A wrong hostname is reported once, under its own key.
+    let node = match raw.node {
+        Some(node) if node.trim().is_empty() => {
+            issues.push("events.node", "must not be empty");
+            node
+        }
+        Some(node) => node,
+        None => hostname.to_owned(),
+    };
+    let size = |issues: &mut Issues, key: &str, raw: Option<Text>, default: u64| {
+        let value = issues.parse(key, raw, parse_size, default);
+        if value == 0 {
+            issues.push(key, "must be more than 0");
+            return default;
+        }
+        value
+    };
+    EventsConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        dir: raw.dir.map(|d| resolve(base_dir, &d)),
+        node,
+        retention: issues.timeout("events.retention".into(), raw.retention, Duration::from_secs(7 * DAY)),
+        max_size: size(issues, "events.max_size", raw.max_size, 1024 * MB),
+        log_file: raw.log_file.map(|f| resolve(base_dir, &f)),
+        log_max_size: size(issues, "events.log_max_size", raw.log_max_size, 100 * MB),
+        log_keep: issues.count("events.log_keep".into(), raw.log_keep, 0, 5),
     }
 }
 

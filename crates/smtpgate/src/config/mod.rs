@@ -81,6 +81,8 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     pub mta_sts: MtaStsConfig,
     pub dane: DaneConfig,
+    /// `[events]`: the message history and the event stream.
+    pub events: EventsConfig,
     /// `[bounces] rules`: the administrator's bounce classification rules, before the built-in ones.
     pub bounce_rules: Option<crate::reloading::Loaded<crate::reply::Classifier>>,
     /// How long a graceful shutdown waits for open sessions to finish their transaction. Deliveries
@@ -138,6 +140,28 @@ pub struct MtaStsConfig {
     pub https_port: u16,
     /// Extra trust anchors (PEM) for policy hosts and MX certificates: a private CA.
     pub ca_file: Option<PathBuf>,
+}
+
+/// `[events]`: what happened to each message, kept in a store under the spool and, optionally,
+/// appended to a JSON-lines file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsConfig {
+    /// Record events (default `true`).
+    pub enabled: bool,
+    /// Where the store (`events.redb`) is kept; default the spool directory.
+    pub dir: Option<PathBuf>,
+    /// The name events carry, so several nodes' events can be told apart (default the hostname).
+    pub node: String,
+    /// Events older than this are pruned (default 7 days).
+    pub retention: Duration,
+    /// Over this size the oldest events are pruned first (default 1 GB).
+    pub max_size: u64,
+    /// `log_file`: one JSON object per event and line, appended; `None`: no file.
+    pub log_file: Option<PathBuf>,
+    /// The file is rotated (renamed to `.1`, ...) when it grows past this (default 100 MB).
+    pub log_max_size: u64,
+    /// Rotated files kept (default 5).
+    pub log_keep: u32,
 }
 
 /// `[dane]`: DANE (RFC 7672) for MX delivery.

@@ -33,6 +33,7 @@ pub struct RawConfig {
     pub mta_sts: Option<RawMtaSts>,
     pub dane: Option<RawDane>,
     pub bounces: Option<RawBounces>,
+    pub events: Option<RawEvents>,
     #[serde(default, rename = "filter")]
     pub filters: Vec<super::filter::RawFilter>,
     #[serde(default, rename = "webhook")]
@@ -140,6 +141,19 @@ pub struct RawMtaSts {
     pub enabled: Option<bool>,
     pub https_port: Option<i64>,
     pub ca_file: Option<String>,
+}
+
+/// `[events]`
+#[derive(Debug, Default, Deserialize)]
+pub struct RawEvents {
+    pub enabled: Option<bool>,
+    pub dir: Option<String>,
+    pub node: Option<String>,
+    pub retention: Option<Text>,
+    pub max_size: Option<Text>,
+    pub log_file: Option<String>,
+    pub log_max_size: Option<Text>,
+    pub log_keep: Option<i64>,
 }
 
 /// `[dane]`

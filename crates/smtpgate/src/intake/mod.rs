@@ -20,6 +20,7 @@ mod filters;
 pub mod headers;
 pub mod inject;
 pub mod proxy;
+mod record;
 mod release;
 mod reports;
 mod sink;
@@ -122,6 +123,14 @@ pub enum Dropped {
 /// Takes a message at its end of data. `ctx` is the configuration the message was received
 /// under (a session keeps the one it started with across a reload), `listener` the listener's.
 pub async fn take(ctx: &Context, listener: &ListenerConfig, draft: Draft, sink: &mut dyn Sink) -> Disposition {
+    let summary = record::Summary::of(ctx, &draft.env, &draft.body.head, &draft.origin);
+    let disposition = decide(ctx, listener, draft, sink).await;
+    record::fate(ctx, summary, &disposition);
+    disposition
+}
+
+/// What becomes of the message, step by step.
+async fn decide(ctx: &Context, listener: &ListenerConfig, draft: Draft, sink: &mut dyn Sink) -> Disposition {
     let Draft {
         mut env,
         mut body,

@@ -46,11 +46,13 @@ pub fn take_reports(ctx: &Context, id: QueueId, peer: SocketAddr, env: &mut Enve
 
 /// Drops the recipients on the suppression list (logged, with why they are on it).
 fn drop_suppressed(ctx: &Context, id: QueueId, env: &mut Envelope) {
+    let sender = env.sender.clone();
     env.recipients
         .retain(|r| match ctx.feedback.suppression.contains(&r.address) {
             Some(entry) => {
                 let reason = reason_text(entry.reason);
                 tracing::info!(queue_id = %id, recipient = %r.address, reason, "suppressed recipient dropped");
+                super::record::suppressed(ctx, id, &sender, r, reason);
                 false
             }
             None => true,

@@ -52,7 +52,7 @@ impl Sink for SpoolSink<'_> {
     fn put<'a>(
         &'a mut self,
         ctx: &'a Context,
-        _origin: &'a SessionInfo,
+        origin: &'a SessionInfo,
         msg: &'a Filtered,
         copies: Vec<Copy>,
     ) -> BoxFuture<'a, Result<Taken, Reply>> {
@@ -62,6 +62,7 @@ impl Sink for SpoolSink<'_> {
                 relayed.extend(copy.group.recipients.iter().map(|r| r.address.to_string()));
             }
             relayed.extend(msg.env.recipients.iter().map(|r| r.address.to_string()));
+            let events = super::record::copies(ctx, origin, msg, &copies);
             let spooled = match spool(self.queue, &msg.env, copies).await {
                 Ok(ids) => ids,
                 Err(e) => {
@@ -70,6 +71,9 @@ impl Sink for SpoolSink<'_> {
                     return Err(Reply::local_error());
                 }
             };
+            for event in events {
+                ctx.events.emit(event);
+            }
             if !spooled.is_empty() {
                 ctx.feedback.record_sent(msg.headers.message_id(), msg.id, &relayed);
             }

@@ -10,6 +10,7 @@ use crate::datetime::now_unix;
 use crate::deliver::Outcome;
 use crate::deliver::bounce::{self, Failure};
 use crate::envelope::{Address, Envelope, Recipient, Sender};
+use crate::events::{Event, Kind};
 use crate::reply::{Classified, Command, Upstream};
 use crate::route::NextHop;
 use crate::spool::RcptState;
@@ -89,7 +90,11 @@ async fn settle(
             Attempted::Deferred(deferred) if expired => {
                 let last = deferred.reply.line();
                 let text = format!("message expired in queue; last error: {last}");
-                failures.push(failure(rcpt, Upstream::local("4.4.7", text, Command::Outside), &remote));
+                let expired = Upstream::local("4.4.7", text, Command::Outside);
+                let reply = (&expired).into();
+                ctx.events
+                    .emit_with(|| about(Event::new(Kind::Expired { reply }), &msg.env, rcpt));
+                failures.push(failure(rcpt, expired, &remote));
                 updates.push((idx, RcptState::Failed));
             }
             Attempted::Deferred(_) => retry.push(idx),
@@ -162,6 +167,42 @@ fn log_attempt(
         queue_id = %msg.env.id, recipient = %rcpt.address, next_hop = %hop, server = remote.unwrap_or("-"),
         result, reply = reply.as_str(), category, rule, latency_ms = ms, "delivery attempt"
     );
+    ctx.events.emit_with(|| attempt_event(&msg.env, rcpt, a, remote, ms));
+}
+
+/// The event of one recipient's attempt: delivered, deferred or bounced, with the typed reply.
+fn attempt_event(env: &Envelope, rcpt: &Recipient, a: &Attempted, remote: Option<&str>, ms: u64) -> Event {
+    let server = remote.map(str::to_owned);
+    let kind = match a {
+        Attempted::Delivered(r) => Kind::Delivered {
+            server,
+            tls: None,
+            reply: r.into(),
+            latency_ms: ms,
+        },
+        Attempted::Deferred(c) => Kind::Deferred {
+            server,
+            reply: (&c.reply).into(),
+            category: c.class.category.to_string(),
+            latency_ms: ms,
+        },
+        Attempted::Failed(c) => Kind::Bounced {
+            server,
+            category: c.class.category.to_string(),
+            reply: (&c.reply).into(),
+            latency_ms: ms,
+        },
+    };
+    about(Event::new(kind), env, rcpt)
+}
+
+/// An event about one recipient of a queued message.
+fn about(event: Event, env: &Envelope, rcpt: &Recipient) -> Event {
+    event
+        .queue(env.id)
+        .sender(&env.sender)
+        .recipients([rcpt])
+        .path(env.pool.as_deref(), env.stream.as_deref())
 }
 
 /// Writes final states; when the message is finished, removes it from the spool.

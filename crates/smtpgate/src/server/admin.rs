@@ -42,6 +42,7 @@ pub async fn start(
         .merge(super::suppression_api::routes())
         .merge(super::throttle_api::routes())
         .merge(super::inject_api::routes())
+        .merge(super::events_api::routes())
         .layer(axum::middleware::from_fn_with_state(guard, admin_auth::check))
         .with_state(queue);
     let app = app.into_make_service_with_connect_info::<Conn>();

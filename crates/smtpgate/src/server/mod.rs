@@ -2,6 +2,7 @@
 
 mod admin;
 pub mod admin_auth;
+pub mod events_api;
 mod inject_api;
 mod listeners;
 pub mod quarantine_api;
@@ -138,6 +139,9 @@ impl Server {
         self.queue.ctx().spool.close().await;
         // Events published until now are written and fsynced; unsent ones go after a restart.
         self.queue.ctx().webhooks.close().await;
+        // What was recorded so far is on disk before the process ends.
+        let events = self.queue.ctx().events.clone();
+        let _ = tokio::task::spawn_blocking(move || events.flush()).await;
     }
 }
 

@@ -202,6 +202,11 @@ impl Webhooks {
         }
     }
 
+    /// Whether no webhook is configured.
+    pub fn is_empty(&self) -> bool {
+        self.hooks.is_empty()
+    }
+
     /// Stores `event` for every webhook that wants its type, without waiting for the disk. An
     /// event needs a string `id` and a string `type`; one without is logged and not stored.
     pub fn publish(&self, event: &Value) {

@@ -1,0 +1,370 @@
+//! The message history: what happened to each message, as typed [`Event`]s.
+//!
+//! Intake, the queue and the admin API call [`Events::emit`]; it never blocks them: events go
+//! through a bounded channel to one writer thread (`writer.rs`), and when that is full an event is
+//! dropped and counted (`smtpgate_events_dropped_total`). The writer batches them into an
+//! embedded store (`store.rs`, redb, `<spool>/events.redb` or `[events] dir`), indexed by queue
+//! id, Message-ID and address, pruned by age (`retention`) and size (`max_size`); appends them to
+//! a JSON-lines file (`log.rs`, `[events] log_file`, rotated); and hands them to further
+//! [`EventSink`]s given at start (webhooks). [`Events::query`] answers `smtpgate trace` and
+//! `GET /api/v1/messages` from the store with range scans of the indexes.
+//!
+//! One event is one JSON object with these fields (absent when empty; stable names):
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `id` | unique, time-ordered (32 hex digits: ms, counter, node random); receivers deduplicate by it |
+//! | `at` | unix milliseconds |
+//! | `node` | `[events] node` (default the hostname) |
+//! | `type` | `received`, `refused`, `routed`, `filtered`, `delivered`, `deferred`, `bounced`, `expired`, `quarantined`, `suppressed`, `admin` |
+//! | `queue_id`, `message_id` | the copy's queue id; the Message-ID without `<>` |
+//! | `sender`, `recipients` | the envelope (`""` is the null sender) |
+//! | `route`, `pool`, `stream` | where the copy goes (`pool` absent: MX delivery) |
+//! | `listener`, `client` | where and from whom it came in |
+//! | `size` | `received`: the message's size in bytes |
+//! | `reply` | `refused`, `deferred`, `bounced`, `delivered`, `expired`: `{code, status, text}` |
+//! | `server`, `tls`, `latency_ms` | `delivered`, `deferred`, `bounced`: the server that answered, whether over TLS, the attempt's time |
+//! | `category` | `bounced`, `deferred`: the bounce category |
+//! | `filter`, `verdict` | `filtered`: which filter and what it decided |
+//! | `entry` | `quarantined`: the quarantine entry |
+//! | `action`, `by` | `admin`: what was done and by whom (the client's address) |
+//!
+//! A new kind of event: a variant of [`Kind`] (with its fields), a row above, and its `emit`
+//! where it happens. Events sit among the runtime services: they name config, envelope, reply
+//! and metrics, and nothing of intake, queue, session or server.
+
+mod id;
+mod log;
+mod store;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, TrySendError};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::EventsConfig;
+use crate::envelope::{QueueId, Recipient, Sender};
+use crate::metrics::Metrics;
+use crate::reply::Upstream;
+pub use id::{IdGen, now_ms};
+pub use store::{Order, Query, Store, StoreError};
+
+/// Events the writer may be behind by before new ones are dropped.
+const CHANNEL: usize = 64 * 1024;
+
+/// One thing that happened to a message (or to the gate, for `admin`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub at: u64,
+    #[serde(default)]
+    pub node: String,
+    #[serde(flatten)]
+    pub kind: Kind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+}
+
+/// What happened, with what only that kind carries. Serialized as `"type"`, in snake_case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Kind {
+    /// Spooled (one event per copy).
+    Received {
+        size: u64,
+    },
+    /// Refused at the end of data (or in session): the client's reply.
+    Refused {
+        reply: Reply,
+    },
+    /// Routing gave the copy its pool and stream.
+    Routed {},
+    /// A filter's verdict that ended the message's way (discarded).
+    Filtered {
+        filter: String,
+        verdict: String,
+    },
+    Delivered {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tls: Option<bool>,
+        reply: Reply,
+        latency_ms: u64,
+    },
+    Deferred {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server: Option<String>,
+        reply: Reply,
+        category: String,
+        latency_ms: u64,
+    },
+    Bounced {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server: Option<String>,
+        category: String,
+        reply: Reply,
+        latency_ms: u64,
+    },
+    /// Too old in the queue: bounced with the last error.
+    Expired {
+        reply: Reply,
+    },
+    Quarantined {
+        entry: String,
+    },
+    /// Recipients dropped because they are on the suppression list.
+    Suppressed {
+        reason: String,
+    },
+    Admin {
+        action: String,
+        by: String,
+    },
+}
+
+impl Kind {
+    /// The `"type"` it is serialized with.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::Received { .. } => "received",
+            Kind::Refused { .. } => "refused",
+            Kind::Routed {} => "routed",
+            Kind::Filtered { .. } => "filtered",
+            Kind::Delivered { .. } => "delivered",
+            Kind::Deferred { .. } => "deferred",
+            Kind::Bounced { .. } => "bounced",
+            Kind::Expired { .. } => "expired",
+            Kind::Quarantined { .. } => "quarantined",
+            Kind::Suppressed { .. } => "suppressed",
+            Kind::Admin { .. } => "admin",
+        }
+    }
+}
+
+/// A reply as events show it: typed, never a line to parse again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    pub text: String,
+}
+
+impl From<&Upstream> for Reply {
+    fn from(r: &Upstream) -> Reply {
+        Reply {
+            code: r.code,
+            status: r.status.as_ref().map(|s| s.to_string()),
+            text: r.text.clone(),
+        }
+    }
+}
+
+impl From<&smtpgate_proto::Reply> for Reply {
+    fn from(r: &smtpgate_proto::Reply) -> Reply {
+        Reply {
+            code: Some(r.code),
+            status: Some(r.status.to_string()).filter(|s| !s.is_empty()),
+            text: r.text.to_string(),
+        }
+    }
+}
+
+impl Event {
+    /// An event of `kind` with nothing else yet; `emit` stamps its id, time and node.
+    pub fn new(kind: Kind) -> Event {
+        Event {
+            id: String::new(),
+            at: 0,
+            node: String::new(),
+            kind,
+            queue_id: None,
+            message_id: None,
+            sender: None,
+            recipients: Vec::new(),
+            route: None,
+            pool: None,
+            stream: None,
+            listener: None,
+            client: None,
+        }
+    }
+
+    pub fn queue(mut self, id: QueueId) -> Event {
+        self.queue_id = Some(id.to_string());
+        self
+    }
+
+    /// The Message-ID, without its angle brackets.
+    pub fn message_id(mut self, id: Option<&str>) -> Event {
+        self.message_id = id.map(normal_message_id).filter(|m| !m.is_empty());
+        self
+    }
+
+    pub fn sender(mut self, sender: &Sender) -> Event {
+        self.sender = Some(sender.as_str().to_owned());
+        self
+    }
+
+    pub fn recipients<'a>(mut self, rcpts: impl IntoIterator<Item = &'a Recipient>) -> Event {
+        self.recipients = rcpts.into_iter().map(|r| r.address.to_string()).collect();
+        self
+    }
+
+    /// Pool and stream of a copy.
+    pub fn path(mut self, pool: Option<&str>, stream: Option<&str>) -> Event {
+        self.pool = pool.map(str::to_owned);
+        self.stream = stream.map(str::to_owned);
+        self
+    }
+
+    pub fn origin(mut self, listener: &str, client: Option<std::net::IpAddr>) -> Event {
+        self.listener = Some(listener.to_owned());
+        self.client = client.map(|c| c.to_string());
+        self
+    }
+}
+
+/// A Message-ID as it is indexed: trimmed, without `<>`.
+pub fn normal_message_id(id: &str) -> String {
+    id.trim().trim_start_matches('<').trim_end_matches('>').to_owned()
+}
+
+/// Someone else who wants every event (webhooks): called on the writer thread, in order, with the
+/// event and its JSON line. It must not block for long; a slow sink queues on its own.
+pub trait EventSink: Send + Sync {
+    fn publish(&self, event: &Event, json: &str);
+}
+
+/// What the writer thread is sent.
+enum Msg {
+    Event(Box<Event>),
+    /// Commit what came before durably, then answer.
+    Flush(SyncSender<()>),
+}
+
+/// The handle in the `Context`: cheap to clone; does nothing when events are disabled.
+#[derive(Clone, Default)]
+pub struct Events {
+    inner: Option<Arc<Inner>>,
+}
+
+struct Inner {
+    tx: SyncSender<Msg>,
+    ids: IdGen,
+    node: String,
+    metrics: Arc<Metrics>,
+    store: Arc<Store>,
+}
+
+/// Why the event store could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the event store {0}: {1}")]
+pub struct OpenError(pub PathBuf, pub StoreError);
+
+impl Events {
+    /// Opens the store under `[events] dir` (or `spool_dir`) and starts the writer; disabled
+    /// events give a handle that records nothing.
+    pub fn open(
+        config: &EventsConfig,
+        spool_dir: &Path,
+        metrics: Arc<Metrics>,
+        sinks: Vec<Box<dyn EventSink>>,
+    ) -> Result<Events, OpenError> {
+        if !config.enabled {
+            return Ok(Events::default());
+        }
+        let path = config.dir.as_deref().unwrap_or(spool_dir).join("events.redb");
+        let store = Arc::new(Store::open(&path).map_err(|e| OpenError(path.clone(), e))?);
+        let tx = writer::start(config, store.clone(), sinks, CHANNEL);
+        Ok(Events::with(tx, store, config.node.clone(), metrics))
+    }
+
+    fn with(tx: SyncSender<Msg>, store: Arc<Store>, node: String, metrics: Arc<Metrics>) -> Events {
+        Events {
+            inner: Some(Arc::new(Inner {
+                tx,
+                ids: IdGen::new(),
+                node,
+                metrics,
+                store,
+            })),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// Records `event` (stamped with its id, time and node) without waiting: dropped and counted
+    /// when the writer is behind.
+    pub fn emit(&self, event: Event) {
+        let Some(inner) = &self.inner else { return };
+        let mut event = event;
+        let (id, at) = inner.ids.next();
+        event.id = id;
+        event.at = at;
+        event.node.clone_from(&inner.node);
+        match inner.tx.try_send(Msg::Event(Box::new(event))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => inner.metrics.events_dropped.inc(),
+        }
+    }
+
+    /// Builds an event only when events are recorded: what it costs to gather its fields is not
+    /// paid otherwise.
+    pub fn emit_with(&self, build: impl FnOnce() -> Event) {
+        if self.enabled() {
+            self.emit(build());
+        }
+    }
+
+    /// Waits until everything emitted so far is durably stored (at shutdown, and in tests).
+    pub fn flush(&self) {
+        let Some(inner) = &self.inner else { return };
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        if inner.tx.send(Msg::Flush(done)).is_ok() {
+            let _ = wait.recv();
+        }
+    }
+
+    /// The events `query` asks for; empty when events are disabled.
+    pub fn query(&self, query: &Query) -> Result<Vec<Event>, StoreError> {
+        match &self.inner {
+            Some(inner) => inner.store.query(query),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The newest events since `since_ms`, of kind `kind` when given, at most `limit`.
+    pub fn recent(&self, since_ms: u64, kind: Option<&str>, limit: usize) -> Result<Vec<Event>, StoreError> {
+        match &self.inner {
+            Some(inner) => inner.store.recent(since_ms, kind, limit),
+            None => Ok(Vec::new()),
+        }
+    }
+}

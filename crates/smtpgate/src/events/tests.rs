@@ -1,0 +1,201 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+
+fn event(kind: Kind, at: u64, seq: u64, queue: &str, message_id: Option<&str>, rcpt: &str) -> Event {
+    let mut e = Event::new(kind);
+    e.id = format!("{at:012x}{seq:012x}00000000");
+    e.at = at;
+    e.queue_id = Some(queue.into());
+    e.message_id = message_id.map(str::to_owned);
+    e.sender = Some("Sender@Example.org".into());
+    e.recipients = vec![rcpt.into()];
+    e
+}
+
+fn received(at: u64, seq: u64, queue: &str, mid: Option<&str>, rcpt: &str) -> Event {
+    event(Kind::Received { size: 10 }, at, seq, queue, mid, rcpt)
+}
+
+fn delivered(at: u64, seq: u64, queue: &str, rcpt: &str) -> Event {
+    let reply = Reply {
+        code: Some(250),
+        status: Some("2.0.0".into()),
+        text: "ok".into(),
+    };
+    let kind = Kind::Delivered {
+        server: Some("mx:25".into()),
+        tls: None,
+        reply,
+        latency_ms: 3,
+    };
+    event(kind, at, seq, queue, None, rcpt)
+}
+
+fn store_with(events: Vec<Event>) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("events.redb")).unwrap();
+    let batch: Vec<(Event, String)> = events
+        .into_iter()
+        .map(|e| {
+            let json = serde_json::to_string(&e).unwrap();
+            (e, json)
+        })
+        .collect();
+    store.write(&batch, false).unwrap();
+    (dir, store)
+}
+
+fn query(q: &str, order: Order) -> Query {
+    Query {
+        q: q.into(),
+        since_ms: 0,
+        limit: 100,
+        order,
+    }
+}
+
+fn types(events: &[Event]) -> Vec<(&str, Option<&str>)> {
+    events.iter().map(|e| (e.kind.name(), e.queue_id.as_deref())).collect()
+}
+
+const Q1: &str = "00000000000000A1";
+const Q2: &str = "00000000000000B2";
+
+fn two_messages() -> Vec<Event> {
+    vec![
+        received(1000, 1, Q1, Some("m1@example.org"), "a@example.com"),
+        received(1001, 2, Q2, Some("m2@example.org"), "B@Example.com"),
+        delivered(2000, 3, Q1, "a@example.com"),
+        delivered(2001, 4, Q2, "B@Example.com"),
+    ]
+}
+
+#[test]
+fn the_store_answers_by_queue_id_message_id_and_address() {
+    let (_dir, store) = store_with(two_messages());
+    let by_queue = store
+        .query(&query(&Q1.to_ascii_lowercase(), Order::Chronological))
+        .unwrap();
+    assert_eq!(types(&by_queue), [("received", Some(Q1)), ("delivered", Some(Q1))]);
+    // A Message-ID (with or without its brackets) brings its copies' whole stories.
+    let by_mid = store.query(&query("<m2@example.org>", Order::Chronological)).unwrap();
+    assert_eq!(types(&by_mid), [("received", Some(Q2)), ("delivered", Some(Q2))]);
+    // An address, in any case, newest first; the sender finds both messages.
+    let by_rcpt = store.query(&query("b@example.COM", Order::NewestFirst)).unwrap();
+    assert_eq!(types(&by_rcpt), [("delivered", Some(Q2)), ("received", Some(Q2))]);
+    let by_sender = store.query(&query("sender@example.org", Order::NewestFirst)).unwrap();
+    assert_eq!(by_sender.len(), 4);
+    assert_eq!(by_sender[0].at, 2001);
+    // `since` and `limit` are part of the range scan.
+    let recent = Query {
+        since_ms: 1500,
+        ..query("sender@example.org", Order::Chronological)
+    };
+    assert_eq!(store.query(&recent).unwrap().len(), 2);
+    let one = Query {
+        limit: 1,
+        ..query("sender@example.org", Order::Chronological)
+    };
+    assert_eq!(store.query(&one).unwrap()[0].at, 1000);
+    assert!(
+        store
+            .query(&query("nobody@example.net", Order::NewestFirst))
+            .unwrap()
+            .is_empty()
+    );
+    let only_delivered = store.recent(0, Some("delivered"), 10).unwrap();
+    assert_eq!(
+        types(&only_delivered),
+        [("delivered", Some(Q2)), ("delivered", Some(Q1))]
+    );
+}
+
+#[test]
+fn retention_prunes_old_events_and_their_index_entries() {
+    let (_dir, store) = store_with(two_messages());
+    let removed = store.prune(2500, Duration::from_millis(1000), u64::MAX).unwrap();
+    assert_eq!(removed, 2, "the two received events are older than a second");
+    assert_eq!(store.len().unwrap(), 2);
+    assert_eq!(store.index_len("message", "m1@example.org").unwrap(), 0);
+    assert_eq!(store.index_len("queue", Q1).unwrap(), 1);
+    assert_eq!(store.index_len("address", "a@example.com").unwrap(), 1);
+    assert_eq!(store.index_len("address", "sender@example.org").unwrap(), 2);
+    let left = store.query(&query(Q1, Order::Chronological)).unwrap();
+    assert_eq!(types(&left), [("delivered", Some(Q1))]);
+    // Over the size cap the oldest go first, even within the retention.
+    let removed = store.prune(2500, Duration::from_secs(3600), 1).unwrap();
+    assert_eq!(removed, 1);
+    assert_eq!(store.query(&query(Q1, Order::Chronological)).unwrap().len(), 0);
+    assert_eq!(store.index_len("queue", Q1).unwrap(), 0);
+    assert_eq!(store.query(&query(Q2, Order::Chronological)).unwrap().len(), 1);
+}
+
+#[test]
+fn ids_are_unique_and_ordered() {
+    let ids = IdGen::new();
+    let made: Vec<(String, u64)> = (0..10_000).map(|_| ids.next()).collect();
+    for pair in made.windows(2) {
+        assert!(pair[0].0 < pair[1].0, "{} then {}", pair[0].0, pair[1].0);
+        assert!(pair[0].1 <= pair[1].1);
+    }
+    assert!(made.iter().all(|(id, _)| id.len() == 32));
+    let other = IdGen::new().next().0;
+    assert!(!made.iter().any(|(id, _)| *id == other));
+}
+
+#[test]
+fn a_full_channel_drops_and_counts_rather_than_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("events.redb")).unwrap());
+    // Nobody reads: the writer is as far behind as it can be.
+    let (tx, _rx) = std::sync::mpsc::sync_channel(2);
+    let metrics = Arc::new(Metrics::default());
+    let events = Events::with(tx, store, "node-a".into(), metrics.clone());
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        events.emit(Event::new(Kind::Routed {}));
+    }
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(metrics.events_dropped.get(), 3);
+    assert!(metrics.render().contains("smtpgate_events_dropped_total 3"));
+}
+
+#[test]
+fn events_are_written_with_stable_field_names_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::config::EventsConfig {
+        enabled: true,
+        dir: None,
+        node: "node-a".into(),
+        retention: Duration::from_secs(3600),
+        max_size: 1 << 30,
+        log_file: Some(dir.path().join("events.jsonl")),
+        log_max_size: 400,
+        log_keep: 2,
+    };
+    let events = Events::open(&config, dir.path(), Arc::new(Metrics::default()), Vec::new()).unwrap();
+    for e in two_messages() {
+        events.emit(Event { id: String::new(), ..e });
+    }
+    events.flush();
+    let found = events.query(&query(Q1, Order::Chronological)).unwrap();
+    assert_eq!(types(&found), [("received", Some(Q1)), ("delivered", Some(Q1))]);
+    assert_eq!(found[0].node, "node-a");
+    let json: serde_json::Value = serde_json::to_value(&found[1]).unwrap();
+    assert_eq!(json["type"], "delivered");
+    assert_eq!(json["reply"]["code"], 250);
+    assert_eq!(json["server"], "mx:25");
+    assert_eq!(json["queue_id"], Q1);
+    // The log file was rotated (400 bytes) and every line of every file is one event.
+    let mut lines = 0;
+    for name in ["events.jsonl", "events.jsonl.1"] {
+        for line in std::fs::read_to_string(dir.path().join(name)).unwrap().lines() {
+            let _: Event = serde_json::from_str(line).unwrap();
+            lines += 1;
+        }
+    }
+    assert!(lines >= 2 && lines <= 4, "{lines}");
+    assert!(!dir.path().join("events.jsonl.3").exists());
+}

@@ -1,0 +1,88 @@
+//! Intake's events: what became of a message at its end of data (refused, quarantined,
+//! discarded), and each spooled copy (received, routed). Built only when events are recorded.
+
+use super::{Copy, Disposition, Dropped, Filtered};
+use crate::context::Context;
+use crate::envelope::{Envelope, SessionInfo};
+use crate::events::{Event, Kind};
+
+/// What an event of a message's fate says about it, taken before intake consumes the draft.
+pub struct Summary {
+    base: Event,
+}
+
+impl Summary {
+    /// `None` when events are not recorded.
+    pub fn of(ctx: &Context, env: &Envelope, head: &[u8], origin: &SessionInfo) -> Option<Summary> {
+        if !ctx.events.enabled() {
+            return None;
+        }
+        let section = crate::message::header_section(head);
+        let message_id = section.fields.iter().find(|f| f.is("message-id")).map(|f| f.value());
+        let base = Event::new(Kind::Routed {})
+            .queue(env.id)
+            .message_id(message_id.as_deref())
+            .sender(&env.sender)
+            .recipients(&env.recipients)
+            .origin(&origin.listener, origin.client);
+        Some(Summary { base })
+    }
+}
+
+/// Records a message's fate when it was not spooled (a spooled one's copies are recorded by
+/// [`copies`]).
+pub fn fate(ctx: &Context, summary: Option<Summary>, disposition: &Disposition) {
+    let Some(Summary { base }) = summary else { return };
+    let kind = match disposition {
+        Disposition::Refused(reply) => Kind::Refused { reply: reply.into() },
+        Disposition::Quarantined(entry) => Kind::Quarantined { entry: entry.clone() },
+        Disposition::Dropped(Dropped::Discarded) => Kind::Filtered {
+            filter: String::new(),
+            verdict: "discard".into(),
+        },
+        Disposition::Dropped(Dropped::NoRecipients) | Disposition::Accepted(_) => return,
+    };
+    ctx.events.emit(Event { kind, ..base });
+}
+
+/// The `received` and `routed` events of each copy about to be spooled (none when events are
+/// not recorded); emitted once they are.
+pub fn copies(ctx: &Context, origin: &SessionInfo, msg: &Filtered, copies: &[Copy]) -> Vec<Event> {
+    if !ctx.events.enabled() {
+        return Vec::new();
+    }
+    let mut events = Vec::with_capacity(copies.len() * 2);
+    for copy in copies {
+        let base = Event::new(Kind::Received {
+            size: copy.message.len(),
+        })
+        .queue(copy.id)
+        .message_id(msg.headers.message_id())
+        .sender(&msg.env.sender)
+        .recipients(&copy.group.recipients)
+        .origin(&origin.listener, origin.client)
+        .path(copy.group.pool.as_deref(), copy.group.stream.as_deref());
+        events.push(Event {
+            kind: Kind::Routed {},
+            ..base.clone()
+        });
+        events.insert(events.len() - 1, base);
+    }
+    events
+}
+
+/// A suppressed recipient dropped at intake.
+pub fn suppressed(
+    ctx: &Context,
+    id: crate::envelope::QueueId,
+    sender: &crate::envelope::Sender,
+    rcpt: &crate::envelope::Recipient,
+    reason: &str,
+) {
+    ctx.events.emit_with(|| {
+        Event::new(Kind::Suppressed { reason: reason.into() })
+            .queue(id)
+            .sender(sender)
+            .recipients([rcpt])
+    });
+}
