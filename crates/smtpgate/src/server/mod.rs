@@ -4,6 +4,7 @@ mod admin;
 pub mod admin_auth;
 mod listeners;
 pub mod quarantine_api;
+pub mod queue_api;
 mod reload;
 pub mod suppression_api;
 pub mod throttle_api;
