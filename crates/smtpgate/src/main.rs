@@ -614,7 +614,7 @@ fn queue(config: Option<PathBuf>, args: AdminArgs, command: QueueCmd) -> anyhow:
             let shown = if json {
                 body
             } else {
-                smtpgate::server::queue_api::table(&body)?
+                smtpgate::server::queue_api::table(&body).map_err(anyhow::Error::msg)?
             };
             print!("{shown}");
             return Ok(ExitCode::SUCCESS);
@@ -639,12 +639,11 @@ fn queue(config: Option<PathBuf>, args: AdminArgs, command: QueueCmd) -> anyhow:
     };
     let mut query = target.filter.query();
     query.extend(reason.map(|r| format!("reason={}", url_encode(&r, ""))));
+    query.extend(target.all.then(|| "all=true".to_string()));
     let path = match &target.id {
-        Some(id) => format!("/api/v1/queue/{}/{action}", url_encode(id, "")),
-        None if target.all => format!("/api/v1/queue/{action}?all=true&"),
+        Some(id) => format!("/api/v1/queue/{}/{action}?", url_encode(id, "")),
         None => format!("/api/v1/queue/{action}?"),
     };
-    let path = if target.id.is_some() { format!("{path}?") } else { path };
     let body = client.request("POST", &format!("{path}{}", query.join("&")))?;
     let n = serde_json::from_str::<serde_json::Value>(&body).map_or(0, |v| v["messages"].as_u64().unwrap_or(0));
     println!("{action}: {n} message(s)");
