@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::settle::{self, Attempted};
+use super::message::Last;
+use super::settle;
 use super::{Queue, QueuedMessage};
 use crate::datetime::now_unix;
 use crate::deliver::bounce::Failure;
@@ -120,19 +121,14 @@ pub struct LastReply {
 }
 
 impl LastReply {
-    fn new(attempted: &Attempted, server: Option<String>) -> LastReply {
-        let (result, reply, category) = match attempted {
-            Attempted::Delivered(r) => ("delivered", r, None),
-            Attempted::Deferred(c) => ("deferred", &c.reply, Some(c.class.category.to_string())),
-            Attempted::Failed(c) => ("failed", &c.reply, Some(c.class.category.to_string())),
-        };
+    fn new(last: Last) -> LastReply {
         LastReply {
-            result,
-            code: reply.code,
-            status: reply.status.as_ref().map(|s| s.to_string()),
-            text: reply.text.clone(),
-            server,
-            category,
+            result: last.result,
+            code: last.reply.code,
+            status: last.reply.status.as_ref().map(|s| s.to_string()),
+            text: last.reply.text,
+            server: last.server,
+            category: last.category.map(|c| c.to_string()),
         }
     }
 
@@ -213,7 +209,7 @@ fn summary(msg: &QueuedMessage, now: u64) -> Summary {
         attempts: progress.attempts,
         last_attempt: progress.last_attempt,
         next_attempt: progress.next_attempt,
-        last_reply: progress.last.map(|(a, server)| LastReply::new(&a, server)),
+        last_reply: progress.last.map(LastReply::new),
         stream: msg.env.stream.clone(),
         pool: msg.env.pool.clone(),
     }

@@ -3,8 +3,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::settle::Attempted;
 use crate::envelope::Envelope;
+use crate::reply::{Category, Upstream};
 use crate::spool::{BodyRef, RcptState, Spool, Stored};
 
 /// Bodies kept in memory between acceptance and delivery, up to a limit; the rest is read back
@@ -59,12 +59,23 @@ impl Drop for Cached {
 pub struct Progress {
     /// Delivery attempts so far (one per next hop tried).
     pub attempts: u32,
-    /// The last attempt's outcome for one of its recipients (a failure before a delivery), and
-    /// the server that gave it (none for the gate's own finding).
-    pub(super) last: Option<(Attempted, Option<String>)>,
+    /// The last attempt's outcome for one of its recipients (a failure before a delivery).
+    pub last: Option<Last>,
     /// Unix seconds of the last attempt and of the next one planned.
     pub last_attempt: Option<u64>,
     pub next_attempt: Option<u64>,
+}
+
+/// One recipient's outcome of an attempt, as settling classified it (`settle::Attempted`).
+#[derive(Debug, Clone)]
+pub struct Last {
+    /// `delivered`, `deferred` or `failed`.
+    pub result: &'static str,
+    pub reply: Upstream,
+    /// The bounce classification's category of a failure.
+    pub category: Option<Category>,
+    /// The server that gave it; none for the gate's own finding.
+    pub server: Option<String>,
 }
 
 pub struct QueuedMessage {
@@ -113,7 +124,7 @@ impl QueuedMessage {
     }
 
     /// Counts an attempt, its outcome, when it was, and when the next one is planned.
-    pub(super) fn attempted(&self, last: Option<(Attempted, Option<String>)>, now: u64, next: Option<u64>) {
+    pub(super) fn attempted(&self, last: Option<Last>, now: u64, next: Option<u64>) {
         let mut p = self.progress.lock().unwrap();
         p.attempts += 1;
         if last.is_some() {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use super::message::Last;
 use super::{Delivery, Queue, QueuedMessage};
 use crate::context::Context;
 use crate::datetime::now_unix;
@@ -132,9 +133,19 @@ async fn settle(
 }
 
 /// The outcome an operator is shown for an attempt: its first failure, else its delivery.
-fn shown(results: &[(u32, Attempted)], remote: &Option<String>) -> Option<(Attempted, Option<String>)> {
+fn shown(results: &[(u32, Attempted)], remote: &Option<String>) -> Option<Last> {
     let first = results.iter().find(|(_, a)| !a.is_delivered()).or(results.first())?;
-    Some((first.1.clone(), remote.clone()))
+    let (result, reply, category) = match &first.1 {
+        Attempted::Delivered(r) => ("delivered", r, None),
+        Attempted::Deferred(c) => ("deferred", &c.reply, Some(c.class.category)),
+        Attempted::Failed(c) => ("failed", &c.reply, Some(c.class.category)),
+    };
+    Some(Last {
+        result,
+        reply: reply.clone(),
+        category,
+        server: remote.clone(),
+    })
 }
 
 fn failure(rcpt: &Recipient, reply: Upstream, remote: &Option<String>) -> Failure {
