@@ -96,6 +96,19 @@ enum Cmd {
         #[arg(long)]
         token_file: Option<PathBuf>,
     },
+    /// List, show, retry, bounce, delete, hold and release queued messages (asks the running server).
+    Queue {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// The admin address, when the configuration's is port 0.
+        #[arg(long, global = true)]
+        admin: Option<std::net::SocketAddr>,
+        /// The admin token's file (default: `admin.token_file`, or `admin.token` in the spool).
+        #[arg(long, global = true)]
+        token_file: Option<PathBuf>,
+        #[command(subcommand)]
+        command: QueueCmd,
+    },
     /// Ask the running server (its PID from the spool) to reload its configuration (SIGHUP).
     Reload {
         #[arg(long, short)]
@@ -118,6 +131,67 @@ enum QuarantineCmd {
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
     },
+}
+
+#[derive(Subcommand)]
+enum QueueCmd {
+    /// List queued messages, oldest first (columns, or --json).
+    List {
+        #[command(flatten)]
+        filter: QueueFilter,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One message's envelope, recipients, attempts and last reply (JSON).
+    Show { id: String },
+    /// The message as stored.
+    Cat { id: String },
+    /// Try now instead of at the next retry.
+    Retry(QueueTarget),
+    /// Return to the sender with a DSN.
+    Bounce {
+        #[command(flatten)]
+        target: QueueTarget,
+        /// Said in the DSN.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Drop without a DSN.
+    Delete(QueueTarget),
+    /// Deliver nothing until released (kept across restarts).
+    Hold(QueueTarget),
+    /// Deliver a held message now.
+    Release(QueueTarget),
+}
+
+/// Which messages: every condition given must hold.
+#[derive(clap::Args)]
+struct QueueFilter {
+    /// A pending recipient's domain.
+    #[arg(long)]
+    domain: Option<String>,
+    #[arg(long)]
+    sender: Option<String>,
+    /// A pending recipient.
+    #[arg(long)]
+    recipient: Option<String>,
+    /// Queued at least this long (e.g. 1h).
+    #[arg(long)]
+    older_than: Option<String>,
+    /// queued, deferred or held.
+    #[arg(long)]
+    state: Option<String>,
+}
+
+/// One message by id, or every message the filters (or --all) take.
+#[derive(clap::Args)]
+struct QueueTarget {
+    id: Option<String>,
+    /// Every message in the queue (a bulk action needs a filter otherwise).
+    #[arg(long)]
+    all: bool,
+    #[command(flatten)]
+    filter: QueueFilter,
 }
 
 #[derive(Subcommand)]
@@ -237,6 +311,12 @@ fn main() -> ExitCode {
             admin,
             token_file,
         } => trace(config, AdminArgs { admin, token_file }, &query, since, json),
+        Cmd::Queue {
+            config,
+            admin,
+            token_file,
+            command,
+        } => queue(config, AdminArgs { admin, token_file }, command),
     };
     match result {
         Ok(code) => code,
@@ -494,7 +574,10 @@ fn quarantine(
         }
         QuarantineCmd::Release { id, admin } => {
             let client = AdminClient::new(&config, AdminArgs { admin, token_file })?;
-            print!("{}", client.request("POST", &format!("/quarantine/{id}/release"))?);
+            print!(
+                "{}",
+                client.request("POST", &format!("/api/v1/quarantine/{id}/release"))?
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -503,9 +586,9 @@ fn quarantine(
 fn suppression(config: Option<PathBuf>, args: AdminArgs, command: SuppressionCmd) -> anyhow::Result<ExitCode> {
     let client = AdminClient::new(&load_or_builtin(config)?, args)?;
     let body = match command {
-        SuppressionCmd::List => client.request("GET", "/suppression")?,
-        SuppressionCmd::Add { address } => client.request("PUT", &format!("/suppression/{address}"))?,
-        SuppressionCmd::Remove { address } => client.request("DELETE", &format!("/suppression/{address}"))?,
+        SuppressionCmd::List => client.request("GET", "/api/v1/suppression")?,
+        SuppressionCmd::Add { address } => client.request("PUT", &format!("/api/v1/suppression/{address}"))?,
+        SuppressionCmd::Remove { address } => client.request("DELETE", &format!("/api/v1/suppression/{address}"))?,
     };
     print!("{body}");
     Ok(ExitCode::SUCCESS)
@@ -513,9 +596,9 @@ fn suppression(config: Option<PathBuf>, args: AdminArgs, command: SuppressionCmd
 
 fn throttle(config: Option<PathBuf>, args: AdminArgs, command: ThrottleCmd) -> anyhow::Result<ExitCode> {
     let client = AdminClient::new(&load_or_builtin(config)?, args)?;
-    let path = |key: &str| format!("/throttles/{}", url_encode(key, "/:*"));
+    let path = |key: &str| format!("/api/v1/throttles/{}", url_encode(key, "/:*"));
     let body = match command {
-        ThrottleCmd::List => client.request("GET", "/throttles")?,
+        ThrottleCmd::List => client.request("GET", "/api/v1/throttles")?,
         ThrottleCmd::Show { key } => client.request("GET", &path(&key))?,
         ThrottleCmd::Cancel { key } => client.request("DELETE", &path(&key))?,
         ThrottleCmd::Set {
@@ -605,6 +688,66 @@ fn timeline_line(e: &serde_json::Value) -> String {
         line.extend(extra.map(|x| format!("  {x}")));
     }
     line
+}
+
+fn queue(config: Option<PathBuf>, args: AdminArgs, command: QueueCmd) -> anyhow::Result<ExitCode> {
+    let client = AdminClient::new(&load_or_builtin(config)?, args)?;
+    let (action, target, reason) = match command {
+        QueueCmd::List { filter, json } => {
+            let body = client.request("GET", &format!("/api/v1/queue?{}", filter.query().join("&")))?;
+            let shown = if json {
+                body
+            } else {
+                smtpgate::server::queue_api::table(&body).map_err(anyhow::Error::msg)?
+            };
+            print!("{shown}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        QueueCmd::Show { id } => {
+            print!(
+                "{}",
+                client.request("GET", &format!("/api/v1/queue/{}", url_encode(&id, "")))?
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        QueueCmd::Cat { id } => {
+            let path = format!("/api/v1/queue/{}/message", url_encode(&id, ""));
+            print!("{}", client.request("GET", &path)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        QueueCmd::Retry(t) => ("retry", t, None),
+        QueueCmd::Bounce { target, reason } => ("bounce", target, reason),
+        QueueCmd::Delete(t) => ("delete", t, None),
+        QueueCmd::Hold(t) => ("hold", t, None),
+        QueueCmd::Release(t) => ("release", t, None),
+    };
+    let mut query = target.filter.query();
+    query.extend(reason.map(|r| format!("reason={}", url_encode(&r, ""))));
+    query.extend(target.all.then(|| "all=true".to_string()));
+    let path = match &target.id {
+        Some(id) => format!("/api/v1/queue/{}/{action}?", url_encode(id, "")),
+        None => format!("/api/v1/queue/{action}?"),
+    };
+    let body = client.request("POST", &format!("{path}{}", query.join("&")))?;
+    let n = serde_json::from_str::<serde_json::Value>(&body).map_or(0, |v| v["messages"].as_u64().unwrap_or(0));
+    println!("{action}: {n} message(s)");
+    Ok(ExitCode::SUCCESS)
+}
+
+impl QueueFilter {
+    /// The filters as query parameters.
+    fn query(&self) -> Vec<String> {
+        [
+            ("domain", &self.domain),
+            ("sender", &self.sender),
+            ("recipient", &self.recipient),
+            ("older_than", &self.older_than),
+            ("state", &self.state),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some(format!("{k}={}", url_encode(v.as_ref()?, ""))))
+        .collect()
+    }
 }
 
 /// Percent-encodes `text` for a URL, leaving unreserved characters and those in `keep` as they are.

@@ -33,6 +33,7 @@ metrics! {
     bounced: Counter = "smtpgate_messages_bounced_total", "recipients failed permanently";
     dsn_sent: Counter = "smtpgate_dsn_generated_total", "delivery status notifications generated";
     queue_depth: Gauge = "smtpgate_queue_depth", "messages in the queue";
+    queue_held: Gauge = "smtpgate_queue_held", "messages in the queue an operator held";
     auth_failures: Counter = "smtpgate_auth_failures_total", "failed AUTH attempts";
     filter_rejected: Counter = "smtpgate_filter_rejected_total", "messages refused by a filter";
     quarantined: Counter = "smtpgate_quarantined_total", "messages put in the quarantine";

@@ -53,7 +53,7 @@ fn send(gate: &Gate, rcpts: &[&str]) {
 
 /// The actions the admin address lists.
 fn throttles(gate: &Gate) -> Vec<serde_json::Value> {
-    let (status, body) = http_get(gate.admin_addr(), "/throttles");
+    let (status, body) = http_get(gate.admin_addr(), "/api/v1/throttles");
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad JSON {body:?}: {e}"))
 }
@@ -193,7 +193,7 @@ fn a_throttle_lowers_the_rate_and_the_administrator_edits_it() {
         "6 messages at 120/min took only {span:?}"
     );
 
-    let (_, shaping) = http_get(gate.admin_addr(), "/shaping");
+    let (_, shaping) = http_get(gate.admin_addr(), "/api/v1/shaping");
     let usage: Vec<serde_json::Value> = serde_json::from_str(&shaping).unwrap();
     let one = usage.iter().find(|u| u["key"] == "domain:one.test").expect(&shaping);
     assert_eq!(one["max_message_rate"], "120/min", "{shaping}");
@@ -217,7 +217,7 @@ fn a_throttle_lowers_the_rate_and_the_administrator_edits_it() {
         (a["reason"].as_str(), a["rule"].as_str()),
         (Some("checked with the provider"), Some("slow-down"))
     );
-    let (_, shaping) = http_get(gate.admin_addr(), "/shaping");
+    let (_, shaping) = http_get(gate.admin_addr(), "/api/v1/shaping");
     assert!(shaping.contains("\"300/min\""), "{shaping}");
     assert!(
         gate.stderr_lines()

@@ -61,17 +61,24 @@ fn smtpgate(args: &[&str], cwd: &Path) -> (bool, String) {
 }
 
 /// Every endpoint that reads or changes something, as (method, path).
-const GUARDED: [(&str, &str); 10] = [
-    ("GET", "/quarantine"),
-    ("GET", "/quarantine/anything"),
-    ("POST", "/quarantine/anything/release"),
-    ("DELETE", "/quarantine/anything"),
-    ("GET", "/suppression"),
-    ("PUT", "/suppression/victim@example.test"),
-    ("DELETE", "/suppression/victim@example.test"),
-    ("PUT", "/throttles/default/domain:victim.test?duration=1h&suspend=true"),
-    ("GET", "/shaping"),
-    ("GET", "/sources"),
+const GUARDED: [(&str, &str); 14] = [
+    ("GET", "/api/v1/quarantine"),
+    ("GET", "/api/v1/quarantine/anything"),
+    ("POST", "/api/v1/quarantine/anything/release"),
+    ("DELETE", "/api/v1/quarantine/anything"),
+    ("GET", "/api/v1/suppression"),
+    ("PUT", "/api/v1/suppression/victim@example.test"),
+    ("DELETE", "/api/v1/suppression/victim@example.test"),
+    (
+        "PUT",
+        "/api/v1/throttles/default/domain:victim.test?duration=1h&suspend=true",
+    ),
+    ("GET", "/api/v1/shaping"),
+    ("GET", "/api/v1/sources"),
+    ("GET", "/api/v1/queue"),
+    ("GET", "/api/v1/queue/0000000000000001/message"),
+    ("POST", "/api/v1/queue/0000000000000001/bounce"),
+    ("POST", "/api/v1/queue/delete?all=true"),
 ];
 
 #[test]
@@ -92,7 +99,7 @@ fn admin_endpoints_refuse_requests_without_the_token() {
     let (status, _) = curl(
         &gate,
         "POST",
-        "/quarantine/anything/release",
+        "/api/v1/quarantine/anything/release",
         &[
             "-H",
             "Origin: http://evil.example",
@@ -105,15 +112,15 @@ fn admin_endpoints_refuse_requests_without_the_token() {
     assert_eq!(status, 401);
 
     // Nothing changed, as the token holder sees.
-    let (status, list) = curl(&gate, "GET", "/suppression", &["-H", &bearer(&token)]);
+    let (status, list) = curl(&gate, "GET", "/api/v1/suppression", &["-H", &bearer(&token)]);
     assert_eq!((status, list.contains("victim")), (200, false), "{list}");
-    let (status, list) = curl(&gate, "GET", "/throttles", &["-H", &bearer(&token)]);
+    let (status, list) = curl(&gate, "GET", "/api/v1/throttles", &["-H", &bearer(&token)]);
     assert_eq!((status, list.trim()), (200, "[]"));
     // With the token, a change is made.
     let (status, body) = curl(
         &gate,
         "PUT",
-        "/suppression/victim@example.test",
+        "/api/v1/suppression/victim@example.test",
         &["-H", &bearer(&token)],
     );
     assert_eq!(status, 200, "{body}");
@@ -136,7 +143,7 @@ fn a_host_that_is_not_the_admin_address_is_refused() {
         "127.0.0.2".into(),
     ] {
         let header = format!("Host: {host}");
-        let (status, body) = curl(&gate, "GET", "/suppression", &["-H", &auth, "-H", &header]);
+        let (status, body) = curl(&gate, "GET", "/api/v1/suppression", &["-H", &auth, "-H", &header]);
         assert_eq!(status, 403, "Host {host}: {body}");
         assert!(body.contains("Host"), "{body}");
         let (status, _) = curl(&gate, "GET", "/metrics", &["-H", &header]);
@@ -148,7 +155,7 @@ fn a_host_that_is_not_the_admin_address_is_refused() {
         format!("{}", gate.admin_addr()),
     ] {
         let header = format!("Host: {host}");
-        let (status, body) = curl(&gate, "GET", "/suppression", &["-H", &auth, "-H", &header]);
+        let (status, body) = curl(&gate, "GET", "/api/v1/suppression", &["-H", &auth, "-H", &header]);
         assert_eq!(status, 200, "Host {host}: {body}");
     }
 }
@@ -209,7 +216,7 @@ fn a_configured_token_file_is_used_and_checked() {
     let gate = Gate::start_with_files(&toml, &[("admin-secret", &format!("{TOKEN}\n"))]);
     assert_eq!(gate.admin_token_file(), gate.dir().join("admin-secret"));
     assert!(!gate.spool_dir().join("admin.token").exists(), "no token generated");
-    let (status, body) = curl(&gate, "GET", "/suppression", &["-H", &bearer(TOKEN)]);
+    let (status, body) = curl(&gate, "GET", "/api/v1/suppression", &["-H", &bearer(TOKEN)]);
     assert_eq!(status, 200, "{body}");
     let config = gate.dir().join("smtpgate.toml");
     let admin = gate.admin_addr().to_string();
@@ -246,13 +253,13 @@ fn a_configured_token_file_is_used_and_checked() {
 fn admin_actions_are_logged_with_the_client_and_the_change() {
     let gate = Gate::start(&config().to_toml());
     let auth = bearer(&gate.admin_token());
-    let (status, _) = curl(&gate, "PUT", "/suppression/logged@example.test", &["-H", &auth]);
+    let (status, _) = curl(&gate, "PUT", "/api/v1/suppression/logged@example.test", &["-H", &auth]);
     assert_eq!(status, 200);
     let key = "default/domain:logged.test";
-    let path = format!("/throttles/{key}?duration=1h&rate_factor=0.5");
+    let path = format!("/api/v1/throttles/{key}?duration=1h&rate_factor=0.5");
     let (status, body) = curl(&gate, "PUT", &path, &["-H", &auth]);
     assert_eq!(status, 200, "{body}");
-    let (status, _) = curl(&gate, "DELETE", "/suppression/logged@example.test", &[]);
+    let (status, _) = curl(&gate, "DELETE", "/api/v1/suppression/logged@example.test", &[]);
     assert_eq!(status, 401);
 
     let logged = |words: &[&str]| {
@@ -273,7 +280,7 @@ fn admin_actions_are_logged_with_the_client_and_the_change() {
         gate.stderr_lines()
     );
     assert!(
-        logged(&["refused", "DELETE", "/suppression/logged@example.test"]),
+        logged(&["refused", "DELETE", "/api/v1/suppression/logged@example.test"]),
         "{:#?}",
         gate.stderr_lines()
     );
@@ -313,7 +320,7 @@ fn durations_and_sizes_an_admin_sets_are_bounded() {
         assert!(!ran.succeeded(), "{args:?}: {ran:?}");
         assert!(ran.stderr.contains(want), "{args:?}: {ran:?}");
     }
-    let (status, list) = curl(&gate, "GET", "/throttles", &["-H", &bearer(&gate.admin_token())]);
+    let (status, list) = curl(&gate, "GET", "/api/v1/throttles", &["-H", &bearer(&gate.admin_token())]);
     assert_eq!((status, list.trim()), (200, "[]"), "nothing was set");
     let ran = throttle(&["--duration", "30d", "--suspend"]);
     assert!(ran.succeeded(), "30 days is allowed: {ran:?}");
@@ -322,7 +329,7 @@ fn durations_and_sizes_an_admin_sets_are_bounded() {
     let (status, body) = curl(
         &gate,
         "PUT",
-        &format!("/suppression/{long}"),
+        &format!("/api/v1/suppression/{long}"),
         &["-H", &bearer(&gate.admin_token())],
     );
     assert_eq!(status, 400, "{body}");
@@ -335,7 +342,7 @@ fn an_admin_address_off_loopback_is_warned_about() {
     let gate = Gate::start(&config().to_toml());
     // A refused request is logged after start-up, so once its line is there, any warning
     // logged at start-up is too.
-    assert_eq!(curl(&gate, "GET", "/suppression", &[]).0, 401);
+    assert_eq!(curl(&gate, "GET", "/api/v1/suppression", &[]).0, 401);
     let refused = wait_until(SOON, || {
         gate.stderr_lines().iter().any(|l| l.contains("admin: refused"))
     });

@@ -181,7 +181,7 @@ fn a_suppression_learned_on_one_node_applies_on_the_other() {
 
 /// The adaptive actions the admin address of `gate` lists.
 fn throttles(gate: &Gate) -> Vec<serde_json::Value> {
-    let (status, body) = http_get(gate.admin_addr(), "/throttles");
+    let (status, body) = http_get(gate.admin_addr(), "/api/v1/throttles");
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad JSON {body:?}: {e}"))
 }

@@ -175,13 +175,15 @@ fn admin_list(gate: &Gate, path: &str) -> Vec<serde_json::Value> {
 
 /// `GET /shaping`'s entry for `key` in `stream`, if the destination is in use.
 fn shaping(gate: &Gate, stream: &str, key: &str) -> Option<serde_json::Value> {
-    admin_list(gate, "/shaping")
+    admin_list(gate, "/api/v1/shaping")
         .into_iter()
         .find(|u| u["stream"] == stream && u["key"] == key)
 }
 
 fn throttle(gate: &Gate, key: &str) -> Option<serde_json::Value> {
-    admin_list(gate, "/throttles").into_iter().find(|a| a["key"] == key)
+    admin_list(gate, "/api/v1/throttles")
+        .into_iter()
+        .find(|a| a["key"] == key)
 }
 
 /// `smtpgate <args>` against the gate's admin address; must succeed. Returns its output.
@@ -395,7 +397,7 @@ fn a_rate_limit_suspends_the_provider_until_cancelled_and_a_hard_bounce_suppress
 
     queue(&gate, NOREPLY, "ratelimit-rcpt@provider.example");
     let started = wait_until(SOON, || throttle(&gate, PROVIDER_KEY).is_some());
-    assert!(started, "no action: {:?}", admin_list(&gate, "/throttles"));
+    assert!(started, "no action: {:?}", admin_list(&gate, "/api/v1/throttles"));
     let action = throttle(&gate, PROVIDER_KEY).unwrap();
     assert_eq!(action["rule"], PROVIDER_RULE, "{action}");
     assert_eq!(action["action"], "suspend", "only the suspending rule acts: {action}");
@@ -444,14 +446,14 @@ fn a_rate_limit_suspends_the_provider_until_cancelled_and_a_hard_bounce_suppress
     assert!(
         throttle(&gate, PROVIDER_KEY).is_none(),
         "{:?}",
-        admin_list(&gate, "/throttles")
+        admin_list(&gate, "/api/v1/throttles")
     );
 
     // The provider's "busy" reply, to the newsletter: a throttle on the bulk stream, which halves
     // its rollup's rate and connections (5 x 0.5, rounded up).
     queue(&gate, NEWSLETTER, "busy-rcpt@provider.example");
     let started = wait_until(SOON, || throttle(&gate, BULK_KEY).is_some());
-    assert!(started, "no action: {:?}", admin_list(&gate, "/throttles"));
+    assert!(started, "no action: {:?}", admin_list(&gate, "/api/v1/throttles"));
     let action = throttle(&gate, BULK_KEY).unwrap();
     assert_eq!(action["rule"], "provider-busy", "{action}");
     assert_eq!(action["action"], "rate x0.5, connections x0.5", "{action}");
@@ -467,7 +469,7 @@ fn a_rate_limit_suspends_the_provider_until_cancelled_and_a_hard_bounce_suppress
     // A hard bounce: suppressed, bounced to the sender, refused at RCPT from then on.
     queue(&gate, NOREPLY, "reject-rcpt@hosted.example");
     let suppressed = || {
-        admin_list(&gate, "/suppression")
+        admin_list(&gate, "/api/v1/suppression")
             .into_iter()
             .find(|e| e["address"] == "reject-rcpt@hosted.example")
     };

@@ -97,7 +97,7 @@ fn rcpts(prefix: &str, domain: &str, n: usize) -> Vec<String> {
 }
 
 fn sources(gate: &Gate) -> Vec<serde_json::Value> {
-    let (status, body) = http_get(gate.admin_addr(), "/sources");
+    let (status, body) = http_get(gate.admin_addr(), "/api/v1/sources");
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad JSON {body:?}: {e}"))
 }
@@ -277,7 +277,7 @@ fn limits_per_source_address() {
         span < Duration::from_millis(4500),
         "the addresses share one limit: 6 messages took {span:?}"
     );
-    let (_, body) = http_get(gate.admin_addr(), "/shaping");
+    let (_, body) = http_get(gate.admin_addr(), "/api/v1/shaping");
     let usage: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
     let mut per_source: Vec<_> = usage
         .iter()

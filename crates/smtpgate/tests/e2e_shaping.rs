@@ -77,7 +77,7 @@ fn a_shared_rollup_rate_holds_across_domains() {
     }
 
     // The admin address shows the rollup's limits.
-    let (status, body) = http_get(gate.admin_addr(), "/shaping");
+    let (status, body) = http_get(gate.admin_addr(), "/api/v1/shaping");
     assert_eq!(status, 200, "{body}");
     let usage: serde_json::Value = serde_json::from_str(&body).unwrap();
     let rollup = usage
@@ -112,7 +112,7 @@ fn the_shaping_file_reloads_while_running() {
     .unwrap();
     let shows_new_rate = || {
         send(&gate, 1, &["x@solo.test"]);
-        let (_, body) = http_get(gate.admin_addr(), "/shaping");
+        let (_, body) = http_get(gate.admin_addr(), "/api/v1/shaping");
         body.contains("\"120/min\"")
     };
     assert!(

@@ -34,7 +34,11 @@ async fn compact(queue: &Queue, segment: u64) {
                 continue;
             }
         };
-        match ctx.spool.relocate(&msg.env, &msg.states(), &body, &from).await {
+        match ctx
+            .spool
+            .relocate(&msg.env, &msg.states(), &body, &from, msg.is_held())
+            .await
+        {
             Ok(to) => {
                 msg.set_body_ref(to);
                 moved += 1;

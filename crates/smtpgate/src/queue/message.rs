@@ -1,9 +1,10 @@
 //! A message while it is queued: envelope, where its body is, and each recipient's state.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::envelope::Envelope;
+use crate::reply::{Category, Upstream};
 use crate::spool::{BodyRef, RcptState, Spool, Stored};
 
 /// Bodies kept in memory between acceptance and delivery, up to a limit; the rest is read back
@@ -52,6 +53,31 @@ impl Drop for Cached {
     }
 }
 
+/// What an operator sees of a message's delivery so far (`queue show`); kept in memory only, so
+/// after a restart it starts again from nothing (the recipients' states are in the spool).
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// Delivery attempts so far (one per next hop tried).
+    pub attempts: u32,
+    /// The last attempt's outcome for one of its recipients (a failure before a delivery).
+    pub last: Option<Last>,
+    /// Unix seconds of the last attempt and of the next one planned.
+    pub last_attempt: Option<u64>,
+    pub next_attempt: Option<u64>,
+}
+
+/// One recipient's outcome of an attempt, as settling classified it (`settle::Attempted`).
+#[derive(Debug, Clone)]
+pub struct Last {
+    /// `delivered`, `deferred` or `failed`.
+    pub result: &'static str,
+    pub reply: Upstream,
+    /// The bounce classification's category of a failure.
+    pub category: Option<Category>,
+    /// The server that gave it; none for the gate's own finding.
+    pub server: Option<String>,
+}
+
 pub struct QueuedMessage {
     pub env: Envelope,
     body_ref: Mutex<BodyRef>,
@@ -59,6 +85,15 @@ pub struct QueuedMessage {
     states: Mutex<Vec<RcptState>>,
     /// Serialises the spool records that move or finish the message; true once finished.
     pub(super) spool_lock: tokio::sync::Mutex<bool>,
+    progress: Mutex<Progress>,
+    /// Held by an operator: never delivered until released (the flag is also in the spool).
+    held: AtomicBool,
+    /// Bumped by a hold, release, bounce or delete: a delivery made under an older epoch is stale
+    /// and dropped wherever it is found (retry timer, ready list, worker), so a release that
+    /// dispatches the pending recipients again never sends them twice.
+    epoch: AtomicU64,
+    /// Wakes the message's retry timers at once (retry now, or a hold that parks them).
+    pub(super) wake: tokio::sync::Notify,
 }
 
 impl QueuedMessage {
@@ -70,7 +105,62 @@ impl QueuedMessage {
             cache: Mutex::new(body),
             states: Mutex::new(states),
             spool_lock: tokio::sync::Mutex::new(false),
+            progress: Mutex::default(),
+            held: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            wake: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Takes over what an operator sees and did of `old`, the same message before it was
+    /// rewritten (an after-queue scan's changes).
+    pub(super) fn inherit(&self, old: &QueuedMessage) {
+        *self.progress.lock().unwrap() = old.progress();
+        self.held.store(old.is_held(), Ordering::SeqCst);
+    }
+
+    pub fn progress(&self) -> Progress {
+        self.progress.lock().unwrap().clone()
+    }
+
+    /// Counts an attempt, its outcome, when it was, and when the next one is planned.
+    pub(super) fn attempted(&self, last: Option<Last>, now: u64, next: Option<u64>) {
+        let mut p = self.progress.lock().unwrap();
+        p.attempts += 1;
+        if last.is_some() {
+            p.last = last;
+        }
+        p.last_attempt = Some(now);
+        p.next_attempt = next;
+    }
+
+    /// The next attempt happens now (retry now, or a release).
+    pub(super) fn due_now(&self, now: u64) {
+        let mut p = self.progress.lock().unwrap();
+        if p.next_attempt.is_some() {
+            p.next_attempt = Some(now);
+        }
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    /// Sets the held flag and starts a new epoch; true if the flag changed.
+    pub(super) fn set_held(&self, held: bool) -> bool {
+        let changed = self.held.swap(held, Ordering::SeqCst) != held;
+        self.new_epoch();
+        changed
+    }
+
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Makes every delivery made so far stale, and wakes the retry timers so they notice.
+    pub(super) fn new_epoch(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.wake.notify_waiters();
     }
 
     pub fn body_ref(&self) -> BodyRef {

@@ -7,6 +7,7 @@
 //! Architecture invariant: a recipient's final state is written to the spool before the message is
 //! dropped from memory, and a bounce is spooled before the failure that caused it is recorded.
 
+mod admin;
 mod compact;
 mod message;
 mod scan;
@@ -23,7 +24,8 @@ use crate::context::Context;
 use crate::envelope::{Envelope, QueueId};
 use crate::route::{NextHop, next_hop};
 use crate::spool::{Content, Recovered, SpoolError};
-pub use message::{BodyCache, QueuedMessage};
+pub use admin::{ActionError, Filter, LastReply, Selector, State, Summary, parse_id};
+pub use message::{BodyCache, Progress, QueuedMessage};
 
 /// Memory for bodies waiting for their first delivery attempt.
 const BODY_CACHE_BYTES: usize = 256 << 20;
@@ -42,6 +44,15 @@ pub struct Delivery {
     pub msg: Arc<QueuedMessage>,
     pub rcpts: Vec<u32>,
     pub attempts: u32,
+    /// The message's epoch when this delivery was made (see [`QueuedMessage`]'s `epoch`).
+    pub epoch: u64,
+}
+
+impl Delivery {
+    /// Whether this delivery may go out: its message is not held and it is not stale.
+    fn live(&self) -> bool {
+        !self.msg.is_held() && self.epoch == self.msg.epoch()
+    }
 }
 
 #[derive(Default)]
@@ -110,6 +121,7 @@ impl Queue {
         let n = found.len();
         for r in found {
             let msg = Arc::new(QueuedMessage::new(r.env, r.body, Some(r.states), None));
+            msg.set_held(r.held);
             if msg.pending().is_empty() {
                 settle::finish(&self.ctx(), &msg).await;
             } else {
@@ -122,6 +134,9 @@ impl Queue {
     /// Registers a message in the queue; it is scanned by its after-queue filters first, if any.
     fn schedule(&self, msg: Arc<QueuedMessage>) {
         self.ctx().metrics.queue_depth.inc();
+        if msg.is_held() {
+            self.ctx().metrics.queue_held.inc();
+        }
         self.messages.lock().unwrap().insert(msg.env.id, msg.clone());
         if msg.env.scan.is_empty() {
             self.dispatch(msg);
@@ -130,8 +145,13 @@ impl Queue {
         }
     }
 
-    /// Hands a registered message's pending recipients to the workers of their next hops.
+    /// Hands a registered message's pending recipients to the workers of their next hops; a held
+    /// message waits for its release.
     fn dispatch(&self, msg: Arc<QueuedMessage>) {
+        if msg.is_held() {
+            return;
+        }
+        let epoch = msg.epoch();
         let mut by_hop: HashMap<NextHop, Vec<u32>> = HashMap::new();
         for idx in msg.pending() {
             let hop = next_hop(&msg.env, &msg.env.recipients[idx as usize]);
@@ -144,6 +164,7 @@ impl Queue {
                     msg: msg.clone(),
                     rcpts,
                     attempts: 0,
+                    epoch,
                 },
             );
         }
@@ -152,6 +173,10 @@ impl Queue {
     /// Puts a delivery on its lane's ready list (its hop, its message's stream) and starts a worker
     /// if none is free.
     fn push(&self, hop: NextHop, d: Delivery) {
+        if !d.live() {
+            // Held or made stale by an operator: a release dispatches the message again.
+            return;
+        }
         let lane = Lane {
             hop: hop.clone(),
             stream: d.msg.env.stream.clone(),
@@ -176,8 +201,11 @@ impl Queue {
 
     /// A finished message leaves the queue.
     fn forget(&self, id: QueueId) {
-        self.messages.lock().unwrap().remove(&id);
+        let gone = self.messages.lock().unwrap().remove(&id);
         self.ctx().metrics.queue_depth.dec();
+        if gone.is_some_and(|m| m.is_held()) {
+            self.ctx().metrics.queue_held.dec();
+        }
     }
 
     /// Messages whose body is in spool segment `segment`.
@@ -195,18 +223,24 @@ impl Queue {
         tokio::spawn(compact::run(self.clone(), every));
     }
 
-    /// Retries a delivery after `delay`.
+    /// Retries a delivery after `delay`, or sooner when an operator wakes the message (retry now;
+    /// a hold, which parks it: [`Queue::push`] drops a delivery that may not go out).
     fn retry_later(&self, hop: NextHop, d: Delivery, delay: Duration) {
         let queue = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
+            let msg = d.msg.clone();
+            let woken = msg.wake.notified();
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = woken => {}
+            }
             queue.push(hop, d);
         });
     }
 
     /// The next delivery for a worker of `hop` if one is ready now.
     fn try_next_for(&self, lane: &Lane) -> Option<Delivery> {
-        self.dests.lock().unwrap().get_mut(lane)?.ready.pop_front()
+        pop_live(&mut self.dests.lock().unwrap().get_mut(lane)?.ready)
     }
 
     /// The next delivery for a worker of `hop`, waiting a while for one; `None` means the worker should close.
@@ -215,7 +249,7 @@ impl Queue {
             let wake = {
                 let mut dests = self.dests.lock().unwrap();
                 let dest = dests.get_mut(lane)?;
-                if let Some(d) = dest.ready.pop_front() {
+                if let Some(d) = pop_live(&mut dest.ready) {
                     return Some(d);
                 }
                 dest.idle += 1;
@@ -225,7 +259,7 @@ impl Queue {
             let mut dests = self.dests.lock().unwrap();
             let dest = dests.get_mut(lane)?;
             dest.idle -= 1;
-            if let Some(d) = dest.ready.pop_front() {
+            if let Some(d) = pop_live(&mut dest.ready) {
                 return Some(d);
             }
         }
@@ -237,7 +271,7 @@ impl Queue {
         let mut dests = self.dests.lock().unwrap();
         dests
             .get_mut(lane)
-            .map(|d| d.ready.drain(..).collect())
+            .map(|d| d.ready.drain(..).filter(Delivery::live).collect())
             .unwrap_or_default()
     }
 
@@ -254,4 +288,15 @@ impl Queue {
             }
         }
     }
+}
+
+/// The first delivery on a ready list that may go out; those of messages held (or made stale)
+/// since they were put there are skipped and dropped.
+fn pop_live(ready: &mut VecDeque<Delivery>) -> Option<Delivery> {
+    while let Some(d) = ready.pop_front() {
+        if d.live() {
+            return Some(d);
+        }
+    }
+    None
 }

@@ -118,9 +118,14 @@ async fn passed(queue: Queue, msg: Arc<QueuedMessage>, message: Vec<u8>) {
     env.scan.clear();
     let states = msg.states();
     let _moving = msg.spool_lock.lock().await;
-    match ctx.spool.relocate(&env, &states, &message, &msg.body_ref()).await {
+    match ctx
+        .spool
+        .relocate(&env, &states, &message, &msg.body_ref(), msg.is_held())
+        .await
+    {
         Ok(at) => {
             let scanned = Arc::new(QueuedMessage::new(env, at, Some(states), None));
+            scanned.inherit(&msg);
             queue.messages.lock().unwrap().insert(scanned.env.id, scanned.clone());
             queue.dispatch(scanned);
         }

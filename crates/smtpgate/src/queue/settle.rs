@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use super::message::Last;
 use super::{Delivery, Queue, QueuedMessage};
 use crate::context::Context;
 use crate::datetime::now_unix;
@@ -78,6 +79,7 @@ async fn settle(
     let mut updates = Vec::new();
     let mut failures = Vec::new();
     let mut retry = Vec::new();
+    let shown = shown(&results, &remote);
     for (idx, attempted) in results {
         let rcpt = &msg.env.recipients[idx as usize];
         log_attempt(&ctx, &msg, rcpt, &hop, &attempted, remote.as_deref(), latency_ms);
@@ -113,22 +115,42 @@ async fn settle(
         updates.retain(|u| u.1 != RcptState::Failed);
         tokio::spawn(retry_bounce(queue.clone(), msg.clone(), failures, failed));
     }
+    let retries = &ctx.config.queue.retry;
+    let delay = retries[(d.attempts as usize).min(retries.len() - 1)];
+    let now = now_unix();
+    let next = (!retry.is_empty()).then(|| now + delay.as_secs());
+    msg.attempted(shown, now, next);
     record(&queue, &msg, &updates).await;
     if !retry.is_empty() {
         msg.drop_cache();
         ctx.metrics.deferred.inc();
-        let retries = &ctx.config.queue.retry;
-        let delay = retries[(d.attempts as usize).min(retries.len() - 1)];
         queue.retry_later(
             hop,
             Delivery {
                 msg,
                 rcpts: retry,
                 attempts: d.attempts + 1,
+                epoch: d.epoch,
             },
             delay,
         );
     }
+}
+
+/// The outcome an operator is shown for an attempt: its first failure, else its delivery.
+fn shown(results: &[(u32, Attempted)], remote: &Option<String>) -> Option<Last> {
+    let first = results.iter().find(|(_, a)| !a.is_delivered()).or(results.first())?;
+    let (result, reply, category) = match &first.1 {
+        Attempted::Delivered(r) => ("delivered", r, None),
+        Attempted::Deferred(c) => ("deferred", &c.reply, Some(c.class.category)),
+        Attempted::Failed(c) => ("failed", &c.reply, Some(c.class.category)),
+    };
+    Some(Last {
+        result,
+        reply: reply.clone(),
+        category,
+        server: remote.clone(),
+    })
 }
 
 fn failure(rcpt: &Recipient, reply: Upstream, remote: &Option<String>) -> Failure {

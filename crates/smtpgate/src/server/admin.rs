@@ -1,6 +1,7 @@
-//! The admin address: `/healthz`, `/metrics` (Prometheus text format), `/shaping` (the limits per
-//! destination in use, JSON), `/sources` (source addresses and their warm-up), the adaptive actions (`/throttles`), the quarantine and the
-//! suppression list. Every request passes [`admin_auth::check`] first (the `Host` and the token).
+//! The admin address: `/healthz`, `/metrics` (Prometheus text format) at the root; under
+//! `/api/v1`: `/shaping` (the limits per destination in use, JSON), `/sources` (source addresses
+//! and their warm-up), the adaptive actions (`/throttles`), the quarantine, the suppression list
+//! and the queue (`/queue`). Every request passes [`admin_auth::check`] first (the `Host` and the token).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,16 +34,11 @@ pub async fn start(
              proxy in front)"
         );
     }
+    // Scrapers expect /healthz and /metrics at the root; everything else is under /api/v1.
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
-        .route("/shaping", get(shaping))
-        .route("/sources", get(sources))
-        .merge(super::quarantine_api::routes())
-        .merge(super::suppression_api::routes())
-        .merge(super::throttle_api::routes())
-        .merge(super::inject_api::routes())
-        .merge(super::events_api::routes())
+        .nest("/api/v1", api())
         .layer(axum::middleware::from_fn_with_state(guard, admin_auth::check))
         .with_state(queue);
     let app = app.into_make_service_with_connect_info::<Conn>();
@@ -55,6 +51,20 @@ pub async fn start(
         }
     });
     Ok(bound)
+}
+
+/// Every endpoint under `/api/v1`: the one place to add an admin endpoint (a `*_api` module's
+/// `routes()` merged here). All of them are behind the guard the caller layers on.
+fn api() -> Router<Queue> {
+    Router::new()
+        .route("/shaping", get(shaping))
+        .route("/sources", get(sources))
+        .merge(super::quarantine_api::routes())
+        .merge(super::suppression_api::routes())
+        .merge(super::throttle_api::routes())
+        .merge(super::queue_api::routes())
+        .merge(super::events_api::routes())
+        .merge(super::inject_api::routes())
 }
 
 /// Renders from the current context, so a reload shows the new pools.

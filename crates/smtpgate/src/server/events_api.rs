@@ -19,8 +19,8 @@ const DEFAULT_LIMIT: usize = 1000;
 
 pub fn routes() -> Router<Queue> {
     Router::new()
-        .route("/api/v1/messages", get(messages))
-        .route("/api/v1/events", get(events))
+        .route("/messages", get(messages))
+        .route("/events", get(events))
 }
 
 type Answer = (StatusCode, [(axum::http::header::HeaderName, &'static str); 1], String);

@@ -18,7 +18,7 @@ const MAX_REQUEST: usize = 256 << 20;
 
 pub fn routes() -> Router<Queue> {
     Router::new()
-        .route("/api/v1/inject", post(inject))
+        .route("/inject", post(inject))
         .layer(DefaultBodyLimit::max(MAX_REQUEST))
 }
 

@@ -6,6 +6,7 @@ pub mod events_api;
 mod inject_api;
 mod listeners;
 pub mod quarantine_api;
+pub mod queue_api;
 mod reload;
 pub mod suppression_api;
 pub mod throttle_api;

@@ -93,6 +93,8 @@ pub struct Recovered {
     pub env: Envelope,
     pub states: Vec<RcptState>,
     pub body: BodyRef,
+    /// An operator held it: it waits for a release, never delivered before.
+    pub held: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -302,16 +304,21 @@ impl Spool {
 
     /// Rewrites a live message, with its recipients' current states, into the current segment, so
     /// that an old segment it pins can be reclaimed. Replay takes the newest copy. `body` is the
-    /// part in the record; a body file stays where it is.
+    /// part in the record; a body file stays where it is. A held message's copy is followed, in
+    /// the same write, by a hold record: the old one may be in a segment reclaimed after.
     pub async fn relocate(
         &self,
         env: &Envelope,
         states: &[RcptState],
         body: &[u8],
         from: &BodyRef,
+        held: bool,
     ) -> Result<BodyRef, SpoolError> {
         let mut bytes = Vec::with_capacity(body.len() + 256);
         let body_offset = record::encode_message(env, states, body, from.ext.as_ref(), &mut bytes);
+        if held {
+            record::encode_hold(env.id, true, &mut bytes);
+        }
         let at = self.append(bytes, Liveness::Moved(from.segment), None).await?;
         Ok(BodyRef {
             segment: at.segment,
@@ -333,6 +340,13 @@ impl Spool {
     pub async fn update(&self, id: QueueId, updates: &[(u32, RcptState)]) -> Result<(), SpoolError> {
         let mut bytes = Vec::with_capacity(32 + updates.len() * 5);
         record::encode_status(id, updates, &mut bytes);
+        self.append(bytes, Liveness::Unchanged, None).await.map(|_| ())
+    }
+
+    /// Records durably that an operator held (`held`) or released message `id`.
+    pub async fn hold(&self, id: QueueId, held: bool) -> Result<(), SpoolError> {
+        let mut bytes = Vec::with_capacity(32);
+        record::encode_hold(id, held, &mut bytes);
         self.append(bytes, Liveness::Unchanged, None).await.map(|_| ())
     }
 

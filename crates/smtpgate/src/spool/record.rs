@@ -65,6 +65,9 @@ pub enum Record<'a> {
     },
     /// Every recipient is final: the message is gone.
     Done { id: QueueId },
+    /// An operator held (`held`) or released the message: a held message is never delivered,
+    /// and the flag must outlive a restart.
+    Hold { id: QueueId, held: bool },
 }
 
 const KIND_MESSAGE: u8 = 1;
@@ -72,6 +75,8 @@ const KIND_STATUS: u8 = 2;
 const KIND_DONE: u8 = 3;
 /// A message whose body is in a file of its own under `bodies/`.
 const KIND_MESSAGE_EXT: u8 = 4;
+/// An operator's hold or release of a message.
+const KIND_HOLD: u8 = 5;
 
 fn frame(kind: u8, payload_len: usize, out: &mut Vec<u8>) -> usize {
     let start = out.len();
@@ -135,6 +140,14 @@ pub fn encode_status(id: QueueId, updates: &[(u32, RcptState)], out: &mut Vec<u8
 pub fn encode_done(id: QueueId, out: &mut Vec<u8>) {
     let start = frame(KIND_DONE, 8, out);
     out.extend_from_slice(&id.0.to_le_bytes());
+    seal(out, start);
+}
+
+/// Encodes a hold (`held`) or release of message `id`.
+pub fn encode_hold(id: QueueId, held: bool, out: &mut Vec<u8>) {
+    let start = frame(KIND_HOLD, 9, out);
+    out.extend_from_slice(&id.0.to_le_bytes());
+    out.push(u8::from(held));
     seal(out, start);
 }
 
@@ -229,6 +242,15 @@ fn parse_payload(kind: u8, payload: &[u8], header_len: usize) -> Option<Record<'
             Some(Record::Status { id, updates })
         }
         KIND_DONE => Some(Record::Done { id: QueueId(r.u64()?) }),
+        KIND_HOLD => {
+            let id = QueueId(r.u64()?);
+            let held = match r.take(1)?[0] {
+                0 => false,
+                1 => true,
+                _ => return None,
+            };
+            Some(Record::Hold { id, held })
+        }
         _ => None,
     }
 }

@@ -228,7 +228,16 @@ fn apply(rec: Record<'_>, seg: u64, at: u64, map: &mut BTreeMap<QueueId, Recover
                 len: body.len() as u64,
                 ext,
             };
-            map.insert(env.id, Recovered { env, states, body });
+            // A relocated copy is followed by its own hold record (see `Spool::relocate`).
+            map.insert(
+                env.id,
+                Recovered {
+                    env,
+                    states,
+                    body,
+                    held: false,
+                },
+            );
         }
         Record::Status { id, updates } => {
             if let Some(m) = map.get_mut(&id) {
@@ -241,6 +250,11 @@ fn apply(rec: Record<'_>, seg: u64, at: u64, map: &mut BTreeMap<QueueId, Recover
         }
         Record::Done { id } => {
             map.remove(&id);
+        }
+        Record::Hold { id, held } => {
+            if let Some(m) = map.get_mut(&id) {
+                m.held = held;
+            }
         }
     }
 }
