@@ -46,6 +46,8 @@ pub struct Context {
     pub verified_tls: Arc<rustls::ClientConfig>,
     /// The `[[filter]]`s, built; listeners, routes and spooled messages name them.
     pub filters: Arc<crate::filter::Filters>,
+    /// Analytics: counts per time bucket, kept under `<spool>/stats/` (kept across reloads).
+    pub stats: Arc<crate::stats::Stats>,
 }
 
 /// Why a context could not be built.
@@ -81,6 +83,7 @@ struct Kept {
     feedback: Option<Arc<crate::feedback::State>>,
     /// The DANE cache, reused while it serves the new configuration.
     dane: Option<Arc<crate::upstream::dane::Dane>>,
+    stats: Arc<crate::stats::Stats>,
 }
 
 impl Context {
@@ -120,6 +123,7 @@ impl Context {
             shaping: None,
             feedback: None,
             dane: None,
+            stats: Arc::new(crate::stats::Stats::open(&spool_dir).map_err(at_spool)?),
         };
         Ok((Context::build(config, kept)?, found))
     }
@@ -152,6 +156,7 @@ impl Context {
             shaping: Some(self.shaper.state()),
             feedback: Some(self.feedback.state()),
             dane: self.dane.clone(),
+            stats: self.stats.clone(),
         };
         Context::build(config, kept)
     }
@@ -200,6 +205,7 @@ impl Context {
             dane,
             verified_tls: kept.verified_tls,
             filters: Arc::new(filters),
+            stats: kept.stats,
             config,
         }))
     }

@@ -41,6 +41,7 @@ pub async fn start(
         .merge(super::quarantine_api::routes())
         .merge(super::suppression_api::routes())
         .merge(super::throttle_api::routes())
+        .merge(super::stats_api::routes())
         .layer(axum::middleware::from_fn_with_state(guard, admin_auth::check))
         .with_state(queue);
     let app = app.into_make_service_with_connect_info::<Conn>();

@@ -5,6 +5,7 @@ pub mod admin_auth;
 mod listeners;
 pub mod quarantine_api;
 mod reload;
+pub mod stats_api;
 pub mod suppression_api;
 pub mod throttle_api;
 
@@ -98,6 +99,7 @@ impl Server {
         queue.start_compaction(Duration::from_secs(30));
         tokio::spawn(expire_quarantine(queue.clone()));
         ctx.pools.start();
+        ctx.stats.spawn_writer(Duration::from_secs(10));
         let grace = config.shutdown_timeout;
         Ok(Server {
             listeners,
@@ -133,6 +135,7 @@ impl Server {
             );
         }
         self.queue.ctx().shaper.save_warmup();
+        self.queue.ctx().stats.save_logged();
         self.queue.ctx().spool.close().await;
     }
 }
