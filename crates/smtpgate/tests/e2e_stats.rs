@@ -17,8 +17,11 @@ fn stats_cli(gate: &Gate, extra: &[&str]) -> String {
     ran.stdout
 }
 
-/// Received, delivered, deferred and bounced for `domain` in the JSON report.
-fn counts(report: &Value, domain: &str) -> (u64, u64, u64, u64) {
+/// Received, delivered, deferred and bounced.
+type Counts = (u64, u64, u64, u64);
+
+/// The [`Counts`] of `domain` in the JSON report.
+fn counts(report: &Value, domain: &str) -> Counts {
     let none = Value::Null;
     let values = report["values"].as_array().expect("values");
     let v = values.iter().find(|v| v["value"] == domain).unwrap_or(&none);
@@ -31,7 +34,7 @@ fn report(gate: &Gate) -> Value {
 }
 
 /// Waits until the report shows `want` for every domain; the last report.
-fn wait_for(gate: &Gate, want: &[(&str, (u64, u64, u64, u64))]) -> Value {
+fn wait_for(gate: &Gate, want: &[(&str, Counts)]) -> Value {
     let mut last = Value::Null;
     let matched = wait_until(SOON, || {
         last = report(gate);
