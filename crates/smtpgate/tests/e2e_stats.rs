@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::io::{Read, Write};
+
 use serde_json::Value;
 use support::{Gate, GateConfig, SOON, Upstream, http_get, message, run_smtpgate, smtplib_send, wait_until};
 
@@ -109,6 +111,18 @@ fn stats_count_a_mixed_load_and_survive_a_restart() {
         .unwrap_or_else(|| panic!("{table}"));
     let cells: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(&cells[1..6], ["4", "4", "0", "0", "100.0%"], "{table}");
+
+    // Behind the admin guard: no token, no counts.
+    let mut conn = std::net::TcpStream::connect(gate.admin_addr()).unwrap();
+    let host = gate.admin_addr();
+    write!(
+        conn,
+        "GET /api/v1/stats HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
 
     // The API answers a wrong parameter with 400 and a JSON error.
     let (status, body) = http_get(gate.admin_addr(), "/api/v1/stats?by=colour");
