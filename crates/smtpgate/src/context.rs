@@ -54,6 +54,8 @@ pub struct Context {
     pub events: crate::events::Events,
     /// Where the event writer hands events for the webhooks (kept across reloads).
     relay: WebhookRelay,
+    /// Analytics: counts per time bucket, kept under `<spool>/stats/` (kept across reloads).
+    pub stats: Arc<crate::stats::Stats>,
 }
 
 /// Why a context could not be built.
@@ -94,6 +96,7 @@ struct Kept {
     /// Where the event writer hands events for the webhooks.
     relay: WebhookRelay,
     events: crate::events::Events,
+    stats: Arc<crate::stats::Stats>,
 }
 
 impl Context {
@@ -143,6 +146,7 @@ impl Context {
             webhooks: Arc::new(crate::webhook::Webhooks::open(&spool_dir, &[]).map_err(BuildError::Setup)?),
             relay,
             events,
+            stats: Arc::new(crate::stats::Stats::open(&spool_dir).map_err(at_spool)?),
         };
         Ok((Context::build(config, kept)?, found))
     }
@@ -181,6 +185,7 @@ impl Context {
             webhooks: self.webhooks.clone(),
             relay: self.relay.clone(),
             events: self.events.clone(),
+            stats: self.stats.clone(),
         };
         Context::build(config, kept)
     }
@@ -237,6 +242,7 @@ impl Context {
             verified_tls: kept.verified_tls,
             filters: Arc::new(filters),
             events: kept.events,
+            stats: kept.stats,
             config,
         }))
     }

@@ -42,6 +42,7 @@ pub mod session;
 pub mod shaping;
 pub mod shared;
 pub mod spool;
+pub mod stats;
 pub mod suppress;
 #[cfg(feature = "fuzzing")]
 pub mod testing;

@@ -109,6 +109,30 @@ enum Cmd {
         #[command(subcommand)]
         command: QueueCmd,
     },
+    /// Counts per time range: received, delivered, bounced, deferred, rates, latency (asks the
+    /// running server; `/api/v1/stats`).
+    Stats {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The admin address, when the configuration's is port 0.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// The admin token's file (default: `admin.token_file`, or `admin.token` in the spool).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Break down by domain, mx, route, pool, stream, listener or sender_domain.
+        #[arg(long)]
+        by: Option<String>,
+        /// From this long ago (e.g. 1h, 7d).
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Bucket size of the series: minute, hour, day or auto.
+        #[arg(long, default_value = "auto")]
+        bucket: String,
+        /// The API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask the running server (its PID from the spool) to reload its configuration (SIGHUP).
     Reload {
         #[arg(long, short)]
@@ -317,6 +341,15 @@ fn main() -> ExitCode {
             token_file,
             command,
         } => queue(config, AdminArgs { admin, token_file }, command),
+        Cmd::Stats {
+            config,
+            admin,
+            token_file,
+            by,
+            since,
+            bucket,
+            json,
+        } => stats(config, AdminArgs { admin, token_file }, by, &since, &bucket, json),
     };
     match result {
         Ok(code) => code,
@@ -654,6 +687,26 @@ fn trace(
             true => writeln!(out, "{e}")?,
             false => writeln!(out, "{}", timeline_line(e))?,
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `smtpgate stats`: the API's report as a table, or as it came with `--json`.
+fn stats(
+    config: Option<PathBuf>,
+    args: AdminArgs,
+    by: Option<String>,
+    since: &str,
+    bucket: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = AdminClient::new(&load_or_builtin(config)?, args)?;
+    let by = by.map(|b| format!("&by={}", url_encode(&b, ""))).unwrap_or_default();
+    let (since, bucket) = (url_encode(since, ""), url_encode(bucket, ""));
+    let body = client.request("GET", &format!("/api/v1/stats?since={since}&bucket={bucket}{by}"))?;
+    match json {
+        true => print!("{body}"),
+        false => print!("{}", smtpgate::stats::table(&serde_json::from_str(&body)?)),
     }
     Ok(ExitCode::SUCCESS)
 }

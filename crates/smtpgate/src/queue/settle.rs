@@ -185,6 +185,7 @@ fn log_attempt(
     };
     let reply = reply.line();
     let (category, rule) = class.map_or(("-".to_string(), "-"), |c| (c.category.to_string(), c.rule.as_str()));
+    ctx.stats.record(&serde_json::json!({"type": if result == "failed" { "bounced" } else { result }, "recipient": rcpt.address.as_str(), "sender": msg.env.sender.as_str(), "pool": msg.env.pool, "stream": msg.env.stream, "category": category, "latency_ms": ms, "server": remote}));
     tracing::info!(
         queue_id = %msg.env.id, recipient = %rcpt.address, next_hop = %hop, server = remote.unwrap_or("-"),
         result, reply = reply.as_str(), category, rule, latency_ms = ms, "delivery attempt"

@@ -65,6 +65,7 @@ fn api() -> Router<Queue> {
         .merge(super::queue_api::routes())
         .merge(super::events_api::routes())
         .merge(super::inject_api::routes())
+        .merge(super::stats_api::routes())
 }
 
 /// Renders from the current context, so a reload shows the new pools.

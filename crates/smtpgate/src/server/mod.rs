@@ -8,6 +8,7 @@ mod listeners;
 pub mod quarantine_api;
 pub mod queue_api;
 mod reload;
+pub mod stats_api;
 pub mod suppression_api;
 pub mod throttle_api;
 
@@ -102,6 +103,7 @@ impl Server {
         tokio::spawn(expire_quarantine(queue.clone()));
         ctx.pools.start();
         ctx.webhooks.start();
+        ctx.stats.spawn_writer(Duration::from_secs(10));
         let grace = config.shutdown_timeout;
         Ok(Server {
             listeners,
@@ -137,6 +139,7 @@ impl Server {
             );
         }
         self.queue.ctx().shaper.save_warmup();
+        self.queue.ctx().stats.save_logged();
         self.queue.ctx().spool.close().await;
         // Events published until now are written and fsynced; unsent ones go after a restart.
         self.queue.ctx().webhooks.close().await;
