@@ -60,7 +60,10 @@ fn a_transactional_message_leaves_within_a_second_under_a_bulk_backlog() {
     // machine: every message is queued or delivered, and nearly all are still queued.
     let depth = gate.metric("smtpgate_queue_depth");
     let delivered = upstream.messages().len() as f64;
-    assert!(depth + delivered >= 100_000.0, "every message is queued or delivered: {depth} + {delivered}");
+    assert!(
+        depth + delivered >= 100_000.0,
+        "every message is queued or delivered: {depth} + {delivered}"
+    );
     assert!(depth >= 99_000.0, "the bulk backlog is in the queue: {depth}");
 
     // A transactional message to the same domain goes out at once.

@@ -41,6 +41,8 @@ pub async fn start(
         .merge(super::quarantine_api::routes())
         .merge(super::suppression_api::routes())
         .merge(super::throttle_api::routes())
+        .merge(super::pools_api::routes())
+        .merge(super::ui::routes())
         .merge(super::inject_api::routes())
         .layer(axum::middleware::from_fn_with_state(guard, admin_auth::check))
         .with_state(queue);

@@ -4,10 +4,12 @@ mod admin;
 pub mod admin_auth;
 mod inject_api;
 mod listeners;
+mod pools_api;
 pub mod quarantine_api;
 mod reload;
 pub mod suppression_api;
 pub mod throttle_api;
+mod ui;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
