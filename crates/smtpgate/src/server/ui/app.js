@@ -386,7 +386,7 @@ async function signIn(event) {
   const error = document.getElementById('signin-error');
   sessionStorage.setItem(TOKEN_KEY, token);
   try {
-    await get('/api/v1/quarantine');
+    await get('/api/v1/pools');
     error.textContent = '';
     document.getElementById('signin').hidden = true;
     document.getElementById('nav').hidden = false;
