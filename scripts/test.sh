@@ -40,6 +40,10 @@ missing_packages() {
     command -v opendkim-genkey >/dev/null 2>&1 || [[ -x /usr/sbin/opendkim-genkey ]] || echo opendkim-tools
     # Redis for shared.rs's tests: each test runs its own redis-server on a Unix socket.
     [[ -x /usr/bin/redis-server ]] || echo redis-server
+    # The dashboard's browser test (e2e_dashboard.rs): Debian's Chromium, driven from Node.js.
+    [[ -x /usr/bin/chromium ]] || echo chromium
+    command -v node >/dev/null 2>&1 || echo nodejs
+    command -v npm >/dev/null 2>&1 || echo npm
 }
 
 as_root() {
@@ -102,6 +106,13 @@ if ! python3 -c "import srslib" >/dev/null 2>&1; then
     python3 -m pip --version >/dev/null 2>&1 || install_packages python3-pip
     python3 -m pip install --quiet srslib ||
         python3 -m pip install --quiet --break-system-packages srslib
+fi
+
+# playwright-core drives that Chromium (no browser download: it uses /usr/bin/chromium).
+dashboard=crates/smtpgate/tests/dashboard
+if [[ ! -d $dashboard/node_modules/playwright-core ]]; then
+    echo "test.sh: installing playwright-core for the dashboard test" >&2
+    (cd "$dashboard" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --quiet)
 fi
 
 run_checks

@@ -39,6 +39,7 @@ pub async fn start(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .nest("/api/v1", api())
+        .merge(super::ui::routes())
         .layer(axum::middleware::from_fn_with_state(guard, admin_auth::check))
         .with_state(queue);
     let app = app.into_make_service_with_connect_info::<Conn>();
@@ -66,6 +67,7 @@ fn api() -> Router<Queue> {
         .merge(super::events_api::routes())
         .merge(super::inject_api::routes())
         .merge(super::stats_api::routes())
+        .merge(super::pools_api::routes())
 }
 
 /// Renders from the current context, so a reload shows the new pools.

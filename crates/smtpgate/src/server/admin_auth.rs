@@ -179,7 +179,7 @@ pub async fn check(State(guard): State<Arc<Guard>>, mut request: Request, next: 
         let text = "the Host header must name the admin address, localhost or one of admin.hosts\n";
         return (StatusCode::FORBIDDEN, text).into_response();
     };
-    let open = OPEN_PATHS.contains(&request.uri().path());
+    let open = OPEN_PATHS.contains(&request.uri().path()) || super::ui::is_open(request.uri().path());
     if !open && !guard.token_matches(request.headers().get(header::AUTHORIZATION)) {
         tracing::warn!(%peer, %method, %target, %host, "admin: refused: no valid bearer token");
         let text = "this needs Authorization: Bearer <token> (the token is in admin.token_file, \

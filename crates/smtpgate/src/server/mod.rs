@@ -5,12 +5,14 @@ pub mod admin_auth;
 pub mod events_api;
 mod inject_api;
 mod listeners;
+mod pools_api;
 pub mod quarantine_api;
 pub mod queue_api;
 mod reload;
 pub mod stats_api;
 pub mod suppression_api;
 pub mod throttle_api;
+mod ui;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

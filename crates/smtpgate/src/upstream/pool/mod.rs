@@ -46,6 +46,28 @@ pub struct PoolState {
     balancer: Mutex<Balancer>,
 }
 
+/// One pool as the admin API shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct PoolHealth {
+    pub name: String,
+    pub fallback: Option<String>,
+    pub servers: Vec<ServerHealth>,
+}
+
+/// One server of a pool: whether it takes deliveries, and its counters since start.
+#[derive(Debug, serde::Serialize)]
+pub struct ServerHealth {
+    pub server: String,
+    pub up: bool,
+    pub circuit_open: bool,
+    /// Connections open now.
+    pub open: usize,
+    pub connections: u64,
+    /// Deliveries that succeeded and failed.
+    pub ok: u64,
+    pub failed: u64,
+}
+
 /// A connection to one server of a pool, lent out for one delivery. Give it back with
 /// [`Lease::finish`]; a lease dropped without it (a proxied session that ended abruptly) closes the
 /// connection and frees its slot.
@@ -130,6 +152,34 @@ impl Pools {
             }
         }
         tokio::spawn(health::sweep(Arc::downgrade(self)));
+    }
+
+    /// Every pool and the health of each of its servers, for the admin API and the dashboard.
+    pub fn health(&self) -> Vec<PoolHealth> {
+        let now = Instant::now();
+        self.pools
+            .iter()
+            .map(|p| PoolHealth {
+                name: p.config.name.clone(),
+                fallback: p.config.fallback.clone(),
+                servers: p
+                    .servers
+                    .iter()
+                    .map(|s| {
+                        let snap = s.snapshot(now);
+                        ServerHealth {
+                            server: s.addr.to_string(),
+                            up: snap.up,
+                            circuit_open: snap.circuit_open,
+                            open: snap.open,
+                            connections: snap.connections,
+                            ok: snap.ok,
+                            failed: snap.failed,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 
     /// The per-server metrics, in the Prometheus text format.
