@@ -364,7 +364,7 @@ fn an_admin_address_off_loopback_is_warned_about() {
     let port = exposed.admin_addr().port();
     let out = Command::new("curl")
         .args(["-s", "--max-time", "10", "-H", &bearer(&exposed.admin_token())])
-        .arg(format!("http://127.0.0.1:{port}/suppression"))
+        .arg(format!("http://127.0.0.1:{port}/api/v1/suppression"))
         .output()
         .expect("run curl");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");

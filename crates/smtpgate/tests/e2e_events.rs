@@ -45,7 +45,7 @@ fn send(gate: &Gate, to: &str, message_id: &str) -> String {
         &[to],
         &message(message_id, "s", "b"),
     );
-    let reply = t.reply("DATA");
+    let reply = t.reply("END-OF-DATA");
     reply.rsplit(' ').next().unwrap_or_default().to_owned()
 }
 
@@ -78,7 +78,9 @@ fn trace_shows_delivery_deferral_and_bounce_and_survives_a_restart() {
     let delivered = &events[2];
     assert_eq!(delivered["queue_id"], delivered_id.as_str());
     assert_eq!(delivered["recipients"][0], "bob@example.org");
-    assert_eq!(delivered["server"], upstream.addr().to_string(), "{delivered}");
+    // The server as the gate's logs name it: `host[address]`.
+    let server = upstream.addr();
+    assert_eq!(delivered["server"], format!("{}[{server}]", server.ip()), "{delivered}");
     assert_eq!(delivered["reply"]["code"], 250);
     assert_eq!(delivered["node"], "node-a");
     assert_eq!(events[0]["message_id"], "one@example.test");
