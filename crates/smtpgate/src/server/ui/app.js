@@ -151,12 +151,12 @@ function chart(series, lines) {
 const shape = {
   // GET /api/v1/stats: {series: [{at, ...counts}], totals: {...counts, delivery_rate, bounce_rate,
   // deferral_rate, latency}, by: [{value, ...counts, rates, latency}]}.
-  series: (s) => (s && (s.series || s.buckets)) || [],
+  series: (s) => ((s && s.series) || []).map((p) => ({ ...p, at: p.at ?? p.start })),
   totals: (s) => (s && (s.totals || s.total)) || {},
-  rows: (s) => (s && (s.by || s.values || s.rows)) || [],
+  rows: (s) => (s && (s.values || s.rows)) || [],
   bounced: (c) => (typeof c.bounced === 'object' && c.bounced !== null
     ? Object.values(c.bounced).reduce((a, b) => a + b, 0) : Number(c.bounced) || 0),
-  categories: (c) => (typeof c.bounced === 'object' && c.bounced !== null ? c.bounced : (c.bounced_by_category || c.categories || {})),
+  categories: (c) => (typeof c.bounced === 'object' && c.bounced !== null ? c.bounced : (c.bounced_by || {})),
   // GET /api/v1/queue: {messages: [...], total} or a plain list.
   messages: (q) => (Array.isArray(q) ? q : (q && (q.messages || q.items)) || []),
   // GET /api/v1/messages: {events: [...]} or a plain list.
@@ -169,13 +169,13 @@ const rate = (num, den) => (den > 0 ? num / den : null);
 // ---- Pages --------------------------------------------------------------------------------------
 
 const pages = {
-  async overview() {
+  async overview(params, put) {
     const [stats, queue] = await Promise.all([get('/api/v1/stats' + query({ since: '1h', bucket: 'minute' })), get('/api/v1/queue' + query({ limit: 1 }))]);
     const t = shape.totals(stats);
     const bounced = shape.bounced(t);
     const depth = queue.total ?? shape.messages(queue).length;
     const series = shape.series(stats).map((p) => ({ ...p, bounced: shape.bounced(p) }));
-    show(el('h2', {}, 'The last hour'),
+    put(el('h2', {}, 'The last hour'),
       el('div', { class: 'cards' },
         card('Received', fmt.num(t.received || 0), 'card-received'),
         card('Delivered', fmt.num(t.delivered || 0), 'card-delivered'),
@@ -193,9 +193,9 @@ const pages = {
         ])));
   },
 
-  async queue(params) {
+  async queue(params, put) {
     const filters = { domain: '', sender: '', recipient: '', state: '', older_than: '', ...params };
-    const out = status('');
+    const out = status(takeFlash());
     const inputs = {};
     const field = (name, label, node) => { inputs[name] = node; node.value = filters[name] || ''; return el('label', {}, label + ' ', node); };
     const form = el('form', { class: 'filters', onsubmit: (e) => { e.preventDefault(); go('queue', read()); } },
@@ -207,7 +207,7 @@ const pages = {
       el('button', { type: 'submit', class: 'primary' }, 'Search'));
     const read = () => Object.fromEntries(Object.entries(inputs).map(([k, n]) => [k, n.value.trim()]));
     const act = async (path, what) => {
-      try { const r = await post(path); out.replaceWith(status(what + ': ' + summary(r))); await pages.queue(filters); }
+      try { const r = await post(path); flash = what + ': ' + summary(r); await route(); }
       catch (e) { out.textContent = e.message; out.classList.add('error'); }
     };
     const answer = await get('/api/v1/queue' + query({ ...filters, limit: 500 }));
@@ -215,13 +215,13 @@ const pages = {
     const selected = Object.values(filters).some((v) => v);
     const bulk = selected ? el('div', { class: 'filters' }, 'All that match: ',
       ['retry', 'hold', 'release'].map((a) => el('button', { type: 'button', 'data-bulk': a, onclick: () => act('/api/v1/queue/' + a + query(filters), a) }, a))) : null;
-    show(el('h2', {}, 'Queue'), form, bulk, out,
+    put(el('h2', {}, 'Queue'), form, bulk, out,
       el('div', { class: 'panel' }, table(rows, [
         { key: 'id', label: 'Queue id', get: (m) => m.id || m.queue_id, show: (v) => el('code', {}, v) },
-        { key: 'age', label: 'Age', num: true, get: (m) => m.age ?? m.age_secs, show: fmt.age },
+        { key: 'age', label: 'Age', num: true, get: (m) => m.age_secs ?? m.age, show: fmt.age },
         { key: 'size', label: 'Size', num: true },
         { key: 'sender', label: 'Sender' },
-        { key: 'recipients', label: 'Pending recipients', get: (m) => m.pending || m.recipients },
+        { key: 'recipients', label: 'Pending recipients', get: (m) => pendingRecipients(m) },
         { key: 'state', label: 'State' },
         { key: 'next_attempt', label: 'Next attempt', show: fmt.time },
         { key: 'last_reply', label: 'Last reply', get: (m) => replyText(m.last_reply) },
@@ -234,17 +234,17 @@ const pages = {
       }, a)))));
   },
 
-  async history(params) {
+  async history(params, put) {
     const q = (params && params.q) || '';
     const since = (params && params.since) || '24h';
     const input = el('input', { name: 'q', size: 40, placeholder: 'queue id, Message-ID or address', value: q });
     const sinceInput = el('input', { name: 'since', size: 5, value: since });
     const form = el('form', { class: 'filters', onsubmit: (e) => { e.preventDefault(); go('history', { q: input.value.trim(), since: sinceInput.value.trim() }); } },
       el('label', {}, 'Find ', input), el('label', {}, 'Since ', sinceInput), el('button', { type: 'submit', class: 'primary' }, 'Search'));
-    if (!q) { show(el('h2', {}, 'Message history'), form); return; }
+    if (!q) { put(el('h2', {}, 'Message history'), form); return; }
     const events = shape.events(await get('/api/v1/messages' + query({ q, since })));
     const ordered = [...events].sort((a, b) => (Number(a.at) || 0) - (Number(b.at) || 0));
-    show(el('h2', {}, 'Message history'), form,
+    put(el('h2', {}, 'Message history'), form,
       el('div', { class: 'panel' }, el('h2', {}, ordered.length + ' events for ' + q),
         el('ol', { class: 'timeline' }, ordered.map((e) => el('li', { 'data-type': e.type },
           el('span', { class: 'mono' }, fmt.time(e.at)), ' ',
@@ -255,22 +255,22 @@ const pages = {
           e.category ? ' (' + e.category + ')' : '')))));
   },
 
-  async domains() {
+  async domains(params, put) {
     const stats = await get('/api/v1/stats' + query({ by: 'domain', since: '24h' }));
-    show(el('h2', {}, 'Recipient domains, last 24 hours'), el('div', { class: 'panel' }, table(shape.rows(stats).map(withRates), rateColumns('Domain'))));
+    put(el('h2', {}, 'Recipient domains, last 24 hours'), el('div', { class: 'panel' }, table(shape.rows(stats).map(withRates), rateColumns('Domain'))));
   },
 
-  async bounces() {
+  async bounces(params, put) {
     const stats = await get('/api/v1/stats' + query({ since: '24h' }));
     const categories = Object.entries(shape.categories(shape.totals(stats))).map(([category, count]) => ({ category, count }));
-    show(el('h2', {}, 'Bounces by category, last 24 hours'), el('div', { class: 'panel' }, table(categories, [
+    put(el('h2', {}, 'Bounces by category, last 24 hours'), el('div', { class: 'panel' }, table(categories, [
       { key: 'category', label: 'Category' }, { key: 'count', label: 'Bounced', num: true }])));
   },
 
-  async pools() {
+  async pools(params, put) {
     const pools = shape.list(await get('/api/v1/pools'));
     const rows = pools.flatMap((p) => (p.servers || []).map((s) => ({ pool: p.name, ...s })));
-    show(el('h2', {}, 'Pools and their servers'), el('div', { class: 'panel' }, table(rows, [
+    put(el('h2', {}, 'Pools and their servers'), el('div', { class: 'panel' }, table(rows, [
       { key: 'pool', label: 'Pool' }, { key: 'server', label: 'Server' },
       { key: 'up', label: 'Health', show: (v) => (v ? 'up' : 'down') },
       { key: 'circuit_open', label: 'Circuit', show: (v) => (v ? 'open' : 'closed') },
@@ -278,39 +278,39 @@ const pages = {
       { key: 'failed', label: 'Failed', num: true }])));
   },
 
-  async throttles() {
+  async throttles(params, put) {
     const [throttles, sources] = await Promise.all([get('/api/v1/throttles'), get('/api/v1/sources')]);
-    show(el('h2', {}, 'Adaptive throttles'), el('div', { class: 'panel' }, generic(shape.list(throttles))),
+    put(el('h2', {}, 'Adaptive throttles'), el('div', { class: 'panel' }, generic(shape.list(throttles))),
       el('h2', {}, 'Streams and their source addresses'), el('div', { class: 'panel' }, generic(shape.list(sources))));
   },
 
-  async quarantine() {
-    const out = status('');
+  async quarantine(params, put) {
+    const out = status(takeFlash());
     const entries = shape.list(await get('/api/v1/quarantine'));
-    show(el('h2', {}, 'Quarantine'), out, el('div', { class: 'panel' }, table(entries, [
+    put(el('h2', {}, 'Quarantine'), out, el('div', { class: 'panel' }, table(entries, [
       { key: 'id', label: 'Id', show: (v) => el('code', {}, v) }, { key: 'quarantined_at', label: 'When', show: fmt.time },
       { key: 'filter', label: 'Filter' }, { key: 'reason', label: 'Reason' }, { key: 'sender', label: 'Sender' },
       { key: 'recipients', label: 'Recipients' }, { key: 'size', label: 'Size', num: true },
     ], (q) => [el('button', { type: 'button', 'data-action': 'release', onclick: async () => {
-      try { const r = await post('/api/v1/quarantine/' + encodeURIComponent(q.id) + '/release'); out.replaceWith(status(summary(r))); await pages.quarantine(); }
+      try { const r = await post('/api/v1/quarantine/' + encodeURIComponent(q.id) + '/release'); flash = summary(r); await route(); }
       catch (e) { out.textContent = e.message; out.classList.add('error'); }
     } }, 'release')])));
   },
 
-  async suppression() {
-    const out = status('');
+  async suppression(params, put) {
+    const out = status(takeFlash());
     const entries = shape.list(await get('/api/v1/suppression'));
     const address = el('input', { name: 'address', size: 30, placeholder: 'address' });
     const add = el('form', { class: 'filters', onsubmit: async (e) => {
       e.preventDefault();
-      try { await call('PUT', '/api/v1/suppression/' + encodeURIComponent(address.value.trim())); await pages.suppression(); }
+      try { await call('PUT', '/api/v1/suppression/' + encodeURIComponent(address.value.trim())); await route(); }
       catch (err) { out.textContent = err.message; out.classList.add('error'); }
     } }, address, el('button', { type: 'submit' }, 'Suppress'));
-    show(el('h2', {}, 'Suppression list'), add, out, el('div', { class: 'panel' }, table(entries, [
+    put(el('h2', {}, 'Suppression list'), add, out, el('div', { class: 'panel' }, table(entries, [
       { key: 'address', label: 'Address' }, { key: 'reason', label: 'Reason' }, { key: 'source', label: 'Source' },
       { key: 'added', label: 'Added', get: (s) => s.added ?? s.at, show: fmt.time },
     ], (s) => [el('button', { type: 'button', class: 'danger', onclick: async () => {
-      try { await call('DELETE', '/api/v1/suppression/' + encodeURIComponent(s.address)); await pages.suppression(); }
+      try { await call('DELETE', '/api/v1/suppression/' + encodeURIComponent(s.address)); await route(); }
       catch (e) { out.textContent = e.message; out.classList.add('error'); }
     } }, 'remove')])));
   },
@@ -323,8 +323,8 @@ function withRates(r) {
     ...r, bounced, value: r.value ?? r.key ?? r.name,
     delivery_rate: r.delivery_rate ?? rate(delivered, delivered + bounced),
     bounce_rate: r.bounce_rate ?? rate(bounced, delivered + bounced),
-    p50: r.p50 ?? (r.latency && r.latency.p50),
-    p90: r.p90 ?? (r.latency && r.latency.p90),
+    p50: r.p50 ?? (r.latency_ms && r.latency_ms.p50),
+    p90: r.p90 ?? (r.latency_ms && r.latency_ms.p90),
   };
 }
 
@@ -341,6 +341,12 @@ function rateColumns(label) {
 function generic(rows) {
   const keys = [...new Set(rows.flatMap((r) => Object.keys(r)))];
   return table(rows, keys.map((k) => ({ key: k, label: k, show: (v) => (typeof v === 'object' && v !== null && !Array.isArray(v) ? JSON.stringify(v) : fmt.list(v)) })));
+}
+
+// The addresses still to be delivered (`recipients` with their states), or what the API gave.
+function pendingRecipients(m) {
+  if (!Array.isArray(m.recipients)) return m.pending;
+  return m.recipients.filter((r) => typeof r === 'string' || r.state === 'pending').map((r) => (typeof r === 'string' ? r : r.address));
 }
 
 function replyText(r) {
@@ -362,15 +368,29 @@ function go(page, params) {
   location.hash = page + query(params || {});
 }
 
+let generation = 0;
+
+// What the last action did, shown once by the page drawn after it.
+let flash = '';
+
+function takeFlash() {
+  const text = flash;
+  flash = '';
+  return text;
+}
+
 async function route() {
   if (!sessionStorage.getItem(TOKEN_KEY)) { signOut(); return; }
   const [page, search] = (location.hash.slice(1) || 'overview').split('?');
   const params = Object.fromEntries(new URLSearchParams(search || ''));
   const render = pages[page] || pages.overview;
   for (const a of document.querySelectorAll('nav a')) a.classList.toggle('active', a.getAttribute('href') === '#' + page);
-  show(status('Loading…'));
-  try { await render(params); }
-  catch (e) { show(el('h2', {}, page), status(e.message, true)); }
+  // Only the newest navigation draws: a page still loading when another is chosen is dropped.
+  const mine = ++generation;
+  const put = (...nodes) => { if (mine === generation) show(...nodes); };
+  put(status('Loading…'));
+  try { await render(params, put); }
+  catch (e) { put(el('h2', {}, page), status(e.message, true)); }
 }
 
 function signOut() {
