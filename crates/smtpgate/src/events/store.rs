@@ -177,14 +177,14 @@ impl Store {
         }
         // Freed pages are used again: past the cap, the file stops growing rather than shrinks.
         if self.used_bytes()? > max_size {
-            let tenth = (self.len()? / 10).max(1) as usize;
+            let tenth = (self.count()? / 10).max(1) as usize;
             removed += self.remove_oldest(tenth, None)?;
         }
         Ok(removed)
     }
 
     /// How many events are kept.
-    pub fn len(&self) -> Result<u64, StoreError> {
+    pub fn count(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(err)?;
         txn.open_table(EVENTS).map_err(err)?.len().map_err(err)
     }

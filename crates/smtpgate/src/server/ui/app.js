@@ -136,12 +136,14 @@ function chart(series, lines) {
     fill: 'none', stroke: l.color, 'stroke-width': 2,
     points: series.map((p, i) => x(i) + ',' + y(Number(p[l.key]) || 0)).join(' '),
   }));
+  // A mark on every point, so that a minute alone (no line yet) still shows.
+  const marks = lines.flatMap((l) => series.map((p, i) => svg('circle', { cx: x(i), cy: y(Number(p[l.key]) || 0), r: 3, fill: l.color })));
   const chartNode = svg('svg', { class: 'chart', viewBox: `0 0 ${w} ${h}`, preserveAspectRatio: 'none', role: 'img' },
     svg('line', { class: 'axis', x1: pad, y1: h - pad, x2: w - pad, y2: h - pad }),
     svg('text', { x: 2, y: pad }, String(max)), svg('text', { x: 2, y: h - pad }, '0'),
     series.length ? svg('text', { x: pad, y: h - 8 }, fmt.time(series[0].at)) : null,
     series.length ? svg('text', { x: w - pad - 120, y: h - 8 }, fmt.time(series[series.length - 1].at)) : null,
-    paths);
+    paths, marks);
   const legend = el('div', { class: 'legend' }, lines.map((l) => el('span', {}, svg('svg', { width: 10, height: 10 }, svg('rect', { width: 10, height: 10, fill: l.color })), ' ', l.label)));
   return el('div', {}, chartNode, legend);
 }
