@@ -38,7 +38,7 @@ const EXAMPLE: &str = r#"hostname = "gate.example.com"
 dir = "/var/spool/smtpgate"
 
 [admin]
-address = "127.0.0.1:8025"              # /shaping, /throttles, /suppression, /metrics
+address = "127.0.0.1:8025"              # /api/v1/shaping, /api/v1/throttles, /api/v1/suppression, /metrics
 
 [[listener]]
 name = "relay"

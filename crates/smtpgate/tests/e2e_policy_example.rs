@@ -32,7 +32,7 @@ const EXAMPLE: &str = r#"hostname = "gate.example.test"
 dir = "/var/spool/smtpgate"
 
 [admin]
-address = "127.0.0.1:8025"              # /healthz, /metrics and /quarantine
+address = "127.0.0.1:8025"              # /healthz, /metrics and /api/v1/quarantine
 
 [[listener]]
 name = "relay"
