@@ -29,9 +29,8 @@ fn answer(status: StatusCode, body: String) -> Answer {
     (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body)
 }
 
-fn bad(message: impl Into<String>) -> Answer {
-    let body = serde_json::json!({ "error": message.into() }).to_string() + "\n";
-    answer(StatusCode::BAD_REQUEST, body)
+fn bad(message: impl std::fmt::Display) -> Answer {
+    super::admin::json_error(StatusCode::BAD_REQUEST, message)
 }
 
 fn found(result: Result<Result<Vec<Event>, crate::events::StoreError>, tokio::task::JoinError>) -> Answer {
@@ -42,13 +41,9 @@ fn found(result: Result<Result<Vec<Event>, crate::events::StoreError>, tokio::ta
         ),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "admin: the event store failed");
-            let body = serde_json::json!({ "error": "the event store failed" }).to_string() + "\n";
-            answer(StatusCode::INTERNAL_SERVER_ERROR, body)
+            super::admin::json_error(StatusCode::INTERNAL_SERVER_ERROR, "the event store failed")
         }
-        Err(_) => answer(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "{\"error\":\"query failed\"}\n".into(),
-        ),
+        Err(_) => super::admin::json_error(StatusCode::INTERNAL_SERVER_ERROR, "query failed"),
     }
 }
 

@@ -5,9 +5,10 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Extension, State};
-use axum::http::{HeaderName, StatusCode, header};
+use axum::http::StatusCode;
 use axum::routing::post;
 
+use super::admin::{JsonAnswer, json_answer, json_error};
 use super::admin_auth::Peer;
 use crate::intake::inject::{self, Request};
 use crate::queue::Queue;
@@ -22,23 +23,12 @@ pub fn routes() -> Router<Queue> {
         .layer(DefaultBodyLimit::max(MAX_REQUEST))
 }
 
-type Answer = (StatusCode, [(HeaderName, &'static str); 1], String);
-
-/// `body` as JSON with `status`.
-fn json(status: StatusCode, body: &impl serde::Serialize) -> Answer {
-    let text = serde_json::to_string(body).unwrap_or_default() + "\n";
-    (status, [(header::CONTENT_TYPE, "application/json")], text)
-}
-
-/// `{"error": message}` with `status`.
-fn error(status: StatusCode, message: impl std::fmt::Display) -> Answer {
-    json(status, &serde_json::json!({ "error": message.to_string() }))
-}
+type Answer = JsonAnswer;
 
 async fn inject(State(queue): State<Queue>, Extension(Peer(peer)): Extension<Peer>, body: Bytes) -> Answer {
     let request: Request = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("not an inject request: {e}")),
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("not an inject request: {e}")),
     };
     let recipients = request.recipients.len();
     match inject::inject(&queue, request, peer).await {
@@ -47,8 +37,8 @@ async fn inject(State(queue): State<Queue>, Extension(Peer(peer)): Extension<Pee
                 %peer, recipients, accepted = answer.accepted.len(), refused = answer.refused.len(),
                 "admin: messages injected"
             );
-            json(StatusCode::OK, &answer)
+            json_answer(StatusCode::OK, &answer)
         }
-        Err(e) => error(StatusCode::BAD_REQUEST, e),
+        Err(e) => json_error(StatusCode::BAD_REQUEST, e),
     }
 }

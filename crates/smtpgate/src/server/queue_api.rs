@@ -31,9 +31,8 @@ pub fn routes() -> Router<Queue> {
 const MAX_LIMIT: usize = 10_000;
 const DEFAULT_LIMIT: usize = 1_000;
 
-fn error(status: StatusCode, text: impl Into<String>) -> Response {
-    let body = serde_json::json!({ "error": text.into() }).to_string() + "\n";
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+fn error(status: StatusCode, text: impl std::fmt::Display) -> Response {
+    super::admin::json_error(status, text).into_response()
 }
 
 fn json(value: &serde_json::Value) -> Response {
