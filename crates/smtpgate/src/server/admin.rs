@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderName, StatusCode, header};
 use axum::routing::get;
 use tokio::sync::watch;
 
@@ -69,20 +68,6 @@ fn api() -> Router<Queue> {
         .merge(super::inject_api::routes())
         .merge(super::stats_api::routes())
         .merge(super::pools_api::routes())
-}
-
-/// An answer of the API: its status and a JSON body.
-pub(super) type JsonAnswer = (StatusCode, [(HeaderName, &'static str); 1], String);
-
-/// `body` as JSON with `status`.
-pub(super) fn json_answer(status: StatusCode, body: &impl serde::Serialize) -> JsonAnswer {
-    let text = serde_json::to_string(body).unwrap_or_default() + "\n";
-    (status, [(header::CONTENT_TYPE, "application/json")], text)
-}
-
-/// The one form of an API error: `{"error": message}` with `status`, no internal detail.
-pub(super) fn json_error(status: StatusCode, message: impl std::fmt::Display) -> JsonAnswer {
-    json_answer(status, &serde_json::json!({ "error": message.to_string() }))
 }
 
 /// Renders from the current context, so a reload shows the new pools.

@@ -30,7 +30,7 @@ fn answer(status: StatusCode, body: String) -> Answer {
 }
 
 fn bad(message: impl std::fmt::Display) -> Answer {
-    super::admin::json_error(StatusCode::BAD_REQUEST, message)
+    super::api_json::json_error(StatusCode::BAD_REQUEST, message)
 }
 
 fn found(result: Result<Result<Vec<Event>, crate::events::StoreError>, tokio::task::JoinError>) -> Answer {
@@ -41,9 +41,9 @@ fn found(result: Result<Result<Vec<Event>, crate::events::StoreError>, tokio::ta
         ),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "admin: the event store failed");
-            super::admin::json_error(StatusCode::INTERNAL_SERVER_ERROR, "the event store failed")
+            super::api_json::json_error(StatusCode::INTERNAL_SERVER_ERROR, "the event store failed")
         }
-        Err(_) => super::admin::json_error(StatusCode::INTERNAL_SERVER_ERROR, "query failed"),
+        Err(_) => super::api_json::json_error(StatusCode::INTERNAL_SERVER_ERROR, "query failed"),
     }
 }
 

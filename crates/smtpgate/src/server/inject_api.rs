@@ -8,8 +8,8 @@ use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 
-use super::admin::{JsonAnswer, json_answer, json_error};
 use super::admin_auth::Peer;
+use super::api_json::{JsonAnswer, json_answer, json_error};
 use crate::intake::inject::{self, Request};
 use crate::queue::Queue;
 

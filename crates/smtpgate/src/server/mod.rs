@@ -2,6 +2,7 @@
 
 mod admin;
 pub mod admin_auth;
+mod api_json;
 pub mod events_api;
 mod inject_api;
 mod listeners;

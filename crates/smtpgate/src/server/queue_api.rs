@@ -32,7 +32,7 @@ const MAX_LIMIT: usize = 10_000;
 const DEFAULT_LIMIT: usize = 1_000;
 
 fn error(status: StatusCode, text: impl std::fmt::Display) -> Response {
-    super::admin::json_error(status, text).into_response()
+    super::api_json::json_error(status, text).into_response()
 }
 
 fn json(value: &serde_json::Value) -> Response {

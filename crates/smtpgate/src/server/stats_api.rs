@@ -23,7 +23,7 @@ async fn stats(State(queue): State<Queue>, Query(params): Query<HashMap<String, 
     let json = [(CONTENT_TYPE, "application/json")];
     let query = match crate::stats::Query::from_params(&params) {
         Ok(q) => q,
-        Err(error) => return super::admin::json_error(StatusCode::BAD_REQUEST, error),
+        Err(error) => return super::api_json::json_error(StatusCode::BAD_REQUEST, error),
     };
     let report = queue.ctx().stats.query(&query);
     let body = serde_json::to_string_pretty(&report).unwrap_or_default() + "\n";
