@@ -42,11 +42,11 @@ start_sink() {
     exit 1
 }
 
-# start_gate SECONDS: runs "$GATE_BIN" serve with "$WORK/gate/smtpgate.toml" in "$WORK/gate" and
+# start_gate SECONDS: runs "$GATE_BIN" serve with "${GATE_DIR:-$WORK/gate}/smtpgate.toml" in that directory and
 # waits up to SECONDS for it to print `smtpgate ready`; sets GATE_PID.
 start_gate() {
-    (cd "$WORK/gate" && exec "$GATE_BIN" serve --config "$WORK/gate/smtpgate.toml") \
-        >"$WORK/gate/stdout.log" 2>"$WORK/gate/stderr.log" &
+    (cd "${GATE_DIR:-$WORK/gate}" && exec "$GATE_BIN" serve --config "${GATE_DIR:-$WORK/gate}/smtpgate.toml") \
+        >"${GATE_DIR:-$WORK/gate}/stdout.log" 2>"${GATE_DIR:-$WORK/gate}/stderr.log" &
     GATE_PID=$!
     PIDS+=("$GATE_PID")
     wait_for "smtpgate ready" "$1" gate_ready
@@ -55,13 +55,13 @@ start_gate() {
 gate_ready() {
     if ! kill -0 "$GATE_PID" 2>/dev/null; then
         echo "$BENCH_NAME: smtpgate exited before printing 'smtpgate ready':" >&2
-        cat "$WORK/gate/stdout.log" "$WORK/gate/stderr.log" >&2
+        cat "${GATE_DIR:-$WORK/gate}/stdout.log" "${GATE_DIR:-$WORK/gate}/stderr.log" >&2
         exit 1
     fi
-    grep -q '^smtpgate ready' "$WORK/gate/stdout.log"
+    grep -q '^smtpgate ready' "${GATE_DIR:-$WORK/gate}/stdout.log"
 }
 
 # listener_port NAME: the port smtpgate says its listener NAME listens on.
 listener_port() {
-    sed -n "s/^smtpgate listening: listener=$1 address=[^ ]*:\\([0-9]*\\) .*/\\1/p" "$WORK/gate/stdout.log" | head -n 1
+    sed -n "s/^smtpgate listening: listener=$1 address=[^ ]*:\\([0-9]*\\) .*/\\1/p" "${GATE_DIR:-$WORK/gate}/stdout.log" | head -n 1
 }

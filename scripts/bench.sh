@@ -5,11 +5,13 @@
 #   BENCH_MESSAGES=2000 ./scripts/bench.sh
 #   BENCH_POSTFIX=0 ./scripts/bench.sh  # skip phase 3 (the Postfix comparison)
 #   BENCH_LATENCY_MESSAGES=500 ./scripts/bench.sh  # phase 4 sample size (default 2000 each way)
-#   BENCH_EVENTS=0 ./scripts/bench.sh  # smtpgate with [events] enabled = false (default: on)
+#   BENCH_EVENTS=1 ./scripts/bench.sh  # only with events recorded (0: only without; default both)
 #   (also BENCH_SESSIONS, BENCH_SIZE, BENCH_PHASE_TIMEOUT seconds, SMTPGATE_BIN)
 #
 # Phase 1 sends the load with Postfix's smtp-source straight to smtp-sink; phase 2 sends the
-# same load to smtpgate, whose pool points at a fresh smtp-sink. Phase 3 (on by default when
+# same load to smtpgate, whose pool points at a fresh smtp-sink: once without recording events
+# and once with them (message history, JSON-lines file off), each with a fresh spool, so the
+# cost of recording events is measured in the same run ("events on/off"). Phase 3 (on by default when
 # Postfix is installed) sends it to a private Postfix instance relaying to a fresh smtp-sink
 # (relayhost), so smtpgate and Postfix are measured in the same run. Each phase is timed from
 # the first connection until the sink has counted every message (smtp-sink -c, no dump files,
@@ -37,8 +39,8 @@ SIZE=${BENCH_SIZE:-5000}
 PHASE_TIMEOUT=${BENCH_PHASE_TIMEOUT:-600}
 START_TIMEOUT=30
 POSTFIX_PHASE=${BENCH_POSTFIX:-1}
-EVENTS_SECTION=""
-[[ ${BENCH_EVENTS:-1} == 0 ]] && EVENTS_SECTION=$'[events]\nenabled = false'
+EVENTS=${BENCH_EVENTS:-both}
+[[ $EVENTS =~ ^(0|1|both)$ ]] || { echo "bench.sh: BENCH_EVENTS is 0, 1 or both" >&2; exit 1; }
 
 for tool in /usr/sbin/smtp-sink /usr/sbin/smtp-source python3; do
     command -v "$tool" >/dev/null || { echo "bench.sh: $tool missing (./scripts/test.sh installs it)" >&2; exit 1; }
@@ -257,10 +259,17 @@ DIRECT_SECONDS=$(run_load "$SINK_PORT" "$WORK/sink-direct.log")
 kill "$SINK_PID"
 echo "   direct: $(rate "$DIRECT_SECONDS") msg/s ($DIRECT_SECONDS s)" >&2
 
-echo "== phase 2: smtp-source -> smtpgate -> smtp-sink" >&2
-start_sink "$WORK/sink-gate.log"
-mkdir -p "$WORK/gate"
-cat >"$WORK/gate/smtpgate.toml" <<TOML
+# gate_phase EVENTS NAME: starts smtpgate (events recorded when EVENTS is 1) with a fresh spool
+# and sink in $WORK/gate-NAME, sends the load through it and sets GATE_SECONDS and GATE_PEAK_RSS.
+# The gate is left running (GATE_PID) for phase 4.
+gate_phase() {
+    local events=$1 name=$2 section=""
+    [[ $events == 0 ]] && section=$'[events]\nenabled = false'
+    echo "== phase 2 ($name): smtp-source -> smtpgate -> smtp-sink" >&2
+    start_sink "$WORK/sink-$name.log"
+    GATE_DIR=$WORK/gate-$name
+    mkdir -p "$GATE_DIR"
+    cat >"$GATE_DIR/smtpgate.toml" <<TOML
 hostname = "bench.example.test"
 
 [spool]
@@ -293,15 +302,30 @@ pool = "sink"
 [queue]
 retry = ["1s"]
 
-$EVENTS_SECTION
+$section
 TOML
-start_gate "$START_TIMEOUT"
-GATE_PORT=$(listener_port inbound)
-PROXY_PORT=$(listener_port proxy)
-[[ -n $GATE_PORT && -n $PROXY_PORT ]] || { echo "bench.sh: no listener address in smtpgate's stdout" >&2; exit 1; }
-GATE_SECONDS=$(run_load "$GATE_PORT" "$WORK/sink-gate.log")
-GATE_PEAK_RSS=$(awk '/^VmHWM:/ {print $2, $3}' "/proc/$GATE_PID/status")
-echo "   smtpgate: $(rate "$GATE_SECONDS") msg/s ($GATE_SECONDS s)" >&2
+    start_gate "$START_TIMEOUT"
+    GATE_PORT=$(listener_port inbound)
+    PROXY_PORT=$(listener_port proxy)
+    [[ -n $GATE_PORT && -n $PROXY_PORT ]] || { echo "bench.sh: no listener address in smtpgate's stdout" >&2; exit 1; }
+    GATE_SECONDS=$(run_load "$GATE_PORT" "$WORK/sink-$name.log")
+    GATE_PEAK_RSS=$(awk '/^VmHWM:/ {print $2, $3}' "/proc/$GATE_PID/status")
+    echo "   smtpgate ($name): $(rate "$GATE_SECONDS") msg/s ($GATE_SECONDS s), peak RSS $GATE_PEAK_RSS" >&2
+}
+
+# Without events, when they are compared (the default) or switched off; the CPU is left to the
+# next phase.
+OFF_SECONDS=""
+if [[ $EVENTS != 1 ]]; then
+    gate_phase 0 events-off
+    OFF_SECONDS=$GATE_SECONDS OFF_PEAK_RSS=$GATE_PEAK_RSS
+    [[ $EVENTS == 0 ]] || kill "$GATE_PID" "$SINK_PID" 2>/dev/null || true
+fi
+ON_SECONDS=""
+if [[ $EVENTS != 0 ]]; then
+    gate_phase 1 events-on
+    ON_SECONDS=$GATE_SECONDS ON_PEAK_RSS=$GATE_PEAK_RSS
+fi
 
 LATENCY_MESSAGES=${BENCH_LATENCY_MESSAGES:-2000}
 echo "== phase 4: latency, smtplib -> smtp-sink vs smtplib -> smtpgate (proxy listener) -> smtp-sink ($LATENCY_MESSAGES messages each)" >&2
@@ -361,17 +385,29 @@ else
 fi
 
 DIRECT_RATE=$(rate "$DIRECT_SECONDS")
-GATE_RATE=$(rate "$GATE_SECONDS")
+ratio() { awk -v g="$1" -v d="$2" 'BEGIN { printf "%.3f", g / d }'; }
 printf '\nmessages: %d x %d bytes, %d sessions\n' "$MESSAGES" "$SIZE" "$SESSIONS"
 printf 'direct:   %8.1f msg/s (%.2f s)\n' "$DIRECT_RATE" "$DIRECT_SECONDS"
-printf 'smtpgate: %8.1f msg/s (%.2f s)\n' "$GATE_RATE" "$GATE_SECONDS"
-printf 'ratio gate/direct: %s\n' "$(awk -v g="$GATE_RATE" -v d="$DIRECT_RATE" 'BEGIN { printf "%.3f", g / d }')"
+GATE_RATE=""
+if [[ -n $OFF_SECONDS ]]; then
+    GATE_RATE=$(rate "$OFF_SECONDS")
+    printf 'smtpgate, events off: %8.1f msg/s (%.2f s), ratio gate/direct %s, peak RSS %s\n' \
+        "$GATE_RATE" "$OFF_SECONDS" "$(ratio "$GATE_RATE" "$DIRECT_RATE")" "$OFF_PEAK_RSS"
+fi
+if [[ -n $ON_SECONDS ]]; then
+    ON_RATE=$(rate "$ON_SECONDS")
+    printf 'smtpgate, events on:  %8.1f msg/s (%.2f s), ratio gate/direct %s, peak RSS %s\n' \
+        "$ON_RATE" "$ON_SECONDS" "$(ratio "$ON_RATE" "$DIRECT_RATE")" "$ON_PEAK_RSS"
+    [[ -n $GATE_RATE ]] && printf 'events on/off: %s (1.000 = recording events costs nothing)\n' \
+        "$(ratio "$ON_RATE" "$GATE_RATE")"
+    GATE_RATE=$ON_RATE
+fi
+printf 'ratio gate/direct: %s\n' "$(ratio "$GATE_RATE" "$DIRECT_RATE")"
 if [[ -n $PF_SECONDS ]]; then
     PF_RATE=$(rate "$PF_SECONDS")
     printf 'postfix:  %8.1f msg/s (%.2f s)\n' "$PF_RATE" "$PF_SECONDS"
-    printf 'ratio smtpgate/postfix: %s\n' "$(awk -v g="$GATE_RATE" -v p="$PF_RATE" 'BEGIN { printf "%.3f", g / p }')"
+    printf 'ratio smtpgate/postfix: %s\n' "$(ratio "$GATE_RATE" "$PF_RATE")"
 else
     printf 'postfix:  skipped (%s)\n' "$PF_WHY"
 fi
-printf 'smtpgate peak RSS (VmHWM): %s\n' "$GATE_PEAK_RSS"
 printf '%s\n' "$LATENCY"
