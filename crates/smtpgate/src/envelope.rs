@@ -330,7 +330,10 @@ mod tests {
         .encode(&mut no_route);
         no_route.pop();
         let (back, used) = Envelope::decode(&no_route).unwrap();
-        assert_eq!((back.stream, back.route, used), (env.stream.clone(), None, no_route.len()));
+        assert_eq!(
+            (back.stream, back.route, used),
+            (env.stream.clone(), None, no_route.len())
+        );
         for cut in (0..buf.len()).filter(|&c| c != old.len() && c != no_route.len()) {
             assert!(Envelope::decode(&buf[..cut]).is_none(), "cut at {cut}");
         }

@@ -353,7 +353,15 @@ fn main() -> ExitCode {
             bucket,
             json,
             all_nodes,
-        } => stats(config, AdminArgs { admin, token_file }, by, &since, &bucket, json, all_nodes),
+        } => stats(
+            config,
+            AdminArgs { admin, token_file },
+            by,
+            &since,
+            &bucket,
+            json,
+            all_nodes,
+        ),
     };
     match result {
         Ok(code) => code,
@@ -709,7 +717,10 @@ fn stats(
     let by = by.map(|b| format!("&by={}", url_encode(&b, ""))).unwrap_or_default();
     let (since, bucket) = (url_encode(since, ""), url_encode(bucket, ""));
     let nodes = if all_nodes { "&nodes=all" } else { "" };
-    let body = client.request("GET", &format!("/api/v1/stats?since={since}&bucket={bucket}{by}{nodes}"))?;
+    let body = client.request(
+        "GET",
+        &format!("/api/v1/stats?since={since}&bucket={bucket}{by}{nodes}"),
+    )?;
     match json {
         true => print!("{body}"),
         false => print!("{}", smtpgate::stats::table(&serde_json::from_str(&body)?)),

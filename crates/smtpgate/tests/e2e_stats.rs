@@ -241,7 +241,12 @@ fn refusals_quarantines_and_complaints_count_under_route_mx_and_listener() {
     // A complaint about mail the gate relayed to victim@example.org (a complaint about mail it
     // never sent counts nothing).
     let original = message("original-1@example.test", "offer", "Buy now.");
-    let t = smtplib_send(gate.smtp_addr(), "alice@example.test", &["victim@example.org"], &original);
+    let t = smtplib_send(
+        gate.smtp_addr(),
+        "alice@example.test",
+        &["victim@example.org"],
+        &original,
+    );
     assert!(t.reply("END-OF-DATA").starts_with("250 "), "{t}");
     let forged = ARF.replace("victim@example.org", "stranger@example.net");
     let t = smtplib_send(gate.smtp_addr(), "feedback@isp.example", &["fbl@example.test"], &forged);
@@ -272,7 +277,10 @@ fn refusals_quarantines_and_complaints_count_under_route_mx_and_listener() {
     assert_eq!(count(&by_mx, "example.test", "delivered"), 1, "{by_mx:#}");
     let by_route = api_report(&gate, "route", "");
     assert_eq!(
-        (count(&by_route, "direct", "received"), count(&by_route, "direct", "delivered")),
+        (
+            count(&by_route, "direct", "received"),
+            count(&by_route, "direct", "delivered")
+        ),
         (1, 1),
         "{by_route:#}"
     );
@@ -327,12 +335,21 @@ fn the_counts_of_two_nodes_are_summed_through_redis() {
     let redis = RedisServer::start();
     let (a, b) = (node(&upstream, &redis, "node-a"), node(&upstream, &redis, "node-b"));
     for (gate, to) in [(&a, "one@sum.test"), (&a, "two@sum.test"), (&b, "three@sum.test")] {
-        let t = smtplib_send(gate.smtp_addr(), "alice@sender.test", &[to], &message(to, "s", "Summed."));
+        let t = smtplib_send(
+            gate.smtp_addr(),
+            "alice@sender.test",
+            &[to],
+            &message(to, "s", "Summed."),
+        );
         assert!(t.reply("END-OF-DATA").starts_with("250 "), "{t}");
     }
     upstream.wait_for(3, SOON);
     // Each node counts its own; every node's counts are published within 10 s.
-    assert!(wait_until(SOON, || count(&api_report(&a, "domain", ""), "sum.test", "delivered") == 2));
+    assert!(wait_until(SOON, || count(
+        &api_report(&a, "domain", ""),
+        "sum.test",
+        "delivered"
+    ) == 2));
     let mut all = Value::Null;
     let summed = wait_until(Duration::from_secs(40), || {
         all = api_report(&a, "domain", "&nodes=all");

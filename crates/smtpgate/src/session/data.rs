@@ -15,8 +15,8 @@ use crate::intake::headers::{self, Trace};
 use crate::intake::proxy::ProxySink;
 use crate::intake::{self, Disposition, SpoolSink, Taken};
 use crate::route::MessageView;
-use crate::stats;
 use crate::spool::{Content, Incoming, IncomingError};
+use crate::stats;
 
 /// Octets of a BDAT chunk read before they are handed on (and, for a large message, written out).
 const BDAT_PIECE: u64 = 256 * 1024;

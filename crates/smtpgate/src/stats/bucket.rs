@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::dimension::Dimension;
-use super::record::{Kind, Record};
 use super::histogram::Histogram;
+use super::record::{Kind, Record};
 
 pub const MINUTE: u64 = 60;
 pub const HOUR: u64 = 3600;

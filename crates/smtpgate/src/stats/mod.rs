@@ -37,7 +37,7 @@ pub use bucket::{Counts, OTHER};
 pub use dimension::Dimension;
 pub use histogram::Histogram;
 pub use query::{Granularity, Latency, Point, Query, Report, Summary, ValueReport};
-pub use record::{Kind, Record, Recipients, domain_of, mx_rollup};
+pub use record::{Kind, Recipients, Record, domain_of, mx_rollup};
 pub use table::table;
 
 use bucket::Store;

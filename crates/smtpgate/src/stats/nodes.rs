@@ -18,7 +18,12 @@ const KEPT: Duration = Duration::from_secs(60);
 impl Stats {
     /// Publishes this node's counts as `node` every `every` (first at once), for as long as the
     /// process runs; a failure is logged and tried again at the next tick.
-    pub fn spawn_publisher(self: &Arc<Self>, shared: Shared, node: String, every: Duration) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_publisher(
+        self: &Arc<Self>,
+        shared: Shared,
+        node: String,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
         let stats = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);

@@ -314,7 +314,10 @@ fn query_parameters_are_checked() {
 #[test]
 fn every_kind_counts_under_its_dimensions() {
     let stats = Stats::in_memory();
-    let rcpts = [Recipient::parse("a@X.test").unwrap(), Recipient::parse("b@y.test").unwrap()];
+    let rcpts = [
+        Recipient::parse("a@X.test").unwrap(),
+        Recipient::parse("b@y.test").unwrap(),
+    ];
     let kinds = [
         Kind::Received,
         Kind::Delivered,
@@ -344,7 +347,15 @@ fn every_kind_counts_under_its_dimensions() {
     let r = q(Dimension::Domain);
     let t = &r.totals;
     assert_eq!(
-        (t.received, t.delivered, t.deferred, t.bounced, t.rejected, t.quarantined, t.complaints),
+        (
+            t.received,
+            t.delivered,
+            t.deferred,
+            t.bounced,
+            t.rejected,
+            t.quarantined,
+            t.complaints
+        ),
         (2, 2, 2, 2, 3, 2, 2)
     );
     assert_eq!(t.bounced_by, [("unknown".to_string(), 2)].into());
@@ -386,7 +397,11 @@ fn stores_of_two_nodes_merge_tier_by_tier() {
     b.record_at(&at(Kind::Complaint, "y@e.test", T0 + 60), ms(T0 + 60));
     let mut sum = a.store().clone();
     sum.merge(&b.store(), DEFAULT_CAP);
-    let r = query::run(&sum, &query(Some(Dimension::Domain), Duration::from_secs(600), Granularity::Minute), T0 + 60);
+    let r = query::run(
+        &sum,
+        &query(Some(Dimension::Domain), Duration::from_secs(600), Granularity::Minute),
+        T0 + 60,
+    );
     assert_eq!((r.totals.delivered, r.totals.complaints), (2, 1));
     assert_eq!(value(&r, "d.test").summary.delivered, 2);
     assert_eq!(r.totals.latency_ms.p99, Some(1024));
