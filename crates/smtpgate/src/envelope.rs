@@ -118,6 +118,8 @@ pub struct Envelope {
     pub scan: Vec<String>,
     /// The `[[stream]]` the routing rules put this copy in; `None` is the default stream.
     pub stream: Option<String>,
+    /// The `[[route]]` rule that sent this copy on (for the analytics); `None`: no rule decided.
+    pub route: Option<String>,
 }
 
 impl Envelope {
@@ -151,6 +153,7 @@ impl Envelope {
         // Fields added later go after the recipients: a record written before they existed
         // simply ends here, and decodes with their defaults.
         put_opt(out, self.stream.as_deref());
+        put_opt(out, self.route.as_deref());
     }
 
     /// Decodes what [`Envelope::encode`] wrote; `None` if it is malformed.
@@ -183,8 +186,10 @@ impl Envelope {
             recipients.push(Recipient { address, notify, orcpt });
         }
         let stream = if r.pos < r.buf.len() { r.opt()? } else { None };
+        let route = if r.pos < r.buf.len() { r.opt()? } else { None };
         let env = Envelope {
             stream,
+            route,
             id,
             sender,
             recipients,
@@ -298,6 +303,7 @@ mod tests {
             pool: Some("up".into()),
             scan: vec!["clamav".into()],
             stream: Some("bulk".into()),
+            route: Some("partners".into()),
         };
         let mut buf = Vec::new();
         env.encode(&mut buf);
@@ -308,13 +314,27 @@ mod tests {
         let mut old = Vec::new();
         Envelope {
             stream: None,
+            route: None,
             ..env.clone()
         }
         .encode(&mut old);
-        old.pop();
+        old.truncate(old.len() - 2);
         let (back, used) = Envelope::decode(&old).unwrap();
-        assert_eq!((back.stream, used), (None, old.len()));
-        for cut in (0..buf.len()).filter(|&c| c != old.len()) {
+        assert_eq!((back.stream, back.route, used), (None, None, old.len()));
+        // One written before `route` existed ends right after the stream.
+        let mut no_route = Vec::new();
+        Envelope {
+            route: None,
+            ..env.clone()
+        }
+        .encode(&mut no_route);
+        no_route.pop();
+        let (back, used) = Envelope::decode(&no_route).unwrap();
+        assert_eq!(
+            (back.stream, back.route, used),
+            (env.stream.clone(), None, no_route.len())
+        );
+        for cut in (0..buf.len()).filter(|&c| c != old.len() && c != no_route.len()) {
             assert!(Envelope::decode(&buf[..cut]).is_none(), "cut at {cut}");
         }
     }

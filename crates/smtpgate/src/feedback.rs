@@ -290,8 +290,13 @@ impl Feedback {
     }
 
     /// A complaint report (ARF, RFC 5965) from `client`: every recipient it names that smtpgate
-    /// relayed the reported message to is suppressed. `None` when it is not a complaint report.
-    pub async fn complaint(self: &Arc<Self>, message: Vec<u8>, client: Option<IpAddr>) -> Option<Complaint> {
+    /// relayed the reported message to is suppressed. The report, with those recipients (the
+    /// ones it is believed about); `None` when it is not a complaint report.
+    pub async fn complaint(
+        self: &Arc<Self>,
+        message: Vec<u8>,
+        client: Option<IpAddr>,
+    ) -> Option<(Complaint, Vec<String>)> {
         const KIND: &str = "complaint";
         if !self.admit_report(KIND, client) {
             return None;
@@ -315,16 +320,17 @@ impl Feedback {
             complaint.feedback_type,
             complaint.source_ip.as_deref().unwrap_or("?")
         );
+        let matched: Vec<String> = matched.iter().map(|r| r.to_string()).collect();
         let batch = matched
             .iter()
-            .map(|r| (r.to_string(), Reason::Complaint, source.clone()))
+            .map(|r| (r.clone(), Reason::Complaint, source.clone()))
             .collect();
         tracing::info!(
             feedback_type = %complaint.feedback_type, recipients = ?complaint.recipients, matched = ?matched,
             original = complaint.original_message_id.as_deref().unwrap_or("-"), "complaint received"
         );
         self.suppress_batch(batch).await;
-        Some(complaint)
+        Some((complaint, matched))
     }
 
     /// A delivery report that arrived after the fact (a DSN, mail from the null sender) from

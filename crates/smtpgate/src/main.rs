@@ -132,6 +132,9 @@ enum Cmd {
         /// The API's JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// The counts of every node sharing the `[redis]` state, summed.
+        #[arg(long)]
+        all_nodes: bool,
     },
     /// Ask the running server (its PID from the spool) to reload its configuration (SIGHUP).
     Reload {
@@ -349,7 +352,16 @@ fn main() -> ExitCode {
             since,
             bucket,
             json,
-        } => stats(config, AdminArgs { admin, token_file }, by, &since, &bucket, json),
+            all_nodes,
+        } => stats(
+            config,
+            AdminArgs { admin, token_file },
+            by,
+            &since,
+            &bucket,
+            json,
+            all_nodes,
+        ),
     };
     match result {
         Ok(code) => code,
@@ -699,11 +711,16 @@ fn stats(
     since: &str,
     bucket: &str,
     json: bool,
+    all_nodes: bool,
 ) -> anyhow::Result<ExitCode> {
     let client = AdminClient::new(&load_or_builtin(config)?, args)?;
     let by = by.map(|b| format!("&by={}", url_encode(&b, ""))).unwrap_or_default();
     let (since, bucket) = (url_encode(since, ""), url_encode(bucket, ""));
-    let body = client.request("GET", &format!("/api/v1/stats?since={since}&bucket={bucket}{by}"))?;
+    let nodes = if all_nodes { "&nodes=all" } else { "" };
+    let body = client.request(
+        "GET",
+        &format!("/api/v1/stats?since={since}&bucket={bucket}{by}{nodes}"),
+    )?;
     match json {
         true => print!("{body}"),
         false => print!("{}", smtpgate::stats::table(&serde_json::from_str(&body)?)),

@@ -353,6 +353,7 @@ mod tests {
             pool: Some("p".into()),
             scan: Vec::new(),
             stream: None,
+            route: None,
         };
         let id = q
             .put(
@@ -394,6 +395,7 @@ mod tests {
             pool: None,
             scan: Vec::new(),
             stream: None,
+            route: None,
         };
         let origin = Origin {
             client: Some("2001:db8::1".parse().unwrap()),

@@ -8,6 +8,7 @@
 //! | `P:gcra:<key>` | string | a rate's theoretical arrival time (TAT), microseconds of the server's clock ([`crate::rate`]'s GCRA, in `shared/gcra.lua`); expires when idle |
 //! | `P:suppressed` | hash | the suppression list: normalised address → JSON [`Entry`] |
 //! | `P:state:<namespace>` | hash | [`Shared::put`]'s values: id → `{"expires_at_ms":..,"value":"<json>"}` |
+//! | `P:state:stats` | hash | each node's analytics counts ([`crate::stats`]), a field per node, kept 60 s |
 //! | `P:sent:<message-id>` | set | the recipients a message was relayed to ([`Shared::record_sent`]); expires after the retention |
 //!
 //! and every change to the suppression list is published on the channel `P:suppression` as

@@ -621,6 +621,7 @@ fn a_record_carried_in_a_body_is_never_replayed_after_a_torn_write() {
             pool: None,
             scan: Vec::new(),
             stream: None,
+            route: None,
         };
         spool.store(&env, &stored).await.expect("store the carrier");
         spool.close().await;

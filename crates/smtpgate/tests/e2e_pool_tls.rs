@@ -9,8 +9,8 @@ mod support;
 use std::path::PathBuf;
 
 use support::{
-    AuthAttempt, Gate, GateConfig, SOON, ServerCert, TestCa, Upstream, UpstreamMessage, message, replace_once,
-    smtplib_send, toml_path, wait_until,
+    AuthAttempt, Gate, GateConfig, SOON, ServerCert, TestCa, Upstream, UpstreamMessage, http_get, message,
+    replace_once, smtplib_send, toml_path, wait_until,
 };
 
 const USER: &str = "relay";
@@ -108,6 +108,15 @@ fn certificate_from_the_pools_ca_file_is_accepted() {
     let s = Scenario::start(Upstream::with_starttls(&ca.server_cert(HOST)), "required", &[&ca_line]);
     s.send();
     assert!(s.delivered().tls, "delivered without TLS");
+    // The history says so too.
+    let mut body = String::new();
+    let recorded = wait_until(SOON, || {
+        body = http_get(s.gate.admin_addr(), "/api/v1/events?type=delivered&since=1h").1;
+        serde_json::from_str::<Vec<serde_json::Value>>(&body).is_ok_and(|events| !events.is_empty())
+    });
+    assert!(recorded, "no delivered event: {body}");
+    let events: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(events[0]["tls"], true, "{body}");
 }
 
 /// A certificate from the right CA for another name is refused: the name is checked too.

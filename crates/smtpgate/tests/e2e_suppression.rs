@@ -6,7 +6,7 @@ mod support;
 
 use std::process::Command;
 
-use support::{Gate, GateConfig, SOON, Upstream, message, smtplib, smtplib_send, wait_until};
+use support::{ARF, Gate, GateConfig, SOON, Upstream, message, smtplib, smtplib_send, wait_until};
 
 fn cli(gate: &Gate, args: &[&str]) -> (bool, String) {
     let admin = gate.admin_addr().to_string();
@@ -93,37 +93,6 @@ fn a_hard_bounce_suppresses_until_removed() {
     let (ok, out) = cli(&gate, &["add", "not an address"]);
     assert!(!ok, "{out}");
 }
-
-const ARF: &str = "From: feedback@isp.example\r\n\
-To: fbl@example.test\r\n\
-Subject: complaint\r\n\
-MIME-Version: 1.0\r\n\
-Content-Type: multipart/report; report-type=feedback-report; boundary=\"b1\"\r\n\
-\r\n\
---b1\r\n\
-Content-Type: text/plain\r\n\
-\r\n\
-This is an abuse report.\r\n\
---b1\r\n\
-Content-Type: message/feedback-report\r\n\
-\r\n\
-Feedback-Type: abuse\r\n\
-User-Agent: isp-fbl/1.0\r\n\
-Version: 1\r\n\
-Original-Mail-From: <alice@example.test>\r\n\
-Original-Rcpt-To: <victim@example.org>\r\n\
-Source-IP: 192.0.2.7\r\n\
-\r\n\
---b1\r\n\
-Content-Type: message/rfc822\r\n\
-\r\n\
-From: alice@example.test\r\n\
-To: victim@example.org\r\n\
-Message-ID: <original-1@example.test>\r\n\
-Subject: offer\r\n\
-\r\n\
-Buy now.\r\n\
---b1--\r\n";
 
 /// A complaint sent to the complaints address suppresses the recipient it names; the report is
 /// consumed, not delivered.

@@ -144,6 +144,7 @@ mod tests {
             pool: None,
             scan: Vec::new(),
             stream: None,
+            route: None,
         };
         let failed = [Failure {
             recipient: Recipient::parse("r@example.test").unwrap(),
@@ -182,6 +183,7 @@ mod tests {
             pool: None,
             scan: Vec::new(),
             stream: None,
+            route: None,
         };
         let failed = [
             Failure {

@@ -194,7 +194,7 @@ fn route_filters<'c>(ctx: &'c Context, names: &[String]) -> (Vec<&'c Handle>, Ve
     (before, after)
 }
 
-/// The envelope of one copy: its id, recipients, pool, stream, scan and (SRS) sender.
+/// The envelope of one copy: its id, recipients, pool, stream, route, scan and (SRS) sender.
 pub fn copy_envelope(template: &Envelope, copy: &Copy) -> Envelope {
     let mut env = template.clone();
     env.id = copy.id;
@@ -202,6 +202,7 @@ pub fn copy_envelope(template: &Envelope, copy: &Copy) -> Envelope {
     env.recipients = copy.group.recipients.clone();
     env.pool = copy.group.pool.clone();
     env.stream = copy.group.stream.clone();
+    env.route = copy.group.route.clone();
     env.scan = copy.scan.clone();
     if let Some(sender) = &copy.group.srs_sender {
         env.sender = Sender::Mailbox(sender.clone());

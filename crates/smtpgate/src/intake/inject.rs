@@ -261,6 +261,7 @@ fn envelope(id: QueueId, sender: Sender, recipient: Recipient, smtputf8: bool) -
         pool: None,
         scan: Vec::new(),
         stream: None,
+        route: None,
     }
 }
 

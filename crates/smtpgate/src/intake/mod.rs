@@ -162,13 +162,9 @@ async fn decide(ctx: &Context, listener: &ListenerConfig, draft: Draft, sink: &m
         return Disposition::Dropped(Dropped::NoRecipients);
     }
     let (sender, rcpts, size) = (msg.env.sender.clone(), msg.env.recipients.len(), msg.body.len());
-    let to: Vec<&str> = msg.env.recipients.iter().map(|r| r.address.as_str()).collect();
-    let event =
-        serde_json::json!({"type": "received", "sender": sender.as_str(), "recipients": to, "listener": listener.name});
     let disposition = pass(ctx, &origin, msg, sink).await;
     if let Disposition::Accepted(Taken::Spooled(ids)) = &disposition {
         ctx.metrics.received.inc();
-        ctx.stats.record(&event);
         tracing::info!(
             queue_id = %id, client = %peer, sender = %sender, recipients = rcpts, size, copies = ids.len(),
             tls = origin.tls, user = origin.user.as_deref().unwrap_or("-"), "message accepted"

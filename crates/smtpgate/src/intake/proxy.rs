@@ -70,6 +70,7 @@ impl RouteKey {
             srs_sender: self.srs_sender.clone(),
             filters: self.filters.clone(),
             stream: None,
+            route: None,
         }
     }
 }

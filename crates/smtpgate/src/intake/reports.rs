@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use crate::config::SuppressAction;
 use crate::context::Context;
 use crate::envelope::{Envelope, QueueId};
+use crate::report::Complaint;
+use crate::stats::{self, Recipients, Stats};
 use crate::suppress::Reason;
 
 /// How a suppression reason reads in logs and replies.
@@ -27,10 +29,13 @@ pub fn take_reports(ctx: &Context, id: QueueId, peer: SocketAddr, env: &mut Enve
     if let Some(fbl) = &config.complaints_address
         && env.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(fbl))
     {
-        let (feedback, report) = (ctx.feedback.clone(), body.to_vec());
+        let (feedback, stats, report) = (ctx.feedback.clone(), ctx.stats.clone(), body.to_vec());
         tokio::spawn(async move {
-            if feedback.complaint(report, client).await.is_none() {
-                tracing::warn!(queue_id = %id, client = %peer, "mail to the complaints address was not read as a complaint report: dropped");
+            match feedback.complaint(report, client).await {
+                Some((complaint, matched)) => count_complaint(&stats, &complaint, &matched),
+                None => {
+                    tracing::warn!(queue_id = %id, client = %peer, "mail to the complaints address was not read as a complaint report: dropped")
+                }
             }
         });
         env.recipients.retain(|r| !r.address.eq_ignore_ascii_case(fbl));
@@ -42,6 +47,18 @@ pub fn take_reports(ctx: &Context, id: QueueId, peer: SocketAddr, env: &mut Enve
     if config.action == SuppressAction::Drop {
         drop_suppressed(ctx, id, env);
     }
+}
+
+/// A complaint counts against the domain of each original recipient it was matched to (a message
+/// smtpgate relayed to it: a forged report counts nothing), and the original sender's.
+fn count_complaint(stats: &Stats, complaint: &Complaint, matched: &[String]) {
+    if matched.is_empty() {
+        return;
+    }
+    stats.record(&stats::Record {
+        sender: complaint.original_sender.as_deref(),
+        ..stats::Record::new(stats::Kind::Complaint, Recipients::Addresses(matched))
+    });
 }
 
 /// Drops the recipients on the suppression list (logged, with why they are on it).

@@ -11,6 +11,7 @@ use crate::filter::BoxFuture;
 use crate::queue::Queue;
 use crate::route::Group;
 use crate::spool::SpoolError;
+use crate::stats;
 
 /// Takes the copies of a message that intake accepted. Boxed futures keep it usable as
 /// `&mut dyn Sink`, and `Send` as sessions run on the multi-threaded runtime.
@@ -63,7 +64,7 @@ impl Sink for SpoolSink<'_> {
             }
             relayed.extend(msg.env.recipients.iter().map(|r| r.address.to_string()));
             let events = super::record::copies(ctx, origin, msg, &copies);
-            let spooled = match spool(self.queue, &msg.env, copies).await {
+            let spooled = match spool(self.queue, ctx, origin, &msg.env, copies).await {
                 Ok(ids) => ids,
                 Err(e) => {
                     tracing::error!(queue_id = %msg.id, error = %e, "cannot spool message");
@@ -82,12 +83,27 @@ impl Sink for SpoolSink<'_> {
     }
 }
 
-/// Spools every copy; returns their ids.
-async fn spool(queue: &Queue, template: &Envelope, copies: Vec<Copy>) -> Result<Vec<QueueId>, SpoolError> {
+/// Spools every copy, each counted as received once spooled; returns their ids.
+async fn spool(
+    queue: &Queue,
+    ctx: &Context,
+    origin: &SessionInfo,
+    template: &Envelope,
+    copies: Vec<Copy>,
+) -> Result<Vec<QueueId>, SpoolError> {
     let mut ids = Vec::with_capacity(copies.len());
     for copy in copies {
         let env = copy_envelope(template, &copy);
         queue.accept_content(env, copy.message).await?;
+        let group = &copy.group;
+        ctx.stats.record(&stats::Record {
+            sender: Some(template.sender.as_str()),
+            listener: Some(&origin.listener),
+            route: group.route.as_deref(),
+            pool: group.pool.as_deref(),
+            stream: group.stream.as_deref(),
+            ..stats::Record::new(stats::Kind::Received, stats::Recipients::Envelope(&group.recipients))
+        });
         ids.push(copy.id);
     }
     Ok(ids)

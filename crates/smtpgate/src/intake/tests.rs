@@ -84,6 +84,7 @@ fn draft(ctx: &Context, rcpts: &[&str], subject: &str) -> Draft {
             pool: None,
             scan: Vec::new(),
             stream: None,
+            route: None,
         },
         body: Content::memory(message.into_bytes()),
         origin: SessionInfo {
@@ -264,6 +265,7 @@ fn fixed_group(rcpts: &[&str], filters: &[&str]) -> Group {
         srs_sender: None,
         filters: filters.iter().map(|f| f.to_string()).collect(),
         stream: None,
+        route: None,
     }
 }
 

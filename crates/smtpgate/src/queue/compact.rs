@@ -79,6 +79,7 @@ mod tests {
             pool: Some("closed".into()),
             scan: Vec::new(),
             stream: None,
+            route: None,
         }
     }
 

@@ -15,6 +15,7 @@ use crate::events::{Event, Kind};
 use crate::reply::{Classified, Command, Upstream};
 use crate::route::NextHop;
 use crate::spool::RcptState;
+use crate::stats;
 
 /// What came of one recipient in one attempt, a failure classified once, where the worker got
 /// the outcome: the same classification drives adaptive shaping, feedback, bounces and logs.
@@ -52,16 +53,35 @@ impl Attempted {
     }
 }
 
+/// The server that answered an attempt (none when no connection was made).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Answered {
+    /// `host[addr:port]`.
+    pub remote: Option<String>,
+    /// Whether the session was under TLS.
+    pub tls: Option<bool>,
+}
+
+impl Answered {
+    /// The server a client is connected to.
+    pub(super) fn by(client: &crate::upstream::client::Client) -> Answered {
+        Answered {
+            remote: Some(client.remote.clone()),
+            tls: Some(client.tls.is_some()),
+        }
+    }
+}
+
 pub(super) fn spawn(
     queue: &Queue,
     hop: &NextHop,
     d: Delivery,
     results: Vec<(u32, Attempted)>,
-    remote: Option<String>,
+    answered: Answered,
     started: Instant,
 ) {
     let (queue, hop) = (queue.clone(), hop.clone());
-    tokio::spawn(async move { settle(queue, hop, d, results, remote, started).await });
+    tokio::spawn(async move { settle(queue, hop, d, results, answered, started).await });
 }
 
 async fn settle(
@@ -69,9 +89,10 @@ async fn settle(
     hop: NextHop,
     d: Delivery,
     results: Vec<(u32, Attempted)>,
-    remote: Option<String>,
+    answered: Answered,
     started: Instant,
 ) {
+    let remote = &answered.remote;
     let ctx = queue.ctx();
     let msg = d.msg.clone();
     let expired = now_unix() >= msg.env.received_at + ctx.config.queue.max_age.as_secs();
@@ -79,14 +100,14 @@ async fn settle(
     let mut updates = Vec::new();
     let mut failures = Vec::new();
     let mut retry = Vec::new();
-    let shown = shown(&results, &remote);
+    let shown = shown(&results, remote);
     for (idx, attempted) in results {
         let rcpt = &msg.env.recipients[idx as usize];
-        log_attempt(&ctx, &msg, rcpt, &hop, &attempted, remote.as_deref(), latency_ms);
+        log_attempt(&ctx, &msg, rcpt, &hop, &attempted, &answered, latency_ms);
         match attempted {
             Attempted::Delivered(_) => updates.push((idx, RcptState::Delivered)),
             Attempted::Failed(failed) => {
-                failures.push(failure(rcpt, failed.reply, &remote));
+                failures.push(failure(rcpt, failed.reply, remote));
                 updates.push((idx, RcptState::Failed));
             }
             Attempted::Deferred(deferred) if expired => {
@@ -94,9 +115,13 @@ async fn settle(
                 let text = format!("message expired in queue; last error: {last}");
                 let expired = Upstream::local("4.4.7", text, Command::Outside);
                 let reply = (&expired).into();
+                ctx.stats.record(&stats::Record {
+                    category: Some("expired"),
+                    ..counted(stats::Kind::Bounced, &msg.env, rcpt)
+                });
                 ctx.events
                     .emit_with(|| about(Event::new(Kind::Expired { reply }), &msg.env, rcpt));
-                failures.push(failure(rcpt, expired, &remote));
+                failures.push(failure(rcpt, expired, remote));
                 updates.push((idx, RcptState::Failed));
             }
             Attempted::Deferred(_) => retry.push(idx),
@@ -169,37 +194,54 @@ fn log_attempt(
     rcpt: &Recipient,
     hop: &NextHop,
     a: &Attempted,
-    remote: Option<&str>,
+    answered: &Answered,
     ms: u64,
 ) {
-    let (result, reply, class) = match a {
-        Attempted::Delivered(r) => ("delivered", r, None),
+    let remote = answered.remote.as_deref();
+    let (result, kind, reply, class) = match a {
+        Attempted::Delivered(r) => ("delivered", stats::Kind::Delivered, r, None),
         Attempted::Deferred(c) => {
             ctx.feedback.failure(&rcpt.address, false, c);
-            ("deferred", &c.reply, Some(&c.class))
+            ("deferred", stats::Kind::Deferred, &c.reply, Some(&c.class))
         }
         Attempted::Failed(c) => {
             ctx.feedback.failure(&rcpt.address, true, c);
-            ("failed", &c.reply, Some(&c.class))
+            ("failed", stats::Kind::Bounced, &c.reply, Some(&c.class))
         }
     };
     let reply = reply.line();
     let (category, rule) = class.map_or(("-".to_string(), "-"), |c| (c.category.to_string(), c.rule.as_str()));
-    ctx.stats.record(&serde_json::json!({"type": if result == "failed" { "bounced" } else { result }, "recipient": rcpt.address.as_str(), "sender": msg.env.sender.as_str(), "pool": msg.env.pool, "stream": msg.env.stream, "category": category, "latency_ms": ms, "server": remote}));
+    ctx.stats.record(&stats::Record {
+        server: remote,
+        category: class.map(|_| category.as_str()),
+        latency_ms: Some(ms),
+        ..counted(kind, &msg.env, rcpt)
+    });
     tracing::info!(
         queue_id = %msg.env.id, recipient = %rcpt.address, next_hop = %hop, server = remote.unwrap_or("-"),
         result, reply = reply.as_str(), category, rule, latency_ms = ms, "delivery attempt"
     );
-    ctx.events.emit_with(|| attempt_event(&msg.env, rcpt, a, remote, ms));
+    ctx.events.emit_with(|| attempt_event(&msg.env, rcpt, a, answered, ms));
+}
+
+/// What one recipient of a queued message counts under in the analytics.
+fn counted<'a>(kind: stats::Kind, env: &'a Envelope, rcpt: &'a Recipient) -> stats::Record<'a> {
+    stats::Record {
+        sender: Some(env.sender.as_str()),
+        route: env.route.as_deref(),
+        pool: env.pool.as_deref(),
+        stream: env.stream.as_deref(),
+        ..stats::Record::new(kind, stats::Recipients::One(rcpt.address.as_str()))
+    }
 }
 
 /// The event of one recipient's attempt: delivered, deferred or bounced, with the typed reply.
-fn attempt_event(env: &Envelope, rcpt: &Recipient, a: &Attempted, remote: Option<&str>, ms: u64) -> Event {
-    let server = remote.map(str::to_owned);
+fn attempt_event(env: &Envelope, rcpt: &Recipient, a: &Attempted, answered: &Answered, ms: u64) -> Event {
+    let server = answered.remote.clone();
     let kind = match a {
         Attempted::Delivered(r) => Kind::Delivered {
             server,
-            tls: None,
+            tls: answered.tls,
             reply: r.into(),
             latency_ms: ms,
         },
@@ -328,6 +370,7 @@ pub(super) async fn bounce_for(queue: &Queue, msg: &QueuedMessage, failures: &[F
         pool: bounce_pool(ctx, sender),
         scan: Vec::new(),
         stream: None,
+        route: None,
     };
     match queue.accept(dsn, text).await {
         Ok(()) => {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::settle::{self, Attempted};
+use super::settle::{self, Answered, Attempted};
 use super::{Delivery, Lane, Queue};
 use crate::context::Context;
 use crate::deliver::{self, ConnectFailure, Outcome};
@@ -271,8 +271,7 @@ async fn run_mx(queue: &Queue, lane: &Lane, domain: &str) {
             observe(&ctx, &c.key, domain, &hosts, &failures).await;
         }
         drop(failures);
-        let remote = Some(c.client.remote.clone());
-        settle::spawn(queue, hop, d, results, remote, started);
+        settle::spawn(queue, hop, d, results, Answered::by(&c.client), started);
         c.sent += 1;
         // A limit lowered (by an adaptive action or a reload) closes connections beyond it, a
         // worker of a higher priority waiting for a connection takes this one's place, and so,
@@ -312,10 +311,10 @@ async fn run_pool(queue: &Queue, lane: &Lane, pool: &str) {
         };
         let (outcomes, keep) = deliver::attempt(lease.client(), &d.msg.env, &d.rcpts, d.msg.stored(&ctx.spool)).await;
         let results = classify(&ctx, outcomes);
-        let remote = Some(lease.client().remote.clone());
+        let answered = Answered::by(lease.client());
         let delivered = results.iter().any(|(_, a)| a.is_delivered());
         lease.finish(keep, delivered, per_conn).await;
-        settle::spawn(queue, hop, d, results, remote, started);
+        settle::spawn(queue, hop, d, results, answered, started);
     }
 }
 
@@ -354,6 +353,6 @@ fn unreachable(queue: &Queue, lane: &Lane, d: Delivery, fail: &Attempted, starte
     all.extend(queue.drain(lane));
     for d in all {
         let results = d.rcpts.iter().map(|&i| (i, fail.clone())).collect();
-        settle::spawn(queue, &lane.hop, d, results, None, started);
+        settle::spawn(queue, &lane.hop, d, results, Answered::default(), started);
     }
 }

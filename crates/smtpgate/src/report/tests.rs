@@ -318,6 +318,7 @@ fn smtpgate_bounce(ret: Option<Ret>) -> Vec<u8> {
         pool: None,
         scan: Vec::new(),
         stream: None,
+        route: None,
     };
     let failed = [
         Failure {

@@ -67,6 +67,8 @@ pub struct Group {
     pub filters: Vec<String>,
     /// The `[[stream]]` the matching rules put this copy in; `None` is the default stream.
     pub stream: Option<String>,
+    /// The `[[route]]` rule whose action sent the copy on; `None`: no rule decided (MX delivery).
+    pub route: Option<String>,
 }
 
 /// A refusal decided by routing, as an SMTP reply.
@@ -370,6 +372,7 @@ impl Router {
                 changes.stream = rule.stream.clone();
             }
             if let Some(action) = &rule.action {
+                changes.route = Some(rule.name.clone());
                 return self.act(msg, rcpt, action.clone(), changes, origin, st);
             }
         }
@@ -441,6 +444,7 @@ impl Router {
                 && g.srs_sender == srs_sender
                 && g.filters == changes.filters
                 && g.stream == changes.stream
+                && g.route == changes.route
         });
         match group {
             Some(g) => g.recipients.push(rcpt),
@@ -452,6 +456,7 @@ impl Router {
                 srs_sender,
                 filters: changes.filters,
                 stream: changes.stream,
+                route: changes.route,
             }),
         }
     }
@@ -479,6 +484,8 @@ struct Changes {
     remove: Vec<String>,
     filters: Vec<String>,
     stream: Option<String>,
+    /// The rule whose action decided.
+    route: Option<String>,
 }
 
 #[derive(Default)]

@@ -107,6 +107,10 @@ impl Server {
         ctx.pools.start();
         ctx.webhooks.start();
         ctx.stats.spawn_writer(Duration::from_secs(10));
+        if let Some(shared) = &ctx.shared {
+            ctx.stats
+                .spawn_publisher(shared.clone(), ctx.config.events.node.clone(), Duration::from_secs(10));
+        }
         let grace = config.shutdown_timeout;
         Ok(Server {
             listeners,

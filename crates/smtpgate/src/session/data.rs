@@ -16,6 +16,7 @@ use crate::intake::proxy::ProxySink;
 use crate::intake::{self, Disposition, SpoolSink, Taken};
 use crate::route::MessageView;
 use crate::spool::{Content, Incoming, IncomingError};
+use crate::stats;
 
 /// Octets of a BDAT chunk read before they are handed on (and, for a large message, written out).
 const BDAT_PIECE: u64 = 256 * 1024;
@@ -217,7 +218,10 @@ impl Session {
     async fn complete(&mut self, id: QueueId, draft: Draft, incoming: Incoming, outcome: DataOutcome) -> Flow {
         let body = match self.finished(id, incoming, outcome).await {
             Ok(body) => body,
-            Err(reply) => return self.respond(reply),
+            Err(reply) => {
+                self.count_message(stats::Kind::Rejected, &draft);
+                return self.respond(reply);
+            }
         };
         let received = intake::Draft {
             env: self.envelope(id, &draft, body.is_ascii()),
@@ -235,6 +239,11 @@ impl Session {
             let mut sink = SpoolSink::new(&listener.queue);
             intake::take(&ctx, &listener.config, received, &mut sink).await
         };
+        match &disposition {
+            Disposition::Refused(_) => self.count_message(stats::Kind::Rejected, &draft),
+            Disposition::Quarantined(_) => self.count_message(stats::Kind::Quarantined, &draft),
+            Disposition::Accepted(_) | Disposition::Dropped(_) => {}
+        }
         let reply = match disposition {
             Disposition::Refused(reply) | Disposition::Accepted(Taken::Proxied(reply)) => reply,
             Disposition::Accepted(Taken::Spooled(_)) | Disposition::Quarantined(_) | Disposition::Dropped(_) => {
@@ -306,6 +315,7 @@ impl Session {
             pool: None,
             scan: Vec::new(),
             stream: None,
+            route: None,
         }
     }
 }

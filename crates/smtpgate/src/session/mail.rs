@@ -14,7 +14,7 @@ impl Session {
             return self.error(Reply::bad_sequence("nested MAIL command"));
         }
         if self.listener.config.require_tls && self.tls.is_none() {
-            return self.error(Reply::tls_required());
+            return self.refuse_mail(&Sender::from(&from), Reply::tls_required());
         }
         if !helo.extended && (params.size.is_some() || params.body.is_some() || params.smtputf8) {
             return self.error(Reply::unknown_parameter("(ESMTP parameters need EHLO)"));
@@ -38,7 +38,7 @@ impl Session {
         }
         let sender = Sender::from(&from);
         if let Some(r) = self.filter_mail(&sender).await {
-            return self.error(r);
+            return self.refuse_mail(&sender, r);
         }
         self.reply(
             Reply::sender_ok(),

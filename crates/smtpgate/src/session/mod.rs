@@ -14,6 +14,7 @@ mod listener;
 mod mail;
 mod proxy;
 mod rcpt;
+mod refusals;
 mod starttls;
 
 use std::net::SocketAddr;

@@ -29,19 +29,19 @@ impl Session {
                 }
                 if let Err(r) = self.relay_check(mb) {
                     tracing::info!(client = %self.peer, recipient = %mb, reply = %r.code, "recipient refused");
-                    return self.error(r);
+                    return self.refuse_rcpt(&Address::from(mb), r);
                 }
                 Address::from(mb)
             }
         };
         if let Some(r) = self.suppression_refusal(&address) {
-            return self.error(r);
+            return self.refuse_rcpt(&address, r);
         }
         if let Some(r) = self.routing_refusal(&address).filter(|_| !self.proxying()) {
-            return self.error(r);
+            return self.refuse_rcpt(&address, r);
         }
         if let Some(r) = self.filter_rcpt(&address).await {
-            return self.error(r);
+            return self.refuse_rcpt(&address, r);
         }
         let notify = params.notify.map(|n| Notify {
             never: n.never,

@@ -27,6 +27,7 @@ fn envelope(id: u64, recipients: &[&str]) -> Envelope {
         pool: None,
         scan: Vec::new(),
         stream: None,
+        route: None,
     }
 }
 

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::dimension::Dimension;
-use super::event::{Kind, Observation};
 use super::histogram::Histogram;
+use super::record::{Kind, Record};
 
 pub const MINUTE: u64 = 60;
 pub const HOUR: u64 = 3600;
@@ -52,28 +52,24 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// Adds `n` recipients' worth of `obs`.
-    fn add(&mut self, obs: &Observation, n: u64) {
-        match obs.kind {
-            Some(Kind::Received) => self.received += n,
-            Some(Kind::Delivered) => {
+    /// Adds `n` recipients' worth of `rec`.
+    fn add(&mut self, rec: &Record<'_>, n: u64) {
+        match rec.kind {
+            Kind::Received => self.received += n,
+            Kind::Delivered => {
                 self.delivered += n;
-                if let Some(ms) = obs.latency_ms {
+                if let Some(ms) = rec.latency_ms {
                     self.latency.add(ms, n);
                 }
             }
-            Some(Kind::Deferred) => self.deferred += n,
-            Some(Kind::Bounced) => {
+            Kind::Deferred => self.deferred += n,
+            Kind::Bounced => {
                 self.bounced += n;
-                let category = obs.category.as_deref().unwrap_or("unknown");
-                add_category(&mut self.bounced_by, category, n);
+                add_category(&mut self.bounced_by, rec.category.unwrap_or("unknown"), n);
             }
-            Some(Kind::Rejected) => self.rejected += n,
-            Some(Kind::Quarantined) => self.quarantined += n,
-            None => {}
-        }
-        if obs.complaint {
-            self.complaints += n;
+            Kind::Rejected => self.rejected += n,
+            Kind::Quarantined => self.quarantined += n,
+            Kind::Complaint => self.complaints += n,
         }
     }
 
@@ -117,18 +113,19 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    fn add(&mut self, obs: &Observation, cap: usize) {
-        self.total.add(obs, obs.units());
-        for (dimension, value) in &obs.common {
-            let values = self.by.entry(*dimension).or_default();
-            capped(values, value, cap).add(obs, obs.units());
-        }
-        for own in &obs.recipients {
-            for (dimension, value) in own {
-                let values = self.by.entry(*dimension).or_default();
-                capped(values, value, cap).add(obs, 1);
+    fn add(&mut self, rec: &Record<'_>, cap: usize) {
+        let units = rec.units();
+        self.total.add(rec, units);
+        for (dimension, value) in rec.common() {
+            if let Some(value) = value {
+                let values = self.by.entry(dimension).or_default();
+                capped(values, &value, cap).add(rec, units);
             }
         }
+        rec.recipients.each_domain(|domain| {
+            let values = self.by.entry(Dimension::Domain).or_default();
+            capped(values, &domain, cap).add(rec, 1);
+        });
     }
 
     fn merge(&mut self, other: &Bucket, cap: usize) {
@@ -152,10 +149,9 @@ pub struct Store {
 }
 
 impl Store {
-    /// Counts `obs` in the bucket of its time, in the tier that keeps buckets of that age (an
-    /// event older than every tier is dropped).
-    pub fn add(&mut self, obs: &Observation, now: u64, cap: usize) {
-        let at = obs.at_ms / 1000;
+    /// Counts `rec`, at `at` (unix seconds), in the bucket of that time, in the tier that keeps
+    /// buckets of that age (a record older than every tier is dropped).
+    pub fn add(&mut self, rec: &Record<'_>, at: u64, now: u64, cap: usize) {
         let age = now.saturating_sub(at);
         let (tier, size) = if age < MINUTES_KEPT {
             (&mut self.minutes, MINUTE)
@@ -166,7 +162,21 @@ impl Store {
         } else {
             return;
         };
-        tier.entry(at - at % size).or_default().add(obs, cap);
+        tier.entry(at - at % size).or_default().add(rec, cap);
+    }
+
+    /// Adds another node's counts, tier by tier (both rolled up at the same time, so their
+    /// tiers hold the same ages).
+    pub fn merge(&mut self, other: &Store, cap: usize) {
+        for (mine, theirs) in [
+            (&mut self.minutes, &other.minutes),
+            (&mut self.hours, &other.hours),
+            (&mut self.days, &other.days),
+        ] {
+            for (start, bucket) in theirs {
+                mine.entry(*start).or_default().merge(bucket, cap);
+            }
+        }
     }
 
     /// Moves minute buckets older than 48 h into their hours, hours older than 30 days into

@@ -2,8 +2,9 @@
 //! rejected, quarantined, complaints, delivery latency), in total and per recipient domain, MX
 //! rollup, route, pool, stream, listener and sender domain.
 //!
-//! [`Stats::record`] takes events as JSON objects (`event.rs` reads them, in one function) and
-//! only touches an in-memory map under a mutex: it never waits for I/O. Buckets are per minute for
+//! [`Stats::record`] takes a [`Record`] (`record.rs`: a small struct borrowed from what the
+//! caller holds, no JSON) and only touches an in-memory map under a mutex: it never waits for
+//! I/O. Buckets are per minute for
 //! 48 h, then rolled up into hours kept 30 days, then days kept 400 days (`bucket.rs`); each
 //! dimension keeps at most [`DEFAULT_CAP`] values per bucket, the rest under `(other)`.
 //!
@@ -11,13 +12,18 @@
 //! (a temporary file, fsynced, renamed over the old one) and at shutdown, and read at start:
 //! they survive a restart, and a crash loses at most the last interval's counts.
 //!
-//! A runtime service: it depends on configuration values and leaf modules only.
+//! With shared state (`[redis]`), each node also publishes its counts every 10 s (`nodes.rs`), and
+//! [`Stats::query_nodes`] sums every live node's.
+//!
+//! A runtime service: it depends on configuration values, envelope types, the shared state and
+//! leaf modules only.
 
 mod bucket;
 mod dimension;
-mod event;
 mod histogram;
+mod nodes;
 mod query;
+mod record;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -29,9 +35,9 @@ use std::time::Duration;
 
 pub use bucket::{Counts, OTHER};
 pub use dimension::Dimension;
-pub use event::{Kind, Observation, observe};
 pub use histogram::Histogram;
 pub use query::{Granularity, Latency, Point, Query, Report, Summary, ValueReport};
+pub use record::{Kind, Recipients, Record, domain_of, mx_rollup};
 pub use table::table;
 
 use bucket::Store;
@@ -99,21 +105,19 @@ impl Stats {
         self.store.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Counts an event (a JSON object; see `event.rs` for the fields read).
-    pub fn record(&self, event: &serde_json::Value) {
-        self.record_at(event, now_ms());
+    /// Counts `rec` (at its time, or now).
+    pub fn record(&self, rec: &Record<'_>) {
+        self.record_at(rec, now_ms());
     }
 
     /// [`Stats::record`] at a given time (unix ms): tests drive the clock.
-    pub fn record_at(&self, event: &serde_json::Value, now_ms: u64) {
-        let Some(obs) = observe(event, now_ms) else {
-            return;
-        };
+    pub fn record_at(&self, rec: &Record<'_>, now_ms: u64) {
+        let at = rec.at_ms.unwrap_or(now_ms) / 1000;
         let now = now_ms / 1000;
         let mut store = self.store();
-        // Roll up first, so an event is never counted in a tier its bucket has left.
+        // Roll up first, so a record is never counted in a tier its bucket has left.
         store.roll_up(now, self.cap);
-        store.add(&obs, now, self.cap);
+        store.add(rec, at, now, self.cap);
         self.dirty.store(true, Ordering::Relaxed);
     }
 

@@ -194,6 +194,9 @@ pub struct Report {
     pub totals: Summary,
     pub series: Vec<Point>,
     pub values: Vec<ValueReport>,
+    /// The nodes whose counts are summed (a query over every node); absent: this node's only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
 }
 
 /// Counts gathered per series bucket: totals, and per value when a dimension is asked for.
@@ -249,6 +252,7 @@ pub fn run(store: &Store, q: &Query, now: u64) -> Report {
         totals,
         series,
         values,
+        nodes: Vec::new(),
     }
 }
 

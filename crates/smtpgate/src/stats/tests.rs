@@ -1,10 +1,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use serde_json::json;
-
 use super::bucket::{DAY, HOUR};
 use super::*;
+use crate::envelope::Recipient;
 
 /// 2026-01-01T00:00:00Z, in seconds: a fixed "now" for the injected clock.
 const T0: u64 = 1_767_225_600;
@@ -13,8 +12,21 @@ fn ms(secs: u64) -> u64 {
     secs * 1000
 }
 
-fn delivered(to: &str, at: u64, latency: u64) -> serde_json::Value {
-    json!({"type": "delivered", "at": ms(at), "recipient": to, "latency_ms": latency, "pool": "p1"})
+fn delivered(to: &str, at: u64, latency: u64) -> Record<'_> {
+    Record {
+        at_ms: Some(ms(at)),
+        latency_ms: Some(latency),
+        pool: Some("p1"),
+        ..Record::new(Kind::Delivered, Recipients::One(to))
+    }
+}
+
+/// A record of `kind` for `to` at `at` (seconds).
+fn at(kind: Kind, to: &str, at: u64) -> Record<'_> {
+    Record {
+        at_ms: Some(ms(at)),
+        ..Record::new(kind, Recipients::One(to))
+    }
 }
 
 fn query(by: Option<Dimension>, since: Duration, bucket: Granularity) -> Query {
@@ -34,21 +46,25 @@ fn value<'r>(report: &'r Report, name: &str) -> &'r ValueReport {
 fn events_count_per_minute_bucket_and_dimension() {
     let stats = Stats::in_memory();
     let now = T0 + 600;
+    let to = ["x@one.test".to_string(), "y@one.test".into(), "z@two.test".into()];
     stats.record_at(
-        &json!({"type": "received", "at": ms(T0 + 5), "sender": "a@Sender.test",
-        "recipients": ["x@one.test", "y@one.test", "z@two.test"], "listener": "inbound"}),
+        &Record {
+            at_ms: Some(ms(T0 + 5)),
+            sender: Some("a@Sender.test"),
+            listener: Some("inbound"),
+            ..Record::new(Kind::Received, Recipients::Addresses(&to))
+        },
         ms(now),
     );
     stats.record_at(&delivered("x@ONE.test", T0 + 65, 120), ms(now));
     stats.record_at(
-        &json!({"type": "bounced", "at": ms(T0 + 70), "recipient": "z@two.test", "category": "bad_mailbox"}),
+        &Record {
+            category: Some("bad_mailbox"),
+            ..at(Kind::Bounced, "z@two.test", T0 + 70)
+        },
         ms(now),
     );
-    stats.record_at(
-        &json!({"type": "deferred", "at": ms(T0 + 70), "recipient": "y@one.test"}),
-        ms(now),
-    );
-    stats.record_at(&json!({"type": "routed", "at": ms(T0 + 70)}), ms(now));
+    stats.record_at(&at(Kind::Deferred, "y@one.test", T0 + 70), ms(now));
     let r = stats.query_at(
         &query(Some(Dimension::Domain), Duration::from_secs(3600), Granularity::Minute),
         ms(now),
@@ -209,7 +225,10 @@ fn save_and_load_keep_the_counts() {
     let stats = Stats::open(dir.path()).unwrap();
     stats.record_at(&delivered("a@d.test", now / 1000, 250), now);
     stats.record_at(
-        &json!({"type": "bounced", "recipient": "b@d.test", "category": "bad_mailbox"}),
+        &Record {
+            category: Some("bad_mailbox"),
+            ..Record::new(Kind::Bounced, Recipients::One("b@d.test"))
+        },
         now,
     );
     stats.record_at(&delivered("a@old.test", now / 1000 - 10 * DAY, 9), now);
@@ -293,40 +312,107 @@ fn query_parameters_are_checked() {
 }
 
 #[test]
-fn events_map_in_one_place() {
-    let obs = observe(
-        &json!({"type": "expired", "at": 5000, "recipients": ["a@x.test"], "mx": "google", "sender": ""}),
-        0,
-    )
-    .unwrap();
-    assert_eq!(obs.kind, Some(Kind::Bounced));
-    assert_eq!(obs.category.as_deref(), Some("expired"));
-    assert_eq!(obs.at_ms, 5000);
-    assert_eq!(obs.common, [(Dimension::SenderDomain, String::new())]);
+fn every_kind_counts_under_its_dimensions() {
+    let stats = Stats::in_memory();
+    let rcpts = [
+        Recipient::parse("a@X.test").unwrap(),
+        Recipient::parse("b@y.test").unwrap(),
+    ];
+    let kinds = [
+        Kind::Received,
+        Kind::Delivered,
+        Kind::Deferred,
+        Kind::Bounced,
+        Kind::Rejected,
+        Kind::Quarantined,
+        Kind::Complaint,
+    ];
+    for kind in kinds {
+        stats.record_at(
+            &Record {
+                at_ms: Some(ms(T0)),
+                sender: Some(""),
+                listener: Some("in"),
+                route: Some("partners"),
+                stream: Some("bulk"),
+                server: Some("MX2.mail.Example.com[192.0.2.7:25]"),
+                ..Record::new(kind, Recipients::Envelope(&rcpts))
+            },
+            ms(T0),
+        );
+    }
+    // A refusal at MAIL names no recipient: it counts one, under no domain.
+    stats.record_at(&Record::new(Kind::Rejected, Recipients::None), ms(T0));
+    let q = |by| stats.query_at(&query(Some(by), Duration::from_secs(60), Granularity::Minute), ms(T0));
+    let r = q(Dimension::Domain);
+    let t = &r.totals;
     assert_eq!(
-        obs.recipients,
-        [vec![
-            (Dimension::Domain, "x.test".to_string()),
-            (Dimension::Mx, "google".to_string())
-        ]]
+        (
+            t.received,
+            t.delivered,
+            t.deferred,
+            t.bounced,
+            t.rejected,
+            t.quarantined,
+            t.complaints
+        ),
+        (2, 2, 2, 2, 3, 2, 2)
     );
-    let complaint = observe(&json!({"type": "suppressed", "complaint": true}), 7).unwrap();
-    assert_eq!(
-        (complaint.kind, complaint.complaint, complaint.at_ms, complaint.units()),
-        (None, true, 7, 1)
+    assert_eq!(t.bounced_by, [("unknown".to_string(), 2)].into());
+    let x = &value(&r, "x.test").summary;
+    assert_eq!((x.received, x.rejected, x.quarantined, x.complaints), (1, 1, 1, 1));
+    for (by, name) in [
+        (Dimension::Mx, "example.com"),
+        (Dimension::Route, "partners"),
+        (Dimension::Listener, "in"),
+        (Dimension::Stream, "bulk"),
+        (Dimension::SenderDomain, ""),
+    ] {
+        let r = q(by);
+        assert_eq!(r.values.len(), 1, "{by:?}");
+        let v = value(&r, name);
+        assert_eq!((v.summary.received, v.summary.complaints), (2, 2), "{by:?}");
+    }
+    assert!(q(Dimension::Pool).values.is_empty(), "no pool: MX delivery");
+}
+
+#[test]
+fn mx_rollup_keeps_the_last_two_labels_or_the_address() {
+    assert_eq!(mx_rollup("mx1.mail.Example.COM[192.0.2.1:25]"), "example.com");
+    assert_eq!(mx_rollup("example.com."), "example.com");
+    assert_eq!(mx_rollup("localhost[127.0.0.1:2525]"), "localhost");
+    assert_eq!(mx_rollup("127.0.0.1[127.0.0.1:2525]"), "127.0.0.1");
+    assert_eq!(mx_rollup("[[2001:db8::1]:25]"), "2001:db8::1");
+    assert_eq!(mx_rollup("[192.0.2.9:25]"), "192.0.2.9");
+    assert_eq!(domain_of("Someone@Example.test"), "example.test");
+    assert_eq!(domain_of(""), "");
+    assert!(matches!(domain_of("a@b.test"), std::borrow::Cow::Borrowed(_)));
+}
+
+#[test]
+fn stores_of_two_nodes_merge_tier_by_tier() {
+    let (a, b) = (Stats::in_memory(), Stats::in_memory());
+    a.record_at(&delivered("x@d.test", T0, 10), ms(T0));
+    b.record_at(&delivered("y@d.test", T0, 1000), ms(T0));
+    b.record_at(&at(Kind::Complaint, "y@e.test", T0 + 60), ms(T0 + 60));
+    let mut sum = a.store().clone();
+    sum.merge(&b.store(), DEFAULT_CAP);
+    let r = query::run(
+        &sum,
+        &query(Some(Dimension::Domain), Duration::from_secs(600), Granularity::Minute),
+        T0 + 60,
     );
-    assert!(observe(&json!({"type": "admin"}), 0).is_none());
-    assert!(observe(&json!({"at": 1}), 0).is_none());
+    assert_eq!((r.totals.delivered, r.totals.complaints), (2, 1));
+    assert_eq!(value(&r, "d.test").summary.delivered, 2);
+    assert_eq!(r.totals.latency_ms.p99, Some(1024));
+    assert_eq!(r.series.len(), 2);
 }
 
 #[test]
 fn the_table_shows_values_and_totals() {
     let stats = Stats::in_memory();
     stats.record_at(&delivered("a@d.test", T0, 128), ms(T0));
-    stats.record_at(
-        &json!({"type": "bounced", "at": ms(T0), "recipient": "b@e.test"}),
-        ms(T0),
-    );
+    stats.record_at(&at(Kind::Bounced, "b@e.test", T0), ms(T0));
     let r = stats.query_at(
         &query(Some(Dimension::Domain), Duration::from_secs(60), Granularity::Auto),
         ms(T0),

@@ -589,6 +589,7 @@ mod tests {
             pool: None,
             scan: Vec::new(),
             stream: None,
+            route: None,
         };
         let rcpts: Vec<&Recipient> = env.recipients.iter().collect();
         let body = Stored {

@@ -20,6 +20,39 @@ pub fn message(message_id: &str, subject: &str, body: &str) -> String {
     )
 }
 
+/// A complaint report (ARF) to `fbl@example.test` about the message `original-1@example.test`
+/// that `alice@example.test` sent to `victim@example.org`.
+pub const ARF: &str = "From: feedback@isp.example\r\n\
+To: fbl@example.test\r\n\
+Subject: complaint\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: multipart/report; report-type=feedback-report; boundary=\"b1\"\r\n\
+\r\n\
+--b1\r\n\
+Content-Type: text/plain\r\n\
+\r\n\
+This is an abuse report.\r\n\
+--b1\r\n\
+Content-Type: message/feedback-report\r\n\
+\r\n\
+Feedback-Type: abuse\r\n\
+User-Agent: isp-fbl/1.0\r\n\
+Version: 1\r\n\
+Original-Mail-From: <alice@example.test>\r\n\
+Original-Rcpt-To: <victim@example.org>\r\n\
+Source-IP: 192.0.2.7\r\n\
+\r\n\
+--b1\r\n\
+Content-Type: message/rfc822\r\n\
+\r\n\
+From: alice@example.test\r\n\
+To: victim@example.org\r\n\
+Message-ID: <original-1@example.test>\r\n\
+Subject: offer\r\n\
+\r\n\
+Buy now.\r\n\
+--b1--\r\n";
+
 /// The header section of `raw` (up to the first empty line), unfolded.
 /// Accepts CRLF or LF line endings (smtp-sink dumps with LF).
 pub fn headers(raw: &str) -> Vec<Header> {

@@ -41,7 +41,7 @@ mod wait;
 
 pub use clients::{PyTranscript, smtp_source, smtplib, smtplib_send, smtplib_send_many, swaks};
 pub use gate::{Gate, GateConfig, admin_token, admin_token_file, http_get, mx_gate_toml};
-pub use mail::{Header, header_values, headers, message};
+pub use mail::{ARF, Header, header_values, headers, message};
 pub use sink::{Sink, SinkFailure};
 pub use upstream::{AuthAttempt, Recipient, Upstream, UpstreamMessage};
 pub use wait::{run_with_deadline, wait_until};

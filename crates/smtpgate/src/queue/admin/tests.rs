@@ -90,6 +90,7 @@ fn envelope(id: u64, sender: &str, rcpts: &[&str], age: u64) -> Envelope {
         pool: Some("sink".into()),
         scan: Vec::new(),
         stream: None,
+        route: None,
     }
 }
 
