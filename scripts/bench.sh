@@ -259,8 +259,28 @@ DIRECT_SECONDS=$(run_load "$SINK_PORT" "$WORK/sink-direct.log")
 kill "$SINK_PID"
 echo "   direct: $(rate "$DIRECT_SECONDS") msg/s ($DIRECT_SECONDS s)" >&2
 
+# cpu_seconds PID: the user and system CPU time the process has used so far (less sensitive to
+# other load on the machine than the elapsed time).
+cpu_seconds() {
+    awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/$1/stat"
+}
+
+# settled_cpu_seconds PID: cpu_seconds once the process is idle (what it still does for the load
+# after the sink counted it, such as writing events, counts too); waits at most 10 s.
+settled_cpu_seconds() {
+    local before after i
+    before=$(cpu_seconds "$1")
+    for ((i = 0; i < 20; i++)); do
+        sleep 0.5
+        after=$(cpu_seconds "$1")
+        awk -v a="$before" -v b="$after" 'BEGIN { exit !(b - a < 0.02) }' && break
+        before=$after
+    done
+    echo "$after"
+}
+
 # gate_phase EVENTS NAME: starts smtpgate (events recorded when EVENTS is 1) with a fresh spool
-# and sink in $WORK/gate-NAME, sends the load through it and sets GATE_SECONDS and GATE_PEAK_RSS.
+# and sink in $WORK/gate-NAME, sends the load through it and sets GATE_SECONDS, GATE_CPU and GATE_PEAK_RSS.
 # The gate is left running (GATE_PID) for phase 4.
 gate_phase() {
     local events=$1 name=$2 section=""
@@ -310,7 +330,8 @@ TOML
     [[ -n $GATE_PORT && -n $PROXY_PORT ]] || { echo "bench.sh: no listener address in smtpgate's stdout" >&2; exit 1; }
     GATE_SECONDS=$(run_load "$GATE_PORT" "$WORK/sink-$name.log")
     GATE_PEAK_RSS=$(awk '/^VmHWM:/ {print $2, $3}' "/proc/$GATE_PID/status")
-    echo "   smtpgate ($name): $(rate "$GATE_SECONDS") msg/s ($GATE_SECONDS s), peak RSS $GATE_PEAK_RSS" >&2
+    GATE_CPU=$(settled_cpu_seconds "$GATE_PID")
+    echo "   smtpgate ($name): $(rate "$GATE_SECONDS") msg/s ($GATE_SECONDS s), CPU $GATE_CPU s, peak RSS $GATE_PEAK_RSS" >&2
 }
 
 # Without events, when they are compared (the default) or switched off; the CPU is left to the
@@ -318,13 +339,13 @@ TOML
 OFF_SECONDS=""
 if [[ $EVENTS != 1 ]]; then
     gate_phase 0 events-off
-    OFF_SECONDS=$GATE_SECONDS OFF_PEAK_RSS=$GATE_PEAK_RSS
+    OFF_SECONDS=$GATE_SECONDS OFF_PEAK_RSS=$GATE_PEAK_RSS OFF_CPU=$GATE_CPU
     [[ $EVENTS == 0 ]] || kill "$GATE_PID" "$SINK_PID" 2>/dev/null || true
 fi
 ON_SECONDS=""
 if [[ $EVENTS != 0 ]]; then
     gate_phase 1 events-on
-    ON_SECONDS=$GATE_SECONDS ON_PEAK_RSS=$GATE_PEAK_RSS
+    ON_SECONDS=$GATE_SECONDS ON_PEAK_RSS=$GATE_PEAK_RSS ON_CPU=$GATE_CPU
 fi
 
 LATENCY_MESSAGES=${BENCH_LATENCY_MESSAGES:-2000}
@@ -391,15 +412,17 @@ printf 'direct:   %8.1f msg/s (%.2f s)\n' "$DIRECT_RATE" "$DIRECT_SECONDS"
 GATE_RATE=""
 if [[ -n $OFF_SECONDS ]]; then
     GATE_RATE=$(rate "$OFF_SECONDS")
-    printf 'smtpgate, events off: %8.1f msg/s (%.2f s), ratio gate/direct %s, peak RSS %s\n' \
-        "$GATE_RATE" "$OFF_SECONDS" "$(ratio "$GATE_RATE" "$DIRECT_RATE")" "$OFF_PEAK_RSS"
+    printf 'smtpgate, events off: %8.1f msg/s (%.2f s), ratio gate/direct %s, CPU %s s, peak RSS %s\n' \
+        "$GATE_RATE" "$OFF_SECONDS" "$(ratio "$GATE_RATE" "$DIRECT_RATE")" "$OFF_CPU" "$OFF_PEAK_RSS"
 fi
 if [[ -n $ON_SECONDS ]]; then
     ON_RATE=$(rate "$ON_SECONDS")
-    printf 'smtpgate, events on:  %8.1f msg/s (%.2f s), ratio gate/direct %s, peak RSS %s\n' \
-        "$ON_RATE" "$ON_SECONDS" "$(ratio "$ON_RATE" "$DIRECT_RATE")" "$ON_PEAK_RSS"
-    [[ -n $GATE_RATE ]] && printf 'events on/off: %s (1.000 = recording events costs nothing)\n' \
-        "$(ratio "$ON_RATE" "$GATE_RATE")"
+    printf 'smtpgate, events on:  %8.1f msg/s (%.2f s), ratio gate/direct %s, CPU %s s, peak RSS %s\n' \
+        "$ON_RATE" "$ON_SECONDS" "$(ratio "$ON_RATE" "$DIRECT_RATE")" "$ON_CPU" "$ON_PEAK_RSS"
+    if [[ -n $GATE_RATE ]]; then
+        printf 'events on/off: rate %s, CPU %s (rate 1.000 = recording events costs nothing)\n' \
+            "$(ratio "$ON_RATE" "$GATE_RATE")" "$(ratio "$ON_CPU" "$OFF_CPU")"
+    fi
     GATE_RATE=$ON_RATE
 fi
 printf 'ratio gate/direct: %s\n' "$(ratio "$GATE_RATE" "$DIRECT_RATE")"

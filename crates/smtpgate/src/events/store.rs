@@ -20,6 +20,9 @@ const BY_QUEUE: TableDefinition<(&str, u64, u64), ()> = TableDefinition::new("by
 const BY_MESSAGE: TableDefinition<(&str, u64, u64), ()> = TableDefinition::new("by_message_id");
 const BY_ADDRESS: TableDefinition<(&str, u64, u64), ()> = TableDefinition::new("by_address");
 
+/// The store's page cache: the newest pages of each table, which is where writes and most
+/// questions go (redb's default, 1 GiB, would grow the gate's memory with the history).
+const CACHE: usize = 16 << 20;
 /// Events removed in one write transaction when pruning.
 const PRUNE_BATCH: usize = 10_000;
 
@@ -59,7 +62,7 @@ impl Store {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| StoreError(e.to_string()))?;
         }
-        let db = Database::create(path).map_err(err)?;
+        let db = Database::builder().set_cache_size(CACHE).create(path).map_err(err)?;
         let txn = db.begin_write().map_err(err)?;
         {
             txn.open_table(EVENTS).map_err(err)?;

@@ -1,5 +1,5 @@
-//! The one writer thread: takes events off the channel in batches, stores each batch in one
-//! transaction, appends it to the JSON-lines file and hands it to the other sinks; prunes the
+//! The one writer thread: takes events off the channel in batches (what comes within 200 ms of
+//! the first), stores each batch in one transaction, appends it to the JSON-lines file and hands it to the other sinks; prunes the
 //! store once a minute. A commit waits for the disk at most once a second (and at a flush):
 //! the store is a history, and a crash loses at most the last second of it.
 
@@ -13,6 +13,8 @@ use crate::config::EventsConfig;
 
 /// Events stored in one transaction at most.
 const BATCH: usize = 4096;
+/// How long the writer lets events gather after the first before it writes them.
+const GATHER: Duration = Duration::from_millis(200);
 /// How often old events are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// How long a commit may stay in memory only.
@@ -82,8 +84,14 @@ impl Writer {
         self.commit(&mut Vec::new(), true);
     }
 
-    /// Takes `first` and whatever else is waiting (up to a batch), and writes them.
+    /// Takes `first` and what follows it within [`GATHER`], and writes them in transactions of
+    /// up to [`BATCH`]. The writer sleeps through the window rather than waking for each event,
+    /// so under load neither it nor the senders pay a wake-up per event, and the store sees a
+    /// few large transactions a second. A flush is answered once what came before it is stored.
     fn batch(&mut self, first: Msg, rx: &Receiver<Msg>) {
+        if matches!(first, Msg::Event(_)) {
+            std::thread::sleep(GATHER);
+        }
         let mut events = Vec::new();
         let mut next = Some(first);
         while let Some(msg) = next.take() {
@@ -97,9 +105,10 @@ impl Writer {
                     let _ = done.send(());
                 }
             }
-            if events.len() < BATCH {
-                next = rx.try_recv().ok();
+            if events.len() >= BATCH {
+                self.commit(&mut events, false);
             }
+            next = rx.try_recv().ok();
         }
         self.commit(&mut events, false);
     }

@@ -123,14 +123,21 @@ pub enum Dropped {
 /// Takes a message at its end of data. `ctx` is the configuration the message was received
 /// under (a session keeps the one it started with across a reload), `listener` the listener's.
 pub async fn take(ctx: &Context, listener: &ListenerConfig, draft: Draft, sink: &mut dyn Sink) -> Disposition {
-    let summary = record::Summary::of(ctx, &draft.env, &draft.body.head, &draft.origin);
-    let disposition = decide(ctx, listener, draft, sink).await;
+    let mut summary = None;
+    let disposition = decide(ctx, listener, draft, sink, &mut summary).await;
     record::fate(ctx, summary, &disposition);
     disposition
 }
 
-/// What becomes of the message, step by step.
-async fn decide(ctx: &Context, listener: &ListenerConfig, draft: Draft, sink: &mut dyn Sink) -> Disposition {
+/// What becomes of the message, step by step; `summary` is what its fate's event says of it
+/// (taken from the one parse of its header section, when events are recorded).
+async fn decide(
+    ctx: &Context,
+    listener: &ListenerConfig,
+    draft: Draft,
+    sink: &mut dyn Sink,
+    summary: &mut Option<record::Summary>,
+) -> Disposition {
     let Draft {
         mut env,
         mut body,
@@ -141,6 +148,7 @@ async fn decide(ctx: &Context, listener: &ListenerConfig, draft: Draft, sink: &m
     // The one parse of the header section: routing and the record of sent mail read this view,
     // and it is read again only when a filter may have rewritten the message.
     let mut parsed = Headers::parse(&body.head);
+    *summary = record::Summary::of(ctx, &env, parsed.message_id(), &origin);
     let hops = parsed.count("received");
     if hops > listener.max_hops {
         ctx.metrics.rejected.inc();

@@ -6,22 +6,20 @@ use crate::context::Context;
 use crate::envelope::{Envelope, SessionInfo};
 use crate::events::{Event, Kind};
 
-/// What an event of a message's fate says about it, taken before intake consumes the draft.
+/// What an event of a message's fate says about it, taken before intake consumes the envelope.
 pub struct Summary {
     base: Event,
 }
 
 impl Summary {
     /// `None` when events are not recorded.
-    pub fn of(ctx: &Context, env: &Envelope, head: &[u8], origin: &SessionInfo) -> Option<Summary> {
+    pub fn of(ctx: &Context, env: &Envelope, message_id: Option<&str>, origin: &SessionInfo) -> Option<Summary> {
         if !ctx.events.enabled() {
             return None;
         }
-        let section = crate::message::header_section(head);
-        let message_id = section.fields.iter().find(|f| f.is("message-id")).map(|f| f.value());
         let base = Event::new(Kind::Routed {})
             .queue(env.id)
-            .message_id(message_id.as_deref())
+            .message_id(message_id)
             .sender(&env.sender)
             .recipients(&env.recipients)
             .origin(&origin.listener, origin.client);
