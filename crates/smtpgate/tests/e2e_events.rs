@@ -74,8 +74,8 @@ fn trace_shows_delivery_deferral_and_bounce_and_survives_a_restart() {
     assert_eq!(delivered_id.len(), 16, "{delivered_id}");
 
     let events = traced(&gate, &delivered_id, "delivered");
-    assert_eq!(types(&events)[..3], ["received", "routed", "delivered"], "{events:?}");
-    let delivered = &events[2];
+    assert_eq!(types(&events)[..2], ["received", "delivered"], "{events:?}");
+    let delivered = &events[1];
     assert_eq!(delivered["queue_id"], delivered_id.as_str());
     assert_eq!(delivered["recipients"][0], "bob@example.org");
     // The server as the gate's logs name it: `host[address]`.
@@ -85,7 +85,8 @@ fn trace_shows_delivery_deferral_and_bounce_and_survives_a_restart() {
     assert_eq!(delivered["node"], "node-a");
     assert_eq!(events[0]["message_id"], "one@example.test");
     assert_eq!(events[0]["sender"], "alice@example.test");
-    assert_eq!(events[1]["pool"], "upstream");
+    // The routing decision is part of the reception: where the copy was sent.
+    assert_eq!(events[0]["pool"], "upstream");
 
     // By Message-ID: the same story.
     let by_mid = trace(&gate, &["<one@example.test>", "--json"]);
@@ -102,6 +103,14 @@ fn trace_shows_delivery_deferral_and_bounce_and_survives_a_restart() {
     let b = bounced.iter().find(|e| e["type"] == "bounced").unwrap();
     assert_eq!(b["category"], "bad_mailbox", "{b}");
     assert_eq!(b["reply"]["status"], "5.1.1", "{b}");
+    // The bounce notice to the sender starts a story of its own, found by the sender's address.
+    let notices = traced(&gate, "alice@example.test", "received");
+    let notice = notices
+        .iter()
+        .find(|e| e["type"] == "received" && e["listener"] == "bounce")
+        .unwrap_or_else(|| panic!("no bounce notice among {notices:?}"));
+    assert_eq!(notice["sender"], "", "{notice}");
+    assert_eq!(notice["recipients"][0], "alice@example.test", "{notice}");
 
     // The readable timeline names the same things.
     let text = trace(&gate, &[&delivered_id]);

@@ -16,10 +16,10 @@
 //! | `id` | unique, time-ordered (32 hex digits: ms, counter, node random); receivers deduplicate by it |
 //! | `at` | unix milliseconds |
 //! | `node` | `[events] node` (default the hostname) |
-//! | `type` | `received`, `refused`, `routed`, `filtered`, `delivered`, `deferred`, `bounced`, `expired`, `quarantined`, `suppressed`, `admin` |
+//! | `type` | `received`, `refused`, `filtered`, `delivered`, `deferred`, `bounced`, `expired`, `quarantined`, `suppressed`, `admin` |
 //! | `queue_id`, `message_id` | the copy's queue id; the Message-ID without `<>` |
 //! | `sender`, `recipients` | the envelope (`""` is the null sender) |
-//! | `route`, `pool`, `stream` | where the copy goes (`pool` absent: MX delivery) |
+//! | `route`, `pool`, `stream` | where the copy goes: the routing decision, on `received` and every later event (`pool` absent: MX delivery) |
 //! | `listener`, `client` | where and from whom it came in |
 //! | `size` | `received`: the message's size in bytes |
 //! | `reply` | `refused`, `deferred`, `bounced`, `delivered`, `expired`: `{code, status, text}` |
@@ -91,7 +91,8 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Kind {
-    /// Spooled (one event per copy).
+    /// Spooled (one event per copy), with the routing decision: the copy's `route`, `pool` and
+    /// `stream`.
     Received {
         size: u64,
     },
@@ -99,8 +100,6 @@ pub enum Kind {
     Refused {
         reply: Reply,
     },
-    /// Routing gave the copy its pool and stream.
-    Routed {},
     /// A filter's verdict that ended the message's way (discarded).
     Filtered {
         filter: String,
@@ -151,7 +150,6 @@ impl Kind {
         match self {
             Kind::Received { .. } => "received",
             Kind::Refused { .. } => "refused",
-            Kind::Routed {} => "routed",
             Kind::Filtered { .. } => "filtered",
             Kind::Delivered { .. } => "delivered",
             Kind::Deferred { .. } => "deferred",
@@ -235,8 +233,9 @@ impl Event {
         self
     }
 
-    /// Pool and stream of a copy.
-    pub fn path(mut self, pool: Option<&str>, stream: Option<&str>) -> Event {
+    /// Route, pool and stream of a copy.
+    pub fn path(mut self, route: Option<&str>, pool: Option<&str>, stream: Option<&str>) -> Event {
+        self.route = route.map(str::to_owned);
         self.pool = pool.map(str::to_owned);
         self.stream = stream.map(str::to_owned);
         self

@@ -1,8 +1,10 @@
 //! The event store: one redb file. Events are kept as JSON under `(at, seq)` (time order); three
 //! index tables map a queue id, a Message-ID and an address (the sender and each recipient,
-//! lowercased) to event keys as `(value, at, seq) -> ()`, so every question is a range scan of
-//! one index from `(value, since)`, never a scan of the events. Pruning removes the oldest events
-//! with their index entries.
+//! lowercased) to event keys, so every question is a range scan of one index from
+//! `(value, since)`, never a scan of the events. An index key is bytes, `value NUL at seq` (big
+//! endian): ordered by value, then time, and compared with one `memcmp`; the Message-ID and
+//! address indexes keep the event's queue id as their value, so a message's whole story is found
+//! without reading its events. Pruning removes the oldest events with their index entries.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -14,11 +16,19 @@ use super::Event;
 use super::id::seq_of;
 
 type Key = (u64, u64);
+type Index = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
 const EVENTS: TableDefinition<Key, &[u8]> = TableDefinition::new("events");
-const BY_QUEUE: TableDefinition<(&str, u64, u64), ()> = TableDefinition::new("by_queue_id");
-const BY_MESSAGE: TableDefinition<(&str, u64, u64), ()> = TableDefinition::new("by_message_id");
-const BY_ADDRESS: TableDefinition<(&str, u64, u64), ()> = TableDefinition::new("by_address");
+const BY_QUEUE: Index = TableDefinition::new("queue_index");
+const BY_MESSAGE: Index = TableDefinition::new("message_index");
+const BY_ADDRESS: Index = TableDefinition::new("address_index");
+/// Index tables of earlier versions (keyed by tuples): dropped when the store is opened, so
+/// their events are found by queue id only until they age out.
+const FORMER: [TableDefinition<(&str, u64, u64), ()>; 3] = [
+    TableDefinition::new("by_queue_id"),
+    TableDefinition::new("by_message_id"),
+    TableDefinition::new("by_address"),
+];
 
 /// The store's page cache: the newest pages of each table, which is where writes and most
 /// questions go (redb's default, 1 GiB, would grow the gate's memory with the history).
@@ -70,6 +80,9 @@ impl Store {
             txn.open_table(BY_MESSAGE).map_err(err)?;
             txn.open_table(BY_ADDRESS).map_err(err)?;
         }
+        for former in FORMER {
+            txn.delete_table(former).map_err(err)?;
+        }
         txn.commit().map_err(err)?;
         Ok(Store { db })
     }
@@ -87,18 +100,20 @@ impl Store {
             let mut by_queue = txn.open_table(BY_QUEUE).map_err(err)?;
             let mut by_message = txn.open_table(BY_MESSAGE).map_err(err)?;
             let mut by_address = txn.open_table(BY_ADDRESS).map_err(err)?;
+            let mut key = Vec::new();
             for (event, json) in batch {
                 let (at, seq) = key_of(event);
                 events.insert((at, seq), json.as_bytes()).map_err(err)?;
                 let keys = IndexKeys::of(event);
+                let queue = keys.queue.as_deref().unwrap_or("").as_bytes();
                 if let Some(q) = &keys.queue {
-                    by_queue.insert((q.as_str(), at, seq), ()).map_err(err)?;
+                    by_queue.insert(index_key(&mut key, q, at, seq), &[][..]).map_err(err)?;
                 }
                 if let Some(m) = &keys.message {
-                    by_message.insert((m.as_str(), at, seq), ()).map_err(err)?;
+                    by_message.insert(index_key(&mut key, m, at, seq), queue).map_err(err)?;
                 }
                 for a in &keys.addresses {
-                    by_address.insert((a.as_str(), at, seq), ()).map_err(err)?;
+                    by_address.insert(index_key(&mut key, a, at, seq), queue).map_err(err)?;
                 }
             }
         }
@@ -113,27 +128,24 @@ impl Store {
         let events = txn.open_table(EVENTS).map_err(err)?;
         let by_queue = txn.open_table(BY_QUEUE).map_err(err)?;
         let mut keys = BTreeSet::new();
-        let scan = |table: &redb::ReadOnlyTable<(&str, u64, u64), ()>, value: &str, keys: &mut BTreeSet<Key>| {
-            scan_index(table, value, query, keys)
-        };
         if is_queue_id(q) {
-            scan(&by_queue, &q.to_ascii_uppercase(), &mut keys)?;
+            scan_index(
+                &by_queue,
+                &q.to_ascii_uppercase(),
+                query,
+                &mut keys,
+                &mut BTreeSet::new(),
+            )?;
         } else {
-            let by_address = txn.open_table(BY_ADDRESS).map_err(err)?;
-            scan(&by_address, &q.to_ascii_lowercase(), &mut keys)?;
-            let by_message = txn.open_table(BY_MESSAGE).map_err(err)?;
-            let mut found = BTreeSet::new();
-            scan(&by_message, &super::normal_message_id(q), &mut found)?;
             let mut queue_ids = BTreeSet::new();
-            for key in &found {
-                if let Some(id) = get(&events, *key)?.and_then(|e| e.queue_id) {
-                    queue_ids.insert(id);
-                }
-            }
+            let by_address = txn.open_table(BY_ADDRESS).map_err(err)?;
+            scan_index(&by_address, &q.to_ascii_lowercase(), query, &mut keys, &mut queue_ids)?;
+            let by_message = txn.open_table(BY_MESSAGE).map_err(err)?;
+            let message_id = super::normal_message_id(q);
+            scan_index(&by_message, &message_id, query, &mut keys, &mut queue_ids)?;
             for id in queue_ids {
-                scan(&by_queue, &id, &mut keys)?;
+                scan_index(&by_queue, &id, query, &mut keys, &mut BTreeSet::new())?;
             }
-            keys.extend(found);
         }
         let ordered: Vec<Key> = match query.order {
             Order::Chronological => keys.into_iter().take(query.limit).collect(),
@@ -211,10 +223,9 @@ impl Store {
         };
         let txn = self.db.begin_read().map_err(err)?;
         let t = txn.open_table(def).map_err(err)?;
-        let n = t
-            .range((value, 0, 0)..=(value, u64::MAX, u64::MAX))
-            .map_err(err)?
-            .count();
+        let from = index_key(&mut Vec::new(), value, 0, 0).to_vec();
+        let to = index_key(&mut Vec::new(), value, u64::MAX, u64::MAX).to_vec();
+        let n = t.range(from.as_slice()..=to.as_slice()).map_err(err)?.count();
         Ok(n)
     }
 
@@ -237,19 +248,20 @@ impl Store {
             let mut by_queue = txn.open_table(BY_QUEUE).map_err(err)?;
             let mut by_message = txn.open_table(BY_MESSAGE).map_err(err)?;
             let mut by_address = txn.open_table(BY_ADDRESS).map_err(err)?;
+            let mut key = Vec::new();
             for ((at, seq), event) in oldest {
                 events.remove((at, seq)).map_err(err)?;
                 removed += 1;
                 let Some(event) = event else { continue };
                 let keys = IndexKeys::of(&event);
                 if let Some(q) = &keys.queue {
-                    by_queue.remove((q.as_str(), at, seq)).map_err(err)?;
+                    by_queue.remove(index_key(&mut key, q, at, seq)).map_err(err)?;
                 }
                 if let Some(m) = &keys.message {
-                    by_message.remove((m.as_str(), at, seq)).map_err(err)?;
+                    by_message.remove(index_key(&mut key, m, at, seq)).map_err(err)?;
                 }
                 for a in &keys.addresses {
-                    by_address.remove((a.as_str(), at, seq)).map_err(err)?;
+                    by_address.remove(index_key(&mut key, a, at, seq)).map_err(err)?;
                 }
             }
         }
@@ -292,25 +304,53 @@ fn is_queue_id(q: &str) -> bool {
     q.len() == 16 && q.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Adds the keys under `value` since the query's time to `keys`: at most `limit` of them, from
-/// the end the query's order starts at.
+/// `value NUL at seq` in `buf`: an index key. Indexed values never hold a NUL (addresses and
+/// Message-IDs are single lines of printable text, queue ids hex), so one value's keys are a
+/// contiguous range that no longer value shares.
+fn index_key<'a>(buf: &'a mut Vec<u8>, value: &str, at: u64, seq: u64) -> &'a [u8] {
+    buf.clear();
+    buf.extend_from_slice(value.as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(&at.to_be_bytes());
+    buf.extend_from_slice(&seq.to_be_bytes());
+    buf
+}
+
+/// `(at, seq)` from an index key's tail.
+fn key_from_index(key: &[u8]) -> Option<Key> {
+    let tail = key.len().checked_sub(16).map(|at| &key[at..])?;
+    let at = u64::from_be_bytes(tail[..8].try_into().ok()?);
+    let seq = u64::from_be_bytes(tail[8..].try_into().ok()?);
+    Some((at, seq))
+}
+
+/// Adds the keys under `value` since the query's time to `keys` (and the queue ids the entries
+/// hold to `queue_ids`): at most `limit` of them, from the end the query's order starts at.
 fn scan_index(
-    table: &redb::ReadOnlyTable<(&str, u64, u64), ()>,
+    table: &redb::ReadOnlyTable<&[u8], &[u8]>,
     value: &str,
     query: &Query,
     keys: &mut BTreeSet<Key>,
+    queue_ids: &mut BTreeSet<String>,
 ) -> Result<(), StoreError> {
-    let range = table
-        .range((value, query.since_ms, 0)..=(value, u64::MAX, u64::MAX))
-        .map_err(err)?;
+    if value.is_empty() || value.contains('\0') {
+        return Ok(());
+    }
+    let from = index_key(&mut Vec::new(), value, query.since_ms, 0).to_vec();
+    let to = index_key(&mut Vec::new(), value, u64::MAX, u64::MAX).to_vec();
+    let range = table.range(from.as_slice()..=to.as_slice()).map_err(err)?;
     let entries: Box<dyn Iterator<Item = _>> = match query.order {
         Order::Chronological => Box::new(range),
         Order::NewestFirst => Box::new(range.rev()),
     };
     for entry in entries.take(query.limit) {
-        let (key, _) = entry.map_err(err)?;
-        let (_, at, seq) = key.value();
-        keys.insert((at, seq));
+        let (key, queue) = entry.map_err(err)?;
+        keys.extend(key_from_index(key.value()));
+        if let Ok(id) = std::str::from_utf8(queue.value())
+            && !id.is_empty()
+        {
+            queue_ids.insert(id.to_owned());
+        }
     }
     Ok(())
 }

@@ -155,7 +155,7 @@ fn a_full_channel_drops_and_counts_rather_than_blocking() {
     let events = Events::with(tx, store, "node-a".into(), metrics.clone());
     let started = std::time::Instant::now();
     for _ in 0..5 {
-        events.emit(Event::new(Kind::Routed {}));
+        events.emit(Event::new(Kind::Received { size: 1 }));
     }
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(metrics.events_dropped.get(), 3);
@@ -198,4 +198,47 @@ fn events_are_written_with_stable_field_names_and_read_back() {
     }
     assert!((2..=4).contains(&lines), "{lines}");
     assert!(!dir.path().join("events.jsonl.3").exists());
+}
+
+#[test]
+fn an_address_does_not_find_the_longer_addresses_it_begins() {
+    let (_dir, store) = store_with(vec![
+        received(1000, 1, Q1, Some("m1@example.org"), "a@b.c"),
+        received(1001, 2, Q2, Some("m1@example.org.uk"), "a@b.co"),
+    ]);
+    let short = store.query(&query("a@b.c", Order::Chronological)).unwrap();
+    assert_eq!(types(&short), [("received", Some(Q1))]);
+    let long = store.query(&query("a@b.co", Order::Chronological)).unwrap();
+    assert_eq!(types(&long), [("received", Some(Q2))]);
+    let mid = store.query(&query("<m1@example.org>", Order::Chronological)).unwrap();
+    assert_eq!(types(&mid), [("received", Some(Q1))]);
+    assert!(store.query(&query("a@b.", Order::Chronological)).unwrap().is_empty());
+}
+
+#[test]
+fn a_store_of_the_former_layout_opens_and_drops_its_old_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.redb");
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let def: redb::TableDefinition<(&str, u64, u64), ()> = redb::TableDefinition::new("by_address");
+            let mut t = txn.open_table(def).unwrap();
+            t.insert(("a@b.c", 1, 1), ()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.count().unwrap(), 0);
+    drop(store);
+    let db = redb::Database::open(&path).unwrap();
+    let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let names: Vec<String> = txn
+        .list_tables()
+        .unwrap()
+        .map(|t| redb::TableHandle::name(&t).to_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n == "by_address"), "{names:?}");
+    assert!(names.iter().any(|n| n == "address_index"), "{names:?}");
 }

@@ -1,5 +1,6 @@
 //! Intake's events: what became of a message at its end of data (refused, quarantined,
-//! discarded), and each spooled copy (received, routed). Built only when events are recorded.
+//! discarded), and each spooled copy (received, with its route, pool and stream). Built only
+//! when events are recorded.
 
 use super::{Copy, Disposition, Dropped, Filtered};
 use crate::context::Context;
@@ -17,7 +18,7 @@ impl Summary {
         if !ctx.events.enabled() {
             return None;
         }
-        let base = Event::new(Kind::Routed {})
+        let base = Event::new(Kind::Received { size: 0 })
             .queue(env.id)
             .message_id(message_id)
             .sender(&env.sender)
@@ -43,15 +44,15 @@ pub fn fate(ctx: &Context, summary: Option<Summary>, disposition: &Disposition) 
     ctx.events.emit(Event { kind, ..base });
 }
 
-/// The `received` and `routed` events of each copy about to be spooled (none when events are
-/// not recorded); emitted once they are.
+/// The `received` event of each copy about to be spooled, with where routing sent it (none when
+/// events are not recorded); emitted once they are.
 pub fn copies(ctx: &Context, origin: &SessionInfo, msg: &Filtered, copies: &[Copy]) -> Vec<Event> {
     if !ctx.events.enabled() {
         return Vec::new();
     }
-    let mut events = Vec::with_capacity(copies.len() * 2);
+    let mut events = Vec::with_capacity(copies.len());
     for copy in copies {
-        let base = Event::new(Kind::Received {
+        let event = Event::new(Kind::Received {
             size: copy.message.len(),
         })
         .queue(copy.id)
@@ -59,12 +60,12 @@ pub fn copies(ctx: &Context, origin: &SessionInfo, msg: &Filtered, copies: &[Cop
         .sender(&msg.env.sender)
         .recipients(&copy.group.recipients)
         .origin(&origin.listener, origin.client)
-        .path(copy.group.pool.as_deref(), copy.group.stream.as_deref());
-        events.push(Event {
-            kind: Kind::Routed {},
-            ..base.clone()
-        });
-        events.insert(events.len() - 1, base);
+        .path(
+            copy.group.route.as_deref(),
+            copy.group.pool.as_deref(),
+            copy.group.stream.as_deref(),
+        );
+        events.push(event);
     }
     events
 }

@@ -263,11 +263,11 @@ fn attempt_event(env: &Envelope, rcpt: &Recipient, a: &Attempted, answered: &Ans
 
 /// An event about one recipient of a queued message.
 fn about(event: Event, env: &Envelope, rcpt: &Recipient) -> Event {
-    event
-        .queue(env.id)
-        .sender(&env.sender)
-        .recipients([rcpt])
-        .path(env.pool.as_deref(), env.stream.as_deref())
+    event.queue(env.id).sender(&env.sender).recipients([rcpt]).path(
+        env.route.as_deref(),
+        env.pool.as_deref(),
+        env.stream.as_deref(),
+    )
 }
 
 /// Writes final states; when the message is finished, removes it from the spool.
@@ -372,8 +372,22 @@ pub(super) async fn bounce_for(queue: &Queue, msg: &QueuedMessage, failures: &[F
         stream: None,
         route: None,
     };
+    // The bounce's own story starts here, so its sender finds it by address.
+    let received = ctx.events.enabled().then(|| {
+        Event::new(Kind::Received {
+            size: text.len() as u64,
+        })
+        .queue(id)
+        .sender(&dsn.sender)
+        .recipients(&dsn.recipients)
+        .path(None, dsn.pool.as_deref(), None)
+        .origin("bounce", None)
+    });
     match queue.accept(dsn, text).await {
         Ok(()) => {
+            if let Some(event) = received {
+                ctx.events.emit(event);
+            }
             ctx.metrics.dsn_sent.inc();
             tracing::info!(queue_id = %env.id, dsn_id = %id, recipients = wanted.len(), "bounce queued");
             true
