@@ -6,6 +6,7 @@
 //! address indexes keep the event's queue id as their value, so a message's whole story is found
 //! without reading its events. Pruning removes the oldest events with their index entries.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
@@ -275,27 +276,45 @@ fn key_of(event: &Event) -> Key {
     (event.at, seq_of(&event.id))
 }
 
-/// The index values of one event.
-struct IndexKeys {
-    queue: Option<String>,
-    message: Option<String>,
-    addresses: BTreeSet<String>,
+/// The index values of one event: borrowed from it when already in their indexed form (the
+/// usual case: the writer allocates nothing per event for them).
+struct IndexKeys<'a> {
+    queue: Option<Cow<'a, str>>,
+    message: Option<&'a str>,
+    addresses: Vec<Cow<'a, str>>,
 }
 
-impl IndexKeys {
-    fn of(event: &Event) -> IndexKeys {
-        let addresses = event
-            .sender
-            .iter()
-            .chain(&event.recipients)
-            .filter(|a| !a.is_empty())
-            .map(|a| a.to_ascii_lowercase())
-            .collect();
+impl<'a> IndexKeys<'a> {
+    fn of(event: &'a Event) -> IndexKeys<'a> {
+        let mut addresses: Vec<Cow<'a, str>> = Vec::with_capacity(1 + event.recipients.len());
+        for a in event.sender.iter().chain(&event.recipients) {
+            if a.is_empty() {
+                continue;
+            }
+            let a = lower(a);
+            if !addresses.contains(&a) {
+                addresses.push(a);
+            }
+        }
         IndexKeys {
-            queue: event.queue_id.as_ref().map(|q| q.to_ascii_uppercase()),
-            message: event.message_id.clone(),
+            queue: event.queue_id.as_deref().map(upper),
+            message: event.message_id.as_deref(),
             addresses,
         }
+    }
+}
+
+fn lower(s: &str) -> Cow<'_, str> {
+    match s.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => Cow::Owned(s.to_ascii_lowercase()),
+        false => Cow::Borrowed(s),
+    }
+}
+
+fn upper(s: &str) -> Cow<'_, str> {
+    match s.bytes().any(|b| b.is_ascii_lowercase()) {
+        true => Cow::Owned(s.to_ascii_uppercase()),
+        false => Cow::Borrowed(s),
     }
 }
 
