@@ -619,10 +619,8 @@ fn quarantine(
         }
         QuarantineCmd::Release { id, admin } => {
             let client = AdminClient::new(&config, AdminArgs { admin, token_file })?;
-            print!(
-                "{}",
-                client.request("POST", &format!("/api/v1/quarantine/{id}/release"))?
-            );
+            let path = format!("/api/v1/quarantine/{}/release", url_encode(&id, ""));
+            println!("{}", client.done("POST", &path)?);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -630,12 +628,12 @@ fn quarantine(
 
 fn suppression(config: Option<PathBuf>, args: AdminArgs, command: SuppressionCmd) -> anyhow::Result<ExitCode> {
     let client = AdminClient::new(&load_or_builtin(config)?, args)?;
-    let body = match command {
-        SuppressionCmd::List => client.request("GET", "/api/v1/suppression")?,
-        SuppressionCmd::Add { address } => client.request("PUT", &format!("/api/v1/suppression/{address}"))?,
-        SuppressionCmd::Remove { address } => client.request("DELETE", &format!("/api/v1/suppression/{address}"))?,
-    };
-    print!("{body}");
+    let path = |address: &str| format!("/api/v1/suppression/{}", url_encode(address, "@+"));
+    match command {
+        SuppressionCmd::List => print!("{}", client.request("GET", "/api/v1/suppression")?),
+        SuppressionCmd::Add { address } => println!("{}", client.done("PUT", &path(&address))?),
+        SuppressionCmd::Remove { address } => println!("{}", client.done("DELETE", &path(&address))?),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -645,7 +643,7 @@ fn throttle(config: Option<PathBuf>, args: AdminArgs, command: ThrottleCmd) -> a
     let body = match command {
         ThrottleCmd::List => client.request("GET", "/api/v1/throttles")?,
         ThrottleCmd::Show { key } => client.request("GET", &path(&key))?,
-        ThrottleCmd::Cancel { key } => client.request("DELETE", &path(&key))?,
+        ThrottleCmd::Cancel { key } => client.done("DELETE", &path(&key))? + "\n",
         ThrottleCmd::Set {
             key,
             duration,
@@ -794,6 +792,7 @@ fn queue(config: Option<PathBuf>, args: AdminArgs, command: QueueCmd) -> anyhow:
     let mut query = target.filter.query();
     query.extend(reason.map(|r| format!("reason={}", url_encode(&r, ""))));
     query.extend(target.all.then(|| "all=true".to_string()));
+    // One message: POST /queue/{id}/{action}; every message the filters take: POST /queue/{action}.
     let path = match &target.id {
         Some(id) => format!("/api/v1/queue/{}/{action}?", url_encode(id, "")),
         None => format!("/api/v1/queue/{action}?"),
@@ -875,8 +874,21 @@ impl AdminClient {
             .context("cannot start the runtime")?;
         let (status, body) = runtime.block_on(self.exchange(method, path))?;
         let body = String::from_utf8_lossy(&body).into_owned();
-        anyhow::ensure!(status.is_success(), "{}", body.trim());
+        if !status.is_success() {
+            // The API's errors are `{"error": "..."}`; anything else is shown as it came.
+            let error = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned));
+            anyhow::bail!("{}", error.unwrap_or_else(|| body.trim().to_owned()));
+        }
         Ok(body)
+    }
+
+    /// An action's request; what it did, in words (the answer's `message`).
+    fn done(&self, method: &str, path: &str) -> anyhow::Result<String> {
+        let body = self.request(method, path)?;
+        let value: serde_json::Value = serde_json::from_str(&body).context("the answer is not JSON")?;
+        Ok(value["message"].as_str().unwrap_or(body.trim()).to_owned())
     }
 
     /// Sends the request; the status and body of the answer. Connecting may take 10 s, the

@@ -6,13 +6,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
+use axum::http::{Method, StatusCode, Uri};
 use tokio::sync::watch;
 
 use super::StartError;
 use super::admin_auth::{self, Conn, Guard};
+use super::api_json::{JsonAnswer, json_error};
+use super::api_routes::{Routes, get};
 use crate::context::Context;
 use crate::queue::Queue;
 
@@ -34,13 +35,13 @@ pub async fn start(
              proxy in front)"
         );
     }
-    // Scrapers expect /healthz and /metrics at the root; everything else is under /api/v1.
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
-        .nest("/api/v1", api())
+    let app = routes()
+        .into_router()
         .merge(super::ui::routes())
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(guard, admin_auth::check))
+        .layer(axum::middleware::map_response(super::api_json::json_errors))
         .with_state(queue);
     let app = app.into_make_service_with_connect_info::<Conn>();
     tokio::spawn(async move {
@@ -54,10 +55,21 @@ pub async fn start(
     Ok(bound)
 }
 
+/// Every operation of the admin address (the dashboard's files aside), as the registry knows
+/// them: scrapers expect `/healthz` and `/metrics` at the root; everything else is under
+/// `/api/v1`. `openapi.json` documents each of them (`openapi.rs`'s tests hold the two equal).
+pub(super) fn routes() -> Routes<Queue> {
+    Routes::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .nest("/api/v1", api())
+}
+
 /// Every endpoint under `/api/v1`: the one place to add an admin endpoint (a `*_api` module's
 /// `routes()` merged here). All of them are behind the guard the caller layers on.
-fn api() -> Router<Queue> {
-    Router::new()
+fn api() -> Routes<Queue> {
+    Routes::new()
+        .route("/openapi.json", get(super::openapi::document))
         .route("/shaping", get(shaping))
         .route("/sources", get(sources))
         .merge(super::quarantine_api::routes())
@@ -68,6 +80,23 @@ fn api() -> Router<Queue> {
         .merge(super::inject_api::routes())
         .merge(super::stats_api::routes())
         .merge(super::pools_api::routes())
+}
+
+/// A path nothing is served at.
+async fn no_route(uri: Uri) -> JsonAnswer {
+    let message = format!(
+        "no endpoint {} (the API is described at /api/v1/openapi.json)",
+        uri.path()
+    );
+    json_error(StatusCode::NOT_FOUND, message)
+}
+
+/// A path served, but not with this method (axum adds the `Allow` header).
+async fn wrong_method(method: Method, uri: Uri) -> JsonAnswer {
+    json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {} (see the Allow header)", uri.path()),
+    )
 }
 
 /// Renders from the current context, so a reload shows the new pools.

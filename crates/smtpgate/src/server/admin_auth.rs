@@ -30,7 +30,8 @@ pub const TOKEN_FILE: &str = "admin.token";
 /// Bytes of randomness in a generated token (written as hex).
 const TOKEN_BYTES: usize = 32;
 /// Paths anyone who can reach the address may read (health checks and scrapers).
-const OPEN_PATHS: [&str; 2] = ["/healthz", "/metrics"];
+/// And the API's description, which holds no data (see SECURITY.md).
+pub(super) const OPEN_PATHS: [&str; 3] = ["/healthz", "/metrics", "/api/v1/openapi.json"];
 
 /// The token file for `admin`: `admin.token_file`, or `<spool>/admin.token`.
 pub fn token_path(admin: &AdminConfig, spool: &Path) -> PathBuf {
@@ -176,16 +177,17 @@ pub async fn check(State(guard): State<Arc<Guard>>, mut request: Request, next: 
         .filter(|h| guard.host_allowed(h, conn.and_then(|c| c.local)))
     else {
         tracing::warn!(%peer, %method, %target, ?host, "admin: refused: Host is not the admin address");
-        let text = "the Host header must name the admin address, localhost or one of admin.hosts\n";
-        return (StatusCode::FORBIDDEN, text).into_response();
+        let text = "the Host header must name the admin address, localhost or one of admin.hosts";
+        return super::api_json::json_error(StatusCode::FORBIDDEN, text).into_response();
     };
     let open = OPEN_PATHS.contains(&request.uri().path()) || super::ui::is_open(request.uri().path());
     if !open && !guard.token_matches(request.headers().get(header::AUTHORIZATION)) {
         tracing::warn!(%peer, %method, %target, %host, "admin: refused: no valid bearer token");
         let text = "this needs Authorization: Bearer <token> (the token is in admin.token_file, \
-                    or in admin.token under the spool directory)\n";
+                    or in admin.token under the spool directory)";
         let challenge = [(header::WWW_AUTHENTICATE, "Bearer realm=\"smtpgate admin\"")];
-        return (StatusCode::UNAUTHORIZED, challenge, text).into_response();
+        let refused = super::api_json::json_error(StatusCode::UNAUTHORIZED, text);
+        return (challenge, refused).into_response();
     }
     if let Some(c) = conn {
         request.extensions_mut().insert(Peer(c.peer));

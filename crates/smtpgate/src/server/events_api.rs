@@ -5,10 +5,10 @@
 
 use std::collections::HashMap;
 
-use axum::Router;
 use axum::extract::{Query as Params, State};
 use axum::http::StatusCode;
-use axum::routing::get;
+
+use super::api_routes::{Routes, get};
 
 use crate::events::{Event, Order, Query};
 use crate::queue::Queue;
@@ -17,13 +17,15 @@ use crate::queue::Queue;
 const MAX_LIMIT: usize = 10_000;
 const DEFAULT_LIMIT: usize = 1000;
 
-pub fn routes() -> Router<Queue> {
-    Router::new()
+pub fn routes() -> Routes<Queue> {
+    Routes::new()
         .route("/messages", get(messages))
         .route("/events", get(events))
 }
 
-type Answer = (StatusCode, [(axum::http::header::HeaderName, &'static str); 1], String);
+type Answer = super::api_json::JsonAnswer;
+/// The query, or why it could not be read (answered as a 400).
+type QueryParams = Result<Params<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
 
 fn answer(status: StatusCode, body: String) -> Answer {
     (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body)
@@ -83,7 +85,10 @@ fn message_query(params: &HashMap<String, String>) -> Result<Query, String> {
     })
 }
 
-async fn messages(State(queue): State<Queue>, Params(params): Params<HashMap<String, String>>) -> Answer {
+async fn messages(State(queue): State<Queue>, params: QueryParams) -> Answer {
+    let Ok(Params(params)) = params else {
+        return bad("the query is not well formed");
+    };
     let query = match message_query(&params) {
         Ok(q) => q,
         Err(e) => return bad(e),
@@ -92,7 +97,10 @@ async fn messages(State(queue): State<Queue>, Params(params): Params<HashMap<Str
     found(tokio::task::spawn_blocking(move || events.query(&query)).await)
 }
 
-async fn events(State(queue): State<Queue>, Params(params): Params<HashMap<String, String>>) -> Answer {
+async fn events(State(queue): State<Queue>, params: QueryParams) -> Answer {
+    let Ok(Params(params)) = params else {
+        return bad("the query is not well formed");
+    };
     let (since, limit) = match (since(&params), limit(&params)) {
         (Ok(s), Ok(l)) => (s, l),
         (Err(e), _) | (_, Err(e)) => return bad(e),

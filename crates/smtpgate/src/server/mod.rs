@@ -3,9 +3,11 @@
 mod admin;
 pub mod admin_auth;
 mod api_json;
+mod api_routes;
 pub mod events_api;
 mod inject_api;
 mod listeners;
+mod openapi;
 mod pools_api;
 pub mod quarantine_api;
 pub mod queue_api;

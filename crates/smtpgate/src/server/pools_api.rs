@@ -1,15 +1,15 @@
 //! `GET /api/v1/pools`: every pool and the health of each of its servers (up or down, circuit,
 //! open connections, deliveries), from the configuration in use.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderName, header};
-use axum::routing::get;
+
+use super::api_routes::{Routes, get};
 
 use crate::queue::Queue;
 
-pub fn routes() -> Router<Queue> {
-    Router::new().route("/pools", get(pools))
+pub fn routes() -> Routes<Queue> {
+    Routes::new().route("/pools", get(pools))
 }
 
 async fn pools(State(queue): State<Queue>) -> ([(HeaderName, &'static str); 1], String) {

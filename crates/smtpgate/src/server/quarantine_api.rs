@@ -2,56 +2,74 @@
 //! `GET /quarantine` (JSON list), `GET /quarantine/{id}` (the message),
 //! `DELETE /quarantine/{id}`, `POST /quarantine/{id}/release` (delivered as if it had passed).
 
-use axum::Router;
 use axum::extract::{Extension, Path, State};
-use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 
 use super::admin_auth::Peer;
+use super::api_json::{json_done, json_error};
+use super::api_routes::{Routes, get, post};
 use crate::quarantine::Entry;
 use crate::queue::Queue;
 
-pub fn routes() -> Router<Queue> {
-    Router::new()
+pub fn routes() -> Routes<Queue> {
+    Routes::new()
         .route("/quarantine", get(list))
         .route("/quarantine/{id}", get(show).delete(delete))
         .route("/quarantine/{id}/release", post(release))
 }
 
-type Answer = (StatusCode, String);
-
-fn not_found(e: std::io::Error) -> Answer {
-    (StatusCode::NOT_FOUND, format!("{e}\n"))
+/// Not in the quarantine (or not an id it could hold); the file system's words stay in the log.
+fn not_found(e: &std::io::Error) -> Response {
+    tracing::debug!(error = %e, "admin: no such quarantine entry");
+    json_error(StatusCode::NOT_FOUND, "no such message in the quarantine").into_response()
 }
 
-async fn list(State(queue): State<Queue>) -> Answer {
+fn failed(what: &str, e: &dyn std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "admin: the quarantine failed: {what}");
+    json_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("the quarantine failed: {what} (see the log)"),
+    )
+    .into_response()
+}
+
+async fn list(State(queue): State<Queue>) -> Response {
     match queue.ctx().quarantine.blocking(|q| q.list()).await {
-        Ok(entries) => (StatusCode::OK, entries_json(&entries)),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        Ok(entries) => ([(header::CONTENT_TYPE, "application/json")], entries_json(&entries)).into_response(),
+        Err(e) => failed("cannot list", &e),
     }
 }
 
-async fn show(State(queue): State<Queue>, Path(id): Path<String>) -> Answer {
+async fn show(State(queue): State<Queue>, Path(id): Path<String>) -> Response {
     let shown = id.clone();
     match queue.ctx().quarantine.blocking(move |q| q.message(&shown)).await {
-        Ok(m) => (StatusCode::OK, String::from_utf8_lossy(&m).into_owned()),
-        Err(e) => not_found(e),
+        Ok(m) => ([(header::CONTENT_TYPE, "message/rfc822")], m).into_response(),
+        Err(e) => not_found(&e),
     }
 }
 
-async fn delete(State(queue): State<Queue>, Extension(Peer(peer)): Extension<Peer>, Path(id): Path<String>) -> Answer {
+async fn delete(
+    State(queue): State<Queue>,
+    Extension(Peer(peer)): Extension<Peer>,
+    Path(id): Path<String>,
+) -> Response {
     let deleted = id.clone();
     match queue.ctx().quarantine.blocking(move |q| q.delete(&deleted)).await {
         Ok(()) => {
             tracing::info!(%peer, quarantine_id = %id, "admin: deleted from quarantine");
-            (StatusCode::OK, format!("deleted {id}\n"))
+            json_done(format!("deleted {id}"), serde_json::json!({ "id": id })).into_response()
         }
-        Err(e) => not_found(e),
+        Err(e) => not_found(&e),
     }
 }
 
 /// Releases an entry: it goes on from where its filter stopped it (`intake::release`).
-async fn release(State(queue): State<Queue>, Extension(Peer(peer)): Extension<Peer>, Path(id): Path<String>) -> Answer {
+async fn release(
+    State(queue): State<Queue>,
+    Extension(Peer(peer)): Extension<Peer>,
+    Path(id): Path<String>,
+) -> Response {
     use crate::intake::{ReleaseError, Released};
     let released = crate::intake::release(&queue, &id).await;
     match &released {
@@ -60,25 +78,40 @@ async fn release(State(queue): State<Queue>, Extension(Peer(peer)): Extension<Pe
         }
         Err(e) => tracing::warn!(%peer, quarantine_id = %id, error = %e, "admin: release refused"),
     }
+    let done = |message: String, outcome: &str, queue_ids: Vec<String>, again: Option<String>| {
+        let fields = serde_json::json!({
+            "id": id, "outcome": outcome, "queue_ids": queue_ids, "quarantine_id": again,
+        });
+        json_done(message, fields).into_response()
+    };
     match released {
-        Ok(Released::Spooled(ids)) if ids.is_empty() => (
-            StatusCode::OK,
-            format!("released {id}: routing and the route filters left no copy to deliver\n"),
+        Ok(Released::Spooled(ids)) if ids.is_empty() => done(
+            format!("released {id}: routing and the route filters left no copy to deliver"),
+            "spooled",
+            Vec::new(),
+            None,
         ),
         Ok(Released::Spooled(ids)) => {
             let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-            (StatusCode::OK, format!("released {id} as {}\n", ids.join(" ")))
+            done(format!("released {id} as {}", ids.join(" ")), "spooled", ids, None)
         }
-        Ok(Released::Quarantined(new)) => (
-            StatusCode::OK,
-            format!("released {id}: a later filter quarantined it again as {new}\n"),
+        Ok(Released::Quarantined(new)) => done(
+            format!("released {id}: a later filter quarantined it again as {new}"),
+            "quarantined",
+            Vec::new(),
+            Some(new.to_string()),
         ),
-        Ok(Released::Discarded) => (StatusCode::OK, format!("released {id}: a later filter discarded it\n")),
-        Err(ReleaseError::NotFound(e)) => not_found(e),
+        Ok(Released::Discarded) => done(
+            format!("released {id}: a later filter discarded it"),
+            "discarded",
+            Vec::new(),
+            None,
+        ),
+        Err(ReleaseError::NotFound(e)) => not_found(&e),
         Err(e @ (ReleaseError::MissingFilter(_) | ReleaseError::Refused(_))) => {
-            (StatusCode::CONFLICT, format!("{e}\n"))
+            json_error(StatusCode::CONFLICT, e).into_response()
         }
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        Err(e) => failed("cannot release", &e),
     }
 }
 

@@ -1,30 +1,105 @@
 //! The queue on the admin address (under `/api/v1`):
 //! `GET /queue?domain=&sender=&recipient=&older_than=1h&state=&limit=&offset=` (JSON list),
 //! `GET /queue/{id}` (one message, JSON), `GET /queue/{id}/message` (the message, `message/rfc822`),
-//! `POST /queue/{id}/{retry|bounce|delete|hold|release}` and `POST /queue/{action}` for every
-//! message the filters (in the query or a JSON body) take. A bulk action with no filter at all is
+//! `POST /queue/{id}/{retry|bounce|delete|hold|release}` for one message and
+//! `POST /queue/{retry|bounce|delete|hold|release}` for every message the filters (in the query or
+//! a JSON body, `Content-Type: application/json`) take. A bulk action with no filter at all is
 //! refused unless it says `all=true`: one mistyped command must not bounce the whole queue.
 //!
 //! Errors are JSON `{"error": "..."}`: 404 for an unknown id, 400 for a bad filter or action.
 
 use std::collections::HashMap;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 
 use super::admin_auth::Peer;
+use super::api_routes::{Routes, get, post};
 use crate::queue::{ActionError, Filter, Queue, Selector, parse_id};
 
-pub fn routes() -> Router<Queue> {
-    Router::new()
+pub fn routes() -> Routes<Queue> {
+    Routes::new()
         .route("/queue", get(list))
-        .route("/queue/{id}", get(show).post(bulk))
+        .route("/queue/{id}", get(show))
         .route("/queue/{id}/message", get(cat))
-        .route("/queue/{id}/{action}", axum::routing::post(one))
+        .route("/queue/retry", post(retry_all))
+        .route("/queue/bounce", post(bounce_all))
+        .route("/queue/delete", post(delete_all))
+        .route("/queue/hold", post(hold_all))
+        .route("/queue/release", post(release_all))
+        .route("/queue/{id}/retry", post(retry_one))
+        .route("/queue/{id}/bounce", post(bounce_one))
+        .route("/queue/{id}/delete", post(delete_one))
+        .route("/queue/{id}/hold", post(hold_one))
+        .route("/queue/{id}/release", post(release_one))
+}
+
+/// The request of an action: who asked, the query (or why it could not be read), its headers
+/// and body.
+struct Asked {
+    peer: std::net::SocketAddr,
+    query: QueryParams,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// What a queue action does.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Retry,
+    Bounce,
+    Delete,
+    Hold,
+    Release,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Retry => "retry",
+            Action::Bounce => "bounce",
+            Action::Delete => "delete",
+            Action::Hold => "hold",
+            Action::Release => "release",
+        }
+    }
+}
+
+/// A handler per action, for one message (`POST /queue/{id}/<action>`) and for every message the
+/// filters take (`POST /queue/<action>`).
+macro_rules! actions {
+    ($($action:expr => $one:ident, $all:ident;)*) => {$(
+        async fn $one(
+            State(queue): State<Queue>,
+            Extension(Peer(peer)): Extension<Peer>,
+            Path(id): Path<String>,
+            query: QueryParams,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> Response {
+            one(&queue, $action, &id, Asked { peer, query, headers, body }).await
+        }
+
+        async fn $all(
+            State(queue): State<Queue>,
+            Extension(Peer(peer)): Extension<Peer>,
+            query: QueryParams,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> Response {
+            bulk(&queue, $action, Asked { peer, query, headers, body }).await
+        }
+    )*};
+}
+
+actions! {
+    Action::Retry => retry_one, retry_all;
+    Action::Bounce => bounce_one, bounce_all;
+    Action::Delete => delete_one, delete_all;
+    Action::Hold => hold_one, hold_all;
+    Action::Release => release_one, release_all;
 }
 
 /// Most messages one list answer carries, and how many when the request does not say.
@@ -62,24 +137,39 @@ type Params = HashMap<String, String>;
 /// The query, or why it could not be read (answered as a 400).
 type QueryParams = Result<Query<Params>, axum::extract::rejection::QueryRejection>;
 
-fn params(query: Params, body: &[u8]) -> Result<Params, String> {
+fn params(query: Params, headers: &HeaderMap, body: &[u8]) -> Result<Params, (StatusCode, String)> {
     let mut all = query;
     if body.iter().any(|b| !b.is_ascii_whitespace()) {
-        let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| "the body is not JSON".to_string())?;
-        let object = value.as_object().ok_or("the body is not a JSON object")?;
+        if !super::api_json::is_json(headers) {
+            return Err((
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "a body must be JSON, sent with Content-Type: application/json".into(),
+            ));
+        }
+        let bad = |e: String| (StatusCode::BAD_REQUEST, e);
+        let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| bad("the body is not JSON".into()))?;
+        let object = value
+            .as_object()
+            .ok_or_else(|| bad("the body is not a JSON object".into()))?;
         for (key, value) in object {
             let text = match value {
                 serde_json::Value::String(s) => s.clone(),
                 serde_json::Value::Bool(_) | serde_json::Value::Number(_) => value.to_string(),
-                _ => return Err(format!("{key}: give a string, number or boolean")),
+                _ => return Err(bad(format!("{key}: give a string, number or boolean"))),
             };
             all.insert(key.clone(), text);
         }
     }
     if let Some(unknown) = all.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(format!("unknown parameter {unknown:?}"));
+        return Err((StatusCode::BAD_REQUEST, format!("unknown parameter {unknown:?}")));
     }
     Ok(all)
+}
+
+/// The parameters of a request from its query and body.
+fn read(query: QueryParams, headers: &HeaderMap, body: &[u8]) -> Result<Params, (StatusCode, String)> {
+    let query = query.map_err(|_| (StatusCode::BAD_REQUEST, "the query is not well formed".to_string()))?;
+    params(query.0, headers, body)
 }
 
 /// The filter the parameters describe.
@@ -110,12 +200,9 @@ fn number(p: &Params, key: &str, default: usize) -> Result<usize, String> {
 }
 
 async fn list(State(queue): State<Queue>, query: QueryParams) -> Response {
-    let p = match query
-        .map_err(|_| "the query is not well formed".to_string())
-        .and_then(|q| params(q.0, &[]))
-    {
+    let p = match read(query, &HeaderMap::new(), &[]) {
         Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err((status, e)) => return error(status, e),
     };
     let paged = filter(&p).and_then(|f| {
         let limit = number(&p, "limit", DEFAULT_LIMIT)?.min(MAX_LIMIT);
@@ -154,41 +241,23 @@ fn failed(id: &str, e: &ActionError) -> Response {
     }
 }
 
-/// `POST /queue/{id}/{action}`.
-async fn one(
-    State(queue): State<Queue>,
-    Extension(Peer(peer)): Extension<Peer>,
-    Path((id, action)): Path<(String, String)>,
-    query: QueryParams,
-    body: Bytes,
-) -> Response {
-    let p = match query
-        .map_err(|_| "the query is not well formed".to_string())
-        .and_then(|q| params(q.0, &body))
-    {
+/// `POST /queue/{id}/<action>`.
+async fn one(queue: &Queue, action: Action, id: &str, asked: Asked) -> Response {
+    let p = match read(asked.query, &asked.headers, &asked.body) {
         Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err((status, e)) => return error(status, e),
     };
-    let Some(qid) = parse_id(&id) else {
-        return not_found(&id);
+    let Some(qid) = parse_id(id) else {
+        return not_found(id);
     };
-    act(&queue, &peer, &action, &Selector::Id(qid), &p, &id).await
+    act(queue, &asked.peer, action, &Selector::Id(qid), &p, id).await
 }
 
-/// `POST /queue/{action}`: every message the filters take.
-async fn bulk(
-    State(queue): State<Queue>,
-    Extension(Peer(peer)): Extension<Peer>,
-    Path(action): Path<String>,
-    query: QueryParams,
-    body: Bytes,
-) -> Response {
-    let p = match query
-        .map_err(|_| "the query is not well formed".to_string())
-        .and_then(|q| params(q.0, &body))
-    {
+/// `POST /queue/<action>`: every message the filters take.
+async fn bulk(queue: &Queue, action: Action, asked: Asked) -> Response {
+    let p = match read(asked.query, &asked.headers, &asked.body) {
         Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err((status, e)) => return error(status, e),
     };
     let f = match filter(&p) {
         Ok(f) => f,
@@ -201,31 +270,26 @@ async fn bulk(
             "a bulk action needs a filter (domain, sender, recipient, older_than, state) or all=true",
         );
     }
-    act(&queue, &peer, &action, &Selector::Filter(f), &p, "").await
+    act(queue, &asked.peer, action, &Selector::Filter(f), &p, "").await
 }
 
 /// Runs `action` on what `selector` takes, logs who did what to how many, and answers the count.
 async fn act(
     queue: &Queue,
     peer: &std::net::SocketAddr,
-    action: &str,
+    action: Action,
     selector: &Selector,
     p: &Params,
     id: &str,
 ) -> Response {
     let done = match action {
-        "retry" => queue.retry(selector),
-        "bounce" => queue.bounce(selector, p.get("reason").map(String::as_str)).await,
-        "delete" => queue.delete(selector).await,
-        "hold" => queue.hold(selector).await,
-        "release" => queue.release(selector).await,
-        _ => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("unknown action {action:?} (use retry, bounce, delete, hold or release)"),
-            );
-        }
+        Action::Retry => queue.retry(selector),
+        Action::Bounce => queue.bounce(selector, p.get("reason").map(String::as_str)).await,
+        Action::Delete => queue.delete(selector).await,
+        Action::Hold => queue.hold(selector).await,
+        Action::Release => queue.release(selector).await,
     };
+    let action = action.name();
     match done {
         Ok(n) => {
             tracing::info!(%peer, action, selector = ?selector, messages = n, "admin: queue action");

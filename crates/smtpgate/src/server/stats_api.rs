@@ -7,22 +7,27 @@
 
 use std::collections::HashMap;
 
-use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::http::header::{CONTENT_TYPE, HeaderName};
-use axum::routing::get;
 
 use super::api_json::json_error;
+use super::api_routes::{Routes, get};
 use crate::queue::Queue;
 
-pub fn routes() -> Router<Queue> {
-    Router::new().route("/stats", get(stats))
+pub fn routes() -> Routes<Queue> {
+    Routes::new().route("/stats", get(stats))
 }
 
 type Answer = (StatusCode, [(HeaderName, &'static str); 1], String);
 
-async fn stats(State(queue): State<Queue>, Query(mut params): Query<HashMap<String, String>>) -> Answer {
+async fn stats(
+    State(queue): State<Queue>,
+    params: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let Ok(Query(mut params)) = params else {
+        return json_error(StatusCode::BAD_REQUEST, "the query is not well formed");
+    };
     let json = [(CONTENT_TYPE, "application/json")];
     let all_nodes = match params.remove("nodes").as_deref() {
         None | Some("local") => false,

@@ -1,35 +1,31 @@
 //! The suppression list on the admin address: `GET /suppression` (JSON list),
 //! `PUT /suppression/{address}` (added as a manual entry), `DELETE /suppression/{address}`.
 
-use axum::Router;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
 
 use super::admin_auth::Peer;
+use super::api_json::{JsonAnswer, json_answer, json_done, json_error};
+use super::api_routes::{Routes, get};
 use crate::queue::Queue;
 use crate::suppress::Reason;
 
-pub fn routes() -> Router<Queue> {
-    Router::new()
+pub fn routes() -> Routes<Queue> {
+    Routes::new()
         .route("/suppression", get(list))
         .route("/suppression/{address}", get(show).put(add).delete(remove))
 }
 
-type Answer = (StatusCode, String);
-
-fn json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string_pretty(value).unwrap_or_default() + "\n"
-}
+type Answer = JsonAnswer;
 
 async fn list(State(queue): State<Queue>) -> Answer {
-    (StatusCode::OK, json(&queue.ctx().feedback.suppression.list()))
+    json_answer(StatusCode::OK, &queue.ctx().feedback.suppression.list())
 }
 
 async fn show(State(queue): State<Queue>, Path(address): Path<String>) -> Answer {
     match queue.ctx().feedback.suppression.contains(&address) {
-        Some(entry) => (StatusCode::OK, json(&entry)),
-        None => (StatusCode::NOT_FOUND, format!("{address} is not suppressed\n")),
+        Some(entry) => json_answer(StatusCode::OK, &entry),
+        None => json_error(StatusCode::NOT_FOUND, format!("{address} is not suppressed")),
     }
 }
 
@@ -43,10 +39,10 @@ async fn add(
     Path(address): Path<String>,
 ) -> Answer {
     if address.len() > MAX_ADDRESS {
-        return (
+        return json_error(
             StatusCode::BAD_REQUEST,
             format!(
-                "an address is at most {MAX_ADDRESS} octets; this one has {}\n",
+                "an address is at most {MAX_ADDRESS} octets; this one has {}",
                 address.len()
             ),
         );
@@ -59,10 +55,19 @@ async fn add(
             } else {
                 "already suppressed (entry refreshed)"
             };
-            (StatusCode::OK, format!("{address} {what}\n"))
+            json_done(
+                format!("{address} {what}"),
+                serde_json::json!({ "address": address, "new": new }),
+            )
         }
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => (StatusCode::BAD_REQUEST, format!("{e}\n")),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => json_error(StatusCode::BAD_REQUEST, e),
+        Err(e) => {
+            tracing::error!(error = %e, "admin: the suppression list could not record a change");
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the suppression list could not record the change",
+            )
+        }
     }
 }
 
@@ -78,9 +83,15 @@ async fn remove(
                 address,
                 "admin: address removed from the suppression list by the administrator"
             );
-            (StatusCode::OK, format!("{address} removed\n"))
+            json_done(format!("{address} removed"), serde_json::json!({ "address": address }))
         }
-        Ok(false) => (StatusCode::NOT_FOUND, format!("{address} is not suppressed\n")),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        Ok(false) => json_error(StatusCode::NOT_FOUND, format!("{address} is not suppressed")),
+        Err(e) => {
+            tracing::error!(error = %e, "admin: the suppression list could not record a change");
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the suppression list could not record the change",
+            )
+        }
     }
 }

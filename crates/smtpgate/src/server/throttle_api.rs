@@ -13,25 +13,25 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::get;
 use serde::Serialize;
 
 use super::admin_auth::Peer;
+use super::api_json::{JsonAnswer, json_answer, json_done, json_error};
+use super::api_routes::{Routes, get};
 use crate::datetime::rfc3339_ms;
 use crate::queue::Queue;
 use crate::shaping::Limit;
 use crate::shaping::adaptive::{Action, Edit, now_ms};
 
-pub fn routes() -> Router<Queue> {
-    Router::new()
+pub fn routes() -> Routes<Queue> {
+    Routes::new()
         .route("/throttles", get(list))
         .route("/throttles/{*key}", get(show).put(edit).delete(cancel))
 }
 
-type Answer = (StatusCode, String);
+type Answer = JsonAnswer;
 
 /// The longest `duration` or `recover` an administrator can set.
 const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -84,8 +84,8 @@ impl View {
     }
 }
 
-fn json<T: Serialize>(value: &T) -> String {
-    serde_json::to_string_pretty(value).unwrap_or_default() + "\n"
+fn json<T: Serialize>(value: &T) -> Answer {
+    json_answer(StatusCode::OK, value)
 }
 
 async fn list(State(queue): State<Queue>) -> Answer {
@@ -99,12 +99,12 @@ async fn list(State(queue): State<Queue>) -> Answer {
         .iter()
         .map(|a| View::of(a, now))
         .collect();
-    (StatusCode::OK, json(&all))
+    json(&all)
 }
 
 /// The key as given, checked and in its canonical form.
 fn key_of(raw: &str) -> Result<Limit, Answer> {
-    Limit::parse(raw.trim_start_matches('/')).map_err(|e| (StatusCode::BAD_REQUEST, format!("{e}\n")))
+    Limit::parse(raw.trim_start_matches('/')).map_err(|e| json_error(StatusCode::BAD_REQUEST, e))
 }
 
 async fn show(State(queue): State<Queue>, Path(key): Path<String>) -> Answer {
@@ -115,8 +115,8 @@ async fn show(State(queue): State<Queue>, Path(key): Path<String>) -> Answer {
     let now = now_ms();
     let state = queue.ctx().shaper.state();
     match state.actions.get(&limit).filter(|a| a.effect(now).is_some()) {
-        Some(a) => (StatusCode::OK, json(&View::of(&a, now))),
-        None => (StatusCode::NOT_FOUND, format!("no adaptive action on {limit}\n")),
+        Some(a) => json(&View::of(&a, now)),
+        None => json_error(StatusCode::NOT_FOUND, format!("no adaptive action on {limit}")),
     }
 }
 
@@ -128,12 +128,12 @@ async fn cancel(State(queue): State<Queue>, Extension(Peer(peer)): Extension<Pee
     match queue.ctx().shaper.cancel(&limit).await {
         Some(_) => {
             tracing::info!(%peer, key = %limit, "admin: adaptive action cancelled");
-            (
-                StatusCode::OK,
-                format!("{limit}: action cancelled, normal limits apply\n"),
+            json_done(
+                format!("{limit}: action cancelled, normal limits apply"),
+                serde_json::json!({ "key": limit.to_string() }),
             )
         }
-        None => (StatusCode::NOT_FOUND, format!("no adaptive action on {limit}\n")),
+        None => json_error(StatusCode::NOT_FOUND, format!("no adaptive action on {limit}")),
     }
 }
 
@@ -141,15 +141,18 @@ async fn edit(
     State(queue): State<Queue>,
     Extension(Peer(peer)): Extension<Peer>,
     Path(key): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
+    params: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Answer {
+    let Ok(Query(params)) = params else {
+        return json_error(StatusCode::BAD_REQUEST, "the query is not well formed");
+    };
     let limit = match key_of(&key) {
         Ok(l) => l,
         Err(answer) => return answer,
     };
     let edit = match parse_edit(&params) {
         Ok(e) => e,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")),
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
     };
     let ctx = queue.ctx();
     let now = now_ms();
@@ -160,15 +163,15 @@ async fn edit(
         .get(&limit)
         .is_some_and(|a| a.effect(now).is_some());
     if !exists && edit.duration.is_none() {
-        return (
+        return json_error(
             StatusCode::BAD_REQUEST,
-            format!("no adaptive action on {limit}: starting one needs a duration\n"),
+            format!("no adaptive action on {limit}: starting one needs a duration"),
         );
     }
     if !exists && edit.suspend != Some(true) && edit.rate_factor.is_none() && edit.connection_factor.is_none() {
-        return (
+        return json_error(
             StatusCode::BAD_REQUEST,
-            "a new action needs suspend=true, rate_factor or connection_factor\n".into(),
+            "a new action needs suspend=true, rate_factor or connection_factor",
         );
     }
     let action = ctx.shaper.edit(&limit, &edit).await;
@@ -181,7 +184,7 @@ async fn edit(
         recovered = %rfc3339_ms(action.recovered.max(action.until)),
         "admin: adaptive action set"
     );
-    (StatusCode::OK, json(&View::of(&action, now_ms())))
+    json(&View::of(&action, now_ms()))
 }
 
 /// Reads the query parameters of a change; unknown ones are an error.

@@ -28,6 +28,7 @@ pub use dns::{DnsQuery, DnsServer, DnsTable};
 mod durability;
 pub use durability::*;
 mod gate;
+pub mod http;
 mod mail;
 mod redis;
 pub use redis::RedisServer;

@@ -359,8 +359,10 @@ function replyText(r) {
 
 function summary(r) {
   if (typeof r === 'string') return r.trim();
-  if (r && r.affected !== undefined) return r.affected + ' message(s)';
-  if (r && r.count !== undefined) return r.count + ' message(s)';
+  // An action's answer says what it did in `message` (quarantine, suppression, throttles), or how
+  // many messages a queue action took (`{action, messages}`).
+  if (r && typeof r.message === 'string') return r.message;
+  if (r && typeof r.messages === 'number') return r.action + ': ' + r.messages + ' message(s)';
   return JSON.stringify(r);
 }
 
