@@ -383,8 +383,17 @@ pub(super) async fn bounce_for(queue: &Queue, msg: &QueuedMessage, failures: &[F
         .path(None, dsn.pool.as_deref(), None)
         .origin("bounce", None)
     });
+    let pool = dsn.pool.clone();
     match queue.accept(dsn, text).await {
         Ok(()) => {
+            // Counted as received like any copy spooled, under the listener its history names:
+            // its delivery or bounce is counted too, so the totals add up.
+            ctx.stats.record(&stats::Record {
+                sender: Some(""), // the null sender
+                listener: Some("bounce"),
+                pool: pool.as_deref(),
+                ..stats::Record::new(stats::Kind::Received, stats::Recipients::One(sender.as_str()))
+            });
             if let Some(event) = received {
                 ctx.events.emit(event);
             }
