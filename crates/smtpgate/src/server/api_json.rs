@@ -14,6 +14,12 @@ pub(super) fn json_answer(status: StatusCode, body: &impl serde::Serialize) -> J
     (status, [(header::CONTENT_TYPE, "application/json")], text)
 }
 
+/// `body` as indented JSON with `200`, for answers the CLI prints as they come.
+pub(super) fn json_pretty(body: &impl serde::Serialize) -> JsonAnswer {
+    let text = serde_json::to_string_pretty(body).unwrap_or_default() + "\n";
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], text)
+}
+
 /// The one form of an API error: `{"error": message}` with `status`, no internal detail.
 pub(super) fn json_error(status: StatusCode, message: impl std::fmt::Display) -> JsonAnswer {
     json_answer(status, &serde_json::json!({ "error": message.to_string() }))

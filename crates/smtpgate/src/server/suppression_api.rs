@@ -5,7 +5,7 @@ use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 
 use super::admin_auth::Peer;
-use super::api_json::{JsonAnswer, json_answer, json_done, json_error};
+use super::api_json::{JsonAnswer, json_done, json_error, json_pretty};
 use super::api_routes::{Routes, get};
 use crate::queue::Queue;
 use crate::suppress::Reason;
@@ -19,12 +19,12 @@ pub fn routes() -> Routes<Queue> {
 type Answer = JsonAnswer;
 
 async fn list(State(queue): State<Queue>) -> Answer {
-    json_answer(StatusCode::OK, &queue.ctx().feedback.suppression.list())
+    json_pretty(&queue.ctx().feedback.suppression.list())
 }
 
 async fn show(State(queue): State<Queue>, Path(address): Path<String>) -> Answer {
     match queue.ctx().feedback.suppression.contains(&address) {
-        Some(entry) => json_answer(StatusCode::OK, &entry),
+        Some(entry) => json_pretty(&entry),
         None => json_error(StatusCode::NOT_FOUND, format!("{address} is not suppressed")),
     }
 }

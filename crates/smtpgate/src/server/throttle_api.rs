@@ -18,7 +18,7 @@ use axum::http::StatusCode;
 use serde::Serialize;
 
 use super::admin_auth::Peer;
-use super::api_json::{JsonAnswer, json_answer, json_done, json_error};
+use super::api_json::{JsonAnswer, json_done, json_error, json_pretty};
 use super::api_routes::{Routes, get};
 use crate::datetime::rfc3339_ms;
 use crate::queue::Queue;
@@ -85,7 +85,7 @@ impl View {
 }
 
 fn json<T: Serialize>(value: &T) -> Answer {
-    json_answer(StatusCode::OK, value)
+    json_pretty(value)
 }
 
 async fn list(State(queue): State<Queue>) -> Answer {
