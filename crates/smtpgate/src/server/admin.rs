@@ -68,6 +68,7 @@ fn api() -> Router<Queue> {
         .merge(super::inject_api::routes())
         .merge(super::stats_api::routes())
         .merge(super::pools_api::routes())
+        .merge(super::steer_api::routes())
 }
 
 /// Renders from the current context, so a reload shows the new pools.

@@ -11,6 +11,7 @@ pub mod quarantine_api;
 pub mod queue_api;
 mod reload;
 pub mod stats_api;
+pub mod steer_api;
 pub mod suppression_api;
 pub mod throttle_api;
 mod ui;
@@ -82,7 +83,8 @@ impl Server {
         // So do adaptive actions.
         let _actions = ctx.shaper.follow_shared();
         let spool_dir = ctx.spool.dir().to_path_buf();
-        let queue = Queue::new(ctx.clone());
+        // The suspensions an operator made are read before anything can be delivered.
+        let queue = Queue::open(ctx.clone()).map_err(StartError::Setup)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let sessions = Arc::new(Sessions::default());
         let states = config
@@ -103,6 +105,7 @@ impl Server {
         };
         let recovered = queue.restore(found).await;
         queue.start_compaction(Duration::from_secs(30));
+        queue.start_suspensions();
         tokio::spawn(expire_quarantine(queue.clone()));
         ctx.pools.start();
         ctx.webhooks.start();
