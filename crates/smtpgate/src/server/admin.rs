@@ -21,6 +21,7 @@ pub async fn start(
     guard: Arc<Guard>,
     queue: Queue,
     mut shutdown: watch::Receiver<bool>,
+    reloads: super::config_api::Reloads,
 ) -> Result<SocketAddr, StartError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -40,6 +41,7 @@ pub async fn start(
         .route("/metrics", get(metrics))
         .nest("/api/v1", api())
         .merge(super::ui::routes())
+        .layer(axum::Extension(reloads))
         .layer(axum::middleware::from_fn_with_state(guard, admin_auth::check))
         .with_state(queue);
     let app = app.into_make_service_with_connect_info::<Conn>();

@@ -3,6 +3,7 @@
 mod admin;
 pub mod admin_auth;
 mod api_json;
+pub mod config_api;
 pub mod events_api;
 mod inject_api;
 mod listeners;
@@ -63,6 +64,8 @@ pub struct Server {
     sessions: Arc<Sessions>,
     grace: Duration,
     ctx: Arc<Context>,
+    /// Reloads asked for on the admin address, until the main loop takes them.
+    reload_requests: Option<tokio::sync::mpsc::Receiver<config_api::ReloadRequest>>,
 }
 
 impl Server {
@@ -94,11 +97,12 @@ impl Server {
             .collect::<Result<Vec<_>, _>>()?;
         let mut listeners = listeners::Listeners::default();
         listeners.apply(states).await?;
+        let (reloads, reload_requests) = config_api::Reloads::channel();
         let (admin, admin_token_file) = match &config.admin {
             Some(a) => {
                 let (token, file) = admin_auth::load_or_create(a, &spool_dir).map_err(StartError::Setup)?;
                 let guard = admin_auth::Guard::new(token, a);
-                let bound = admin::start(a.address, guard, queue.clone(), shutdown_rx.clone()).await?;
+                let bound = admin::start(a.address, guard, queue.clone(), shutdown_rx.clone(), reloads).await?;
                 (Some(bound), Some(file))
             }
             None => (None, None),
@@ -126,7 +130,15 @@ impl Server {
             sessions,
             grace,
             ctx,
+            reload_requests: Some(reload_requests),
         })
+    }
+
+    /// The reloads asked for on the admin address (`POST /api/v1/config/reload`), for the loop
+    /// that handles SIGHUP: it reloads as for the signal and answers each request. Taken once;
+    /// until then requests wait (and time out) unanswered.
+    pub fn reload_requests(&mut self) -> Option<tokio::sync::mpsc::Receiver<config_api::ReloadRequest>> {
+        self.reload_requests.take()
     }
 
     /// What is listening.

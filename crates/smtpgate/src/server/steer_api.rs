@@ -1,4 +1,5 @@
-//! Steering on the admin address (under `/api/v1`): suspending and resuming delivery.
+//! Steering on the admin address (under `/api/v1`): suspending and resuming delivery, and the
+//! configuration (`config_api.rs`, merged here).
 //!
 //! - `GET /suspend`: the suspensions in force (JSON list: kind, value, since, until, reason, by);
 //! - `POST /suspend` with a JSON body naming exactly one of `domain`, `pool`, `route` (a
@@ -29,6 +30,7 @@ pub fn routes() -> Router<Queue> {
     Router::new()
         .route("/suspend", get(list).post(suspend))
         .route("/suspend/{kind}/{value}", delete(resume))
+        .merge(super::config_api::routes())
 }
 
 /// The longest `for`.
