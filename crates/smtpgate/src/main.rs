@@ -211,13 +211,13 @@ impl SuspendTarget {
 /// How to reach the running server's admin address, as for `smtpgate queue`.
 #[derive(clap::Args)]
 struct AdminFlags {
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     /// The admin address, when the configuration's is port 0.
-    #[arg(long)]
+    #[arg(long, global = true)]
     admin: Option<std::net::SocketAddr>,
     /// The admin token's file (default: `admin.token_file`, or `admin.token` in the spool).
-    #[arg(long)]
+    #[arg(long, global = true)]
     token_file: Option<PathBuf>,
 }
 
