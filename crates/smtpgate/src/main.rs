@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use smtpgate::server::config_api::{ReloadRefused, ReloadRequest};
 use smtpgate::{Config, Server};
 
 #[derive(Parser)]
@@ -136,11 +137,106 @@ enum Cmd {
         #[arg(long)]
         all_nodes: bool,
     },
+    /// Suspend delivery to a recipient domain, or of a pool, route or stream (asks the running
+    /// server; kept across restarts). With --list: the suspensions in force (JSON).
+    Suspend {
+        #[command(flatten)]
+        target: SuspendTarget,
+        /// It lapses by itself after this long (e.g. 2h); without it, until `smtpgate resume`.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        /// A note for the list and the history.
+        #[arg(long)]
+        reason: Option<String>,
+        /// List the suspensions in force instead.
+        #[arg(long, conflicts_with_all = ["domain", "pool", "route", "stream", "duration", "reason"])]
+        list: bool,
+        #[command(flatten)]
+        admin: AdminFlags,
+    },
+    /// End a suspension: what it held back is attempted at once (asks the running server).
+    Resume {
+        #[command(flatten)]
+        target: SuspendTarget,
+        #[command(flatten)]
+        admin: AdminFlags,
+    },
+    /// The running server's configuration: `show` (secrets masked) or `reload` (as SIGHUP), over
+    /// the admin address; `check-config FILE` checks a file without a server.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
+        #[command(flatten)]
+        admin: AdminFlags,
+    },
     /// Ask the running server (its PID from the spool) to reload its configuration (SIGHUP).
     Reload {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+}
+
+/// What a suspension names: exactly one of these.
+#[derive(clap::Args)]
+#[group(id = "what", multiple = false)]
+struct SuspendTarget {
+    /// A recipient domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// A `[[pool]]`.
+    #[arg(long)]
+    pool: Option<String>,
+    /// A `[[route]]` rule, by name.
+    #[arg(long)]
+    route: Option<String>,
+    /// A `[[stream]]` (`default` for mail no rule put in one).
+    #[arg(long)]
+    stream: Option<String>,
+}
+
+impl SuspendTarget {
+    /// The kind and value given, if one was.
+    fn named(&self) -> Option<(&'static str, &str)> {
+        [
+            ("domain", &self.domain),
+            ("pool", &self.pool),
+            ("route", &self.route),
+            ("stream", &self.stream),
+        ]
+        .into_iter()
+        .find_map(|(kind, value)| Some((kind, value.as_deref()?)))
+    }
+}
+
+/// How to reach the running server's admin address, as for `smtpgate queue`.
+#[derive(clap::Args)]
+struct AdminFlags {
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// The admin address, when the configuration's is port 0.
+    #[arg(long, global = true)]
+    admin: Option<std::net::SocketAddr>,
+    /// The admin token's file (default: `admin.token_file`, or `admin.token` in the spool).
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+}
+
+impl AdminFlags {
+    fn client(self) -> anyhow::Result<AdminClient> {
+        let args = AdminArgs {
+            admin: self.admin,
+            token_file: self.token_file,
+        };
+        AdminClient::new(&load_or_builtin(self.config)?, args)
+    }
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// The configuration the server runs (JSON), every secret masked.
+    Show,
+    /// Reload the server's configuration file, as SIGHUP does; says why if it is refused.
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -313,6 +409,15 @@ fn main() -> ExitCode {
                 },
         } => route_test(&config, from, to, header, message, client, user, listener),
         Cmd::Reload { config } => signal_reload(config),
+        Cmd::Suspend {
+            target,
+            duration,
+            reason,
+            list,
+            admin,
+        } => suspend(admin, target, duration, reason, list),
+        Cmd::Resume { target, admin } => resume(admin, target),
+        Cmd::Config { command, admin } => config_cmd(admin, command),
         Cmd::Quarantine {
             config,
             token_file,
@@ -462,21 +567,39 @@ impl Signals {
     }
 }
 
-/// Runs until SIGTERM or SIGINT; SIGHUP reloads the configuration file.
+/// Runs until SIGTERM or SIGINT; SIGHUP and `POST /api/v1/config/reload` reload the
+/// configuration file, through the one [`reload`].
 async fn serve_until_stopped(server: &mut Server, path: Option<&std::path::Path>, mut s: Signals) {
+    let mut requests = server.reload_requests();
     loop {
         tokio::select! {
             _ = s.term.recv() => return,
             _ = s.int.recv() => return,
-            _ = s.hup.recv() => reload(server, path).await,
+            _ = s.hup.recv() => {
+                let _ = reload(server, path).await;
+            }
+            Some(request) = next_request(&mut requests) => {
+                let outcome = reload(server, path).await;
+                request.answer(outcome);
+            }
         }
     }
 }
 
-async fn reload(server: &mut Server, path: Option<&std::path::Path>) {
+/// The next reload asked for on the admin address (never, without an admin address).
+async fn next_request(requests: &mut Option<tokio::sync::mpsc::Receiver<ReloadRequest>>) -> Option<ReloadRequest> {
+    match requests {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads the configuration file again and switches to it; on any mistake the old one stays and
+/// the answer says why.
+async fn reload(server: &mut Server, path: Option<&std::path::Path>) -> Result<(), ReloadRefused> {
     let Some(path) = path else {
-        tracing::info!("SIGHUP: running the built-in configuration, nothing to reload");
-        return;
+        tracing::info!("reload: running the built-in configuration, nothing to reload");
+        return Err(ReloadRefused::BuiltIn);
     };
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -493,7 +616,7 @@ async fn reload(server: &mut Server, path: Option<&std::path::Path>) {
                 errors = e.errors.len(),
                 "reload refused: the configuration has errors; the old one stays"
             );
-            return;
+            return Err(ReloadRefused::Invalid(e.to_string()));
         }
     };
     match server.reload(config).await {
@@ -505,8 +628,12 @@ async fn reload(server: &mut Server, path: Option<&std::path::Path>) {
                 );
             }
             println!("smtpgate reloaded");
+            Ok(())
         }
-        Err(e) => tracing::error!(error = %e, "reload refused; the old configuration stays"),
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused; the old configuration stays");
+            Err(ReloadRefused::Invalid(e))
+        }
     }
 }
 
@@ -671,6 +798,55 @@ fn throttle(config: Option<PathBuf>, args: AdminArgs, command: ThrottleCmd) -> a
             );
             client.request("PUT", &format!("{}?{}", path(&key), query.join("&")))?
         }
+    };
+    print!("{body}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `smtpgate suspend`: one suspension, or with `list` the list.
+fn suspend(
+    admin: AdminFlags,
+    target: SuspendTarget,
+    duration: Option<String>,
+    reason: Option<String>,
+    list: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = admin.client()?;
+    if list {
+        print!("{}", client.request("GET", "/api/v1/suspend")?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (kind, value) = target
+        .named()
+        .context("name what to suspend: --domain, --pool, --route or --stream (or --list)")?;
+    let mut body = serde_json::json!({ kind: value });
+    if let Some(d) = duration {
+        body["for"] = d.into();
+    }
+    if let Some(r) = reason {
+        body["reason"] = r.into();
+    }
+    print!("{}", client.send("POST", "/api/v1/suspend", Some(body.to_string()))?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `smtpgate resume`.
+fn resume(admin: AdminFlags, target: SuspendTarget) -> anyhow::Result<ExitCode> {
+    let client = admin.client()?;
+    let (kind, value) = target
+        .named()
+        .context("name what to resume: --domain, --pool, --route or --stream")?;
+    let path = format!("/api/v1/suspend/{kind}/{}", url_encode(value, ""));
+    print!("{}", client.request("DELETE", &path)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `smtpgate config show|reload`.
+fn config_cmd(admin: AdminFlags, command: ConfigCmd) -> anyhow::Result<ExitCode> {
+    let client = admin.client()?;
+    let body = match command {
+        ConfigCmd::Show => client.request("GET", "/api/v1/config")?,
+        ConfigCmd::Reload => client.request("POST", "/api/v1/config/reload")?,
     };
     print!("{body}");
     Ok(ExitCode::SUCCESS)
@@ -868,11 +1044,16 @@ impl AdminClient {
     /// One request with the token, over HTTP/1.1 with hyper on a small runtime of its own;
     /// returns the body, or an error with the body's text for a non-2xx status.
     fn request(&self, method: &str, path: &str) -> anyhow::Result<String> {
+        self.send(method, path, None)
+    }
+
+    /// As [`AdminClient::request`], with a JSON `body`.
+    fn send(&self, method: &str, path: &str, body: Option<String>) -> anyhow::Result<String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("cannot start the runtime")?;
-        let (status, body) = runtime.block_on(self.exchange(method, path))?;
+        let (status, body) = runtime.block_on(self.exchange(method, path, body))?;
         let body = String::from_utf8_lossy(&body).into_owned();
         if !status.is_success() {
             // The API's errors are `{"error": "..."}`; anything else is shown as it came.
@@ -893,9 +1074,14 @@ impl AdminClient {
 
     /// Sends the request; the status and body of the answer. Connecting may take 10 s, the
     /// answer 30 s more.
-    async fn exchange(&self, method: &str, path: &str) -> anyhow::Result<(hyper::StatusCode, bytes::Bytes)> {
-        use http_body_util::{BodyExt, Empty};
-        use hyper::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST};
+    async fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> anyhow::Result<(hyper::StatusCode, bytes::Bytes)> {
+        use http_body_util::{BodyExt, Full};
+        use hyper::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
         use std::time::Duration;
         let addr = self.addr;
         let unreachable = || format!("cannot reach the admin address {addr} (is smtpgate running?)");
@@ -910,14 +1096,19 @@ impl AdminClient {
             .with_context(unreachable)?;
         // Ends with the runtime, when the command is done.
         tokio::spawn(conn);
-        let request = hyper::Request::builder()
+        let mut request = hyper::Request::builder()
             .method(method)
             .uri(path)
             .header(HOST, host.to_string())
             .header(AUTHORIZATION, format!("Bearer {}", self.token))
-            .header(CONTENT_LENGTH, "0")
-            .header(CONNECTION, "close")
-            .body(Empty::<bytes::Bytes>::new())?;
+            .header(CONNECTION, "close");
+        let body = bytes::Bytes::from(body.unwrap_or_default());
+        if !body.is_empty() {
+            request = request.header(CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .header(CONTENT_LENGTH, body.len().to_string())
+            .body(Full::new(body))?;
         let answer = async {
             let response = sender.send_request(request).await?;
             let status = response.status();

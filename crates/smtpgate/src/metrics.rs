@@ -34,6 +34,7 @@ metrics! {
     dsn_sent: Counter = "smtpgate_dsn_generated_total", "delivery status notifications generated";
     queue_depth: Gauge = "smtpgate_queue_depth", "messages in the queue";
     queue_held: Gauge = "smtpgate_queue_held", "messages in the queue an operator held";
+    suspensions_active: Gauge = "smtpgate_suspensions_active", "delivery suspensions in force (domain, pool, route or stream)";
     auth_failures: Counter = "smtpgate_auth_failures_total", "failed AUTH attempts";
     filter_rejected: Counter = "smtpgate_filter_rejected_total", "messages refused by a filter";
     quarantined: Counter = "smtpgate_quarantined_total", "messages put in the quarantine";

@@ -142,6 +142,7 @@ pub(super) fn build(raw: RawConfig, base_dir: &Path, issues: &mut Issues) -> Con
         ),
         shutdown_timeout,
         webhooks,
+        source: Default::default(),
     }
 }
 

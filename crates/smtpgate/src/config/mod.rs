@@ -26,6 +26,7 @@ mod check;
 pub mod filter;
 mod issues;
 mod locate;
+pub mod mask;
 pub mod pool;
 pub mod raw;
 pub mod route;
@@ -91,6 +92,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// `[[webhook]]`s: where events are POSTed (the `webhook` module).
     pub webhooks: Vec<webhook::WebhookConfig>,
+    /// The file it was read from (`None`: the built-in configuration) and its text, which the
+    /// admin API shows with its secrets masked (`mask.rs`).
+    pub source: mask::Source,
 }
 
 /// `[spool]`: where accepted messages are kept until delivered.
@@ -350,7 +354,19 @@ impl Config {
     pub fn load_checking(path: &Path, more: impl FnOnce(&Config, &mut Issues)) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|error| ConfigIssue::new("", format!("cannot read {}: {error}", path.display())))?;
-        Config::checked(&text, base_dir_of(path), more).map_err(|error| error.in_file(path))
+        let mut config = Config::checked(&text, base_dir_of(path), more).map_err(|error| error.in_file(path))?;
+        config.source.file = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+        Ok(config)
+    }
+
+    /// Checks config `text` as `check-config` checks a file (`more` adds the filters' checks);
+    /// relative paths in it are relative to `base_dir`. Nothing is started.
+    pub fn check_text(
+        text: &str,
+        base_dir: &Path,
+        more: impl FnOnce(&Config, &mut Issues),
+    ) -> Result<Config, ConfigError> {
+        Config::checked(text, base_dir, more)
     }
 
     /// Parses and checks config text; relative paths in it are relative to `base_dir`.
@@ -370,7 +386,8 @@ impl Config {
         .map_err(|error| syntax_issue(text, &error))?;
         // Unknown keys are reported together with every other mistake, not instead of them.
         let mut issues = Issues::from(unknown);
-        let config = check::build(raw, base_dir, &mut issues);
+        let mut config = check::build(raw, base_dir, &mut issues);
+        config.source.text = text.into();
         more(&config, &mut issues);
         issues.finish(config)
     }

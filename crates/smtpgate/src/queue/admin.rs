@@ -29,6 +29,8 @@ pub enum State {
     Deferred,
     /// Held by an operator.
     Held,
+    /// Not held, but a suspension in force covers a pending recipient (`suspend.rs`).
+    Suspended,
 }
 
 impl std::str::FromStr for State {
@@ -39,7 +41,10 @@ impl std::str::FromStr for State {
             "queued" => Ok(State::Queued),
             "deferred" => Ok(State::Deferred),
             "held" => Ok(State::Held),
-            _ => Err(format!("unknown state {text:?} (use queued, deferred or held)")),
+            "suspended" => Ok(State::Suspended),
+            _ => Err(format!(
+                "unknown state {text:?} (use queued, deferred, held or suspended)"
+            )),
         }
     }
 }
@@ -68,7 +73,7 @@ impl Filter {
             && self.state.is_none()
     }
 
-    fn matches(&self, msg: &QueuedMessage, now: u64) -> bool {
+    fn matches(&self, queue: &Queue, msg: &QueuedMessage, now: u64) -> bool {
         let env = &msg.env;
         let pending: Vec<&crate::envelope::Address> = msg
             .pending()
@@ -87,7 +92,7 @@ impl Filter {
             && self
                 .older_than
                 .is_none_or(|d| now.saturating_sub(env.received_at) >= d.as_secs())
-            && self.state.is_none_or(|s| state(msg) == s)
+            && self.state.is_none_or(|s| state(queue, msg) == s)
     }
 }
 
@@ -170,9 +175,11 @@ pub struct Summary {
     pub pool: Option<String>,
 }
 
-fn state(msg: &QueuedMessage) -> State {
+fn state(queue: &Queue, msg: &QueuedMessage) -> State {
     if msg.is_held() {
         State::Held
+    } else if queue.is_suspended(msg) {
+        State::Suspended
     } else if msg.progress().last_attempt.is_some() {
         State::Deferred
     } else {
@@ -180,7 +187,7 @@ fn state(msg: &QueuedMessage) -> State {
     }
 }
 
-fn summary(msg: &QueuedMessage, now: u64) -> Summary {
+fn summary(queue: &Queue, msg: &QueuedMessage, now: u64) -> Summary {
     let progress = msg.progress();
     let states = msg.states();
     let recipients = msg
@@ -199,7 +206,7 @@ fn summary(msg: &QueuedMessage, now: u64) -> Summary {
         .collect();
     Summary {
         id: msg.env.id.to_string(),
-        state: state(msg),
+        state: state(queue, msg),
         sender: msg.env.sender.as_str().to_string(),
         received_at: msg.env.received_at,
         age_secs: now.saturating_sub(msg.env.received_at),
@@ -239,8 +246,17 @@ impl Queue {
     /// `offset` on.
     pub fn list(&self, filter: &Filter, limit: usize, offset: usize) -> (usize, Vec<Summary>) {
         let now = now_unix();
-        let taken: Vec<Arc<QueuedMessage>> = self.by_age().into_iter().filter(|m| filter.matches(m, now)).collect();
-        let page = taken.iter().skip(offset).take(limit).map(|m| summary(m, now)).collect();
+        let taken: Vec<Arc<QueuedMessage>> = self
+            .by_age()
+            .into_iter()
+            .filter(|m| filter.matches(self, m, now))
+            .collect();
+        let page = taken
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(|m| summary(self, m, now))
+            .collect();
         (taken.len(), page)
     }
 
@@ -254,7 +270,7 @@ impl Queue {
     }
 
     pub fn show(&self, id: QueueId) -> Option<Summary> {
-        self.find(id).map(|m| summary(&m, now_unix()))
+        self.find(id).map(|m| summary(self, &m, now_unix()))
     }
 
     /// The message as stored: its header section (as spooled, with any changes an after-queue
@@ -272,7 +288,7 @@ impl Queue {
             Selector::Id(id) => self.find(*id).map(|m| vec![m]).ok_or(ActionError::NotFound),
             Selector::Filter(f) => {
                 let now = now_unix();
-                Ok(self.by_age().into_iter().filter(|m| f.matches(m, now)).collect())
+                Ok(self.by_age().into_iter().filter(|m| f.matches(self, m, now)).collect())
             }
         }
     }

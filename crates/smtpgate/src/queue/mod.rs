@@ -12,6 +12,7 @@ mod compact;
 mod message;
 mod scan;
 mod settle;
+pub mod suspend;
 mod worker;
 
 use std::collections::{HashMap, VecDeque};
@@ -26,6 +27,7 @@ use crate::route::{NextHop, next_hop};
 use crate::spool::{Content, Recovered, SpoolError};
 pub use admin::{ActionError, Filter, LastReply, Selector, State, Summary, parse_id};
 pub use message::{BodyCache, Progress, QueuedMessage};
+pub use suspend::{Scope, Suspension, Suspensions};
 
 /// Memory for bodies waiting for their first delivery attempt.
 const BODY_CACHE_BYTES: usize = 256 << 20;
@@ -74,6 +76,9 @@ pub struct Queue {
     cache: Arc<BodyCache>,
     /// After-queue scans running at once (`MAX_SCANS`).
     scans: Arc<tokio::sync::Semaphore>,
+    /// What an operator suspended (`suspend.rs`), and the deliveries it parked meanwhile.
+    suspensions: Arc<Suspensions>,
+    parked: Arc<Mutex<Vec<(NextHop, Delivery)>>>,
 }
 
 /// At most this many after-queue scans run at once.
@@ -83,14 +88,27 @@ const MAX_SCANS: usize = 32;
 const IDLE: Duration = Duration::from_secs(2);
 
 impl Queue {
-    pub fn new(ctx: Arc<Context>) -> Self {
-        Queue {
+    /// A queue on `ctx`'s spool, with the suspensions kept there (`suspended.json`); an error if
+    /// that file cannot be read.
+    pub fn open(ctx: Arc<Context>) -> Result<Self, String> {
+        let suspensions = Arc::new(Suspensions::open(ctx.spool.dir())?);
+        ctx.metrics
+            .suspensions_active
+            .set(suspensions.active(crate::events::now_ms()).len() as i64);
+        Ok(Queue {
             ctx: Arc::new(std::sync::RwLock::new(ctx)),
             dests: Arc::default(),
             messages: Arc::default(),
             cache: BodyCache::new(BODY_CACHE_BYTES),
             scans: Arc::new(tokio::sync::Semaphore::new(MAX_SCANS)),
-        }
+            suspensions,
+            parked: Arc::default(),
+        })
+    }
+
+    /// [`Queue::open`] for tests and tools; panics if the spool's `suspended.json` is damaged.
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Queue::open(ctx).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The current context.
@@ -177,6 +195,10 @@ impl Queue {
             // Held or made stale by an operator: a release dispatches the message again.
             return;
         }
+        // Suspended recipients are parked until a resume or a lapse pushes them again.
+        let Some(d) = self.unsuspended(&hop, d) else {
+            return;
+        };
         let lane = Lane {
             hop: hop.clone(),
             stream: d.msg.env.stream.clone(),
@@ -240,7 +262,7 @@ impl Queue {
 
     /// The next delivery for a worker of `hop` if one is ready now.
     fn try_next_for(&self, lane: &Lane) -> Option<Delivery> {
-        pop_live(&mut self.dests.lock().unwrap().get_mut(lane)?.ready)
+        self.pop_live(lane, &mut self.dests.lock().unwrap().get_mut(lane)?.ready)
     }
 
     /// The next delivery for a worker of `hop`, waiting a while for one; `None` means the worker should close.
@@ -249,7 +271,7 @@ impl Queue {
             let wake = {
                 let mut dests = self.dests.lock().unwrap();
                 let dest = dests.get_mut(lane)?;
-                if let Some(d) = pop_live(&mut dest.ready) {
+                if let Some(d) = self.pop_live(lane, &mut dest.ready) {
                     return Some(d);
                 }
                 dest.idle += 1;
@@ -259,7 +281,7 @@ impl Queue {
             let mut dests = self.dests.lock().unwrap();
             let dest = dests.get_mut(lane)?;
             dest.idle -= 1;
-            if let Some(d) = pop_live(&mut dest.ready) {
+            if let Some(d) = self.pop_live(lane, &mut dest.ready) {
                 return Some(d);
             }
         }
@@ -269,10 +291,15 @@ impl Queue {
     /// Takes every delivery waiting for `hop` (when its servers are unreachable).
     fn drain(&self, lane: &Lane) -> Vec<Delivery> {
         let mut dests = self.dests.lock().unwrap();
-        dests
+        let waiting: Vec<Delivery> = dests
             .get_mut(lane)
             .map(|d| d.ready.drain(..).filter(Delivery::live).collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        drop(dests);
+        waiting
+            .into_iter()
+            .filter_map(|d| self.unsuspended(&lane.hop, d))
+            .collect()
     }
 
     /// A worker of `hop` is gone.
@@ -290,13 +317,18 @@ impl Queue {
     }
 }
 
-/// The first delivery on a ready list that may go out; those of messages held (or made stale)
-/// since they were put there are skipped and dropped.
-fn pop_live(ready: &mut VecDeque<Delivery>) -> Option<Delivery> {
-    while let Some(d) = ready.pop_front() {
-        if d.live() {
-            return Some(d);
+impl Queue {
+    /// The first delivery on a ready list that may go out; those of messages held (or made stale)
+    /// since they were put there are skipped and dropped, and what a suspension made since then
+    /// covers is parked.
+    fn pop_live(&self, lane: &Lane, ready: &mut VecDeque<Delivery>) -> Option<Delivery> {
+        while let Some(d) = ready.pop_front() {
+            if d.live()
+                && let Some(d) = self.unsuspended(&lane.hop, d)
+            {
+                return Some(d);
+            }
         }
+        None
     }
-    None
 }

@@ -22,6 +22,7 @@ pub async fn start(
     guard: Arc<Guard>,
     queue: Queue,
     mut shutdown: watch::Receiver<bool>,
+    reloads: super::config_api::Reloads,
 ) -> Result<SocketAddr, StartError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -40,6 +41,7 @@ pub async fn start(
         .merge(super::ui::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(axum::Extension(reloads))
         .layer(axum::middleware::from_fn_with_state(guard, admin_auth::check))
         .layer(axum::middleware::map_response(super::api_json::json_errors))
         .with_state(queue);
@@ -80,6 +82,7 @@ fn api() -> Routes<Queue> {
         .merge(super::inject_api::routes())
         .merge(super::stats_api::routes())
         .merge(super::pools_api::routes())
+        .merge(super::steer_api::routes())
 }
 
 /// A path nothing is served at.

@@ -4,6 +4,7 @@ mod admin;
 pub mod admin_auth;
 mod api_json;
 mod api_routes;
+pub mod config_api;
 pub mod events_api;
 mod inject_api;
 mod listeners;
@@ -13,6 +14,7 @@ pub mod quarantine_api;
 pub mod queue_api;
 mod reload;
 pub mod stats_api;
+pub mod steer_api;
 pub mod suppression_api;
 pub mod throttle_api;
 mod ui;
@@ -64,6 +66,8 @@ pub struct Server {
     sessions: Arc<Sessions>,
     grace: Duration,
     ctx: Arc<Context>,
+    /// Reloads asked for on the admin address, until the main loop takes them.
+    reload_requests: Option<tokio::sync::mpsc::Receiver<config_api::ReloadRequest>>,
 }
 
 impl Server {
@@ -84,7 +88,8 @@ impl Server {
         // So do adaptive actions.
         let _actions = ctx.shaper.follow_shared();
         let spool_dir = ctx.spool.dir().to_path_buf();
-        let queue = Queue::new(ctx.clone());
+        // The suspensions an operator made are read before anything can be delivered.
+        let queue = Queue::open(ctx.clone()).map_err(StartError::Setup)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let sessions = Arc::new(Sessions::default());
         let states = config
@@ -94,17 +99,19 @@ impl Server {
             .collect::<Result<Vec<_>, _>>()?;
         let mut listeners = listeners::Listeners::default();
         listeners.apply(states).await?;
+        let (reloads, reload_requests) = config_api::Reloads::channel();
         let (admin, admin_token_file) = match &config.admin {
             Some(a) => {
                 let (token, file) = admin_auth::load_or_create(a, &spool_dir).map_err(StartError::Setup)?;
                 let guard = admin_auth::Guard::new(token, a);
-                let bound = admin::start(a.address, guard, queue.clone(), shutdown_rx.clone()).await?;
+                let bound = admin::start(a.address, guard, queue.clone(), shutdown_rx.clone(), reloads).await?;
                 (Some(bound), Some(file))
             }
             None => (None, None),
         };
         let recovered = queue.restore(found).await;
         queue.start_compaction(Duration::from_secs(30));
+        queue.start_suspensions();
         tokio::spawn(expire_quarantine(queue.clone()));
         ctx.pools.start();
         ctx.webhooks.start();
@@ -125,7 +132,15 @@ impl Server {
             sessions,
             grace,
             ctx,
+            reload_requests: Some(reload_requests),
         })
+    }
+
+    /// The reloads asked for on the admin address (`POST /api/v1/config/reload`), for the loop
+    /// that handles SIGHUP: it reloads as for the signal and answers each request. Taken once;
+    /// until then requests wait (and time out) unanswered.
+    pub fn reload_requests(&mut self) -> Option<tokio::sync::mpsc::Receiver<config_api::ReloadRequest>> {
+        self.reload_requests.take()
     }
 
     /// What is listening.

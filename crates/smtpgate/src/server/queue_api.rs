@@ -314,6 +314,7 @@ pub fn table(list: &str) -> Result<String, String> {
     for m in value["messages"].as_array().into_iter().flatten() {
         let next = match (m["state"].as_str(), m["next_attempt"].as_u64()) {
             (Some("held"), _) => "held".to_string(),
+            (Some("suspended"), _) => "susp.".to_string(),
             (_, Some(at)) => span(at.saturating_sub(now)),
             _ => "-".to_string(),
         };

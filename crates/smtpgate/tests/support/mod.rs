@@ -16,6 +16,7 @@
 //! Everything talks to 127.0.0.1 only and binds port 0 (or a port the OS just handed out).
 #![allow(dead_code, unused_imports)]
 
+pub mod admin_http;
 mod ca;
 pub use ca::{ServerCert, TestCa, pem, sha256};
 mod clamd;

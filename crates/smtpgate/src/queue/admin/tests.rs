@@ -235,3 +235,93 @@ async fn list_filters_take_what_they_say() {
     assert_eq!(ids(Filter::default()), [3]);
     assert_eq!(sink.taken.load(Ordering::SeqCst), 0, "deleted, not delivered");
 }
+
+#[tokio::test]
+async fn a_suspended_domain_is_parked_without_an_attempt_and_its_resume_delivers_it() {
+    use crate::queue::{Scope, Suspension};
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start().await;
+    sink.defer.store(false, Ordering::SeqCst);
+    let q = queue(dir.path(), sink.port).await;
+    let now = crate::events::now_ms();
+    let s = Suspension {
+        kind: Scope::Domain,
+        value: "held.test".into(),
+        since: now,
+        until: None,
+        reason: None,
+        by: "test".into(),
+    };
+    assert_eq!(q.suspend(s).await.unwrap(), None);
+    assert_eq!(q.ctx().metrics.suspensions_active.get(), 1);
+    // One copy to both domains, then one to the free domain only, over the same pool.
+    let body = b"Subject: s\r\n\r\nx\r\n".to_vec();
+    q.accept(
+        envelope(1, "s@example.test", &["a@HELD.test", "b@free.test"], 0),
+        body.clone(),
+    )
+    .await
+    .unwrap();
+    q.accept(envelope(2, "s@example.test", &["c@free.test"], 0), body)
+        .await
+        .unwrap();
+    until("the free recipients are delivered", || {
+        sink.taken.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    until("message 2 leaves the queue", || q.show(QueueId(2)).is_none()).await;
+    let shown = q.show(QueueId(1)).expect("still queued");
+    assert_eq!(shown.state, State::Suspended);
+    assert_eq!(shown.pending, 1);
+    assert_eq!(shown.recipients[0].state, "pending");
+    assert_eq!(shown.recipients[1].state, "delivered");
+    let suspended = Filter {
+        state: Some(State::Suspended),
+        ..Filter::default()
+    };
+    assert_eq!(q.list(&suspended, 10, 0).0, 1);
+    assert_eq!(q.ctx().metrics.deferred.get(), 0, "no attempt deferred");
+
+    assert!(q.resume(Scope::Domain, "other.test", "test").await.unwrap().is_none());
+    let resumed = q.resume(Scope::Domain, "held.test", "test").await.unwrap();
+    assert_eq!(resumed.map(|s| s.value), Some("held.test".to_string()));
+    assert_eq!(q.ctx().metrics.suspensions_active.get(), 0);
+    until("the resume delivers the parked recipient", || {
+        sink.taken.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    until("message 1 leaves the queue", || q.show(QueueId(1)).is_none()).await;
+}
+
+#[tokio::test]
+async fn a_suspension_with_a_duration_lapses_by_itself() {
+    use crate::queue::{Scope, Suspension};
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start().await;
+    sink.defer.store(false, Ordering::SeqCst);
+    let q = queue(dir.path(), sink.port).await;
+    q.start_suspensions();
+    let now = crate::events::now_ms();
+    let s = Suspension {
+        kind: Scope::Pool,
+        value: "sink".into(),
+        since: now,
+        until: Some(now + 1500),
+        reason: Some("maintenance".into()),
+        by: "test".into(),
+    };
+    q.suspend(s).await.unwrap();
+    q.accept(envelope(1, "s@example.test", &["a@x.test"], 0), b"\r\nx\r\n".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(q.show(QueueId(1)).map(|s| s.state), Some(State::Suspended));
+    until("the lapse delivers it", || sink.taken.load(Ordering::SeqCst) == 1).await;
+    assert!(crate::events::now_ms() >= now + 1500, "delivered before the lapse");
+    assert!(q.suspensions().is_empty());
+    let file = dir.path().join("spool/suspended.json");
+    until("the lapse is written", || {
+        !std::fs::read_to_string(&file).unwrap().contains("\"sink\"")
+    })
+    .await;
+    until("the gauge follows", || q.ctx().metrics.suspensions_active.get() == 0).await;
+}
