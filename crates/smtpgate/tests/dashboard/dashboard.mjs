@@ -39,11 +39,14 @@ try {
   });
 
   // Until `check` returns true, reload the page at `hash` (the gate records asynchronously).
+  // Going to the URL the page is already at changes nothing (a fragment navigation to the same
+  // fragment fires no hashchange), so each round also reloads: the page draws fresh data.
   const until = async (hash, check, what) => {
     const end = Date.now() + DEADLINE_MS;
     let last = '';
     while (Date.now() < end) {
       await page.goto(base + '/ui/' + hash);
+      await page.reload();
       await page.waitForFunction(() => !document.querySelector('#view .status') || document.querySelector('#view .status').textContent !== 'Loading…');
       try { const r = await check(); if (r === true) return true; last = String(r); } catch (e) { last = e.message; }
       await page.waitForTimeout(500);
