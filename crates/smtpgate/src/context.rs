@@ -125,8 +125,9 @@ impl Context {
         // webhooks replace (the event writer lives as long as the process).
         let relay = WebhookRelay::default();
         let sinks: Vec<Box<dyn crate::events::EventSink>> = vec![Box::new(relay.clone())];
-        let events = crate::events::Events::open(&config.events, &spool_dir, metrics.clone(), sinks)
-            .map_err(|e| BuildError::Setup(e.to_string()))?;
+        let events =
+            crate::events::Events::open(&config.events, &spool_dir, config.queue.max_age, metrics.clone(), sinks)
+                .map_err(|e| BuildError::Setup(e.to_string()))?;
         let kept = Kept {
             spool: Arc::new(spool),
             metrics,

@@ -145,6 +145,20 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Whether an event of this kind goes on the story a `received` event of the same queue id
+    /// opened (a delivery attempt, an expiry, an admin action): the store finds it through the
+    /// queue id alone, and indexes only the opening event by address and Message-ID.
+    pub fn continues_story(&self) -> bool {
+        matches!(
+            self,
+            Kind::Delivered { .. }
+                | Kind::Deferred { .. }
+                | Kind::Bounced { .. }
+                | Kind::Expired { .. }
+                | Kind::Admin { .. }
+        )
+    }
+
     /// The `"type"` it is serialized with.
     pub fn name(&self) -> &'static str {
         match self {
@@ -287,10 +301,12 @@ pub struct OpenError(pub PathBuf, pub StoreError);
 
 impl Events {
     /// Opens the store under `[events] dir` (or `spool_dir`) and starts the writer; disabled
-    /// events give a handle that records nothing.
+    /// events give a handle that records nothing. `story_span` is how long a copy can stay
+    /// queued (`queue.max_age`; see [`Store::open`]).
     pub fn open(
         config: &EventsConfig,
         spool_dir: &Path,
+        story_span: std::time::Duration,
         metrics: Arc<Metrics>,
         sinks: Vec<Box<dyn EventSink>>,
     ) -> Result<Events, OpenError> {
@@ -298,7 +314,7 @@ impl Events {
             return Ok(Events::default());
         }
         let path = config.dir.as_deref().unwrap_or(spool_dir).join("events.redb");
-        let store = Arc::new(Store::open(&path).map_err(|e| OpenError(path.clone(), e))?);
+        let store = Arc::new(Store::open(&path, story_span).map_err(|e| OpenError(path.clone(), e))?);
         let tx = writer::start(config, store.clone(), sinks, CHANNEL);
         Ok(Events::with(tx, store, config.node.clone(), metrics))
     }

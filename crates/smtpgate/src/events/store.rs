@@ -1,17 +1,23 @@
-//! The event store: one redb file. Events are kept as JSON under `(at, seq)` (time order); three
-//! index tables map a queue id, a Message-ID and an address (the sender and each recipient,
-//! lowercased) to event keys, so every question is a range scan of one index from
-//! `(value, since)`, never a scan of the events. An index key is bytes, `value NUL at seq` (big
-//! endian): ordered by value, then time, and compared with one `memcmp`; the Message-ID and
-//! address indexes keep the event's queue id as their value, so a message's whole story is found
-//! without reading its events. Pruning removes the oldest events with their index entries.
+//! The event store: one redb file. Events are kept as JSON under `(at, seq)` (time order). The
+//! queue index maps a queue id to the keys of its events; the Message-ID and address indexes map
+//! those of the events that open a story (`received`, `refused`, `quarantined`, ...: every event
+//! but the delivery attempts, expiries and admin actions that continue a queued copy's story) to
+//! the copy's queue id. So every question is a range scan of one index, never a scan of the
+//! events, and a message's whole story is found through its queue id. An index key is bytes,
+//! `value NUL at seq` (big endian): ordered by value, then time, and compared with one `memcmp`.
+//! A batch goes into each table in key order, so the keys that share a gap (new events at the
+//! end, a copy's next events after its last) are spliced in as one run. Pruning removes the
+//! oldest events with their index entries.
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
+use std::ops::Bound;
 use std::path::Path;
 use std::time::Duration;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    CursorError, Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 
 use super::Event;
 use super::id::seq_of;
@@ -65,11 +71,15 @@ pub struct Query {
 
 pub struct Store {
     db: Database,
+    /// How long a story can go on after it opened: an address or Message-ID finds the stories
+    /// that opened this long before the query's `since` too (their later events may be since).
+    story_span_ms: u64,
 }
 
 impl Store {
-    /// Opens (or creates) the store, with its tables.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    /// Opens (or creates) the store, with its tables. `story_span` is how long a copy can stay
+    /// queued (`queue.max_age`): how far before a query's `since` its story may have opened.
+    pub fn open(path: &Path, story_span: Duration) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| StoreError(e.to_string()))?;
         }
@@ -85,7 +95,10 @@ impl Store {
             txn.delete_table(former).map_err(err)?;
         }
         txn.commit().map_err(err)?;
-        Ok(Store { db })
+        Ok(Store {
+            db,
+            story_span_ms: story_span.as_millis() as u64,
+        })
     }
 
     /// Stores a batch of events (each with its JSON) in one transaction; `durable` waits for the
@@ -96,33 +109,49 @@ impl Store {
             txn.set_durability(Durability::None)
                 .map_err(|e| StoreError(e.to_string()))?;
         }
-        {
-            let mut events = txn.open_table(EVENTS).map_err(err)?;
-            let mut by_queue = txn.open_table(BY_QUEUE).map_err(err)?;
-            let mut by_message = txn.open_table(BY_MESSAGE).map_err(err)?;
-            let mut by_address = txn.open_table(BY_ADDRESS).map_err(err)?;
-            let mut key = Vec::new();
-            for (event, json) in batch {
-                let (at, seq) = key_of(event);
-                events.insert((at, seq), json.as_bytes()).map_err(err)?;
-                let keys = IndexKeys::of(event);
-                let queue = keys.queue.as_deref().unwrap_or("").as_bytes();
-                if let Some(q) = &keys.queue {
-                    by_queue.insert(index_key(&mut key, q, at, seq), &[][..]).map_err(err)?;
-                }
-                if let Some(m) = &keys.message {
-                    by_message.insert(index_key(&mut key, m, at, seq), queue).map_err(err)?;
-                }
-                for a in &keys.addresses {
-                    by_address.insert(index_key(&mut key, a, at, seq), queue).map_err(err)?;
-                }
+        // Each table's entries in key order, so that the keys that fall into one gap of a
+        // table (new events at its end, a queue id's next events after its last) go in as one
+        // run rather than one descent each.
+        let keys: Vec<IndexKeys> = batch.iter().map(|(event, _)| IndexKeys::of(event)).collect();
+        let mut stored: Vec<(Key, &[u8])> = Vec::with_capacity(batch.len());
+        let mut queue_entries = Vec::with_capacity(batch.len());
+        let mut message_entries = Vec::new();
+        let mut address_entries = Vec::with_capacity(2 * batch.len());
+        for ((event, json), keys) in batch.iter().zip(&keys) {
+            let (at, seq) = key_of(event);
+            stored.push(((at, seq), json.as_bytes()));
+            let queue = keys.queue.as_deref().unwrap_or("").as_bytes();
+            if let Some(q) = &keys.queue {
+                queue_entries.push((index_key(&mut Vec::new(), q, at, seq).to_vec(), &[][..]));
             }
+            if let Some(m) = &keys.message {
+                message_entries.push((index_key(&mut Vec::new(), m, at, seq).to_vec(), queue));
+            }
+            for a in &keys.addresses {
+                address_entries.push((index_key(&mut Vec::new(), a, at, seq).to_vec(), queue));
+            }
+        }
+        stored.sort_unstable_by_key(|(key, _)| *key);
+        for entries in [&mut queue_entries, &mut message_entries, &mut address_entries] {
+            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        }
+        splice(
+            &mut txn.open_table(EVENTS).map_err(err)?,
+            stored.iter().map(|(k, v)| (*k, *v)),
+        )?;
+        for (table, entries) in [
+            (BY_QUEUE, &queue_entries),
+            (BY_MESSAGE, &message_entries),
+            (BY_ADDRESS, &address_entries),
+        ] {
+            let mut table = txn.open_table(table).map_err(err)?;
+            splice(&mut table, entries.iter().map(|(k, v)| (k.as_slice(), *v)))?;
         }
         txn.commit().map_err(err)
     }
 
     /// The events a query asks for. A queue id is looked up in its index; anything else as an
-    /// address and as a Message-ID, whose copies' queue ids then bring their whole stories.
+    /// address and as a Message-ID, whose stories (each a queue id) then bring their events.
     pub fn query(&self, query: &Query) -> Result<Vec<Event>, StoreError> {
         let q = query.q.trim();
         let txn = self.db.begin_read().map_err(err)?;
@@ -130,23 +159,22 @@ impl Store {
         let by_queue = txn.open_table(BY_QUEUE).map_err(err)?;
         let mut keys = BTreeSet::new();
         if is_queue_id(q) {
-            scan_index(
-                &by_queue,
-                &q.to_ascii_uppercase(),
-                query,
-                &mut keys,
-                &mut BTreeSet::new(),
-            )?;
+            story(&by_queue, &q.to_ascii_uppercase(), query, &mut keys)?;
         } else {
-            let mut queue_ids = BTreeSet::new();
+            let mut stories = Stories {
+                by_queue: &by_queue,
+                query,
+                opened_from: match query.since_ms {
+                    0 => 0,
+                    since => since.saturating_sub(self.story_span_ms),
+                },
+                seen: HashSet::new(),
+                keys: &mut keys,
+            };
             let by_address = txn.open_table(BY_ADDRESS).map_err(err)?;
-            scan_index(&by_address, &q.to_ascii_lowercase(), query, &mut keys, &mut queue_ids)?;
+            stories.scan(&by_address, &q.to_ascii_lowercase())?;
             let by_message = txn.open_table(BY_MESSAGE).map_err(err)?;
-            let message_id = super::normal_message_id(q);
-            scan_index(&by_message, &message_id, query, &mut keys, &mut queue_ids)?;
-            for id in queue_ids {
-                scan_index(&by_queue, &id, query, &mut keys, &mut BTreeSet::new())?;
-            }
+            stories.scan(&by_message, &super::normal_message_id(q))?;
         }
         let ordered: Vec<Key> = match query.order {
             Order::Chronological => keys.into_iter().take(query.limit).collect(),
@@ -271,6 +299,51 @@ impl Store {
     }
 }
 
+/// Inserts `entries` (in key order) into `table`. Keys that fall into the same gap between the
+/// table's entries are spliced in as one run through a cursor (redb builds the new leaves once),
+/// and the cursor seeks again only where the next key is past the gap. A key the table already
+/// has is replaced, as [`redb::Table::insert`] does.
+fn splice<'a, K, V>(
+    table: &mut redb::Table<K, V>,
+    entries: impl Iterator<Item = (K::SelfType<'a>, V::SelfType<'a>)>,
+) -> Result<(), StoreError>
+where
+    K: redb::Key + 'static,
+    V: redb::Value + 'static,
+{
+    let mut entries = entries;
+    let mut next = entries.next();
+    while let Some((key, value)) = next.take() {
+        let mut cursor = table.lower_bound_mut(Bound::Included(&key)).map_err(err)?;
+        match cursor.insert_before(&key, &value) {
+            Ok(()) => {
+                // The run goes on while the next key still sorts before the entry after the gap.
+                for (key, value) in entries.by_ref() {
+                    match cursor.insert_before(&key, &value) {
+                        Ok(()) => {}
+                        Err(CursorError::UnorderedKey) => {
+                            next = Some((key, value));
+                            break;
+                        }
+                        Err(e) => return Err(err(e)),
+                    }
+                }
+                cursor.close().map_err(err)?;
+            }
+            Err(CursorError::UnorderedKey) => {
+                // Equal to the entry after the gap: replaced.
+                cursor.close().map_err(err)?;
+                table.insert(&key, &value).map_err(err)?;
+            }
+            Err(e) => return Err(err(e)),
+        }
+        if next.is_none() {
+            next = entries.next();
+        }
+    }
+    Ok(())
+}
+
 /// Where an event is stored.
 fn key_of(event: &Event) -> Key {
     (event.at, seq_of(&event.id))
@@ -286,6 +359,15 @@ struct IndexKeys<'a> {
 
 impl<'a> IndexKeys<'a> {
     fn of(event: &'a Event) -> IndexKeys<'a> {
+        let queue = event.queue_id.as_deref().map(upper);
+        // An event that goes on a queued copy's story is found through the copy's queue id.
+        if queue.is_some() && event.kind.continues_story() {
+            return IndexKeys {
+                queue,
+                message: None,
+                addresses: Vec::new(),
+            };
+        }
         let mut addresses: Vec<Cow<'a, str>> = Vec::with_capacity(1 + event.recipients.len());
         for a in event.sender.iter().chain(&event.recipients) {
             if a.is_empty() {
@@ -297,7 +379,7 @@ impl<'a> IndexKeys<'a> {
             }
         }
         IndexKeys {
-            queue: event.queue_id.as_deref().map(upper),
+            queue,
             message: event.message_id.as_deref(),
             addresses,
         }
@@ -343,35 +425,85 @@ fn key_from_index(key: &[u8]) -> Option<Key> {
     Some((at, seq))
 }
 
-/// Adds the keys under `value` since the query's time to `keys` (and the queue ids the entries
-/// hold to `queue_ids`): at most `limit` of them, from the end the query's order starts at.
-fn scan_index(
-    table: &redb::ReadOnlyTable<&[u8], &[u8]>,
+/// The range of `value`'s index keys from `from_ms` on, in the query's order.
+fn index_range<'t>(
+    table: &'t redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
     value: &str,
-    query: &Query,
-    keys: &mut BTreeSet<Key>,
-    queue_ids: &mut BTreeSet<String>,
-) -> Result<(), StoreError> {
-    if value.is_empty() || value.contains('\0') {
-        return Ok(());
-    }
-    let from = index_key(&mut Vec::new(), value, query.since_ms, 0).to_vec();
+    from_ms: u64,
+    order: Order,
+) -> Result<Box<dyn Iterator<Item = redb::Result<IndexEntry<'t>>> + 't>, StoreError> {
+    let from = index_key(&mut Vec::new(), value, from_ms, 0).to_vec();
     let to = index_key(&mut Vec::new(), value, u64::MAX, u64::MAX).to_vec();
     let range = table.range(from.as_slice()..=to.as_slice()).map_err(err)?;
-    let entries: Box<dyn Iterator<Item = _>> = match query.order {
+    Ok(match order {
         Order::Chronological => Box::new(range),
         Order::NewestFirst => Box::new(range.rev()),
-    };
-    for entry in entries.take(query.limit) {
-        let (key, queue) = entry.map_err(err)?;
+    })
+}
+
+type IndexEntry<'t> = (
+    redb::AccessGuard<'t, &'static [u8]>,
+    redb::AccessGuard<'t, &'static [u8]>,
+);
+
+/// Adds the keys of queue id `id`'s events since the query's time to `keys`: at most `limit`,
+/// from the end the query's order starts at.
+fn story(
+    by_queue: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    id: &str,
+    query: &Query,
+    keys: &mut BTreeSet<Key>,
+) -> Result<(), StoreError> {
+    if id.is_empty() || id.contains('\0') {
+        return Ok(());
+    }
+    for entry in index_range(by_queue, id, query.since_ms, query.order)?.take(query.limit) {
+        let (key, _) = entry.map_err(err)?;
         keys.extend(key_from_index(key.value()));
-        if let Ok(id) = std::str::from_utf8(queue.value())
-            && !id.is_empty()
-        {
-            queue_ids.insert(id.to_owned());
-        }
     }
     Ok(())
+}
+
+/// The stories an address or a Message-ID opened, gathered into `keys`.
+struct Stories<'q, 't> {
+    by_queue: &'t redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    query: &'q Query,
+    /// Stories that opened before this cannot have events since the query's time.
+    opened_from: u64,
+    /// Queue ids whose stories are in `keys` already.
+    seen: HashSet<Vec<u8>>,
+    keys: &'q mut BTreeSet<Key>,
+}
+
+impl Stories<'_, '_> {
+    /// Adds the events of the stories `value` opened in `table`, in the query's order, until
+    /// `limit` events are gathered. An entry whose event has no queue id is that event alone.
+    fn scan(
+        &mut self,
+        table: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+        value: &str,
+    ) -> Result<(), StoreError> {
+        if value.is_empty() || value.contains('\0') {
+            return Ok(());
+        }
+        for entry in index_range(table, value, self.opened_from, self.query.order)? {
+            if self.keys.len() >= self.query.limit {
+                break;
+            }
+            let (key, queue) = entry.map_err(err)?;
+            let queue = queue.value();
+            if queue.is_empty() {
+                if let Some(key) = key_from_index(key.value()).filter(|(at, _)| *at >= self.query.since_ms) {
+                    self.keys.insert(key);
+                }
+            } else if self.seen.insert(queue.to_vec())
+                && let Ok(id) = std::str::from_utf8(queue)
+            {
+                story(self.by_queue, id, self.query, self.keys)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The event stored under `key`, if any (and readable).

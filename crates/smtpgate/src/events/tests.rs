@@ -35,7 +35,7 @@ fn delivered(at: u64, seq: u64, queue: &str, rcpt: &str) -> Event {
 
 fn store_with(events: Vec<Event>) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("events.redb")).unwrap();
+    let store = Store::open(&dir.path().join("events.redb"), SPAN).unwrap();
     let batch: Vec<(Event, String)> = events
         .into_iter()
         .map(|e| {
@@ -59,6 +59,9 @@ fn query(q: &str, order: Order) -> Query {
 fn types(events: &[Event]) -> Vec<(&str, Option<&str>)> {
     events.iter().map(|e| (e.kind.name(), e.queue_id.as_deref())).collect()
 }
+
+/// How long a copy can stay queued, in these stores (ms times are small: it spans them all).
+const SPAN: Duration = Duration::from_secs(3600);
 
 const Q1: &str = "00000000000000A1";
 const Q2: &str = "00000000000000B2";
@@ -120,8 +123,9 @@ fn retention_prunes_old_events_and_their_index_entries() {
     assert_eq!(store.count().unwrap(), 2);
     assert_eq!(store.index_len("message", "m1@example.org").unwrap(), 0);
     assert_eq!(store.index_len("queue", Q1).unwrap(), 1);
-    assert_eq!(store.index_len("address", "a@example.com").unwrap(), 1);
-    assert_eq!(store.index_len("address", "sender@example.org").unwrap(), 2);
+    // Only the opening events were indexed by address, and they are gone with their entries.
+    assert_eq!(store.index_len("address", "a@example.com").unwrap(), 0);
+    assert_eq!(store.index_len("address", "sender@example.org").unwrap(), 0);
     let left = store.query(&query(Q1, Order::Chronological)).unwrap();
     assert_eq!(types(&left), [("delivered", Some(Q1))]);
     // Over the size cap the oldest go first, even within the retention.
@@ -148,7 +152,7 @@ fn ids_are_unique_and_ordered() {
 #[test]
 fn a_full_channel_drops_and_counts_rather_than_blocking() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("events.redb")).unwrap());
+    let store = Arc::new(Store::open(&dir.path().join("events.redb"), SPAN).unwrap());
     // Nobody reads: the writer is as far behind as it can be.
     let (tx, _rx) = std::sync::mpsc::sync_channel(2);
     let metrics = Arc::new(Metrics::default());
@@ -175,7 +179,7 @@ fn events_are_written_with_stable_field_names_and_read_back() {
         log_max_size: 400,
         log_keep: 2,
     };
-    let events = Events::open(&config, dir.path(), Arc::new(Metrics::default()), Vec::new()).unwrap();
+    let events = Events::open(&config, dir.path(), SPAN, Arc::new(Metrics::default()), Vec::new()).unwrap();
     for e in two_messages() {
         events.emit(Event { id: String::new(), ..e });
     }
@@ -229,7 +233,7 @@ fn a_store_of_the_former_layout_opens_and_drops_its_old_indexes() {
         }
         txn.commit().unwrap();
     }
-    let store = Store::open(&path).unwrap();
+    let store = Store::open(&path, SPAN).unwrap();
     assert_eq!(store.count().unwrap(), 0);
     drop(store);
     let db = redb::Database::open(&path).unwrap();
@@ -241,4 +245,123 @@ fn a_store_of_the_former_layout_opens_and_drops_its_old_indexes() {
         .collect();
     assert!(!names.iter().any(|n| n == "by_address"), "{names:?}");
     assert!(names.iter().any(|n| n == "address_index"), "{names:?}");
+}
+
+#[test]
+fn only_the_opening_event_is_indexed_by_address_and_its_story_is_found_through_the_queue_id() {
+    let (_dir, store) = store_with(two_messages());
+    // One entry per story (the received event), none for the deliveries.
+    assert_eq!(store.index_len("address", "a@example.com").unwrap(), 1);
+    assert_eq!(store.index_len("address", "sender@example.org").unwrap(), 2);
+    assert_eq!(store.index_len("message", "m1@example.org").unwrap(), 1);
+    assert_eq!(store.index_len("queue", Q1).unwrap(), 2);
+    // `since` after the reception still finds the delivery of a story that opened before it.
+    let later = Query {
+        since_ms: 1500,
+        ..query("a@example.com", Order::Chronological)
+    };
+    assert_eq!(types(&store.query(&later).unwrap()), [("delivered", Some(Q1))]);
+    // A refusal has no queue id: its entry is the event itself.
+    let mut refused = event(
+        Kind::Refused {
+            reply: Reply {
+                code: Some(550),
+                status: None,
+                text: "no".into(),
+            },
+        },
+        3000,
+        9,
+        "",
+        None,
+        "c@example.com",
+    );
+    refused.queue_id = None;
+    store
+        .write(&[(refused.clone(), serde_json::to_string(&refused).unwrap())], false)
+        .unwrap();
+    let found = store.query(&query("c@example.com", Order::NewestFirst)).unwrap();
+    assert_eq!(types(&found), [("refused", None)]);
+}
+
+#[test]
+fn an_address_finds_no_story_that_opened_longer_than_a_queue_lifetime_before_since() {
+    let span = SPAN.as_millis() as u64;
+    let (_dir, store) = store_with(vec![
+        received(1000, 1, Q1, None, "a@example.com"),
+        // Delivered within the span of its reception, long after it.
+        delivered(1000 + span, 2, Q1, "a@example.com"),
+    ]);
+    let within = Query {
+        since_ms: 1000 + span - 1,
+        ..query("a@example.com", Order::Chronological)
+    };
+    assert_eq!(types(&store.query(&within).unwrap()), [("delivered", Some(Q1))]);
+    let past = Query {
+        since_ms: 1001 + span,
+        ..query("a@example.com", Order::Chronological)
+    };
+    assert!(store.query(&past).unwrap().is_empty());
+}
+
+#[test]
+fn batches_that_interleave_with_what_is_stored_are_spliced_in_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("events.redb"), SPAN).unwrap();
+    let write = |events: Vec<Event>| {
+        let batch: Vec<(Event, String)> = events
+            .into_iter()
+            .map(|e| {
+                let json = serde_json::to_string(&e).unwrap();
+                (e, json)
+            })
+            .collect();
+        store.write(&batch, false).unwrap();
+    };
+    let queue = |n: u64| format!("{n:016X}");
+    // Every tenth copy first, then the others around and between them, then their deliveries
+    // (each after its copy's reception, so in the middle of the queue index), out of order.
+    write(
+        (0..200)
+            .step_by(10)
+            .map(|n| received(1000 + n, n, &queue(n), None, "r@example.com"))
+            .collect(),
+    );
+    write(
+        (0..200)
+            .rev()
+            .filter(|n| n % 10 != 0)
+            .map(|n| received(1000 + n, n, &queue(n), None, "r@example.com"))
+            .collect(),
+    );
+    write(
+        (0..200)
+            .map(|n| delivered(5000 + n, 1000 + n, &queue(n), "r@example.com"))
+            .collect(),
+    );
+    // The same events again: stored once.
+    write(
+        (0..5)
+            .map(|n| delivered(5000 + n, 1000 + n, &queue(n), "r@example.com"))
+            .collect(),
+    );
+    assert_eq!(store.count().unwrap(), 400);
+    for n in 0..200 {
+        let story = store.query(&query(&queue(n), Order::Chronological)).unwrap();
+        assert_eq!(
+            types(&story),
+            [
+                ("received", Some(queue(n).as_str())),
+                ("delivered", Some(queue(n).as_str()))
+            ],
+            "copy {n}"
+        );
+    }
+    let all = Query {
+        limit: 10_000,
+        ..query("r@example.com", Order::Chronological)
+    };
+    let found = store.query(&all).unwrap();
+    assert_eq!(found.len(), 400);
+    assert!(found.windows(2).all(|w| w[0].at <= w[1].at));
 }
