@@ -260,7 +260,7 @@ impl WebhookRelay {
 }
 
 impl crate::events::EventSink for WebhookRelay {
-    fn publish(&self, _event: &crate::events::Event, json: &str) {
+    fn publish(&self, json: &str) {
         let webhooks = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(webhooks) = webhooks.filter(|w| !w.is_empty()) else {
             return;

@@ -9,7 +9,6 @@
 //! end, a copy's next events after its last) are spliced in as one run. Pruning removes the
 //! oldest events with their index entries.
 
-use std::borrow::Cow;
 use std::collections::{BTreeSet, HashSet};
 use std::ops::Bound;
 use std::path::Path;
@@ -19,8 +18,7 @@ use redb::{
     CursorError, Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
 
-use super::Event;
-use super::id::seq_of;
+use super::{Event, Recorded};
 
 type Key = (u64, u64);
 type Index = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -101,9 +99,9 @@ impl Store {
         })
     }
 
-    /// Stores a batch of events (each with its JSON) in one transaction; `durable` waits for the
-    /// disk (else a later durable commit or a clean close makes it so).
-    pub fn write(&self, batch: &[(Event, String)], durable: bool) -> Result<(), StoreError> {
+    /// Stores a batch of events in one transaction; `durable` waits for the disk (else a later
+    /// durable commit or a clean close makes it so).
+    pub fn write(&self, batch: &[Recorded], durable: bool) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(err)?;
         if !durable {
             txn.set_durability(Durability::None)
@@ -112,22 +110,22 @@ impl Store {
         // Each table's entries in key order, so that the keys that fall into one gap of a
         // table (new events at its end, a queue id's next events after its last) go in as one
         // run rather than one descent each.
-        let keys: Vec<IndexKeys> = batch.iter().map(|(event, _)| IndexKeys::of(event)).collect();
         let mut stored: Vec<(Key, &[u8])> = Vec::with_capacity(batch.len());
         let mut queue_entries = Vec::with_capacity(batch.len());
         let mut message_entries = Vec::new();
         let mut address_entries = Vec::with_capacity(2 * batch.len());
-        for ((event, json), keys) in batch.iter().zip(&keys) {
-            let (at, seq) = key_of(event);
-            stored.push(((at, seq), json.as_bytes()));
-            let queue = keys.queue.as_deref().unwrap_or("").as_bytes();
-            if let Some(q) = &keys.queue {
+        for event in batch {
+            let (at, seq) = (event.at, event.seq);
+            stored.push(((at, seq), event.json().as_bytes()));
+            let keys = IndexKeys::of(event.index());
+            let queue = keys.queue.unwrap_or("").as_bytes();
+            if let Some(q) = keys.queue {
                 queue_entries.push((index_key(&mut Vec::new(), q, at, seq).to_vec(), &[][..]));
             }
-            if let Some(m) = &keys.message {
+            if let Some(m) = keys.message {
                 message_entries.push((index_key(&mut Vec::new(), m, at, seq).to_vec(), queue));
             }
-            for a in &keys.addresses {
+            for a in keys.addresses() {
                 address_entries.push((index_key(&mut Vec::new(), a, at, seq).to_vec(), queue));
             }
         }
@@ -277,19 +275,21 @@ impl Store {
             let mut by_queue = txn.open_table(BY_QUEUE).map_err(err)?;
             let mut by_message = txn.open_table(BY_MESSAGE).map_err(err)?;
             let mut by_address = txn.open_table(BY_ADDRESS).map_err(err)?;
-            let mut key = Vec::new();
+            let (mut key, mut values) = (Vec::new(), String::new());
             for ((at, seq), event) in oldest {
                 events.remove((at, seq)).map_err(err)?;
                 removed += 1;
                 let Some(event) = event else { continue };
-                let keys = IndexKeys::of(&event);
-                if let Some(q) = &keys.queue {
+                values.clear();
+                super::index_values(&event, &mut values);
+                let keys = IndexKeys::of(super::index_parts(&values));
+                if let Some(q) = keys.queue {
                     by_queue.remove(index_key(&mut key, q, at, seq)).map_err(err)?;
                 }
-                if let Some(m) = &keys.message {
+                if let Some(m) = keys.message {
                     by_message.remove(index_key(&mut key, m, at, seq)).map_err(err)?;
                 }
-                for a in &keys.addresses {
+                for a in keys.addresses() {
                     by_address.remove(index_key(&mut key, a, at, seq)).map_err(err)?;
                 }
             }
@@ -344,59 +344,26 @@ where
     Ok(())
 }
 
-/// Where an event is stored.
-fn key_of(event: &Event) -> Key {
-    (event.at, seq_of(&event.id))
-}
-
-/// The index values of one event: borrowed from it when already in their indexed form (the
-/// usual case: the writer allocates nothing per event for them).
-struct IndexKeys<'a> {
-    queue: Option<Cow<'a, str>>,
+/// The index values of one event, as [`super::index_values`] wrote them (normalised, each
+/// address once).
+struct IndexKeys<'a, I> {
+    queue: Option<&'a str>,
     message: Option<&'a str>,
-    addresses: Vec<Cow<'a, str>>,
+    rest: I,
 }
 
-impl<'a> IndexKeys<'a> {
-    fn of(event: &'a Event) -> IndexKeys<'a> {
-        let queue = event.queue_id.as_deref().map(upper);
-        // An event that goes on a queued copy's story is found through the copy's queue id.
-        if queue.is_some() && event.kind.continues_story() {
-            return IndexKeys {
-                queue,
-                message: None,
-                addresses: Vec::new(),
-            };
-        }
-        let mut addresses: Vec<Cow<'a, str>> = Vec::with_capacity(1 + event.recipients.len());
-        for a in event.sender.iter().chain(&event.recipients) {
-            if a.is_empty() {
-                continue;
-            }
-            let a = lower(a);
-            if !addresses.contains(&a) {
-                addresses.push(a);
-            }
-        }
+impl<'a, I: Iterator<Item = (u8, &'a str)> + Clone> IndexKeys<'a, I> {
+    fn of(parts: I) -> IndexKeys<'a, I> {
+        let find = |tag| parts.clone().find(|(t, _)| *t == tag).map(|(_, v)| v);
         IndexKeys {
-            queue,
-            message: event.message_id.as_deref(),
-            addresses,
+            queue: find(b'Q'),
+            message: find(b'M'),
+            rest: parts,
         }
     }
-}
 
-fn lower(s: &str) -> Cow<'_, str> {
-    match s.bytes().any(|b| b.is_ascii_uppercase()) {
-        true => Cow::Owned(s.to_ascii_lowercase()),
-        false => Cow::Borrowed(s),
-    }
-}
-
-fn upper(s: &str) -> Cow<'_, str> {
-    match s.bytes().any(|b| b.is_ascii_lowercase()) {
-        true => Cow::Owned(s.to_ascii_uppercase()),
-        false => Cow::Borrowed(s),
+    fn addresses(&self) -> impl Iterator<Item = &'a str> + use<'a, I> {
+        self.rest.clone().filter(|(t, _)| *t == b'A').map(|(_, v)| v)
     }
 }
 

@@ -1,14 +1,16 @@
 //! The one writer thread: takes events off the channel in batches (what comes within 200 ms of
-//! the first), stores each batch in one transaction, appends it to the JSON-lines file and hands it to the other sinks; prunes the
-//! store once a minute. A commit waits for the disk at most once a second (and at a flush):
-//! the store is a history, and a crash loses at most the last second of it.
+//! the first; each already a JSON line with its index values, made by the thread that emitted
+//! it), stores each batch in one transaction, appends it to the JSON-lines file and hands it to
+//! the other sinks; prunes the store once a minute. A commit waits for the disk at most once a
+//! second (and at a flush): the store is a history, and a crash loses at most the last second of
+//! it.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use super::log::LogFile;
-use super::{EventSink, Msg, Store};
+use super::{EventSink, Msg, Recorded, Store};
 use crate::config::EventsConfig;
 
 /// Events stored in one transaction at most.
@@ -96,10 +98,7 @@ impl Writer {
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Event(event) => {
-                    let json = serde_json::to_string(&event).unwrap_or_default();
-                    events.push((*event, json));
-                }
+                Msg::Event(event) => events.push(event),
                 Msg::Flush(done) => {
                     self.commit(&mut events, true);
                     let _ = done.send(());
@@ -114,7 +113,7 @@ impl Writer {
     }
 
     /// Stores, logs and publishes `events`; with `durable` (or after a second), waits for the disk.
-    fn commit(&mut self, events: &mut Vec<(super::Event, String)>, durable: bool) {
+    fn commit(&mut self, events: &mut Vec<Recorded>, durable: bool) {
         if events.is_empty() && !(durable && self.pending) {
             return;
         }
@@ -126,8 +125,8 @@ impl Writer {
             self.last_durable = Instant::now();
         }
         self.pending = !durable;
-        for (event, json) in events.iter() {
-            self.publish(event, json);
+        for event in events.iter() {
+            self.publish(event.json());
         }
         if let Some(log) = &mut self.log
             && let Err(e) = log.flush()
@@ -137,14 +136,14 @@ impl Writer {
         events.clear();
     }
 
-    fn publish(&mut self, event: &super::Event, json: &str) {
+    fn publish(&mut self, json: &str) {
         if let Some(log) = &mut self.log
             && let Err(e) = log.append(json)
         {
             tracing::error!(error = %e, "events: cannot write the log file");
         }
         for sink in &self.sinks {
-            sink.publish(event, json);
+            sink.publish(json);
         }
     }
 
