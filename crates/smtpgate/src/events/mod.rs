@@ -41,8 +41,8 @@ mod tests;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -282,76 +282,110 @@ enum Msg {
 
 /// An event as the writer takes it: its JSON line and the values it is indexed under, in one
 /// buffer made on the emitting thread. The event's own fields are freed where they were made,
-/// and the writer frees one block per event, not a dozen made on other threads (which is what
-/// makes the allocator of a busy gate slow).
+/// and the buffer goes back to the emitting threads once stored ([`Buffers`]): nothing made on
+/// one thread is freed on another, which is what slows the allocator of a busy gate.
 pub struct Recorded {
     /// Unix ms and sequence: where the event is stored.
     pub(crate) at: u64,
     pub(crate) seq: u64,
+    json_len: usize,
     /// The JSON line, then each index value as `NUL tag value`: `Q` the queue id (upper case),
-    /// `M` the Message-ID, `A` an address (lower case). JSON escapes every control character, so
-    /// the first NUL ends it; values holding a NUL are not indexed.
-    buf: String,
+    /// `M` the Message-ID, `A` an address (lower case); values holding a NUL are not indexed.
+    buf: Vec<u8>,
 }
 
 impl Recorded {
-    /// The event's JSON line and index values. Only an event that opens a story is indexed by
-    /// address and Message-ID: later ones are found through their queue id.
-    pub fn of(event: &Event) -> Recorded {
-        let mut json = Vec::with_capacity(512);
-        // Writing to memory cannot fail, nor can serializing these plain fields; the JSON is
-        // UTF-8.
-        let _ = serde_json::to_writer(&mut json, event);
-        let mut buf = String::from_utf8(json).unwrap_or_default();
+    /// The event's JSON line and index values, in `buf` (emptied first). Only an event that
+    /// opens a story is indexed by address and Message-ID: later ones are found through their
+    /// queue id.
+    pub fn of(event: &Event, buf: Vec<u8>) -> Recorded {
+        let mut buf = buf;
+        buf.clear();
+        // Writing to memory cannot fail, nor can serializing these plain fields.
+        let _ = serde_json::to_writer(&mut buf, event);
+        let json_len = buf.len();
         index_values(event, &mut buf);
         Recorded {
             at: event.at,
             seq: id::seq_of(&event.id),
+            json_len,
             buf,
         }
     }
 
+    /// The JSON line (UTF-8, as serde_json writes it).
     pub fn json(&self) -> &str {
-        self.buf.split('\0').next().unwrap_or_default()
+        std::str::from_utf8(&self.buf[..self.json_len]).unwrap_or_default()
     }
 
     /// The index values: `(tag, value)`.
     pub(crate) fn index(&self) -> impl Iterator<Item = (u8, &str)> + Clone {
-        index_parts(&self.buf)
+        index_parts(&self.buf[self.json_len..])
     }
 }
 
 /// Appends `event`'s index values to `buf` (see [`Recorded`]).
-pub(crate) fn index_values(event: &Event, buf: &mut String) {
-    let mut value = |tag: char, v: &str, case: fn(char) -> char| {
+pub(crate) fn index_values(event: &Event, buf: &mut Vec<u8>) {
+    let mut value = |tag: u8, v: &str, case: fn(&u8) -> u8| {
         if v.is_empty() || v.contains('\0') {
             return;
         }
-        buf.push('\0');
+        buf.push(0);
         buf.push(tag);
-        buf.extend(v.chars().map(case));
+        buf.extend(v.as_bytes().iter().map(case));
     };
     if let Some(q) = &event.queue_id {
-        value('Q', q, |c| c.to_ascii_uppercase());
+        value(b'Q', q, u8::to_ascii_uppercase);
         if event.kind.continues_story() {
             return;
         }
     }
     if let Some(m) = &event.message_id {
-        value('M', m, |c| c);
+        value(b'M', m, |b| *b);
     }
     let addresses = event.sender.iter().chain(&event.recipients);
     for (n, a) in addresses.clone().enumerate() {
         // Each address once, in any case.
         if !addresses.clone().take(n).any(|b| b.eq_ignore_ascii_case(a)) {
-            value('A', a, |c| c.to_ascii_lowercase());
+            value(b'A', a, u8::to_ascii_lowercase);
         }
     }
 }
 
-/// The `(tag, value)` pairs after the JSON line in a buffer of [`index_values`].
-pub(crate) fn index_parts(buf: &str) -> impl Iterator<Item = (u8, &str)> + Clone {
-    buf.split('\0').skip(1).filter_map(|part| Some((*part.as_bytes().first()?, &part[1..])))
+/// The `(tag, value)` pairs of index values written by [`index_values`].
+pub(crate) fn index_parts(values: &[u8]) -> impl Iterator<Item = (u8, &str)> + Clone {
+    values.split(|b| *b == 0).skip(1).filter_map(|part| {
+        let (tag, value) = part.split_first()?;
+        Some((*tag, std::str::from_utf8(value).ok()?))
+    })
+}
+
+/// Event buffers on their way back from the writer to the emitting threads: in a steady flow
+/// each is made once and used again.
+#[derive(Clone, Default)]
+pub(crate) struct Buffers(Arc<Mutex<Vec<Vec<u8>>>>);
+
+/// Buffers kept for use again at most (what a second of a busy gate's events takes).
+const BUFFERS_KEPT: usize = 4096;
+/// The size a buffer is made with (an event's JSON line is a few hundred bytes).
+const BUFFER_SIZE: usize = 1024;
+
+impl Buffers {
+    fn take(&self) -> Vec<u8> {
+        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        kept.unwrap_or_else(|| Vec::with_capacity(BUFFER_SIZE))
+    }
+
+    /// Keeps the buffers of stored events for use again (up to [`BUFFERS_KEPT`], none much
+    /// larger than usual).
+    pub(crate) fn give(&self, events: impl Iterator<Item = Recorded>) {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for event in events {
+            if kept.len() < BUFFERS_KEPT && event.buf.capacity() <= 4 * BUFFER_SIZE {
+                kept.push(event.buf);
+            }
+        }
+    }
 }
 
 /// The handle in the `Context`: cheap to clone; does nothing when events are disabled.
@@ -366,6 +400,7 @@ struct Inner {
     node: String,
     metrics: Arc<Metrics>,
     store: Arc<Store>,
+    buffers: Buffers,
 }
 
 /// Why the event store could not be opened.
@@ -389,14 +424,16 @@ impl Events {
         }
         let path = config.dir.as_deref().unwrap_or(spool_dir).join("events.redb");
         let store = Arc::new(Store::open(&path, story_span).map_err(|e| OpenError(path.clone(), e))?);
-        let tx = writer::start(config, store.clone(), sinks, CHANNEL);
-        Ok(Events::with(tx, store, config.node.clone(), metrics))
+        let buffers = Buffers::default();
+        let tx = writer::start(config, store.clone(), sinks, buffers.clone(), CHANNEL);
+        Ok(Events::with(tx, store, buffers, config.node.clone(), metrics))
     }
 
-    fn with(tx: SyncSender<Msg>, store: Arc<Store>, node: String, metrics: Arc<Metrics>) -> Events {
+    fn with(tx: SyncSender<Msg>, store: Arc<Store>, buffers: Buffers, node: String, metrics: Arc<Metrics>) -> Events {
         Events {
             inner: Some(Arc::new(Inner {
                 tx,
+                buffers,
                 ids: IdGen::new(),
                 node,
                 metrics,
@@ -418,7 +455,8 @@ impl Events {
         event.id = id;
         event.at = at;
         event.node.clone_from(&inner.node);
-        match inner.tx.try_send(Msg::Event(Recorded::of(&event))) {
+        let recorded = Recorded::of(&event, inner.buffers.take());
+        match inner.tx.try_send(Msg::Event(recorded)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => inner.metrics.events_dropped.inc(),
         }

@@ -275,7 +275,7 @@ impl Store {
             let mut by_queue = txn.open_table(BY_QUEUE).map_err(err)?;
             let mut by_message = txn.open_table(BY_MESSAGE).map_err(err)?;
             let mut by_address = txn.open_table(BY_ADDRESS).map_err(err)?;
-            let (mut key, mut values) = (Vec::new(), String::new());
+            let (mut key, mut values) = (Vec::new(), Vec::new());
             for ((at, seq), event) in oldest {
                 events.remove((at, seq)).map_err(err)?;
                 removed += 1;

@@ -36,7 +36,7 @@ fn delivered(at: u64, seq: u64, queue: &str, rcpt: &str) -> Event {
 fn store_with(events: Vec<Event>) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("events.redb"), SPAN).unwrap();
-    let batch: Vec<Recorded> = events.iter().map(Recorded::of).collect();
+    let batch: Vec<Recorded> = events.iter().map(|e| Recorded::of(e, Vec::new())).collect();
     store.write(&batch, false).unwrap();
     (dir, store)
 }
@@ -150,7 +150,7 @@ fn a_full_channel_drops_and_counts_rather_than_blocking() {
     // Nobody reads: the writer is as far behind as it can be.
     let (tx, _rx) = std::sync::mpsc::sync_channel(2);
     let metrics = Arc::new(Metrics::default());
-    let events = Events::with(tx, store, "node-a".into(), metrics.clone());
+    let events = Events::with(tx, store, Buffers::default(), "node-a".into(), metrics.clone());
     let started = std::time::Instant::now();
     for _ in 0..5 {
         events.emit(Event::new(Kind::Received { size: 1 }));
@@ -272,7 +272,7 @@ fn only_the_opening_event_is_indexed_by_address_and_its_story_is_found_through_t
     );
     refused.queue_id = None;
     store
-        .write(&[Recorded::of(&refused)], false)
+        .write(&[Recorded::of(&refused, Vec::new())], false)
         .unwrap();
     let found = store.query(&query("c@example.com", Order::NewestFirst)).unwrap();
     assert_eq!(types(&found), [("refused", None)]);
@@ -303,7 +303,7 @@ fn batches_that_interleave_with_what_is_stored_are_spliced_in_whole() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("events.redb"), SPAN).unwrap();
     let write = |events: Vec<Event>| {
-        let batch: Vec<Recorded> = events.iter().map(Recorded::of).collect();
+        let batch: Vec<Recorded> = events.iter().map(|e| Recorded::of(e, Vec::new())).collect();
         store.write(&batch, false).unwrap();
     };
     let queue = |n: u64| format!("{n:016X}");
@@ -376,7 +376,7 @@ fn zz_micro() {
         all.push(e);
     }
     let t = std::time::Instant::now();
-    let batch: Vec<Recorded> = all.iter().map(Recorded::of).collect();
+    let batch: Vec<Recorded> = all.iter().map(|e| Recorded::of(e, Vec::new())).collect();
     println!("json {:?}", t.elapsed());
     let t = std::time::Instant::now();
     for chunk in batch.chunks(2000) {

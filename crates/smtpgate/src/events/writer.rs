@@ -10,7 +10,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use super::log::LogFile;
-use super::{EventSink, Msg, Recorded, Store};
+use super::{Buffers, EventSink, Msg, Recorded, Store};
 use crate::config::EventsConfig;
 
 /// Events stored in one transaction at most.
@@ -26,6 +26,8 @@ struct Writer {
     store: Arc<Store>,
     log: Option<LogFile>,
     sinks: Vec<Box<dyn EventSink>>,
+    /// Where the buffers of stored events go back to.
+    buffers: Buffers,
     retention: Duration,
     max_size: u64,
     last_durable: Instant,
@@ -38,6 +40,7 @@ pub(super) fn start(
     config: &EventsConfig,
     store: Arc<Store>,
     sinks: Vec<Box<dyn EventSink>>,
+    buffers: Buffers,
     capacity: usize,
 ) -> SyncSender<Msg> {
     let (tx, rx) = sync_channel(capacity);
@@ -48,6 +51,7 @@ pub(super) fn start(
             .clone()
             .map(|p| LogFile::new(p, config.log_max_size, config.log_keep)),
         sinks,
+        buffers,
         retention: config.retention,
         max_size: config.max_size,
         last_durable: Instant::now(),
@@ -133,7 +137,7 @@ impl Writer {
         {
             tracing::error!(error = %e, "events: cannot write the log file");
         }
-        events.clear();
+        self.buffers.give(events.drain(..));
     }
 
     fn publish(&mut self, json: &str) {
