@@ -318,6 +318,11 @@ impl Recorded {
         std::str::from_utf8(&self.buf[..self.json_len]).unwrap_or_default()
     }
 
+    /// The JSON line's bytes.
+    pub(crate) fn json_bytes(&self) -> &[u8] {
+        &self.buf[..self.json_len]
+    }
+
     /// The index values: `(tag, value)`.
     pub(crate) fn index(&self) -> impl Iterator<Item = (u8, &str)> + Clone {
         index_parts(&self.buf[self.json_len..])

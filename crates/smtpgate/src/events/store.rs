@@ -111,39 +111,32 @@ impl Store {
         // table (new events at its end, a queue id's next events after its last) go in as one
         // run rather than one descent each.
         let mut stored: Vec<(Key, &[u8])> = Vec::with_capacity(batch.len());
-        let mut queue_entries = Vec::with_capacity(batch.len());
-        let mut message_entries = Vec::new();
-        let mut address_entries = Vec::with_capacity(2 * batch.len());
+        let mut by_queue = Entries::with_capacity(batch.len());
+        let mut by_message = Entries::with_capacity(batch.len() / 2);
+        let mut by_address = Entries::with_capacity(batch.len());
         for event in batch {
             let (at, seq) = (event.at, event.seq);
-            stored.push(((at, seq), event.json().as_bytes()));
+            stored.push(((at, seq), event.json_bytes()));
             let keys = IndexKeys::of(event.index());
             let queue = keys.queue.unwrap_or("").as_bytes();
             if let Some(q) = keys.queue {
-                queue_entries.push((index_key(&mut Vec::new(), q, at, seq).to_vec(), &[][..]));
+                by_queue.push(q, at, seq, &[]);
             }
             if let Some(m) = keys.message {
-                message_entries.push((index_key(&mut Vec::new(), m, at, seq).to_vec(), queue));
+                by_message.push(m, at, seq, queue);
             }
             for a in keys.addresses() {
-                address_entries.push((index_key(&mut Vec::new(), a, at, seq).to_vec(), queue));
+                by_address.push(a, at, seq, queue);
             }
         }
         stored.sort_unstable_by_key(|(key, _)| *key);
-        for entries in [&mut queue_entries, &mut message_entries, &mut address_entries] {
-            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        }
         splice(
             &mut txn.open_table(EVENTS).map_err(err)?,
             stored.iter().map(|(k, v)| (*k, *v)),
         )?;
-        for (table, entries) in [
-            (BY_QUEUE, &queue_entries),
-            (BY_MESSAGE, &message_entries),
-            (BY_ADDRESS, &address_entries),
-        ] {
-            let mut table = txn.open_table(table).map_err(err)?;
-            splice(&mut table, entries.iter().map(|(k, v)| (k.as_slice(), *v)))?;
+        for (table, mut entries) in [(BY_QUEUE, by_queue), (BY_MESSAGE, by_message), (BY_ADDRESS, by_address)] {
+            entries.sort();
+            splice(&mut txn.open_table(table).map_err(err)?, entries.iter())?;
         }
         txn.commit().map_err(err)
     }
@@ -342,6 +335,40 @@ where
         }
     }
     Ok(())
+}
+
+/// A batch's entries for one index: the keys in one buffer, each with its value.
+struct Entries<'v> {
+    keys: Vec<u8>,
+    entries: Vec<(std::ops::Range<usize>, &'v [u8])>,
+}
+
+impl<'v> Entries<'v> {
+    fn with_capacity(n: usize) -> Entries<'v> {
+        Entries {
+            keys: Vec::with_capacity(n * 48),
+            entries: Vec::with_capacity(n),
+        }
+    }
+
+    /// Adds the key `value NUL at seq` (see [`index_key`]) with `stored` as its value.
+    fn push(&mut self, value: &str, at: u64, seq: u64, stored: &'v [u8]) {
+        let start = self.keys.len();
+        self.keys.extend_from_slice(value.as_bytes());
+        self.keys.push(0);
+        self.keys.extend_from_slice(&at.to_be_bytes());
+        self.keys.extend_from_slice(&seq.to_be_bytes());
+        self.entries.push((start..self.keys.len(), stored));
+    }
+
+    fn sort(&mut self) {
+        let keys = &self.keys;
+        self.entries.sort_unstable_by(|a, b| keys[a.0.clone()].cmp(&keys[b.0.clone()]));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&[u8], &'v [u8])> {
+        self.entries.iter().map(|(range, stored)| (&self.keys[range.clone()], *stored))
+    }
 }
 
 /// The index values of one event, as [`super::index_values`] wrote them (normalised, each
