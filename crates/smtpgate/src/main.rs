@@ -54,27 +54,15 @@ enum Cmd {
     },
     /// List, add and remove suppressed addresses (asks the running server on its admin address).
     Suppression {
-        #[arg(long, short, global = true)]
-        config: Option<PathBuf>,
-        /// The admin address, when the configuration's is port 0.
-        #[arg(long, global = true)]
-        admin: Option<std::net::SocketAddr>,
-        /// The admin token's file (default: `admin.token_file`, or `admin.token` in the spool).
-        #[arg(long, global = true)]
-        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminFlags,
         #[command(subcommand)]
         command: SuppressionCmd,
     },
     /// List, change, start and cancel adaptive throttling actions (asks the running server).
     Throttle {
-        #[arg(long, short, global = true)]
-        config: Option<PathBuf>,
-        /// The admin address, when the configuration's is port 0.
-        #[arg(long, global = true)]
-        admin: Option<std::net::SocketAddr>,
-        /// The admin token's file (default: `admin.token_file`, or `admin.token` in the spool).
-        #[arg(long, global = true)]
-        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminFlags,
         #[command(subcommand)]
         command: ThrottleCmd,
     },
@@ -88,39 +76,21 @@ enum Cmd {
         /// One JSON event per line instead of a timeline.
         #[arg(long)]
         json: bool,
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// The admin address, when the configuration's is port 0.
-        #[arg(long)]
-        admin: Option<std::net::SocketAddr>,
-        /// The admin token's file (default: `admin.token_file`, or `admin.token` in the spool).
-        #[arg(long)]
-        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminFlags,
     },
     /// List, show, retry, bounce, delete, hold and release queued messages (asks the running server).
     Queue {
-        #[arg(long, short, global = true)]
-        config: Option<PathBuf>,
-        /// The admin address, when the configuration's is port 0.
-        #[arg(long, global = true)]
-        admin: Option<std::net::SocketAddr>,
-        /// The admin token's file (default: `admin.token_file`, or `admin.token` in the spool).
-        #[arg(long, global = true)]
-        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminFlags,
         #[command(subcommand)]
         command: QueueCmd,
     },
     /// Counts per time range: received, delivered, bounced, deferred, rates, latency (asks the
     /// running server; `/api/v1/stats`).
     Stats {
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// The admin address, when the configuration's is port 0.
-        #[arg(long)]
-        admin: Option<std::net::SocketAddr>,
-        /// The admin token's file (default: `admin.token_file`, or `admin.token` in the spool).
-        #[arg(long)]
-        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminFlags,
         /// Break down by domain, mx, route, pool, stream, listener or sender_domain.
         #[arg(long)]
         by: Option<String>,
@@ -211,6 +181,7 @@ impl SuspendTarget {
 /// How to reach the running server's admin address, as for `smtpgate queue`.
 #[derive(clap::Args)]
 struct AdminFlags {
+    /// The server's configuration file (where its admin address and token are).
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     /// The admin address, when the configuration's is port 0.
@@ -423,50 +394,23 @@ fn main() -> ExitCode {
             token_file,
             command,
         } => quarantine(config, token_file, command),
-        Cmd::Suppression {
-            config,
-            admin,
-            token_file,
-            command,
-        } => suppression(config, AdminArgs { admin, token_file }, command),
-        Cmd::Throttle {
-            config,
-            admin,
-            token_file,
-            command,
-        } => throttle(config, AdminArgs { admin, token_file }, command),
+        Cmd::Suppression { admin, command } => suppression(admin, command),
+        Cmd::Throttle { admin, command } => throttle(admin, command),
         Cmd::Trace {
             query,
             since,
             json,
-            config,
             admin,
-            token_file,
-        } => trace(config, AdminArgs { admin, token_file }, &query, since, json),
-        Cmd::Queue {
-            config,
-            admin,
-            token_file,
-            command,
-        } => queue(config, AdminArgs { admin, token_file }, command),
+        } => trace(admin, &query, since, json),
+        Cmd::Queue { admin, command } => queue(admin, command),
         Cmd::Stats {
-            config,
             admin,
-            token_file,
             by,
             since,
             bucket,
             json,
             all_nodes,
-        } => stats(
-            config,
-            AdminArgs { admin, token_file },
-            by,
-            &since,
-            &bucket,
-            json,
-            all_nodes,
-        ),
+        } => stats(admin, by, &since, &bucket, json, all_nodes),
     };
     match result {
         Ok(code) => code,
@@ -753,8 +697,8 @@ fn quarantine(
     Ok(ExitCode::SUCCESS)
 }
 
-fn suppression(config: Option<PathBuf>, args: AdminArgs, command: SuppressionCmd) -> anyhow::Result<ExitCode> {
-    let client = AdminClient::new(&load_or_builtin(config)?, args)?;
+fn suppression(admin: AdminFlags, command: SuppressionCmd) -> anyhow::Result<ExitCode> {
+    let client = admin.client()?;
     let path = |address: &str| format!("/api/v1/suppression/{}", url_encode(address, "@+"));
     match command {
         SuppressionCmd::List => print!("{}", client.request("GET", "/api/v1/suppression")?),
@@ -764,8 +708,8 @@ fn suppression(config: Option<PathBuf>, args: AdminArgs, command: SuppressionCmd
     Ok(ExitCode::SUCCESS)
 }
 
-fn throttle(config: Option<PathBuf>, args: AdminArgs, command: ThrottleCmd) -> anyhow::Result<ExitCode> {
-    let client = AdminClient::new(&load_or_builtin(config)?, args)?;
+fn throttle(admin: AdminFlags, command: ThrottleCmd) -> anyhow::Result<ExitCode> {
+    let client = admin.client()?;
     let path = |key: &str| format!("/api/v1/throttles/{}", url_encode(key, "/:*"));
     let body = match command {
         ThrottleCmd::List => client.request("GET", "/api/v1/throttles")?,
@@ -854,14 +798,8 @@ fn config_cmd(admin: AdminFlags, command: ConfigCmd) -> anyhow::Result<ExitCode>
 
 /// Asks the running server for the history of `query` and prints it oldest first: a timeline
 /// (time, type, queue id, recipients, reply and server) or, with `json`, one event per line.
-fn trace(
-    config: Option<PathBuf>,
-    args: AdminArgs,
-    query: &str,
-    since: Option<String>,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let client = AdminClient::new(&load_or_builtin(config)?, args)?;
+fn trace(admin: AdminFlags, query: &str, since: Option<String>, json: bool) -> anyhow::Result<ExitCode> {
+    let client = admin.client()?;
     let mut path = format!("/api/v1/messages?order=asc&q={}", url_encode(query, "@"));
     if let Some(since) = since {
         path.push_str(&format!("&since={}", url_encode(&since, "")));
@@ -879,15 +817,14 @@ fn trace(
 
 /// `smtpgate stats`: the API's report as a table, or as it came with `--json`.
 fn stats(
-    config: Option<PathBuf>,
-    args: AdminArgs,
+    admin: AdminFlags,
     by: Option<String>,
     since: &str,
     bucket: &str,
     json: bool,
     all_nodes: bool,
 ) -> anyhow::Result<ExitCode> {
-    let client = AdminClient::new(&load_or_builtin(config)?, args)?;
+    let client = admin.client()?;
     let by = by.map(|b| format!("&by={}", url_encode(&b, ""))).unwrap_or_default();
     let (since, bucket) = (url_encode(since, ""), url_encode(bucket, ""));
     let nodes = if all_nodes { "&nodes=all" } else { "" };
@@ -934,8 +871,8 @@ fn timeline_line(e: &serde_json::Value) -> String {
     line
 }
 
-fn queue(config: Option<PathBuf>, args: AdminArgs, command: QueueCmd) -> anyhow::Result<ExitCode> {
-    let client = AdminClient::new(&load_or_builtin(config)?, args)?;
+fn queue(admin: AdminFlags, command: QueueCmd) -> anyhow::Result<ExitCode> {
+    let client = admin.client()?;
     let (action, target, reason) = match command {
         QueueCmd::List { filter, json } => {
             let body = client.request("GET", &format!("/api/v1/queue?{}", filter.query().join("&")))?;

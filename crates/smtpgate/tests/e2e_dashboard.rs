@@ -7,21 +7,13 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use support::{Gate, GateConfig, SOON, Upstream, message, run_with_deadline, smtplib_send, wait_until};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
+use support::{Gate, GateConfig, SOON, Upstream, dashboard_scripts, message, run_dashboard, smtplib_send, wait_until};
 
 #[test]
 fn the_dashboard_shows_what_happened_and_its_actions_work() {
-    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dashboard");
-    assert!(
-        scripts.join("node_modules/playwright-core").is_dir() && Path::new(CHROMIUM).exists(),
-        "the browser test needs {CHROMIUM} and playwright-core in {} (scripts/test.sh installs both)",
-        scripts.display()
-    );
+    let scripts = dashboard_scripts("the browser test");
     // Each misbehaving recipient misbehaves once: the deferred message goes on a retry.
     let upstream = Upstream::fail_first(1);
     let config = GateConfig::relay_to(upstream.addr())
@@ -61,23 +53,7 @@ fn the_dashboard_shows_what_happened_and_its_actions_work() {
         "delivered": 3, "bounced": 1, "queued": 1,
         "deferred": "tempfail-rcpt@example.org", "domain": "example.org",
     });
-    let mut node = Command::new("node");
-    node.arg(scripts.join("dashboard.mjs"))
-        .current_dir(&scripts)
-        .env("GATE", format!("http://{}", gate.admin_addr()))
-        .env("TOKEN", gate.admin_token())
-        .env("EXPECT", expect.to_string())
-        .env("SCREENSHOTS", &shots)
-        .env("CHROMIUM", CHROMIUM);
-    let ran = run_with_deadline(node, Duration::from_secs(300));
-    assert!(
-        ran.succeeded(),
-        "the browser test failed ({:?}):\n{}\n{}",
-        ran.status,
-        ran.stdout,
-        ran.stderr
-    );
-    assert!(ran.stdout.contains("every check passed"), "{}", ran.stdout);
+    run_dashboard(&scripts, &gate, &expect, &shots, Duration::from_secs(300));
     // What the page did reached the upstream: the retried and the released message.
     assert!(
         wait_until(SOON, || upstream.messages().len() == 5),

@@ -13,7 +13,6 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,12 +23,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 use support::{
-    Gate, GateConfig, SOON, Upstream, http_get, message, run_smtpgate, run_with_deadline, smtp_source, smtplib_send,
-    swaks, wait_until,
+    Gate, GateConfig, SOON, Upstream, dashboard_scripts, http_get, message, run_dashboard, run_smtpgate, smtp_source,
+    smtplib_send, swaks, wait_until,
 };
 use tokio::sync::oneshot;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 const SECRET: &str = "whsec_walkthrough_0123456789abcdef";
 const WEBHOOK: &str = "walk";
 /// Messages in the `smtp-source` batch, each delivered at once.
@@ -263,12 +261,7 @@ fn wait_delivered(upstream: &Upstream, rcpt: &str) {
 #[test]
 fn mixed_load_seen_on_the_dashboard_and_the_command_line_retried_and_every_event_reaches_a_webhook_that_comes_back() {
     let began = Instant::now();
-    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dashboard");
-    assert!(
-        scripts.join("node_modules/playwright-core").is_dir() && Path::new(CHROMIUM).exists(),
-        "the walkthrough needs {CHROMIUM} and playwright-core in {} (scripts/test.sh installs both)",
-        scripts.display()
-    );
+    let scripts = dashboard_scripts("the walkthrough");
 
     // 1. A gate relaying to the scriptable upstream, retrying only when told to (the next
     //    attempt is an hour away), with a webhook for every event type on a port where nothing
@@ -378,23 +371,7 @@ fn mixed_load_seen_on_the_dashboard_and_the_command_line_retried_and_every_event
         "deferred": DEFERRED_WEB, "reply": ["450", TEMPFAIL_TEXT], "domain": "defer.test",
         "quarantine": false,
     });
-    let mut node = Command::new("node");
-    node.arg(scripts.join("dashboard.mjs"))
-        .current_dir(&scripts)
-        .env("GATE", format!("http://{}", gate.admin_addr()))
-        .env("TOKEN", gate.admin_token())
-        .env("EXPECT", expect.to_string())
-        .env("SCREENSHOTS", &shots)
-        .env("CHROMIUM", CHROMIUM);
-    let ran = run_with_deadline(node, Duration::from_secs(180));
-    assert!(
-        ran.succeeded(),
-        "the dashboard part failed ({:?}):\n{}\n{}",
-        ran.status,
-        ran.stdout,
-        ran.stderr
-    );
-    assert!(ran.stdout.contains("every check passed"), "{}", ran.stdout);
+    run_dashboard(&scripts, &gate, &expect, &shots, Duration::from_secs(180));
     wait_delivered(&upstream, DEFERRED_WEB);
     for shot in ["overview.png", "queue.png", "history.png", "retried.png", "domains.png"] {
         assert!(shots.join(shot).is_file(), "screenshot {shot} in {}", shots.display());

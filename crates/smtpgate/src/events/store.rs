@@ -363,11 +363,14 @@ impl<'v> Entries<'v> {
 
     fn sort(&mut self) {
         let keys = &self.keys;
-        self.entries.sort_unstable_by(|a, b| keys[a.0.clone()].cmp(&keys[b.0.clone()]));
+        self.entries
+            .sort_unstable_by(|a, b| keys[a.0.clone()].cmp(&keys[b.0.clone()]));
     }
 
     fn iter(&self) -> impl Iterator<Item = (&[u8], &'v [u8])> {
-        self.entries.iter().map(|(range, stored)| (&self.keys[range.clone()], *stored))
+        self.entries
+            .iter()
+            .map(|(range, stored)| (&self.keys[range.clone()], *stored))
     }
 }
 

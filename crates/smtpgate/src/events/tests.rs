@@ -271,9 +271,7 @@ fn only_the_opening_event_is_indexed_by_address_and_its_story_is_found_through_t
         "c@example.com",
     );
     refused.queue_id = None;
-    store
-        .write(&[Recorded::of(&refused, Vec::new())], false)
-        .unwrap();
+    store.write(&[Recorded::of(&refused, Vec::new())], false).unwrap();
     let found = store.query(&query("c@example.com", Order::NewestFirst)).unwrap();
     assert_eq!(types(&found), [("refused", None)]);
 }
@@ -352,38 +350,4 @@ fn batches_that_interleave_with_what_is_stored_are_spliced_in_whole() {
     let found = store.query(&all).unwrap();
     assert_eq!(found.len(), 400);
     assert!(found.windows(2).all(|w| w[0].at <= w[1].at));
-}
-
-#[test]
-#[ignore]
-fn zz_micro() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("events.redb"), SPAN).unwrap();
-    let mut all = Vec::new();
-    for n in 0..40_000u64 {
-        let q = format!("{:016X}", 0x1000_0000_0000 + n / 2);
-        let mut e = if n % 2 == 0 {
-            received(1000 + n, n, &q, Some(&format!("{n}.abc@example.org")), "bench@example.net")
-        } else {
-            delivered(1000 + n, n, &q, "bench@example.net")
-        };
-        e.node = "node-a".into();
-        e.route = Some("default".into());
-        e.pool = Some("sink".into());
-        e.listener = Some("mx".into());
-        e.client = Some("127.0.0.1".into());
-        e.message_id = Some(format!("{n}.abc@example.org"));
-        all.push(e);
-    }
-    let t = std::time::Instant::now();
-    let batch: Vec<Recorded> = all.iter().map(|e| Recorded::of(e, Vec::new())).collect();
-    println!("json {:?}", t.elapsed());
-    let t = std::time::Instant::now();
-    for chunk in batch.chunks(2000) {
-        store.write(chunk, false).unwrap();
-    }
-    println!("store {:?}", t.elapsed());
-    let t = std::time::Instant::now();
-    drop(batch);
-    println!("drop {:?}", t.elapsed());
 }

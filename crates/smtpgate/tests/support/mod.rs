@@ -17,6 +17,8 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod admin_http;
+mod browser;
+pub use browser::{CHROMIUM, dashboard_scripts, run_dashboard};
 mod ca;
 pub use ca::{ServerCert, TestCa, pem, sha256};
 mod clamd;
