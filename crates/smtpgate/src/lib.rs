@@ -23,6 +23,7 @@ pub mod deliver;
 pub mod envelope;
 pub mod events;
 pub mod feedback;
+pub mod files;
 pub mod filter;
 pub mod intake;
 pub mod io;

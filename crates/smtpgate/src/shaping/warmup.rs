@@ -124,23 +124,13 @@ impl Counts {
     }
 }
 
-/// Replaces `path` with `data` so that a crash leaves the old file or the new one, never a torn
-/// or empty one: a temporary file, fsynced, renamed over it, then the directory fsynced.
+/// Replaces `path` with `data` (see [`crate::files::replace_durably`]), saying so when it cannot.
 fn write_durably(path: &std::path::Path, data: &[u8]) {
-    use std::io::Write;
     // One writer at a time: a save in the background and one at shutdown never share the
     // temporary file.
     static WRITING: Mutex<()> = Mutex::new(());
     let _one = WRITING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let tmp = path.with_extension("json.tmp");
-    let written = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(data).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .and_then(|()| match path.parent() {
-            Some(dir) => std::fs::File::open(dir).and_then(|d| d.sync_all()),
-            None => Ok(()),
-        });
-    if let Err(e) = written {
+    if let Err(e) = crate::files::replace_durably(path, data) {
         tracing::warn!(file = %path.display(), error = %e, "cannot save the warm-up counts");
     }
 }

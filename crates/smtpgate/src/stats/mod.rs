@@ -145,7 +145,7 @@ impl Stats {
             return Ok(());
         }
         let json = serde_json::to_vec(&*self.store()).map_err(std::io::Error::other);
-        let written = json.and_then(|json| write_durably(file, &json));
+        let written = json.and_then(|json| crate::files::replace_durably(file, &json));
         if written.is_err() {
             // Try again next time.
             self.dirty.store(true, Ordering::Relaxed);
@@ -173,20 +173,6 @@ impl Stats {
                 let _ = tokio::task::spawn_blocking(move || stats.save_logged()).await;
             }
         })
-    }
-}
-
-/// Replaces `path` with `data` so that a crash leaves the old file or the new one.
-fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    match path.parent() {
-        Some(dir) => std::fs::File::open(dir)?.sync_all(),
-        None => Ok(()),
     }
 }
 
