@@ -329,6 +329,9 @@ impl Recorded {
     }
 }
 
+/// Up to how many recipients an event's addresses are indexed once each.
+const DEDUPLICATED: usize = 32;
+
 /// Appends `event`'s index values to `buf` (see [`Recorded`]).
 pub(crate) fn index_values(event: &Event, buf: &mut Vec<u8>) {
     let mut value = |tag: u8, v: &str, case: fn(&u8) -> u8| {
@@ -349,9 +352,11 @@ pub(crate) fn index_values(event: &Event, buf: &mut Vec<u8>) {
         value(b'M', m, |b| *b);
     }
     let addresses = event.sender.iter().chain(&event.recipients);
+    // Each address once, in any case; past a few dozen the comparisons would cost more than the
+    // index entries they save (an entry written twice is the same key, stored once).
+    let few = event.recipients.len() < DEDUPLICATED;
     for (n, a) in addresses.clone().enumerate() {
-        // Each address once, in any case.
-        if !addresses.clone().take(n).any(|b| b.eq_ignore_ascii_case(a)) {
+        if !few || !addresses.clone().take(n).any(|b| b.eq_ignore_ascii_case(a)) {
             value(b'A', a, u8::to_ascii_lowercase);
         }
     }

@@ -351,3 +351,20 @@ fn batches_that_interleave_with_what_is_stored_are_spliced_in_whole() {
     assert_eq!(found.len(), 400);
     assert!(found.windows(2).all(|w| w[0].at <= w[1].at));
 }
+
+#[test]
+fn a_message_to_many_recipients_is_found_by_each_and_a_repeated_address_is_stored_once() {
+    let mut many = received(1000, 1, Q1, None, "r0@example.com");
+    many.recipients = (0..100).map(|n| format!("r{n}@example.com")).collect();
+    // The same address again, in another case.
+    many.recipients.push("R7@Example.COM".into());
+    let (_dir, store) = store_with(vec![many]);
+    for n in [0, 7, 99] {
+        let found = store
+            .query(&query(&format!("r{n}@example.com"), Order::NewestFirst))
+            .unwrap();
+        assert_eq!(types(&found), [("received", Some(Q1))], "r{n}");
+    }
+    assert_eq!(store.index_len("address", "r7@example.com").unwrap(), 1);
+    assert_eq!(store.index_len("address", "sender@example.org").unwrap(), 1);
+}
