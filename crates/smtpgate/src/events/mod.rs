@@ -29,8 +29,9 @@
 //! | `entry` | `quarantined`: the quarantine entry |
 //! | `action`, `by` | `admin`: what was done and by whom (the client's address) |
 //!
-//! A new kind of event: a variant of [`Kind`] (with its fields), a row above, and its `emit`
-//! where it happens. Events sit among the runtime services: they name config, envelope, reply
+//! A new kind of event: a variant of [`Kind`] (with its fields), a row above, a place in
+//! [`Kind::continues_story`] when it follows a copy's `received` event, and its `emit` where it
+//! happens. Events sit among the runtime services: they name config, envelope, reply
 //! and metrics, and nothing of intake, queue, session or server.
 
 mod id;
@@ -282,7 +283,7 @@ enum Msg {
 
 /// An event as the writer takes it: its JSON line and the values it is indexed under, in one
 /// buffer made on the emitting thread. The event's own fields are freed where they were made,
-/// and the buffer goes back to the emitting threads once stored ([`Buffers`]): nothing made on
+/// and the buffer goes back to the emitting threads once stored (`Buffers`): nothing made on
 /// one thread is freed on another, which is what slows the allocator of a busy gate.
 pub struct Recorded {
     /// Unix ms and sequence: where the event is stored.
