@@ -84,14 +84,6 @@ fn throttle_cli(gate: &Gate, args: &[&str]) -> String {
     ran.stdout
 }
 
-fn delivered_to(upstream: &Upstream, rcpt: &str) -> usize {
-    upstream
-        .messages()
-        .iter()
-        .filter(|m| m.rcpt_addresses().contains(&rcpt))
-        .count()
-}
-
 /// A provider's "rate limited" reply suspends its destination (and only it) for the rule's hour;
 /// the action is listed with its rule, reason and times, logged, and cancelled from the command
 /// line, after which the held mail leaves at once.
@@ -122,18 +114,18 @@ fn a_rate_limit_reply_suspends_the_destination_until_cancelled() {
 
     // Held: mail for one.test waits; mail for two.test leaves.
     send(&gate, &["a@one.test", "b@one.test", "c@two.test"]);
-    assert!(wait_until(SOON, || delivered_to(&upstream, "c@two.test") == 1));
+    assert!(wait_until(SOON, || upstream.delivered_to("c@two.test") == 1));
     let listed = throttle_cli(&gate, &["list"]);
     assert!(listed.contains(KEY) && listed.contains("ip-reputation"), "{listed}");
-    assert_eq!(delivered_to(&upstream, "a@one.test"), 0, "delivered while suspended");
-    assert_eq!(delivered_to(&upstream, "b@one.test"), 0, "delivered while suspended");
+    assert_eq!(upstream.delivered_to("a@one.test"), 0, "delivered while suspended");
+    assert_eq!(upstream.delivered_to("b@one.test"), 0, "delivered while suspended");
 
     let out = throttle_cli(&gate, &["cancel", KEY]);
     assert!(out.contains("cancelled"), "{out}");
     assert!(
-        wait_until(SOON, || delivered_to(&upstream, "a@one.test") == 1
-            && delivered_to(&upstream, "b@one.test") == 1
-            && delivered_to(&upstream, "ratelimit-rcpt@one.test") == 1),
+        wait_until(SOON, || upstream.delivered_to("a@one.test") == 1
+            && upstream.delivered_to("b@one.test") == 1
+            && upstream.delivered_to("ratelimit-rcpt@one.test") == 1),
         "held mail did not leave after the cancel: {:?}",
         upstream
             .messages()
@@ -179,7 +171,7 @@ fn a_throttle_lowers_the_rate_and_the_administrator_edits_it() {
     send(&gate, &refs);
     assert!(wait_until(Duration::from_secs(60), || refs
         .iter()
-        .all(|r| delivered_to(&upstream, r) == 1)));
+        .all(|r| upstream.delivered_to(r) == 1)));
     let mut times: Vec<_> = upstream
         .messages()
         .iter()
@@ -232,9 +224,9 @@ fn a_throttle_lowers_the_rate_and_the_administrator_edits_it() {
     );
     assert!(out.contains("\"by\": \"admin\""), "{out}");
     send(&gate, &["held@two.test", "r9@one.test"]);
-    assert!(wait_until(SOON, || delivered_to(&upstream, "r9@one.test") == 1));
+    assert!(wait_until(SOON, || upstream.delivered_to("r9@one.test") == 1));
     assert_eq!(
-        delivered_to(&upstream, "held@two.test"),
+        upstream.delivered_to("held@two.test"),
         0,
         "delivered while suspended by hand"
     );

@@ -73,14 +73,6 @@ fn curl(gate: &Gate, method: &str, path: &str) -> (u16, String) {
     (status.trim().parse().expect("a status"), body.to_string())
 }
 
-fn delivered_to(upstream: &Upstream, rcpt: &str) -> usize {
-    upstream
-        .messages()
-        .iter()
-        .filter(|m| m.rcpt_addresses().contains(&rcpt))
-        .count()
-}
-
 #[test]
 fn queue_tools_hold_release_bounce_delete_and_bulk() {
     // Each special recipient is deferred once (450 to RCPT), then accepted; retries are far off.
@@ -109,11 +101,11 @@ fn queue_tools_hold_release_bounce_delete_and_bulk() {
     assert_eq!(after[0]["id"], id.as_str());
     assert_eq!(gate.metric("smtpgate_queue_held"), 1.0);
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(delivered_to(&upstream, held), 0, "a held message was delivered");
+    assert_eq!(upstream.delivered_to(held), 0, "a held message was delivered");
     queue(&gate, &["release", &id]);
     queue(&gate, &["retry", "--all"]);
     assert!(
-        wait_until(SOON, || delivered_to(&upstream, held) == 1),
+        wait_until(SOON, || upstream.delivered_to(held) == 1),
         "released, never delivered"
     );
 
@@ -121,7 +113,7 @@ fn queue_tools_hold_release_bounce_delete_and_bulk() {
     let bounced = "tempfail-rcpt+bounced@one.test";
     let id = deferred(&gate, "bounce-me@example.test", bounced);
     queue(&gate, &["bounce", &id, "--reason", "cleanup after the outage"]);
-    let dsn = wait_until(SOON, || delivered_to(&upstream, "bounce-me@example.test") == 1);
+    let dsn = wait_until(SOON, || upstream.delivered_to("bounce-me@example.test") == 1);
     assert!(dsn, "no DSN to the sender");
     let dsn = upstream
         .messages()
@@ -139,12 +131,8 @@ fn queue_tools_hold_release_bounce_delete_and_bulk() {
     assert!(listed(&gate, &["--recipient", deleted]).is_empty());
     queue(&gate, &["retry", "--all"]);
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(delivered_to(&upstream, deleted), 0);
-    assert_eq!(
-        delivered_to(&upstream, "delete-me@example.test"),
-        0,
-        "a DSN for a delete"
-    );
+    assert_eq!(upstream.delivered_to(deleted), 0);
+    assert_eq!(upstream.delivered_to("delete-me@example.test"), 0, "a DSN for a delete");
 
     // Bulk hold and release by domain.
     let (a, b) = ("tempfail-rcpt+a@two.test", "tempfail-rcpt+b@two.test");
@@ -153,9 +141,7 @@ fn queue_tools_hold_release_bounce_delete_and_bulk() {
     assert!(queue(&gate, &["hold", "--domain", "two.test"]).contains("hold: 2 message"));
     assert_eq!(listed(&gate, &["--state", "held", "--domain", "two.test"]).len(), 2);
     assert!(queue(&gate, &["release", "--domain", "two.test"]).contains("release: 2 message"));
-    let both = wait_until(SOON, || {
-        delivered_to(&upstream, a) == 1 && delivered_to(&upstream, b) == 1
-    });
+    let both = wait_until(SOON, || upstream.delivered_to(a) == 1 && upstream.delivered_to(b) == 1);
     assert!(both, "released by domain, never delivered");
 
     // Errors are JSON with a clear message.

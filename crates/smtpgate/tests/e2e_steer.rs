@@ -22,14 +22,6 @@ fn send(gate: &Gate, rcpt: &str) {
     assert!(sent.succeeded(), "{}{}", sent.stdout, sent.stderr);
 }
 
-fn delivered_to(upstream: &Upstream, rcpt: &str) -> usize {
-    upstream
-        .messages()
-        .iter()
-        .filter(|m| m.rcpt_addresses().contains(&rcpt))
-        .count()
-}
-
 /// `smtpgate ARGS --admin ADDR` (the harness adds the token file); its stdout, after success.
 fn cli(admin: SocketAddr, args: &[&str]) -> String {
     let admin = admin.to_string();
@@ -109,14 +101,14 @@ fn a_suspended_domain_waits_without_attempts_across_a_crash_until_resumed() {
     send(&gate, "a@held.test");
     send(&gate, "b@free.test");
     assert!(
-        wait_until(SOON, || delivered_to(&upstream, "b@free.test") == 1),
+        wait_until(SOON, || upstream.delivered_to("b@free.test") == 1),
         "mail to another domain is delivered"
     );
     let parked = in_state(&gate, "suspended");
     assert_eq!(parked.len(), 1, "{parked:?}");
     assert_eq!(parked[0]["recipients"][0]["address"], "a@held.test");
     assert_eq!(parked[0]["attempts"], 0);
-    assert_eq!(delivered_to(&upstream, "a@held.test"), 0);
+    assert_eq!(upstream.delivered_to("a@held.test"), 0);
     assert_eq!(gate.metric("smtpgate_suspensions_active"), 1.0);
     let (_, list) = admin_json(admin, "GET", "/api/v1/suspend", None);
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
@@ -138,17 +130,17 @@ fn a_suspended_domain_waits_without_attempts_across_a_crash_until_resumed() {
     assert_eq!(list[0]["value"], "held.test", "{list}");
     assert_eq!(gate.metric("smtpgate_suspensions_active"), 1.0);
     send(&gate, "c@free.test");
-    assert!(wait_until(SOON, || delivered_to(&upstream, "c@free.test") == 1));
+    assert!(wait_until(SOON, || upstream.delivered_to("c@free.test") == 1));
     let parked = in_state(&gate, "suspended");
     assert_eq!(parked.len(), 1, "{parked:?}");
     assert_eq!(parked[0]["attempts"], 0);
-    assert_eq!(delivered_to(&upstream, "a@held.test"), 0, "delivered while suspended");
+    assert_eq!(upstream.delivered_to("a@held.test"), 0, "delivered while suspended");
 
     // Resumed from the CLI: delivered at once.
     let out = cli(admin, &["resume", "--domain", "held.test"]);
     assert!(out.contains("held.test"), "{out}");
     assert!(
-        wait_until(SOON, || delivered_to(&upstream, "a@held.test") == 1),
+        wait_until(SOON, || upstream.delivered_to("a@held.test") == 1),
         "the resume delivers the parked mail"
     );
     let (_, list) = admin_json(admin, "GET", "/api/v1/suspend", None);
@@ -189,7 +181,7 @@ fn a_suspension_for_a_while_lapses_by_itself_and_the_cli_lists_it() {
     send(&gate, "x@any.test");
     assert!(wait_until(SOON, || in_state(&gate, "suspended").len() == 1));
     assert!(
-        wait_until(SOON, || delivered_to(&upstream, "x@any.test") == 1),
+        wait_until(SOON, || upstream.delivered_to("x@any.test") == 1),
         "the lapse delivers it"
     );
     let listed: Value = serde_json::from_str(&cli(admin, &["suspend", "--list"])).expect("JSON");
@@ -272,7 +264,7 @@ fn the_config_is_shown_masked_checked_and_reloaded_over_the_api() {
     let (_, shown) = admin_json(admin, "GET", "/api/v1/config", None);
     assert_eq!(shown["summary"]["hostname"], "reloaded.example.test");
     send(&gate, "after@reload.test");
-    assert!(wait_until(SOON, || delivered_to(&upstream, "after@reload.test") == 1));
+    assert!(wait_until(SOON, || upstream.delivered_to("after@reload.test") == 1));
     assert!(wait_until(SOON, || {
         let actions = admin_actions(&gate);
         actions.iter().any(|a| a.starts_with("config reload from "))

@@ -237,18 +237,10 @@ fn history_ids(gate: &Gate) -> BTreeSet<String> {
         .collect()
 }
 
-fn delivered_to(upstream: &Upstream, rcpt: &str) -> usize {
-    upstream
-        .messages()
-        .iter()
-        .filter(|m| m.rcpt_addresses().contains(&rcpt))
-        .count()
-}
-
 /// Waits for the upstream to have taken the message to `rcpt`; panics with what it has.
 fn wait_delivered(upstream: &Upstream, rcpt: &str) {
     assert!(
-        wait_until(SOON, || delivered_to(upstream, rcpt) == 1),
+        wait_until(SOON, || upstream.delivered_to(rcpt) == 1),
         "{rcpt} never delivered; the upstream has {:?}",
         upstream
             .messages()
@@ -353,7 +345,7 @@ fn mixed_load_seen_on_the_dashboard_and_the_command_line_retried_and_every_event
         upstream.attempts_for(BOUNCED[0]),
         upstream.attempts_for(BOUNCED[1])
     );
-    assert_eq!(delivered_to(&upstream, SENDER), 2, "a notice for each bounce");
+    assert_eq!(upstream.delivered_to(SENDER), 2, "a notice for each bounce");
     eprintln!("walkthrough: load sent and settled after {:?}", began.elapsed());
 
     // What was sent: the batch, the deferred and bounced messages, and the notices the bounces

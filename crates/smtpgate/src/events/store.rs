@@ -351,13 +351,10 @@ impl<'v> Entries<'v> {
         }
     }
 
-    /// Adds the key `value NUL at seq` (see [`index_key`]) with `stored` as its value.
+    /// Adds the key of `value` at `(at, seq)` with `stored` as its value.
     fn push(&mut self, value: &str, at: u64, seq: u64, stored: &'v [u8]) {
         let start = self.keys.len();
-        self.keys.extend_from_slice(value.as_bytes());
-        self.keys.push(0);
-        self.keys.extend_from_slice(&at.to_be_bytes());
-        self.keys.extend_from_slice(&seq.to_be_bytes());
+        append_index_key(&mut self.keys, value, at, seq);
         self.entries.push((start..self.keys.len(), stored));
     }
 
@@ -407,11 +404,16 @@ fn is_queue_id(q: &str) -> bool {
 /// contiguous range that no longer value shares.
 fn index_key<'a>(buf: &'a mut Vec<u8>, value: &str, at: u64, seq: u64) -> &'a [u8] {
     buf.clear();
+    append_index_key(buf, value, at, seq);
+    buf
+}
+
+/// Appends the index key `value NUL at seq` to `buf`.
+fn append_index_key(buf: &mut Vec<u8>, value: &str, at: u64, seq: u64) {
     buf.extend_from_slice(value.as_bytes());
     buf.push(0);
     buf.extend_from_slice(&at.to_be_bytes());
     buf.extend_from_slice(&seq.to_be_bytes());
-    buf
 }
 
 /// `(at, seq)` from an index key's tail.

@@ -83,6 +83,7 @@ fn api() -> Routes<Queue> {
         .merge(super::stats_api::routes())
         .merge(super::pools_api::routes())
         .merge(super::steer_api::routes())
+        .merge(super::config_api::routes())
 }
 
 /// A path nothing is served at.

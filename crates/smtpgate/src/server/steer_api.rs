@@ -29,7 +29,6 @@ pub fn routes() -> Routes<Queue> {
     Routes::new()
         .route("/suspend", get(list).post(suspend))
         .route("/suspend/{kind}/{value}", delete(resume))
-        .merge(super::config_api::routes())
 }
 
 /// The longest `for`.

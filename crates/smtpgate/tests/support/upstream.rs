@@ -205,6 +205,14 @@ impl Upstream {
     }
 
     /// How many RCPT commands named `rcpt` (case-insensitive), whatever their answer.
+    /// How many accepted messages were addressed to `rcpt` (as given at RCPT TO).
+    pub fn delivered_to(&self, rcpt: &str) -> usize {
+        self.messages()
+            .iter()
+            .filter(|m| m.rcpt_addresses().contains(&rcpt))
+            .count()
+    }
+
     pub fn attempts_for(&self, rcpt: &str) -> usize {
         let attempts = self.shared.rcpt_attempts.lock().unwrap();
         attempts.get(&rcpt.to_ascii_lowercase()).copied().unwrap_or(0)
